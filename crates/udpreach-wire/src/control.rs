@@ -1,0 +1,214 @@
+//! The TCP control channel.
+//!
+//! A client opens with the 8-byte preamble `UDPREACH`; the seed's legacy
+//! clients open with `{`, which is how the server tells them apart (see
+//! [`crate::legacy`]). After the preamble every message is a frame: a 4-byte
+//! big-endian length, then that many bytes of JSON (one [`ControlMsg`]).
+//! JSON keeps the channel readable in a packet capture; the frame limit keeps
+//! a hostile peer from making the server buffer without bound.
+
+use serde::{Deserialize, Serialize};
+
+pub const PREAMBLE: &[u8; 8] = b"UDPREACH";
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest frame body either side accepts.
+pub const MAX_FRAME: usize = 256 * 1024;
+/// Most ports one `Open`, `Arrivals` or `Close` request may name.
+pub const MAX_PORTS_PER_REQUEST: usize = 8192;
+
+/// Capabilities this build understands. Unknown ones from a peer are ignored,
+/// which is what lets later versions interoperate.
+pub const CAPABILITIES: &[&str] = &["ports", "arrivals"];
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ControlMsg {
+    /// Client -> server, first message.
+    Hello {
+        version: u32,
+        #[serde(default)]
+        capabilities: Vec<String>,
+        #[serde(default)]
+        software: String,
+    },
+    /// Server -> client answer to `Hello`.
+    Welcome {
+        version: u32,
+        #[serde(default)]
+        capabilities: Vec<String>,
+        /// Random per-session token that every probe of this session carries.
+        token: u64,
+        /// How many test ports this session may hold open at once.
+        max_open_ports: u32,
+        #[serde(default)]
+        software: String,
+    },
+    /// Client asks the server to bind these UDP ports for the session.
+    Open {
+        ports: Vec<u16>,
+    },
+    /// Per-port answer to `Open`; every requested port is in exactly one list.
+    Opened {
+        opened: Vec<u16>,
+        in_use: Vec<u16>,
+        denied: Vec<u16>,
+        #[serde(default)]
+        failed: Vec<u16>,
+    },
+    /// Client asks how many of its probes reached each port.
+    Arrivals {
+        ports: Vec<u16>,
+    },
+    /// Probe counts in the order asked.
+    ArrivalCounts {
+        ports: Vec<u16>,
+        counts: Vec<u32>,
+    },
+    /// Client is done with these ports; the server closes them.
+    Close {
+        ports: Vec<u16>,
+    },
+    Closed {
+        count: u32,
+    },
+    /// Either side: an error that ends the request (and, for `fatal`, the session).
+    Error {
+        code: ErrorCode,
+        message: String,
+        #[serde(default)]
+        fatal: bool,
+    },
+    Bye,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadVersion,
+    BadRequest,
+    TooManyPorts,
+    TooManySessions,
+    AuthFailed,
+    Unexpected,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ControlError {
+    #[error("control frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
+    FrameTooLarge(usize),
+    #[error("malformed control message: {0}")]
+    Malformed(String),
+    #[error("bad control preamble (not a udpreach peer)")]
+    BadPreamble,
+}
+
+impl ControlMsg {
+    /// Encodes as one frame: length prefix and JSON body.
+    pub fn to_frame(&self) -> Vec<u8> {
+        let body = serde_json::to_vec(self).expect("control messages always serialize");
+        let mut out = Vec::with_capacity(4 + body.len());
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+}
+
+/// Decodes the first frame in `buf`. `Ok(None)` means more bytes are needed;
+/// on success returns the message and how many bytes it used.
+pub fn decode_frame(buf: &[u8]) -> Result<Option<(ControlMsg, usize)>, ControlError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
+    if len > MAX_FRAME {
+        return Err(ControlError::FrameTooLarge(len));
+    }
+    if buf.len() < 4 + len {
+        return Ok(None);
+    }
+    let msg = serde_json::from_slice(&buf[4..4 + len])
+        .map_err(|e| ControlError::Malformed(e.to_string()))?;
+    Ok(Some((msg, 4 + len)))
+}
+
+/// Checks the preamble once 8 bytes are in. `Ok(false)`: need more bytes.
+pub fn check_preamble(buf: &[u8]) -> Result<bool, ControlError> {
+    let n = buf.len().min(PREAMBLE.len());
+    if buf[..n] != PREAMBLE[..n] {
+        return Err(ControlError::BadPreamble);
+    }
+    Ok(buf.len() >= PREAMBLE.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn frame_round_trip() {
+        let msgs = vec![
+            ControlMsg::Hello {
+                version: 1,
+                capabilities: vec!["ports".into(), "from-the-future".into()],
+                software: "t".into(),
+            },
+            ControlMsg::Open {
+                ports: vec![1, 2, 65535],
+            },
+            ControlMsg::Opened {
+                opened: vec![1],
+                in_use: vec![2],
+                denied: vec![65535],
+                failed: vec![],
+            },
+            ControlMsg::Error {
+                code: ErrorCode::TooManyPorts,
+                message: "x".into(),
+                fatal: false,
+            },
+            ControlMsg::Bye,
+        ];
+        let mut stream = Vec::new();
+        for m in &msgs {
+            stream.extend(m.to_frame());
+        }
+        let mut at = 0;
+        for m in &msgs {
+            assert_eq!(decode_frame(&stream[at..at + 3]).unwrap(), None);
+            let (got, used) = decode_frame(&stream[at..]).unwrap().unwrap();
+            assert_eq!(&got, m);
+            at += used;
+        }
+        assert_eq!(at, stream.len());
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_for_forward_compatibility() {
+        let body = br#"{"type":"hello","version":2,"capabilities":["x"],"new_field":1}"#;
+        let mut f = (body.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(body);
+        let (m, _) = decode_frame(&f).unwrap().unwrap();
+        assert!(matches!(m, ControlMsg::Hello { version: 2, .. }));
+    }
+
+    #[test]
+    fn limits_and_preamble() {
+        let big = ((MAX_FRAME + 1) as u32).to_be_bytes();
+        assert_eq!(
+            decode_frame(&big),
+            Err(ControlError::FrameTooLarge(MAX_FRAME + 1))
+        );
+        assert_eq!(check_preamble(b"UDP"), Ok(false));
+        assert_eq!(check_preamble(b"UDPREACH"), Ok(true));
+        assert_eq!(check_preamble(b"{\"pro"), Err(ControlError::BadPreamble));
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = decode_frame(&bytes);
+            let _ = check_preamble(&bytes);
+        }
+    }
+}

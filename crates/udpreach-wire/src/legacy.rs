@@ -1,0 +1,118 @@
+//! The seed tool's part-two negotiation, kept so its clients keep working.
+//!
+//! The client writes one JSON object per port with no delimiter between
+//! objects: `{"proto":"udpping","server":IP,"port":N,"available":false}`.
+//! The server test-binds port N and answers with the same object, with
+//! `"available": true` when the bind worked, or unchanged when it did not.
+
+use serde_json::{Map, Value};
+
+/// Longest buffered legacy request we accept before calling the peer hostile.
+pub const MAX_LEGACY_BUFFER: usize = 64 * 1024;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LegacyRequest {
+    pub port: u16,
+    /// The object as received, so the answer can echo every field back.
+    pub object: Map<String, Value>,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LegacyError {
+    #[error("legacy request is not valid JSON: {0}")]
+    Malformed(String),
+    #[error("legacy request lacks \"proto\" or a valid \"port\"")]
+    MissingFields,
+    #[error("legacy request buffer exceeds {MAX_LEGACY_BUFFER} bytes")]
+    TooLarge,
+}
+
+/// Takes the first complete JSON object off `buf`. `Ok(None)`: incomplete.
+/// Returns the parsed request (or a per-object error) and the bytes used, so
+/// a bad object is skipped (as the seed server did) instead of ending the stream.
+pub fn decode_request(
+    buf: &[u8],
+) -> Result<Option<(Result<LegacyRequest, LegacyError>, usize)>, LegacyError> {
+    let start = buf
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(buf.len());
+    if start == buf.len() {
+        if buf.len() > MAX_LEGACY_BUFFER {
+            return Err(LegacyError::TooLarge);
+        }
+        return Ok(None);
+    }
+    let mut it = serde_json::Deserializer::from_slice(&buf[start..]).into_iter::<Value>();
+    match it.next() {
+        None => Ok(None),
+        Some(Ok(value)) => {
+            let used = start + it.byte_offset();
+            Ok(Some((request_from_value(value), used)))
+        }
+        Some(Err(e)) if e.is_eof() => {
+            if buf.len() > MAX_LEGACY_BUFFER {
+                Err(LegacyError::TooLarge)
+            } else {
+                Ok(None)
+            }
+        }
+        // Unparseable: the stream has no delimiters to resynchronise on, so the
+        // connection cannot continue meaningfully.
+        Some(Err(e)) => Err(LegacyError::Malformed(e.to_string())),
+    }
+}
+
+fn request_from_value(value: Value) -> Result<LegacyRequest, LegacyError> {
+    let Value::Object(object) = value else {
+        return Err(LegacyError::MissingFields);
+    };
+    if !object.contains_key("proto") {
+        return Err(LegacyError::MissingFields);
+    }
+    let port = object
+        .get("port")
+        .and_then(Value::as_u64)
+        .filter(|p| (1..=65535).contains(p))
+        .ok_or(LegacyError::MissingFields)? as u16;
+    Ok(LegacyRequest { port, object })
+}
+
+/// The answer: the request object with `available` set as the seed's server did.
+pub fn encode_answer(req: &LegacyRequest, available: bool) -> Vec<u8> {
+    let mut obj = req.object.clone();
+    if available {
+        obj.insert("available".into(), Value::Bool(true));
+    }
+    serde_json::to_vec(&Value::Object(obj)).expect("a JSON object always serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn back_to_back_objects() {
+        let s = br#"{"proto":"udpping","server":"198.18.0.2","port":5000,"available":false}{"proto":"udpping","server":"198.18.0.2","port":5001,"available":false}"#;
+        let (r, used) = decode_request(s).unwrap().unwrap();
+        let r = r.unwrap();
+        assert_eq!(r.port, 5000);
+        let (r2, used2) = decode_request(&s[used..]).unwrap().unwrap();
+        assert_eq!(r2.unwrap().port, 5001);
+        assert_eq!(used + used2, s.len());
+        let ans: Value = serde_json::from_slice(&encode_answer(&r, true)).unwrap();
+        assert_eq!(ans["available"], Value::Bool(true));
+        assert_eq!(ans["port"], 5000);
+    }
+
+    #[test]
+    fn incomplete_and_bad() {
+        assert_eq!(decode_request(br#"{"proto":"udp"#).unwrap(), None);
+        assert_eq!(decode_request(b"   ").unwrap(), None);
+        let (r, _) = decode_request(br#"{"port":70000,"proto":"x"}"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r, Err(LegacyError::MissingFields));
+        assert!(decode_request(b"}}").is_err());
+    }
+}

@@ -1,0 +1,276 @@
+//! The udpreach probe: a fixed 64-byte header at the start of a UDP datagram.
+//!
+//! A plain echo server returns the datagram unchanged; a udpreach server turns
+//! a request into a reply *in place*, filling the server fields, so a reply is
+//! by construction exactly as long as its request (no amplification).
+//!
+//! ```text
+//!  0..4   magic "UDPR"          4      version (1)
+//!  5      kind                  6..8   flags (u16, big endian)
+//!  8..16  session token (u64)   16..24 sequence number (u64)
+//! 24..32  server receive time   32..40 server send time   (ns since the Unix epoch)
+//! 40..44  server's per-flow receive counter (u32)
+//! 44..60  source address the server saw (IPv6 or IPv4-mapped)
+//! 60..62  source port the server saw    62 TTL / hop limit the server saw (0 = unknown)
+//! 63      reserved
+//! 64..    payload, echoed byte for byte; with FLAG_AUTH the last 16 bytes are a tag
+//! ```
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
+pub const MAGIC: [u8; 4] = *b"UDPR";
+pub const VERSION: u8 = 1;
+pub const HEADER_LEN: usize = 64;
+/// Largest UDP payload over IPv4 (65535 - 20 IP - 8 UDP).
+pub const MAX_DATAGRAM: usize = 65507;
+/// Flag: the datagram ends with a 16-byte authentication tag.
+pub const FLAG_AUTH: u16 = 0x0001;
+/// Flag (reply): the server filled in the stamp fields.
+pub const FLAG_SERVER_STAMPED: u16 = 0x0002;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ProbeKind {
+    EchoRequest = 1,
+    EchoReply = 2,
+    PortProbe = 3,
+    PortReply = 4,
+}
+
+impl ProbeKind {
+    fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::EchoRequest,
+            2 => Self::EchoReply,
+            3 => Self::PortProbe,
+            4 => Self::PortReply,
+            _ => return None,
+        })
+    }
+
+    pub fn is_request(self) -> bool {
+        matches!(self, Self::EchoRequest | Self::PortProbe)
+    }
+
+    pub fn reply_kind(self) -> Self {
+        match self {
+            Self::EchoRequest | Self::EchoReply => Self::EchoReply,
+            Self::PortProbe | Self::PortReply => Self::PortReply,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    #[error("datagram of {0} bytes is shorter than the 64-byte probe header")]
+    TooShort(usize),
+    #[error("not a udpreach probe (bad magic)")]
+    BadMagic,
+    #[error("unsupported probe version {0}")]
+    BadVersion(u8),
+    #[error("unknown probe kind {0}")]
+    BadKind(u8),
+}
+
+/// What the server fills into a reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerStamp {
+    pub rx_ns: u64,
+    pub tx_ns: u64,
+    pub flow_count: u32,
+    pub seen_from: SocketAddr,
+    /// TTL or hop limit of the request as received; 0 when unknown.
+    pub seen_ttl: u8,
+}
+
+/// Decoded header fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeHeader {
+    pub kind: ProbeKind,
+    pub flags: u16,
+    pub token: u64,
+    pub seq: u64,
+    /// Present in replies from a udpreach server.
+    pub stamp: Option<ServerStamp>,
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// True when `buf` starts like a udpreach probe (cheap pre-check for the server).
+pub fn looks_like_probe(buf: &[u8]) -> bool {
+    buf.len() >= HEADER_LEN && buf[..4] == MAGIC
+}
+
+impl ProbeHeader {
+    pub fn request(kind: ProbeKind, token: u64, seq: u64) -> Self {
+        ProbeHeader {
+            kind,
+            flags: 0,
+            token,
+            seq,
+            stamp: None,
+        }
+    }
+
+    /// Writes the header into the first 64 bytes of `buf`; the rest is left as is.
+    pub fn encode(&self, buf: &mut [u8]) -> Result<(), ProbeError> {
+        if buf.len() < HEADER_LEN {
+            return Err(ProbeError::TooShort(buf.len()));
+        }
+        buf[0..4].copy_from_slice(&MAGIC);
+        buf[4] = VERSION;
+        buf[5] = self.kind as u8;
+        buf[6..8].copy_from_slice(&self.flags.to_be_bytes());
+        buf[8..16].copy_from_slice(&self.token.to_be_bytes());
+        buf[16..24].copy_from_slice(&self.seq.to_be_bytes());
+        match &self.stamp {
+            Some(s) => write_stamp(buf, s),
+            None => buf[24..64].fill(0),
+        }
+        Ok(())
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Self, ProbeError> {
+        if buf.len() < HEADER_LEN {
+            return Err(ProbeError::TooShort(buf.len()));
+        }
+        if buf[0..4] != MAGIC {
+            return Err(ProbeError::BadMagic);
+        }
+        if buf[4] != VERSION {
+            return Err(ProbeError::BadVersion(buf[4]));
+        }
+        let kind = ProbeKind::from_u8(buf[5]).ok_or(ProbeError::BadKind(buf[5]))?;
+        let flags = u16::from_be_bytes([buf[6], buf[7]]);
+        let stamp = if kind.is_request() {
+            None
+        } else {
+            let ip6 = Ipv6Addr::from(<[u8; 16]>::try_from(&buf[44..60]).expect("16 bytes"));
+            let ip = match ip6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(ip6),
+            };
+            Some(ServerStamp {
+                rx_ns: u64_at(buf, 24),
+                tx_ns: u64_at(buf, 32),
+                flow_count: u32::from_be_bytes(buf[40..44].try_into().expect("4 bytes")),
+                seen_from: SocketAddr::new(ip, u16::from_be_bytes([buf[60], buf[61]])),
+                seen_ttl: buf[62],
+            })
+        };
+        Ok(ProbeHeader {
+            kind,
+            flags,
+            token: u64_at(buf, 8),
+            seq: u64_at(buf, 16),
+            stamp,
+        })
+    }
+}
+
+fn write_stamp(buf: &mut [u8], s: &ServerStamp) {
+    buf[24..32].copy_from_slice(&s.rx_ns.to_be_bytes());
+    buf[32..40].copy_from_slice(&s.tx_ns.to_be_bytes());
+    buf[40..44].copy_from_slice(&s.flow_count.to_be_bytes());
+    let ip6 = match s.seen_from.ip() {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    };
+    buf[44..60].copy_from_slice(&ip6.octets());
+    buf[60..62].copy_from_slice(&s.seen_from.port().to_be_bytes());
+    buf[62] = s.seen_ttl;
+    buf[63] = 0;
+}
+
+/// Turns a request, in place, into its reply: same length, same payload, the
+/// kind switched to its reply kind and the server fields filled in.
+/// The send time is written last by [`restamp_tx`] just before sending.
+pub fn make_reply_in_place(buf: &mut [u8], stamp: &ServerStamp) -> Result<ProbeHeader, ProbeError> {
+    let mut h = ProbeHeader::decode(buf)?;
+    h.kind = h.kind.reply_kind();
+    h.flags |= FLAG_SERVER_STAMPED;
+    h.stamp = Some(*stamp);
+    h.encode(buf)?;
+    Ok(h)
+}
+
+/// Overwrites the server send timestamp of an encoded reply.
+pub fn restamp_tx(buf: &mut [u8], tx_ns: u64) {
+    if buf.len() >= HEADER_LEN {
+        buf[32..40].copy_from_slice(&tx_ns.to_be_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn round_trip_request_and_reply() {
+        let mut buf = vec![0xAAu8; 100];
+        let h = ProbeHeader::request(ProbeKind::EchoRequest, 7, 42);
+        h.encode(&mut buf).unwrap();
+        assert_eq!(ProbeHeader::decode(&buf).unwrap(), h);
+        let stamp = ServerStamp {
+            rx_ns: 1,
+            tx_ns: 2,
+            flow_count: 3,
+            seen_from: "198.18.0.1:5555".parse().unwrap(),
+            seen_ttl: 63,
+        };
+        let r = make_reply_in_place(&mut buf, &stamp).unwrap();
+        assert_eq!(buf.len(), 100);
+        assert!(buf[64..].iter().all(|&b| b == 0xAA), "payload kept");
+        let d = ProbeHeader::decode(&buf).unwrap();
+        assert_eq!(d, r);
+        assert_eq!(d.kind, ProbeKind::EchoReply);
+        assert_eq!(d.stamp.unwrap().seen_from, stamp.seen_from);
+        let stamp6 = ServerStamp {
+            seen_from: "[fd00::1]:9".parse().unwrap(),
+            ..stamp
+        };
+        make_reply_in_place(&mut buf, &stamp6).unwrap();
+        assert_eq!(
+            ProbeHeader::decode(&buf).unwrap().stamp.unwrap().seen_from,
+            stamp6.seen_from
+        );
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert_eq!(ProbeHeader::decode(&[0; 10]), Err(ProbeError::TooShort(10)));
+        assert_eq!(ProbeHeader::decode(&[0; 64]), Err(ProbeError::BadMagic));
+        let mut b = [0u8; 64];
+        b[..4].copy_from_slice(&MAGIC);
+        b[4] = 9;
+        assert_eq!(ProbeHeader::decode(&b), Err(ProbeError::BadVersion(9)));
+        b[4] = VERSION;
+        b[5] = 77;
+        assert_eq!(ProbeHeader::decode(&b), Err(ProbeError::BadKind(77)));
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = ProbeHeader::decode(&bytes);
+        }
+
+        #[test]
+        fn valid_header_then_garbage(kind in 1u8..=4, tail in proptest::collection::vec(any::<u8>(), 0..100),
+                                     token in any::<u64>(), seq in any::<u64>()) {
+            let mut buf = vec![0u8; HEADER_LEN];
+            ProbeHeader::request(ProbeKind::from_u8(kind).unwrap(), token, seq).encode(&mut buf).unwrap();
+            buf.extend_from_slice(&tail);
+            let h = ProbeHeader::decode(&buf).unwrap();
+            prop_assert_eq!(h.token, token);
+            prop_assert_eq!(h.seq, seq);
+            let len = buf.len();
+            let stamp = ServerStamp { rx_ns: 0, tx_ns: 0, flow_count: 0, seen_from: "198.18.0.1:1".parse().unwrap(), seen_ttl: 0 };
+            make_reply_in_place(&mut buf, &stamp).unwrap();
+            prop_assert_eq!(buf.len(), len);
+        }
+    }
+}
