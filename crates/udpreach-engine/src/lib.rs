@@ -1,1 +1,17 @@
+//! udpreach's sans-I/O engine: state machines for ping, port sweeps and server
+//! sessions. Nothing here opens a socket or reads a clock: callers pass `now`
+//! and deliver events, so every behaviour can be tested in memory with
+//! simulated loss and time (the approach of quinn-proto).
 
+pub mod ping;
+pub mod rto;
+pub mod server;
+pub mod stats;
+pub mod sweep;
+pub mod verdict;
+
+pub use ping::{PingConfig, PingEvent, PingSession, PingSummary};
+pub use rto::RtoEstimator;
+pub use stats::RttStats;
+pub use sweep::{Sweep, SweepConfig, SweepPlan};
+pub use verdict::Verdict;

@@ -1,0 +1,590 @@
+//! The ping state machine: when to send, which reply answers which probe,
+//! what timed out, and the statistics at the end.
+
+use crate::stats::{RttStats, RttSummary};
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use udpreach_wire::ServerStamp;
+
+/// How many recent probes keep their state; older replies are ignored. Bounds
+/// memory for a ping left running for days at a short interval.
+const HISTORY: usize = 1 << 20;
+
+#[derive(Clone, Debug)]
+pub struct PingConfig {
+    /// Probes to send; `None` runs until stopped.
+    pub count: Option<u64>,
+    pub interval: Duration,
+    /// A probe without a reply after this long is reported lost (a later reply is "late").
+    pub timeout: Duration,
+    /// Stop everything this long after the start.
+    pub deadline: Option<Duration>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ProbeState {
+    Waiting,
+    Replied,
+    TimedOut,
+    Late,
+    SendFailed,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Probe {
+    sent_at: Instant,
+    local_port: Option<u16>,
+    state: ProbeState,
+}
+
+/// Something the user should see, as it happens.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PingEvent {
+    Reply {
+        seq: u64,
+        rtt: Duration,
+        local_port: Option<u16>,
+        stamp: Option<ServerStamp>,
+    },
+    Duplicate {
+        seq: u64,
+        rtt: Duration,
+    },
+    Late {
+        seq: u64,
+        rtt: Duration,
+    },
+    Timeout {
+        seq: u64,
+        local_port: Option<u16>,
+    },
+}
+
+/// Server processing time (receive to send) over the replies that carried it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ProcessingSummary {
+    pub min_us: f64,
+    pub avg_us: f64,
+    pub max_us: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PingSummary {
+    pub transmitted: u64,
+    pub received: u64,
+    pub duplicates: u64,
+    pub late: u64,
+    pub reordered: u64,
+    pub send_errors: u64,
+    /// Probes with neither a reply nor a late reply.
+    pub lost: u64,
+    pub loss_percent: f64,
+    pub rtt: Option<RttSummary>,
+    /// Lost on the way to the server, from the server's receive counter.
+    pub upstream_lost: Option<u64>,
+    /// Reached the server, reply lost on the way back.
+    pub downstream_lost: Option<u64>,
+    /// Lost after the last reply that carried a counter: direction unknown.
+    pub direction_unknown: Option<u64>,
+    pub server_processing: Option<ProcessingSummary>,
+    /// The source address the server saw in its latest reply.
+    pub server_saw: Option<SocketAddr>,
+    /// TTL or hop limit our probes had on arrival at the server.
+    pub server_seen_ttl: Option<u8>,
+    /// Replies whose seen source port differs from the port we sent from.
+    pub port_translated: u64,
+    /// Source ports (with `--sport`) whose probe got no reply.
+    pub silent_source_ports: Vec<u16>,
+    pub elapsed_ms: f64,
+}
+
+pub struct PingSession {
+    cfg: PingConfig,
+    start: Instant,
+    next_send: Option<Instant>,
+    next_seq: u64,
+    /// Probe states for seqs `base..next_seq`.
+    probes: VecDeque<Probe>,
+    base: u64,
+    /// Seqs awaiting a reply, in send order (timeouts expire in this order).
+    waiting: VecDeque<u64>,
+    stopped: bool,
+    rtt: RttStats,
+    received: u64,
+    duplicates: u64,
+    late: u64,
+    reordered: u64,
+    send_errors: u64,
+    highest_replied: Option<u64>,
+    /// (server counter, seq) of the reply with the highest counter.
+    best_counter: Option<(u32, u64)>,
+    proc_ns: (u64, u64, u64, u64), // count, sum, min, max
+    server_saw: Option<SocketAddr>,
+    server_seen_ttl: Option<u8>,
+    port_translated: u64,
+    finished_at: Option<Instant>,
+}
+
+impl PingSession {
+    pub fn new(cfg: PingConfig, now: Instant) -> Self {
+        PingSession {
+            cfg,
+            start: now,
+            next_send: Some(now),
+            next_seq: 0,
+            probes: VecDeque::new(),
+            base: 0,
+            waiting: VecDeque::new(),
+            stopped: false,
+            rtt: RttStats::new(),
+            received: 0,
+            duplicates: 0,
+            late: 0,
+            reordered: 0,
+            send_errors: 0,
+            highest_replied: None,
+            best_counter: None,
+            proc_ns: (0, 0, u64::MAX, 0),
+            server_saw: None,
+            server_seen_ttl: None,
+            port_translated: 0,
+            finished_at: None,
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.cfg.deadline.map(|d| self.start + d)
+    }
+
+    fn probe_mut(&mut self, seq: u64) -> Option<&mut Probe> {
+        let idx = seq.checked_sub(self.base)?;
+        self.probes.get_mut(usize::try_from(idx).ok()?)
+    }
+
+    fn sending_allowed(&self, now: Instant) -> bool {
+        !self.stopped
+            && self.cfg.count.is_none_or(|c| self.next_seq < c)
+            && self.deadline().is_none_or(|d| now < d)
+    }
+
+    /// The sequence number to send now, if one is due.
+    pub fn poll_send(&mut self, now: Instant) -> Option<u64> {
+        if !self.sending_allowed(now) {
+            self.next_send = None;
+            return None;
+        }
+        let due = self.next_send?;
+        if now < due {
+            return None;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        // Drift-free schedule, but never a burst to catch up after a stall.
+        let mut next = due + self.cfg.interval;
+        if next <= now {
+            next = now + self.cfg.interval;
+        }
+        self.next_send = Some(next);
+        self.probes.push_back(Probe {
+            sent_at: now,
+            local_port: None,
+            state: ProbeState::Waiting,
+        });
+        if self.probes.len() > HISTORY {
+            self.probes.pop_front();
+            self.base += 1;
+        }
+        Some(seq)
+    }
+
+    /// Records when the datagram actually left (the driver's timestamp) and from which port.
+    pub fn on_sent(&mut self, seq: u64, sent_at: Instant, local_port: Option<u16>) {
+        if let Some(p) = self.probe_mut(seq) {
+            p.sent_at = sent_at;
+            p.local_port = local_port;
+            self.waiting.push_back(seq);
+        }
+    }
+
+    /// The send failed locally (for example, no route); counted, never awaited.
+    pub fn on_send_failed(&mut self, seq: u64) {
+        if let Some(p) = self.probe_mut(seq) {
+            p.state = ProbeState::SendFailed;
+            self.send_errors += 1;
+        }
+    }
+
+    /// A reply for `seq` arrived at `now`. Returns what to tell the user, or
+    /// `None` for a seq we never sent (or forgot).
+    pub fn on_reply(
+        &mut self,
+        seq: u64,
+        now: Instant,
+        stamp: Option<ServerStamp>,
+    ) -> Option<PingEvent> {
+        let p = *self.probe_mut(seq)?;
+        let rtt = now.saturating_duration_since(p.sent_at);
+        let event = match p.state {
+            ProbeState::SendFailed => return None,
+            ProbeState::Replied | ProbeState::Late => {
+                self.duplicates += 1;
+                return Some(PingEvent::Duplicate { seq, rtt });
+            }
+            ProbeState::TimedOut => {
+                self.late += 1;
+                self.probe_mut(seq)?.state = ProbeState::Late;
+                PingEvent::Late { seq, rtt }
+            }
+            ProbeState::Waiting => {
+                self.received += 1;
+                self.rtt.record(rtt);
+                self.probe_mut(seq)?.state = ProbeState::Replied;
+                if let Some(pos) = self.waiting.iter().position(|&s| s == seq) {
+                    self.waiting.remove(pos);
+                }
+                PingEvent::Reply {
+                    seq,
+                    rtt,
+                    local_port: p.local_port,
+                    stamp,
+                }
+            }
+        };
+        match self.highest_replied {
+            Some(h) if seq < h => self.reordered += 1,
+            _ => self.highest_replied = Some(seq),
+        }
+        if let Some(s) = stamp {
+            if self.best_counter.is_none_or(|(c, _)| s.flow_count > c) {
+                self.best_counter = Some((s.flow_count, seq));
+            }
+            let proc = s.tx_ns.saturating_sub(s.rx_ns);
+            let (n, sum, min, max) = self.proc_ns;
+            self.proc_ns = (n + 1, sum + proc, min.min(proc), max.max(proc));
+            self.server_saw = Some(s.seen_from);
+            if s.seen_ttl != 0 {
+                self.server_seen_ttl = Some(s.seen_ttl);
+            }
+            if p.local_port.is_some_and(|lp| lp != s.seen_from.port()) {
+                self.port_translated += 1;
+            }
+        }
+        Some(event)
+    }
+
+    /// Probes whose timeout has passed by `now`.
+    pub fn poll_timeouts(&mut self, now: Instant) -> Vec<PingEvent> {
+        let mut out = Vec::new();
+        let timeout = self.cfg.timeout;
+        while let Some(&seq) = self.waiting.front() {
+            let Some(p) = self.probe_mut(seq) else {
+                self.waiting.pop_front();
+                continue;
+            };
+            if now < p.sent_at + timeout {
+                break;
+            }
+            p.state = ProbeState::TimedOut;
+            let local_port = p.local_port;
+            self.waiting.pop_front();
+            out.push(PingEvent::Timeout { seq, local_port });
+        }
+        out
+    }
+
+    /// When the driver must call back at the latest (next send, timeout or deadline).
+    pub fn next_wakeup(&self) -> Option<Instant> {
+        let timeout = self
+            .waiting
+            .front()
+            .and_then(|&s| self.probes.get((s - self.base) as usize))
+            .map(|p| p.sent_at + self.cfg.timeout);
+        [self.next_send, timeout, self.deadline()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Stop sending (Ctrl+C); outstanding probes are no longer awaited.
+    pub fn stop(&mut self, now: Instant) {
+        self.stopped = true;
+        self.next_send = None;
+        self.finished_at.get_or_insert(now);
+    }
+
+    /// True when nothing is left to send or await.
+    pub fn is_done(&mut self, now: Instant) -> bool {
+        let done = self.stopped
+            || self.deadline().is_some_and(|d| now >= d)
+            || (!self.sending_allowed(now) && self.waiting.is_empty());
+        if done {
+            self.finished_at.get_or_insert(now);
+        }
+        done
+    }
+
+    pub fn transmitted(&self) -> u64 {
+        self.next_seq - self.send_errors
+    }
+
+    pub fn summary(&self) -> PingSummary {
+        let transmitted = self.transmitted();
+        let lost = transmitted.saturating_sub(self.received + self.late);
+        let loss_percent = if transmitted == 0 {
+            0.0
+        } else {
+            lost as f64 * 100.0 / transmitted as f64
+        };
+        let (mut up, mut down, mut unknown) = (None, None, None);
+        if let Some((count, seq)) = self.best_counter {
+            // Probes up to `seq` were sent before the one the server counted as
+            // its `count`-th, so (up to reordering) the rest of them never arrived.
+            let sent_through = self
+                .probes
+                .iter()
+                .take((seq + 1).saturating_sub(self.base) as usize)
+                .filter(|p| p.state != ProbeState::SendFailed)
+                .count() as u64;
+            let answered_through = self
+                .probes
+                .iter()
+                .take((seq + 1).saturating_sub(self.base) as usize)
+                .filter(|p| matches!(p.state, ProbeState::Replied | ProbeState::Late))
+                .count() as u64;
+            let u = sent_through.saturating_sub(u64::from(count));
+            let d = u64::from(count).saturating_sub(answered_through);
+            up = Some(u);
+            down = Some(d);
+            unknown = Some(lost.saturating_sub(u + d));
+        }
+        let server_processing = (self.proc_ns.0 > 0).then(|| ProcessingSummary {
+            min_us: self.proc_ns.2 as f64 / 1e3,
+            avg_us: self.proc_ns.1 as f64 / self.proc_ns.0 as f64 / 1e3,
+            max_us: self.proc_ns.3 as f64 / 1e3,
+        });
+        let mut silent: Vec<u16> = self
+            .probes
+            .iter()
+            .filter(|p| matches!(p.state, ProbeState::TimedOut | ProbeState::Waiting))
+            .filter_map(|p| p.local_port)
+            .collect();
+        silent.sort_unstable();
+        silent.dedup();
+        let end = self.finished_at.unwrap_or(self.start);
+        PingSummary {
+            transmitted,
+            received: self.received,
+            duplicates: self.duplicates,
+            late: self.late,
+            reordered: self.reordered,
+            send_errors: self.send_errors,
+            lost,
+            loss_percent,
+            rtt: self.rtt.summary(),
+            upstream_lost: up,
+            downstream_lost: down,
+            direction_unknown: unknown,
+            server_processing,
+            server_saw: self.server_saw,
+            server_seen_ttl: self.server_seen_ttl,
+            port_translated: self.port_translated,
+            silent_source_ports: silent,
+            elapsed_ms: end.saturating_duration_since(self.start).as_secs_f64() * 1e3,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn stamp(count: u32) -> ServerStamp {
+        ServerStamp {
+            rx_ns: 1000,
+            tx_ns: 3000,
+            flow_count: count,
+            seen_from: "198.18.0.1:40000".parse().unwrap(),
+            seen_ttl: 64,
+        }
+    }
+
+    /// Runs a simulated ping: `fate(seq)` says whether the probe is lost up,
+    /// lost down, or answered after the given delay.
+    fn simulate(count: u64, fate: impl Fn(u64) -> Option<(bool, u64)>) -> PingSummary {
+        let t0 = Instant::now();
+        let cfg = PingConfig {
+            count: Some(count),
+            interval: ms(10),
+            timeout: ms(100),
+            deadline: None,
+        };
+        let mut s = PingSession::new(cfg, t0);
+        let mut server_count = 0u32;
+        let mut pending: Vec<(Instant, u64, u32)> = Vec::new();
+        let mut now = t0;
+        for _ in 0..100_000 {
+            while let Some(seq) = s.poll_send(now) {
+                s.on_sent(seq, now, Some(40000));
+                if let Some((arrives_up, delay)) = fate(seq) {
+                    if arrives_up {
+                        server_count += 1;
+                    }
+                    if delay > 0 {
+                        pending.push((now + ms(delay), seq, server_count));
+                    }
+                }
+            }
+            pending.sort_by_key(|p| p.0);
+            while pending.first().is_some_and(|p| p.0 <= now) {
+                let (_, seq, c) = pending.remove(0);
+                s.on_reply(seq, now, Some(stamp(c)));
+            }
+            s.poll_timeouts(now);
+            if s.is_done(now) && pending.is_empty() {
+                break;
+            }
+            now += ms(1);
+        }
+        s.summary()
+    }
+
+    #[test]
+    fn all_answered() {
+        let r = simulate(20, |_| Some((true, 5)));
+        assert_eq!((r.transmitted, r.received, r.lost), (20, 20, 0));
+        assert_eq!(r.upstream_lost, Some(0));
+        assert_eq!(r.downstream_lost, Some(0));
+        let rtt = r.rtt.unwrap();
+        assert!((rtt.avg_ms - 5.0).abs() < 1e-6);
+        assert_eq!(r.server_processing.unwrap().avg_us, 2.0);
+    }
+
+    #[test]
+    fn loss_split_by_direction() {
+        // seq % 5 == 1: lost on the way up; seq % 5 == 3: lost on the way back.
+        let r = simulate(100, |seq| match seq % 5 {
+            1 => None,
+            3 => Some((true, 0)),
+            _ => Some((true, 3)),
+        });
+        assert_eq!(r.transmitted, 100);
+        assert_eq!(r.received, 60);
+        assert_eq!(r.lost, 40);
+        assert_eq!(r.upstream_lost, Some(20));
+        assert_eq!(r.downstream_lost, Some(20));
+        assert_eq!(r.direction_unknown, Some(0));
+    }
+
+    #[test]
+    fn late_and_duplicates_and_reorder() {
+        let t0 = Instant::now();
+        let cfg = PingConfig {
+            count: Some(3),
+            interval: ms(10),
+            timeout: ms(50),
+            deadline: None,
+        };
+        let mut s = PingSession::new(cfg, t0);
+        let mut now = t0;
+        let mut sent = vec![];
+        while sent.len() < 3 {
+            if let Some(seq) = s.poll_send(now) {
+                s.on_sent(seq, now, None);
+                sent.push(seq);
+            }
+            now += ms(1);
+        }
+        // seq 1 answered before seq 0: reordered.
+        assert!(matches!(
+            s.on_reply(1, now, None),
+            Some(PingEvent::Reply { seq: 1, .. })
+        ));
+        assert!(matches!(
+            s.on_reply(0, now, None),
+            Some(PingEvent::Reply { seq: 0, .. })
+        ));
+        assert!(matches!(
+            s.on_reply(0, now, None),
+            Some(PingEvent::Duplicate { seq: 0, .. })
+        ));
+        assert_eq!(s.on_reply(99, now, None), None, "never sent");
+        now += ms(100);
+        let t = s.poll_timeouts(now);
+        assert_eq!(
+            t,
+            vec![PingEvent::Timeout {
+                seq: 2,
+                local_port: None
+            }]
+        );
+        assert!(matches!(
+            s.on_reply(2, now, None),
+            Some(PingEvent::Late { seq: 2, .. })
+        ));
+        assert!(s.is_done(now));
+        let r = s.summary();
+        assert_eq!(
+            (r.received, r.late, r.duplicates, r.reordered, r.lost),
+            (2, 1, 1, 1, 0)
+        );
+    }
+
+    #[test]
+    fn deadline_and_stop() {
+        let t0 = Instant::now();
+        let cfg = PingConfig {
+            count: None,
+            interval: ms(100),
+            timeout: ms(1000),
+            deadline: Some(ms(250)),
+        };
+        let mut s = PingSession::new(cfg, t0);
+        let mut n = 0;
+        let mut now = t0;
+        while !s.is_done(now) {
+            if let Some(seq) = s.poll_send(now) {
+                s.on_sent(seq, now, None);
+                n += 1;
+            }
+            now = s.next_wakeup().unwrap().max(now + ms(1));
+        }
+        assert_eq!(n, 3, "sends at 0, 100, 200 ms, then the deadline");
+        let mut s = PingSession::new(
+            PingConfig {
+                count: None,
+                interval: ms(10),
+                timeout: ms(10),
+                deadline: None,
+            },
+            t0,
+        );
+        assert!(s.poll_send(t0).is_some());
+        s.stop(t0);
+        assert!(s.poll_send(t0 + ms(20)).is_none());
+        assert!(s.is_done(t0));
+    }
+
+    #[test]
+    fn no_burst_after_stall() {
+        let t0 = Instant::now();
+        let mut s = PingSession::new(
+            PingConfig {
+                count: None,
+                interval: ms(10),
+                timeout: ms(10),
+                deadline: None,
+            },
+            t0,
+        );
+        assert_eq!(s.poll_send(t0), Some(0));
+        let later = t0 + ms(1000);
+        assert_eq!(s.poll_send(later), Some(1));
+        assert_eq!(s.poll_send(later), None);
+    }
+}

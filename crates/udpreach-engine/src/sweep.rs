@@ -1,0 +1,667 @@
+//! The port sweep state machine.
+//!
+//! A port moves Unopened -> Opening (asked the server to bind it) -> Probing
+//! (rounds of probes with an adaptive timeout) -> decided. A port whose round
+//! of probes got no reply is not declared blocked yet: we ask the server how
+//! many probes arrived, and probe a further round (`rounds`) before deciding
+//! between inbound blocked (none arrived) and return blocked (some arrived).
+//! Any reply, even a late one, makes the port reachable.
+//!
+//! The server holds at most `max_open` of our ports at once; ports are closed
+//! as soon as they are decided so the window slides over the whole plan.
+
+use crate::rto::RtoEstimator;
+use crate::verdict::Verdict;
+use serde::Serialize;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::time::{Duration, Instant};
+use udpreach_wire::PortSpec;
+
+/// The ports to test, in the order to test them.
+#[derive(Clone, Debug)]
+pub struct SweepPlan {
+    ports: Vec<u16>,
+}
+
+impl SweepPlan {
+    pub fn new(spec: &PortSpec) -> Self {
+        SweepPlan {
+            ports: spec.iter().collect(),
+        }
+    }
+
+    pub fn ports(&self) -> &[u16] {
+        &self.ports
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SweepConfig {
+    /// Probes per round before asking the server what arrived.
+    pub attempts: u32,
+    /// Rounds before a silent port is declared blocked (>= 1).
+    pub rounds: u32,
+    pub rto_initial: Duration,
+    pub rto_min: Duration,
+    pub rto_max: Duration,
+    /// Fixed per-probe timeout instead of the adaptive one.
+    pub fixed_timeout: Option<Duration>,
+    /// Ports held open on the server at once.
+    pub max_open: usize,
+    /// Packets per second cap; `None` for no cap.
+    pub rate: Option<u32>,
+}
+
+impl Default for SweepConfig {
+    fn default() -> Self {
+        SweepConfig {
+            attempts: 4,
+            rounds: 2,
+            rto_initial: Duration::from_millis(500),
+            rto_min: Duration::from_millis(30),
+            rto_max: Duration::from_secs(2),
+            fixed_timeout: None,
+            max_open: 4096,
+            rate: None,
+        }
+    }
+}
+
+/// How the server answered a request to open a port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenStatus {
+    Opened,
+    InUse,
+    Denied,
+    Failed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Unopened,
+    Opening,
+    /// Waiting for its next (re)transmission or a reply.
+    Probing {
+        round: u32,
+        sent: u32,
+        last_sent: Option<Instant>,
+    },
+    /// Round over without reply; asking the server what arrived.
+    Querying {
+        round: u32,
+        asked: bool,
+    },
+    Decided,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    state: State,
+    verdict: Option<Verdict>,
+    rtt: Option<Duration>,
+    /// Opened on the server and not yet closed.
+    held: bool,
+    probes_sent: u32,
+}
+
+/// One probe to send: to `port`, carrying `seq` (round and attempt).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    pub port: u16,
+    pub seq: u64,
+}
+
+/// Per-port result.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct PortResult {
+    pub port: u16,
+    pub verdict: Verdict,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
+    pub probes: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Progress {
+    pub total: usize,
+    pub decided: usize,
+    pub reachable: usize,
+    pub blocked: usize,
+    pub other: usize,
+    pub probes_sent: u64,
+}
+
+pub struct Sweep {
+    cfg: SweepConfig,
+    plan: SweepPlan,
+    /// Index by port number; `None` for ports not in the plan.
+    entries: Vec<Option<Entry>>,
+    next_unopened: usize,
+    held: usize,
+    ready: VecDeque<u16>,
+    timers: BinaryHeap<Reverse<(Instant, u16)>>,
+    to_query: VecDeque<u16>,
+    to_close: VecDeque<u16>,
+    rto: RtoEstimator,
+    progress: Progress,
+    tokens: f64,
+    last_refill: Instant,
+}
+
+fn seq_of(round: u32, attempt: u32) -> u64 {
+    (u64::from(round) << 16) | u64::from(attempt)
+}
+
+impl Sweep {
+    pub fn new(plan: SweepPlan, cfg: SweepConfig, now: Instant) -> Self {
+        let mut entries = vec![None; 65536];
+        for &p in plan.ports() {
+            entries[usize::from(p)] = Some(Entry {
+                state: State::Unopened,
+                verdict: None,
+                rtt: None,
+                held: false,
+                probes_sent: 0,
+            });
+        }
+        let rto = RtoEstimator::new(cfg.rto_initial, cfg.rto_min, cfg.rto_max);
+        let total = plan.ports().len();
+        Sweep {
+            tokens: cfg.rate.map_or(0.0, |r| f64::from(r).min(64.0)),
+            cfg: SweepConfig {
+                rounds: cfg.rounds.max(1),
+                attempts: cfg.attempts.max(1),
+                max_open: cfg.max_open.max(1),
+                ..cfg
+            },
+            plan,
+            entries,
+            next_unopened: 0,
+            held: 0,
+            ready: VecDeque::new(),
+            timers: BinaryHeap::new(),
+            to_query: VecDeque::new(),
+            to_close: VecDeque::new(),
+            rto,
+            progress: Progress {
+                total,
+                ..Progress::default()
+            },
+            last_refill: now,
+        }
+    }
+
+    /// Seeds the RTT estimate (for example from the control channel's round trip).
+    pub fn seed_rtt(&mut self, rtt: Duration) {
+        self.rto.on_sample(rtt);
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.cfg.fixed_timeout.unwrap_or_else(|| self.rto.rto())
+    }
+
+    fn entry(&mut self, port: u16) -> Option<&mut Entry> {
+        self.entries[usize::from(port)].as_mut()
+    }
+
+    /// Up to `max` ports to ask the server to open now, within the window.
+    pub fn poll_open(&mut self, max: usize) -> Vec<u16> {
+        let room = self.cfg.max_open.saturating_sub(self.held).min(max);
+        let mut out = Vec::with_capacity(room);
+        while out.len() < room && self.next_unopened < self.plan.ports.len() {
+            let port = self.plan.ports[self.next_unopened];
+            self.next_unopened += 1;
+            if let Some(e) = self.entry(port) {
+                if e.state == State::Unopened {
+                    e.state = State::Opening;
+                    e.held = true;
+                    out.push(port);
+                }
+            }
+        }
+        self.held += out.len();
+        out
+    }
+
+    pub fn on_opened(&mut self, port: u16, status: OpenStatus) {
+        let Some(e) = self.entry(port) else { return };
+        if e.state != State::Opening {
+            return;
+        }
+        match status {
+            OpenStatus::Opened => {
+                e.state = State::Probing {
+                    round: 0,
+                    sent: 0,
+                    last_sent: None,
+                };
+                self.ready.push_back(port);
+            }
+            other => {
+                e.held = false;
+                self.held -= 1;
+                let v = match other {
+                    OpenStatus::InUse => Verdict::InUseOnServer,
+                    OpenStatus::Denied => Verdict::DeniedByServer,
+                    _ => Verdict::ServerError,
+                };
+                self.decide(port, v, None);
+            }
+        }
+    }
+
+    fn decide(&mut self, port: u16, verdict: Verdict, rtt: Option<Duration>) {
+        let Some(e) = self.entry(port) else { return };
+        if e.state == State::Decided {
+            return;
+        }
+        e.state = State::Decided;
+        e.verdict = Some(verdict);
+        e.rtt = rtt;
+        let held = e.held;
+        if held {
+            self.to_close.push_back(port);
+        }
+        self.progress.decided += 1;
+        match verdict {
+            Verdict::Reachable => self.progress.reachable += 1,
+            Verdict::InboundBlocked | Verdict::ReturnBlocked => self.progress.blocked += 1,
+            _ => self.progress.other += 1,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        if let Some(rate) = self.cfg.rate {
+            let dt = now
+                .saturating_duration_since(self.last_refill)
+                .as_secs_f64();
+            let burst = f64::from(rate).clamp(1.0, 64.0);
+            self.tokens = (self.tokens + dt * f64::from(rate)).min(burst);
+            self.last_refill = now;
+        }
+    }
+
+    /// Moves ports whose retransmission timer has expired back to the ready queue.
+    pub fn poll_timers(&mut self, now: Instant) {
+        while let Some(&Reverse((at, port))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let attempts = self.cfg.attempts;
+            let Some(e) = self.entry(port) else { continue };
+            match e.state {
+                State::Probing {
+                    round,
+                    sent,
+                    last_sent: Some(last),
+                } if at >= last => {
+                    if sent >= attempts {
+                        e.state = State::Querying {
+                            round,
+                            asked: false,
+                        };
+                        self.to_query.push_back(port);
+                    } else {
+                        self.ready.push_back(port);
+                    }
+                }
+                _ => {} // stale timer: the port moved on
+            }
+        }
+    }
+
+    /// The next probe to send now, if any (respects the rate cap).
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        self.refill(now);
+        let timeout = self.timeout();
+        loop {
+            let port = *self.ready.front()?;
+            if self.cfg.rate.is_some() && self.tokens < 1.0 {
+                return None;
+            }
+            self.ready.pop_front();
+            let Some(e) = self.entry(port) else { continue };
+            let State::Probing { round, sent, .. } = e.state else {
+                continue;
+            };
+            e.state = State::Probing {
+                round,
+                sent: sent + 1,
+                last_sent: Some(now),
+            };
+            e.probes_sent += 1;
+            // Mild backoff within a round: a slow server is not a blocked port.
+            let wait = timeout + timeout * sent / 2;
+            self.timers.push(Reverse((now + wait, port)));
+            self.progress.probes_sent += 1;
+            if self.cfg.rate.is_some() {
+                self.tokens -= 1.0;
+            }
+            return Some(Transmit {
+                port,
+                seq: seq_of(round, sent),
+            });
+        }
+    }
+
+    /// A reply came from `port` carrying `seq`.
+    pub fn on_reply(&mut self, port: u16, seq: u64, now: Instant) {
+        let Some(e) = self.entry(port) else { return };
+        if e.state == State::Decided {
+            return;
+        }
+        let mut rtt = None;
+        if let State::Probing {
+            round,
+            sent,
+            last_sent: Some(last),
+        } = e.state
+        {
+            // Only the latest send's time is kept, so only its reply is a clean sample.
+            if seq == seq_of(round, sent - 1) {
+                rtt = Some(now.saturating_duration_since(last));
+            }
+        }
+        if let Some(r) = rtt {
+            self.rto.on_sample(r);
+        }
+        self.decide(port, Verdict::Reachable, rtt);
+    }
+
+    /// Up to `max` ports whose arrival counts the server should report.
+    pub fn poll_arrival_queries(&mut self, max: usize) -> Vec<u16> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(port) = self.to_query.pop_front() else {
+                break;
+            };
+            if let Some(e) = self.entry(port) {
+                if let State::Querying {
+                    round,
+                    asked: false,
+                } = e.state
+                {
+                    e.state = State::Querying { round, asked: true };
+                    out.push(port);
+                }
+            }
+        }
+        out
+    }
+
+    /// The server says `count` of our probes reached `port` so far.
+    pub fn on_arrivals(&mut self, port: u16, count: u32) {
+        let rounds = self.cfg.rounds;
+        let Some(e) = self.entry(port) else { return };
+        let State::Querying { round, .. } = e.state else {
+            return;
+        };
+        if round + 1 < rounds {
+            e.state = State::Probing {
+                round: round + 1,
+                sent: 0,
+                last_sent: None,
+            };
+            self.ready.push_back(port);
+        } else if count == 0 {
+            self.decide(port, Verdict::InboundBlocked, None);
+        } else {
+            self.decide(port, Verdict::ReturnBlocked, None);
+        }
+    }
+
+    /// Up to `max` decided ports to close on the server.
+    pub fn poll_close(&mut self, max: usize) -> Vec<u16> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(port) = self.to_close.pop_front() else {
+                break;
+            };
+            if let Some(e) = self.entry(port) {
+                if e.held {
+                    e.held = false;
+                    out.push(port);
+                }
+            }
+        }
+        self.held -= out.len();
+        out
+    }
+
+    /// When the driver must call back at the latest.
+    pub fn next_wakeup(&self) -> Option<Instant> {
+        let timer = self.timers.peek().map(|Reverse((at, _))| *at);
+        if self.cfg.rate.is_some() && !self.ready.is_empty() && self.tokens < 1.0 {
+            let rate = f64::from(self.cfg.rate.unwrap_or(1));
+            let refill = self.last_refill + Duration::from_secs_f64((1.0 - self.tokens) / rate);
+            return Some(timer.map_or(refill, |t| t.min(refill)));
+        }
+        timer
+    }
+
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.progress.decided == self.progress.total
+    }
+
+    pub fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
+    pub fn port_verdict(&self, port: u16) -> Option<Verdict> {
+        self.entries[usize::from(port)].and_then(|e| e.verdict)
+    }
+
+    /// Marks every undecided port as not tested (Ctrl+C, lost control channel).
+    pub fn abort(&mut self) {
+        let undecided: Vec<u16> = self
+            .plan
+            .ports
+            .iter()
+            .copied()
+            .filter(|&p| self.entries[usize::from(p)].is_some_and(|e| e.state != State::Decided))
+            .collect();
+        for p in undecided {
+            self.decide(p, Verdict::NotTested, None);
+        }
+    }
+
+    pub fn results(&self) -> Vec<PortResult> {
+        self.plan
+            .ports
+            .iter()
+            .filter_map(|&p| {
+                let e = self.entries[usize::from(p)]?;
+                Some(PortResult {
+                    port: p,
+                    verdict: e.verdict.unwrap_or(Verdict::NotTested),
+                    rtt_ms: e.rtt.map(|d| d.as_secs_f64() * 1e3),
+                    probes: e.probes_sent,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deterministic pseudo-random source for the simulations (xorshift).
+    struct Rng(u64);
+    impl Rng {
+        fn chance(&mut self, percent: u64) -> bool {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % 100 < percent
+        }
+    }
+
+    #[derive(Clone, Copy, PartialEq, Debug)]
+    enum Path {
+        Open,
+        InboundDrop,
+        ReturnDrop,
+        InUse,
+    }
+
+    /// Simulates a whole sweep against an in-memory server with random loss.
+    fn simulate(ports: &[(u16, Path)], loss_pct: u64, seed: u64) -> (Vec<PortResult>, Duration) {
+        let spec = PortSpec::from_ports(ports.iter().map(|p| p.0));
+        let path = |port: u16| ports.iter().find(|p| p.0 == port).unwrap().1;
+        let t0 = Instant::now();
+        let cfg = SweepConfig {
+            max_open: 100,
+            ..SweepConfig::default()
+        };
+        let mut sweep = Sweep::new(SweepPlan::new(&spec), cfg, t0);
+        sweep.seed_rtt(Duration::from_millis(1));
+        let mut rng = Rng(seed | 1);
+        let mut arrivals = vec![0u32; 65536];
+        let mut open = vec![false; 65536];
+        let mut in_flight: Vec<(Instant, u16, u64)> = vec![];
+        let mut now = t0;
+        for _ in 0..200_000 {
+            for p in sweep.poll_close(1000) {
+                assert!(open[p as usize]);
+                open[p as usize] = false;
+            }
+            for p in sweep.poll_open(1000) {
+                if path(p) == Path::InUse {
+                    sweep.on_opened(p, OpenStatus::InUse);
+                } else {
+                    open[p as usize] = true;
+                    sweep.on_opened(p, OpenStatus::Opened);
+                }
+            }
+            while let Some(t) = sweep.poll_transmit(now) {
+                assert!(open[t.port as usize], "probe to a closed port");
+                let p = path(t.port);
+                if p == Path::InboundDrop || rng.chance(loss_pct) {
+                    continue;
+                }
+                arrivals[t.port as usize] += 1;
+                if p == Path::ReturnDrop || rng.chance(loss_pct) {
+                    continue;
+                }
+                in_flight.push((now + Duration::from_millis(1), t.port, t.seq));
+            }
+            in_flight.retain(|&(at, port, seq)| {
+                if at <= now {
+                    sweep.on_reply(port, seq, now);
+                    false
+                } else {
+                    true
+                }
+            });
+            for p in sweep.poll_arrival_queries(1000) {
+                sweep.on_arrivals(p, arrivals[p as usize]);
+            }
+            sweep.poll_timers(now);
+            if sweep.is_done() {
+                break;
+            }
+            now += Duration::from_millis(1);
+        }
+        assert!(sweep.is_done(), "sweep did not finish");
+        assert!(sweep.poll_close(100_000).len() <= 100);
+        (sweep.results(), now - t0)
+    }
+
+    fn expected(p: Path) -> Verdict {
+        match p {
+            Path::Open => Verdict::Reachable,
+            Path::InboundDrop => Verdict::InboundBlocked,
+            Path::ReturnDrop => Verdict::ReturnBlocked,
+            Path::InUse => Verdict::InUseOnServer,
+        }
+    }
+
+    #[test]
+    fn verdicts_are_right_under_loss() {
+        let mut rng = Rng(12345);
+        let ports: Vec<(u16, Path)> = (1000..3000u16)
+            .map(|p| {
+                let kind = if rng.chance(10) {
+                    if rng.chance(50) {
+                        Path::InboundDrop
+                    } else {
+                        Path::ReturnDrop
+                    }
+                } else if rng.chance(1) {
+                    Path::InUse
+                } else {
+                    Path::Open
+                };
+                (p, kind)
+            })
+            .collect();
+        for seed in [1, 2, 3] {
+            let (results, _) = simulate(&ports, 5, seed);
+            assert_eq!(results.len(), ports.len());
+            for (r, &(port, path)) in results.iter().zip(&ports) {
+                assert_eq!(r.port, port);
+                assert_eq!(r.verdict, expected(path), "port {port} seed {seed}");
+            }
+        }
+    }
+
+    #[test]
+    fn no_loss_one_probe_per_open_port() {
+        let ports: Vec<(u16, Path)> = (1..=500).map(|p| (p, Path::Open)).collect();
+        let (results, elapsed) = simulate(&ports, 0, 7);
+        assert!(results
+            .iter()
+            .all(|r| r.verdict == Verdict::Reachable && r.probes == 1));
+        assert!(elapsed < Duration::from_secs(1), "{elapsed:?}");
+    }
+
+    #[test]
+    fn rate_cap_spaces_probes() {
+        let spec: PortSpec = "1-100".parse().unwrap();
+        let t0 = Instant::now();
+        let cfg = SweepConfig {
+            rate: Some(10),
+            ..SweepConfig::default()
+        };
+        let mut s = Sweep::new(SweepPlan::new(&spec), cfg, t0);
+        for p in s.poll_open(1000) {
+            s.on_opened(p, OpenStatus::Opened);
+        }
+        let mut sent = 0;
+        let mut now = t0;
+        while now < t0 + Duration::from_secs(2) {
+            while s.poll_transmit(now).is_some() {
+                sent += 1;
+            }
+            now += Duration::from_millis(10);
+        }
+        // 10 burst tokens at start + 10/s for 2 s.
+        assert!((25..=32).contains(&sent), "{sent}");
+    }
+
+    #[test]
+    fn abort_marks_rest_not_tested() {
+        let spec: PortSpec = "1-10".parse().unwrap();
+        let mut s = Sweep::new(
+            SweepPlan::new(&spec),
+            SweepConfig::default(),
+            Instant::now(),
+        );
+        for p in s.poll_open(3) {
+            s.on_opened(p, OpenStatus::Opened);
+        }
+        s.on_reply(1, 0, Instant::now());
+        s.abort();
+        assert!(s.is_done());
+        let r = s.results();
+        assert_eq!(r[0].verdict, Verdict::Reachable);
+        assert!(r[1..].iter().all(|r| r.verdict == Verdict::NotTested));
+    }
+}
