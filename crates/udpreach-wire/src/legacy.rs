@@ -27,12 +27,13 @@ pub enum LegacyError {
     TooLarge,
 }
 
+/// One decoded object (or why it is not a request) and the bytes it used.
+pub type Decoded = (Result<LegacyRequest, LegacyError>, usize);
+
 /// Takes the first complete JSON object off `buf`. `Ok(None)`: incomplete.
 /// Returns the parsed request (or a per-object error) and the bytes used, so
 /// a bad object is skipped (as the seed server did) instead of ending the stream.
-pub fn decode_request(
-    buf: &[u8],
-) -> Result<Option<(Result<LegacyRequest, LegacyError>, usize)>, LegacyError> {
+pub fn decode_request(buf: &[u8]) -> Result<Option<Decoded>, LegacyError> {
     let start = buf
         .iter()
         .position(|b| !b.is_ascii_whitespace())

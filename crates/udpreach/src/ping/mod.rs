@@ -1,0 +1,305 @@
+//! `udpreach ping`: the I/O driver around [`udpreach_engine::PingSession`].
+
+pub mod payload;
+
+use crate::cli::PingArgs;
+use crate::platform::{canonical, AsyncUdp, UdpOptions};
+use crate::report::ping::PingReport;
+use crate::target::{resolve, unspecified_for, Family};
+use anyhow::{anyhow, bail, Context};
+use payload::{PayloadBuilder, Reply};
+use serde_json::json;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use udpreach_engine::ping::{PingConfig, PingEvent, PingSession};
+
+/// A datagram handed from a socket's reader task to the ping loop.
+struct Incoming {
+    local: SocketAddr,
+    from: SocketAddr,
+    ttl: Option<u8>,
+    at: Instant,
+    data: Vec<u8>,
+}
+
+/// Receive time as an `Instant`, corrected by the kernel timestamp for the
+/// time the datagram waited before we read it.
+fn arrival_instant(kernel_rx: Option<SystemTime>) -> Instant {
+    let now = Instant::now();
+    if let Some(k) = kernel_rx {
+        if let Ok(waited) = SystemTime::now().duration_since(k) {
+            if waited < std::time::Duration::from_secs(1) {
+                return now.checked_sub(waited).unwrap_or(now);
+            }
+        }
+    }
+    now
+}
+
+fn spawn_reader(
+    sock: Arc<AsyncUdp>,
+    local: SocketAddr,
+    tx: mpsc::UnboundedSender<Incoming>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match sock.recv(&mut buf).await {
+                Ok(meta) => {
+                    let at = arrival_instant(meta.kernel_rx);
+                    let msg = Incoming {
+                        local,
+                        from: meta.from,
+                        ttl: meta.ttl,
+                        at,
+                        data: buf[..meta.len].to_vec(),
+                    };
+                    if tx.send(msg).is_err() {
+                        return;
+                    }
+                }
+                // ICMP errors surface as ECONNREFUSED etc. on some paths; keep reading.
+                Err(_) => tokio::task::yield_now().await,
+            }
+        }
+    })
+}
+
+/// The source address the kernel would pick towards `target` (for the NAT check).
+fn route_source(target: SocketAddr) -> Option<std::net::IpAddr> {
+    let s = std::net::UdpSocket::bind(unspecified_for(&target, 0)).ok()?;
+    s.connect(target).ok()?;
+    s.local_addr().ok().map(|a| a.ip())
+}
+
+struct Sender {
+    sock: Arc<AsyncUdp>,
+    local: SocketAddr,
+    reader: JoinHandle<()>,
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
+    let family = Family::from_flags(args.ipv4, args.ipv6);
+    let input = args.target.clone();
+    let target =
+        tokio::task::spawn_blocking(move || resolve(&input, crate::cli::DEFAULT_PORT, family))
+            .await?
+            .map_err(|e| anyhow!(e))?;
+    if target.is_ipv4() && args.size > udpreach_wire::probe::MAX_DATAGRAM {
+        bail!(
+            "invalid size '{}': IPv4 allows at most {} bytes",
+            args.size,
+            udpreach_wire::probe::MAX_DATAGRAM
+        );
+    }
+    let opts = UdpOptions {
+        ttl: args.ttl,
+        dscp: args.dscp,
+        dont_fragment: args.df,
+    };
+    let builder = PayloadBuilder {
+        token: rand::random(),
+        size: args.size,
+    };
+    let report = PingReport {
+        json: args.json,
+        quiet: args.quiet,
+        target_name: args.target.clone(),
+        target,
+    };
+    let src_ip = route_source(target).unwrap_or_else(|| unspecified_for(&target, 0).ip());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+
+    // Fixed mode: one socket for the whole run. --sport: one per probe.
+    let sport_list: Option<Vec<u16>> = args.sport.as_ref().map(|s| s.iter().collect());
+    let mut fixed: Option<Sender> = None;
+    if sport_list.is_none() {
+        let sock = AsyncUdp::bind(unspecified_for(&target, 0), &opts)
+            .with_context(|| format!("cannot open a UDP socket towards {target}"))?;
+        let local = SocketAddr::new(src_ip, sock.local_addr()?.port());
+        let sock = Arc::new(sock);
+        let reader = spawn_reader(sock.clone(), local, tx.clone());
+        fixed = Some(Sender {
+            sock,
+            local,
+            reader,
+        });
+    }
+    let count = match &sport_list {
+        Some(l) => Some(args.count.map_or(l.len() as u64, |c| c.min(l.len() as u64))),
+        None => args.count,
+    };
+    let cfg = PingConfig {
+        count,
+        interval: args.interval,
+        timeout: args.timeout,
+        deadline: args.deadline,
+    };
+    report.start(
+        args.size,
+        builder.has_header(),
+        fixed.as_ref().map(|f| f.local),
+    );
+
+    let mut sigint =
+        signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut session = PingSession::new(cfg, Instant::now());
+    let mut packet = Vec::with_capacity(args.size);
+    // --sport bookkeeping: sockets kept open until their probe's timeout has passed.
+    let mut sport_socks: HashMap<u64, Sender> = HashMap::new();
+    let mut sport_expiry: VecDeque<(Instant, u64)> = VecDeque::new();
+    let mut skipped: Vec<u16> = Vec::new();
+    let mut locals: HashMap<u64, SocketAddr> = HashMap::new();
+
+    loop {
+        let now = Instant::now();
+        while let Some(seq) = session.poll_send(now) {
+            builder.build(seq, &mut packet);
+            let sender = match &sport_list {
+                None => fixed.as_ref().expect("fixed socket"),
+                Some(list) => {
+                    let port = list[seq as usize];
+                    match AsyncUdp::bind(unspecified_for(&target, port), &opts) {
+                        Ok(sock) => {
+                            let sock = Arc::new(sock);
+                            let local = SocketAddr::new(src_ip, port);
+                            let reader = spawn_reader(sock.clone(), local, tx.clone());
+                            sport_socks.insert(
+                                seq,
+                                Sender {
+                                    sock,
+                                    local,
+                                    reader,
+                                },
+                            );
+                            sport_expiry.push_back((now + args.timeout * 2, seq));
+                            &sport_socks[&seq]
+                        }
+                        Err(e) => {
+                            session.on_send_failed(seq);
+                            skipped.push(port);
+                            report.notice(
+                                "skipped",
+                                json!({"seq": seq, "local_port": port, "error": e.to_string()}),
+                                &format!("source port {port} unavailable locally ({e}), skipped"),
+                            );
+                            continue;
+                        }
+                    }
+                }
+            };
+            let sent_at = Instant::now();
+            match sender.sock.send_to(&packet, target).await {
+                Ok(_) => {
+                    locals.insert(seq, sender.local);
+                    let lp = sport_list.as_ref().map(|_| sender.local.port());
+                    session.on_sent(seq, sent_at, lp);
+                }
+                Err(e) => {
+                    session.on_send_failed(seq);
+                    report.notice(
+                        "send_error",
+                        json!({"seq": seq, "error": e.to_string()}),
+                        &format!("seq={seq} send to {target} failed: {e}"),
+                    );
+                }
+            }
+        }
+        for ev in session.poll_timeouts(Instant::now()) {
+            if let PingEvent::Timeout { seq, .. } = ev {
+                report.timeout(locals.get(&seq).copied(), seq, args.timeout);
+                locals.remove(&seq);
+            }
+        }
+        while let Some(&(at, seq)) = sport_expiry.front() {
+            if at > Instant::now() {
+                break;
+            }
+            sport_expiry.pop_front();
+            sport_socks.remove(&seq);
+        }
+        if session.is_done(Instant::now()) {
+            break;
+        }
+        let wake = session
+            .next_wakeup()
+            .unwrap_or_else(|| Instant::now() + args.interval);
+        let wake = sport_expiry.front().map_or(wake, |&(at, _)| wake.min(at));
+        tokio::select! {
+            biased;
+            _ = sigint.recv() => { session.stop(Instant::now()); break; }
+            _ = sigterm.recv() => { session.stop(Instant::now()); break; }
+            msg = rx.recv() => {
+                let Some(msg) = msg else { continue };
+                handle_incoming(&msg, target, &builder, &mut session, &report);
+                // Drain what else is queued before going back to timers.
+                while let Ok(m) = rx.try_recv() {
+                    handle_incoming(&m, target, &builder, &mut session, &report);
+                }
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {}
+        }
+    }
+    let summary = session.summary();
+    report.summary(&summary, fixed.as_ref().map(|f| f.local), &skipped);
+    Ok(if summary.received + summary.late > 0 {
+        0
+    } else {
+        1
+    })
+}
+
+fn handle_incoming(
+    msg: &Incoming,
+    target: SocketAddr,
+    builder: &PayloadBuilder,
+    session: &mut PingSession,
+    report: &PingReport,
+) {
+    // Only the target's address and port count as a reply.
+    if canonical(msg.from) != canonical(target) {
+        return;
+    }
+    let (seq, stamp) = match builder.check(&msg.data) {
+        Reply::Stamped { seq, stamp } => (seq, Some(stamp)),
+        Reply::Plain { seq } => (seq, None),
+        Reply::Corrupt { seq } => {
+            report.notice(
+                "corrupt",
+                json!({"seq": seq}),
+                &format!("seq={seq} reply payload differs from what was sent; ignored"),
+            );
+            return;
+        }
+        Reply::Foreign => return,
+    };
+    let Some(ev) = session.on_reply(seq, msg.at, stamp) else {
+        return;
+    };
+    let bytes = msg.data.len();
+    match ev {
+        PingEvent::Reply {
+            seq, rtt, stamp, ..
+        } => report.reply(msg.local, seq, bytes, rtt, msg.ttl, stamp.as_ref(), "reply"),
+        PingEvent::Late { seq, rtt } => {
+            report.reply(msg.local, seq, bytes, rtt, msg.ttl, None, "late")
+        }
+        PingEvent::Duplicate { seq, rtt } => {
+            report.reply(msg.local, seq, bytes, rtt, msg.ttl, None, "duplicate")
+        }
+        PingEvent::Timeout { .. } => {}
+    }
+}

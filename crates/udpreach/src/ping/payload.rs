@@ -1,0 +1,136 @@
+//! Ping datagrams: what we send, and how a reply is checked against it.
+//!
+//! 64 bytes and more: a udpreach probe header, then filler. 16..63 bytes
+//! (too small for the header): token and sequence, then filler. The filler is
+//! alphanumeric (as the seed script sent) and derived from token and sequence,
+//! so a reply can be verified without keeping a copy of every probe.
+
+use udpreach_wire::probe::{ProbeHeader, ProbeKind, ServerStamp, HEADER_LEN};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// From a udpreach server: stamped.
+    Stamped { seq: u64, stamp: ServerStamp },
+    /// From a plain echo server: our bytes back unchanged.
+    Plain { seq: u64 },
+    /// Right length and token, but bytes differ from what was sent.
+    Corrupt { seq: u64 },
+    /// Not ours.
+    Foreign,
+}
+
+pub struct PayloadBuilder {
+    pub token: u64,
+    pub size: usize,
+}
+
+fn filler(token: u64, seq: u64, out: &mut [u8]) {
+    const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    // xorshift64*: fast and deterministic; this is filler, not cryptography.
+    let mut x = (token ^ seq.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1;
+    for b in out.iter_mut() {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        *b = ALNUM[(x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 58) as usize % ALNUM.len()];
+    }
+}
+
+impl PayloadBuilder {
+    pub fn has_header(&self) -> bool {
+        self.size >= HEADER_LEN
+    }
+
+    pub fn build(&self, seq: u64, out: &mut Vec<u8>) {
+        out.clear();
+        out.resize(self.size, 0);
+        if self.has_header() {
+            ProbeHeader::request(ProbeKind::EchoRequest, self.token, seq)
+                .encode(out)
+                .expect("size checked");
+            filler(self.token, seq, &mut out[HEADER_LEN..]);
+        } else {
+            out[..8].copy_from_slice(&self.token.to_be_bytes());
+            out[8..16].copy_from_slice(&seq.to_be_bytes());
+            filler(self.token, seq, &mut out[16..]);
+        }
+    }
+
+    pub fn check(&self, data: &[u8]) -> Reply {
+        if data.len() != self.size {
+            return Reply::Foreign;
+        }
+        let mut want = Vec::with_capacity(self.size);
+        if self.has_header() {
+            let Ok(h) = ProbeHeader::decode(data) else {
+                return Reply::Foreign;
+            };
+            if h.token != self.token {
+                return Reply::Foreign;
+            }
+            self.build(h.seq, &mut want);
+            if data[HEADER_LEN..] != want[HEADER_LEN..] {
+                return Reply::Corrupt { seq: h.seq };
+            }
+            match (h.kind, h.stamp) {
+                (ProbeKind::EchoReply, Some(stamp)) => Reply::Stamped { seq: h.seq, stamp },
+                (ProbeKind::EchoRequest, _) if data == want.as_slice() => {
+                    Reply::Plain { seq: h.seq }
+                }
+                _ => Reply::Corrupt { seq: h.seq },
+            }
+        } else {
+            if data[..8] != self.token.to_be_bytes() {
+                return Reply::Foreign;
+            }
+            let seq = u64::from_be_bytes(data[8..16].try_into().expect("8 bytes"));
+            self.build(seq, &mut want);
+            if data == want.as_slice() {
+                Reply::Plain { seq }
+            } else {
+                Reply::Corrupt { seq }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_echo_is_recognised() {
+        for size in [16, 40, 64, 1000] {
+            let b = PayloadBuilder { token: 99, size };
+            let mut p = Vec::new();
+            b.build(7, &mut p);
+            assert_eq!(p.len(), size);
+            assert_eq!(b.check(&p), Reply::Plain { seq: 7 });
+            let mut bad = p.clone();
+            *bad.last_mut().unwrap() ^= 1;
+            assert_eq!(b.check(&bad), Reply::Corrupt { seq: 7 });
+            assert_eq!(b.check(&p[..size - 1]), Reply::Foreign);
+            let other = PayloadBuilder { token: 98, size };
+            assert_eq!(other.check(&p), Reply::Foreign);
+        }
+    }
+
+    #[test]
+    fn stamped_reply() {
+        let b = PayloadBuilder {
+            token: 5,
+            size: 100,
+        };
+        let mut p = Vec::new();
+        b.build(3, &mut p);
+        let stamp = ServerStamp {
+            rx_ns: 1,
+            tx_ns: 2,
+            flow_count: 1,
+            seen_from: "198.18.0.1:1".parse().unwrap(),
+            seen_ttl: 64,
+        };
+        udpreach_wire::probe::make_reply_in_place(&mut p, &stamp).unwrap();
+        assert_eq!(b.check(&p), Reply::Stamped { seq: 3, stamp });
+    }
+}

@@ -1,0 +1,256 @@
+//! The one place for raw socket options, `recvmsg` control messages and
+//! resource limits. Everything above this module sees plain values.
+//!
+//! socket2 covers the portable options; nix covers TTL/hop-limit and kernel
+//! receive timestamps; `IP_MTU_DISCOVER` is set with libc because neither
+//! crate exposes it (the only `unsafe` in the project).
+
+use nix::sys::socket::{self as nsock, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::io::{self, IoSliceMut};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+/// Options applied to a UDP socket at creation.
+#[derive(Clone, Debug, Default)]
+pub struct UdpOptions {
+    /// Outgoing TTL / hop limit.
+    pub ttl: Option<u32>,
+    /// DSCP code point (0..=63), written into the TOS / traffic-class byte.
+    pub dscp: Option<u8>,
+    /// Set Don't Fragment (IPv4) / never fragment locally (IPv6).
+    pub dont_fragment: bool,
+}
+
+/// What `recvmsg` told us beside the bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct RecvMeta {
+    pub len: usize,
+    pub from: SocketAddr,
+    /// TTL or hop limit of the received datagram.
+    pub ttl: Option<u8>,
+    /// Kernel receive time (SO_TIMESTAMPNS), realtime clock.
+    pub kernel_rx: Option<SystemTime>,
+}
+
+/// Realtime clock in nanoseconds since the Unix epoch.
+pub fn realtime_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Unmaps `::ffff:a.b.c.d` so addresses compare equal whatever the socket family.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
+/// Creates a non-blocking UDP socket bound to `bind`, with receive metadata enabled.
+pub fn udp_socket(bind: SocketAddr, opts: &UdpOptions) -> io::Result<UdpSocket> {
+    let domain = Domain::for_address(bind);
+    let sock = Socket::new(
+        domain,
+        Type::DGRAM.nonblocking().cloexec(),
+        Some(Protocol::UDP),
+    )?;
+    let v6 = bind.is_ipv6();
+    if v6 {
+        // IPv4 is served by its own socket; keeps `[::]:P` and `0.0.0.0:P` independent.
+        sock.set_only_v6(true)?;
+    }
+    sock.bind(&bind.into())?;
+    // Receive metadata is best effort: a missing option only costs precision.
+    if v6 {
+        let _ = nsock::setsockopt(&sock, sockopt::Ipv6RecvHopLimit, &true);
+    } else {
+        let _ = nsock::setsockopt(&sock, sockopt::Ipv4RecvTtl, &true);
+    }
+    let _ = nsock::setsockopt(&sock, sockopt::ReceiveTimestampns, &true);
+    if let Some(ttl) = opts.ttl {
+        if v6 {
+            sock.set_unicast_hops_v6(ttl)?;
+        } else {
+            sock.set_ttl_v4(ttl)?;
+        }
+    }
+    if let Some(dscp) = opts.dscp {
+        let tos = u32::from(dscp) << 2;
+        if v6 {
+            sock.set_tclass_v6(tos)?;
+        } else {
+            sock.set_tos_v4(tos)?;
+        }
+    }
+    if opts.dont_fragment {
+        set_dont_fragment(&sock, v6)?;
+    }
+    Ok(sock.into())
+}
+
+fn set_dont_fragment(sock: &Socket, v6: bool) -> io::Result<()> {
+    let (level, name, value) = if v6 {
+        (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_DO,
+        )
+    } else {
+        (
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+        )
+    };
+    // SAFETY: a valid fd, and a pointer to a c_int that outlives the call with its exact size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            &value as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn to_socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = s.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    s.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
+}
+
+/// One non-blocking `recvmsg`, returning the bytes' metadata.
+pub fn recv_meta(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<RecvMeta> {
+    let mut cmsg = nix::cmsg_space!(libc::c_int, nix::sys::time::TimeSpec, [u8; 64]);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = nsock::recvmsg::<SockaddrStorage>(
+        sock.as_fd().as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(io::Error::from)?;
+    let mut meta = RecvMeta {
+        len: msg.bytes,
+        from: msg
+            .address
+            .as_ref()
+            .and_then(to_socket_addr)
+            .map(canonical)
+            .ok_or_else(|| io::Error::other("datagram without a source address"))?,
+        ttl: None,
+        kernel_rx: None,
+    };
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for c in cmsgs {
+            match c {
+                ControlMessageOwned::Ipv4Ttl(t) | ControlMessageOwned::Ipv6HopLimit(t) => {
+                    meta.ttl = u8::try_from(t).ok();
+                }
+                ControlMessageOwned::ScmTimestampns(ts) => {
+                    let d = Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32);
+                    meta.kernel_rx = Some(UNIX_EPOCH + d);
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(meta)
+}
+
+/// A UDP socket driven by tokio, with metadata-aware receive.
+pub struct AsyncUdp {
+    inner: AsyncFd<UdpSocket>,
+}
+
+impl AsyncUdp {
+    pub fn new(sock: UdpSocket) -> io::Result<Self> {
+        // SAFETY: the std socket owns its fd, which stays open and unchanged for
+        // as long as the AsyncFd (its sole owner) lives.
+        let inner = unsafe {
+            AsyncFd::register_with_interest(sock, Interest::READABLE | Interest::WRITABLE)
+        }
+        .map_err(io::Error::from)?;
+        Ok(AsyncUdp { inner })
+    }
+
+    pub fn bind(addr: SocketAddr, opts: &UdpOptions) -> io::Result<Self> {
+        Self::new(udp_socket(addr, opts)?)
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.get_ref().local_addr()
+    }
+
+    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<RecvMeta> {
+        self.inner
+            .async_io(Interest::READABLE, |s| recv_meta(s, buf))
+            .await
+    }
+
+    pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<RecvMeta> {
+        recv_meta(self.inner.get_ref(), buf)
+    }
+
+    pub async fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+        self.inner
+            .async_io(Interest::WRITABLE, |s| s.send_to(buf, to))
+            .await
+    }
+
+    pub fn try_send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+        self.inner.get_ref().send_to(buf, to)
+    }
+}
+
+/// Raises the soft open-files limit to the hard limit; returns the soft limit now in force.
+pub fn raise_nofile_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => {
+            if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+                hard
+            } else {
+                soft
+            }
+        }
+        Err(_) => 1024,
+    }
+}
+
+/// Number of open file descriptors of this process (for diagnostics and tests).
+pub fn open_fd_count() -> Option<usize> {
+    std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count())
+}
+
+/// A TCP listener; IPv6 listeners are v6-only so `[::]:P` and `0.0.0.0:P` coexist.
+pub fn tcp_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let sock = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.set_reuse_address(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    Ok(sock.into())
+}

@@ -1,0 +1,125 @@
+//! Port-test output: verdicts grouped into compressed ranges, or a JSON document.
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+use udpreach_engine::sweep::{PortResult, Progress};
+use udpreach_engine::Verdict;
+use udpreach_wire::PortSpec;
+
+pub struct PortsReport {
+    pub json: bool,
+    pub quiet: bool,
+    pub list: bool,
+    pub target_name: String,
+    pub server: SocketAddr,
+}
+
+/// Ports grouped by verdict, in a stable order.
+pub fn group(results: &[PortResult]) -> BTreeMap<Verdict, Vec<u16>> {
+    let mut by: BTreeMap<Verdict, Vec<u16>> = BTreeMap::new();
+    for r in results {
+        by.entry(r.verdict).or_default().push(r.port);
+    }
+    by
+}
+
+impl PortsReport {
+    pub fn progress_bar(&self, total: u64) -> ProgressBar {
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} ports {msg} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    }
+
+    pub fn update_bar(&self, bar: &ProgressBar, p: &Progress) {
+        bar.set_position(p.decided as u64);
+        bar.set_message(format!(
+            "| {} reachable, {} blocked, {} other",
+            p.reachable, p.blocked, p.other
+        ));
+    }
+
+    pub fn print(
+        &self,
+        results: &[PortResult],
+        elapsed: Duration,
+        probes: u64,
+        _fds: Option<usize>,
+    ) {
+        let groups = group(results);
+        let reachable = groups.get(&Verdict::Reachable).map_or(0, Vec::len);
+        if self.json {
+            let counts: BTreeMap<&str, usize> =
+                groups.iter().map(|(v, p)| (v.as_str(), p.len())).collect();
+            let ranges: BTreeMap<&str, String> = groups
+                .iter()
+                .map(|(v, p)| {
+                    (
+                        v.as_str(),
+                        PortSpec::from_ports(p.iter().copied()).to_string(),
+                    )
+                })
+                .collect();
+            let doc = json!({
+                "target": self.target_name,
+                "server": self.server.to_string(),
+                "total": results.len(),
+                "reachable": reachable,
+                "not_reachable": results.len() - reachable,
+                "elapsed_ms": elapsed.as_secs_f64() * 1e3,
+                "probes_sent": probes,
+                "counts": counts,
+                "ranges": ranges,
+                "ports": results,
+            });
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&doc).expect("serializes")
+            );
+            return;
+        }
+        if !self.quiet {
+            println!(
+                "udpreach ports {} (control {}): {} ports",
+                self.target_name,
+                self.server,
+                results.len()
+            );
+        }
+        for (v, ports) in &groups {
+            println!(
+                "{:<17} {:>6}  {}",
+                v.as_str(),
+                ports.len(),
+                PortSpec::from_ports(ports.iter().copied())
+            );
+        }
+        if self.list {
+            for r in results {
+                let rtt = r
+                    .rtt_ms
+                    .map(|x| format!(" rtt={x:.3} ms"))
+                    .unwrap_or_default();
+                println!(
+                    "port {} {}{rtt} probes={}",
+                    r.port,
+                    r.verdict.describe(),
+                    r.probes
+                );
+            }
+        }
+        println!(
+            "{} ports in {:.2} s: {} reachable, {} not reachable ({} probes)",
+            results.len(),
+            elapsed.as_secs_f64(),
+            reachable,
+            results.len() - reachable,
+            probes
+        );
+    }
+}

@@ -1,0 +1,143 @@
+//! `udpreach server`: the UDP echo service and the TCP control channel for
+//! port tests, with the caps that keep it safe to leave running.
+
+mod control;
+mod echo;
+mod legacy;
+mod test_port;
+
+use crate::cli::{ServerArgs, DEFAULT_PORT};
+use crate::platform::{self, AsyncUdp, UdpOptions};
+use anyhow::Context;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::Semaphore;
+use udpreach_engine::server::{PortPolicy, ServerLimits};
+
+/// State shared by every session of one server.
+pub struct ServerState {
+    pub policy: PortPolicy,
+    pub limits: ServerLimits,
+    pub sessions: Semaphore,
+    /// Test ports open right now, across all sessions.
+    pub open_ports: AtomicUsize,
+}
+
+impl ServerState {
+    /// Reserves room for one more test port under the global cap.
+    pub fn reserve_port(&self) -> bool {
+        self.open_ports
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.limits.max_total_ports).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    pub fn release_ports(&self, n: usize) {
+        self.open_ports.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+fn default_listens() -> Vec<SocketAddr> {
+    vec![
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT),
+        SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), DEFAULT_PORT),
+    ]
+}
+
+pub async fn run(args: ServerArgs) -> anyhow::Result<u8> {
+    let nofile = platform::raise_nofile_limit();
+    let mut limits = ServerLimits::for_nofile(nofile);
+    limits.max_sessions = args.max_sessions as usize;
+    limits.idle_timeout = args.idle_timeout;
+    if let Some(n) = args.max_ports_per_session {
+        limits.max_ports_per_session = n as usize;
+    }
+    if let Some(n) = args.max_total_ports {
+        limits.max_total_ports = n as usize;
+    }
+    let defaulted = args.listen.is_empty();
+    let listens = if defaulted {
+        default_listens()
+    } else {
+        args.listen.clone()
+    };
+    let mut reserved: Vec<u16> = listens.iter().map(|a| a.port()).collect();
+
+    let mut echo_socks = Vec::new();
+    for addr in &listens {
+        match AsyncUdp::bind(*addr, &UdpOptions::default()) {
+            Ok(s) => echo_socks.push((*addr, s)),
+            // No IPv6 on this host: serve IPv4 alone rather than refuse to start.
+            Err(e) if defaulted && addr.is_ipv6() => {
+                tracing::warn!("IPv6 echo not available on {addr}: {e}");
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("cannot listen on UDP {addr} (is another server running? choose another with --listen)")
+                })
+            }
+        }
+    }
+    let mut control_listeners = Vec::new();
+    for (addr, _) in &echo_socks {
+        let caddr = SocketAddr::new(addr.ip(), args.control.unwrap_or(addr.port()));
+        reserved.push(caddr.port());
+        let l = platform::tcp_listener(caddr)
+            .and_then(TcpListener::from_std)
+            .with_context(|| {
+                format!("cannot listen on TCP {caddr} for control (choose another with --control)")
+            })?;
+        control_listeners.push((caddr, l));
+    }
+    reserved.sort_unstable();
+    reserved.dedup();
+
+    let state = Arc::new(ServerState {
+        policy: PortPolicy {
+            allowed: args.allow_ports.clone(),
+            reserved,
+        },
+        sessions: Semaphore::new(limits.max_sessions),
+        limits,
+        open_ports: AtomicUsize::new(0),
+    });
+    let echo_desc: Vec<String> = echo_socks.iter().map(|(a, _)| a.to_string()).collect();
+    let ctl_desc: Vec<String> = control_listeners
+        .iter()
+        .map(|(a, _)| a.to_string())
+        .collect();
+    println!(
+        "udpreach server: UDP echo on {}; control on TCP {}; test ports {}; up to {} sessions, {} ports per session, {} in total",
+        echo_desc.join(", "),
+        ctl_desc.join(", "),
+        state.policy.allowed,
+        state.limits.max_sessions,
+        state.limits.max_ports_per_session,
+        state.limits.max_total_ports
+    );
+
+    let mut tasks = Vec::new();
+    for (_, sock) in echo_socks {
+        tasks.push(tokio::spawn(echo::serve(sock)));
+    }
+    for (_, l) in control_listeners {
+        tasks.push(tokio::spawn(control::accept_loop(l, state.clone())));
+    }
+    let mut sigint =
+        signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    tokio::select! {
+        _ = sigint.recv() => {}
+        _ = sigterm.recv() => {}
+    }
+    for t in tasks {
+        t.abort();
+    }
+    eprintln!("udpreach server: shutting down");
+    Ok(0)
+}
