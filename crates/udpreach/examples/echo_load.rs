@@ -35,12 +35,17 @@ fn main() {
     for _ in 0..senders {
         let (replies, stop) = (replies.clone(), stop.clone());
         handles.push(std::thread::spawn(move || {
-            let bind: SocketAddr = if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
-                .parse()
-                .expect("literal");
+            let bind: SocketAddr = if target.is_ipv4() {
+                "0.0.0.0:0"
+            } else {
+                "[::]:0"
+            }
+            .parse()
+            .expect("literal");
             let s = UdpSocket::bind(bind).expect("bind");
             s.connect(target).expect("connect");
-            s.set_read_timeout(Some(Duration::from_millis(20))).expect("timeout");
+            s.set_read_timeout(Some(Duration::from_millis(20)))
+                .expect("timeout");
             let payload = vec![b'x'; size];
             let mut buf = vec![0u8; 65536];
             while !stop.load(Ordering::Relaxed) {
