@@ -491,6 +491,21 @@ impl fmt::Debug for Host {
 }
 
 impl Host {
+    /// Runs `f` on a thread that has joined this host's network namespace, so
+    /// the test itself can open sockets there (a namespace switch is per thread;
+    /// sockets keep their namespace when handed back to other threads).
+    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.ns);
+        thread::spawn(move || {
+            let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+            f()
+        })
+        .join()
+        .expect("thread in namespace panicked")
+    }
+
     /// The namespace name (usable with `ip netns exec` / `ip -n`).
     pub fn name(&self) -> &str {
         &self.ns

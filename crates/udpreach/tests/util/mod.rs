@@ -70,3 +70,72 @@ pub fn summary(o: &Output) -> Value {
 pub fn code(o: &Output) -> i32 {
     o.status.code().unwrap_or(-1)
 }
+
+/// A hand-driven control session (opened from inside `host`), for tests that
+/// need to hold ports or speak the protocol badly on purpose.
+pub struct RawSession {
+    pub stream: std::net::TcpStream,
+    pub token: u64,
+    buf: Vec<u8>,
+}
+
+impl RawSession {
+    pub fn connect(host: &Host, server: std::net::SocketAddr) -> RawSession {
+        use std::io::{Read, Write};
+        use udpreach_wire::control::{ControlMsg, PREAMBLE};
+        let mut stream = host.enter(move || std::net::TcpStream::connect(server).expect("connect"));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let hello = ControlMsg::Hello {
+            version: 1,
+            capabilities: vec![],
+            software: "test".into(),
+        };
+        let mut out = PREAMBLE.to_vec();
+        out.extend(hello.to_frame());
+        stream.write_all(&out).expect("hello");
+        let mut pre = [0u8; 8];
+        stream.read_exact(&mut pre).expect("preamble");
+        assert_eq!(&pre, PREAMBLE);
+        let mut s = RawSession {
+            stream,
+            token: 0,
+            buf: Vec::new(),
+        };
+        match s.recv() {
+            ControlMsg::Welcome { token, .. } => s.token = token,
+            other => panic!("expected welcome, got {other:?}"),
+        }
+        s
+    }
+
+    pub fn send(&mut self, msg: &udpreach_wire::control::ControlMsg) {
+        use std::io::Write;
+        self.stream.write_all(&msg.to_frame()).expect("send");
+    }
+
+    pub fn recv(&mut self) -> udpreach_wire::control::ControlMsg {
+        use std::io::Read;
+        for _ in 0..1000 {
+            if let Some((m, used)) = udpreach_wire::control::decode_frame(&self.buf).expect("frame")
+            {
+                self.buf.drain(..used);
+                return m;
+            }
+            let mut chunk = [0u8; 65536];
+            let n = self.stream.read(&mut chunk).expect("read");
+            assert!(n > 0, "server closed the session");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        panic!("no complete frame");
+    }
+
+    pub fn request(
+        &mut self,
+        msg: &udpreach_wire::control::ControlMsg,
+    ) -> udpreach_wire::control::ControlMsg {
+        self.send(msg);
+        self.recv()
+    }
+}
