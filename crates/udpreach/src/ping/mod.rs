@@ -107,6 +107,7 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
         ttl: args.ttl,
         dscp: args.dscp,
         dont_fragment: args.df,
+        recv_buffer: None,
     };
     let builder = PayloadBuilder {
         token: rand::random(),

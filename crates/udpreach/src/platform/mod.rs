@@ -23,6 +23,8 @@ pub struct UdpOptions {
     pub dscp: Option<u8>,
     /// Set Don't Fragment (IPv4) / never fragment locally (IPv6).
     pub dont_fragment: bool,
+    /// Receive buffer in bytes: a sweep's replies arrive in bursts.
+    pub recv_buffer: Option<usize>,
 }
 
 /// What `recvmsg` told us beside the bytes.
@@ -93,6 +95,12 @@ pub fn udp_socket(bind: SocketAddr, opts: &UdpOptions) -> io::Result<UdpSocket> 
     }
     if opts.dont_fragment {
         set_dont_fragment(&sock, v6)?;
+    }
+    if let Some(bytes) = opts.recv_buffer {
+        // Beyond net.core.rmem_max only with CAP_NET_ADMIN (RCVBUFFORCE); else best effort.
+        if nsock::setsockopt(&sock, sockopt::RcvBufForce, &bytes).is_err() {
+            let _ = sock.set_recv_buffer_size(bytes);
+        }
     }
     Ok(sock.into())
 }

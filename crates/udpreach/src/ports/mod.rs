@@ -46,7 +46,11 @@ pub async fn run(args: PortsArgs, verbose: u8) -> anyhow::Result<u8> {
     }
     let mut ctl = ControlClient::connect(server).await?;
     let welcome = ctl.hello().await?;
-    let udp = AsyncUdp::bind(unspecified_for(&server, 0), &UdpOptions::default())
+    let opts = UdpOptions {
+        recv_buffer: Some(8 << 20),
+        ..UdpOptions::default()
+    };
+    let udp = AsyncUdp::bind(unspecified_for(&server, 0), &opts)
         .context("cannot open the UDP probe socket")?;
 
     let spec = args.ports.clone();
@@ -86,6 +90,8 @@ pub async fn run(args: PortsArgs, verbose: u8) -> anyhow::Result<u8> {
         if let Err(e) = issue_requests(&mut sweep, &mut ctl).await {
             break Ending::ControlLost(e.to_string());
         }
+        // Replies already queued must count before any timer is judged expired.
+        drain_replies(&udp, &mut rbuf, &mut sweep, token, server);
         sweep.poll_timers(now);
         while let Some(t) = sweep.poll_transmit(Instant::now()) {
             ProbeHeader::request(ProbeKind::PortProbe, token, t.seq)
@@ -131,13 +137,6 @@ pub async fn run(args: PortsArgs, verbose: u8) -> anyhow::Result<u8> {
                 if let Ok(meta) = r {
                     on_datagram(&mut sweep, token, server, &rbuf[..meta.len], meta.from);
                 }
-                // Drain the socket before the next round of timers and sends.
-                for _ in 0..4096 {
-                    match udp.try_recv(&mut rbuf) {
-                        Ok(meta) => on_datagram(&mut sweep, token, server, &rbuf[..meta.len], meta.from),
-                        Err(_) => break,
-                    }
-                }
             },
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
@@ -173,6 +172,22 @@ pub async fn run(args: PortsArgs, verbose: u8) -> anyhow::Result<u8> {
         .iter()
         .all(|r| r.verdict == udpreach_engine::Verdict::Reachable);
     Ok(code.unwrap_or(if all_ok { 0 } else { 1 }))
+}
+
+/// Reads what the socket holds now (bounded, so sends and timers get their turn).
+fn drain_replies(
+    udp: &AsyncUdp,
+    rbuf: &mut [u8],
+    sweep: &mut Sweep,
+    token: u64,
+    server: std::net::SocketAddr,
+) {
+    for _ in 0..8192 {
+        match udp.try_recv(rbuf) {
+            Ok(meta) => on_datagram(sweep, token, server, &rbuf[..meta.len], meta.from),
+            Err(_) => break,
+        }
+    }
 }
 
 fn on_datagram(
