@@ -106,9 +106,12 @@ mod tests {
             b.build(7, &mut p);
             assert_eq!(p.len(), size);
             assert_eq!(b.check(&p), Reply::Plain { seq: 7 });
-            let mut bad = p.clone();
-            *bad.last_mut().unwrap() ^= 1;
-            assert_eq!(b.check(&bad), Reply::Corrupt { seq: 7 });
+            if size > 16 {
+                // (At 16 bytes there is no filler: a changed byte is another seq.)
+                let mut bad = p.clone();
+                *bad.last_mut().unwrap() ^= 1;
+                assert_eq!(b.check(&bad), Reply::Corrupt { seq: 7 });
+            }
             assert_eq!(b.check(&p[..size - 1]), Reply::Foreign);
             let other = PayloadBuilder { token: 98, size };
             assert_eq!(other.check(&p), Reply::Foreign);
