@@ -85,7 +85,7 @@ impl<K: Hash + Eq + Clone> SourceLimiter<K> {
         if self.buckets.len() >= self.capacity {
             let due = self
                 .last_purge
-                .map_or(true, |t| now.saturating_duration_since(t) >= PURGE_EVERY);
+                .is_none_or(|t| now.saturating_duration_since(t) >= PURGE_EVERY);
             if !due {
                 return false;
             }

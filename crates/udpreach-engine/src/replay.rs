@@ -104,7 +104,7 @@ mod tests {
             let mut top = None::<u64>;
             for s in seqs {
                 let fresh = !seen.contains(&s);
-                let in_window = top.map_or(true, |t| s > t || t - s < WINDOW);
+                let in_window = top.is_none_or(|t| s > t || t - s < WINDOW);
                 let got = w.accept(s);
                 prop_assert_eq!(got, fresh && in_window, "seq {}", s);
                 if got {
