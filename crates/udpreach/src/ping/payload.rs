@@ -121,7 +121,9 @@ mod tests {
 
     #[test]
     fn plain_echo_is_recognised() {
-        for size in [16, 40, 64, 1000] {
+        // 17, not 16: a 16-byte probe is all token and sequence, so flipping
+        // its last byte makes another valid probe rather than a corrupt one.
+        for size in [17, 40, 64, 1000] {
             let b = PayloadBuilder {
                 token: 99,
                 size,
