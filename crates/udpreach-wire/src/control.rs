@@ -290,11 +290,107 @@ mod tests {
         assert_eq!(check_preamble(b"{\"pro"), Err(ControlError::BadPreamble));
     }
 
+    fn ports() -> impl Strategy<Value = Vec<u16>> {
+        proptest::collection::vec(any::<u16>(), 0..50)
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        ".{0,40}"
+    }
+
+    fn msg() -> impl Strategy<Value = ControlMsg> {
+        let code = prop_oneof![
+            Just(ErrorCode::BadVersion),
+            Just(ErrorCode::BadRequest),
+            Just(ErrorCode::TooManyPorts),
+            Just(ErrorCode::TooManySessions),
+            Just(ErrorCode::AuthFailed),
+            Just(ErrorCode::Unexpected),
+        ];
+        prop_oneof![
+            (
+                any::<u32>(),
+                proptest::collection::vec(text(), 0..4),
+                text(),
+                proptest::option::of(text())
+            )
+                .prop_map(|(version, capabilities, software, nonce)| {
+                    ControlMsg::Hello {
+                        version,
+                        capabilities,
+                        software,
+                        nonce,
+                    }
+                }),
+            (
+                any::<u32>(),
+                any::<u64>(),
+                any::<u32>(),
+                text(),
+                any::<u32>(),
+                proptest::option::of(text()),
+                proptest::option::of(text())
+            )
+                .prop_map(
+                    |(version, token, max_open_ports, software, max_probe_rate, nonce, proof)| {
+                        ControlMsg::Welcome {
+                            version,
+                            capabilities: vec![],
+                            token,
+                            max_open_ports,
+                            software,
+                            max_probe_rate,
+                            nonce,
+                            proof,
+                        }
+                    }
+                ),
+            text().prop_map(|proof| ControlMsg::Auth { proof }),
+            Just(ControlMsg::AuthOk),
+            ports().prop_map(|ports| ControlMsg::Open { ports }),
+            (ports(), ports(), ports(), ports()).prop_map(|(opened, in_use, denied, failed)| {
+                ControlMsg::Opened {
+                    opened,
+                    in_use,
+                    denied,
+                    failed,
+                }
+            }),
+            ports().prop_map(|ports| ControlMsg::Arrivals { ports }),
+            (ports(), proptest::collection::vec(any::<u32>(), 0..50))
+                .prop_map(|(ports, counts)| ControlMsg::ArrivalCounts { ports, counts }),
+            ports().prop_map(|ports| ControlMsg::Close { ports }),
+            any::<u32>().prop_map(|count| ControlMsg::Closed { count }),
+            (code, text(), any::<bool>()).prop_map(|(code, message, fatal)| ControlMsg::Error {
+                code,
+                message,
+                fatal
+            }),
+            Just(ControlMsg::Bye),
+        ]
+    }
+
     proptest! {
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = decode_frame(&bytes);
             let _ = check_preamble(&bytes);
+        }
+
+        /// Every message, as a stream of back-to-back frames, decodes to itself.
+        #[test]
+        fn every_message_round_trips(msgs in proptest::collection::vec(msg(), 1..8)) {
+            let mut stream = Vec::new();
+            for m in &msgs {
+                stream.extend(m.to_frame());
+            }
+            let mut at = 0;
+            for m in &msgs {
+                let (got, used) = decode_frame(&stream[at..]).unwrap().unwrap();
+                prop_assert_eq!(&got, m);
+                at += used;
+            }
+            prop_assert_eq!(at, stream.len());
         }
     }
 }

@@ -43,7 +43,8 @@ fn garbage_and_stalled_control_connections_do_not_stop_a_real_sweep() {
             // Preamble and a frame header announcing a hello that never comes whole.
             3 => {
                 let f = hello_frame();
-                c.write_all(PREAMBLE).and_then(|_| c.write_all(&f[..f.len() / 2]))
+                c.write_all(PREAMBLE)
+                    .and_then(|_| c.write_all(&f[..f.len() / 2]))
             }
             // A frame header claiming far more than a handshake may use.
             4 => c
@@ -79,7 +80,11 @@ fn garbage_and_stalled_control_connections_do_not_stop_a_real_sweep() {
         took.as_secs_f64(),
         out.status.code()
     );
-    assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
     assert!(stdout.contains("1000 reachable"), "{stdout}");
     drop(conns);
     let mut srv = srv;
@@ -88,13 +93,23 @@ fn garbage_and_stalled_control_connections_do_not_stop_a_real_sweep() {
 
 #[test]
 fn client_killed_mid_sweep_server_descriptors_return_to_baseline() {
-    let mut srv = server(46102, &["--allow-ports", "48000-52999", "--idle-timeout", "5s"]);
+    let mut srv = server(
+        46102,
+        &["--allow-ports", "48000-52999", "--idle-timeout", "5s"],
+    );
     let pid = srv.pid();
     // Let the runtime settle before taking the baseline.
     std::thread::sleep(Duration::from_millis(200));
     let baseline = fd_count(pid);
     let mut client = spawn(
-        &["ports", "127.0.0.1:46102", "48000-52999", "--rate", "200", "-q"],
+        &[
+            "ports",
+            "127.0.0.1:46102",
+            "48000-52999",
+            "--rate",
+            "200",
+            "-q",
+        ],
         &[],
     );
     let mut peak = 0;
@@ -102,7 +117,10 @@ fn client_killed_mid_sweep_server_descriptors_return_to_baseline() {
         peak = peak.max(fd_count(pid));
         peak > baseline + 500
     });
-    assert!(grew, "test ports never opened: baseline {baseline}, peak {peak}");
+    assert!(
+        grew,
+        "test ports never opened: baseline {baseline}, peak {peak}"
+    );
     client.sigkill();
     let killed_at = Instant::now();
     let back = wait_until(Duration::from_secs(5 + 2), || fd_count(pid) <= baseline);
@@ -111,7 +129,10 @@ fn client_killed_mid_sweep_server_descriptors_return_to_baseline() {
         "server fds: baseline {baseline}, peak {peak} mid-sweep, {after} after SIGKILL of the client (back in {:.2} s)",
         killed_at.elapsed().as_secs_f64()
     );
-    assert!(back, "fds did not return to {baseline} within the idle timeout: {after}");
+    assert!(
+        back,
+        "fds did not return to {baseline} within the idle timeout: {after}"
+    );
     assert!(srv.is_running());
 }
 
@@ -119,7 +140,14 @@ fn client_killed_mid_sweep_server_descriptors_return_to_baseline() {
 fn server_killed_mid_sweep_client_exits_2_and_prints_what_it_had() {
     let mut srv = server(46103, &["--allow-ports", "53000-54999"]);
     let client = spawn(
-        &["ports", "127.0.0.1:46103", "53000-54999", "--rate", "400", "--list"],
+        &[
+            "ports",
+            "127.0.0.1:46103",
+            "53000-54999",
+            "--rate",
+            "400",
+            "--list",
+        ],
         &[],
     );
     // About 2 s into a ~5 s sweep.
@@ -133,13 +161,20 @@ fn server_killed_mid_sweep_client_exits_2_and_prints_what_it_had() {
         t0.elapsed().as_secs_f64(),
         stderr.trim()
     );
-    assert_eq!(status.and_then(|s| s.code()), Some(2), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(2),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
     assert!(
         stderr.contains("control connection") && stderr.contains("lost"),
         "clear message expected: {stderr}"
     );
     assert!(stderr.contains("results so far"), "{stderr}");
-    assert!(stdout.contains("reachable"), "partial results printed: {stdout}");
+    assert!(
+        stdout.contains("reachable"),
+        "partial results printed: {stdout}"
+    );
 }
 
 #[test]
@@ -162,19 +197,19 @@ fn datagram_flood_server_stays_responsive_with_bounded_memory() {
             let s = &socks[(sent as usize) % socks.len()];
             let len = (noise.next_u64() % 1500) as usize;
             noise.fill(&mut buf[..len]);
-            if sent % 7 == 0 && len >= 64 {
+            if sent.is_multiple_of(7) && len >= 64 {
                 // Some that look like probes: magic and version right, rest random.
                 buf[..5].copy_from_slice(b"UDPR\x01");
             }
             // Half at the echo port, half at the test-port range.
-            let to = if sent % 2 == 0 {
+            let to = if sent.is_multiple_of(2) {
                 echo
             } else {
                 SocketAddr::new(echo.ip(), 55000 + (noise.next_u64() % 1000) as u16)
             };
             let _ = s.send_to(&buf[..len], to);
             sent += 1;
-            if sent % 256 == 0 {
+            if sent.is_multiple_of(256) {
                 std::thread::sleep(Duration::from_micros(200));
             }
         }
@@ -184,7 +219,17 @@ fn datagram_flood_server_stays_responsive_with_bounded_memory() {
     // While the flood runs: a sweep over the flooded range and a ping.
     let sweep = spawn(&["ports", "127.0.0.1:46104", "55000-55999", "-q"], &[]);
     let ping = loopback::run(
-        &["ping", "127.0.0.1:46104", "-c", "20", "-i", "0.1", "-W", "1", "-q"],
+        &[
+            "ping",
+            "127.0.0.1:46104",
+            "-c",
+            "20",
+            "-i",
+            "0.1",
+            "-W",
+            "1",
+            "-q",
+        ],
         &[],
         Duration::from_secs(30),
     );
@@ -196,7 +241,11 @@ fn datagram_flood_server_stays_responsive_with_bounded_memory() {
         "flood: {sent} random datagrams; server RSS {rss_before} KiB before, {rss_after} KiB after; ping during flood: {}",
         ping_out.lines().find(|l| l.contains("transmitted")).unwrap_or("?")
     );
-    assert_eq!(ping.status.code(), Some(0), "ping got no reply during the flood: {ping_out}");
+    assert_eq!(
+        ping.status.code(),
+        Some(0),
+        "ping got no reply during the flood: {ping_out}"
+    );
     assert_eq!(
         sweep_status.and_then(|s| s.code()),
         Some(0),

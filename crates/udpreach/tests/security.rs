@@ -30,11 +30,24 @@ fn ports_with_the_right_key_works_and_a_wrong_key_fails_with_exit_2() {
     let _srv = keyed_server(46201, "46300-46399");
     let good = key_file("good", KEY);
     let out = run(
-        &["ports", "127.0.0.1:46201", "46300-46399", "-q", "--key-file", good.to_str().unwrap()],
+        &[
+            "ports",
+            "127.0.0.1:46201",
+            "46300-46399",
+            "-q",
+            "--key-file",
+            good.to_str().unwrap(),
+        ],
         &[],
         T,
     );
-    assert_eq!(out.status.code(), Some(0), "{}\n{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     assert!(text(&out.stdout).contains("100 reachable"));
 
     // The same key from the environment (no trailing newline there).
@@ -48,7 +61,13 @@ fn ports_with_the_right_key_works_and_a_wrong_key_fails_with_exit_2() {
 
     let wrong = key_file("wrong", b"not the shared secret\n");
     let out = run(
-        &["ports", "127.0.0.1:46201", "46300-46309", "--key-file", wrong.to_str().unwrap()],
+        &[
+            "ports",
+            "127.0.0.1:46201",
+            "46300-46309",
+            "--key-file",
+            wrong.to_str().unwrap(),
+        ],
         &[],
         T,
     );
@@ -60,7 +79,11 @@ fn ports_with_the_right_key_works_and_a_wrong_key_fails_with_exit_2() {
     // No key at all against a server that requires one.
     let out = run(&["ports", "127.0.0.1:46201", "46300-46309"], &[], T);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("authentication failed"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("authentication failed"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -68,13 +91,22 @@ fn keyed_client_refuses_a_server_without_a_key() {
     let _srv = server(46202, &["--allow-ports", "46400-46409"]);
     let good = key_file("good-2", KEY);
     let out = run(
-        &["ports", "127.0.0.1:46202", "46400-46409", "--key-file", good.to_str().unwrap()],
+        &[
+            "ports",
+            "127.0.0.1:46202",
+            "46400-46409",
+            "--key-file",
+            good.to_str().unwrap(),
+        ],
         &[],
         T,
     );
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
-    assert!(err.contains("authentication failed") && err.contains("did not prove"), "{err}");
+    assert!(
+        err.contains("authentication failed") && err.contains("did not prove"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -95,33 +127,83 @@ fn keyed_ping_is_answered_and_a_wrong_key_fails_with_exit_2() {
     let _srv = keyed_server(46204, "46600-46609");
     let good = key_file("good-3", KEY);
     let out = run(
-        &["ping", "127.0.0.1:46204", "-c", "3", "-i", "0.05", "-s", "120", "--key-file", good.to_str().unwrap()],
+        &[
+            "ping",
+            "127.0.0.1:46204",
+            "-c",
+            "3",
+            "-i",
+            "0.05",
+            "-s",
+            "120",
+            "--key-file",
+            good.to_str().unwrap(),
+        ],
         &[],
         T,
     );
-    assert_eq!(out.status.code(), Some(0), "{}\n{}", text(&out.stdout), text(&out.stderr));
-    assert!(text(&out.stdout).contains("3 received"), "{}", text(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("3 received"),
+        "{}",
+        text(&out.stdout)
+    );
 
     let wrong = key_file("wrong-3", b"another secret\n");
     let out = run(
-        &["ping", "127.0.0.1:46204", "-c", "3", "-s", "120", "--key-file", wrong.to_str().unwrap()],
+        &[
+            "ping",
+            "127.0.0.1:46204",
+            "-c",
+            "3",
+            "-s",
+            "120",
+            "--key-file",
+            wrong.to_str().unwrap(),
+        ],
         &[],
         T,
     );
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("authentication failed"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("authentication failed"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let out = run(
-        &["ping", "127.0.0.1:46204", "-c", "1", "-s", "64", "--key-file", good.to_str().unwrap()],
+        &[
+            "ping",
+            "127.0.0.1:46204",
+            "-c",
+            "1",
+            "-s",
+            "64",
+            "--key-file",
+            good.to_str().unwrap(),
+        ],
         &[],
         T,
     );
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("invalid size '64'"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("invalid size '64'"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
 }
 
 /// Sends `datagram` and returns the reply, if one comes within 300 ms.
@@ -139,7 +221,8 @@ fn keyed_echo_drops_plain_untagged_forged_and_replayed_datagrams() {
     let _srv = keyed_server(46205, "46700-46709");
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.connect("127.0.0.1:46205").unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     let secret = SharedKey::from_file_contents(KEY.to_vec()).unwrap();
     let token = 0x1234_5678;
     let key = secret.ping_key(token);
@@ -155,7 +238,11 @@ fn keyed_echo_drops_plain_untagged_forged_and_replayed_datagrams() {
         b
     };
 
-    assert_eq!(exchange(&sock, b"plain datagram"), None, "no plain echo with a key");
+    assert_eq!(
+        exchange(&sock, b"plain datagram"),
+        None,
+        "no plain echo with a key"
+    );
     assert_eq!(exchange(&sock, &probe(1, None)), None, "untagged probe");
     let forged = SharedKey::new(b"guess".to_vec()).unwrap().ping_key(token);
     assert_eq!(exchange(&sock, &probe(2, Some(&forged))), None, "wrong key");
@@ -164,21 +251,35 @@ fn keyed_echo_drops_plain_untagged_forged_and_replayed_datagrams() {
     let reply = exchange(&sock, &good).expect("an authenticated probe is answered");
     assert_eq!(reply.len(), good.len(), "same size");
     key.verify(&reply).expect("the reply carries a valid tag");
-    assert_eq!(ProbeHeader::decode(&reply).unwrap().kind, ProbeKind::EchoReply);
-    assert_eq!(exchange(&sock, &good), None, "a replayed probe gets no reply");
+    assert_eq!(
+        ProbeHeader::decode(&reply).unwrap().kind,
+        ProbeKind::EchoReply
+    );
+    assert_eq!(
+        exchange(&sock, &good),
+        None,
+        "a replayed probe gets no reply"
+    );
 
     let mut tampered = probe(4, Some(&key));
     tampered[70] ^= 1;
     assert_eq!(exchange(&sock, &tampered), None, "tampered payload");
-    assert!(exchange(&sock, &probe(5, Some(&key))).is_some(), "still serving");
+    assert!(
+        exchange(&sock, &probe(5, Some(&key))).is_some(),
+        "still serving"
+    );
 }
 
 #[test]
 fn plain_echo_is_rate_limited_per_source_and_can_be_switched_off() {
-    let _srv = server(46206, &["--plain-echo-rate", "20", "--allow-ports", "46800-46809"]);
+    let _srv = server(
+        46206,
+        &["--plain-echo-rate", "20", "--allow-ports", "46800-46809"],
+    );
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.connect("127.0.0.1:46206").unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     for _ in 0..200 {
         sock.send(b"hello hello").unwrap();
     }
@@ -194,35 +295,94 @@ fn plain_echo_is_rate_limited_per_source_and_can_be_switched_off() {
     let _quiet = server(46207, &["--no-plain-echo", "--allow-ports", "46810-46819"]);
     let s2 = UdpSocket::bind("127.0.0.1:0").unwrap();
     s2.connect("127.0.0.1:46207").unwrap();
-    s2.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    s2.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     assert_eq!(exchange(&s2, b"plain"), None);
     // udpreach probes are still answered.
-    let out = run(&["ping", "127.0.0.1:46207", "-c", "2", "-i", "0.05", "-q"], &[], T);
+    let out = run(
+        &["ping", "127.0.0.1:46207", "-c", "2", "-i", "0.05", "-q"],
+        &[],
+        T,
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
 }
 
 #[test]
 fn max_datagram_drops_larger_datagrams() {
-    let _srv = server(46208, &["--max-datagram", "1000", "--allow-ports", "46820-46829"]);
-    let ok = run(&["ping", "127.0.0.1:46208", "-c", "1", "-s", "1000", "-q"], &[], T);
+    let _srv = server(
+        46208,
+        &["--max-datagram", "1000", "--allow-ports", "46820-46829"],
+    );
+    let ok = run(
+        &["ping", "127.0.0.1:46208", "-c", "1", "-s", "1000", "-q"],
+        &[],
+        T,
+    );
     assert_eq!(ok.status.code(), Some(0));
-    let big = run(&["ping", "127.0.0.1:46208", "-c", "1", "-s", "1001", "-W", "0.3", "-q"], &[], T);
-    assert_eq!(big.status.code(), Some(1), "no reply: {}", text(&big.stdout));
+    let big = run(
+        &[
+            "ping",
+            "127.0.0.1:46208",
+            "-c",
+            "1",
+            "-s",
+            "1001",
+            "-W",
+            "0.3",
+            "-q",
+        ],
+        &[],
+        T,
+    );
+    assert_eq!(
+        big.status.code(),
+        Some(1),
+        "no reply: {}",
+        text(&big.stdout)
+    );
 }
 
 #[test]
 fn key_errors_name_the_path_and_exit_2() {
     let empty = key_file("empty", b"\n");
-    let out = run(&["ping", "127.0.0.1:46209", "-c", "1", "--key-file", empty.to_str().unwrap()], &[], T);
+    let out = run(
+        &[
+            "ping",
+            "127.0.0.1:46209",
+            "-c",
+            "1",
+            "--key-file",
+            empty.to_str().unwrap(),
+        ],
+        &[],
+        T,
+    );
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
-    assert!(err.contains(&format!("key file '{}' is empty", empty.display())), "{err}");
+    assert!(
+        err.contains(&format!("key file '{}' is empty", empty.display())),
+        "{err}"
+    );
 
-    let out = run(&["server", "--listen", "127.0.0.1:46209", "--key-file", "/nonexistent/udpreach.key"], &[], T);
+    let out = run(
+        &[
+            "server",
+            "--listen",
+            "127.0.0.1:46209",
+            "--key-file",
+            "/nonexistent/udpreach.key",
+        ],
+        &[],
+        T,
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("cannot read key file '/nonexistent/udpreach.key'"));
 
-    let out = run(&["ports", "127.0.0.1:46209", "5000"], &[("UDPREACH_KEY", "")], T);
+    let out = run(
+        &["ports", "127.0.0.1:46209", "5000"],
+        &[("UDPREACH_KEY", "")],
+        T,
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("UDPREACH_KEY is set but empty"));
 }

@@ -33,8 +33,20 @@ impl Running {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// Waits at most `timeout` for exit; kills it after that.
+    /// Waits at most `timeout` for exit; kills it after that. Output is
+    /// drained while waiting, so a chatty process never blocks on a full pipe.
     pub fn wait_output(mut self, timeout: Duration) -> (Option<ExitStatus>, String, String) {
+        fn drain(r: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<String> {
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                if let Some(mut r) = r {
+                    let _ = r.read_to_string(&mut s);
+                }
+                s
+            })
+        }
+        let out = drain(self.child.stdout.take());
+        let err = drain(self.child.stderr.take());
         let deadline = Instant::now() + timeout;
         let status = loop {
             match self.child.try_wait() {
@@ -46,15 +58,12 @@ impl Running {
                 _ => std::thread::sleep(Duration::from_millis(20)),
             }
         };
-        let mut out = String::new();
-        let mut err = String::new();
-        if let Some(mut o) = self.child.stdout.take() {
-            let _ = o.read_to_string(&mut out);
-        }
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = e.read_to_string(&mut err);
-        }
-        (status, out, err)
+        let _ = self.child.wait();
+        (
+            status,
+            out.join().unwrap_or_default(),
+            err.join().unwrap_or_default(),
+        )
     }
 }
 
@@ -108,7 +117,10 @@ pub fn server(port: u16, extra: &[&str]) -> Running {
             return s;
         }
         assert!(s.is_running(), "server on {listen} exited at start");
-        assert!(Instant::now() < deadline, "server on {listen} not ready in 10 s");
+        assert!(
+            Instant::now() < deadline,
+            "server on {listen} not ready in 10 s"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
