@@ -171,8 +171,8 @@ impl EchoResponder {
         }
         let ip = rx.from.ip();
         let len = buf.len();
-        if let Some(key) = self.policy.key.clone() {
-            return self.decide_authenticated(&key, buf, rx, tx_ns, now);
+        if self.policy.key.is_some() {
+            return self.decide_authenticated(buf, rx, tx_ns, now);
         }
         match classify_echo(buf) {
             EchoAction::Drop => Answer::Drop(DropReason::NotARequest),
@@ -205,7 +205,6 @@ impl EchoResponder {
 
     fn decide_authenticated(
         &mut self,
-        key: &SharedKey,
         buf: &mut [u8],
         rx: &Received,
         tx_ns: u64,
@@ -224,7 +223,10 @@ impl EchoResponder {
         let ip = rx.from.ip();
         let derived = match self.flows.get(&(ip, h.token)).and_then(|f| f.auth.as_ref()) {
             Some(a) => a.key.clone(),
-            None => key.ping_key(h.token),
+            None => match &self.policy.key {
+                Some(key) => key.ping_key(h.token),
+                None => return Answer::Drop(DropReason::Unauthenticated),
+            },
         };
         if derived.verify(buf).is_err() {
             return Answer::Drop(DropReason::BadTag);

@@ -23,8 +23,8 @@ fn hello_frame() -> Vec<u8> {
 
 #[test]
 fn garbage_and_stalled_control_connections_do_not_stop_a_real_sweep() {
-    let srv = server(46101, &["--allow-ports", "47000-47999"]);
-    let ctl: SocketAddr = "127.0.0.1:46101".parse().unwrap();
+    let srv = server(24101, &["--allow-ports", "25000-25999"]);
+    let ctl: SocketAddr = "127.0.0.1:24101".parse().unwrap();
     let mut noise = Noise::new(1);
     let mut conns = Vec::new();
     for i in 0..300 {
@@ -68,7 +68,7 @@ fn garbage_and_stalled_control_connections_do_not_stop_a_real_sweep() {
     }
     let t0 = Instant::now();
     let out = loopback::run(
-        &["ports", "127.0.0.1:46101", "47000-47999", "-q"],
+        &["ports", "127.0.0.1:24101", "25000-25999", "-q"],
         &[],
         Duration::from_secs(120),
     );
@@ -94,8 +94,8 @@ fn garbage_and_stalled_control_connections_do_not_stop_a_real_sweep() {
 #[test]
 fn client_killed_mid_sweep_server_descriptors_return_to_baseline() {
     let mut srv = server(
-        46102,
-        &["--allow-ports", "48000-52999", "--idle-timeout", "5s"],
+        24102,
+        &["--allow-ports", "26000-30999", "--idle-timeout", "5s"],
     );
     let pid = srv.pid();
     // Let the runtime settle before taking the baseline.
@@ -104,8 +104,8 @@ fn client_killed_mid_sweep_server_descriptors_return_to_baseline() {
     let mut client = spawn(
         &[
             "ports",
-            "127.0.0.1:46102",
-            "48000-52999",
+            "127.0.0.1:24102",
+            "26000-30999",
             "--rate",
             "200",
             "-q",
@@ -138,19 +138,19 @@ fn client_killed_mid_sweep_server_descriptors_return_to_baseline() {
 
 #[test]
 fn server_killed_mid_sweep_client_exits_2_and_prints_what_it_had() {
-    let mut srv = server(46103, &["--allow-ports", "53000-54999"]);
+    let mut srv = server(24103, &["--allow-ports", "31000-32499"]);
     let client = spawn(
         &[
             "ports",
-            "127.0.0.1:46103",
-            "53000-54999",
+            "127.0.0.1:24103",
+            "31000-32499",
             "--rate",
             "400",
             "--list",
         ],
         &[],
     );
-    // About 2 s into a ~5 s sweep.
+    // About 2 s into a ~5 s sweep (1500 ports at 300/s).
     std::thread::sleep(Duration::from_secs(2));
     srv.sigkill();
     let t0 = Instant::now();
@@ -179,11 +179,11 @@ fn server_killed_mid_sweep_client_exits_2_and_prints_what_it_had() {
 
 #[test]
 fn datagram_flood_server_stays_responsive_with_bounded_memory() {
-    let srv = server(46104, &["--allow-ports", "55000-55999"]);
+    let srv = server(24104, &["--allow-ports", "23000-23999"]);
     let pid = srv.pid();
     std::thread::sleep(Duration::from_millis(200));
     let rss_before = rss_kib(pid);
-    let echo: SocketAddr = "127.0.0.1:46104".parse().unwrap();
+    let echo: SocketAddr = "127.0.0.1:24104".parse().unwrap();
     // Sources across 127.0.0.0/8 so the per-source tables see many addresses.
     let flood = std::thread::spawn(move || {
         let socks: Vec<UdpSocket> = (2..=201u8)
@@ -205,7 +205,7 @@ fn datagram_flood_server_stays_responsive_with_bounded_memory() {
             let to = if sent.is_multiple_of(2) {
                 echo
             } else {
-                SocketAddr::new(echo.ip(), 55000 + (noise.next_u64() % 1000) as u16)
+                SocketAddr::new(echo.ip(), 23000 + (noise.next_u64() % 1000) as u16)
             };
             let _ = s.send_to(&buf[..len], to);
             sent += 1;
@@ -217,11 +217,11 @@ fn datagram_flood_server_stays_responsive_with_bounded_memory() {
     });
     std::thread::sleep(Duration::from_millis(300));
     // While the flood runs: a sweep over the flooded range and a ping.
-    let sweep = spawn(&["ports", "127.0.0.1:46104", "55000-55999", "-q"], &[]);
+    let sweep = spawn(&["ports", "127.0.0.1:24104", "23000-23999", "-q"], &[]);
     let ping = loopback::run(
         &[
             "ping",
-            "127.0.0.1:46104",
+            "127.0.0.1:24104",
             "-c",
             "20",
             "-i",
@@ -258,7 +258,7 @@ fn datagram_flood_server_stays_responsive_with_bounded_memory() {
     );
     // And after the flood, ping is answered in full.
     let after = loopback::run(
-        &["ping", "127.0.0.1:46104", "-c", "5", "-i", "0.05", "-q"],
+        &["ping", "127.0.0.1:24104", "-c", "5", "-i", "0.05", "-q"],
         &[],
         Duration::from_secs(20),
     );

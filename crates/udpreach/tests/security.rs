@@ -27,13 +27,13 @@ fn keyed_server(port: u16, ports: &str) -> loopback::Running {
 
 #[test]
 fn ports_with_the_right_key_works_and_a_wrong_key_fails_with_exit_2() {
-    let _srv = keyed_server(46201, "46300-46399");
+    let _srv = keyed_server(24201, "24300-24399");
     let good = key_file("good", KEY);
     let out = run(
         &[
             "ports",
-            "127.0.0.1:46201",
-            "46300-46399",
+            "127.0.0.1:24201",
+            "24300-24399",
             "-q",
             "--key-file",
             good.to_str().unwrap(),
@@ -53,7 +53,7 @@ fn ports_with_the_right_key_works_and_a_wrong_key_fails_with_exit_2() {
     // The same key from the environment (no trailing newline there).
     let secret = std::str::from_utf8(KEY).unwrap().trim_end();
     let out = run(
-        &["ports", "127.0.0.1:46201", "46300-46309", "-q"],
+        &["ports", "127.0.0.1:24201", "24300-24309", "-q"],
         &[("UDPREACH_KEY", secret)],
         T,
     );
@@ -63,8 +63,8 @@ fn ports_with_the_right_key_works_and_a_wrong_key_fails_with_exit_2() {
     let out = run(
         &[
             "ports",
-            "127.0.0.1:46201",
-            "46300-46309",
+            "127.0.0.1:24201",
+            "24300-24309",
             "--key-file",
             wrong.to_str().unwrap(),
         ],
@@ -77,7 +77,7 @@ fn ports_with_the_right_key_works_and_a_wrong_key_fails_with_exit_2() {
     assert_eq!(err.lines().count(), 1, "one line: {err}");
 
     // No key at all against a server that requires one.
-    let out = run(&["ports", "127.0.0.1:46201", "46300-46309"], &[], T);
+    let out = run(&["ports", "127.0.0.1:24201", "24300-24309"], &[], T);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains("authentication failed"),
@@ -88,13 +88,13 @@ fn ports_with_the_right_key_works_and_a_wrong_key_fails_with_exit_2() {
 
 #[test]
 fn keyed_client_refuses_a_server_without_a_key() {
-    let _srv = server(46202, &["--allow-ports", "46400-46409"]);
+    let _srv = server(24202, &["--allow-ports", "24400-24409"]);
     let good = key_file("good-2", KEY);
     let out = run(
         &[
             "ports",
-            "127.0.0.1:46202",
-            "46400-46409",
+            "127.0.0.1:24202",
+            "24400-24409",
             "--key-file",
             good.to_str().unwrap(),
         ],
@@ -112,10 +112,10 @@ fn keyed_client_refuses_a_server_without_a_key() {
 #[test]
 fn keyed_server_refuses_legacy_json_sessions() {
     use std::io::{Read, Write};
-    let _srv = keyed_server(46203, "46500-46509");
-    let mut c = std::net::TcpStream::connect("127.0.0.1:46203").unwrap();
+    let _srv = keyed_server(24203, "24500-24509");
+    let mut c = std::net::TcpStream::connect("127.0.0.1:24203").unwrap();
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    c.write_all(br#"{"proto":"udpping","server":"127.0.0.1","port":46500,"available":false}"#)
+    c.write_all(br#"{"proto":"udpping","server":"127.0.0.1","port":24500,"available":false}"#)
         .unwrap();
     let mut buf = Vec::new();
     let n = c.read_to_end(&mut buf).unwrap_or(0);
@@ -124,12 +124,12 @@ fn keyed_server_refuses_legacy_json_sessions() {
 
 #[test]
 fn keyed_ping_is_answered_and_a_wrong_key_fails_with_exit_2() {
-    let _srv = keyed_server(46204, "46600-46609");
+    let _srv = keyed_server(24204, "24600-24609");
     let good = key_file("good-3", KEY);
     let out = run(
         &[
             "ping",
-            "127.0.0.1:46204",
+            "127.0.0.1:24204",
             "-c",
             "3",
             "-i",
@@ -159,7 +159,7 @@ fn keyed_ping_is_answered_and_a_wrong_key_fails_with_exit_2() {
     let out = run(
         &[
             "ping",
-            "127.0.0.1:46204",
+            "127.0.0.1:24204",
             "-c",
             "3",
             "-s",
@@ -180,7 +180,7 @@ fn keyed_ping_is_answered_and_a_wrong_key_fails_with_exit_2() {
     let out = run(
         &[
             "ping",
-            "127.0.0.1:46204",
+            "127.0.0.1:24204",
             "-c",
             "1",
             "-s",
@@ -218,9 +218,9 @@ fn exchange(sock: &UdpSocket, datagram: &[u8]) -> Option<Vec<u8>> {
 
 #[test]
 fn keyed_echo_drops_plain_untagged_forged_and_replayed_datagrams() {
-    let _srv = keyed_server(46205, "46700-46709");
+    let _srv = keyed_server(24205, "24700-24709");
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.connect("127.0.0.1:46205").unwrap();
+    sock.connect("127.0.0.1:24205").unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
     let secret = SharedKey::from_file_contents(KEY.to_vec()).unwrap();
@@ -273,11 +273,11 @@ fn keyed_echo_drops_plain_untagged_forged_and_replayed_datagrams() {
 #[test]
 fn plain_echo_is_rate_limited_per_source_and_can_be_switched_off() {
     let _srv = server(
-        46206,
-        &["--plain-echo-rate", "20", "--allow-ports", "46800-46809"],
+        24206,
+        &["--plain-echo-rate", "20", "--allow-ports", "24800-24809"],
     );
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.connect("127.0.0.1:46206").unwrap();
+    sock.connect("127.0.0.1:24206").unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
     for _ in 0..200 {
@@ -292,15 +292,15 @@ fn plain_echo_is_rate_limited_per_source_and_can_be_switched_off() {
     println!("plain echo: 200 sent in a burst, {replies} answered at --plain-echo-rate 20");
     assert!((20..=25).contains(&replies), "{replies} replies");
 
-    let _quiet = server(46207, &["--no-plain-echo", "--allow-ports", "46810-46819"]);
+    let _quiet = server(24207, &["--no-plain-echo", "--allow-ports", "24810-24819"]);
     let s2 = UdpSocket::bind("127.0.0.1:0").unwrap();
-    s2.connect("127.0.0.1:46207").unwrap();
+    s2.connect("127.0.0.1:24207").unwrap();
     s2.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
     assert_eq!(exchange(&s2, b"plain"), None);
     // udpreach probes are still answered.
     let out = run(
-        &["ping", "127.0.0.1:46207", "-c", "2", "-i", "0.05", "-q"],
+        &["ping", "127.0.0.1:24207", "-c", "2", "-i", "0.05", "-q"],
         &[],
         T,
     );
@@ -310,11 +310,11 @@ fn plain_echo_is_rate_limited_per_source_and_can_be_switched_off() {
 #[test]
 fn max_datagram_drops_larger_datagrams() {
     let _srv = server(
-        46208,
-        &["--max-datagram", "1000", "--allow-ports", "46820-46829"],
+        24208,
+        &["--max-datagram", "1000", "--allow-ports", "24820-24829"],
     );
     let ok = run(
-        &["ping", "127.0.0.1:46208", "-c", "1", "-s", "1000", "-q"],
+        &["ping", "127.0.0.1:24208", "-c", "1", "-s", "1000", "-q"],
         &[],
         T,
     );
@@ -322,7 +322,7 @@ fn max_datagram_drops_larger_datagrams() {
     let big = run(
         &[
             "ping",
-            "127.0.0.1:46208",
+            "127.0.0.1:24208",
             "-c",
             "1",
             "-s",
@@ -348,7 +348,7 @@ fn key_errors_name_the_path_and_exit_2() {
     let out = run(
         &[
             "ping",
-            "127.0.0.1:46209",
+            "127.0.0.1:24209",
             "-c",
             "1",
             "--key-file",
@@ -368,7 +368,7 @@ fn key_errors_name_the_path_and_exit_2() {
         &[
             "server",
             "--listen",
-            "127.0.0.1:46209",
+            "127.0.0.1:24209",
             "--key-file",
             "/nonexistent/udpreach.key",
         ],
@@ -379,7 +379,7 @@ fn key_errors_name_the_path_and_exit_2() {
     assert!(text(&out.stderr).contains("cannot read key file '/nonexistent/udpreach.key'"));
 
     let out = run(
-        &["ports", "127.0.0.1:46209", "5000"],
+        &["ports", "127.0.0.1:24209", "5000"],
         &[("UDPREACH_KEY", "")],
         T,
     );

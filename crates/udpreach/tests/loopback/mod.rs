@@ -1,7 +1,9 @@
 //! A udpreach server on loopback for fault, load and security tests that
 //! need no network path: the real binary, killed when its handle drops (also
 //! on panic), plus /proc readers for descriptor and memory checks.
-//! Each test uses its own ports so tests can run in parallel.
+//! Each test uses its own ports so tests can run in parallel, all below
+//! Linux's ephemeral range (32768-60999 by default), where a client socket
+//! of another test could otherwise take a port first.
 
 #![allow(dead_code)]
 
@@ -116,7 +118,10 @@ pub fn server(port: u16, extra: &[&str]) -> Running {
         if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
             return s;
         }
-        assert!(s.is_running(), "server on {listen} exited at start");
+        if !s.is_running() {
+            let (_, out, err) = s.wait_output(Duration::from_secs(1));
+            panic!("server on {listen} exited at start:\n{out}\n{err}");
+        }
         assert!(
             Instant::now() < deadline,
             "server on {listen} not ready in 10 s"
