@@ -169,7 +169,7 @@ pub struct PortsArgs {
     /// Use IPv6 only.
     #[arg(short = '6')]
     pub ipv6: bool,
-    /// Print every port, not just grouped ranges.
+    /// Print every port, not just grouped ranges (also -v).
     #[arg(long = "list")]
     pub list: bool,
     /// No progress bar and only the result lines.

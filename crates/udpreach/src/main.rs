@@ -45,7 +45,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Server(a) => server::run(a).await,
             Command::Ping(a) => ping::run(a).await,
-            Command::Ports(a) => ports::run(a).await,
+            Command::Ports(a) => ports::run(a, cli.verbose).await,
         }
     });
     match result {
