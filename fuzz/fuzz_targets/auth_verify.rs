@@ -13,7 +13,10 @@ fuzz_target!(|data: &[u8]| {
     let _ = auth::sent_ns(data);
     if let Ok(text) = std::str::from_utf8(data) {
         if let Some(p) = auth::from_hex::<32>(text) {
-            assert!(!key.verify_client_proof(&[0; 32], &[1; 32], &p) || p == key.client_proof(&[0; 32], &[1; 32]));
+            assert!(
+                !key.verify_client_proof(&[0; 32], &[1; 32], &p)
+                    || p == key.client_proof(&[0; 32], &[1; 32])
+            );
         }
     }
     let mut sealed = data.to_vec();
