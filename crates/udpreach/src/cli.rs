@@ -66,7 +66,7 @@ pub struct ServerArgs {
     /// Close a control session (and its ports) after this much silence.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
-    /// Most probe replies per second per session (test ports) or per ping flow (echo); excess probes get no reply.
+    /// Most probe replies per second per session (test ports) and per ping flow (per source address without a key); excess probes get no reply.
     #[arg(long, value_name = "PPS", default_value_t = udpreach_engine::server::DEFAULT_MAX_PROBE_RATE, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub max_probe_rate: u32,
     /// Largest datagram answered, in bytes; larger ones are dropped.
