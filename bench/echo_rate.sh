@@ -11,7 +11,9 @@ build_release
 setup_pair
 machine
 LOAD=$ROOT/target/release/examples/echo_load
-bg_ins "$BIN" server --listen 198.18.0.2:4000
+# Plain echo is rate-limited per source address by default (50/s, so the server
+# cannot be aimed at a third party); this measures the echo path itself.
+bg_ins "$BIN" server --listen 198.18.0.2:4000 --plain-echo-rate 1000000
 bg_ins socat UDP-LISTEN:5000,fork,reuseaddr PIPE
 sleep 1
 printf '%-28s %8s %12s\n' server senders 'echoes/s'

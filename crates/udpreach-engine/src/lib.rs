@@ -4,6 +4,9 @@
 //! simulated loss and time (the approach of quinn-proto).
 
 pub mod ping;
+pub mod rate;
+pub mod replay;
+pub mod responder;
 pub mod rto;
 pub mod server;
 pub mod stats;

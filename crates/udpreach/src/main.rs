@@ -9,6 +9,7 @@ mod platform;
 mod ports;
 mod report;
 mod server;
+mod shared_key;
 mod target;
 
 use clap::Parser;

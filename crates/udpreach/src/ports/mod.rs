@@ -5,7 +5,7 @@
 //! control channel are pipelined (a few in flight) so probing never waits
 //! for the server to bind the next window.
 
-mod control;
+pub(crate) mod control;
 
 use crate::cli::PortsArgs;
 use crate::platform::{self, AsyncUdp, UdpOptions};
@@ -17,6 +17,7 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
 use udpreach_engine::sweep::{OpenStatus, Sweep, SweepConfig, SweepPlan};
+use udpreach_wire::auth::{DerivedKey, MIN_SEALED_LEN};
 use udpreach_wire::control::ControlMsg;
 use udpreach_wire::probe::{ProbeHeader, ProbeKind, HEADER_LEN};
 
@@ -44,8 +45,9 @@ pub async fn run(args: PortsArgs, verbose: u8) -> anyhow::Result<u8> {
     if let Some(p) = args.control {
         server.set_port(p);
     }
+    let key = crate::shared_key::load(&args.key)?;
     let mut ctl = ControlClient::connect(server).await?;
-    let welcome = ctl.hello().await?;
+    let welcome = ctl.hello(key.as_ref()).await?;
     let opts = UdpOptions {
         recv_buffer: Some(8 << 20),
         ..UdpOptions::default()
@@ -58,7 +60,13 @@ pub async fn run(args: PortsArgs, verbose: u8) -> anyhow::Result<u8> {
         attempts: args.retries,
         fixed_timeout: args.timeout,
         max_open: (welcome.max_open_ports as usize).max(1),
-        rate: args.rate,
+        // Stay under the server's per-session cap: probes over it would get
+        // no reply and look like a blocked return path.
+        rate: match (args.rate, welcome.max_probe_rate) {
+            (r, 0) => r,
+            (None, cap) => Some(cap),
+            (Some(r), cap) => Some(r.min(cap)),
+        },
         ..SweepConfig::default()
     };
     let started = Instant::now();
@@ -79,7 +87,14 @@ pub async fn run(args: PortsArgs, verbose: u8) -> anyhow::Result<u8> {
         signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
     let mut sigterm =
         signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
-    let mut probe = vec![0u8; HEADER_LEN];
+    let session_key = welcome.session_key.clone();
+    let probe_len = if session_key.is_some() {
+        MIN_SEALED_LEN
+    } else {
+        HEADER_LEN
+    };
+    let mut probe = vec![0u8; probe_len];
+    let mut unauthenticated_replies = 0u64;
     let mut rbuf = vec![0u8; 2048];
     let mut last_bar = Instant::now();
     let token = welcome.token;
@@ -91,12 +106,20 @@ pub async fn run(args: PortsArgs, verbose: u8) -> anyhow::Result<u8> {
             break Ending::ControlLost(e.to_string());
         }
         // Replies already queued must count before any timer is judged expired.
-        drain_replies(&udp, &mut rbuf, &mut sweep, token, server);
+        let accept = ReplyFilter {
+            token,
+            server,
+            key: session_key.as_ref(),
+        };
+        unauthenticated_replies += drain_replies(&udp, &mut rbuf, &mut sweep, &accept);
         sweep.poll_timers(now);
         while let Some(t) = sweep.poll_transmit(Instant::now()) {
             ProbeHeader::request(ProbeKind::PortProbe, token, t.seq)
                 .encode(&mut probe)
                 .expect("header fits");
+            if let Some(k) = &session_key {
+                k.seal(&mut probe).expect("probe is long enough for a tag");
+            }
             let mut to = server;
             to.set_port(t.port);
             if let Err(e) = udp.send_to(&probe, to).await {
@@ -134,8 +157,9 @@ pub async fn run(args: PortsArgs, verbose: u8) -> anyhow::Result<u8> {
                 Err(e) => break Ending::ControlLost(e.to_string()),
             },
             r = udp.recv(&mut rbuf) => {
+                let accept = ReplyFilter { token, server, key: session_key.as_ref() };
                 if let Ok(meta) = r {
-                    on_datagram(&mut sweep, token, server, &rbuf[..meta.len], meta.from);
+                    unauthenticated_replies += u64::from(!accept.apply(&mut sweep, &rbuf[..meta.len], meta.from));
                 }
             },
             _ = tokio::time::sleep_until(wake.into()) => {}
@@ -143,6 +167,11 @@ pub async fn run(args: PortsArgs, verbose: u8) -> anyhow::Result<u8> {
     };
     if let Some(b) = &bar {
         b.finish_and_clear();
+    }
+    if unauthenticated_replies > 0 {
+        eprintln!(
+            "udpreach: ignored {unauthenticated_replies} replies without a valid authentication tag"
+        );
     }
     let elapsed = started.elapsed();
     let code = match &ending {
@@ -174,36 +203,46 @@ pub async fn run(args: PortsArgs, verbose: u8) -> anyhow::Result<u8> {
     Ok(code.unwrap_or(if all_ok { 0 } else { 1 }))
 }
 
-/// Reads what the socket holds now (bounded, so sends and timers get their turn).
-fn drain_replies(
-    udp: &AsyncUdp,
-    rbuf: &mut [u8],
-    sweep: &mut Sweep,
-    token: u64,
-    server: std::net::SocketAddr,
-) {
+/// Reads what the socket holds now (bounded, so sends and timers get their
+/// turn); returns how many replies failed authentication.
+fn drain_replies(udp: &AsyncUdp, rbuf: &mut [u8], sweep: &mut Sweep, accept: &ReplyFilter) -> u64 {
+    let mut rejected = 0;
     for _ in 0..8192 {
         match udp.try_recv(rbuf) {
-            Ok(meta) => on_datagram(sweep, token, server, &rbuf[..meta.len], meta.from),
+            Ok(meta) => rejected += u64::from(!accept.apply(sweep, &rbuf[..meta.len], meta.from)),
             Err(_) => break,
         }
     }
+    rejected
 }
 
-fn on_datagram(
-    sweep: &mut Sweep,
+/// Which datagrams on the probe socket count as replies.
+struct ReplyFilter<'a> {
     token: u64,
     server: std::net::SocketAddr,
-    data: &[u8],
-    from: std::net::SocketAddr,
-) {
-    if from.ip() != server.ip() {
-        return;
-    }
-    if let Ok(h) = ProbeHeader::decode(data) {
-        if h.kind == ProbeKind::PortReply && h.token == token {
-            sweep.on_reply(from.port(), h.seq, Instant::now());
+    key: Option<&'a DerivedKey>,
+}
+
+impl ReplyFilter<'_> {
+    /// Feeds a reply to the sweep. False only for a reply of this session
+    /// whose tag does not verify (counted and reported; never trusted).
+    fn apply(&self, sweep: &mut Sweep, data: &[u8], from: std::net::SocketAddr) -> bool {
+        if from.ip() != self.server.ip() {
+            return true;
         }
+        let Ok(h) = ProbeHeader::decode(data) else {
+            return true;
+        };
+        if h.kind != ProbeKind::PortReply || h.token != self.token {
+            return true;
+        }
+        if let Some(k) = self.key {
+            if k.verify(data).is_err() {
+                return false;
+            }
+        }
+        sweep.on_reply(from.port(), h.seq, Instant::now());
+        true
     }
 }
 

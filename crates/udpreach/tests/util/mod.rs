@@ -91,6 +91,7 @@ impl RawSession {
             version: 1,
             capabilities: vec![],
             software: "test".into(),
+            nonce: None,
         };
         let mut out = PREAMBLE.to_vec();
         out.extend(hello.to_frame());
