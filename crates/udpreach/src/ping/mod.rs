@@ -140,7 +140,7 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
         ttl: args.ttl,
         dscp: args.dscp,
         dont_fragment: args.df,
-        recv_buffer: None,
+        ..UdpOptions::default()
     };
     let key = crate::shared_key::load(&args.key)?;
     if key.is_some() && args.size < MIN_SEALED_LEN {

@@ -25,6 +25,8 @@ pub struct UdpOptions {
     pub dont_fragment: bool,
     /// Receive buffer in bytes: a sweep's replies arrive in bursts.
     pub recv_buffer: Option<usize>,
+    /// SO_REUSEPORT: several sockets (one per echo worker) share one address.
+    pub reuse_port: bool,
 }
 
 /// What `recvmsg` told us beside the bytes.
@@ -69,6 +71,9 @@ pub fn udp_socket(bind: SocketAddr, opts: &UdpOptions) -> io::Result<UdpSocket> 
     if v6 {
         // IPv4 is served by its own socket; keeps `[::]:P` and `0.0.0.0:P` independent.
         sock.set_only_v6(true)?;
+    }
+    if opts.reuse_port {
+        sock.set_reuse_port(true)?;
     }
     sock.bind(&bind.into())?;
     // Receive metadata is best effort: a missing option only costs precision.
@@ -145,13 +150,22 @@ fn to_socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
 
 /// One non-blocking `recvmsg`, returning the bytes' metadata.
 pub fn recv_meta(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<RecvMeta> {
+    recvmsg_meta(sock, buf, MsgFlags::MSG_DONTWAIT)
+}
+
+/// One `recvmsg` that waits (on a socket set to blocking), for worker threads.
+pub fn recv_meta_wait(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<RecvMeta> {
+    recvmsg_meta(sock, buf, MsgFlags::empty())
+}
+
+fn recvmsg_meta(sock: &UdpSocket, buf: &mut [u8], flags: MsgFlags) -> io::Result<RecvMeta> {
     let mut cmsg = nix::cmsg_space!(libc::c_int, nix::sys::time::TimeSpec, [u8; 64]);
     let mut iov = [IoSliceMut::new(buf)];
     let msg = nsock::recvmsg::<SockaddrStorage>(
         sock.as_fd().as_raw_fd(),
         &mut iov,
         Some(&mut cmsg),
-        MsgFlags::MSG_DONTWAIT,
+        flags,
     )
     .map_err(io::Error::from)?;
     let mut meta = RecvMeta {

@@ -1,27 +1,68 @@
 //! The echo port: plain datagrams come back byte for byte; udpreach probes
 //! come back stamped, the same size. What to answer is decided by the
-//! engine's [`EchoResponder`] (policy, authentication, rate limits); this
-//! loop only moves bytes. Nothing a client sends can stop it.
+//! engine's [`EchoResponder`] (policy, authentication, rate limits); the
+//! workers only move bytes. Nothing a client sends can stop them.
+//!
+//! Echo is the server's hot path, so it runs on plain threads with blocking
+//! sockets (no readiness round trip per datagram), one per core, each on its
+//! own SO_REUSEPORT socket; the kernel keeps a flow on one socket. They share
+//! one responder so per-flow counters and rate limits stay whole.
 
-use crate::platform::{realtime_ns, AsyncUdp};
-use std::net::SocketAddr;
+use crate::platform::{self, realtime_ns, UdpOptions};
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 use udpreach_engine::responder::{Answer, AnswerCounts, EchoPolicy, EchoResponder, Received};
 
 /// How often the echo port logs what it answered and dropped (at info).
 const STATS_EVERY: Duration = Duration::from_secs(60);
+/// Workers per echo address at most (more than the cores only adds contention).
+const MAX_WORKERS: usize = 4;
 
-pub async fn serve(sock: AsyncUdp, local: SocketAddr, policy: EchoPolicy) {
+/// Binds `addr` for echo: one socket per worker. Fails, like a plain bind,
+/// when anything already holds the address, even another SO_REUSEPORT user.
+pub fn bind(addr: SocketAddr) -> io::Result<Vec<UdpSocket>> {
+    // Preflight without SO_REUSEPORT: it is refused if the port is taken in
+    // any way, so two servers never silently share a port.
+    drop(platform::udp_socket(addr, &UdpOptions::default())?);
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, MAX_WORKERS);
+    let opts = UdpOptions {
+        reuse_port: true,
+        ..UdpOptions::default()
+    };
+    (0..workers)
+        .map(|_| {
+            let s = platform::udp_socket(addr, &opts)?;
+            s.set_nonblocking(false)?;
+            Ok(s)
+        })
+        .collect()
+}
+
+/// Starts one worker thread per socket; they run until the process exits.
+pub fn spawn(socks: Vec<UdpSocket>, local: SocketAddr, policy: EchoPolicy) -> io::Result<()> {
+    let responder = Arc::new(Mutex::new(EchoResponder::new(policy)));
+    for (i, sock) in socks.into_iter().enumerate() {
+        let responder = responder.clone();
+        std::thread::Builder::new()
+            .name(format!("echo-{i}"))
+            .spawn(move || serve(sock, local, &responder))?;
+    }
+    Ok(())
+}
+
+fn serve(sock: UdpSocket, local: SocketAddr, responder: &Mutex<EchoResponder>) {
     let mut buf = vec![0u8; 65536];
-    let mut responder = EchoResponder::new(policy);
     let mut next_stats = Instant::now() + STATS_EVERY;
     loop {
-        let meta = match sock.recv(&mut buf).await {
+        let meta = match platform::recv_meta_wait(&sock, &mut buf) {
             Ok(m) => m,
             Err(e) => {
                 // ICMP errors from earlier sends (ECONNREFUSED...) and the like: not fatal.
                 tracing::debug!("echo recv: {e}");
-                tokio::task::yield_now().await;
                 continue;
             }
         };
@@ -35,9 +76,15 @@ pub async fn serve(sock: AsyncUdp, local: SocketAddr, policy: EchoPolicy) {
         };
         let now = Instant::now();
         let data = &mut buf[..meta.len];
-        match responder.respond(data, &rx, realtime_ns(), now) {
+        // A poisoned lock means a panic elsewhere; the responder's state is
+        // counters and limiters, still safe to use.
+        let mut r = responder.lock().unwrap_or_else(|p| p.into_inner());
+        let answer = r.respond(data, &rx, realtime_ns(), now);
+        let stats = (now >= next_stats).then(|| (r.counts.take(), r.flow_count()));
+        drop(r);
+        match answer {
             Answer::Reply { len } => {
-                if let Err(e) = sock.try_send_to(&data[..len], meta.from) {
+                if let Err(e) = sock.send_to(&data[..len], meta.from) {
                     tracing::debug!("echo send to {}: {e}", meta.from);
                 }
             }
@@ -45,9 +92,9 @@ pub async fn serve(sock: AsyncUdp, local: SocketAddr, policy: EchoPolicy) {
                 tracing::trace!(from = %meta.from, len = meta.len, ?reason, "echo: dropped");
             }
         }
-        if now >= next_stats {
+        if let Some((counts, flows)) = stats {
             next_stats = now + STATS_EVERY;
-            log_counts(local, &responder.counts.take(), responder.flow_count());
+            log_counts(local, &counts, flows);
         }
     }
 }

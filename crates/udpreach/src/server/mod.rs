@@ -7,7 +7,7 @@ mod legacy;
 mod test_port;
 
 use crate::cli::{ServerArgs, DEFAULT_PORT};
-use crate::platform::{self, AsyncUdp, UdpOptions};
+use crate::platform;
 use anyhow::Context;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -84,7 +84,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<u8> {
 
     let mut echo_socks = Vec::new();
     for addr in &listens {
-        match AsyncUdp::bind(*addr, &UdpOptions::default()) {
+        match echo::bind(*addr) {
             Ok(s) => echo_socks.push((*addr, s)),
             // No IPv6 on this host: serve IPv4 alone rather than refuse to start.
             Err(e) if defaulted && addr.is_ipv6() => {
@@ -155,8 +155,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<u8> {
     };
 
     let mut tasks = Vec::new();
-    for (addr, sock) in echo_socks {
-        tasks.push(tokio::spawn(echo::serve(sock, addr, echo_policy.clone())));
+    for (addr, socks) in echo_socks {
+        echo::spawn(socks, addr, echo_policy.clone()).context("cannot start the echo workers")?;
     }
     for (_, l) in control_listeners {
         tasks.push(tokio::spawn(control::accept_loop(l, state.clone())));
