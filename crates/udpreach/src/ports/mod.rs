@@ -8,7 +8,8 @@
 mod control;
 
 use crate::cli::PortsArgs;
-use crate::platform::{self, AsyncUdp, UdpOptions};
+use crate::platform::errqueue::QueuedError;
+use crate::platform::{self, AsyncUdp, Received, UdpOptions};
 use crate::report::ports::PortsReport;
 use crate::target::{resolve, unspecified_for, Family};
 use anyhow::{anyhow, Context};
@@ -44,7 +45,11 @@ pub async fn run(args: PortsArgs) -> anyhow::Result<u8> {
     }
     let mut ctl = ControlClient::connect(server).await?;
     let welcome = ctl.hello().await?;
-    let udp = AsyncUdp::bind(unspecified_for(&server, 0), &UdpOptions::default())
+    let opts = UdpOptions {
+        recv_errors: true,
+        ..UdpOptions::default()
+    };
+    let udp = AsyncUdp::bind(unspecified_for(&server, 0), &opts)
         .context("cannot open the UDP probe socket")?;
 
     let spec = args.ports.clone();
@@ -125,14 +130,14 @@ pub async fn run(args: PortsArgs) -> anyhow::Result<u8> {
                 },
                 Err(e) => break Ending::ControlLost(e.to_string()),
             },
-            r = udp.recv(&mut rbuf) => {
-                if let Ok(meta) = r {
-                    on_datagram(&mut sweep, token, server, &rbuf[..meta.len], meta.from);
+            r = udp.recv_any(&mut rbuf) => {
+                if let Ok(got) = r {
+                    on_received(&mut sweep, token, server, &rbuf, got);
                 }
                 // Drain the socket before the next round of timers and sends.
                 for _ in 0..4096 {
-                    match udp.try_recv(&mut rbuf) {
-                        Ok(meta) => on_datagram(&mut sweep, token, server, &rbuf[..meta.len], meta.from),
+                    match udp.try_recv_any(&mut rbuf) {
+                        Ok(got) => on_received(&mut sweep, token, server, &rbuf, got),
                         Err(_) => break,
                     }
                 }
@@ -171,6 +176,32 @@ pub async fn run(args: PortsArgs) -> anyhow::Result<u8> {
         .iter()
         .all(|r| r.verdict == udpreach_engine::Verdict::Reachable);
     Ok(code.unwrap_or(if all_ok { 0 } else { 1 }))
+}
+
+fn on_received(
+    sweep: &mut Sweep,
+    token: u64,
+    server: std::net::SocketAddr,
+    buf: &[u8],
+    got: Received,
+) {
+    match got {
+        Received::Datagram(meta) => on_datagram(sweep, token, server, &buf[..meta.len], meta.from),
+        Received::Error(e) => on_icmp(sweep, server, &e),
+    }
+}
+
+/// An ICMP error for a probe: the port it was going to is in the error's
+/// destination address.
+fn on_icmp(sweep: &mut Sweep, server: std::net::SocketAddr, e: &QueuedError) {
+    if e.error.origin == udpreach_wire::icmp::IcmpOrigin::Local {
+        return;
+    }
+    if let Some(dest) = e.dest {
+        if dest.ip() == server.ip() {
+            sweep.on_icmp(dest.port(), e.error.report());
+        }
+    }
 }
 
 fn on_datagram(
