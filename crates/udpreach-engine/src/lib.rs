@@ -6,12 +6,14 @@
 pub mod ping;
 pub mod rto;
 pub mod server;
+pub mod serverless;
 pub mod stats;
 pub mod sweep;
 pub mod verdict;
 
 pub use ping::{PingConfig, PingEvent, PingSession, PingSummary};
 pub use rto::RtoEstimator;
+pub use serverless::{ServerlessConfig, ServerlessSweep, ServerlessVerdict};
 pub use stats::RttStats;
 pub use sweep::{Sweep, SweepConfig, SweepPlan};
 pub use verdict::Verdict;
