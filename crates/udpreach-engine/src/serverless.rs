@@ -247,6 +247,10 @@ struct Pacing {
     last_send: Instant,
     last_backoff: Instant,
     detected_at: Instant,
+    /// Smoothed spacing of answers that timed the limiter itself (polled
+    /// for), for the report: the clock's own interval runs a little short
+    /// on purpose.
+    measured: Option<Duration>,
 }
 
 impl Pacing {
@@ -765,6 +769,7 @@ impl ServerlessSweep {
                     last_send: now,
                     last_backoff: now,
                     detected_at: now,
+                    measured: None,
                 });
                 // What was silent before is suspect: from now on a silence
                 // counts only when a canary confirms it.
@@ -829,6 +834,10 @@ impl ServerlessSweep {
             // silent poll and this probe.
             let sample = gap.saturating_sub(timeout / 2).max(MIN_INTERVAL);
             pc.interval = pc.interval.mul_f64(0.75) + sample.mul_f64(0.25);
+            pc.measured = Some(
+                pc.measured
+                    .map_or(sample, |m| m.mul_f64(0.75) + sample.mul_f64(0.25)),
+            );
         } else {
             // Answered on the first try: the limiter may allow more.
             pc.interval = pc.interval.min(gap.max(MIN_INTERVAL)).mul_f64(SPEEDUP);
@@ -994,7 +1003,7 @@ impl ServerlessSweep {
                 .saturating_duration_since(self.start)
                 .as_secs_f64()
                 * 1e3,
-            interval_ms: p.interval.as_secs_f64() * 1e3,
+            interval_ms: p.measured.unwrap_or(p.interval).as_secs_f64() * 1e3,
             drops: self.drops,
         })
     }

@@ -11,7 +11,7 @@ pub const DEFAULT_PORT: u16 = 4000;
 const EXIT_CODES: &str = "\
 Exit codes:
   ping:   0 at least one reply, 1 no reply, 2 usage, resolution or socket error
-  ports:  0 every requested port reachable, 1 some port not reachable,
+  ports:  0 every requested port reachable (--no-server: open), 1 some port not,
           2 usage, connection or protocol error
   server: 0 clean shutdown (SIGINT/SIGTERM), 2 usage or socket error";
 
@@ -36,7 +36,8 @@ pub enum Command {
     Server(ServerArgs),
     /// Send UDP probes to an echo server and report RTT, loss and jitter.
     Ping(PingArgs),
-    /// Test many UDP ports against a udpreach server, with per-direction verdicts.
+    /// Test many UDP ports against a udpreach server, with per-direction verdicts
+    /// (or, with --no-server, against any host, as nmap -sU does).
     Ports(PortsArgs),
 }
 
@@ -123,12 +124,18 @@ pub struct PortsArgs {
     #[arg(value_name = "SPEC", value_parser = parse_spec)]
     pub ports: PortSpec,
     /// TCP control port (overrides the port in HOST:PORT).
-    #[arg(long, value_name = "PORT", value_parser = parse_port_arg)]
+    #[arg(long, value_name = "PORT", value_parser = parse_port_arg, conflicts_with = "no_server")]
     pub control: Option<u16>,
+    /// Check a host that runs no udpreach server: open (a UDP reply), closed (ICMP port
+    /// unreachable), filtered (other ICMP errors, naming who sent them), open|filtered
+    /// (silence after retries). Paces itself to the host's ICMP rate limit.
+    #[arg(long = "no-server")]
+    pub no_server: bool,
     /// Fixed per-probe timeout instead of the adaptive one (from measured RTT).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
-    /// Probes per round before a silent port is checked with the server (a second round confirms).
+    /// Probes per round before a silent port is checked with the server (a second round
+    /// confirms); with --no-server, probes before a silent port is open|filtered.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=20))]
     pub retries: u32,
     /// Cap on probes per second.

@@ -6,6 +6,7 @@
 //! for the server to bind the next window.
 
 mod control;
+mod serverless;
 
 use crate::cli::PortsArgs;
 use crate::platform::errqueue::QueuedError;
@@ -34,6 +35,9 @@ enum Ending {
 }
 
 pub async fn run(args: PortsArgs) -> anyhow::Result<u8> {
+    if args.no_server {
+        return serverless::run(args).await;
+    }
     let family = Family::from_flags(args.ipv4, args.ipv6);
     let input = args.target.clone();
     let mut server =

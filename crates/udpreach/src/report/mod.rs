@@ -2,6 +2,7 @@
 
 pub mod ping;
 pub mod ports;
+pub mod serverless;
 
 /// Formats milliseconds the way ping(8) does: three decimals.
 pub fn ms3(v: f64) -> String {
