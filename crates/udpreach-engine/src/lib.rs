@@ -3,6 +3,7 @@
 //! and deliver events, so every behaviour can be tested in memory with
 //! simulated loss and time (the approach of quinn-proto).
 
+pub mod mtu;
 pub mod ping;
 pub mod rto;
 pub mod server;
@@ -11,6 +12,7 @@ pub mod stats;
 pub mod sweep;
 pub mod verdict;
 
+pub use mtu::{MtuResult, MtuSearch, MtuSearchConfig};
 pub use ping::{PingConfig, PingEvent, PingSession, PingSummary};
 pub use rto::RtoEstimator;
 pub use serverless::{ServerlessConfig, ServerlessSweep, ServerlessVerdict};

@@ -84,7 +84,11 @@ pub enum ControlMsg {
     /// Client asks for a UDP port for path-MTU tests (capability "mtu").
     /// The port acknowledges the client's `MtuProbe` datagrams with 64-byte
     /// `MtuAck`s and learns from them where the client receives.
-    MtuOpen,
+    MtuOpen {
+        /// A port to bind (checked like `Open`'s); by default an ephemeral one.
+        #[serde(default)]
+        port: Option<u16>,
+    },
     /// Answer to `MtuOpen`.
     MtuOpened {
         port: u16,
@@ -218,7 +222,8 @@ mod tests {
                 fatal: false,
             },
             ControlMsg::Bye,
-            ControlMsg::MtuOpen,
+            ControlMsg::MtuOpen { port: None },
+            ControlMsg::MtuOpen { port: Some(5000) },
             ControlMsg::MtuSend {
                 sizes: vec![1372, 1472],
                 count: 2,
@@ -263,6 +268,15 @@ mod tests {
         f.extend_from_slice(body);
         let (m, _) = decode_frame(&f).unwrap().unwrap();
         assert!(matches!(m, ControlMsg::Hello { version: 2, .. }));
+    }
+
+    #[test]
+    fn mtu_open_without_fields() {
+        let body = br#"{"type":"mtu_open"}"#;
+        let mut f = (body.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(body);
+        let (m, _) = decode_frame(&f).unwrap().unwrap();
+        assert_eq!(m, ControlMsg::MtuOpen { port: None });
     }
 
     #[test]

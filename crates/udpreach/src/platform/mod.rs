@@ -208,10 +208,6 @@ impl AsyncUdp {
             .await
     }
 
-    pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<RecvMeta> {
-        recv_meta(self.inner.get_ref(), buf)
-    }
-
     /// Next datagram or queued ICMP error (socket opened with `recv_errors`).
     /// A queued error makes the socket report an error condition, not
     /// readability, so both are awaited.

@@ -19,11 +19,14 @@ pub enum Pending {
     Open,
     Arrivals,
     Close,
+    /// An `MtuSend` (udpreach mtu).
+    MtuSend,
 }
 
 pub struct Welcome {
     pub token: u64,
     pub max_open_ports: u32,
+    pub capabilities: Vec<String>,
 }
 
 pub struct ControlClient {
@@ -80,10 +83,12 @@ impl ControlClient {
             ControlMsg::Welcome {
                 token,
                 max_open_ports,
+                capabilities,
                 ..
             } => Ok(Welcome {
                 token,
                 max_open_ports,
+                capabilities,
             }),
             ControlMsg::Error { code, message, .. } => {
                 bail!("server refused the session ({code:?}): {message}")
@@ -118,6 +123,14 @@ impl ControlClient {
             }
             self.buf.extend_from_slice(&chunk[..n]);
         }
+    }
+
+    /// One request and its answer, for exchanges that are not pipelined.
+    pub async fn call(&mut self, msg: &ControlMsg, wait: Duration) -> anyhow::Result<ControlMsg> {
+        self.stream.write_all(&msg.to_frame()).await?;
+        timeout(wait, self.recv())
+            .await
+            .map_err(|_| anyhow!("no answer from the server for {} s", wait.as_secs()))?
     }
 
     pub async fn bye(&mut self) -> anyhow::Result<()> {

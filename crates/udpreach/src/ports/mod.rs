@@ -5,7 +5,7 @@
 //! control channel are pipelined (a few in flight) so probing never waits
 //! for the server to bind the next window.
 
-mod control;
+pub mod control;
 mod serverless;
 
 use crate::cli::PortsArgs;

@@ -1,5 +1,6 @@
 //! Renderers: everything that turns results into text for people or JSON for scripts.
 
+pub mod mtu;
 pub mod ping;
 pub mod ports;
 pub mod serverless;
