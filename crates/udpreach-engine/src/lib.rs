@@ -5,6 +5,9 @@
 
 pub mod mtu;
 pub mod ping;
+pub mod rate;
+pub mod replay;
+pub mod responder;
 pub mod rto;
 pub mod server;
 pub mod serverless;

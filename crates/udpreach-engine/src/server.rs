@@ -1,9 +1,8 @@
-//! Server-side decisions that need no socket: what to do with a datagram,
-//! per-flow receive counters, and which ports a session may open.
+//! Server-side decisions that need no socket: what a datagram is, and which
+//! ports a session may open. The answers themselves are in `responder`.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::Duration;
 use udpreach_wire::probe::{self, ProbeHeader, ProbeKind, ServerStamp};
 use udpreach_wire::PortSpec;
 
@@ -27,57 +26,6 @@ pub fn classify_echo(datagram: &[u8]) -> EchoAction {
         Ok(_) => EchoAction::Drop,
         // Starts with our magic but is not a valid probe: still just bytes to echo.
         Err(_) => EchoAction::Plain,
-    }
-}
-
-/// Per-flow receive counters: how many probes of one ping session (client
-/// address and token) arrived. Bounded: idle flows expire, and when the table
-/// is full the least recently seen flows are evicted.
-pub struct FlowTable {
-    flows: HashMap<(IpAddr, u64), (u32, Instant)>,
-    capacity: usize,
-    idle: Duration,
-}
-
-impl FlowTable {
-    pub fn new(capacity: usize, idle: Duration) -> Self {
-        FlowTable {
-            flows: HashMap::new(),
-            capacity: capacity.max(1),
-            idle,
-        }
-    }
-
-    /// Counts one arrival and returns the flow's count including it.
-    pub fn count(&mut self, from: IpAddr, token: u64, now: Instant) -> u32 {
-        if self.flows.len() >= self.capacity && !self.flows.contains_key(&(from, token)) {
-            self.evict(now);
-        }
-        let e = self.flows.entry((from, token)).or_insert((0, now));
-        e.0 = e.0.saturating_add(1);
-        e.1 = now;
-        e.0
-    }
-
-    fn evict(&mut self, now: Instant) {
-        let idle = self.idle;
-        self.flows
-            .retain(|_, (_, seen)| now.saturating_duration_since(*seen) < idle);
-        if self.flows.len() >= self.capacity {
-            // Still full of live flows: drop the older half.
-            let mut seen: Vec<Instant> = self.flows.values().map(|v| v.1).collect();
-            seen.sort_unstable();
-            let cutoff = seen[seen.len() / 2];
-            self.flows.retain(|_, (_, s)| *s > cutoff);
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.flows.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.flows.is_empty()
     }
 }
 
@@ -122,6 +70,20 @@ impl PortPolicy {
     }
 }
 
+/// Default per-session probe rate: a full 65,535-port sweep across a lossy
+/// link sends about 110,000 probes in 3 s, with bursts above that average, so
+/// 100,000/s keeps it whole while bounding what one session can make the
+/// server send (replies go only to the session's own client, never larger
+/// than the probe).
+pub const DEFAULT_MAX_PROBE_RATE: u32 = 100_000;
+/// Default plain-echo rate per source address: plenty for interactive tools
+/// (the seed's client sends one a second), little use for flooding a victim.
+pub const DEFAULT_PLAIN_ECHO_RATE: u32 = 50;
+/// Default largest answered datagram: any. A reply is never larger than its
+/// request, so size is no amplification risk, and `ping -s 65507` and
+/// fragmentation tests should work out of the box; operators may lower it.
+pub const DEFAULT_MAX_DATAGRAM: usize = 65535;
+
 /// Server-wide caps, with defaults sized for the open-files limit.
 #[derive(Clone, Debug)]
 pub struct ServerLimits {
@@ -130,6 +92,16 @@ pub struct ServerLimits {
     pub max_total_ports: usize,
     /// A control connection silent this long is closed, with its ports.
     pub idle_timeout: Duration,
+    /// Probe replies per second per session (test ports) or ping flow (echo port).
+    pub max_probe_rate: u32,
+    /// Plain (non-udpreach) echo replies per second to one source address.
+    pub plain_echo_rate: u32,
+    /// Datagrams larger than this get no answer.
+    pub max_datagram: usize,
+    /// Control connections still in their handshake at once; more are closed.
+    pub max_handshakes: usize,
+    /// Time a new control connection has to complete its handshake.
+    pub handshake_timeout: Duration,
 }
 
 impl ServerLimits {
@@ -142,6 +114,14 @@ impl ServerLimits {
             max_ports_per_session: usable.min(8192),
             max_total_ports: usable.min(60_000),
             idle_timeout: Duration::from_secs(30),
+            max_probe_rate: DEFAULT_MAX_PROBE_RATE,
+            plain_echo_rate: DEFAULT_PLAIN_ECHO_RATE,
+            max_datagram: DEFAULT_MAX_DATAGRAM,
+            // Each costs a descriptor and a small buffer for at most
+            // `handshake_timeout`: enough to ride out a burst of stalled or
+            // garbage connections without turning real clients away.
+            max_handshakes: usable.clamp(64, 1024),
+            handshake_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -163,20 +143,6 @@ mod tests {
             .encode(&mut buf)
             .unwrap();
         assert_eq!(classify_echo(&buf), EchoAction::Drop);
-    }
-
-    #[test]
-    fn flow_table_counts_and_stays_bounded() {
-        let t0 = Instant::now();
-        let mut f = FlowTable::new(100, Duration::from_secs(10));
-        let a: IpAddr = "198.18.0.1".parse().unwrap();
-        assert_eq!(f.count(a, 1, t0), 1);
-        assert_eq!(f.count(a, 1, t0), 2);
-        assert_eq!(f.count(a, 2, t0), 1);
-        for i in 0..10_000u64 {
-            f.count(a, 100 + i, t0 + Duration::from_millis(i));
-            assert!(f.len() <= 100);
-        }
     }
 
     #[test]

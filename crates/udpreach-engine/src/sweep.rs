@@ -58,6 +58,9 @@ pub struct SweepConfig {
     pub max_open: usize,
     /// Packets per second cap; `None` for no cap.
     pub rate: Option<u32>,
+    /// Probes awaiting a reply or their timeout at once. Bounds the burst of
+    /// replies that must fit the client's receive buffer.
+    pub max_in_flight: usize,
 }
 
 impl Default for SweepConfig {
@@ -71,6 +74,7 @@ impl Default for SweepConfig {
             fixed_timeout: None,
             max_open: 4096,
             rate: None,
+            max_in_flight: 1024,
         }
     }
 }
@@ -109,6 +113,8 @@ struct Entry {
     rtt: Option<Duration>,
     /// Opened on the server and not yet closed.
     held: bool,
+    /// A probe is out, awaiting its reply or its timer.
+    outstanding: bool,
     probes_sent: u32,
     /// The first ICMP error a probe to this port drew.
     icmp: Option<IcmpReport>,
@@ -156,9 +162,16 @@ pub struct Sweep {
     to_query: VecDeque<u16>,
     to_close: VecDeque<u16>,
     rto: RtoEstimator,
+    in_flight: usize,
     progress: Progress,
     tokens: f64,
     last_refill: Instant,
+}
+
+/// Burst allowance for a probe rate: 10 ms worth (the timer granularity is
+/// about 1 ms, so a smaller burst would cap the real rate below the asked one).
+fn burst_for(rate: u32) -> f64 {
+    (f64::from(rate) / 100.0).clamp(1.0, 4096.0)
 }
 
 fn seq_of(round: u32, attempt: u32) -> u64 {
@@ -174,6 +187,7 @@ impl Sweep {
                 verdict: None,
                 rtt: None,
                 held: false,
+                outstanding: false,
                 probes_sent: 0,
                 icmp: None,
             });
@@ -181,11 +195,12 @@ impl Sweep {
         let rto = RtoEstimator::new(cfg.rto_initial, cfg.rto_min, cfg.rto_max);
         let total = plan.ports().len();
         Sweep {
-            tokens: cfg.rate.map_or(0.0, |r| f64::from(r).min(64.0)),
+            tokens: cfg.rate.map_or(0.0, burst_for),
             cfg: SweepConfig {
                 rounds: cfg.rounds.max(1),
                 attempts: cfg.attempts.max(1),
                 max_open: cfg.max_open.max(1),
+                max_in_flight: cfg.max_in_flight.max(1),
                 ..cfg
             },
             plan,
@@ -197,6 +212,7 @@ impl Sweep {
             to_query: VecDeque::new(),
             to_close: VecDeque::new(),
             rto,
+            in_flight: 0,
             progress: Progress {
                 total,
                 ..Progress::default()
@@ -265,14 +281,20 @@ impl Sweep {
     }
 
     fn decide(&mut self, port: u16, verdict: Verdict, rtt: Option<Duration>) {
-        let Some(e) = self.entry(port) else { return };
+        let Some(e) = self.entries[usize::from(port)].as_mut() else {
+            return;
+        };
         if e.state == State::Decided {
             return;
         }
         e.state = State::Decided;
         e.verdict = Some(verdict);
         e.rtt = rtt;
+        let was_out = std::mem::take(&mut e.outstanding);
         let held = e.held;
+        if was_out {
+            self.in_flight -= 1;
+        }
         if held {
             self.to_close.push_back(port);
         }
@@ -291,7 +313,7 @@ impl Sweep {
             let dt = now
                 .saturating_duration_since(self.last_refill)
                 .as_secs_f64();
-            let burst = f64::from(rate).clamp(1.0, 64.0);
+            let burst = burst_for(rate);
             self.tokens = (self.tokens + dt * f64::from(rate)).min(burst);
             self.last_refill = now;
         }
@@ -305,13 +327,18 @@ impl Sweep {
             }
             self.timers.pop();
             let attempts = self.cfg.attempts;
-            let Some(e) = self.entry(port) else { continue };
+            let Some(e) = self.entries[usize::from(port)].as_mut() else {
+                continue;
+            };
             match e.state {
                 State::Probing {
                     round,
                     sent,
                     last_sent: Some(last),
                 } if at >= last => {
+                    if std::mem::take(&mut e.outstanding) {
+                        self.in_flight -= 1;
+                    }
                     if sent >= attempts {
                         e.state = State::Querying {
                             round,
@@ -336,8 +363,13 @@ impl Sweep {
             if self.cfg.rate.is_some() && self.tokens < 1.0 {
                 return None;
             }
+            if self.in_flight >= self.cfg.max_in_flight {
+                return None;
+            }
             self.ready.pop_front();
-            let Some(e) = self.entry(port) else { continue };
+            let Some(e) = self.entries[usize::from(port)].as_mut() else {
+                continue;
+            };
             let State::Probing { round, sent, .. } = e.state else {
                 continue;
             };
@@ -347,6 +379,8 @@ impl Sweep {
                 last_sent: Some(now),
             };
             e.probes_sent += 1;
+            e.outstanding = true;
+            self.in_flight += 1;
             // Mild backoff within a round: a slow server is not a blocked port.
             let wait = timeout + timeout * sent / 2;
             self.timers.push(Reverse((now + wait, port)));
@@ -717,8 +751,31 @@ mod tests {
             }
             now += Duration::from_millis(10);
         }
-        // 10 burst tokens at start + 10/s for 2 s.
-        assert!((25..=32).contains(&sent), "{sent}");
+        // 1 burst token at start (10 ms worth, at least one) + 10/s for 2 s.
+        assert!((18..=22).contains(&sent), "{sent}");
+    }
+
+    #[test]
+    fn in_flight_cap_holds_until_replies_or_timeouts() {
+        let spec: PortSpec = "1-100".parse().unwrap();
+        let t0 = Instant::now();
+        let cfg = SweepConfig {
+            max_in_flight: 10,
+            ..SweepConfig::default()
+        };
+        let mut s = Sweep::new(SweepPlan::new(&spec), cfg, t0);
+        for p in s.poll_open(1000) {
+            s.on_opened(p, OpenStatus::Opened);
+        }
+        let first: Vec<Transmit> = std::iter::from_fn(|| s.poll_transmit(t0)).collect();
+        assert_eq!(first.len(), 10);
+        s.on_reply(first[0].port, first[0].seq, t0);
+        s.on_reply(first[1].port, first[1].seq, t0);
+        assert_eq!(std::iter::from_fn(|| s.poll_transmit(t0)).count(), 2);
+        // Timeouts free their slots too (the ports go back to be retried).
+        let later = t0 + Duration::from_secs(5);
+        s.poll_timers(later);
+        assert_eq!(std::iter::from_fn(|| s.poll_transmit(later)).count(), 10);
     }
 
     #[test]

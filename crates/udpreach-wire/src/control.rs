@@ -20,7 +20,11 @@ pub const MAX_PORTS_PER_REQUEST: usize = 8192;
 /// Capabilities this build understands. Unknown ones from a peer are ignored,
 /// which is what lets later versions interoperate.
 /// "mtu": the `Mtu*` messages (a per-session UDP port for path-MTU probes).
-pub const CAPABILITIES: &[&str] = &["ports", "arrivals", "mtu"];
+pub const CAPABILITIES: &[&str] = &["ports", "arrivals", "auth", "mtu"];
+/// Largest frame accepted before the handshake is complete: a hello or an
+/// auth message is a few hundred bytes, and an unauthenticated peer must not
+/// make the server buffer [`MAX_FRAME`] bytes per connection.
+pub const MAX_HANDSHAKE_FRAME: usize = 4096;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -32,6 +36,9 @@ pub enum ControlMsg {
         capabilities: Vec<String>,
         #[serde(default)]
         software: String,
+        /// Authenticated mode: the client's 32-byte random nonce, hex.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nonce: Option<String>,
     },
     /// Server -> client answer to `Hello`.
     Welcome {
@@ -44,7 +51,23 @@ pub enum ControlMsg {
         max_open_ports: u32,
         #[serde(default)]
         software: String,
+        /// Most probes per second the server answers for this session (0: no cap).
+        /// A client keeps its sending rate under it.
+        #[serde(default)]
+        max_probe_rate: u32,
+        /// Authenticated mode: the server's 32-byte random nonce, hex.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nonce: Option<String>,
+        /// Authenticated mode: HMAC(key, "udpreach server" 0 cn sn), hex.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        proof: Option<String>,
     },
+    /// Client -> server after a `Welcome` with a proof: HMAC(key, "udpreach client" 0 cn sn), hex.
+    Auth {
+        proof: String,
+    },
+    /// Server -> client: the client's proof is good; the session may start.
+    AuthOk,
     /// Client asks the server to bind these UDP ports for the session.
     Open {
         ports: Vec<u16>,
@@ -170,11 +193,19 @@ impl ControlMsg {
 /// Decodes the first frame in `buf`. `Ok(None)` means more bytes are needed;
 /// on success returns the message and how many bytes it used.
 pub fn decode_frame(buf: &[u8]) -> Result<Option<(ControlMsg, usize)>, ControlError> {
+    decode_frame_limited(buf, MAX_FRAME)
+}
+
+/// [`decode_frame`] with a smaller frame limit (see [`MAX_HANDSHAKE_FRAME`]).
+pub fn decode_frame_limited(
+    buf: &[u8],
+    max_frame: usize,
+) -> Result<Option<(ControlMsg, usize)>, ControlError> {
     if buf.len() < 4 {
         return Ok(None);
     }
     let len = u32::from_be_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
-    if len > MAX_FRAME {
+    if len > max_frame.min(MAX_FRAME) {
         return Err(ControlError::FrameTooLarge(len));
     }
     if buf.len() < 4 + len {
@@ -206,7 +237,20 @@ mod tests {
                 version: 1,
                 capabilities: vec!["ports".into(), "from-the-future".into()],
                 software: "t".into(),
+                nonce: Some("00ff".into()),
             },
+            ControlMsg::Welcome {
+                version: 1,
+                capabilities: vec![],
+                token: 9,
+                max_open_ports: 10,
+                software: String::new(),
+                max_probe_rate: 100,
+                nonce: None,
+                proof: Some("ab".into()),
+            },
+            ControlMsg::Auth { proof: "cd".into() },
+            ControlMsg::AuthOk,
             ControlMsg::Open {
                 ports: vec![1, 2, 65535],
             },
@@ -280,6 +324,48 @@ mod tests {
     }
 
     #[test]
+    fn version_one_messages_without_auth_fields_still_decode() {
+        // What a build without authenticated mode sends and expects.
+        let body = br#"{"type":"welcome","version":1,"capabilities":[],"token":5,"max_open_ports":9,"software":"old"}"#;
+        let mut f = (body.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(body);
+        let (m, _) = decode_frame(&f).unwrap().unwrap();
+        assert!(matches!(
+            m,
+            ControlMsg::Welcome {
+                max_probe_rate: 0,
+                nonce: None,
+                proof: None,
+                ..
+            }
+        ));
+        let hello = ControlMsg::Hello {
+            version: 1,
+            capabilities: vec![],
+            software: String::new(),
+            nonce: None,
+        };
+        let json = String::from_utf8(hello.to_frame()[4..].to_vec()).unwrap();
+        assert!(
+            !json.contains("nonce"),
+            "no new field unless it is used: {json}"
+        );
+    }
+
+    #[test]
+    fn handshake_limit() {
+        let big = ControlMsg::Open {
+            ports: vec![1; 3000],
+        }
+        .to_frame();
+        assert!(matches!(
+            decode_frame_limited(&big, MAX_HANDSHAKE_FRAME),
+            Err(ControlError::FrameTooLarge(_))
+        ));
+        assert!(decode_frame(&big).unwrap().is_some());
+    }
+
+    #[test]
     fn limits_and_preamble() {
         let big = ((MAX_FRAME + 1) as u32).to_be_bytes();
         assert_eq!(
@@ -291,11 +377,107 @@ mod tests {
         assert_eq!(check_preamble(b"{\"pro"), Err(ControlError::BadPreamble));
     }
 
+    fn ports() -> impl Strategy<Value = Vec<u16>> {
+        proptest::collection::vec(any::<u16>(), 0..50)
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        ".{0,40}"
+    }
+
+    fn msg() -> impl Strategy<Value = ControlMsg> {
+        let code = prop_oneof![
+            Just(ErrorCode::BadVersion),
+            Just(ErrorCode::BadRequest),
+            Just(ErrorCode::TooManyPorts),
+            Just(ErrorCode::TooManySessions),
+            Just(ErrorCode::AuthFailed),
+            Just(ErrorCode::Unexpected),
+        ];
+        prop_oneof![
+            (
+                any::<u32>(),
+                proptest::collection::vec(text(), 0..4),
+                text(),
+                proptest::option::of(text())
+            )
+                .prop_map(|(version, capabilities, software, nonce)| {
+                    ControlMsg::Hello {
+                        version,
+                        capabilities,
+                        software,
+                        nonce,
+                    }
+                }),
+            (
+                any::<u32>(),
+                any::<u64>(),
+                any::<u32>(),
+                text(),
+                any::<u32>(),
+                proptest::option::of(text()),
+                proptest::option::of(text())
+            )
+                .prop_map(
+                    |(version, token, max_open_ports, software, max_probe_rate, nonce, proof)| {
+                        ControlMsg::Welcome {
+                            version,
+                            capabilities: vec![],
+                            token,
+                            max_open_ports,
+                            software,
+                            max_probe_rate,
+                            nonce,
+                            proof,
+                        }
+                    }
+                ),
+            text().prop_map(|proof| ControlMsg::Auth { proof }),
+            Just(ControlMsg::AuthOk),
+            ports().prop_map(|ports| ControlMsg::Open { ports }),
+            (ports(), ports(), ports(), ports()).prop_map(|(opened, in_use, denied, failed)| {
+                ControlMsg::Opened {
+                    opened,
+                    in_use,
+                    denied,
+                    failed,
+                }
+            }),
+            ports().prop_map(|ports| ControlMsg::Arrivals { ports }),
+            (ports(), proptest::collection::vec(any::<u32>(), 0..50))
+                .prop_map(|(ports, counts)| ControlMsg::ArrivalCounts { ports, counts }),
+            ports().prop_map(|ports| ControlMsg::Close { ports }),
+            any::<u32>().prop_map(|count| ControlMsg::Closed { count }),
+            (code, text(), any::<bool>()).prop_map(|(code, message, fatal)| ControlMsg::Error {
+                code,
+                message,
+                fatal
+            }),
+            Just(ControlMsg::Bye),
+        ]
+    }
+
     proptest! {
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = decode_frame(&bytes);
             let _ = check_preamble(&bytes);
+        }
+
+        /// Every message, as a stream of back-to-back frames, decodes to itself.
+        #[test]
+        fn every_message_round_trips(msgs in proptest::collection::vec(msg(), 1..8)) {
+            let mut stream = Vec::new();
+            for m in &msgs {
+                stream.extend(m.to_frame());
+            }
+            let mut at = 0;
+            for m in &msgs {
+                let (got, used) = decode_frame(&stream[at..]).unwrap().unwrap();
+                prop_assert_eq!(&got, m);
+                at += used;
+            }
+            prop_assert_eq!(at, stream.len());
         }
     }
 }

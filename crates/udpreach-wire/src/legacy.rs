@@ -116,4 +116,31 @@ mod tests {
         assert_eq!(r, Err(LegacyError::MissingFields));
         assert!(decode_request(b"}}").is_err());
     }
+
+    proptest::proptest! {
+        /// A request object, answered, decodes back to the same port and fields.
+        #[test]
+        fn answer_round_trips(port in 1u16..=65535, server in "[0-9.]{1,15}", extra in proptest::option::of(".{0,20}")) {
+            let mut obj = serde_json::json!({"proto": "udpping", "server": server, "port": port, "available": false});
+            if let Some(e) = extra {
+                obj["extra"] = Value::String(e);
+            }
+            let bytes = serde_json::to_vec(&obj).unwrap();
+            let (req, used) = decode_request(&bytes).unwrap().unwrap();
+            let req = req.unwrap();
+            proptest::prop_assert_eq!(used, bytes.len());
+            proptest::prop_assert_eq!(req.port, port);
+            let answer = encode_answer(&req, true);
+            let (back, _) = decode_request(&answer).unwrap().unwrap();
+            let back = back.unwrap();
+            proptest::prop_assert_eq!(back.port, port);
+            proptest::prop_assert_eq!(&back.object["available"], &Value::Bool(true));
+            proptest::prop_assert_eq!(&back.object["server"], &obj["server"]);
+        }
+
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = decode_request(&bytes);
+        }
+    }
 }

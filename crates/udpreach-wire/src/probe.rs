@@ -9,11 +9,13 @@
 //!  5      kind                  6..8   flags (u16, big endian)
 //!  8..16  session token (u64)   16..24 sequence number (u64)
 //! 24..32  server receive time   32..40 server send time   (ns since the Unix epoch)
+//!         (an authenticated echo *request* carries its send time in 24..32: see auth.rs)
 //! 40..44  server's per-flow receive counter (u32)
 //! 44..60  source address the server saw (IPv6 or IPv4-mapped)
 //! 60..62  source port the server saw    62 TTL / hop limit the server saw (0 = unknown)
 //! 63      reserved
 //! 64..    payload, echoed byte for byte; with FLAG_AUTH the last 16 bytes are a tag
+//!         (HMAC over everything before it, recomputed by the server for its reply)
 //! ```
 //!
 //! Path-MTU probes (`MtuProbe`) are never echoed: the server's MTU port

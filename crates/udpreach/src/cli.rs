@@ -3,6 +3,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 use udpreach_wire::PortSpec;
 
@@ -15,7 +16,8 @@ Exit codes:
           2 usage, connection or protocol error
   mtu:    0 a path MTU found every way and fragments pass, 1 nothing crosses
           or fragments are dropped, 2 usage, connection or socket error
-  server: 0 clean shutdown (SIGINT/SIGTERM), 2 usage or socket error";
+  server: 0 clean shutdown (SIGINT/SIGTERM), 2 usage or socket error
+  With a key (--key-file or UDPREACH_KEY), a failed authentication exits 2.";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -70,6 +72,31 @@ pub struct ServerArgs {
     /// Close a control session (and its ports) after this much silence.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
+    /// Most probe replies per second per session (test ports) and per ping flow (per source address without a key); excess probes get no reply.
+    #[arg(long, value_name = "PPS", default_value_t = udpreach_engine::server::DEFAULT_MAX_PROBE_RATE, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub max_probe_rate: u32,
+    /// Largest datagram answered, in bytes; larger ones are dropped.
+    #[arg(long, value_name = "BYTES", default_value_t = udpreach_engine::server::DEFAULT_MAX_DATAGRAM, value_parser = parse_max_datagram)]
+    pub max_datagram: usize,
+    /// Answer only udpreach probes on the echo port, not arbitrary datagrams.
+    #[arg(long)]
+    pub no_plain_echo: bool,
+    /// Most plain-echo replies per second to one source address (so the server cannot flood a third party).
+    #[arg(long, value_name = "PPS", default_value_t = udpreach_engine::server::DEFAULT_PLAIN_ECHO_RATE, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub plain_echo_rate: u32,
+    #[command(flatten)]
+    pub key: KeyArgs,
+}
+
+/// Where the shared secret for authenticated mode comes from. Deliberately
+/// no option that takes the key itself: command lines are visible to every
+/// local user (`ps`, /proc/PID/cmdline) and end up in shell history.
+#[derive(Args, Debug, Clone, Default)]
+pub struct KeyArgs {
+    /// Shared secret for authenticated mode: a file holding the key (a trailing newline is ignored).
+    /// Without it, the UDPREACH_KEY environment variable is used when set.
+    #[arg(long, value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -117,6 +144,8 @@ pub struct PingArgs {
     /// One JSON object per line per event, then a summary object.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub key: KeyArgs,
 }
 
 #[derive(Args, Debug)]
@@ -152,7 +181,7 @@ pub struct PortsArgs {
     /// Use IPv6 only.
     #[arg(short = '6')]
     pub ipv6: bool,
-    /// Print every port, not just grouped ranges.
+    /// Print every port, not just grouped ranges (also -v).
     #[arg(long = "list")]
     pub list: bool,
     /// No progress bar and only the result lines.
@@ -161,6 +190,8 @@ pub struct PortsArgs {
     /// A JSON document with every port's verdict.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub key: KeyArgs,
 }
 
 #[derive(Args, Debug)]
@@ -198,10 +229,25 @@ pub struct MtuArgs {
     /// Only the result lines.
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub key: KeyArgs,
 }
 
 fn parse_port_arg(s: &str) -> Result<u16, String> {
     udpreach_wire::portspec::parse_port(s).map_err(|e| e.to_string())
+}
+
+fn parse_max_datagram(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid max datagram '{s}': expected a number of bytes"))?;
+    if !(MIN_SIZE..=65535).contains(&n) {
+        return Err(format!(
+            "invalid max datagram '{s}': must be {MIN_SIZE}..=65535 bytes"
+        ));
+    }
+    Ok(n)
 }
 
 fn parse_spec(s: &str) -> Result<PortSpec, String> {

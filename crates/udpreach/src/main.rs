@@ -10,6 +10,7 @@ mod platform;
 mod ports;
 mod report;
 mod server;
+mod shared_key;
 mod target;
 
 use clap::Parser;
@@ -45,7 +46,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Server(a) => server::run(a).await,
             Command::Ping(a) => ping::run(a).await,
-            Command::Ports(a) => ports::run(a).await,
+            Command::Ports(a) => ports::run(a, cli.verbose).await,
             Command::Mtu(a) => mtu::run(a).await,
         }
     });

@@ -147,7 +147,9 @@ fn routed_forwarding_and_masquerade() {
     let (c, r, s) = (lab.client(), lab.router(), lab.server());
     assert_eq!(r.iface_toward(s).name, "r-s");
     assert_eq!(r.iface_toward(c).name, "r-c");
-    let _server = udp_server(s, "SYSTEM:echo $SOCAT_PEERADDR");
+    // Read the datagram first: if the program exits before socat wrote it,
+    // socat gets EPIPE and drops the reply.
+    let _server = udp_server(s, "SYSTEM:cat >/dev/null; echo $SOCAT_PEERADDR");
 
     let peer = |ip: IpAddr| {
         let o = ask(c, ip, b"x", "1");
@@ -160,6 +162,9 @@ fn routed_forwarding_and_masquerade() {
     r.snat_forward_masquerade(&r.iface_toward(s).name);
     assert_eq!(peer(s.ip4().into()), IpAddr::from(r.iface_toward(s).ip4));
     assert_eq!(peer(s.ip6().into()), IpAddr::from(r.iface_toward(s).ip6));
+
+    r.drop_udp_forward_percent(100);
+    expect_silence(c, s.ip4().into(), b"x");
 }
 
 #[test]

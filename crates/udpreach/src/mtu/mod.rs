@@ -11,6 +11,7 @@
 
 use crate::cli::MtuArgs;
 use crate::platform::errqueue::{self, PmtuMode, QueuedError};
+use crate::platform::realtime_ns;
 use crate::platform::{canonical, AsyncUdp, Received, UdpOptions};
 use crate::ports::control::{ControlClient, Pending};
 use crate::report::mtu::{Direction, MtuReport};
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 use udpreach_engine::mtu::{
     fragment_test_sizes, FragmentResult, FragmentSize, MtuSearch, MtuSearchConfig,
 };
+use udpreach_wire::auth::{self, DerivedKey, SharedKey, MIN_SEALED_LEN};
 use udpreach_wire::control::{ControlMsg, MtuSendResult};
 use udpreach_wire::icmp::{IcmpOrigin, IcmpReason};
 use udpreach_wire::mtu::{min_mtu, packet_size, parse_ack, payload_size, MAX_LINGER_MS};
@@ -35,6 +37,8 @@ const FRAG_SEQ: u64 = 1 << 40;
 struct Probing {
     udp: AsyncUdp,
     token: u64,
+    /// Authenticated mode: tags our probes, and must verify what comes back.
+    key: Option<DerivedKey>,
     v6: bool,
     /// How long a round waits for its probes' answers.
     wait: Duration,
@@ -77,21 +81,28 @@ pub async fn run(args: MtuArgs) -> anyhow::Result<u8> {
         target,
     };
     let started = Instant::now();
-    let (mode, rtt, token) = if args.echo {
-        (Mode::Echo, None, rand::random())
+    let shared_key = crate::shared_key::load(&args.key)?;
+    let (mode, rtt, token, session_key) = if args.echo {
+        (Mode::Echo, None, rand::random(), None)
     } else {
         let mut control = target;
         if let Some(p) = args.control {
             control.set_port(p);
         }
-        match open_server(control, &report).await? {
-            Some((mode, rtt, token)) => (mode, Some(rtt), token),
-            None => (Mode::Echo, None, rand::random()),
+        match open_server(control, &report, shared_key.as_ref()).await? {
+            Some((mode, rtt, token, key)) => (mode, Some(rtt), token, key),
+            None => (Mode::Echo, None, rand::random(), None),
         }
+    };
+    // Through the echo port a keyed server wants probes tagged as ping's are.
+    let key = match &mode {
+        Mode::Server { .. } => session_key,
+        Mode::Echo => shared_key.as_ref().map(|k| k.ping_key(token)),
     };
     let mut p = Probing {
         udp,
         token,
+        key,
         v6,
         wait: Duration::from_millis(500),
         probes: args.probes,
@@ -191,7 +202,8 @@ fn round_wait(rtt: Duration) -> Duration {
 async fn open_server(
     control: SocketAddr,
     report: &MtuReport,
-) -> anyhow::Result<Option<(Mode, Duration, u64)>> {
+    key: Option<&SharedKey>,
+) -> anyhow::Result<Option<(Mode, Duration, u64, Option<DerivedKey>)>> {
     let mut ctl = match ControlClient::connect(control).await {
         Ok(c) => c,
         Err(e) => {
@@ -201,7 +213,7 @@ async fn open_server(
             return Ok(None);
         }
     };
-    let welcome = ctl.hello().await?;
+    let welcome = ctl.hello(key).await?;
     if !welcome.capabilities.iter().any(|c| c == "mtu") {
         report.notice(&format!(
             "the server at {control} cannot send MTU probes (no \"mtu\" capability); measuring the round trip through its echo port"
@@ -224,6 +236,7 @@ async fn open_server(
                 },
                 rtt,
                 welcome.token,
+                welcome.session_key,
             )))
         }
         ControlMsg::Error { code, message, .. } => {
@@ -233,12 +246,35 @@ async fn open_server(
     }
 }
 
-fn datagram(kind: ProbeKind, token: u64, seq: u64, payload: u32) -> Vec<u8> {
-    let mut d = vec![0u8; (payload as usize).max(HEADER_LEN)];
-    ProbeHeader::request(kind, token, seq)
-        .encode(&mut d)
-        .expect("at least a header");
-    d
+impl Probing {
+    /// The smallest probe: a header, and a tag in authenticated mode.
+    fn min_payload(&self) -> u32 {
+        if self.key.is_some() {
+            MIN_SEALED_LEN as u32
+        } else {
+            HEADER_LEN as u32
+        }
+    }
+
+    fn datagram(&self, kind: ProbeKind, seq: u64, payload: u32) -> Vec<u8> {
+        let mut d = vec![0u8; payload.max(self.min_payload()) as usize];
+        ProbeHeader::request(kind, self.token, seq)
+            .encode(&mut d)
+            .expect("at least a header");
+        if let Some(k) = &self.key {
+            if kind == ProbeKind::EchoRequest {
+                // A keyed echo port refuses requests far from its clock.
+                auth::set_sent_ns(&mut d, realtime_ns());
+            }
+            k.seal(&mut d).expect("at least a header and a tag");
+        }
+        d
+    }
+
+    /// Whether an answer is acceptable: in authenticated mode, only with a valid tag.
+    fn authentic(&self, data: &[u8]) -> bool {
+        self.key.as_ref().is_none_or(|k| k.verify(data).is_ok())
+    }
 }
 
 /// The sequence number an ICMP error quotes, if the quote holds our header.
@@ -303,7 +339,7 @@ where
 {
     let t0 = Instant::now();
     let mut s = MtuSearch::new(MtuSearchConfig {
-        min_mtu: min_mtu(p.v6).max(packet_size(HEADER_LEN as u32, p.v6)),
+        min_mtu: min_mtu(p.v6).max(packet_size(p.min_payload(), p.v6)),
         max_mtu,
         probes_per_size: p.probes,
         sizes_per_round: SIZES_PER_ROUND,
@@ -334,7 +370,7 @@ async fn send_sizes(
     s: &mut MtuSearch,
 ) {
     for &mtu in sizes {
-        let d = datagram(kind, p.token, u64::from(mtu), payload_size(mtu, p.v6));
+        let d = p.datagram(kind, u64::from(mtu), payload_size(mtu, p.v6));
         for _ in 0..p.probes {
             p.sent += 1;
             if let Err(e) = p.udp.send_to(&d, dest).await {
@@ -365,6 +401,9 @@ async fn up_round(
         };
         match got {
             Ok(Received::Datagram(meta)) if meta.from == mtu_port => {
+                if !p.authentic(&p.buf[..meta.len]) {
+                    continue;
+                }
                 if let Some(ack) = parse_ack(&p.buf[..meta.len], p.token) {
                     if ack.seq & FRAG_SEQ == 0 {
                         s.on_pass(packet_size(ack.received_len, p.v6));
@@ -408,6 +447,9 @@ async fn echo_round(
 
 /// The MTU an echo reply proves, if it is one of ours and whole.
 fn echoed_size(p: &Probing, len: usize) -> Option<u32> {
+    if !p.authentic(&p.buf[..len]) {
+        return None;
+    }
     let h = ProbeHeader::decode(&p.buf[..len]).ok()?;
     if h.token != p.token || h.seq & FRAG_SEQ != 0 {
         return None;
@@ -418,13 +460,8 @@ fn echoed_size(p: &Probing, len: usize) -> Option<u32> {
 
 /// One small echo first: the path works at all, and how long answers take.
 async fn echo_rtt(p: &mut Probing, echo: SocketAddr) -> anyhow::Result<Duration> {
-    let mtu = packet_size(HEADER_LEN as u32, p.v6);
-    let d = datagram(
-        ProbeKind::EchoRequest,
-        p.token,
-        u64::from(mtu),
-        HEADER_LEN as u32,
-    );
+    let mtu = packet_size(p.min_payload(), p.v6);
+    let d = p.datagram(ProbeKind::EchoRequest, u64::from(mtu), p.min_payload());
     for _ in 0..3 {
         let t0 = Instant::now();
         p.sent += 1;
@@ -434,10 +471,11 @@ async fn echo_rtt(p: &mut Probing, echo: SocketAddr) -> anyhow::Result<Duration>
             tokio::time::timeout_at(deadline.into(), p.udp.recv_any(&mut p.buf)).await
         {
             match got {
-                Ok(Received::Datagram(meta)) if canonical(meta.from) == canonical(echo) => {
-                    if echoed_size(p, meta.len) == Some(mtu) {
-                        return Ok(t0.elapsed());
-                    }
+                Ok(Received::Datagram(meta))
+                    if canonical(meta.from) == canonical(echo)
+                        && echoed_size(p, meta.len) == Some(mtu) =>
+                {
+                    return Ok(t0.elapsed());
                 }
                 Ok(Received::Error(e)) if e.error.origin != IcmpOrigin::Local => {
                     bail!("{}", e.error.report())
@@ -459,7 +497,7 @@ async fn search_down(
 ) -> anyhow::Result<Direction> {
     let t0 = Instant::now();
     let mut s = MtuSearch::new(MtuSearchConfig {
-        min_mtu: min_mtu(p.v6).max(packet_size(HEADER_LEN as u32, p.v6)),
+        min_mtu: min_mtu(p.v6).max(packet_size(p.min_payload(), p.v6)),
         max_mtu,
         probes_per_size: p.probes,
         sizes_per_round: SIZES_PER_ROUND,
@@ -547,7 +585,7 @@ fn server_probe_len(
     meta: &crate::platform::RecvMeta,
     server: SocketAddr,
 ) -> Option<u32> {
-    if meta.from.ip() != server.ip() {
+    if meta.from.ip() != server.ip() || !p.authentic(&p.buf[..meta.len]) {
         return None;
     }
     let h = ProbeHeader::decode(&p.buf[..meta.len]).ok()?;
@@ -573,12 +611,7 @@ async fn up_fragments(
                 })
                 .collect();
             for c in counts.iter_mut() {
-                let d = datagram(
-                    ProbeKind::MtuProbe,
-                    p.token,
-                    FRAG_SEQ | u64::from(c.size),
-                    c.size,
-                );
+                let d = p.datagram(ProbeKind::MtuProbe, FRAG_SEQ | u64::from(c.size), c.size);
                 for _ in 0..p.probes {
                     p.sent += 1;
                     if p.udp.send_to(&d, mtu_port).await.is_ok() {
@@ -591,7 +624,7 @@ async fn up_fragments(
                 tokio::time::timeout_at(deadline.into(), p.udp.recv_any(&mut p.buf)).await
             {
                 if let Ok(Received::Datagram(meta)) = r {
-                    if meta.from != mtu_port {
+                    if meta.from != mtu_port || !p.authentic(&p.buf[..meta.len]) {
                         continue;
                     }
                     if let Some(ack) = parse_ack(&p.buf[..meta.len], p.token) {
@@ -633,12 +666,7 @@ async fn echo_fragments(
                 })
                 .collect();
             for c in counts.iter_mut() {
-                let d = datagram(
-                    ProbeKind::EchoRequest,
-                    p.token,
-                    FRAG_SEQ | u64::from(c.size),
-                    c.size,
-                );
+                let d = p.datagram(ProbeKind::EchoRequest, FRAG_SEQ | u64::from(c.size), c.size);
                 for _ in 0..p.probes {
                     p.sent += 1;
                     if p.udp.send_to(&d, echo).await.is_ok() {
@@ -651,7 +679,7 @@ async fn echo_fragments(
                 tokio::time::timeout_at(deadline.into(), p.udp.recv_any(&mut p.buf)).await
             {
                 if let Ok(Received::Datagram(meta)) = r {
-                    if canonical(meta.from) != canonical(echo) {
+                    if canonical(meta.from) != canonical(echo) || !p.authentic(&p.buf[..meta.len]) {
                         continue;
                     }
                     if let Ok(h) = ProbeHeader::decode(&p.buf[..meta.len]) {

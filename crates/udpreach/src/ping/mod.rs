@@ -4,7 +4,8 @@ pub mod payload;
 
 use crate::cli::PingArgs;
 use crate::platform::errqueue::QueuedError;
-use crate::platform::{canonical, AsyncUdp, Received, UdpOptions};
+use crate::platform::{canonical, realtime_ns, AsyncUdp, Received, UdpOptions};
+use crate::ports::control::{AuthFailed, ControlClient};
 use crate::report::ping::PingReport;
 use crate::target::{resolve, unspecified_for, Family};
 use anyhow::{anyhow, bail, Context};
@@ -18,6 +19,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use udpreach_engine::ping::{PingConfig, PingEvent, PingSession};
+use udpreach_wire::auth::{SharedKey, MIN_SEALED_LEN};
 use udpreach_wire::icmp::IcmpOrigin;
 
 /// What a socket's reader task hands to the ping loop.
@@ -86,6 +88,37 @@ fn spawn_reader(
     })
 }
 
+/// Ping has no control channel of its own, and a server with another key
+/// drops probes silently, which would look like loss. So with a key, ping
+/// first runs the control handshake against the server's TCP port (same
+/// number) to check the key: a mismatch ends the run with "authentication
+/// failed" (exit 2). If TCP does not get through, ping goes on and says so.
+async fn check_key(target: SocketAddr, key: &SharedKey) -> anyhow::Result<()> {
+    let attempt = async {
+        let mut ctl = ControlClient::connect(target).await?;
+        ctl.hello(Some(key)).await?;
+        let _ = ctl.bye().await;
+        anyhow::Ok(())
+    };
+    match tokio::time::timeout(KEY_CHECK_TIMEOUT, attempt).await {
+        Ok(Ok(())) => {
+            tracing::info!("key accepted by {target}");
+            Ok(())
+        }
+        Ok(Err(e)) if e.downcast_ref::<AuthFailed>().is_some() => Err(e),
+        Ok(Err(e)) => {
+            eprintln!("udpreach: could not check the key with {target} over TCP ({e}); a server with another key will not answer");
+            Ok(())
+        }
+        Err(_) => {
+            eprintln!("udpreach: could not check the key with {target} over TCP (no answer in {} s); a server with another key will not answer", KEY_CHECK_TIMEOUT.as_secs());
+            Ok(())
+        }
+    }
+}
+
+const KEY_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// The source address the kernel would pick towards `target` (for the NAT check).
 fn route_source(target: SocketAddr) -> Option<std::net::IpAddr> {
     let s = std::net::UdpSocket::bind(unspecified_for(&target, 0)).ok()?;
@@ -124,10 +157,23 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
         dscp: args.dscp,
         dont_fragment: args.df,
         recv_errors: true,
+        ..UdpOptions::default()
     };
+    let key = crate::shared_key::load(&args.key)?;
+    if key.is_some() && args.size < MIN_SEALED_LEN {
+        bail!(
+            "invalid size '{}': authenticated probes (with a key) need at least {MIN_SEALED_LEN} bytes",
+            args.size
+        );
+    }
+    if let Some(key) = &key {
+        check_key(target, key).await?;
+    }
+    let token: u64 = rand::random();
     let builder = PayloadBuilder {
-        token: rand::random(),
+        token,
         size: args.size,
+        key: key.as_ref().map(|k| k.ping_key(token)),
     };
     let report = PingReport {
         json: args.json,
@@ -184,7 +230,7 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
     loop {
         let now = Instant::now();
         while let Some(seq) = session.poll_send(now) {
-            builder.build(seq, &mut packet);
+            builder.build(seq, realtime_ns(), &mut packet);
             let sender = match &sport_list {
                 None => fixed.as_ref().expect("fixed socket"),
                 Some(list) => {
@@ -302,6 +348,14 @@ fn handle_incoming(
                 "corrupt",
                 json!({"seq": seq}),
                 &format!("seq={seq} reply payload differs from what was sent; ignored"),
+            );
+            return;
+        }
+        Reply::Unauthenticated { seq } => {
+            report.notice(
+                "unauthenticated",
+                json!({"seq": seq}),
+                &format!("seq={seq} reply without a valid authentication tag; ignored"),
             );
             return;
         }

@@ -4,7 +4,11 @@
 //! (too small for the header): token and sequence, then filler. The filler is
 //! alphanumeric (as the seed script sent) and derived from token and sequence,
 //! so a reply can be verified without keeping a copy of every probe.
+//! With a key, the header carries the send time and FLAG_AUTH, and the last
+//! 16 bytes are the tag (see `udpreach_wire::auth`); replies must carry a
+//! valid tag from the server, or they are not counted.
 
+use udpreach_wire::auth::{self, DerivedKey, TAG_LEN};
 use udpreach_wire::probe::{ProbeHeader, ProbeKind, ServerStamp, HEADER_LEN};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,6 +19,8 @@ pub enum Reply {
     Plain { seq: u64 },
     /// Right length and token, but bytes differ from what was sent.
     Corrupt { seq: u64 },
+    /// Ours by token, but with a key and without a valid tag from the server.
+    Unauthenticated { seq: u64 },
     /// Not ours.
     Foreign,
 }
@@ -22,6 +28,8 @@ pub enum Reply {
 pub struct PayloadBuilder {
     pub token: u64,
     pub size: usize,
+    /// Authenticated mode: the ping key for `token` (size is then at least 80).
+    pub key: Option<DerivedKey>,
 }
 
 fn filler(token: u64, seq: u64, out: &mut [u8]) {
@@ -41,7 +49,8 @@ impl PayloadBuilder {
         self.size >= HEADER_LEN
     }
 
-    pub fn build(&self, seq: u64, out: &mut Vec<u8>) {
+    /// Builds probe `seq`; `sent_ns` (realtime) matters only with a key.
+    pub fn build(&self, seq: u64, sent_ns: u64, out: &mut Vec<u8>) {
         out.clear();
         out.resize(self.size, 0);
         if self.has_header() {
@@ -49,6 +58,10 @@ impl PayloadBuilder {
                 .encode(out)
                 .expect("size checked");
             filler(self.token, seq, &mut out[HEADER_LEN..]);
+            if let Some(k) = &self.key {
+                auth::set_sent_ns(out, sent_ns);
+                k.seal(out).expect("size checked against MIN_SEALED_LEN");
+            }
         } else {
             out[..8].copy_from_slice(&self.token.to_be_bytes());
             out[8..16].copy_from_slice(&seq.to_be_bytes());
@@ -87,8 +100,16 @@ impl PayloadBuilder {
             if h.token != self.token {
                 return Reply::Foreign;
             }
-            self.build(h.seq, &mut want);
-            if data[HEADER_LEN..] != want[HEADER_LEN..] {
+            if let Some(k) = &self.key {
+                // Our own request reflected by a plain echo server carries our
+                // valid tag too, so the kind must say "reply" as well.
+                if k.verify(data).is_err() || h.kind != ProbeKind::EchoReply {
+                    return Reply::Unauthenticated { seq: h.seq };
+                }
+            }
+            self.build(h.seq, 0, &mut want);
+            let end = self.size - if self.key.is_some() { TAG_LEN } else { 0 };
+            if data[HEADER_LEN..end] != want[HEADER_LEN..end] {
                 return Reply::Corrupt { seq: h.seq };
             }
             match (h.kind, h.stamp) {
@@ -103,7 +124,7 @@ impl PayloadBuilder {
                 return Reply::Foreign;
             }
             let seq = u64::from_be_bytes(data[8..16].try_into().expect("8 bytes"));
-            self.build(seq, &mut want);
+            self.build(seq, 0, &mut want);
             if data == want.as_slice() {
                 Reply::Plain { seq }
             } else {
@@ -119,17 +140,30 @@ mod tests {
 
     #[test]
     fn plain_echo_is_recognised() {
-        for size in [16, 40, 64, 1000] {
-            let b = PayloadBuilder { token: 99, size };
+        // 17, not 16: a 16-byte probe is all token and sequence, so flipping
+        // its last byte makes another valid probe rather than a corrupt one.
+        for size in [17, 40, 64, 1000] {
+            let b = PayloadBuilder {
+                token: 99,
+                size,
+                key: None,
+            };
             let mut p = Vec::new();
-            b.build(7, &mut p);
+            b.build(7, 0, &mut p);
             assert_eq!(p.len(), size);
             assert_eq!(b.check(&p), Reply::Plain { seq: 7 });
-            let mut bad = p.clone();
-            *bad.last_mut().unwrap() ^= 1;
-            assert_eq!(b.check(&bad), Reply::Corrupt { seq: 7 });
+            if size > 16 {
+                // (At 16 bytes there is no filler: a changed byte is another seq.)
+                let mut bad = p.clone();
+                *bad.last_mut().unwrap() ^= 1;
+                assert_eq!(b.check(&bad), Reply::Corrupt { seq: 7 });
+            }
             assert_eq!(b.check(&p[..size - 1]), Reply::Foreign);
-            let other = PayloadBuilder { token: 98, size };
+            let other = PayloadBuilder {
+                token: 98,
+                size,
+                key: None,
+            };
             assert_eq!(other.check(&p), Reply::Foreign);
         }
     }
@@ -137,14 +171,22 @@ mod tests {
     #[test]
     fn seq_from_an_icmp_quote() {
         for size in [16, 64, 1000] {
-            let b = PayloadBuilder { token: 42, size };
+            let b = PayloadBuilder {
+                token: 42,
+                size,
+                key: None,
+            };
             let mut p = Vec::new();
-            b.build(9, &mut p);
+            b.build(9, 0, &mut p);
             assert_eq!(b.seq_of_quote(&p), Some(9));
             assert_eq!(b.seq_of_quote(&p[..24.min(size)]), Some(9));
             assert_eq!(b.seq_of_quote(&p[..8]), None, "too short");
             assert_eq!(b.seq_of_quote(&[]), None);
-            let other = PayloadBuilder { token: 41, size };
+            let other = PayloadBuilder {
+                token: 41,
+                size,
+                key: None,
+            };
             assert_eq!(other.seq_of_quote(&p), None, "not ours");
         }
     }
@@ -154,9 +196,10 @@ mod tests {
         let b = PayloadBuilder {
             token: 5,
             size: 100,
+            key: None,
         };
         let mut p = Vec::new();
-        b.build(3, &mut p);
+        b.build(3, 0, &mut p);
         let stamp = ServerStamp {
             rx_ns: 1,
             tx_ns: 2,
@@ -165,6 +208,38 @@ mod tests {
             seen_ttl: 64,
         };
         udpreach_wire::probe::make_reply_in_place(&mut p, &stamp).unwrap();
+        assert_eq!(b.check(&p), Reply::Stamped { seq: 3, stamp });
+    }
+
+    #[test]
+    fn authenticated_replies_must_be_sealed_by_the_server() {
+        let key = udpreach_wire::auth::SharedKey::new(b"k".to_vec()).unwrap();
+        let b = PayloadBuilder {
+            token: 5,
+            size: 100,
+            key: Some(key.ping_key(5)),
+        };
+        let mut p = Vec::new();
+        b.build(3, 1, &mut p);
+        assert_eq!(
+            b.check(&p),
+            Reply::Unauthenticated { seq: 3 },
+            "reflected request"
+        );
+        let stamp = ServerStamp {
+            rx_ns: 1,
+            tx_ns: 2,
+            flow_count: 1,
+            seen_from: "198.18.0.1:1".parse().unwrap(),
+            seen_ttl: 64,
+        };
+        udpreach_wire::probe::make_reply_in_place(&mut p, &stamp).unwrap();
+        assert_eq!(
+            b.check(&p),
+            Reply::Unauthenticated { seq: 3 },
+            "stamped, not resealed"
+        );
+        key.ping_key(5).seal(&mut p).unwrap();
         assert_eq!(b.check(&p), Reply::Stamped { seq: 3, stamp });
     }
 }

@@ -29,6 +29,10 @@ pub struct UdpOptions {
     pub dont_fragment: bool,
     /// Receive ICMP errors (`IP_RECVERR`); read them with [`AsyncUdp::recv_any`].
     pub recv_errors: bool,
+    /// Receive buffer in bytes: a sweep's replies arrive in bursts.
+    pub recv_buffer: Option<usize>,
+    /// SO_REUSEPORT: several sockets (one per echo worker) share one address.
+    pub reuse_port: bool,
 }
 
 /// What `recvmsg` told us beside the bytes.
@@ -74,6 +78,9 @@ pub fn udp_socket(bind: SocketAddr, opts: &UdpOptions) -> io::Result<UdpSocket> 
         // IPv4 is served by its own socket; keeps `[::]:P` and `0.0.0.0:P` independent.
         sock.set_only_v6(true)?;
     }
+    if opts.reuse_port {
+        sock.set_reuse_port(true)?;
+    }
     sock.bind(&bind.into())?;
     // Receive metadata is best effort: a missing option only costs precision.
     if v6 {
@@ -103,6 +110,12 @@ pub fn udp_socket(bind: SocketAddr, opts: &UdpOptions) -> io::Result<UdpSocket> 
     if opts.recv_errors {
         errqueue::enable_recv_errors(&sock, v6)?;
     }
+    if let Some(bytes) = opts.recv_buffer {
+        // Beyond net.core.rmem_max only with CAP_NET_ADMIN (RCVBUFFORCE); else best effort.
+        if nsock::setsockopt(&sock, sockopt::RcvBufForce, &bytes).is_err() {
+            let _ = sock.set_recv_buffer_size(bytes);
+        }
+    }
     Ok(sock.into())
 }
 
@@ -115,13 +128,22 @@ fn to_socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
 
 /// One non-blocking `recvmsg`, returning the bytes' metadata.
 pub fn recv_meta(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<RecvMeta> {
+    recvmsg_meta(sock, buf, MsgFlags::MSG_DONTWAIT)
+}
+
+/// One `recvmsg` that waits (on a socket set to blocking), for worker threads.
+pub fn recv_meta_wait(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<RecvMeta> {
+    recvmsg_meta(sock, buf, MsgFlags::empty())
+}
+
+fn recvmsg_meta(sock: &UdpSocket, buf: &mut [u8], flags: MsgFlags) -> io::Result<RecvMeta> {
     let mut cmsg = nix::cmsg_space!(libc::c_int, nix::sys::time::TimeSpec, [u8; 64]);
     let mut iov = [IoSliceMut::new(buf)];
     let msg = nsock::recvmsg::<SockaddrStorage>(
         sock.as_fd().as_raw_fd(),
         &mut iov,
         Some(&mut cmsg),
-        MsgFlags::MSG_DONTWAIT,
+        flags,
     )
     .map_err(io::Error::from)?;
     let mut meta = RecvMeta {

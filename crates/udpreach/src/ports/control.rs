@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
-use udpreach_wire::control::{decode_frame, ControlMsg, CAPABILITIES, PREAMBLE, PROTOCOL_VERSION};
+use udpreach_wire::auth::{self, DerivedKey, SharedKey, NONCE_LEN, PROOF_LEN};
+use udpreach_wire::control::{
+    decode_frame, ControlMsg, ErrorCode, CAPABILITIES, PREAMBLE, PROTOCOL_VERSION,
+};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a control answer may take before the server is considered gone.
@@ -26,8 +29,26 @@ pub enum Pending {
 pub struct Welcome {
     pub token: u64,
     pub max_open_ports: u32,
+    /// The server's probe-rate cap for this session (0: none announced).
+    pub max_probe_rate: u32,
+    /// With a key: tags this session's probes and replies.
+    pub session_key: Option<DerivedKey>,
+    /// What the server can do (e.g. "mtu").
     pub capabilities: Vec<String>,
 }
+
+/// The handshake failed because the keys differ or one side has none.
+/// A type of its own so `ping`'s key check can tell it from a network error.
+#[derive(Debug)]
+pub struct AuthFailed(pub String);
+
+impl std::fmt::Display for AuthFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "authentication failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for AuthFailed {}
 
 pub struct ControlClient {
     stream: TcpStream,
@@ -54,11 +75,15 @@ impl ControlClient {
         })
     }
 
-    pub async fn hello(&mut self) -> anyhow::Result<Welcome> {
+    /// Opens the session; with a key, proves it and checks the server's proof
+    /// (mutual authentication), and derives the session key for the probes.
+    pub async fn hello(&mut self, key: Option<&SharedKey>) -> anyhow::Result<Welcome> {
+        let cn: Option<[u8; NONCE_LEN]> = key.map(|_| rand::random());
         let hello = ControlMsg::Hello {
             version: PROTOCOL_VERSION,
             capabilities: CAPABILITIES.iter().map(|s| s.to_string()).collect(),
             software: format!("udpreach {}", env!("CARGO_PKG_VERSION")),
+            nonce: cn.map(|c| auth::to_hex(&c)),
         };
         let mut out = PREAMBLE.to_vec();
         out.extend(hello.to_frame());
@@ -79,22 +104,104 @@ impl ControlClient {
                 self.server
             );
         }
-        match self.recv().await? {
-            ControlMsg::Welcome {
-                token,
-                max_open_ports,
-                capabilities,
+        let server = self.server;
+        let (token, max_open_ports, max_probe_rate, nonce, proof, capabilities) =
+            match self.recv_answer().await? {
+                ControlMsg::Welcome {
+                    token,
+                    max_open_ports,
+                    max_probe_rate,
+                    nonce,
+                    proof,
+                    capabilities,
+                    ..
+                } => (
+                    token,
+                    max_open_ports,
+                    max_probe_rate,
+                    nonce,
+                    proof,
+                    capabilities,
+                ),
+                ControlMsg::Error {
+                    code: ErrorCode::AuthFailed,
+                    message,
+                    ..
+                } => {
+                    let why = message.trim_start_matches("authentication failed: ");
+                    return Err(AuthFailed(format!("{server} refused the session: {why}")).into());
+                }
+                ControlMsg::Error { code, message, .. } => {
+                    bail!("server refused the session ({code:?}): {message}")
+                }
+                other => bail!("protocol error: expected welcome, got {other:?}"),
+            };
+        let session_key = match (key, cn) {
+            (Some(key), Some(cn)) => Some(self.authenticate(key, &cn, nonce, proof).await?),
+            _ => None,
+        };
+        Ok(Welcome {
+            token,
+            max_open_ports,
+            max_probe_rate,
+            session_key,
+            capabilities,
+        })
+    }
+
+    async fn authenticate(
+        &mut self,
+        key: &SharedKey,
+        cn: &[u8; NONCE_LEN],
+        nonce: Option<String>,
+        proof: Option<String>,
+    ) -> anyhow::Result<DerivedKey> {
+        let server = self.server;
+        let sn = nonce.as_deref().and_then(auth::from_hex::<NONCE_LEN>);
+        let proof = proof.as_deref().and_then(auth::from_hex::<PROOF_LEN>);
+        let (Some(sn), Some(proof)) = (sn, proof) else {
+            return Err(AuthFailed(format!(
+                "{server} did not prove it holds the key (does it run without one?)"
+            ))
+            .into());
+        };
+        if !key.verify_server_proof(cn, &sn, &proof) {
+            // Say why we leave, so the server's log shows it too.
+            let bye = ControlMsg::Error {
+                code: ErrorCode::AuthFailed,
+                message: "the server's proof does not match the client's key".into(),
+                fatal: true,
+            };
+            let _ = self.stream.write_all(&bye.to_frame()).await;
+            return Err(AuthFailed(format!("{server} holds a different key")).into());
+        }
+        let ours = ControlMsg::Auth {
+            proof: auth::to_hex(&key.client_proof(cn, &sn)),
+        };
+        self.stream.write_all(&ours.to_frame()).await?;
+        match self.recv_answer().await? {
+            ControlMsg::AuthOk => Ok(key.session_key(cn, &sn)),
+            ControlMsg::Error {
+                code: ErrorCode::AuthFailed,
+                message,
                 ..
-            } => Ok(Welcome {
-                token,
-                max_open_ports,
-                capabilities,
-            }),
+            } => {
+                let why = message.trim_start_matches("authentication failed: ");
+                Err(AuthFailed(format!("{server}: {why}")).into())
+            }
             ControlMsg::Error { code, message, .. } => {
                 bail!("server refused the session ({code:?}): {message}")
             }
-            other => bail!("protocol error: expected welcome, got {other:?}"),
+            other => bail!("protocol error: expected auth_ok, got {other:?}"),
         }
+    }
+
+    /// Next message during the handshake, with the answer timeout.
+    async fn recv_answer(&mut self) -> anyhow::Result<ControlMsg> {
+        let server = self.server;
+        timeout(ANSWER_TIMEOUT, self.recv())
+            .await
+            .map_err(|_| anyhow!("{server}: no answer during the handshake for 15 s"))?
     }
 
     pub async fn request(&mut self, msg: ControlMsg, kind: Pending) -> anyhow::Result<()> {

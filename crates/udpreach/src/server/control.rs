@@ -3,18 +3,21 @@
 //! the connection ends or goes idle, every port it opened closes.
 
 use super::mtu::MtuPort;
-use super::test_port::{OpenError, TestPort};
+use super::test_port::{OpenError, SessionPorts, TestPort};
 use super::{legacy, ServerState};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::timeout;
+use udpreach_engine::rate::TokenBucket;
+use udpreach_wire::auth::{self, NONCE_LEN, PROOF_LEN};
 use udpreach_wire::control::{
-    check_preamble, decode_frame, ControlError, ControlMsg, ErrorCode, CAPABILITIES,
-    MAX_PORTS_PER_REQUEST, PREAMBLE, PROTOCOL_VERSION,
+    check_preamble, decode_frame_limited, ControlError, ControlMsg, ErrorCode, CAPABILITIES,
+    MAX_FRAME, MAX_HANDSHAKE_FRAME, MAX_PORTS_PER_REQUEST, PREAMBLE, PROTOCOL_VERSION,
 };
 
 pub async fn accept_loop(listener: TcpListener, state: Arc<ServerState>) {
@@ -33,34 +36,64 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<ServerState>) {
     }
 }
 
-async fn handle(mut stream: TcpStream, peer: SocketAddr, state: Arc<ServerState>) {
-    let idle = state.limits.idle_timeout;
+async fn handle(stream: TcpStream, peer: SocketAddr, state: Arc<ServerState>) {
+    // Connections still in their handshake are capped and timed separately
+    // from sessions: garbage or stalled connections never hold a session
+    // slot, and they cost a descriptor for at most `handshake_timeout`.
+    let Ok(handshake_permit) = state.handshakes.try_acquire() else {
+        tracing::debug!(%peer, "control: too many handshakes in progress; closed");
+        return;
+    };
+    let hs_timeout = state.limits.handshake_timeout;
     let mut first = [0u8; 1];
-    match timeout(idle, stream.peek(&mut first)).await {
+    match timeout(hs_timeout, stream.peek(&mut first)).await {
         Ok(Ok(1)) => {}
         _ => return,
     }
-    let Ok(permit) = state.sessions.try_acquire() else {
-        let _ = stream.write_all(PREAMBLE).await;
-        let msg = ControlMsg::Error {
-            code: ErrorCode::TooManySessions,
-            message: format!(
-                "server busy: {} sessions already",
-                state.limits.max_sessions
-            ),
-            fatal: true,
+    if first[0] == b'{' {
+        // The seed's protocol has no authentication and opens ports that echo
+        // to anyone for 3 s: with a key it is refused, with no opt-out.
+        if state.key.is_some() {
+            tracing::info!(%peer, "legacy JSON session refused: this server requires authentication");
+            return;
+        }
+        let Ok(permit) = state.sessions.try_acquire() else {
+            tracing::info!(%peer, "legacy JSON session refused: too many sessions");
+            return;
         };
-        let _ = stream.write_all(&msg.to_frame()).await;
+        drop(handshake_permit);
+        if let Err(e) = legacy::serve(stream, &state).await {
+            tracing::info!(%peer, "legacy session ended: {e}");
+        }
+        drop(permit);
         return;
+    }
+    let mut session = Session::new(stream, state.clone());
+    let admitted = match timeout(hs_timeout, session.handshake(&state.sessions)).await {
+        Ok(r) => r,
+        Err(_) => Err(anyhow::anyhow!(
+            "handshake not completed within {} s",
+            hs_timeout.as_secs_f64()
+        )),
     };
-    let result = if first[0] == b'{' {
-        legacy::serve(stream, &state).await
-    } else {
-        Session::new(stream, state.clone()).run().await
+    drop(handshake_permit);
+    let result = match admitted {
+        Ok(permit) => {
+            tracing::info!(%peer, authenticated = session.ports_ctx.key.is_some(), "control session started");
+            let r = session.serve().await;
+            session.close_all().await;
+            drop(permit);
+            r
+        }
+        Err(e) => Err(e),
     };
-    drop(permit);
-    if let Err(e) = result {
-        tracing::info!("control session from {peer} ended: {e}");
+    match result {
+        Ok(()) => {
+            tracing::info!(%peer, ports_opened = session.opened_total, "control session ended")
+        }
+        Err(e) => {
+            tracing::info!(%peer, ports_opened = session.opened_total, "control session ended: {e}")
+        }
     }
 }
 
@@ -69,27 +102,28 @@ struct Session {
     state: Arc<ServerState>,
     buf: Vec<u8>,
     ports: HashMap<u16, TestPort>,
-    token: u64,
+    ports_ctx: SessionPorts,
+    opened_total: usize,
     /// The session's MTU port, once asked for (closed with the session).
     mtu: Option<MtuPort>,
 }
 
 impl Session {
     fn new(stream: TcpStream, state: Arc<ServerState>) -> Self {
+        let rate = TokenBucket::new(state.limits.max_probe_rate, Instant::now());
         Session {
             stream,
             state,
             buf: Vec::with_capacity(4096),
             ports: HashMap::new(),
-            token: rand::random(),
+            ports_ctx: SessionPorts {
+                token: rand::random(),
+                key: None,
+                rate: Arc::new(Mutex::new(rate)),
+            },
+            opened_total: 0,
             mtu: None,
         }
-    }
-
-    async fn run(mut self) -> anyhow::Result<()> {
-        let r = self.serve().await;
-        self.close_all().await;
-        r
     }
 
     async fn close_all(&mut self) {
@@ -112,9 +146,9 @@ impl Session {
         Ok(())
     }
 
-    async fn next_msg(&mut self) -> anyhow::Result<ControlMsg> {
+    async fn next_msg(&mut self, max_frame: usize) -> anyhow::Result<ControlMsg> {
         loop {
-            match decode_frame(&self.buf) {
+            match decode_frame_limited(&self.buf, max_frame) {
                 Ok(Some((msg, used))) => {
                     self.buf.drain(..used);
                     return Ok(msg);
@@ -149,7 +183,12 @@ impl Session {
             .await;
     }
 
-    async fn serve(&mut self) -> anyhow::Result<()> {
+    /// Preamble, hello, and with a key the mutual proof; ends with the
+    /// session admitted (a slot taken) or an error sent to the client.
+    async fn handshake<'a>(
+        &mut self,
+        sessions: &'a Semaphore,
+    ) -> anyhow::Result<SemaphorePermit<'a>> {
         while self.buf.len() < PREAMBLE.len() {
             self.read_more().await?;
             if check_preamble(&self.buf).is_err() {
@@ -157,11 +196,13 @@ impl Session {
             }
         }
         self.buf.drain(..PREAMBLE.len());
-        let ControlMsg::Hello { version, .. } = self.next_msg().await? else {
+        let ControlMsg::Hello { version, nonce, .. } = self.next_msg(MAX_HANDSHAKE_FRAME).await?
+        else {
             self.send_error(ErrorCode::BadRequest, "expected hello", true)
                 .await;
             anyhow::bail!("no hello");
         };
+        self.stream.write_all(PREAMBLE).await?;
         if version < 1 {
             self.send_error(
                 ErrorCode::BadVersion,
@@ -171,18 +212,89 @@ impl Session {
             .await;
             anyhow::bail!("bad version {version}");
         }
-        self.stream.write_all(PREAMBLE).await?;
-        let welcome = ControlMsg::Welcome {
+        let mut welcome = ControlMsg::Welcome {
             version: version.min(PROTOCOL_VERSION),
             capabilities: CAPABILITIES.iter().map(|s| s.to_string()).collect(),
-            token: self.token,
+            token: self.ports_ctx.token,
             max_open_ports: self.state.limits.max_ports_per_session as u32,
             software: format!("udpreach {}", env!("CARGO_PKG_VERSION")),
+            max_probe_rate: self.state.limits.max_probe_rate,
+            nonce: None,
+            proof: None,
         };
+        let Some(key) = self.state.key.clone() else {
+            let permit = self.admit(sessions).await?;
+            self.send(&welcome).await?;
+            return Ok(permit);
+        };
+        let Some(cn) = nonce.as_deref().and_then(auth::from_hex::<NONCE_LEN>) else {
+            self.send_error(
+                ErrorCode::AuthFailed,
+                "authentication failed: this server requires a key (--key-file or UDPREACH_KEY)",
+                true,
+            )
+            .await;
+            anyhow::bail!("authentication failed: the client offered no key");
+        };
+        let sn: [u8; NONCE_LEN] = rand::random();
+        if let ControlMsg::Welcome { nonce, proof, .. } = &mut welcome {
+            *nonce = Some(auth::to_hex(&sn));
+            *proof = Some(auth::to_hex(&key.server_proof(&cn, &sn)));
+        }
         self.send(&welcome).await?;
+        let proof = match self.next_msg(MAX_HANDSHAKE_FRAME).await? {
+            ControlMsg::Auth { proof } => proof,
+            // The client found our proof wrong (different key) and says so.
+            ControlMsg::Error { message, .. } => {
+                anyhow::bail!("authentication failed: the client refused ours ({message})")
+            }
+            _ => {
+                self.send_error(
+                    ErrorCode::AuthFailed,
+                    "authentication failed: expected auth",
+                    true,
+                )
+                .await;
+                anyhow::bail!("authentication failed: no auth message");
+            }
+        };
+        let good = auth::from_hex::<PROOF_LEN>(&proof)
+            .is_some_and(|p| key.verify_client_proof(&cn, &sn, &p));
+        if !good {
+            self.send_error(
+                ErrorCode::AuthFailed,
+                "authentication failed: the client's key does not match the server's",
+                true,
+            )
+            .await;
+            anyhow::bail!("authentication failed: wrong key");
+        }
+        self.ports_ctx.key = Some(key.session_key(&cn, &sn));
+        let permit = self.admit(sessions).await?;
+        self.send(&ControlMsg::AuthOk).await?;
+        Ok(permit)
+    }
+
+    /// Takes a session slot, or tells the client the server is full.
+    async fn admit<'a>(&mut self, sessions: &'a Semaphore) -> anyhow::Result<SemaphorePermit<'a>> {
+        match sessions.try_acquire() {
+            Ok(p) => Ok(p),
+            Err(_) => {
+                let message = format!(
+                    "server busy: {} sessions already",
+                    self.state.limits.max_sessions
+                );
+                self.send_error(ErrorCode::TooManySessions, &message, true)
+                    .await;
+                anyhow::bail!("refused: {message}")
+            }
+        }
+    }
+
+    async fn serve(&mut self) -> anyhow::Result<()> {
         let local_ip = self.stream.local_addr()?.ip();
         loop {
-            let msg = self.next_msg().await?;
+            let msg = self.next_msg(MAX_FRAME).await?;
             let reply = match msg {
                 ControlMsg::Open { ports } if ports.len() > MAX_PORTS_PER_REQUEST => {
                     ControlMsg::Error {
@@ -261,7 +373,7 @@ impl Session {
             }
         };
         self.mtu = None;
-        match MtuPort::open(SocketAddr::new(ip, port), peer, self.token) {
+        match MtuPort::open(SocketAddr::new(ip, port), peer, &self.ports_ctx) {
             Ok(m) => {
                 let msg = m.opened(peer);
                 self.mtu = Some(m);
@@ -292,9 +404,10 @@ impl Session {
                 failed.push(port);
                 continue;
             }
-            match TestPort::open(SocketAddr::new(ip, port), self.token) {
+            match TestPort::open(SocketAddr::new(ip, port), &self.ports_ctx) {
                 Ok(tp) => {
                     self.ports.insert(port, tp);
+                    self.opened_total += 1;
                     opened.push(port);
                     continue;
                 }

@@ -1,40 +1,121 @@
 //! The echo port: plain datagrams come back byte for byte; udpreach probes
-//! come back stamped, the same size. Nothing a client sends can stop the loop.
+//! come back stamped, the same size. What to answer is decided by the
+//! engine's [`EchoResponder`] (policy, authentication, rate limits); the
+//! workers only move bytes. Nothing a client sends can stop them.
+//!
+//! Echo is the server's hot path, so it runs on plain threads with blocking
+//! sockets (no readiness round trip per datagram), one per core, each on its
+//! own SO_REUSEPORT socket; the kernel keeps a flow on one socket. They share
+//! one responder so per-flow counters and rate limits stay whole.
 
-use crate::platform::{realtime_ns, AsyncUdp};
-use std::time::{Instant, UNIX_EPOCH};
-use udpreach_engine::server::{classify_echo, stamp_reply, EchoAction, FlowTable};
-use udpreach_wire::probe::restamp_tx;
+use crate::platform::{self, realtime_ns, UdpOptions};
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+use udpreach_engine::responder::{Answer, AnswerCounts, EchoPolicy, EchoResponder, Received};
 
-pub async fn serve(sock: AsyncUdp) {
+/// How often the echo port logs what it answered and dropped (at info).
+const STATS_EVERY: Duration = Duration::from_secs(60);
+/// Workers per echo address at most (more than the cores only adds contention).
+const MAX_WORKERS: usize = 4;
+
+/// Binds `addr` for echo: one socket per worker. Fails, like a plain bind,
+/// when anything already holds the address, even another SO_REUSEPORT user.
+pub fn bind(addr: SocketAddr) -> io::Result<Vec<UdpSocket>> {
+    // Preflight without SO_REUSEPORT: it is refused if the port is taken in
+    // any way, so two servers never silently share a port.
+    drop(platform::udp_socket(addr, &UdpOptions::default())?);
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, MAX_WORKERS);
+    let opts = UdpOptions {
+        reuse_port: true,
+        ..UdpOptions::default()
+    };
+    (0..workers)
+        .map(|_| {
+            let s = platform::udp_socket(addr, &opts)?;
+            s.set_nonblocking(false)?;
+            Ok(s)
+        })
+        .collect()
+}
+
+/// Starts one worker thread per socket; they run until the process exits.
+pub fn spawn(socks: Vec<UdpSocket>, local: SocketAddr, policy: EchoPolicy) -> io::Result<()> {
+    let responder = Arc::new(Mutex::new(EchoResponder::new(policy)));
+    for (i, sock) in socks.into_iter().enumerate() {
+        let responder = responder.clone();
+        std::thread::Builder::new()
+            .name(format!("echo-{i}"))
+            .spawn(move || serve(sock, local, &responder))?;
+    }
+    Ok(())
+}
+
+fn serve(sock: UdpSocket, local: SocketAddr, responder: &Mutex<EchoResponder>) {
     let mut buf = vec![0u8; 65536];
-    let mut flows = FlowTable::new(65536, std::time::Duration::from_secs(300));
+    let mut next_stats = Instant::now() + STATS_EVERY;
     loop {
-        let meta = match sock.recv(&mut buf).await {
+        let meta = match platform::recv_meta_wait(&sock, &mut buf) {
             Ok(m) => m,
             Err(e) => {
                 // ICMP errors from earlier sends (ECONNREFUSED...) and the like: not fatal.
                 tracing::debug!("echo recv: {e}");
-                tokio::task::yield_now().await;
                 continue;
             }
         };
+        let rx = Received {
+            from: meta.from,
+            ttl: meta.ttl,
+            rx_ns: meta
+                .kernel_rx
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or_else(realtime_ns, |d| d.as_nanos() as u64),
+        };
+        let now = Instant::now();
         let data = &mut buf[..meta.len];
-        match classify_echo(data) {
-            EchoAction::Plain => {}
-            EchoAction::Drop => continue,
-            EchoAction::Probe(h) => {
-                let rx_ns = meta
-                    .kernel_rx
-                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                    .map_or_else(realtime_ns, |d| d.as_nanos() as u64);
-                let count = flows.count(meta.from.ip(), h.token, Instant::now());
-                stamp_reply(data, meta.from, meta.ttl, rx_ns, count);
-                restamp_tx(data, realtime_ns());
+        // A poisoned lock means a panic elsewhere; the responder's state is
+        // counters and limiters, still safe to use.
+        let mut r = responder.lock().unwrap_or_else(|p| p.into_inner());
+        let answer = r.respond(data, &rx, realtime_ns(), now);
+        let stats = (now >= next_stats).then(|| (r.counts.take(), r.flow_count()));
+        drop(r);
+        match answer {
+            Answer::Reply { len } => {
+                if let Err(e) = sock.send_to(&data[..len], meta.from) {
+                    tracing::debug!("echo send to {}: {e}", meta.from);
+                }
+            }
+            Answer::Drop(reason) => {
+                tracing::trace!(from = %meta.from, len = meta.len, ?reason, "echo: dropped");
             }
         }
-        if let Err(e) = sock.try_send_to(data, meta.from) {
-            tracing::debug!("echo send to {}: {e}", meta.from);
+        if let Some((counts, flows)) = stats {
+            next_stats = now + STATS_EVERY;
+            log_counts(local, &counts, flows);
         }
     }
+}
+
+fn log_counts(local: SocketAddr, c: &AnswerCounts, flows: usize) {
+    if c.replies == 0 && c.dropped_total() == 0 {
+        return;
+    }
+    let mut dropped: Vec<String> = c
+        .dropped
+        .iter()
+        .map(|(r, n)| format!("{r:?}={n}"))
+        .collect();
+    dropped.sort();
+    tracing::info!(
+        echo = %local,
+        replies = c.replies,
+        dropped = c.dropped_total(),
+        flows,
+        "echo port, last {} s: dropped {}",
+        STATS_EVERY.as_secs(),
+        if dropped.is_empty() { "none".to_string() } else { dropped.join(" ") }
+    );
 }

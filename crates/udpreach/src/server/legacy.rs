@@ -28,8 +28,9 @@ pub async fn serve(mut stream: TcpStream, state: &Arc<ServerState>) -> anyhow::R
                     Ok(sock) => {
                         available = true;
                         let st = state.clone();
+                        let max_datagram = state.limits.max_datagram;
                         tokio::spawn(async move {
-                            echo_first(sock).await;
+                            echo_first(sock, max_datagram).await;
                             st.release_ports(1);
                         });
                     }
@@ -46,9 +47,13 @@ pub async fn serve(mut stream: TcpStream, state: &Arc<ServerState>) -> anyhow::R
     }
 }
 
-async fn echo_first(sock: AsyncUdp) {
+/// One reply of the same size at most, per port opened over TCP: the seed's
+/// behaviour, bounded. (Legacy sessions are refused when the server has a key.)
+async fn echo_first(sock: AsyncUdp, max_datagram: usize) {
     let mut buf = vec![0u8; 65536];
     if let Ok(Ok(meta)) = timeout(LISTEN_FOR, sock.recv(&mut buf)).await {
-        let _ = sock.send_to(&buf[..meta.len], meta.from).await;
+        if meta.len <= max_datagram {
+            let _ = sock.send_to(&buf[..meta.len], meta.from).await;
+        }
     }
 }

@@ -8,7 +8,7 @@ mod mtu;
 mod test_port;
 
 use crate::cli::{ServerArgs, DEFAULT_PORT};
-use crate::platform::{self, AsyncUdp, UdpOptions};
+use crate::platform;
 use anyhow::Context;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,13 +16,19 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Semaphore;
+use udpreach_engine::responder::EchoPolicy;
 use udpreach_engine::server::{PortPolicy, ServerLimits};
+use udpreach_wire::auth::SharedKey;
 
 /// State shared by every session of one server.
 pub struct ServerState {
     pub policy: PortPolicy,
     pub limits: ServerLimits,
     pub sessions: Semaphore,
+    /// Control connections that have not finished their handshake yet.
+    pub handshakes: Semaphore,
+    /// With a key: only authenticated sessions and probes are served.
+    pub key: Option<SharedKey>,
     /// Test ports open right now, across all sessions.
     pub open_ports: AtomicUsize,
 }
@@ -60,6 +66,15 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<u8> {
     if let Some(n) = args.max_total_ports {
         limits.max_total_ports = n as usize;
     }
+    limits.max_probe_rate = args.max_probe_rate;
+    limits.plain_echo_rate = args.plain_echo_rate;
+    limits.max_datagram = args.max_datagram;
+    let key = crate::shared_key::load(&args.key)?;
+    if key.is_some() && args.no_plain_echo {
+        tracing::info!(
+            "--no-plain-echo is implied by a key: only authenticated probes are answered"
+        );
+    }
     let defaulted = args.listen.is_empty();
     let listens = if defaulted {
         default_listens()
@@ -70,7 +85,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<u8> {
 
     let mut echo_socks = Vec::new();
     for addr in &listens {
-        match AsyncUdp::bind(*addr, &UdpOptions::default()) {
+        match echo::bind(*addr) {
             Ok(s) => echo_socks.push((*addr, s)),
             // No IPv6 on this host: serve IPv4 alone rather than refuse to start.
             Err(e) if defaulted && addr.is_ipv6() => {
@@ -103,6 +118,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<u8> {
             reserved,
         },
         sessions: Semaphore::new(limits.max_sessions),
+        handshakes: Semaphore::new(limits.max_handshakes),
+        key,
         limits,
         open_ports: AtomicUsize::new(0),
     });
@@ -111,19 +128,36 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<u8> {
         .iter()
         .map(|(a, _)| a.to_string())
         .collect();
+    let l = &state.limits;
+    let echo_mode = match (&state.key, args.no_plain_echo) {
+        (Some(_), _) => "authenticated probes only".to_string(),
+        (None, true) => "udpreach probes only".to_string(),
+        (None, false) => format!("plain echo up to {}/s per source", l.plain_echo_rate),
+    };
     println!(
-        "udpreach server: UDP echo on {}; control on TCP {}; test ports {}; up to {} sessions, {} ports per session, {} in total",
+        "udpreach server: UDP echo on {}; control on TCP {}; test ports {}; up to {} sessions, {} ports per session, {} in total; {}; probes up to {}/s per session; datagrams up to {} bytes; {}",
         echo_desc.join(", "),
         ctl_desc.join(", "),
         state.policy.allowed,
-        state.limits.max_sessions,
-        state.limits.max_ports_per_session,
-        state.limits.max_total_ports
+        l.max_sessions,
+        l.max_ports_per_session,
+        l.max_total_ports,
+        echo_mode,
+        l.max_probe_rate,
+        l.max_datagram,
+        if state.key.is_some() { "authentication required" } else { "no authentication (anyone may use it)" },
     );
+    let echo_policy = EchoPolicy {
+        key: state.key.clone(),
+        plain_echo: !args.no_plain_echo,
+        plain_echo_rate: l.plain_echo_rate,
+        max_probe_rate: l.max_probe_rate,
+        max_datagram: l.max_datagram,
+    };
 
     let mut tasks = Vec::new();
-    for (_, sock) in echo_socks {
-        tasks.push(tokio::spawn(echo::serve(sock)));
+    for (addr, socks) in echo_socks {
+        echo::spawn(socks, addr, echo_policy.clone()).context("cannot start the echo workers")?;
     }
     for (_, l) in control_listeners {
         tasks.push(tokio::spawn(control::accept_loop(l, state.clone())));

@@ -15,14 +15,20 @@
 //! connection's peer, whose TCP handshake showed it receives at that IP: the
 //! server never sends them to a third party. Each request is bounded (sizes,
 //! count, bytes: `udpreach_wire::mtu::check_send_request`), requests are one
-//! at a time per session, and a session has a total byte budget.
+//! at a time per session, and a session has a total byte budget. Acks draw
+//! on the session's probe-rate budget like test-port replies; in an
+//! authenticated session probes must carry a valid tag, and acks and
+//! downstream probes carry one.
 
+use super::test_port::SessionPorts;
 use crate::platform::errqueue::{self, PmtuMode, QueuedError};
 use crate::platform::{realtime_ns, AsyncUdp, Received, UdpOptions};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
+use udpreach_engine::rate::TokenBucket;
+use udpreach_wire::auth::{DerivedKey, MIN_SEALED_LEN};
 use udpreach_wire::control::{ControlMsg, ErrorCode, MtuSendResult};
 use udpreach_wire::icmp::{IcmpOrigin, IcmpReason};
 use udpreach_wire::mtu::{self, ack_for, MAX_COUNT_PER_SIZE, MAX_LINGER_MS, MAX_SIZES_PER_SEND};
@@ -46,6 +52,7 @@ pub struct MtuPort {
     shared: Arc<Mutex<Shared>>,
     task: JoinHandle<()>,
     token: u64,
+    key: Option<DerivedKey>,
     v6: bool,
     sent_bytes: u64,
 }
@@ -64,19 +71,30 @@ fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
 impl MtuPort {
     /// Binds the port on `local` and starts answering the session's probes
     /// from `peer`'s IP.
-    pub fn open(local: SocketAddr, peer: IpAddr, token: u64) -> std::io::Result<MtuPort> {
+    pub fn open(
+        local: SocketAddr,
+        peer: IpAddr,
+        session: &SessionPorts,
+    ) -> std::io::Result<MtuPort> {
         let opts = UdpOptions {
             recv_errors: true,
             ..UdpOptions::default()
         };
         let sock = Arc::new(AsyncUdp::bind(local, &opts)?);
         let shared = Arc::new(Mutex::new(Shared::default()));
-        let task = tokio::spawn(serve(sock.clone(), shared.clone(), peer, token));
+        let acks = Acks {
+            peer,
+            token: session.token,
+            key: session.key.clone(),
+            rate: session.rate.clone(),
+        };
+        let task = tokio::spawn(serve(sock.clone(), shared.clone(), acks));
         Ok(MtuPort {
             sock,
             shared,
             task,
-            token,
+            token: session.token,
+            key: session.key.clone(),
             v6: local.is_ipv6(),
             sent_bytes: 0,
         })
@@ -117,6 +135,12 @@ impl MtuPort {
         if let Err(e) = mtu::check_send_request(&sizes, count, max_size) {
             return error(ErrorCode::BadRequest, format!("mtu_send: {e}"));
         }
+        if self.key.is_some() && sizes.iter().any(|&s| (s as usize) < MIN_SEALED_LEN) {
+            return error(
+                ErrorCode::BadRequest,
+                format!("mtu_send: authenticated probes need at least {MIN_SEALED_LEN} bytes"),
+            );
+        }
         let bytes: u64 = sizes.iter().map(|&s| u64::from(s) * u64::from(count)).sum();
         if self.sent_bytes + bytes > SESSION_BUDGET {
             return error(
@@ -150,6 +174,9 @@ impl MtuPort {
             ProbeHeader::request(ProbeKind::MtuProbe, self.token, u64::from(size))
                 .encode(datagram)
                 .expect("sizes are checked to hold the header");
+            if let Some(k) = &self.key {
+                k.seal(datagram).expect("sizes are checked to hold a tag");
+            }
             let mut r = MtuSendResult {
                 size,
                 sent: 0,
@@ -200,14 +227,34 @@ fn attribute_errors(results: &mut [MtuSendResult], errors: &[QueuedError], v6: b
     }
 }
 
+/// Who may get acks, and how they are made.
+struct Acks {
+    peer: IpAddr,
+    token: u64,
+    key: Option<DerivedKey>,
+    rate: Arc<Mutex<TokenBucket>>,
+}
+
 /// Answers the session's MTU probes and keeps the ICMP errors its sends draw.
-async fn serve(sock: Arc<AsyncUdp>, shared: Arc<Mutex<Shared>>, peer: IpAddr, token: u64) {
+async fn serve(sock: Arc<AsyncUdp>, shared: Arc<Mutex<Shared>>, a: Acks) {
     let mut buf = vec![0u8; 65536];
     loop {
         match sock.recv_any(&mut buf).await {
             Ok(Received::Datagram(meta)) => {
                 // Only the session's own client, whatever else arrives here.
-                if meta.from.ip() != peer || meta.len < HEADER_LEN {
+                if meta.from.ip() != a.peer || meta.len < HEADER_LEN {
+                    continue;
+                }
+                let data = &buf[..meta.len];
+                if a.key.as_ref().is_some_and(|k| k.verify(data).is_err()) {
+                    continue;
+                }
+                let allowed = a
+                    .rate
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .try_take(Instant::now());
+                if !allowed {
                     continue;
                 }
                 let rx = realtime_ns();
@@ -218,9 +265,21 @@ async fn serve(sock: Arc<AsyncUdp>, shared: Arc<Mutex<Shared>>, peer: IpAddr, to
                     seen_from: meta.from,
                     seen_ttl: meta.ttl.unwrap_or(0),
                 };
-                if let Some(ack) = ack_for(&buf[..meta.len], token, stamp) {
+                if let Some(ack) = ack_for(data, a.token, stamp) {
                     lock(&shared).client = Some(meta.from);
-                    let _ = sock.try_send_to(&ack, meta.from);
+                    match &a.key {
+                        // A sealed probe is at least as long as a sealed ack.
+                        Some(k) => {
+                            let mut sealed = [0u8; MIN_SEALED_LEN];
+                            sealed[..HEADER_LEN].copy_from_slice(&ack);
+                            if k.seal(&mut sealed).is_ok() {
+                                let _ = sock.try_send_to(&sealed, meta.from);
+                            }
+                        }
+                        None => {
+                            let _ = sock.try_send_to(&ack, meta.from);
+                        }
+                    }
                 }
             }
             Ok(Received::Error(e)) => {

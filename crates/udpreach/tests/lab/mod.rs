@@ -11,14 +11,17 @@
 //!     if !lab::require_root() {
 //!         return;
 //!     }
-//!     let lab = lab::Lab::pair();
-//!     let server = lab
-//!         .server()
-//!         .spawn([lab::udpreach_bin().as_os_str(), "server".as_ref()]);
-//!     let out = lab.client().run(["true"]);
-//!     assert!(out.status.success());
-//!     drop(server);
-//! }
+//!     let lab = lab::Lab::routed();
+//!     let (client, server) = (lab.client(), lab.server());
+//!     let bin = lab::udpreach_bin();
+//!     let srv = server.spawn([bin.as_os_str(), "server".as_ref()]);
+//!     assert!(server.wait_udp_bound(PORT, Duration::from_secs(5)));
+//!     server.drop_udp_in_percent(10); // or any other impairment
+//!     let out = client.run([bin.to_str().unwrap(), "ping", &server.ip4().to_string()]);
+//!     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+//!     srv.signal(lab::SIGINT);
+//!     let srv_out = srv.wait_output_timeout(Duration::from_secs(5)).unwrap();
+//! } // the lab is torn down here, also when an assertion failed
 //! ```
 //!
 //! Topologies (all addresses are in 198.18.0.0/15 and fd00::/8 only):
@@ -488,6 +491,21 @@ impl fmt::Debug for Host {
 }
 
 impl Host {
+    /// Runs `f` on a thread that has joined this host's network namespace, so
+    /// the test itself can open sockets there (a namespace switch is per thread;
+    /// sockets keep their namespace when handed back to other threads).
+    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.ns);
+        thread::spawn(move || {
+            let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+            f()
+        })
+        .join()
+        .expect("thread in namespace panicked")
+    }
+
     /// The namespace name (usable with `ip netns exec` / `ip -n`).
     pub fn name(&self) -> &str {
         &self.ns
@@ -569,7 +587,8 @@ impl Host {
 
     /// Starts a prepared command (normally from [`cmd`](Host::cmd)) with the
     /// stdio it was given, in its own process group, registered with the lab
-    /// for kill-on-drop. Piped stdout/stderr are captured by the [`Proc`].
+    /// for kill-on-drop. Only stdout/stderr set to `Stdio::piped()` are
+    /// captured by the [`Proc`]; inherited ones bypass libtest's capture.
     pub fn spawn_cmd(&self, cmd: Command) -> Proc {
         let inner = ProcInner::start(cmd, None).unwrap_or_else(|e| panic!("{e}"));
         lock(&self.procs).push(Arc::clone(&inner));
@@ -679,7 +698,19 @@ impl Host {
 
     /// Randomly drops `pct` percent of incoming UDP datagrams (per packet:
     /// per fragment for fragmented datagrams). 100 drops all incoming UDP.
+    /// Input only sees traffic addressed to this host: on the router use
+    /// [`drop_udp_forward_percent`](Host::drop_udp_forward_percent).
     pub fn drop_udp_in_percent(&self, pct: u8) {
+        self.drop_udp_percent("input", pct);
+    }
+
+    /// Router: randomly drops `pct` percent of forwarded UDP packets (both
+    /// directions).
+    pub fn drop_udp_forward_percent(&self, pct: u8) {
+        self.drop_udp_percent("forward", pct);
+    }
+
+    fn drop_udp_percent(&self, chain: &str, pct: u8) {
         // nft range-checks the comparison against the modulus, so `< 100`
         // is rejected: 100 % is a plain drop.
         let rule = match pct {
@@ -688,7 +719,7 @@ impl Host {
             100 => "meta l4proto udp".to_string(),
             _ => panic!("pct must be 0..=100, got {pct}"),
         };
-        self.nft_lab_rules(&[format!("add rule inet lab input {rule} drop")]);
+        self.nft_lab_rules(&[format!("add rule inet lab {chain} {rule} drop")]);
     }
 
     /// Drops incoming UDP whose destination port is one of `ports`.

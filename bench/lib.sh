@@ -1,0 +1,49 @@
+# Shared set-up for the benchmarks: a namespace pair joined by veth, torn
+# down on exit. Addresses: client 198.18.0.1 / fd00::1, server 198.18.0.2 / fd00::2.
+# Source it; then use `inc CMD...` (in client) and `ins CMD...` (in server).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BIN=${BIN:-$ROOT/target/release/udpreach}
+NSC=urb-c-$$
+NSS=urb-s-$$
+PIDS=()
+
+cleanup() {
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  # Forked children (socat fork) outlive their parent: kill all left in the namespaces.
+  for ns in "$NSC" "$NSS"; do
+    for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
+  done
+  sleep 0.2
+  ip netns del "$NSC" 2>/dev/null || true
+  ip netns del "$NSS" 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+need() { for c in "$@"; do command -v "$c" >/dev/null || { echo "bench: '$c' is missing (apt-get install it)" >&2; exit 2; }; done; }
+
+setup_pair() {
+  [ "$(id -u)" = 0 ] || { echo "bench: needs root (network namespaces)" >&2; exit 2; }
+  ip netns add "$NSC"; ip netns add "$NSS"
+  ip link add "uc$$" netns "$NSC" type veth peer name "us$$" netns "$NSS"
+  for ns in "$NSC" "$NSS"; do
+    ip -n "$ns" link set lo up
+    ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+  done
+  ip -n "$NSC" addr add 198.18.0.1/24 dev "uc$$"; ip -n "$NSC" addr add fd00::1/64 dev "uc$$" nodad
+  ip -n "$NSS" addr add 198.18.0.2/24 dev "us$$"; ip -n "$NSS" addr add fd00::2/64 dev "us$$" nodad
+  ip -n "$NSC" link set "uc$$" up; ip -n "$NSS" link set "us$$" up
+}
+
+inc() { ip netns exec "$NSC" "$@"; }
+ins() { ip netns exec "$NSS" "$@"; }
+bg_ins() { ip netns exec "$NSS" "$@" & PIDS+=($!); }
+
+build_release() {
+  (cd "$ROOT" && cargo build --release -q -p udpreach --bin udpreach --example echo_load)
+}
+
+machine() {
+  echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r)"
+}

@@ -1,0 +1,682 @@
+//! Every UDP answer the server gives, decided without I/O: the echo port
+//! ([`EchoResponder`]) and a session's test ports ([`PortResponder`]).
+//!
+//! Both work in place on the received datagram and answer with
+//! [`Answer::Reply`] carrying how many bytes of it to send. That length is
+//! never more than what arrived (the module's property test checks it for
+//! every kind of input), so the server cannot amplify. What it cannot
+//! authenticate it does not answer, and what it answers is rate-limited per
+//! source, so it is no use for reflecting floods at a third party.
+
+use crate::rate::{SourceLimiter, TokenBucket};
+use crate::replay::ReplayWindow;
+use crate::server::{classify_echo, stamp_reply, EchoAction};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+use udpreach_wire::auth::{self, DerivedKey, SharedKey};
+use udpreach_wire::probe::{self, ProbeHeader, ProbeKind, ServerStamp};
+
+/// How far an authenticated echo request's send time may be from the
+/// server's clock. Must stay well under [`FLOW_IDLE`]: a replay older than
+/// the skew is refused by time, a newer one by the flow's replay window.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(120);
+/// Echo flows (source address and token) silent this long are forgotten.
+pub const FLOW_IDLE: Duration = Duration::from_secs(300);
+/// Most echo flows remembered at once.
+pub const MAX_FLOWS: usize = 65_536;
+/// Most sources with a rate-limit bucket at once.
+pub const MAX_LIMITED_SOURCES: usize = 16_384;
+
+/// Why a datagram got no answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Larger than `--max-datagram`.
+    TooLarge,
+    /// Not a udpreach probe, and plain echo is off (`--no-plain-echo`).
+    PlainDisabled,
+    /// The server has a key and the datagram carries no tag.
+    Unauthenticated,
+    /// The tag does not verify.
+    BadTag,
+    /// Authenticated request whose send time is too far from the server's clock.
+    Stale,
+    /// Authenticated request seen before.
+    Replay,
+    /// Over the per-source or per-session rate.
+    RateLimited,
+    /// Not a request for this socket (a reply, or another session's token).
+    NotARequest,
+}
+
+/// What to do with one received datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Send the first `len` bytes of the (rewritten) datagram back to its source.
+    Reply {
+        len: usize,
+    },
+    Drop(DropReason),
+}
+
+/// What the server knows about a received datagram besides its bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Received {
+    pub from: SocketAddr,
+    pub ttl: Option<u8>,
+    /// Receive time, ns since the Unix epoch.
+    pub rx_ns: u64,
+}
+
+/// Tallies of answers, for the server's periodic log line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AnswerCounts {
+    pub replies: u64,
+    pub dropped: HashMap<DropReason, u64>,
+}
+
+impl AnswerCounts {
+    pub fn record(&mut self, a: Answer) {
+        match a {
+            Answer::Reply { .. } => self.replies += 1,
+            Answer::Drop(r) => *self.dropped.entry(r).or_default() += 1,
+        }
+    }
+
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.values().sum()
+    }
+
+    /// Returns the tallies so far and starts again from zero.
+    pub fn take(&mut self) -> AnswerCounts {
+        std::mem::take(self)
+    }
+}
+
+/// The echo port's policy (`udpreach server` flags).
+#[derive(Clone, Debug)]
+pub struct EchoPolicy {
+    /// With a key, only authenticated echo requests are answered.
+    pub key: Option<SharedKey>,
+    /// Answer datagrams that are not udpreach probes (ignored with a key).
+    pub plain_echo: bool,
+    /// Plain echo replies per second to one source address.
+    pub plain_echo_rate: u32,
+    /// Probe replies per second: per source address without a key, per
+    /// flow (address and token) with one.
+    pub max_probe_rate: u32,
+    /// Larger datagrams are dropped.
+    pub max_datagram: usize,
+}
+
+struct AuthState {
+    key: DerivedKey,
+    window: ReplayWindow,
+    bucket: TokenBucket,
+}
+
+struct Flow {
+    count: u32,
+    last: Instant,
+    /// Present for authenticated flows: the derived key is cached so a known
+    /// flow costs one HMAC per datagram, not two.
+    auth: Option<Box<AuthState>>,
+}
+
+pub struct EchoResponder {
+    policy: EchoPolicy,
+    plain: SourceLimiter<IpAddr>,
+    probes: SourceLimiter<IpAddr>,
+    flows: HashMap<(IpAddr, u64), Flow>,
+    pub counts: AnswerCounts,
+}
+
+impl EchoResponder {
+    pub fn new(policy: EchoPolicy) -> Self {
+        EchoResponder {
+            plain: SourceLimiter::new(policy.plain_echo_rate, MAX_LIMITED_SOURCES),
+            probes: SourceLimiter::new(policy.max_probe_rate, MAX_LIMITED_SOURCES),
+            policy,
+            flows: HashMap::new(),
+            counts: AnswerCounts::default(),
+        }
+    }
+
+    pub fn policy(&self) -> &EchoPolicy {
+        &self.policy
+    }
+
+    /// Flows remembered now (bounded by [`MAX_FLOWS`]).
+    pub fn flow_count(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Decides about one datagram, rewriting `datagram` into the reply when
+    /// there is one. `tx_ns` is the send time to stamp (realtime, just before).
+    pub fn respond(
+        &mut self,
+        datagram: &mut [u8],
+        rx: &Received,
+        tx_ns: u64,
+        now: Instant,
+    ) -> Answer {
+        let a = self.decide(datagram, rx, tx_ns, now);
+        self.counts.record(a);
+        a
+    }
+
+    fn decide(&mut self, buf: &mut [u8], rx: &Received, tx_ns: u64, now: Instant) -> Answer {
+        if buf.len() > self.policy.max_datagram {
+            return Answer::Drop(DropReason::TooLarge);
+        }
+        let ip = rx.from.ip();
+        let len = buf.len();
+        if self.policy.key.is_some() {
+            return self.decide_authenticated(buf, rx, tx_ns, now);
+        }
+        match classify_echo(buf) {
+            EchoAction::Drop => Answer::Drop(DropReason::NotARequest),
+            EchoAction::Plain => {
+                if !self.policy.plain_echo {
+                    Answer::Drop(DropReason::PlainDisabled)
+                } else if !self.plain.allow(&ip, now) {
+                    Answer::Drop(DropReason::RateLimited)
+                } else {
+                    Answer::Reply { len }
+                }
+            }
+            EchoAction::Probe(h) => {
+                if !self.probes.allow(&ip, now) {
+                    return Answer::Drop(DropReason::RateLimited);
+                }
+                let count = match self.flow(ip, h.token, now, || None) {
+                    Some(f) => {
+                        f.count = f.count.saturating_add(1);
+                        f.count
+                    }
+                    None => 1,
+                };
+                stamp_reply(buf, rx.from, rx.ttl, rx.rx_ns, count);
+                probe::restamp_tx(buf, tx_ns);
+                Answer::Reply { len }
+            }
+        }
+    }
+
+    fn decide_authenticated(
+        &mut self,
+        buf: &mut [u8],
+        rx: &Received,
+        tx_ns: u64,
+        now: Instant,
+    ) -> Answer {
+        // Plain datagrams and untagged probes alike: nothing to verify, no answer.
+        if !auth::is_sealed(buf) {
+            return Answer::Drop(DropReason::Unauthenticated);
+        }
+        let Ok(h) = ProbeHeader::decode(buf) else {
+            return Answer::Drop(DropReason::Unauthenticated);
+        };
+        if h.kind != ProbeKind::EchoRequest {
+            return Answer::Drop(DropReason::NotARequest);
+        }
+        let ip = rx.from.ip();
+        let derived = match self.flows.get(&(ip, h.token)).and_then(|f| f.auth.as_ref()) {
+            Some(a) => a.key.clone(),
+            None => match &self.policy.key {
+                Some(key) => key.ping_key(h.token),
+                None => return Answer::Drop(DropReason::Unauthenticated),
+            },
+        };
+        if derived.verify(buf).is_err() {
+            return Answer::Drop(DropReason::BadTag);
+        }
+        let sent = auth::sent_ns(buf).unwrap_or(0);
+        if sent.abs_diff(rx.rx_ns) > MAX_CLOCK_SKEW.as_nanos() as u64 {
+            return Answer::Drop(DropReason::Stale);
+        }
+        let rate = self.policy.max_probe_rate;
+        let Some(flow) = self.flow(ip, h.token, now, || {
+            Some(Box::new(AuthState {
+                key: derived.clone(),
+                window: ReplayWindow::new(),
+                bucket: TokenBucket::new(rate, now),
+            }))
+        }) else {
+            return Answer::Drop(DropReason::RateLimited);
+        };
+        let Some(state) = flow.auth.as_mut() else {
+            return Answer::Drop(DropReason::Unauthenticated);
+        };
+        if !state.window.accept(h.seq) {
+            return Answer::Drop(DropReason::Replay);
+        }
+        if !state.bucket.try_take(now) {
+            return Answer::Drop(DropReason::RateLimited);
+        }
+        flow.count = flow.count.saturating_add(1);
+        let count = flow.count;
+        stamp_reply(buf, rx.from, rx.ttl, rx.rx_ns, count);
+        probe::restamp_tx(buf, tx_ns);
+        if derived.seal(buf).is_err() {
+            return Answer::Drop(DropReason::Unauthenticated);
+        }
+        Answer::Reply { len: buf.len() }
+    }
+
+    /// The flow for (address, token), created when new. `None` only when the
+    /// table is full of live flows even after eviction (cannot happen with
+    /// eviction of the older half, but kept total rather than panicking).
+    fn flow(
+        &mut self,
+        ip: IpAddr,
+        token: u64,
+        now: Instant,
+        auth: impl FnOnce() -> Option<Box<AuthState>>,
+    ) -> Option<&mut Flow> {
+        if !self.flows.contains_key(&(ip, token)) && self.flows.len() >= MAX_FLOWS {
+            self.evict(now);
+            if self.flows.len() >= MAX_FLOWS {
+                return None;
+            }
+        }
+        let f = self.flows.entry((ip, token)).or_insert_with(|| Flow {
+            count: 0,
+            last: now,
+            auth: auth(),
+        });
+        f.last = now;
+        Some(f)
+    }
+
+    /// Forgets idle flows; if the table is still full, the older half.
+    /// Only authenticated clients can create authenticated flows, so an
+    /// outsider cannot evict a flow (and its replay window) by flooding.
+    fn evict(&mut self, now: Instant) {
+        self.flows
+            .retain(|_, f| now.saturating_duration_since(f.last) < FLOW_IDLE);
+        if self.flows.len() >= MAX_FLOWS {
+            let mut seen: Vec<Instant> = self.flows.values().map(|f| f.last).collect();
+            seen.sort_unstable();
+            let cutoff = seen[seen.len() / 2];
+            self.flows.retain(|_, f| f.last > cutoff);
+        }
+    }
+}
+
+/// One test port of one control session: answers that session's port probes
+/// only, counts them, and (with a session key) checks tag and replay window.
+pub struct PortResponder {
+    token: u64,
+    key: Option<DerivedKey>,
+    window: ReplayWindow,
+    arrivals: u32,
+    pub counts: AnswerCounts,
+}
+
+impl PortResponder {
+    pub fn new(token: u64, key: Option<DerivedKey>) -> Self {
+        PortResponder {
+            token,
+            key,
+            window: ReplayWindow::new(),
+            arrivals: 0,
+            counts: AnswerCounts::default(),
+        }
+    }
+
+    /// Probes of this session that arrived (authenticated ones only, with a key).
+    pub fn arrivals(&self) -> u32 {
+        self.arrivals
+    }
+
+    /// `session_rate` is the session's bucket, shared by all its ports.
+    pub fn respond(
+        &mut self,
+        buf: &mut [u8],
+        rx: &Received,
+        tx_ns: u64,
+        session_rate: &mut TokenBucket,
+        now: Instant,
+    ) -> Answer {
+        let a = self.decide(buf, rx, tx_ns, session_rate, now);
+        self.counts.record(a);
+        a
+    }
+
+    fn decide(
+        &mut self,
+        buf: &mut [u8],
+        rx: &Received,
+        tx_ns: u64,
+        session_rate: &mut TokenBucket,
+        now: Instant,
+    ) -> Answer {
+        let Ok(h) = ProbeHeader::decode(buf) else {
+            return Answer::Drop(DropReason::NotARequest);
+        };
+        if h.kind != ProbeKind::PortProbe || h.token != self.token {
+            return Answer::Drop(DropReason::NotARequest);
+        }
+        if let Some(key) = &self.key {
+            match key.verify(buf) {
+                Ok(()) => {}
+                Err(auth::AuthError::BadTag) => return Answer::Drop(DropReason::BadTag),
+                Err(_) => return Answer::Drop(DropReason::Unauthenticated),
+            }
+            if !self.window.accept(h.seq) {
+                return Answer::Drop(DropReason::Replay);
+            }
+        }
+        // It arrived: count it even if the reply is then rate-limited, since
+        // the count answers "did the probe get here".
+        self.arrivals = self.arrivals.saturating_add(1);
+        if !session_rate.try_take(now) {
+            return Answer::Drop(DropReason::RateLimited);
+        }
+        let stamp = ServerStamp {
+            rx_ns: rx.rx_ns,
+            tx_ns,
+            flow_count: self.arrivals,
+            seen_from: rx.from,
+            seen_ttl: rx.ttl.unwrap_or(0),
+        };
+        if probe::make_reply_in_place(buf, &stamp).is_err() {
+            return Answer::Drop(DropReason::NotARequest);
+        }
+        if let Some(key) = &self.key {
+            if key.seal(buf).is_err() {
+                return Answer::Drop(DropReason::Unauthenticated);
+            }
+        }
+        Answer::Reply { len: buf.len() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const NOW_NS: u64 = 1_800_000_000_000_000_000;
+
+    fn policy(key: Option<&str>) -> EchoPolicy {
+        EchoPolicy {
+            key: key.map(|k| SharedKey::new(k.as_bytes().to_vec()).unwrap()),
+            plain_echo: true,
+            plain_echo_rate: 10,
+            max_probe_rate: 1000,
+            max_datagram: 1500,
+        }
+    }
+
+    fn rx(port: u16) -> Received {
+        Received {
+            from: SocketAddr::new("198.18.0.1".parse().unwrap(), port),
+            ttl: Some(64),
+            rx_ns: NOW_NS,
+        }
+    }
+
+    fn echo_request(
+        token: u64,
+        seq: u64,
+        len: usize,
+        key: Option<&DerivedKey>,
+        sent: u64,
+    ) -> Vec<u8> {
+        let mut b = vec![b'x'; len];
+        ProbeHeader::request(ProbeKind::EchoRequest, token, seq)
+            .encode(&mut b)
+            .unwrap();
+        if let Some(k) = key {
+            auth::set_sent_ns(&mut b, sent);
+            k.seal(&mut b).unwrap();
+        }
+        b
+    }
+
+    #[test]
+    fn plain_echo_is_rate_limited_per_source() {
+        let t0 = Instant::now();
+        let mut r = EchoResponder::new(policy(None));
+        let mut ok = 0;
+        for _ in 0..100 {
+            let mut d = b"hello".to_vec();
+            if let Answer::Reply { len } = r.respond(&mut d, &rx(1), NOW_NS, t0) {
+                assert_eq!(&d[..len], b"hello");
+                ok += 1;
+            }
+        }
+        assert_eq!(ok, 10, "one second's burst at 10/s");
+        let other = Received {
+            from: "198.18.0.9:1".parse().unwrap(),
+            ..rx(1)
+        };
+        assert!(matches!(
+            r.respond(&mut b"hi".to_vec(), &other, NOW_NS, t0),
+            Answer::Reply { .. }
+        ));
+        assert_eq!(r.counts.replies, 11);
+        assert_eq!(r.counts.dropped[&DropReason::RateLimited], 90);
+    }
+
+    #[test]
+    fn no_plain_echo_and_max_datagram() {
+        let t0 = Instant::now();
+        let mut r = EchoResponder::new(EchoPolicy {
+            plain_echo: false,
+            ..policy(None)
+        });
+        assert_eq!(
+            r.respond(&mut b"hello".to_vec(), &rx(1), NOW_NS, t0),
+            Answer::Drop(DropReason::PlainDisabled)
+        );
+        let mut p = echo_request(1, 1, 100, None, 0);
+        assert_eq!(
+            r.respond(&mut p, &rx(1), NOW_NS, t0),
+            Answer::Reply { len: 100 }
+        );
+        let mut big = echo_request(1, 2, 1501, None, 0);
+        assert_eq!(
+            r.respond(&mut big, &rx(1), NOW_NS, t0),
+            Answer::Drop(DropReason::TooLarge)
+        );
+    }
+
+    #[test]
+    fn keyed_echo_answers_only_fresh_authenticated_requests_once() {
+        let t0 = Instant::now();
+        let mut r = EchoResponder::new(policy(Some("secret")));
+        let k = SharedKey::new(b"secret".to_vec()).unwrap().ping_key(42);
+        let mut p = echo_request(42, 1, 100, Some(&k), NOW_NS - 1000);
+        let original = p.clone();
+        assert_eq!(
+            r.respond(&mut p, &rx(5), NOW_NS, t0),
+            Answer::Reply { len: 100 }
+        );
+        k.verify(&p).expect("the reply is sealed with the same key");
+        let h = ProbeHeader::decode(&p).unwrap();
+        assert_eq!(h.kind, ProbeKind::EchoReply);
+        assert_eq!(h.stamp.unwrap().flow_count, 1);
+        assert_eq!(p[64..84], original[64..84], "payload echoed");
+
+        // The same datagram again: a replay.
+        let mut again = original.clone();
+        assert_eq!(
+            r.respond(&mut again, &rx(5), NOW_NS, t0),
+            Answer::Drop(DropReason::Replay)
+        );
+        // Untagged probe, plain datagram, wrong key, stale send time.
+        let mut untagged = echo_request(42, 2, 100, None, 0);
+        assert_eq!(
+            r.respond(&mut untagged, &rx(5), NOW_NS, t0),
+            Answer::Drop(DropReason::Unauthenticated)
+        );
+        assert_eq!(
+            r.respond(&mut b"hello".to_vec(), &rx(5), NOW_NS, t0),
+            Answer::Drop(DropReason::Unauthenticated)
+        );
+        let wrong = SharedKey::new(b"wrong".to_vec()).unwrap().ping_key(42);
+        let mut forged = echo_request(42, 3, 100, Some(&wrong), NOW_NS);
+        assert_eq!(
+            r.respond(&mut forged, &rx(5), NOW_NS, t0),
+            Answer::Drop(DropReason::BadTag)
+        );
+        let mut old = echo_request(
+            43,
+            1,
+            100,
+            Some(&SharedKey::new(b"secret".to_vec()).unwrap().ping_key(43)),
+            NOW_NS - 200_000_000_000,
+        );
+        assert_eq!(
+            r.respond(&mut old, &rx(5), NOW_NS, t0),
+            Answer::Drop(DropReason::Stale)
+        );
+        let mut next = echo_request(42, 2, 100, Some(&k), NOW_NS);
+        assert_eq!(
+            r.respond(&mut next, &rx(5), NOW_NS, t0),
+            Answer::Reply { len: 100 }
+        );
+        assert_eq!(
+            ProbeHeader::decode(&next)
+                .unwrap()
+                .stamp
+                .unwrap()
+                .flow_count,
+            2
+        );
+    }
+
+    #[test]
+    fn port_responder_checks_token_tag_replay_and_rate() {
+        let t0 = Instant::now();
+        let key = SharedKey::new(b"k".to_vec())
+            .unwrap()
+            .session_key(&[1; 32], &[2; 32]);
+        let mut pr = PortResponder::new(9, Some(key.clone()));
+        let mut bucket = TokenBucket::new(2, t0);
+        let probe = |token: u64, seq: u64, k: Option<&DerivedKey>| {
+            let mut b = vec![0u8; 80];
+            ProbeHeader::request(ProbeKind::PortProbe, token, seq)
+                .encode(&mut b)
+                .unwrap();
+            if let Some(k) = k {
+                k.seal(&mut b).unwrap();
+            }
+            b
+        };
+        let mut p = probe(9, 1, Some(&key));
+        assert_eq!(
+            pr.respond(&mut p, &rx(1), NOW_NS, &mut bucket, t0),
+            Answer::Reply { len: 80 }
+        );
+        key.verify(&p).unwrap();
+        assert_eq!(ProbeHeader::decode(&p).unwrap().kind, ProbeKind::PortReply);
+        let mut replay = probe(9, 1, Some(&key));
+        assert_eq!(
+            pr.respond(&mut replay, &rx(1), NOW_NS, &mut bucket, t0),
+            Answer::Drop(DropReason::Replay)
+        );
+        let mut other_token = probe(8, 2, Some(&key));
+        assert_eq!(
+            pr.respond(&mut other_token, &rx(1), NOW_NS, &mut bucket, t0),
+            Answer::Drop(DropReason::NotARequest)
+        );
+        let mut untagged = probe(9, 2, None);
+        assert_eq!(
+            pr.respond(&mut untagged, &rx(1), NOW_NS, &mut bucket, t0),
+            Answer::Drop(DropReason::Unauthenticated)
+        );
+        assert_eq!(pr.arrivals(), 1);
+        let mut p2 = probe(9, 2, Some(&key));
+        assert!(matches!(
+            pr.respond(&mut p2, &rx(1), NOW_NS, &mut bucket, t0),
+            Answer::Reply { .. }
+        ));
+        let mut p3 = probe(9, 3, Some(&key));
+        assert_eq!(
+            pr.respond(&mut p3, &rx(1), NOW_NS, &mut bucket, t0),
+            Answer::Drop(DropReason::RateLimited)
+        );
+        assert_eq!(pr.arrivals(), 3, "rate-limited probes still arrived");
+    }
+
+    /// Inputs of every kind: random bytes, and headers of every kind byte,
+    /// with and without FLAG_AUTH, sealed with the right key, a wrong key, or not.
+    fn datagram() -> impl Strategy<Value = Vec<u8>> {
+        let random = proptest::collection::vec(any::<u8>(), 0..200);
+        let shaped = (
+            any::<u8>(),
+            any::<u16>(),
+            prop_oneof![Just(7u64), any::<u64>()],
+            any::<u64>(),
+            0usize..3,
+            64usize..200,
+            any::<u8>(),
+        )
+            .prop_map(|(kind, flags, token, seq, seal, len, fill)| {
+                let mut b = vec![fill; len];
+                b[..4].copy_from_slice(&probe::MAGIC);
+                b[4] = probe::VERSION;
+                b[5] = kind;
+                b[6..8].copy_from_slice(&flags.to_be_bytes());
+                b[8..16].copy_from_slice(&token.to_be_bytes());
+                b[16..24].copy_from_slice(&seq.to_be_bytes());
+                auth::set_sent_ns(&mut b, NOW_NS);
+                let secret = SharedKey::new(b"secret".to_vec()).unwrap();
+                let key = match seal {
+                    0 => Some(secret.ping_key(token)),
+                    1 => Some(secret.session_key(&[1; 32], &[2; 32])),
+                    _ => None,
+                };
+                if let Some(k) = key {
+                    let _ = k.seal(&mut b);
+                }
+                b
+            });
+        prop_oneof![random, shaped]
+    }
+
+    proptest! {
+        /// No amplification: for every datagram, under every policy, an answer
+        /// is at most as long as the request, and is the request's own buffer.
+        #[test]
+        fn no_answer_is_larger_than_its_request(
+            inputs in proptest::collection::vec(datagram(), 1..20),
+            keyed in any::<bool>(), plain in any::<bool>(), max_dg in 0usize..300,
+        ) {
+            let t0 = Instant::now();
+            let mut echo = EchoResponder::new(EchoPolicy {
+                key: keyed.then(|| SharedKey::new(b"secret".to_vec()).unwrap()),
+                plain_echo: plain,
+                plain_echo_rate: 5,
+                max_probe_rate: 5,
+                max_datagram: max_dg,
+            });
+            let session = SharedKey::new(b"secret".to_vec()).unwrap().session_key(&[1; 32], &[2; 32]);
+            let mut port = PortResponder::new(7, keyed.then_some(session));
+            let mut bucket = TokenBucket::new(5, t0);
+            for (i, input) in inputs.iter().enumerate() {
+                let now = t0 + Duration::from_millis(i as u64);
+                for which in 0..2 {
+                    let mut buf = input.clone();
+                    let a = if which == 0 {
+                        echo.respond(&mut buf, &rx(1), NOW_NS, now)
+                    } else {
+                        port.respond(&mut buf, &rx(1), NOW_NS, &mut bucket, now)
+                    };
+                    if let Answer::Reply { len } = a {
+                        prop_assert!(len <= input.len(), "{} > {}", len, input.len());
+                        prop_assert_eq!(buf.len(), input.len());
+                        if keyed {
+                            // Whatever is answered with a key is itself authenticated.
+                            prop_assert!(auth::is_sealed(&buf[..len]));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! End-to-end tests of `udpreach ping` and the echo side of `udpreach server`,
+//! run as real processes in network namespaces.
+
+mod lab;
+mod util;
+
+use lab::{require_root, udpreach_bin, Lab, SIGINT};
+use std::time::Duration;
+use util::*;
+
+#[test]
+fn loopback_v4_and_v6_against_udpreach_server() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::pair();
+    let _server = start_server(lab.server(), &[]);
+    for target in ["127.0.0.1", "[::1]:4000"] {
+        let o = udpreach(
+            lab.server(),
+            &["ping", "-c", "5", "-i", "20ms", "--json", target],
+        );
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        let s = summary(&o);
+        assert_eq!(s["transmitted"], 5);
+        assert_eq!(s["received"], 5);
+        assert_eq!(s["upstream_lost"], 0);
+        assert_eq!(s["downstream_lost"], 0);
+        assert_eq!(s["nat_detected"], false);
+        assert!(s["server_processing"]["avg_us"].as_f64().unwrap() >= 0.0);
+        assert_eq!(s["server_seen_ttl"], 64);
+    }
+}
+
+#[test]
+fn text_output_looks_like_ping() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::pair();
+    let _server = start_server(lab.server(), &[]);
+    let o = udpreach(
+        lab.client(),
+        &["ping", "-c", "3", "-i", "10ms", "198.18.0.2"],
+    );
+    assert_eq!(code(&o), 0);
+    let out = stdout(&o);
+    assert!(out.contains("198.18.0.1:"), "{out}");
+    assert!(
+        out.contains("-> 198.18.0.2:4000 seq=0 bytes=64 time="),
+        "{out}"
+    );
+    assert!(out.contains("ttl=64"), "{out}");
+    assert!(out.contains("--- 198.18.0.2 statistics ---"), "{out}");
+    assert!(out.contains("3 packets transmitted, 3 received"), "{out}");
+    assert!(out.contains("rtt min/avg/max/mdev = "), "{out}");
+    assert!(out.contains("rtt p50/p90/p99 = "), "{out}");
+    assert!(out.contains("saw you as 198.18.0.1:"), "{out}");
+    assert!(!out.contains("NAT"), "{out}");
+}
+
+#[test]
+fn plain_echo_server_socat() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::pair();
+    let _socat = lab
+        .server()
+        .spawn(["socat", "UDP4-RECVFROM:7000,fork,reuseaddr", "PIPE"]);
+    assert!(lab.server().wait_udp_bound(7000, Duration::from_secs(5)));
+    for size in ["16", "64", "1000"] {
+        let o = udpreach(
+            lab.client(),
+            &[
+                "ping",
+                "-c",
+                "4",
+                "-i",
+                "50ms",
+                "-s",
+                size,
+                "--json",
+                "198.18.0.2:7000",
+            ],
+        );
+        assert_eq!(code(&o), 0, "size {size}: {}", stderr(&o));
+        let s = summary(&o);
+        assert_eq!(s["received"], 4, "size {size}");
+        // A plain echo server has no counters: no direction split, no server view.
+        assert!(s["upstream_lost"].is_null());
+        assert!(s["server_saw"].is_null());
+    }
+}
+
+#[test]
+fn return_loss_is_reported_downstream() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::pair();
+    let _server = start_server(lab.server(), &[]);
+    // 20% of UDP arriving at the client is dropped: only replies are affected.
+    lab.client().drop_udp_in_percent(20);
+    let n = 600;
+    let o = udpreach(
+        lab.client(),
+        &[
+            "ping",
+            "-c",
+            &n.to_string(),
+            "-i",
+            "1ms",
+            "-W",
+            "300ms",
+            "-q",
+            "--json",
+            "198.18.0.2",
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let s = summary(&o);
+    let down = s["downstream_lost"].as_u64().unwrap();
+    let up = s["upstream_lost"].as_u64().unwrap();
+    let unknown = s["direction_unknown"].as_u64().unwrap();
+    let lost = s["lost"].as_u64().unwrap();
+    // Binomial(600, 0.2): mean 120, sd ~9.8; allow over 5 sd either way.
+    assert!((70..=170).contains(&down), "downstream {down}: {s}");
+    assert_eq!(up, 0, "{s}");
+    assert!(unknown <= 3, "{s}");
+    assert_eq!(lost, up + down + unknown);
+}
+
+#[test]
+fn snat_through_router_is_reported() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::routed();
+    let r = lab.router();
+    r.snat_forward_masquerade(&r.iface_toward(lab.server()).name);
+    let _server = start_server(lab.server(), &[]);
+    let target = lab.server().ip4().to_string();
+    let o = udpreach(lab.client(), &["ping", "-c", "3", "-i", "20ms", &target]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("NAT or proxy in the path: server sees you as 198.18.2.254:"),
+        "{out}"
+    );
+    assert!(out.contains("with TTL 63"), "{out}");
+    let o = udpreach(
+        lab.client(),
+        &["ping", "-c", "2", "-i", "20ms", "--json", &target],
+    );
+    let s = summary(&o);
+    assert_eq!(s["nat_detected"], true);
+    assert!(s["server_saw"]
+        .as_str()
+        .unwrap()
+        .starts_with("198.18.2.254:"));
+}
+
+#[test]
+fn ctrl_c_prints_statistics_and_exits_zero() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::pair();
+    let _server = start_server(lab.server(), &[]);
+    let bin = udpreach_bin().display().to_string();
+    let p = lab
+        .client()
+        .spawn([bin.as_str(), "ping", "-i", "50ms", "198.18.0.2"]);
+    assert!(lab::wait_until(Duration::from_secs(10), || p
+        .stdout_so_far()
+        .contains("seq=3 ")));
+    assert!(p.signal(SIGINT));
+    let o = p
+        .wait_output_timeout(Duration::from_secs(5))
+        .expect("exits after Ctrl+C");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("--- 198.18.0.2 statistics ---"));
+}
+
+#[test]
+fn ctrl_c_works_while_every_probe_times_out() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::pair();
+    // No server at all: a long timeout must not delay Ctrl+C (the seed's issue 1).
+    let bin = udpreach_bin().display().to_string();
+    let p = lab
+        .client()
+        .spawn([bin.as_str(), "ping", "-W", "30s", "-i", "10s", "198.18.0.2"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(p.signal(SIGINT));
+    let o = p
+        .wait_output_timeout(Duration::from_secs(3))
+        .expect("Ctrl+C stops at once");
+    assert_eq!(code(&o), 1, "no reply: exit 1");
+    assert!(stdout(&o).contains("1 packets transmitted, 0 received"));
+}
+
+#[test]
+fn sport_sweep_reports_the_blocked_source_port() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::pair();
+    let _server = start_server(lab.server(), &[]);
+    lab.server().drop_udp_sport_in(&[20005]);
+    // A port already in use locally is reported and skipped.
+    let _holder = lab
+        .client()
+        .spawn(["socat", "UDP4-RECVFROM:20007,bind=0.0.0.0", "-"]);
+    assert!(lab.client().wait_udp_bound(20007, Duration::from_secs(5)));
+    let o = udpreach(
+        lab.client(),
+        &[
+            "ping",
+            "--sport",
+            "20000-20010",
+            "-i",
+            "5ms",
+            "-W",
+            "300ms",
+            "--json",
+            "198.18.0.2",
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let s = summary(&o);
+    assert_eq!(s["silent_source_ports"], serde_json::json!([20005]), "{s}");
+    assert_eq!(s["skipped_source_ports"], serde_json::json!([20007]), "{s}");
+    assert_eq!(s["received"], 9);
+    let o = udpreach(
+        lab.client(),
+        &[
+            "ping",
+            "--sport",
+            "20000-20010",
+            "-i",
+            "5ms",
+            "-W",
+            "300ms",
+            "-q",
+            "198.18.0.2",
+        ],
+    );
+    let out = stdout(&o);
+    assert!(out.contains("source ports with no reply: 20005"), "{out}");
+    assert!(
+        out.contains("source ports in use locally, skipped: 20007"),
+        "{out}"
+    );
+}
+
+#[test]
+fn bad_input_is_a_one_line_error_with_exit_2() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::pair();
+    let h = lab.client();
+    let cases: &[(&[&str], &str)] = &[
+        (&["ping", "198.18.0.2:0"], "'0'"),
+        (&["ping", "198.18.0.2:65536"], "'65536'"),
+        (&["ping", "198.18.0.2:abc"], "'abc'"),
+        (&["ping", "-s", "70000", "198.18.0.2"], "'70000'"),
+        (&["ping", "-s", "65508", "198.18.0.2"], "'65508'"),
+        (&["ping", "-i", "0", "198.18.0.2"], "'0'"),
+        (&["ping", "-c", "abc", "198.18.0.2"], "'abc'"),
+        (&["ping", "no-such-host.invalid"], "no-such-host.invalid"),
+        (&["ping", "--sport", "5-2", "198.18.0.2"], "'5-2'"),
+        (&["ports", "198.18.0.2", "1,x"], "'x'"),
+        (&["server", "--listen", "nonsense"], "'nonsense'"),
+    ];
+    for (args, needle) in cases {
+        let o = udpreach(h, args);
+        assert_eq!(code(&o), 2, "{args:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        let first = err.lines().next().unwrap_or("");
+        assert!(
+            first.contains(needle),
+            "{args:?}: first line {first:?} lacks {needle}"
+        );
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn server_reports_a_taken_port_and_exits_2() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::pair();
+    let _first = start_server(lab.server(), &[]);
+    let o = udpreach(lab.server(), &["server", "--listen", "127.0.0.1:4000"]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("127.0.0.1:4000"), "{}", stderr(&o));
+}
+
+#[test]
+fn server_exits_cleanly_on_sigterm() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::pair();
+    let server = start_server(lab.server(), &[]);
+    assert!(server.signal(lab::SIGTERM));
+    let o = server
+        .wait_output_timeout(Duration::from_secs(5))
+        .expect("server stops");
+    assert_eq!(code(&o), 0);
+}

@@ -1,0 +1,142 @@
+//! udpreach-specific helpers on top of the lab: start a server, run the
+//! client, read its JSON. Keeps each integration test a few lines long.
+#![allow(dead_code)]
+
+use crate::lab::{udpreach_bin, Host, Proc};
+use serde_json::Value;
+use std::process::Output;
+use std::time::Duration;
+
+/// Starts `udpreach server` on the host's addresses (IPv4 and IPv6, port 4000) plus loopback.
+pub fn start_server(host: &Host, extra: &[&str]) -> Proc {
+    let v4 = format!("{}:4000", host.ip4());
+    let v6 = format!("[{}]:4000", host.ip6());
+    let mut argv: Vec<String> = vec![
+        udpreach_bin().display().to_string(),
+        "server".into(),
+        "--listen".into(),
+        v4,
+        "--listen".into(),
+        v6,
+        "--listen".into(),
+        "127.0.0.1:4000".into(),
+        "--listen".into(),
+        "[::1]:4000".into(),
+    ];
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    let p = host.spawn(&argv);
+    assert!(
+        host.wait_udp_bound(4000, Duration::from_secs(10)),
+        "server did not start: {}",
+        p.stderr_so_far()
+    );
+    p
+}
+
+/// Runs the udpreach binary in `host` with a bound on time.
+pub fn udpreach(host: &Host, args: &[&str]) -> Output {
+    let mut argv = vec![udpreach_bin().display().to_string()];
+    argv.extend(args.iter().map(|s| s.to_string()));
+    host.run_timeout(&argv, Duration::from_secs(120))
+        .unwrap_or_else(|t| panic!("udpreach {args:?} timed out: {:?}", t.output))
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// JSON lines printed by `--json` ping, parsed.
+pub fn json_lines(o: &Output) -> Vec<Value> {
+    stdout(o)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}
+
+/// The final `summary` object of a `--json` ping.
+pub fn summary(o: &Output) -> Value {
+    json_lines(o)
+        .into_iter()
+        .rev()
+        .find(|v| v["type"] == "summary")
+        .unwrap_or_else(|| panic!("no summary in {}\nstderr: {}", stdout(o), stderr(o)))
+}
+
+pub fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+/// A hand-driven control session (opened from inside `host`), for tests that
+/// need to hold ports or speak the protocol badly on purpose.
+pub struct RawSession {
+    pub stream: std::net::TcpStream,
+    pub token: u64,
+    buf: Vec<u8>,
+}
+
+impl RawSession {
+    pub fn connect(host: &Host, server: std::net::SocketAddr) -> RawSession {
+        use std::io::{Read, Write};
+        use udpreach_wire::control::{ControlMsg, PREAMBLE};
+        let mut stream = host.enter(move || std::net::TcpStream::connect(server).expect("connect"));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let hello = ControlMsg::Hello {
+            version: 1,
+            capabilities: vec![],
+            software: "test".into(),
+            nonce: None,
+        };
+        let mut out = PREAMBLE.to_vec();
+        out.extend(hello.to_frame());
+        stream.write_all(&out).expect("hello");
+        let mut pre = [0u8; 8];
+        stream.read_exact(&mut pre).expect("preamble");
+        assert_eq!(&pre, PREAMBLE);
+        let mut s = RawSession {
+            stream,
+            token: 0,
+            buf: Vec::new(),
+        };
+        match s.recv() {
+            ControlMsg::Welcome { token, .. } => s.token = token,
+            other => panic!("expected welcome, got {other:?}"),
+        }
+        s
+    }
+
+    pub fn send(&mut self, msg: &udpreach_wire::control::ControlMsg) {
+        use std::io::Write;
+        self.stream.write_all(&msg.to_frame()).expect("send");
+    }
+
+    pub fn recv(&mut self) -> udpreach_wire::control::ControlMsg {
+        use std::io::Read;
+        for _ in 0..1000 {
+            if let Some((m, used)) = udpreach_wire::control::decode_frame(&self.buf).expect("frame")
+            {
+                self.buf.drain(..used);
+                return m;
+            }
+            let mut chunk = [0u8; 65536];
+            let n = self.stream.read(&mut chunk).expect("read");
+            assert!(n > 0, "server closed the session");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        panic!("no complete frame");
+    }
+
+    pub fn request(
+        &mut self,
+        msg: &udpreach_wire::control::ControlMsg,
+    ) -> udpreach_wire::control::ControlMsg {
+        self.send(msg);
+        self.recv()
+    }
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Builds udpreach and demonstrates it on this machine's loopback: a server,
+# a UDP ping (IPv4 and IPv6) and a port sweep. Needs only the Rust toolchain.
+# Usage: ./demo.sh            (UDPREACH_DEMO_PORT=4000 by default)
+set -euo pipefail
+cd "$(dirname "$0")"
+PORT=${UDPREACH_DEMO_PORT:-4000}
+cargo build --release -q
+BIN=target/release/udpreach
+
+listens=(--listen "127.0.0.1:$PORT")
+# IPv6 loopback when the host has it.
+if [ -e /proc/net/if_inet6 ] && grep -q '^0\{31\}1 ' /proc/net/if_inet6; then
+  listens+=(--listen "[::1]:$PORT")
+  v6=1
+else
+  v6=0
+fi
+"$BIN" server "${listens[@]}" &
+server=$!
+trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
+sleep 0.5
+kill -0 "$server" 2>/dev/null || { echo "demo: the server did not start (port $PORT taken? set UDPREACH_DEMO_PORT)" >&2; exit 2; }
+
+run() { echo; echo "\$ udpreach $*"; "$BIN" "$@" || echo "(exit code $?)"; }
+run ping -c 5 -i 200ms "127.0.0.1:$PORT"
+[ "$v6" = 1 ] && run ping -c 3 -i 200ms -s 512 "[::1]:$PORT"
+run ports "127.0.0.1:$PORT" 5000,6000,7000-8000
+run ports "127.0.0.1:$PORT" 1-65535 -q
