@@ -251,6 +251,11 @@ struct Pacing {
     /// for), for the report: the clock's own interval runs a little short
     /// on purpose.
     measured: Option<Duration>,
+    /// The last probe was answered on its first try, so the limiter may
+    /// allow more than the clock assumes: the next probe goes at once, and
+    /// if it is answered too the interval halves.
+    eager: bool,
+    eager_out: bool,
 }
 
 impl Pacing {
@@ -261,7 +266,7 @@ impl Pacing {
         if self.max_out > 1 {
             // Pipelined: a plain token clock.
             self.last_send + self.interval
-        } else if self.polled {
+        } else if self.polled || self.eager {
             now
         } else {
             self.last_answer + self.interval.mul_f64(0.95)
@@ -297,6 +302,23 @@ const BACKOFF: f64 = 1.1;
 const MAX_CONFIRM_BATCH: usize = 32;
 /// Timer tag of a canary (ports' timers carry their send count instead).
 const CANARY_TAG: u32 = u32::MAX;
+/// Timer tag of a limiter test.
+const TEST_TAG: u32 = u32::MAX - 1;
+/// Canaries sent back to back by a limiter test: more than a limiter whose
+/// credit is spent answers at once, few enough to cost nothing.
+const TEST_CANARIES: u32 = 8;
+
+/// Is the target rate limiting, or was that a lost packet? In the unpaced
+/// mode, a sign of drops (a port answering only a retry, an unanswered
+/// canary) triggers a burst of canaries to a known-closed port: all
+/// answered, it was loss; fewer, the limiter's credit is spent.
+#[derive(Clone, Debug)]
+struct LimiterTest {
+    to_send: u32,
+    sent: u32,
+    answered: u32,
+    deadline: Option<Instant>,
+}
 
 pub struct ServerlessSweep {
     cfg: ServerlessConfig,
@@ -318,6 +340,8 @@ pub struct ServerlessSweep {
     canary_port: Option<u16>,
     rto: RtoEstimator,
     pacing: Option<Pacing>,
+    test: Option<LimiterTest>,
+    last_test: Option<Instant>,
     drops: u32,
     /// Arrival times of the latest ICMP answers, for the first interval estimate.
     answers: VecDeque<Instant>,
@@ -374,6 +398,8 @@ impl ServerlessSweep {
             canary_port: None,
             rto,
             pacing: None,
+            test: None,
+            last_test: None,
             drops: 0,
             answers: VecDeque::new(),
             rate_refill: now,
@@ -391,18 +417,24 @@ impl ServerlessSweep {
         if let Some(t) = self.cfg.fixed_timeout {
             return t;
         }
-        let base = self.rto.rto();
+        // Never less than two round trips: on a steady path the RTO
+        // converges to the round trip itself, and an answer due exactly
+        // when its timer fires must not count as silence.
+        let base = self
+            .rto
+            .rto()
+            .max(self.rto.srtt().map_or(Duration::ZERO, |s| s * 2));
         (base * 2u32.pow(attempt.saturating_sub(1).min(4))).min(self.cfg.rto_max)
     }
 
     /// The silence timeout of a paced probe: ICMP errors come back within a
     /// round trip, and the limiter's clock waits on every paced probe, so
-    /// this is kept short. A slower service reply still counts when it comes.
+    /// this is kept short (two round trips). A slower service reply still
+    /// counts when it comes.
     fn paced_timeout(&self) -> Duration {
         if let Some(t) = self.cfg.fixed_timeout {
             return t;
         }
-        let rto = self.rto.rto();
         // Polling for the limiter's credit at a fiftieth of its interval
         // costs about 1% of the scan time and keeps the probe count modest.
         let floor = self
@@ -410,9 +442,10 @@ impl ServerlessSweep {
             .as_ref()
             .map_or(Duration::ZERO, |p| p.interval / 50)
             .max(Duration::from_millis(5));
-        self.rto
-            .srtt()
-            .map_or(rto, |s| (s * 4).clamp(floor.min(rto), rto))
+        match self.rto.srtt() {
+            Some(s) => (s * 2).max(floor).min(self.cfg.rto_max),
+            None => self.rto.rto(),
+        }
     }
 
     /// Paced probes allowed out at once: a round trip's worth of the
@@ -488,6 +521,31 @@ impl ServerlessSweep {
     /// Before any rate limiting: a window of probes in flight, confirming
     /// probes in batches closed by one canary.
     fn poll_fast(&mut self, now: Instant) -> Option<ServerlessTransmit> {
+        let test_timeout = self.timeout(1);
+        if let Some(t) = &mut self.test {
+            // Nothing else goes out meanwhile: other closed ports would take
+            // the credit the test canaries measure.
+            if t.to_send == 0 {
+                return None;
+            }
+            t.to_send -= 1;
+            t.sent += 1;
+            let port = self.canary_port.expect("tests only run with a canary port");
+            if t.to_send == 0 {
+                let deadline = now + test_timeout;
+                t.deadline = Some(deadline);
+                self.timers.push(Reverse((deadline, port, TEST_TAG)));
+            }
+            if self.cfg.rate.is_some() {
+                self.rate_tokens -= 1.0;
+            }
+            self.progress.canaries_sent += 1;
+            return Some(ServerlessTransmit {
+                port,
+                attempt: 0,
+                canary: true,
+            });
+        }
         if self.canary.is_none() {
             if self.batch.len() < MAX_CONFIRM_BATCH {
                 if let Some(port) = self.pop_confirm_ready() {
@@ -515,6 +573,8 @@ impl ServerlessSweep {
         if let Some(pc) = &mut self.pacing {
             pc.out += 1;
             pc.last_send = now;
+            pc.eager_out = pc.eager && !pc.polled && !confirming;
+            pc.eager = false;
         }
         let t = self.send_probe(port, confirming, now);
         if let Some(p) = self.port(port) {
@@ -659,6 +719,12 @@ impl ServerlessSweep {
                 }
                 continue;
             }
+            if tag == TEST_TAG {
+                if self.test.as_ref().is_some_and(|t| t.deadline == Some(at)) {
+                    self.resolve_test(now);
+                }
+                continue;
+            }
             let Some(p) = self.port(port) else { continue };
             if p.state == State::InFlight && p.sent == tag {
                 self.on_silence(port);
@@ -670,6 +736,7 @@ impl ServerlessSweep {
         self.in_flight -= 1;
         let (attempts, confirm) = (self.cfg.attempts, self.can_confirm());
         let paced_mode = self.pacing.is_some();
+        let eager = self.pacing.as_ref().is_some_and(|pc| pc.eager_out);
         let p = *self.port(port).expect("planned port");
         let e = self.port(port).expect("planned port");
         e.confirming = false;
@@ -679,12 +746,17 @@ impl ServerlessSweep {
             return;
         }
         if p.paced {
-            if p.on_time {
+            if p.on_time && !eager {
                 e.paced_silences += 1;
             }
             if let Some(pc) = &mut self.pacing {
                 pc.out = pc.out.saturating_sub(1);
-                pc.polled |= !p.on_time;
+                if std::mem::take(&mut pc.eager_out) {
+                    // No credit right after the last one: the clock is not
+                    // slow. Back to waiting for the next credit.
+                } else {
+                    pc.polled |= !p.on_time;
+                }
             }
             // An early probe polls again at once, to the same port.
             self.requeue(port, !p.on_time);
@@ -758,41 +830,70 @@ impl ServerlessSweep {
     /// current pace (sent after the last slow-down) and one interval passed.
     fn rate_limited(&mut self, now: Instant, evidence_at: Instant) {
         match &mut self.pacing {
-            None => {
-                let interval = self.first_interval_estimate();
-                self.pacing = Some(Pacing {
-                    interval,
-                    last_answer: now,
-                    polled: false,
-                    out: 0,
-                    max_out: 1,
-                    last_send: now,
-                    last_backoff: now,
-                    detected_at: now,
-                    measured: None,
-                });
-                // What was silent before is suspect: from now on a silence
-                // counts only when a canary confirms it.
-                self.ready.clear();
-                self.confirm_ready.clear();
-                for i in 0..self.plan.len() {
-                    let port = self.plan[i];
-                    if let Some(p) = self.ports[usize::from(port)].as_mut() {
-                        if p.state != State::Decided {
-                            p.silent = 0;
-                        }
-                        if p.state == State::Ready {
-                            self.ready.push_back(port);
-                        }
-                    }
+            None if self.canary_port.is_some() => {
+                // One test at a time, and not more than one a second: on a
+                // lossy path every loss would otherwise pause the check.
+                let recent = self
+                    .last_test
+                    .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1));
+                if self.test.is_none() && !recent {
+                    self.test = Some(LimiterTest {
+                        to_send: TEST_CANARIES,
+                        sent: 0,
+                        answered: 0,
+                        deadline: None,
+                    });
                 }
             }
+            None => self.start_pacing(now, self.first_interval_estimate(), false),
             Some(p) => {
                 if evidence_at > p.last_backoff
                     && now.saturating_duration_since(p.last_backoff) >= p.interval
                 {
                     p.interval = p.interval.mul_f64(BACKOFF).min(MAX_INTERVAL);
                     p.last_backoff = now;
+                }
+            }
+        }
+    }
+
+    fn resolve_test(&mut self, now: Instant) {
+        let Some(t) = self.test.take() else { return };
+        self.last_test = Some(now);
+        if t.answered >= t.sent {
+            return; // every canary answered: it was a lost packet
+        }
+        // The limiter's credit is spent. Its interval is not known yet:
+        // start slow, and poll for the next credit, which measures it.
+        self.start_pacing(now, Duration::from_secs(1), true);
+    }
+
+    fn start_pacing(&mut self, now: Instant, interval: Duration, polled: bool) {
+        self.pacing = Some(Pacing {
+            interval,
+            last_answer: now,
+            polled,
+            out: 0,
+            max_out: 1,
+            last_send: now,
+            last_backoff: now,
+            detected_at: now,
+            measured: None,
+            eager: false,
+            eager_out: false,
+        });
+        // What was silent before is suspect: from now on a silence counts
+        // only when a canary confirms it.
+        self.ready.clear();
+        self.confirm_ready.clear();
+        for i in 0..self.plan.len() {
+            let port = self.plan[i];
+            if let Some(p) = self.ports[usize::from(port)].as_mut() {
+                if p.state != State::Decided {
+                    p.silent = 0;
+                }
+                if p.state == State::Ready {
+                    self.ready.push_back(port);
                 }
             }
         }
@@ -829,18 +930,25 @@ impl ServerlessSweep {
         // One probe at a time cannot be spaced closer than a round trip, so
         // such a gap times the path, not the limiter.
         let measures_limiter = pc.polled && pc.max_out == 1 && gap > round_trip * 2;
-        if measures_limiter {
+        if std::mem::take(&mut pc.eager_out) {
+            // Answered right after the previous answer: credit to spare, the
+            // limiter is faster than the clock.
+            pc.interval = pc.interval.mul_f64(0.75).max(MIN_INTERVAL);
+            pc.eager = true;
+        } else if measures_limiter {
             // We were polling for the credit: it came between the last
             // silent poll and this probe.
             let sample = gap.saturating_sub(timeout / 2).max(MIN_INTERVAL);
-            pc.interval = pc.interval.mul_f64(0.75) + sample.mul_f64(0.25);
+            pc.interval = pc.interval.mul_f64(0.5) + sample.mul_f64(0.5);
             pc.measured = Some(
                 pc.measured
                     .map_or(sample, |m| m.mul_f64(0.75) + sample.mul_f64(0.25)),
             );
         } else {
-            // Answered on the first try: the limiter may allow more.
+            // Answered on the first try: the limiter may allow more, which
+            // the next probe, sent at once, checks.
             pc.interval = pc.interval.min(gap.max(MIN_INTERVAL)).mul_f64(SPEEDUP);
+            pc.eager = true;
         }
         pc.interval = pc.interval.clamp(MIN_INTERVAL, MAX_INTERVAL);
         pc.last_answer = pc.last_answer.max(sent);
@@ -855,6 +963,12 @@ impl ServerlessSweep {
 
     /// An ICMP error came back for a probe to `port`.
     pub fn on_icmp(&mut self, port: u16, report: IcmpReport, now: Instant) {
+        if let Some(t) = &mut self.test {
+            if Some(port) == self.canary_port && t.sent > 0 {
+                t.answered += 1;
+                return;
+            }
+        }
         if let Some(c) = &mut self.canary {
             if c.port == port && now >= c.sent_at && !c.answered {
                 c.answered = true;
@@ -885,7 +999,7 @@ impl ServerlessSweep {
             .filter(|_| p.sent == 1)
             .map(|s| now.saturating_duration_since(s));
         if let Some(r) = rtt {
-            self.rto.on_sample(r);
+            self.rtt_sample(r);
         }
         let verdict = match port_finding(&report, self.target) {
             PortFinding::Closed => ServerlessVerdict::Closed,
@@ -903,6 +1017,28 @@ impl ServerlessSweep {
         self.answers.push_back(now);
         if self.answers.len() > 8 {
             self.answers.pop_front();
+        }
+    }
+
+    /// Feeds an unambiguous round-trip sample. The first answers usually cut
+    /// the timeout from its cautious initial value to a few round trips:
+    /// then the probes already out get timers on the new value, rather than
+    /// the whole first wave waiting out the initial one.
+    fn rtt_sample(&mut self, rtt: Duration) {
+        let before = self.timeout(1);
+        self.rto.on_sample(rtt);
+        if self.pacing.is_some() || self.timeout(1) * 2 > before {
+            return;
+        }
+        for i in 0..self.plan.len() {
+            let port = self.plan[i];
+            let Some(p) = self.ports[usize::from(port)] else {
+                continue;
+            };
+            if let (State::InFlight, Some(sent)) = (p.state, p.last_sent) {
+                let deadline = sent + self.timeout(p.sent);
+                self.timers.push(Reverse((deadline, port, p.sent)));
+            }
         }
     }
 
@@ -928,7 +1064,7 @@ impl ServerlessSweep {
             .filter(|_| p.sent == 1)
             .map(|s| now.saturating_duration_since(s));
         if let Some(r) = rtt {
-            self.rto.on_sample(r);
+            self.rtt_sample(r);
         }
         if let Some(e) = self.port(port) {
             e.reply_bytes = Some(bytes);
@@ -969,6 +1105,14 @@ impl ServerlessSweep {
         let mut at = |t: Instant| wake = Some(wake.map_or(t, |w: Instant| w.min(t)));
         let wants_plain = self.has_plain();
         let wants_confirm = self.canary.is_none() && !self.confirm_ready.is_empty();
+        let rate_ok = self.cfg.rate.is_none() || self.rate_tokens >= 1.0;
+        if self.pacing.is_none() && rate_ok {
+            // Work that may go out at once: call back now.
+            let batch_due = self.canary.is_none() && !self.batch.is_empty();
+            if batch_due || wants_confirm || (wants_plain && self.in_flight < self.cfg.window) {
+                at(self.rate_refill.max(self.start));
+            }
+        }
         if let Some(pc) = &self.pacing {
             if !pc.busy() {
                 if wants_plain {
@@ -1153,6 +1297,8 @@ mod tests {
         let mut replies: Vec<(Instant, u16, Option<IcmpReport>)> = Vec::new();
         let mut now = t0;
         for _ in 0..5_000_000 {
+            // As the driver does: expire timers, then send.
+            sweep.poll_timers(now);
             while let Some(t) = sweep.poll_transmit(now) {
                 if rng.chance(loss) {
                     continue;

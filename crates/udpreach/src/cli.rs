@@ -169,9 +169,10 @@ pub struct PortsArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
     /// Probes per round before a silent port is checked with the server (a second round
-    /// confirms); with --no-server, probes before a silent port is open|filtered.
-    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=20))]
-    pub retries: u32,
+    /// confirms; default 4); with --no-server, probes before a silent port is
+    /// open|filtered (default 3).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub retries: Option<u32>,
     /// Cap on probes per second.
     #[arg(long, value_name = "PPS", value_parser = clap::value_parser!(u32).range(1..))]
     pub rate: Option<u32>,

@@ -63,7 +63,7 @@ pub async fn run(args: PortsArgs, verbose: u8) -> anyhow::Result<u8> {
 
     let spec = args.ports.clone();
     let cfg = SweepConfig {
-        attempts: args.retries,
+        attempts: args.retries.unwrap_or(4),
         fixed_timeout: args.timeout,
         max_open: (welcome.max_open_ports as usize).max(1),
         // Stay under the server's per-session cap: probes over it would get

@@ -35,7 +35,7 @@ pub async fn run(args: PortsArgs) -> anyhow::Result<u8> {
     let udp = AsyncUdp::bind(unspecified_for(&target, 0), &opts)
         .context("cannot open the UDP probe socket")?;
     let cfg = ServerlessConfig {
-        attempts: args.retries,
+        attempts: args.retries.unwrap_or(ServerlessConfig::default().attempts),
         fixed_timeout: args.timeout,
         rate: args.rate,
         ..ServerlessConfig::default()
