@@ -109,74 +109,92 @@ pub async fn run(args: MtuArgs) -> anyhow::Result<u8> {
         buf: vec![0u8; 65536],
         sent: 0,
     };
-    if let Mode::Echo = mode {
-        // The echo port is the one in HOST:PORT.
-        let rtt = echo_rtt(&mut p, target)
-            .await
-            .with_context(|| format!("no answer from the echo port {target}"))?;
-        p.wait = args.timeout.unwrap_or_else(|| round_wait(rtt));
-        report.start("echo", local_mtu);
-        let rt = search(&mut p, local_mtu, |p, sizes, s| {
-            Box::pin(echo_round(p, target, sizes, s))
-        })
-        .await?;
-        let frags = match (args.no_fragments, rt.result.mtu) {
-            (false, Some(m)) => Some(echo_fragments(&mut p, target, m).await?),
-            _ => None,
-        };
-        let rt = Direction {
-            fragments: frags,
-            ..rt
-        };
-        report.print_round_trip(&rt, started.elapsed(), p.sent);
-        return Ok(exit_code(&[&rt]));
-    }
-    let Mode::Server {
-        mut ctl,
-        mtu_port,
-        server_mtu,
-    } = mode
-    else {
-        unreachable!("echo mode returned above")
+    let code = match mode {
+        Mode::Echo => run_echo(&mut p, &args, &report, target, local_mtu).await?,
+        Mode::Server {
+            mut ctl,
+            mtu_port,
+            server_mtu,
+        } => {
+            p.wait = args
+                .timeout
+                .unwrap_or_else(|| round_wait(rtt.unwrap_or(Duration::from_millis(100))));
+            let (up, down) = run_server(
+                &mut p, &args, &mut ctl, target, mtu_port, local_mtu, server_mtu, &report,
+            )
+            .await?;
+            let _ = ctl.bye().await;
+            report.print_directions(&up, &down, started.elapsed(), p.sent);
+            exit_code(&[&up, &down])
+        }
     };
-    p.wait = args
-        .timeout
-        .unwrap_or_else(|| round_wait(rtt.unwrap_or(Duration::from_millis(100))));
+    Ok(code)
+}
+
+/// Round trip through an echo port (the port in HOST:PORT).
+async fn run_echo(
+    p: &mut Probing,
+    args: &MtuArgs,
+    report: &MtuReport,
+    target: SocketAddr,
+    local_mtu: u32,
+) -> anyhow::Result<u8> {
+    let started = Instant::now();
+    let rtt = echo_rtt(p, target)
+        .await
+        .with_context(|| format!("no answer from the echo port {target}"))?;
+    p.wait = args.timeout.unwrap_or_else(|| round_wait(rtt));
+    report.start("echo", local_mtu);
+    let rt = search(p, local_mtu, |p, sizes, s| {
+        Box::pin(echo_round(p, target, sizes, s))
+    })
+    .await?;
+    let fragments = match (args.no_fragments, rt.result.mtu) {
+        (false, Some(m)) => Some(echo_fragments(p, target, m).await?),
+        _ => None,
+    };
+    let rt = Direction { fragments, ..rt };
+    report.print_round_trip(&rt, started.elapsed(), p.sent);
+    Ok(exit_code(&[&rt]))
+}
+
+/// Each direction on its own, through the session's MTU port.
+#[allow(clippy::too_many_arguments)]
+async fn run_server(
+    p: &mut Probing,
+    args: &MtuArgs,
+    ctl: &mut ControlClient,
+    target: SocketAddr,
+    mtu_port: SocketAddr,
+    local_mtu: u32,
+    server_mtu: u32,
+    report: &MtuReport,
+) -> anyhow::Result<(Direction, Direction)> {
     report.start("server", local_mtu);
-    let up = search(&mut p, local_mtu, |p, sizes, s| {
+    let mut up = search(p, local_mtu, |p, sizes, s| {
         Box::pin(up_round(p, mtu_port, sizes, s))
     })
     .await?;
+    if up.result.mtu.is_none() {
+        report.notice(&format!(
+            "no probe reached the server's MTU port {mtu_port}: a firewall in front of the server? (--echo measures through the echo port)"
+        ));
+    }
     let down_max = if server_mtu > 0 {
         server_mtu
     } else {
         local_mtu
     };
-    let down = search_down(&mut p, &mut ctl, target, down_max).await?;
-    let (up_frag, down_frag) = if args.no_fragments {
-        (None, None)
-    } else {
-        let uf = match up.result.mtu {
-            Some(m) => Some(up_fragments(&mut p, mtu_port, m).await?),
-            None => None,
-        };
-        let df = match down.result.mtu {
-            Some(m) => Some(down_fragments(&mut p, &mut ctl, target, m).await?),
-            None => None,
-        };
-        (uf, df)
-    };
-    let _ = ctl.bye().await;
-    let up = Direction {
-        fragments: up_frag,
-        ..up
-    };
-    let down = Direction {
-        fragments: down_frag,
-        ..down
-    };
-    report.print_directions(&up, &down, started.elapsed(), p.sent);
-    Ok(exit_code(&[&up, &down]))
+    let mut down = search_down(p, ctl, target, down_max).await?;
+    if !args.no_fragments {
+        if let Some(m) = up.result.mtu {
+            up.fragments = Some(up_fragments(p, mtu_port, m).await?);
+        }
+        if let Some(m) = down.result.mtu {
+            down.fragments = Some(down_fragments(p, ctl, target, m).await?);
+        }
+    }
+    Ok((up, down))
 }
 
 fn exit_code(dirs: &[&Direction]) -> u8 {
