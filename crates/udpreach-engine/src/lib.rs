@@ -3,18 +3,22 @@
 //! and deliver events, so every behaviour can be tested in memory with
 //! simulated loss and time (the approach of quinn-proto).
 
+pub mod mtu;
 pub mod ping;
 pub mod rate;
 pub mod replay;
 pub mod responder;
 pub mod rto;
 pub mod server;
+pub mod serverless;
 pub mod stats;
 pub mod sweep;
 pub mod verdict;
 
+pub use mtu::{MtuResult, MtuSearch, MtuSearchConfig};
 pub use ping::{PingConfig, PingEvent, PingSession, PingSummary};
 pub use rto::RtoEstimator;
+pub use serverless::{ServerlessConfig, ServerlessSweep, ServerlessVerdict};
 pub use stats::RttStats;
 pub use sweep::{Sweep, SweepConfig, SweepPlan};
 pub use verdict::Verdict;

@@ -6,6 +6,7 @@ use serde::Serialize;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use udpreach_wire::icmp::IcmpReport;
 use udpreach_wire::ServerStamp;
 
 /// How many recent probes keep their state; older replies are ignored. Bounds
@@ -30,6 +31,8 @@ enum ProbeState {
     TimedOut,
     Late,
     SendFailed,
+    /// An ICMP error came back instead of a reply.
+    Errored,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -60,6 +63,23 @@ pub enum PingEvent {
         seq: u64,
         local_port: Option<u16>,
     },
+    /// An ICMP error answered the probe (port unreachable, prohibited...):
+    /// no reply will come. ping(8) prints these as "From X ... Unreachable".
+    IcmpError {
+        seq: u64,
+        /// Time from the send to the error.
+        after: Duration,
+        report: IcmpReport,
+        local_port: Option<u16>,
+    },
+}
+
+/// How many probes one kind of ICMP error from one host answered.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct IcmpTally {
+    #[serde(flatten)]
+    pub report: IcmpReport,
+    pub count: u64,
 }
 
 /// Server processing time (receive to send) over the replies that carried it.
@@ -78,6 +98,10 @@ pub struct PingSummary {
     pub late: u64,
     pub reordered: u64,
     pub send_errors: u64,
+    /// Probes answered by an ICMP error (ping(8)'s "+N errors"); part of `lost`.
+    pub errors: u64,
+    /// The ICMP errors by reporting host and reason.
+    pub icmp_errors: Vec<IcmpTally>,
     /// Probes with neither a reply nor a late reply.
     pub lost: u64,
     pub loss_percent: f64,
@@ -117,6 +141,8 @@ pub struct PingSession {
     late: u64,
     reordered: u64,
     send_errors: u64,
+    errors: u64,
+    icmp_tally: Vec<IcmpTally>,
     highest_replied: Option<u64>,
     /// (server counter, seq) of the reply with the highest counter.
     best_counter: Option<(u32, u64)>,
@@ -144,6 +170,8 @@ impl PingSession {
             late: 0,
             reordered: 0,
             send_errors: 0,
+            errors: 0,
+            icmp_tally: Vec::new(),
             highest_replied: None,
             best_counter: None,
             proc_ns: (0, 0, u64::MAX, 0),
@@ -232,7 +260,7 @@ impl PingSession {
                 self.duplicates += 1;
                 return Some(PingEvent::Duplicate { seq, rtt });
             }
-            ProbeState::TimedOut => {
+            ProbeState::TimedOut | ProbeState::Errored => {
                 self.late += 1;
                 self.probe_mut(seq)?.state = ProbeState::Late;
                 PingEvent::Late { seq, rtt }
@@ -272,6 +300,42 @@ impl PingSession {
             }
         }
         Some(event)
+    }
+
+    /// An ICMP error for `seq` arrived at `now`. Returns the event to show, or
+    /// `None` when the probe was already answered (or never sent).
+    pub fn on_icmp_error(
+        &mut self,
+        seq: u64,
+        report: IcmpReport,
+        now: Instant,
+    ) -> Option<PingEvent> {
+        let p = *self.probe_mut(seq)?;
+        match p.state {
+            ProbeState::Waiting | ProbeState::TimedOut => {}
+            _ => return None,
+        }
+        self.probe_mut(seq)?.state = ProbeState::Errored;
+        if let Some(pos) = self.waiting.iter().position(|&s| s == seq) {
+            self.waiting.remove(pos);
+        }
+        self.errors += 1;
+        match self.icmp_tally.iter_mut().find(|t| t.report == report) {
+            Some(t) => t.count += 1,
+            None => self.icmp_tally.push(IcmpTally { report, count: 1 }),
+        }
+        Some(PingEvent::IcmpError {
+            seq,
+            after: now.saturating_duration_since(p.sent_at),
+            report,
+            local_port: p.local_port,
+        })
+    }
+
+    /// The most recently sent probe still awaiting an answer: where an ICMP
+    /// error that quotes too little of the datagram to name its probe belongs.
+    pub fn latest_waiting(&self) -> Option<u64> {
+        self.waiting.back().copied()
     }
 
     /// Probes whose timeout has passed by `now`.
@@ -380,6 +444,8 @@ impl PingSession {
             late: self.late,
             reordered: self.reordered,
             send_errors: self.send_errors,
+            errors: self.errors,
+            icmp_errors: self.icmp_tally.clone(),
             lost,
             loss_percent,
             rtt: self.rtt.summary(),
@@ -568,6 +634,52 @@ mod tests {
         s.stop(t0);
         assert!(s.poll_send(t0 + ms(20)).is_none());
         assert!(s.is_done(t0));
+    }
+
+    #[test]
+    fn icmp_errors_end_the_wait_and_are_counted() {
+        let t0 = Instant::now();
+        let cfg = PingConfig {
+            count: Some(3),
+            interval: ms(10),
+            timeout: ms(100),
+            deadline: None,
+        };
+        let mut s = PingSession::new(cfg, t0);
+        let mut now = t0;
+        let mut sent = 0;
+        while sent < 3 {
+            if let Some(seq) = s.poll_send(now) {
+                s.on_sent(seq, now, None);
+                sent += 1;
+            }
+            now += ms(1);
+        }
+        let report = IcmpReport {
+            from: Some("198.18.2.2".parse().unwrap()),
+            reason: udpreach_wire::icmp::IcmpReason::PortUnreachable,
+        };
+        assert_eq!(s.latest_waiting(), Some(2));
+        for seq in 0..2 {
+            let ev = s.on_icmp_error(seq, report, now).unwrap();
+            assert!(matches!(ev, PingEvent::IcmpError { seq: q, .. } if q == seq));
+        }
+        assert_eq!(s.on_icmp_error(0, report, now), None, "counted once");
+        assert!(s.on_reply(2, now, None).is_some());
+        assert_eq!(s.on_icmp_error(2, report, now), None, "already answered");
+        now += ms(200);
+        assert!(
+            s.poll_timeouts(now).is_empty(),
+            "errored probes never time out"
+        );
+        assert!(s.is_done(now));
+        let r = s.summary();
+        assert_eq!((r.transmitted, r.received, r.errors, r.lost), (3, 1, 2, 2));
+        assert_eq!(r.icmp_errors.len(), 1);
+        assert_eq!(r.icmp_errors[0].count, 2);
+        let j = serde_json::to_value(&r.icmp_errors[0]).unwrap();
+        assert_eq!(j["reason"], "port_unreachable");
+        assert_eq!(j["count"], 2);
     }
 
     #[test]

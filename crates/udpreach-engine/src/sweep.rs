@@ -7,6 +7,12 @@
 //! between inbound blocked (none arrived) and return blocked (some arrived).
 //! Any reply, even a late one, makes the port reachable.
 //!
+//! An ICMP error for a probe (a router's admin-prohibited, a host firewall's
+//! port unreachable) ends the round at once; if the server then confirms
+//! that no probe arrived, the port is rejected, naming the reporting host.
+//! Unlike silence, an ICMP error is a positive answer, so no further round
+//! is spent confirming it.
+//!
 //! The server holds at most `max_open` of our ports at once; ports are closed
 //! as soon as they are decided so the window slides over the whole plan.
 
@@ -16,6 +22,7 @@ use serde::Serialize;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
+use udpreach_wire::icmp::{IcmpReason, IcmpReport};
 use udpreach_wire::PortSpec;
 
 /// The ports to test, in the order to test them.
@@ -109,6 +116,8 @@ struct Entry {
     /// A probe is out, awaiting its reply or its timer.
     outstanding: bool,
     probes_sent: u32,
+    /// The first ICMP error a probe to this port drew.
+    icmp: Option<IcmpReport>,
 }
 
 /// One probe to send: to `port`, carrying `seq` (round and attempt).
@@ -126,6 +135,9 @@ pub struct PortResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rtt_ms: Option<f64>,
     pub probes: u32,
+    /// The ICMP error probes to this port drew, if any: `{from, reason}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icmp: Option<IcmpReport>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -177,6 +189,7 @@ impl Sweep {
                 held: false,
                 outstanding: false,
                 probes_sent: 0,
+                icmp: None,
             });
         }
         let rto = RtoEstimator::new(cfg.rto_initial, cfg.rto_min, cfg.rto_max);
@@ -288,7 +301,9 @@ impl Sweep {
         self.progress.decided += 1;
         match verdict {
             Verdict::Reachable => self.progress.reachable += 1,
-            Verdict::InboundBlocked | Verdict::ReturnBlocked => self.progress.blocked += 1,
+            Verdict::InboundBlocked | Verdict::ReturnBlocked | Verdict::Rejected => {
+                self.progress.blocked += 1
+            }
             _ => self.progress.other += 1,
         }
     }
@@ -404,6 +419,30 @@ impl Sweep {
         self.decide(port, Verdict::Reachable, rtt);
     }
 
+    /// An ICMP error came back for a probe to `port`. Ends the port's round
+    /// early: the server is asked what arrived, and [`Self::on_arrivals`]
+    /// decides. Frag-needed is no verdict on a port (probes are small), so
+    /// it is kept for the record only.
+    pub fn on_icmp(&mut self, port: u16, report: IcmpReport) {
+        let Some(e) = self.entry(port) else { return };
+        if e.state == State::Decided {
+            return;
+        }
+        if e.icmp.is_none() {
+            e.icmp = Some(report);
+        }
+        if matches!(report.reason, IcmpReason::FragNeeded { .. }) {
+            return;
+        }
+        if let State::Probing { round, .. } = e.state {
+            e.state = State::Querying {
+                round,
+                asked: false,
+            };
+            self.to_query.push_back(port);
+        }
+    }
+
     /// Up to `max` ports whose arrival counts the server should report.
     pub fn poll_arrival_queries(&mut self, max: usize) -> Vec<u16> {
         let mut out = Vec::new();
@@ -432,7 +471,12 @@ impl Sweep {
         let State::Querying { round, .. } = e.state else {
             return;
         };
-        if round + 1 < rounds {
+        let rejected = e
+            .icmp
+            .is_some_and(|r| !matches!(r.reason, IcmpReason::FragNeeded { .. }));
+        if rejected && count == 0 {
+            self.decide(port, Verdict::Rejected, None);
+        } else if round + 1 < rounds {
             e.state = State::Probing {
                 round: round + 1,
                 sent: 0,
@@ -516,6 +560,7 @@ impl Sweep {
                     verdict: e.verdict.unwrap_or(Verdict::NotTested),
                     rtt_ms: e.rtt.map(|d| d.as_secs_f64() * 1e3),
                     probes: e.probes_sent,
+                    icmp: e.icmp,
                 })
             })
             .collect()
@@ -543,6 +588,15 @@ mod tests {
         InboundDrop,
         ReturnDrop,
         InUse,
+        /// A router answers probes with admin-prohibited.
+        Rejected,
+    }
+
+    fn router_report() -> IcmpReport {
+        IcmpReport {
+            from: Some("198.18.1.254".parse().unwrap()),
+            reason: IcmpReason::AdminProhibited,
+        }
     }
 
     /// Simulates a whole sweep against an in-memory server with random loss.
@@ -560,6 +614,7 @@ mod tests {
         let mut arrivals = vec![0u32; 65536];
         let mut open = vec![false; 65536];
         let mut in_flight: Vec<(Instant, u16, u64)> = vec![];
+        let mut icmp_in_flight: Vec<(Instant, u16)> = vec![];
         let mut now = t0;
         for _ in 0..200_000 {
             for p in sweep.poll_close(1000) {
@@ -577,6 +632,12 @@ mod tests {
             while let Some(t) = sweep.poll_transmit(now) {
                 assert!(open[t.port as usize], "probe to a closed port");
                 let p = path(t.port);
+                if p == Path::Rejected {
+                    if !rng.chance(loss_pct) {
+                        icmp_in_flight.push((now + Duration::from_millis(1), t.port));
+                    }
+                    continue;
+                }
                 if p == Path::InboundDrop || rng.chance(loss_pct) {
                     continue;
                 }
@@ -589,6 +650,14 @@ mod tests {
             in_flight.retain(|&(at, port, seq)| {
                 if at <= now {
                     sweep.on_reply(port, seq, now);
+                    false
+                } else {
+                    true
+                }
+            });
+            icmp_in_flight.retain(|&(at, port)| {
+                if at <= now {
+                    sweep.on_icmp(port, router_report());
                     false
                 } else {
                     true
@@ -614,6 +683,7 @@ mod tests {
             Path::InboundDrop => Verdict::InboundBlocked,
             Path::ReturnDrop => Verdict::ReturnBlocked,
             Path::InUse => Verdict::InUseOnServer,
+            Path::Rejected => Verdict::Rejected,
         }
     }
 
@@ -623,10 +693,12 @@ mod tests {
         let ports: Vec<(u16, Path)> = (1000..3000u16)
             .map(|p| {
                 let kind = if rng.chance(10) {
-                    if rng.chance(50) {
+                    if rng.chance(40) {
                         Path::InboundDrop
-                    } else {
+                    } else if rng.chance(60) {
                         Path::ReturnDrop
+                    } else {
+                        Path::Rejected
                     }
                 } else if rng.chance(1) {
                     Path::InUse
@@ -642,6 +714,9 @@ mod tests {
             for (r, &(port, path)) in results.iter().zip(&ports) {
                 assert_eq!(r.port, port);
                 assert_eq!(r.verdict, expected(path), "port {port} seed {seed}");
+                if path == Path::Rejected {
+                    assert_eq!(r.icmp, Some(router_report()), "names the router");
+                }
             }
         }
     }
@@ -701,6 +776,22 @@ mod tests {
         let later = t0 + Duration::from_secs(5);
         s.poll_timers(later);
         assert_eq!(std::iter::from_fn(|| s.poll_transmit(later)).count(), 10);
+    }
+
+    #[test]
+    fn an_icmp_error_decides_without_a_second_round() {
+        let ports = [(7000, Path::Rejected), (7001, Path::InboundDrop)];
+        let (results, _) = simulate(&ports, 0, 3);
+        assert_eq!(results[0].verdict, Verdict::Rejected);
+        assert_eq!(results[0].probes, 1, "one probe, one error, decided");
+        assert_eq!(results[1].verdict, Verdict::InboundBlocked);
+        assert!(results[1].probes > 4);
+        let j = serde_json::to_value(results[0]).unwrap();
+        assert_eq!(j["verdict"], "rejected");
+        assert_eq!(j["icmp"]["from"], "198.18.1.254");
+        assert_eq!(j["icmp"]["reason"], "admin_prohibited");
+        let j = serde_json::to_value(results[1]).unwrap();
+        assert!(j.get("icmp").is_none(), "no icmp field without an error");
     }
 
     #[test]

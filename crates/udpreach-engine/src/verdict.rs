@@ -12,6 +12,9 @@ pub enum Verdict {
     InboundBlocked,
     /// The server saw probes, but no reply reached us: the return path drops it.
     ReturnBlocked,
+    /// An ICMP error came back instead (the result's `icmp` names who sent
+    /// it and why) and the server never saw a probe.
+    Rejected,
     /// Another process on the server holds the port.
     InUseOnServer,
     /// The server's policy does not let us test this port.
@@ -23,10 +26,11 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 7] = [
+    pub const ALL: [Verdict; 8] = [
         Verdict::Reachable,
         Verdict::InboundBlocked,
         Verdict::ReturnBlocked,
+        Verdict::Rejected,
         Verdict::InUseOnServer,
         Verdict::DeniedByServer,
         Verdict::ServerError,
@@ -38,6 +42,7 @@ impl Verdict {
             Verdict::Reachable => "reachable",
             Verdict::InboundBlocked => "inbound_blocked",
             Verdict::ReturnBlocked => "return_blocked",
+            Verdict::Rejected => "rejected",
             Verdict::InUseOnServer => "in_use_on_server",
             Verdict::DeniedByServer => "denied_by_server",
             Verdict::ServerError => "server_error",
@@ -50,6 +55,7 @@ impl Verdict {
             Verdict::Reachable => "reachable",
             Verdict::InboundBlocked => "inbound blocked (server never got a probe)",
             Verdict::ReturnBlocked => "return blocked (server got probes, replies never arrived)",
+            Verdict::Rejected => "rejected with an ICMP error (server never got a probe)",
             Verdict::InUseOnServer => "in use on server",
             Verdict::DeniedByServer => "denied by server policy",
             Verdict::ServerError => "server could not open",

@@ -7,6 +7,7 @@
 //! JSON keeps the channel readable in a packet capture; the frame limit keeps
 //! a hostile peer from making the server buffer without bound.
 
+use crate::icmp::IcmpError;
 use serde::{Deserialize, Serialize};
 
 pub const PREAMBLE: &[u8; 8] = b"UDPREACH";
@@ -18,7 +19,8 @@ pub const MAX_PORTS_PER_REQUEST: usize = 8192;
 
 /// Capabilities this build understands. Unknown ones from a peer are ignored,
 /// which is what lets later versions interoperate.
-pub const CAPABILITIES: &[&str] = &["ports", "arrivals", "auth"];
+/// "mtu": the `Mtu*` messages (a per-session UDP port for path-MTU probes).
+pub const CAPABILITIES: &[&str] = &["ports", "arrivals", "auth", "mtu"];
 /// Largest frame accepted before the handshake is complete: a hello or an
 /// auth message is a few hundred bytes, and an unauthenticated peer must not
 /// make the server buffer [`MAX_FRAME`] bytes per connection.
@@ -102,6 +104,58 @@ pub enum ControlMsg {
         fatal: bool,
     },
     Bye,
+    /// Client asks for a UDP port for path-MTU tests (capability "mtu").
+    /// The port acknowledges the client's `MtuProbe` datagrams with 64-byte
+    /// `MtuAck`s and learns from them where the client receives.
+    MtuOpen {
+        /// A port to bind (checked like `Open`'s); by default an ephemeral one.
+        #[serde(default)]
+        port: Option<u16>,
+    },
+    /// Answer to `MtuOpen`.
+    MtuOpened {
+        port: u16,
+        /// The server's interface MTU towards the client (0: unknown).
+        #[serde(default)]
+        mtu: u32,
+        /// Largest UDP payload, datagrams per size, and sizes per `MtuSend`.
+        max_size: u32,
+        max_count: u32,
+        max_sizes: u32,
+    },
+    /// Client asks the server to send `count` `MtuProbe` datagrams of each
+    /// UDP payload size to the address its MTU probes came from.
+    MtuSend {
+        sizes: Vec<u32>,
+        count: u32,
+        /// Don't Fragment (IPv4 DF; IPv6: never fragment at the sender).
+        df: bool,
+        /// Without DF: fragment at this MTU instead of the interface's (IPv6).
+        #[serde(default)]
+        fragment_at: Option<u32>,
+        /// How long to collect ICMP errors for these sends before answering.
+        #[serde(default)]
+        linger_ms: u32,
+    },
+    /// What happened to each size of an `MtuSend`, in the order asked.
+    MtuSent {
+        results: Vec<MtuSendResult>,
+    },
+}
+
+/// The server's side of one size of an `MtuSend`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MtuSendResult {
+    pub size: u32,
+    /// Datagrams the server's kernel accepted.
+    pub sent: u32,
+    /// Why sending failed locally (e.g. larger than the server's interface MTU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// An ICMP error the server received for these datagrams (e.g. a router's
+    /// frag-needed with the next-hop MTU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp: Option<IcmpError>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -212,6 +266,30 @@ mod tests {
                 fatal: false,
             },
             ControlMsg::Bye,
+            ControlMsg::MtuOpen { port: None },
+            ControlMsg::MtuOpen { port: Some(5000) },
+            ControlMsg::MtuSend {
+                sizes: vec![1372, 1472],
+                count: 2,
+                df: true,
+                fragment_at: None,
+                linger_ms: 200,
+            },
+            ControlMsg::MtuSent {
+                results: vec![MtuSendResult {
+                    size: 1472,
+                    sent: 2,
+                    error: None,
+                    icmp: Some(IcmpError {
+                        origin: crate::icmp::IcmpOrigin::Icmp4,
+                        icmp_type: 3,
+                        code: 4,
+                        info: 1400,
+                        errno: 90,
+                        from: Some("198.18.2.254".parse().unwrap()),
+                    }),
+                }],
+            },
         ];
         let mut stream = Vec::new();
         for m in &msgs {
@@ -234,6 +312,15 @@ mod tests {
         f.extend_from_slice(body);
         let (m, _) = decode_frame(&f).unwrap().unwrap();
         assert!(matches!(m, ControlMsg::Hello { version: 2, .. }));
+    }
+
+    #[test]
+    fn mtu_open_without_fields() {
+        let body = br#"{"type":"mtu_open"}"#;
+        let mut f = (body.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(body);
+        let (m, _) = decode_frame(&f).unwrap().unwrap();
+        assert_eq!(m, ControlMsg::MtuOpen { port: None });
     }
 
     #[test]

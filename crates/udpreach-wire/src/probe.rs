@@ -17,6 +17,10 @@
 //! 64..    payload, echoed byte for byte; with FLAG_AUTH the last 16 bytes are a tag
 //!         (HMAC over everything before it, recomputed by the server for its reply)
 //! ```
+//!
+//! Path-MTU probes (`MtuProbe`) are never echoed: the server's MTU port
+//! answers each with a 64-byte `MtuAck` (header only, see [`crate::mtu`]),
+//! so even there a reply is never larger than its request.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
@@ -37,6 +41,11 @@ pub enum ProbeKind {
     EchoReply = 2,
     PortProbe = 3,
     PortReply = 4,
+    /// A path-MTU probe: client to the server's MTU port, or server to client.
+    MtuProbe = 5,
+    /// The MTU port's 64-byte answer; the stamp's counter field holds the
+    /// probe's length as received.
+    MtuAck = 6,
 }
 
 impl ProbeKind {
@@ -46,18 +55,21 @@ impl ProbeKind {
             2 => Self::EchoReply,
             3 => Self::PortProbe,
             4 => Self::PortReply,
+            5 => Self::MtuProbe,
+            6 => Self::MtuAck,
             _ => return None,
         })
     }
 
     pub fn is_request(self) -> bool {
-        matches!(self, Self::EchoRequest | Self::PortProbe)
+        matches!(self, Self::EchoRequest | Self::PortProbe | Self::MtuProbe)
     }
 
     pub fn reply_kind(self) -> Self {
         match self {
             Self::EchoRequest | Self::EchoReply => Self::EchoReply,
             Self::PortProbe | Self::PortReply => Self::PortReply,
+            Self::MtuProbe | Self::MtuAck => Self::MtuAck,
         }
     }
 }
@@ -261,7 +273,7 @@ mod tests {
         }
 
         #[test]
-        fn valid_header_then_garbage(kind in 1u8..=4, tail in proptest::collection::vec(any::<u8>(), 0..100),
+        fn valid_header_then_garbage(kind in 1u8..=6, tail in proptest::collection::vec(any::<u8>(), 0..100),
                                      token in any::<u64>(), seq in any::<u64>()) {
             let mut buf = vec![0u8; HEADER_LEN];
             ProbeHeader::request(ProbeKind::from_u8(kind).unwrap(), token, seq).encode(&mut buf).unwrap();

@@ -12,8 +12,10 @@ pub const DEFAULT_PORT: u16 = 4000;
 const EXIT_CODES: &str = "\
 Exit codes:
   ping:   0 at least one reply, 1 no reply, 2 usage, resolution or socket error
-  ports:  0 every requested port reachable, 1 some port not reachable,
+  ports:  0 every requested port reachable (--no-server: open), 1 some port not,
           2 usage, connection or protocol error
+  mtu:    0 a path MTU found every way and fragments pass, 1 nothing crosses
+          or fragments are dropped, 2 usage, connection or socket error
   server: 0 clean shutdown (SIGINT/SIGTERM), 2 usage or socket error
   With a key (--key-file or UDPREACH_KEY), a failed authentication exits 2.";
 
@@ -38,8 +40,12 @@ pub enum Command {
     Server(ServerArgs),
     /// Send UDP probes to an echo server and report RTT, loss and jitter.
     Ping(PingArgs),
-    /// Test many UDP ports against a udpreach server, with per-direction verdicts.
+    /// Test many UDP ports against a udpreach server, with per-direction verdicts
+    /// (or, with --no-server, against any host, as nmap -sU does).
     Ports(PortsArgs),
+    /// Find the path MTU each way (DF probes, ICMP or black-hole search) and whether
+    /// fragmented datagrams pass.
+    Mtu(MtuArgs),
 }
 
 #[derive(Args, Debug)]
@@ -152,14 +158,21 @@ pub struct PortsArgs {
     #[arg(value_name = "SPEC", value_parser = parse_spec)]
     pub ports: PortSpec,
     /// TCP control port (overrides the port in HOST:PORT).
-    #[arg(long, value_name = "PORT", value_parser = parse_port_arg)]
+    #[arg(long, value_name = "PORT", value_parser = parse_port_arg, conflicts_with = "no_server")]
     pub control: Option<u16>,
+    /// Check a host that runs no udpreach server: open (a UDP reply), closed (ICMP port
+    /// unreachable), filtered (other ICMP errors, naming who sent them), open|filtered
+    /// (silence after retries). Paces itself to the host's ICMP rate limit.
+    #[arg(long = "no-server")]
+    pub no_server: bool,
     /// Fixed per-probe timeout instead of the adaptive one (from measured RTT).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
-    /// Probes per round before a silent port is checked with the server (a second round confirms).
-    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=20))]
-    pub retries: u32,
+    /// Probes per round before a silent port is checked with the server (a second round
+    /// confirms; default 4); with --no-server, probes before a silent port is
+    /// open|filtered (default 3).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub retries: Option<u32>,
     /// Cap on probes per second.
     #[arg(long, value_name = "PPS", value_parser = clap::value_parser!(u32).range(1..))]
     pub rate: Option<u32>,
@@ -178,6 +191,45 @@ pub struct PortsArgs {
     /// A JSON document with every port's verdict.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub key: KeyArgs,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = EXIT_CODES)]
+pub struct MtuArgs {
+    /// A udpreach server (HOST or HOST:PORT, default port 4000), or with --echo any UDP
+    /// echo server.
+    #[arg(value_name = "HOST[:PORT]")]
+    pub target: String,
+    /// TCP control port (default: the port in HOST:PORT).
+    #[arg(long, value_name = "PORT", value_parser = parse_port_arg, conflicts_with = "echo")]
+    pub control: Option<u16>,
+    /// The target is a plain UDP echo server: one round-trip result instead of one per
+    /// direction (also used when the server lacks the "mtu" capability).
+    #[arg(long)]
+    pub echo: bool,
+    /// Datagrams per size and round.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=4))]
+    pub probes: u32,
+    /// Wait per round for probes to arrive (default: from the measured round trip).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Skip the test of fragmented datagrams.
+    #[arg(long)]
+    pub no_fragments: bool,
+    /// Use IPv4 only.
+    #[arg(short = '4', conflicts_with = "ipv6")]
+    pub ipv4: bool,
+    /// Use IPv6 only.
+    #[arg(short = '6')]
+    pub ipv6: bool,
+    /// One JSON document.
+    #[arg(long)]
+    pub json: bool,
+    /// Only the result lines.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
     #[command(flatten)]
     pub key: KeyArgs,
 }

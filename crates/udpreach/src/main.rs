@@ -4,6 +4,7 @@
 //! driver, map the outcome to an exit code (0/1 by result, 2 for errors).
 
 mod cli;
+mod mtu;
 mod ping;
 mod platform;
 mod ports;
@@ -46,6 +47,7 @@ fn main() -> ExitCode {
             Command::Server(a) => server::run(a).await,
             Command::Ping(a) => ping::run(a).await,
             Command::Ports(a) => ports::run(a, cli.verbose).await,
+            Command::Mtu(a) => mtu::run(a).await,
         }
     });
     match result {

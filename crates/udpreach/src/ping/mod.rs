@@ -3,7 +3,8 @@
 pub mod payload;
 
 use crate::cli::PingArgs;
-use crate::platform::{canonical, realtime_ns, AsyncUdp, UdpOptions};
+use crate::platform::errqueue::QueuedError;
+use crate::platform::{canonical, realtime_ns, AsyncUdp, Received, UdpOptions};
 use crate::ports::control::{AuthFailed, ControlClient};
 use crate::report::ping::PingReport;
 use crate::target::{resolve, unspecified_for, Family};
@@ -19,14 +20,22 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use udpreach_engine::ping::{PingConfig, PingEvent, PingSession};
 use udpreach_wire::auth::{SharedKey, MIN_SEALED_LEN};
+use udpreach_wire::icmp::IcmpOrigin;
 
-/// A datagram handed from a socket's reader task to the ping loop.
+/// What a socket's reader task hands to the ping loop.
 struct Incoming {
     local: SocketAddr,
-    from: SocketAddr,
-    ttl: Option<u8>,
     at: Instant,
-    data: Vec<u8>,
+    arrival: Arrival,
+}
+
+enum Arrival {
+    Datagram {
+        from: SocketAddr,
+        ttl: Option<u8>,
+        data: Vec<u8>,
+    },
+    Icmp(QueuedError),
 }
 
 /// Receive time as an `Instant`, corrected by the kernel timestamp for the
@@ -51,22 +60,29 @@ fn spawn_reader(
     tokio::spawn(async move {
         let mut buf = vec![0u8; 65536];
         loop {
-            match sock.recv(&mut buf).await {
-                Ok(meta) => {
-                    let at = arrival_instant(meta.kernel_rx);
-                    let msg = Incoming {
-                        local,
+            let msg = match sock.recv_any(&mut buf).await {
+                Ok(Received::Datagram(meta)) => Incoming {
+                    local,
+                    at: arrival_instant(meta.kernel_rx),
+                    arrival: Arrival::Datagram {
                         from: meta.from,
                         ttl: meta.ttl,
-                        at,
                         data: buf[..meta.len].to_vec(),
-                    };
-                    if tx.send(msg).is_err() {
-                        return;
-                    }
+                    },
+                },
+                Ok(Received::Error(e)) => Incoming {
+                    local,
+                    at: arrival_instant(e.kernel_rx),
+                    arrival: Arrival::Icmp(e),
+                },
+                Err(e) => {
+                    tracing::debug!("ping receive: {e}");
+                    tokio::task::yield_now().await;
+                    continue;
                 }
-                // ICMP errors surface as ECONNREFUSED etc. on some paths; keep reading.
-                Err(_) => tokio::task::yield_now().await,
+            };
+            if tx.send(msg).is_err() {
+                return;
             }
         }
     })
@@ -140,6 +156,7 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
         ttl: args.ttl,
         dscp: args.dscp,
         dont_fragment: args.df,
+        recv_errors: true,
         ..UdpOptions::default()
     };
     let key = crate::shared_key::load(&args.key)?;
@@ -315,11 +332,15 @@ fn handle_incoming(
     session: &mut PingSession,
     report: &PingReport,
 ) {
+    let (from, ttl, data) = match &msg.arrival {
+        Arrival::Datagram { from, ttl, data } => (*from, *ttl, data),
+        Arrival::Icmp(e) => return handle_icmp(msg, e, target, builder, session, report),
+    };
     // Only the target's address and port count as a reply.
-    if canonical(msg.from) != canonical(target) {
+    if canonical(from) != canonical(target) {
         return;
     }
-    let (seq, stamp) = match builder.check(&msg.data) {
+    let (seq, stamp) = match builder.check(data) {
         Reply::Stamped { seq, stamp } => (seq, Some(stamp)),
         Reply::Plain { seq } => (seq, None),
         Reply::Corrupt { seq } => {
@@ -343,17 +364,49 @@ fn handle_incoming(
     let Some(ev) = session.on_reply(seq, msg.at, stamp) else {
         return;
     };
-    let bytes = msg.data.len();
+    let bytes = data.len();
     match ev {
         PingEvent::Reply {
             seq, rtt, stamp, ..
-        } => report.reply(msg.local, seq, bytes, rtt, msg.ttl, stamp.as_ref(), "reply"),
-        PingEvent::Late { seq, rtt } => {
-            report.reply(msg.local, seq, bytes, rtt, msg.ttl, None, "late")
-        }
+        } => report.reply(msg.local, seq, bytes, rtt, ttl, stamp.as_ref(), "reply"),
+        PingEvent::Late { seq, rtt } => report.reply(msg.local, seq, bytes, rtt, ttl, None, "late"),
         PingEvent::Duplicate { seq, rtt } => {
-            report.reply(msg.local, seq, bytes, rtt, msg.ttl, None, "duplicate")
+            report.reply(msg.local, seq, bytes, rtt, ttl, None, "duplicate")
         }
-        PingEvent::Timeout { .. } => {}
+        PingEvent::Timeout { .. } | PingEvent::IcmpError { .. } => {}
+    }
+}
+
+/// An ICMP error for one of our probes: matched by the seq in the quoted
+/// datagram, or, when too little was quoted, to the latest probe in flight.
+fn handle_icmp(
+    msg: &Incoming,
+    e: &QueuedError,
+    target: SocketAddr,
+    builder: &PayloadBuilder,
+    session: &mut PingSession,
+    report: &PingReport,
+) {
+    // Our own kernel's refusals were already reported by the failed send.
+    if e.error.origin == IcmpOrigin::Local {
+        return;
+    }
+    if e.dest.is_some_and(|d| canonical(d) != canonical(target)) {
+        return;
+    }
+    let Some(seq) = builder
+        .seq_of_quote(&e.quoted)
+        .or_else(|| session.latest_waiting())
+    else {
+        return;
+    };
+    if let Some(PingEvent::IcmpError {
+        seq,
+        after,
+        report: r,
+        ..
+    }) = session.on_icmp_error(seq, e.error.report(), msg.at)
+    {
+        report.icmp_error(msg.local, seq, after, &r);
     }
 }

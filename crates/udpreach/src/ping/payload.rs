@@ -69,6 +69,25 @@ impl PayloadBuilder {
         }
     }
 
+    /// The seq of one of our probes from the start of it that an ICMP error
+    /// quoted; `None` when too little was quoted or it is not ours.
+    pub fn seq_of_quote(&self, quoted: &[u8]) -> Option<u64> {
+        let u64_at = |at: usize| -> Option<u64> {
+            Some(u64::from_be_bytes(quoted.get(at..at + 8)?.try_into().ok()?))
+        };
+        if self.has_header() {
+            if quoted.get(..4)? != udpreach_wire::probe::MAGIC || u64_at(8)? != self.token {
+                return None;
+            }
+            u64_at(16)
+        } else {
+            if u64_at(0)? != self.token {
+                return None;
+            }
+            u64_at(8)
+        }
+    }
+
     pub fn check(&self, data: &[u8]) -> Reply {
         if data.len() != self.size {
             return Reply::Foreign;
@@ -146,6 +165,29 @@ mod tests {
                 key: None,
             };
             assert_eq!(other.check(&p), Reply::Foreign);
+        }
+    }
+
+    #[test]
+    fn seq_from_an_icmp_quote() {
+        for size in [16, 64, 1000] {
+            let b = PayloadBuilder {
+                token: 42,
+                size,
+                key: None,
+            };
+            let mut p = Vec::new();
+            b.build(9, 0, &mut p);
+            assert_eq!(b.seq_of_quote(&p), Some(9));
+            assert_eq!(b.seq_of_quote(&p[..24.min(size)]), Some(9));
+            assert_eq!(b.seq_of_quote(&p[..8]), None, "too short");
+            assert_eq!(b.seq_of_quote(&[]), None);
+            let other = PayloadBuilder {
+                token: 41,
+                size,
+                key: None,
+            };
+            assert_eq!(other.seq_of_quote(&p), None, "not ours");
         }
     }
 

@@ -1,10 +1,14 @@
 //! The one place for raw socket options, `recvmsg` control messages and
 //! resource limits. Everything above this module sees plain values.
 //!
-//! socket2 covers the portable options; nix covers TTL/hop-limit and kernel
-//! receive timestamps; `IP_MTU_DISCOVER` is set with libc because neither
-//! crate exposes it (the only `unsafe` in the project).
+//! socket2 covers the portable options; nix covers TTL/hop-limit, kernel
+//! receive timestamps and the ICMP error queue ([`errqueue`]);
+//! `IP_MTU_DISCOVER` and `IP_MTU` are used through libc because neither
+//! crate exposes them (the only `unsafe` in the project).
 
+pub mod errqueue;
+
+use errqueue::{PmtuMode, QueuedError};
 use nix::sys::socket::{self as nsock, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io::{self, IoSliceMut};
@@ -23,6 +27,8 @@ pub struct UdpOptions {
     pub dscp: Option<u8>,
     /// Set Don't Fragment (IPv4) / never fragment locally (IPv6).
     pub dont_fragment: bool,
+    /// Receive ICMP errors (`IP_RECVERR`); read them with [`AsyncUdp::recv_any`].
+    pub recv_errors: bool,
     /// Receive buffer in bytes: a sweep's replies arrive in bursts.
     pub recv_buffer: Option<usize>,
     /// SO_REUSEPORT: several sockets (one per echo worker) share one address.
@@ -99,7 +105,10 @@ pub fn udp_socket(bind: SocketAddr, opts: &UdpOptions) -> io::Result<UdpSocket> 
         }
     }
     if opts.dont_fragment {
-        set_dont_fragment(&sock, v6)?;
+        errqueue::set_pmtu_mode(&sock, v6, PmtuMode::DontFragment)?;
+    }
+    if opts.recv_errors {
+        errqueue::enable_recv_errors(&sock, v6)?;
     }
     if let Some(bytes) = opts.recv_buffer {
         // Beyond net.core.rmem_max only with CAP_NET_ADMIN (RCVBUFFORCE); else best effort.
@@ -108,37 +117,6 @@ pub fn udp_socket(bind: SocketAddr, opts: &UdpOptions) -> io::Result<UdpSocket> 
         }
     }
     Ok(sock.into())
-}
-
-fn set_dont_fragment(sock: &Socket, v6: bool) -> io::Result<()> {
-    let (level, name, value) = if v6 {
-        (
-            libc::IPPROTO_IPV6,
-            libc::IPV6_MTU_DISCOVER,
-            libc::IPV6_PMTUDISC_DO,
-        )
-    } else {
-        (
-            libc::IPPROTO_IP,
-            libc::IP_MTU_DISCOVER,
-            libc::IP_PMTUDISC_DO,
-        )
-    };
-    // SAFETY: a valid fd, and a pointer to a c_int that outlives the call with its exact size.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            level,
-            name,
-            &value as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 fn to_socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
@@ -196,6 +174,32 @@ fn recvmsg_meta(sock: &UdpSocket, buf: &mut [u8], flags: MsgFlags) -> io::Result
     Ok(meta)
 }
 
+/// What a socket with `recv_errors` delivered: a datagram or a queued error.
+#[derive(Debug)]
+pub enum Received {
+    Datagram(RecvMeta),
+    Error(QueuedError),
+}
+
+/// Reads the error queue first, then a datagram; `WouldBlock` when neither is there.
+fn recv_any_now(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
+    // Bounded: each round either returns or consumed one deferred error.
+    for _ in 0..8 {
+        match errqueue::recv_error(sock, buf) {
+            Ok(e) => return Ok(Received::Error(e)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+        match recv_meta(sock, buf) {
+            Ok(m) => return Ok(Received::Datagram(m)),
+            // The pending error of an ICMP message now in the queue: read it next.
+            Err(e) if errqueue::is_deferred_icmp_errno(&e) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::ErrorKind::WouldBlock.into())
+}
+
 /// A UDP socket driven by tokio, with metadata-aware receive.
 pub struct AsyncUdp {
     inner: AsyncFd<UdpSocket>,
@@ -226,19 +230,65 @@ impl AsyncUdp {
             .await
     }
 
-    pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<RecvMeta> {
-        recv_meta(self.inner.get_ref(), buf)
+    /// Next datagram or queued ICMP error (socket opened with `recv_errors`).
+    /// A queued error makes the socket report an error condition, not
+    /// readability, so both are awaited.
+    pub async fn recv_any(&self, buf: &mut [u8]) -> io::Result<Received> {
+        loop {
+            let mut guard = self
+                .inner
+                .ready(Interest::READABLE | Interest::ERROR)
+                .await?;
+            match recv_any_now(self.inner.get_ref(), buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
+                r => return r,
+            }
+        }
+    }
+
+    /// Non-blocking [`Self::recv_any`].
+    pub fn try_recv_any(&self, buf: &mut [u8]) -> io::Result<Received> {
+        recv_any_now(self.inner.get_ref(), buf)
     }
 
     pub async fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
         self.inner
-            .async_io(Interest::WRITABLE, |s| s.send_to(buf, to))
+            .async_io(Interest::WRITABLE, |s| send_now(s, buf, to))
             .await
     }
 
     pub fn try_send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
-        self.inner.get_ref().send_to(buf, to)
+        send_now(self.inner.get_ref(), buf, to)
     }
+
+    /// Changes how Don't Fragment is handled for later sends.
+    pub fn set_pmtu_mode(&self, mode: PmtuMode) -> io::Result<()> {
+        let v6 = self.local_addr()?.is_ipv6();
+        errqueue::set_pmtu_mode(self.inner.get_ref(), v6, mode)
+    }
+
+    /// IPv6: fragment at `mtu` (see [`errqueue::set_fragment_mtu_v6`]); a no-op for IPv4.
+    pub fn set_fragment_mtu(&self, mtu: u32) -> io::Result<()> {
+        if self.local_addr()?.is_ipv6() {
+            errqueue::set_fragment_mtu_v6(self.inner.get_ref(), mtu)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// One `sendto`. With `IP_RECVERR` a send first reports, once, the pending
+/// error of an earlier ICMP message (ECONNREFUSED for a closed port...) and
+/// sends nothing; that error is in the queue already, so the send is retried.
+fn send_now(sock: &UdpSocket, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+    let mut last = None;
+    for _ in 0..3 {
+        match sock.send_to(buf, to) {
+            Err(e) if errqueue::is_deferred_icmp_errno(&e) => last = Some(e),
+            r => return r,
+        }
+    }
+    Err(last.unwrap_or_else(|| io::ErrorKind::WouldBlock.into()))
 }
 
 /// Raises the soft open-files limit to the hard limit; returns the soft limit now in force.

@@ -22,6 +22,8 @@ pub enum Pending {
     Open,
     Arrivals,
     Close,
+    /// An `MtuSend` (udpreach mtu).
+    MtuSend,
 }
 
 pub struct Welcome {
@@ -31,6 +33,8 @@ pub struct Welcome {
     pub max_probe_rate: u32,
     /// With a key: tags this session's probes and replies.
     pub session_key: Option<DerivedKey>,
+    /// What the server can do (e.g. "mtu").
+    pub capabilities: Vec<String>,
 }
 
 /// The handshake failed because the keys differ or one side has none.
@@ -101,29 +105,37 @@ impl ControlClient {
             );
         }
         let server = self.server;
-        let (token, max_open_ports, max_probe_rate, nonce, proof) = match self.recv_answer().await?
-        {
-            ControlMsg::Welcome {
-                token,
-                max_open_ports,
-                max_probe_rate,
-                nonce,
-                proof,
-                ..
-            } => (token, max_open_ports, max_probe_rate, nonce, proof),
-            ControlMsg::Error {
-                code: ErrorCode::AuthFailed,
-                message,
-                ..
-            } => {
-                let why = message.trim_start_matches("authentication failed: ");
-                return Err(AuthFailed(format!("{server} refused the session: {why}")).into());
-            }
-            ControlMsg::Error { code, message, .. } => {
-                bail!("server refused the session ({code:?}): {message}")
-            }
-            other => bail!("protocol error: expected welcome, got {other:?}"),
-        };
+        let (token, max_open_ports, max_probe_rate, nonce, proof, capabilities) =
+            match self.recv_answer().await? {
+                ControlMsg::Welcome {
+                    token,
+                    max_open_ports,
+                    max_probe_rate,
+                    nonce,
+                    proof,
+                    capabilities,
+                    ..
+                } => (
+                    token,
+                    max_open_ports,
+                    max_probe_rate,
+                    nonce,
+                    proof,
+                    capabilities,
+                ),
+                ControlMsg::Error {
+                    code: ErrorCode::AuthFailed,
+                    message,
+                    ..
+                } => {
+                    let why = message.trim_start_matches("authentication failed: ");
+                    return Err(AuthFailed(format!("{server} refused the session: {why}")).into());
+                }
+                ControlMsg::Error { code, message, .. } => {
+                    bail!("server refused the session ({code:?}): {message}")
+                }
+                other => bail!("protocol error: expected welcome, got {other:?}"),
+            };
         let session_key = match (key, cn) {
             (Some(key), Some(cn)) => Some(self.authenticate(key, &cn, nonce, proof).await?),
             _ => None,
@@ -133,6 +145,7 @@ impl ControlClient {
             max_open_ports,
             max_probe_rate,
             session_key,
+            capabilities,
         })
     }
 
@@ -217,6 +230,14 @@ impl ControlClient {
             }
             self.buf.extend_from_slice(&chunk[..n]);
         }
+    }
+
+    /// One request and its answer, for exchanges that are not pipelined.
+    pub async fn call(&mut self, msg: &ControlMsg, wait: Duration) -> anyhow::Result<ControlMsg> {
+        self.stream.write_all(&msg.to_frame()).await?;
+        timeout(wait, self.recv())
+            .await
+            .map_err(|_| anyhow!("no answer from the server for {} s", wait.as_secs()))?
     }
 
     pub async fn bye(&mut self) -> anyhow::Result<()> {

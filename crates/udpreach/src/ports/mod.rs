@@ -6,9 +6,11 @@
 //! for the server to bind the next window.
 
 pub(crate) mod control;
+mod serverless;
 
 use crate::cli::PortsArgs;
-use crate::platform::{self, AsyncUdp, UdpOptions};
+use crate::platform::errqueue::QueuedError;
+use crate::platform::{self, AsyncUdp, Received, UdpOptions};
 use crate::report::ports::PortsReport;
 use crate::target::{resolve, unspecified_for, Family};
 use anyhow::{anyhow, Context};
@@ -34,6 +36,9 @@ enum Ending {
 }
 
 pub async fn run(args: PortsArgs, verbose: u8) -> anyhow::Result<u8> {
+    if args.no_server {
+        return serverless::run(args).await;
+    }
     // One probe socket whatever the port count; raised anyway, as the brief asks of both sides.
     platform::raise_nofile_limit();
     let family = Family::from_flags(args.ipv4, args.ipv6);
@@ -49,6 +54,7 @@ pub async fn run(args: PortsArgs, verbose: u8) -> anyhow::Result<u8> {
     let mut ctl = ControlClient::connect(server).await?;
     let welcome = ctl.hello(key.as_ref()).await?;
     let opts = UdpOptions {
+        recv_errors: true,
         recv_buffer: Some(8 << 20),
         ..UdpOptions::default()
     };
@@ -57,7 +63,7 @@ pub async fn run(args: PortsArgs, verbose: u8) -> anyhow::Result<u8> {
 
     let spec = args.ports.clone();
     let cfg = SweepConfig {
-        attempts: args.retries,
+        attempts: args.retries.unwrap_or(4),
         fixed_timeout: args.timeout,
         max_open: (welcome.max_open_ports as usize).max(1),
         // Stay under the server's per-session cap: probes over it would get
@@ -156,10 +162,10 @@ pub async fn run(args: PortsArgs, verbose: u8) -> anyhow::Result<u8> {
                 },
                 Err(e) => break Ending::ControlLost(e.to_string()),
             },
-            r = udp.recv(&mut rbuf) => {
+            r = udp.recv_any(&mut rbuf) => {
                 let accept = ReplyFilter { token, server, key: session_key.as_ref() };
-                if let Ok(meta) = r {
-                    unauthenticated_replies += u64::from(!accept.apply(&mut sweep, &rbuf[..meta.len], meta.from));
+                if let Ok(got) = r {
+                    unauthenticated_replies += u64::from(!accept.received(&mut sweep, &rbuf, got));
                 }
             },
             _ = tokio::time::sleep_until(wake.into()) => {}
@@ -208,12 +214,25 @@ pub async fn run(args: PortsArgs, verbose: u8) -> anyhow::Result<u8> {
 fn drain_replies(udp: &AsyncUdp, rbuf: &mut [u8], sweep: &mut Sweep, accept: &ReplyFilter) -> u64 {
     let mut rejected = 0;
     for _ in 0..8192 {
-        match udp.try_recv(rbuf) {
-            Ok(meta) => rejected += u64::from(!accept.apply(sweep, &rbuf[..meta.len], meta.from)),
+        match udp.try_recv_any(rbuf) {
+            Ok(got) => rejected += u64::from(!accept.received(sweep, rbuf, got)),
             Err(_) => break,
         }
     }
     rejected
+}
+
+/// An ICMP error for a probe: the port it was going to is in the error's
+/// destination address.
+fn on_icmp(sweep: &mut Sweep, server: std::net::SocketAddr, e: &QueuedError) {
+    if e.error.origin == udpreach_wire::icmp::IcmpOrigin::Local {
+        return;
+    }
+    if let Some(dest) = e.dest {
+        if dest.ip() == server.ip() {
+            sweep.on_icmp(dest.port(), e.error.report());
+        }
+    }
 }
 
 /// Which datagrams on the probe socket count as replies.
@@ -224,6 +243,17 @@ struct ReplyFilter<'a> {
 }
 
 impl ReplyFilter<'_> {
+    /// Feeds a datagram or an ICMP error to the sweep; false as for [`Self::apply`].
+    fn received(&self, sweep: &mut Sweep, buf: &[u8], got: Received) -> bool {
+        match got {
+            Received::Datagram(meta) => self.apply(sweep, &buf[..meta.len], meta.from),
+            Received::Error(e) => {
+                on_icmp(sweep, self.server, &e);
+                true
+            }
+        }
+    }
+
     /// Feeds a reply to the sweep. False only for a reply of this session
     /// whose tag does not verify (counted and reported; never trusted).
     fn apply(&self, sweep: &mut Sweep, data: &[u8], from: std::net::SocketAddr) -> bool {

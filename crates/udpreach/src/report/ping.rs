@@ -6,6 +6,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 use udpreach_engine::ping::PingSummary;
+use udpreach_wire::icmp::IcmpReport;
 use udpreach_wire::ServerStamp;
 
 pub struct PingReport {
@@ -110,6 +111,29 @@ impl PingReport {
         }
     }
 
+    /// An ICMP error answered probe `seq`, as ping(8)'s "From X ... Unreachable".
+    pub fn icmp_error(&self, local: SocketAddr, seq: u64, after: Duration, r: &IcmpReport) {
+        if self.json {
+            let mut v = serde_json::to_value(r).expect("report serializes");
+            v["type"] = json!("icmp_error");
+            v["seq"] = json!(seq);
+            v["local"] = json!(local.to_string());
+            v["remote"] = json!(self.target.to_string());
+            v["after_ms"] = json!(ms(after));
+            out(&v.to_string());
+        } else if !self.quiet {
+            let from = r
+                .from
+                .map_or_else(|| "local host".to_string(), |ip| ip.to_string());
+            out(&format!(
+                "{local} -> {} seq={seq} From {from}: {} (after {} ms)",
+                self.target,
+                r.reason,
+                ms3(ms(after))
+            ));
+        }
+    }
+
     pub fn notice(&self, what: &str, detail: serde_json::Value, text: &str) {
         if self.json {
             let mut v = json!({"type": what});
@@ -139,8 +163,14 @@ impl PingReport {
             return;
         }
         let mut lines = vec![format!("--- {} statistics ---", self.target_name)];
+        // ping(8) style: the error count only when there were errors.
+        let errors = if s.errors > 0 {
+            format!(", +{} errors", s.errors)
+        } else {
+            String::new()
+        };
         lines.push(format!(
-            "{} packets transmitted, {} received, {} duplicates, {} late, {} reordered, {}% packet loss, time {:.0}ms",
+            "{} packets transmitted, {} received{errors}, {} duplicates, {} late, {} reordered, {}% packet loss, time {:.0}ms",
             s.transmitted,
             s.received,
             s.duplicates,
@@ -165,6 +195,9 @@ impl PingReport {
                 ms3(r.ipdv_ms),
                 ms3(r.jitter_rfc3550_ms)
             ));
+        }
+        for t in &s.icmp_errors {
+            lines.push(format!("icmp errors: {} x {}", t.count, t.report));
         }
         if let (Some(up), Some(down)) = (s.upstream_lost, s.downstream_lost) {
             lines.push(format!(

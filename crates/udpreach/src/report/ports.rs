@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use udpreach_engine::sweep::{PortResult, Progress};
 use udpreach_engine::Verdict;
+use udpreach_wire::icmp::IcmpReport;
 use udpreach_wire::PortSpec;
 
 pub struct PortsReport {
@@ -22,6 +23,17 @@ pub fn group(results: &[PortResult]) -> BTreeMap<Verdict, Vec<u16>> {
     let mut by: BTreeMap<Verdict, Vec<u16>> = BTreeMap::new();
     for r in results {
         by.entry(r.verdict).or_default().push(r.port);
+    }
+    by
+}
+
+/// Rejected ports grouped by the ICMP error (reporting host and reason).
+fn rejected_by(results: &[PortResult]) -> BTreeMap<IcmpReport, Vec<u16>> {
+    let mut by: BTreeMap<IcmpReport, Vec<u16>> = BTreeMap::new();
+    for r in results.iter().filter(|r| r.verdict == Verdict::Rejected) {
+        if let Some(i) = r.icmp {
+            by.entry(i).or_default().push(r.port);
+        }
     }
     by
 }
@@ -92,6 +104,18 @@ impl PortsReport {
             );
         }
         for (v, ports) in &groups {
+            if *v == Verdict::Rejected {
+                // One line per reporting host and reason: who rejected what.
+                for (icmp, ports) in rejected_by(results) {
+                    println!(
+                        "{:<17} {:>6}  {}  ({icmp})",
+                        v.as_str(),
+                        ports.len(),
+                        PortSpec::from_ports(ports.iter().copied())
+                    );
+                }
+                continue;
+            }
             println!(
                 "{:<17} {:>6}  {}",
                 v.as_str(),
@@ -105,8 +129,9 @@ impl PortsReport {
                     .rtt_ms
                     .map(|x| format!(" rtt={x:.3} ms"))
                     .unwrap_or_default();
+                let icmp = r.icmp.map(|i| format!(" ({i})")).unwrap_or_default();
                 println!(
-                    "port {} {}{rtt} probes={}",
+                    "port {} {}{rtt} probes={}{icmp}",
                     r.port,
                     r.verdict.describe(),
                     r.probes

@@ -2,6 +2,7 @@
 //! or the seed's legacy JSON (first byte `{`). One task per connection; when
 //! the connection ends or goes idle, every port it opened closes.
 
+use super::mtu::MtuPort;
 use super::test_port::{OpenError, SessionPorts, TestPort};
 use super::{legacy, ServerState};
 use std::collections::HashMap;
@@ -103,6 +104,8 @@ struct Session {
     ports: HashMap<u16, TestPort>,
     ports_ctx: SessionPorts,
     opened_total: usize,
+    /// The session's MTU port, once asked for (closed with the session).
+    mtu: Option<MtuPort>,
 }
 
 impl Session {
@@ -119,6 +122,7 @@ impl Session {
                 rate: Arc::new(Mutex::new(rate)),
             },
             opened_total: 0,
+            mtu: None,
         }
     }
 
@@ -318,6 +322,21 @@ impl Session {
                     self.state.release_ports(n);
                     ControlMsg::Closed { count: n as u32 }
                 }
+                ControlMsg::MtuOpen { port } => self.mtu_open(local_ip, port),
+                ControlMsg::MtuSend {
+                    sizes,
+                    count,
+                    df,
+                    fragment_at,
+                    linger_ms,
+                } => match self.mtu.as_mut() {
+                    Some(m) => m.send(sizes, count, df, fragment_at, linger_ms).await,
+                    None => ControlMsg::Error {
+                        code: ErrorCode::Unexpected,
+                        message: "mtu_send before mtu_open".into(),
+                        fatal: false,
+                    },
+                },
                 ControlMsg::Bye => return Ok(()),
                 other => ControlMsg::Error {
                     code: ErrorCode::Unexpected,
@@ -326,6 +345,45 @@ impl Session {
                 },
             };
             self.send(&reply).await?;
+        }
+    }
+
+    /// Opens (or reopens) the session's MTU port on the control connection's
+    /// local address; a port the client names is checked like a test port.
+    fn mtu_open(&mut self, ip: std::net::IpAddr, port: Option<u16>) -> ControlMsg {
+        let port = match port {
+            Some(p) if self.state.policy.check(p).is_err() => {
+                return ControlMsg::Error {
+                    code: ErrorCode::BadRequest,
+                    message: format!("port {p} is not allowed for tests on this server"),
+                    fatal: false,
+                }
+            }
+            Some(p) => p,
+            None => 0,
+        };
+        let peer = match self.stream.peer_addr() {
+            Ok(a) => crate::platform::canonical(a).ip(),
+            Err(e) => {
+                return ControlMsg::Error {
+                    code: ErrorCode::Unexpected,
+                    message: e.to_string(),
+                    fatal: false,
+                }
+            }
+        };
+        self.mtu = None;
+        match MtuPort::open(SocketAddr::new(ip, port), peer, &self.ports_ctx) {
+            Ok(m) => {
+                let msg = m.opened(peer);
+                self.mtu = Some(m);
+                msg
+            }
+            Err(e) => ControlMsg::Error {
+                code: ErrorCode::Unexpected,
+                message: format!("cannot open an MTU port: {e}"),
+                fatal: false,
+            },
         }
     }
 

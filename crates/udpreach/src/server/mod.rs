@@ -4,6 +4,7 @@
 mod control;
 mod echo;
 mod legacy;
+mod mtu;
 mod test_port;
 
 use crate::cli::{ServerArgs, DEFAULT_PORT};

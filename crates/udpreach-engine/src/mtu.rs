@@ -1,0 +1,585 @@
+//! Path-MTU search for one direction, sans-I/O.
+//!
+//! Every round probes several sizes at once (each `probes_per_size` times,
+//! with Don't Fragment): a probe that arrives proves its size crosses; a
+//! frag-needed / packet-too-big error proves it does not and usually names
+//! the next hop's MTU, which the next round tries exactly; a size that is
+//! silent for a whole round *probably* does not cross. Probing many sizes per
+//! round makes the search take a handful of round trips even where ICMP is
+//! filtered (a PMTU black hole), where only silence tells.
+//!
+//! Loss must not shrink the answer: a silent failure is only trusted when it
+//! happened in two rounds (or when a smaller size failed by ICMP), and any
+//! larger size that arrives overrules it. Sizes here are IP packet bytes
+//! (the MTU); the driver converts to UDP payload with
+//! `udpreach_wire::mtu::payload_size`.
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// MTUs that links commonly have, tried in the first round.
+const COMMON_MTUS: [u32; 12] = [
+    9000, 4470, 1500, 1492, 1480, 1460, 1420, 1400, 1380, 1280, 1024, 576,
+];
+/// A search needs about log_(k+1)(range) rounds; this bounds it whatever happens.
+const MAX_ROUNDS: u32 = 40;
+
+#[derive(Clone, Debug)]
+pub struct MtuSearchConfig {
+    /// Smallest size worth probing (it must hold the probe header).
+    pub min_mtu: u32,
+    /// Largest size that can be sent at all (the sending interface's MTU).
+    pub max_mtu: u32,
+    pub probes_per_size: u32,
+    /// Sizes probed per round after the first.
+    pub sizes_per_round: usize,
+}
+
+/// How the limit was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MtuEvidence {
+    /// A frag-needed / packet-too-big error named the limit (and who sent it).
+    Icmp {
+        from: Option<IpAddr>,
+        mtu: Option<u32>,
+    },
+    /// Larger probes vanished without any ICMP error: a PMTU black hole.
+    Silence,
+    /// Nothing on the path is smaller than the sending interface.
+    Interface,
+}
+
+/// One direction's answer.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MtuResult {
+    /// Largest IP packet that crossed with DF set; `None`: nothing crossed.
+    pub mtu: Option<u32>,
+    pub evidence: Option<MtuEvidence>,
+    pub rounds: u32,
+    pub probes: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Failure {
+    /// Rounds in which this size got neither an arrival nor an error.
+    silent_rounds: u32,
+    icmp: bool,
+}
+
+pub struct MtuSearch {
+    cfg: MtuSearchConfig,
+    /// Largest size seen to arrive.
+    passed: Option<u32>,
+    failed: BTreeMap<u32, Failure>,
+    /// Everything above this is known too big (from ICMP or the interface).
+    ceiling: u32,
+    /// The latest too-big error: who sent it and the MTU it named.
+    icmp: Option<(Option<IpAddr>, Option<u32>)>,
+    /// A hop MTU named by an error, not probed yet.
+    hint: Option<u32>,
+    round: Option<Vec<u32>>,
+    /// Sizes of the current round that got an answer (arrival or error).
+    answered: Vec<u32>,
+    rounds: u32,
+    probes: u64,
+    done: bool,
+}
+
+impl MtuSearch {
+    pub fn new(cfg: MtuSearchConfig) -> Self {
+        let cfg = MtuSearchConfig {
+            max_mtu: cfg.max_mtu.max(cfg.min_mtu),
+            probes_per_size: cfg.probes_per_size.max(1),
+            sizes_per_round: cfg.sizes_per_round.max(1),
+            ..cfg
+        };
+        MtuSearch {
+            ceiling: cfg.max_mtu,
+            cfg,
+            passed: None,
+            failed: BTreeMap::new(),
+            icmp: None,
+            hint: None,
+            round: None,
+            answered: Vec::new(),
+            rounds: 0,
+            probes: 0,
+            done: false,
+        }
+    }
+
+    pub fn probes_per_size(&self) -> u32 {
+        self.cfg.probes_per_size
+    }
+
+    /// Smallest size that failed for sure, above the largest that passed.
+    fn confirmed_limit(&self) -> u32 {
+        let lo = self.passed.unwrap_or(0);
+        let confirmed = self
+            .failed
+            .range(lo + 1..)
+            .find(|(_, f)| f.icmp || f.silent_rounds >= 2)
+            .map(|(&s, _)| s);
+        confirmed.map_or(self.ceiling + 1, |s| s.min(self.ceiling + 1))
+    }
+
+    /// Smallest size that failed at all (maybe by loss), above the largest that passed.
+    fn suspected_limit(&self) -> u32 {
+        let lo = self.passed.unwrap_or(0);
+        self.failed
+            .range(lo + 1..)
+            .next()
+            .map_or(self.ceiling + 1, |(&s, _)| s)
+            .min(self.confirmed_limit())
+    }
+
+    /// The sizes to probe next (each `probes_per_size` times); `None` when
+    /// the search is over. Call once per round, after [`Self::end_round`].
+    pub fn next_round(&mut self) -> Option<Vec<u32>> {
+        if self.done || self.round.is_some() {
+            return None;
+        }
+        if self.rounds >= MAX_ROUNDS {
+            self.done = true;
+            return None;
+        }
+        let sizes = self.plan();
+        if sizes.is_empty() {
+            self.done = true;
+            return None;
+        }
+        self.rounds += 1;
+        self.probes += sizes.len() as u64 * u64::from(self.cfg.probes_per_size);
+        self.answered.clear();
+        self.round = Some(sizes.clone());
+        Some(sizes)
+    }
+
+    fn plan(&mut self) -> Vec<u32> {
+        let (min, max) = (self.cfg.min_mtu, self.cfg.max_mtu);
+        if self.rounds == 0 {
+            let mut v: Vec<u32> = COMMON_MTUS
+                .iter()
+                .copied()
+                .filter(|&m| m > min && m < max)
+                .collect();
+            v.push(max);
+            v.push(min);
+            v.sort_unstable();
+            v.dedup();
+            return v;
+        }
+        let lo = match self.passed {
+            Some(p) => p,
+            // Not even the smallest size crossed: nothing more to learn
+            // unless loss ate it; one more try, then give up.
+            None if self
+                .failed
+                .get(&min)
+                .is_some_and(|f| f.silent_rounds < 2 && !f.icmp) =>
+            {
+                return vec![min];
+            }
+            None => return Vec::new(),
+        };
+        let hi = self.suspected_limit();
+        if hi <= lo + 1 {
+            if hi == self.confirmed_limit() || hi > self.ceiling {
+                return Vec::new(); // converged
+            }
+            return vec![hi]; // the boundary failed once: was it loss?
+        }
+        let mut v = Vec::new();
+        if let Some(h) = self.hint.take() {
+            if h > lo && h < hi {
+                v.push(h);
+            }
+        }
+        let k = self.cfg.sizes_per_round as u32;
+        let span = hi - lo;
+        for i in 1..=k {
+            let s = lo + (u64::from(span) * u64::from(i) / u64::from(k + 1)) as u32;
+            if s > lo && s < hi {
+                v.push(s);
+            }
+        }
+        // The boundary itself if it failed only once.
+        if hi <= self.ceiling && hi != self.confirmed_limit() {
+            v.push(hi);
+        }
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// A probe of `mtu` bytes arrived.
+    pub fn on_pass(&mut self, mtu: u32) {
+        if self.passed.is_none_or(|p| mtu > p) {
+            self.passed = Some(mtu);
+        }
+        // Anything smaller that "failed" was lost, not too big.
+        self.failed.retain(|&s, _| s > mtu);
+        if mtu > self.ceiling {
+            // The path carried more than an error claimed: trust the arrival.
+            self.ceiling = self.cfg.max_mtu.max(mtu);
+        }
+        self.mark_answered(mtu);
+    }
+
+    /// A probe of `mtu` bytes drew a frag-needed / packet-too-big error,
+    /// from `from`, naming the next hop's MTU `hint`.
+    pub fn on_too_big(&mut self, mtu: u32, hint: Option<u32>, from: Option<IpAddr>) {
+        if self.passed.is_some_and(|p| mtu <= p) {
+            return; // stale: a larger size got through since
+        }
+        self.failed.entry(mtu).or_default().icmp = true;
+        self.ceiling = self.ceiling.min(mtu.saturating_sub(1));
+        if let Some(h) = hint.filter(|&h| h < mtu && h >= self.cfg.min_mtu) {
+            self.ceiling = self.ceiling.min(h);
+            if self.passed.is_none_or(|p| h > p) {
+                self.hint = Some(h);
+            }
+        }
+        self.icmp = Some((from, hint));
+        self.mark_answered(mtu);
+    }
+
+    fn mark_answered(&mut self, mtu: u32) {
+        if !self.answered.contains(&mtu) {
+            self.answered.push(mtu);
+        }
+    }
+
+    /// Every size of the current round has its answer: the driver may end
+    /// the round without waiting for its timeout.
+    pub fn round_complete(&self) -> bool {
+        self.round
+            .as_ref()
+            .is_some_and(|r| r.iter().all(|s| self.answered.contains(s)))
+    }
+
+    /// Sizes of the current round still waiting for an answer.
+    pub fn unanswered(&self) -> Vec<u32> {
+        self.round.as_ref().map_or_else(Vec::new, |r| {
+            r.iter()
+                .copied()
+                .filter(|s| !self.answered.contains(s))
+                .collect()
+        })
+    }
+
+    /// The round's time is up: sizes without an answer were silent.
+    pub fn end_round(&mut self) {
+        let Some(sizes) = self.round.take() else {
+            return;
+        };
+        for s in sizes {
+            if !self.answered.contains(&s) && self.passed.is_none_or(|p| s > p) {
+                self.failed.entry(s).or_default().silent_rounds += 1;
+            }
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    pub fn result(&self) -> MtuResult {
+        let limit = self.confirmed_limit();
+        let evidence = self.passed.map(|p| {
+            if p >= self.cfg.max_mtu {
+                MtuEvidence::Interface
+            } else if self.failed.get(&limit).is_some_and(|f| f.icmp)
+                || (limit > self.ceiling && self.icmp.is_some())
+                || self.icmp.is_some_and(|(_, m)| m == Some(p))
+            {
+                let (from, mtu) = self.icmp.unwrap_or((None, None));
+                MtuEvidence::Icmp { from, mtu }
+            } else {
+                MtuEvidence::Silence
+            }
+        });
+        MtuResult {
+            mtu: self.passed,
+            evidence,
+            rounds: self.rounds,
+            probes: self.probes,
+        }
+    }
+}
+
+/// UDP payload sizes for the fragmentation test, given a direction's path
+/// MTU: one just over it (two fragments) and one about three times it
+/// (three or four), capped at the largest datagram.
+pub fn fragment_test_sizes(mtu: u32, v6: bool) -> Vec<u32> {
+    let max = if v6 { 65527 } else { 65507 };
+    let payload = udpreach_wire::mtu::payload_size(mtu, v6);
+    let mut v = vec![(payload + 200).min(max), (payload * 3).min(max)];
+    v.dedup();
+    v
+}
+
+/// Whether fragmented datagrams crossed, from how many of each size arrived.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FragmentResult {
+    /// True when every size arrived at least once.
+    pub passes: bool,
+    /// True when none arrived: fragments are dropped on the way.
+    pub dropped: bool,
+    pub sizes: Vec<FragmentSize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct FragmentSize {
+    /// UDP payload bytes.
+    pub size: u32,
+    pub sent: u32,
+    pub arrived: u32,
+}
+
+impl FragmentResult {
+    pub fn from_counts(sizes: Vec<FragmentSize>) -> Self {
+        let arrived = sizes.iter().filter(|s| s.arrived > 0).count();
+        FragmentResult {
+            passes: !sizes.is_empty() && arrived == sizes.len(),
+            dropped: arrived == 0,
+            sizes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fragment_sizes_and_verdicts() {
+        assert_eq!(fragment_test_sizes(1400, false), vec![1572, 4116]);
+        assert_eq!(fragment_test_sizes(65535, false), vec![65507]);
+        let r = FragmentResult::from_counts(vec![
+            FragmentSize {
+                size: 1572,
+                sent: 3,
+                arrived: 0,
+            },
+            FragmentSize {
+                size: 4116,
+                sent: 3,
+                arrived: 0,
+            },
+        ]);
+        assert!(r.dropped && !r.passes);
+        let r = FragmentResult::from_counts(vec![
+            FragmentSize {
+                size: 1572,
+                sent: 3,
+                arrived: 2,
+            },
+            FragmentSize {
+                size: 4116,
+                sent: 3,
+                arrived: 0,
+            },
+        ]);
+        assert!(!r.dropped && !r.passes, "partial");
+    }
+
+    /// Deterministic pseudo-random numbers (xorshift).
+    struct Rng(u64);
+    impl Rng {
+        fn chance(&mut self, percent: u64) -> bool {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % 100 < percent
+        }
+    }
+
+    struct Path {
+        hop_mtu: u32,
+        /// The hop's frag-needed errors are filtered.
+        black_hole: bool,
+        loss: u64,
+    }
+
+    const ROUTER: &str = "198.18.1.254";
+
+    fn search(min: u32, max: u32, path: &Path, seed: u64) -> MtuResult {
+        let mut s = MtuSearch::new(MtuSearchConfig {
+            min_mtu: min,
+            max_mtu: max,
+            probes_per_size: 3,
+            sizes_per_round: 8,
+        });
+        let mut rng = Rng(seed | 1);
+        while let Some(sizes) = s.next_round() {
+            for &size in &sizes {
+                for _ in 0..s.probes_per_size() {
+                    if rng.chance(path.loss) {
+                        continue;
+                    }
+                    if size <= path.hop_mtu {
+                        if !rng.chance(path.loss) {
+                            s.on_pass(size);
+                        }
+                    } else if !path.black_hole && !rng.chance(path.loss) {
+                        s.on_too_big(size, Some(path.hop_mtu), Some(ROUTER.parse().unwrap()));
+                    }
+                }
+            }
+            s.end_round();
+        }
+        assert!(s.is_done());
+        s.result()
+    }
+
+    #[test]
+    fn icmp_names_the_mtu_in_one_or_two_rounds() {
+        let r = search(
+            92,
+            1500,
+            &Path {
+                hop_mtu: 1400,
+                black_hole: false,
+                loss: 0,
+            },
+            1,
+        );
+        assert_eq!(r.mtu, Some(1400));
+        assert_eq!(
+            r.evidence,
+            Some(MtuEvidence::Icmp {
+                from: Some(ROUTER.parse().unwrap()),
+                mtu: Some(1400)
+            })
+        );
+        assert!(r.rounds <= 2, "{} rounds", r.rounds);
+        // An MTU that is no common value: the hint is tried exactly.
+        let r = search(
+            92,
+            1500,
+            &Path {
+                hop_mtu: 1337,
+                black_hole: false,
+                loss: 0,
+            },
+            1,
+        );
+        assert_eq!(r.mtu, Some(1337));
+        assert!(r.rounds <= 3, "{} rounds", r.rounds);
+    }
+
+    #[test]
+    fn black_hole_found_by_search() {
+        for hop in [1400, 1337, 576, 1499, 93] {
+            let r = search(
+                92,
+                1500,
+                &Path {
+                    hop_mtu: hop,
+                    black_hole: true,
+                    loss: 0,
+                },
+                2,
+            );
+            assert_eq!(r.mtu, Some(hop), "hop {hop}");
+            assert_eq!(r.evidence, Some(MtuEvidence::Silence));
+            assert!(r.rounds <= 7, "hop {hop}: {} rounds", r.rounds);
+        }
+    }
+
+    #[test]
+    fn nothing_smaller_than_the_interface() {
+        let r = search(
+            1280,
+            1500,
+            &Path {
+                hop_mtu: 9000,
+                black_hole: false,
+                loss: 0,
+            },
+            3,
+        );
+        assert_eq!(r.mtu, Some(1500));
+        assert_eq!(r.evidence, Some(MtuEvidence::Interface));
+        assert_eq!(r.rounds, 1);
+    }
+
+    #[test]
+    fn loss_does_not_shrink_the_answer() {
+        for seed in 1..40 {
+            for black_hole in [false, true] {
+                let path = Path {
+                    hop_mtu: 1400,
+                    black_hole,
+                    loss: 10,
+                };
+                let r = search(92, 1500, &path, seed);
+                assert_eq!(r.mtu, Some(1400), "seed {seed} black hole {black_hole}");
+            }
+        }
+    }
+
+    #[test]
+    fn nothing_crosses() {
+        let r = search(
+            1280,
+            1500,
+            &Path {
+                hop_mtu: 100,
+                black_hole: true,
+                loss: 0,
+            },
+            4,
+        );
+        assert_eq!(r.mtu, None);
+        assert_eq!(r.evidence, None);
+        assert!(r.rounds <= 3);
+    }
+
+    #[test]
+    fn jumbo_range() {
+        let r = search(
+            92,
+            65535,
+            &Path {
+                hop_mtu: 8950,
+                black_hole: true,
+                loss: 0,
+            },
+            5,
+        );
+        assert_eq!(r.mtu, Some(8950));
+        assert!(r.rounds <= 9, "{} rounds", r.rounds);
+    }
+
+    #[test]
+    fn early_end_of_round() {
+        let mut s = MtuSearch::new(MtuSearchConfig {
+            min_mtu: 1280,
+            max_mtu: 1500,
+            probes_per_size: 2,
+            sizes_per_round: 4,
+        });
+        let sizes = s.next_round().unwrap();
+        assert!(!s.round_complete());
+        for &m in &sizes {
+            if m <= 1400 {
+                s.on_pass(m);
+            } else {
+                s.on_too_big(m, Some(1400), None);
+            }
+        }
+        assert!(s.round_complete());
+        assert!(s.unanswered().is_empty());
+        s.end_round();
+        assert_eq!(
+            s.next_round(),
+            None,
+            "converged: 1400 passed, 1401+ too big"
+        );
+        assert_eq!(s.result().mtu, Some(1400));
+    }
+}

@@ -1,0 +1,179 @@
+//! Output of `udpreach mtu`: each direction's path MTU, how it was found,
+//! the largest UDP payload, and whether fragments pass; or one JSON document.
+
+use serde::Serialize;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::time::Duration;
+use udpreach_engine::mtu::{FragmentResult, MtuEvidence, MtuResult};
+
+/// What one direction (or the round trip) showed.
+#[derive(Clone, Debug, Serialize)]
+pub struct Direction {
+    #[serde(flatten)]
+    pub result: MtuResult,
+    /// Largest UDP payload that crosses with DF set.
+    pub payload: Option<u32>,
+    /// Datagrams above the path MTU, without DF.
+    pub fragments: Option<FragmentResult>,
+    pub elapsed_ms: f64,
+}
+
+pub struct MtuReport {
+    pub json: bool,
+    pub quiet: bool,
+    pub target_name: String,
+    pub target: SocketAddr,
+}
+
+fn family(a: &SocketAddr) -> &'static str {
+    if a.is_ipv6() {
+        "IPv6"
+    } else {
+        "IPv4"
+    }
+}
+
+fn evidence_text(e: &Option<MtuEvidence>) -> String {
+    match e {
+        Some(MtuEvidence::Icmp { from, mtu }) => {
+            let from = from.map_or_else(|| "the local host".into(), |ip| ip.to_string());
+            match mtu {
+                Some(m) => format!("frag-needed / packet-too-big from {from} (next-hop MTU {m})"),
+                None => format!("frag-needed / packet-too-big from {from}"),
+            }
+        }
+        Some(MtuEvidence::Silence) => {
+            "larger datagrams vanish without any ICMP error: a PMTU black hole, found by search"
+                .into()
+        }
+        Some(MtuEvidence::Interface) => {
+            "the sending interface's MTU; nothing smaller on the path".into()
+        }
+        None => String::new(),
+    }
+}
+
+fn direction_line(label: &str, d: &Direction) -> String {
+    match (d.result.mtu, d.payload) {
+        (Some(m), Some(p)) => format!(
+            "{label:<11} path MTU {m} bytes, largest UDP payload {p}: {} [{} rounds, {:.0} ms]",
+            evidence_text(&d.result.evidence),
+            d.result.rounds,
+            d.elapsed_ms
+        ),
+        _ => format!(
+            "{label:<11} nothing crossed with Don't Fragment set, not even the smallest probe"
+        ),
+    }
+}
+
+fn fragments_text(f: &Option<FragmentResult>, d: &Direction) -> String {
+    let Some(f) = f else {
+        return "not tested".into();
+    };
+    let sizes: Vec<String> = f.sizes.iter().map(|s| s.size.to_string()).collect();
+    let sizes = sizes.join(", ");
+    if f.passes {
+        format!("pass ({sizes} bytes)")
+    } else if f.dropped {
+        format!(
+            "DROPPED: fragmented datagrams ({sizes} bytes) never arrived, while unfragmented ones up to {} bytes do: something on the path drops IP fragments",
+            d.payload.unwrap_or(0)
+        )
+    } else {
+        let got: Vec<String> = f
+            .sizes
+            .iter()
+            .map(|s| format!("{} bytes {}/{}", s.size, s.arrived, s.sent))
+            .collect();
+        format!("PARTLY: {}", got.join(", "))
+    }
+}
+
+impl MtuReport {
+    pub fn notice(&self, text: &str) {
+        if !self.json {
+            eprintln!("udpreach: {text}");
+        }
+    }
+
+    pub fn start(&self, mode: &str, local_mtu: u32) {
+        if !self.json && !self.quiet {
+            let with = if mode == "server" {
+                "udpreach server, each direction"
+            } else {
+                "echo server, round trip"
+            };
+            println!(
+                "udpreach mtu {} ({}, {}): {with}; local interface MTU {local_mtu}",
+                self.target_name,
+                self.target,
+                family(&self.target)
+            );
+        }
+    }
+
+    pub fn print_directions(
+        &self,
+        up: &Direction,
+        down: &Direction,
+        elapsed: Duration,
+        probes: u64,
+    ) {
+        if self.json {
+            let doc = json!({
+                "target": self.target_name,
+                "address": self.target.to_string(),
+                "family": family(&self.target).to_lowercase(),
+                "mode": "server",
+                "upstream": up,
+                "downstream": down,
+                "elapsed_ms": elapsed.as_secs_f64() * 1e3,
+                "probes_sent": probes,
+            });
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&doc).expect("serializes")
+            );
+            return;
+        }
+        println!("{}", direction_line("upstream", up));
+        println!("{}", direction_line("downstream", down));
+        println!(
+            "fragments   upstream: {}\n            downstream: {}",
+            fragments_text(&up.fragments, up),
+            fragments_text(&down.fragments, down)
+        );
+        if !self.quiet {
+            println!("{:.2} s, {probes} probes", elapsed.as_secs_f64());
+        }
+    }
+
+    pub fn print_round_trip(&self, rt: &Direction, elapsed: Duration, probes: u64) {
+        if self.json {
+            let doc = json!({
+                "target": self.target_name,
+                "address": self.target.to_string(),
+                "family": family(&self.target).to_lowercase(),
+                "mode": "echo",
+                "round_trip": rt,
+                "elapsed_ms": elapsed.as_secs_f64() * 1e3,
+                "probes_sent": probes,
+            });
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&doc).expect("serializes")
+            );
+            return;
+        }
+        println!("{}", direction_line("round trip", rt));
+        println!(
+            "fragments   round trip: {}",
+            fragments_text(&rt.fragments, rt)
+        );
+        if !self.quiet {
+            println!("{:.2} s, {probes} probes", elapsed.as_secs_f64());
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! Output of `udpreach ports --no-server`: verdicts grouped into port
+//! ranges (filtered ones by who rejected them), the ICMP rate limiting met
+//! on the way, or one JSON document.
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+use udpreach_engine::serverless::{
+    IcmpRateLimit, ServerlessProgress, ServerlessResult, ServerlessVerdict,
+};
+use udpreach_wire::icmp::IcmpReport;
+use udpreach_wire::PortSpec;
+
+pub struct ServerlessReport {
+    pub json: bool,
+    pub quiet: bool,
+    pub list: bool,
+    pub target_name: String,
+    pub target: IpAddr,
+}
+
+fn group(results: &[ServerlessResult]) -> BTreeMap<ServerlessVerdict, Vec<u16>> {
+    let mut by: BTreeMap<ServerlessVerdict, Vec<u16>> = BTreeMap::new();
+    for r in results {
+        by.entry(r.verdict).or_default().push(r.port);
+    }
+    by
+}
+
+/// Filtered ports by the ICMP error that filtered them.
+fn filtered_by(results: &[ServerlessResult]) -> BTreeMap<IcmpReport, Vec<u16>> {
+    let mut by: BTreeMap<IcmpReport, Vec<u16>> = BTreeMap::new();
+    for r in results
+        .iter()
+        .filter(|r| r.verdict == ServerlessVerdict::Filtered)
+    {
+        if let Some(i) = r.icmp {
+            by.entry(i).or_default().push(r.port);
+        }
+    }
+    by
+}
+
+impl ServerlessReport {
+    pub fn progress_bar(&self, total: u64) -> ProgressBar {
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} ports {msg} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    }
+
+    pub fn update_bar(
+        &self,
+        bar: &ProgressBar,
+        p: &ServerlessProgress,
+        rl: Option<&IcmpRateLimit>,
+    ) {
+        bar.set_position(p.decided as u64);
+        let paced = rl
+            .map(|r| format!(", paced to 1 ICMP error per {:.0} ms", r.interval_ms))
+            .unwrap_or_default();
+        bar.set_message(format!(
+            "| {} open, {} closed, {} filtered, {} open|filtered{paced}",
+            p.open, p.closed, p.filtered, p.open_filtered
+        ));
+    }
+
+    /// Said as soon as the limiting shows, so a slow check is not a mystery.
+    pub fn rate_limit_notice(&self, rl: &IcmpRateLimit) {
+        if !self.json && !self.quiet {
+            eprintln!(
+                "udpreach: {} rate-limits its ICMP errors (about 1 per {:.0} ms): pacing to it; closed ports now cost that much each",
+                self.target, rl.interval_ms
+            );
+        }
+    }
+
+    pub fn print(
+        &self,
+        results: &[ServerlessResult],
+        elapsed: Duration,
+        progress: &ServerlessProgress,
+        rate_limit: Option<&IcmpRateLimit>,
+    ) {
+        let groups = group(results);
+        if self.json {
+            let counts: BTreeMap<&str, usize> =
+                groups.iter().map(|(v, p)| (v.as_str(), p.len())).collect();
+            let ranges: BTreeMap<&str, String> = groups
+                .iter()
+                .map(|(v, p)| {
+                    (
+                        v.as_str(),
+                        PortSpec::from_ports(p.iter().copied()).to_string(),
+                    )
+                })
+                .collect();
+            let doc = json!({
+                "mode": "no_server",
+                "target": self.target_name,
+                "address": self.target.to_string(),
+                "total": results.len(),
+                "elapsed_ms": elapsed.as_secs_f64() * 1e3,
+                "probes_sent": progress.probes_sent,
+                "canaries_sent": progress.canaries_sent,
+                "icmp_rate_limit": rate_limit,
+                "counts": counts,
+                "ranges": ranges,
+                "ports": results,
+            });
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&doc).expect("serializes")
+            );
+            return;
+        }
+        if !self.quiet {
+            println!(
+                "udpreach ports --no-server {} ({}): {} ports",
+                self.target_name,
+                self.target,
+                results.len()
+            );
+        }
+        for (v, ports) in &groups {
+            if *v == ServerlessVerdict::Filtered {
+                // One line per reporting host and reason: who filters what.
+                for (icmp, ports) in filtered_by(results) {
+                    println!(
+                        "{:<17} {:>6}  {}  ({icmp})",
+                        v.nmap_state(),
+                        ports.len(),
+                        PortSpec::from_ports(ports.iter().copied())
+                    );
+                }
+                continue;
+            }
+            println!(
+                "{:<17} {:>6}  {}",
+                v.nmap_state(),
+                ports.len(),
+                PortSpec::from_ports(ports.iter().copied())
+            );
+        }
+        if self.list {
+            for r in results {
+                let service = udpreach_wire::services::service_name(r.port)
+                    .map(|s| format!(" ({s})"))
+                    .unwrap_or_default();
+                let rtt = r
+                    .rtt_ms
+                    .map(|x| format!(" rtt={x:.3} ms"))
+                    .unwrap_or_default();
+                let icmp = r.icmp.map(|i| format!(" [{i}]")).unwrap_or_default();
+                let bytes = r
+                    .reply_bytes
+                    .map(|b| format!(" reply={b} bytes"))
+                    .unwrap_or_default();
+                println!(
+                    "port {}{service} {}{rtt}{bytes} probes={}{icmp}",
+                    r.port,
+                    r.verdict.nmap_state(),
+                    r.probes
+                );
+            }
+        }
+        let count = |v: ServerlessVerdict| groups.get(&v).map_or(0, Vec::len);
+        println!(
+            "{} ports in {:.2} s: {} open, {} closed, {} filtered, {} open|filtered ({} probes, {} canaries)",
+            results.len(),
+            elapsed.as_secs_f64(),
+            count(ServerlessVerdict::Open),
+            count(ServerlessVerdict::Closed),
+            count(ServerlessVerdict::Filtered),
+            count(ServerlessVerdict::OpenFiltered),
+            progress.probes_sent,
+            progress.canaries_sent
+        );
+        if let Some(rl) = rate_limit {
+            println!(
+                "ICMP rate limiting at {}: about 1 error per {:.0} ms (seen after {:.1} s); the check was paced to it",
+                self.target,
+                rl.interval_ms,
+                rl.detected_after_ms / 1e3
+            );
+        }
+    }
+}
