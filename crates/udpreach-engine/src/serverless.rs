@@ -9,23 +9,27 @@
 //!
 //! The hard part is silence. Hosts rate-limit their ICMP errors (Linux: one
 //! per second per peer after a burst of 6, and 1000/s overall), so once the
-//! limit bites a closed port is as silent as a filtered one. Two mechanisms
-//! keep verdicts right and the scan as fast as the limit allows:
+//! limit bites a closed port is as silent as a filtered one. Three
+//! mechanisms keep verdicts right and the check as fast as the limit allows:
 //!
-//! * **Canaries.** Before a silent port is declared open|filtered, one probe
-//!   goes to a port already known to answer with ICMP (a closed port). If the
-//!   canary is answered, the target was able to send errors right after the
-//!   silent probes, so their silence is real. If the canary is not answered,
-//!   the target is rate limiting: the silences do not count and the ports are
-//!   probed again.
-//! * **Pacing.** The first sign of rate limiting (a canary unanswered, or a
-//!   port answering only a retry) switches from "as fast as the window
-//!   allows" to a token clock with the limiter's estimated interval: one
-//!   probe that may draw an ICMP error per interval. A probe that gets no
-//!   ICMP error gives its token back (it cost the target nothing). The
-//!   interval is estimated from the answers' spacing, grows when a canary
-//!   goes unanswered and shrinks slowly while everything is answered, so the
-//!   scan follows the limiter and says so in its report.
+//! * **Canaries.** A port's last silent probe is a *confirming* one: right
+//!   after it (back to back, so the limiter cannot refill in between) goes a
+//!   probe to a port known to answer with ICMP (a closed port). If the
+//!   canary is answered, the target could send errors when the silent probe
+//!   arrived, so the silence is real. If not, the silence proves nothing and
+//!   the port is probed again.
+//! * **A limiter test.** A sign of drops (an unanswered canary, a port that
+//!   answers only a retry) may be plain loss. A burst of canaries tells:
+//!   all answered, it was loss and the check goes on unpaced; fewer, the
+//!   limiter's credit is spent.
+//! * **Pacing to the limiter.** Then one probe that may draw an error is out
+//!   at a time (more when the limiter is faster than a round trip), sent a
+//!   little before the next credit is due and, if unanswered, repeated at
+//!   short intervals until the credit arrives. The spacing of those answers
+//!   measures the limiter's interval; an answer on the first try is followed
+//!   by an immediate probe, whose answer shows the limiter allows more.
+//!   Closed ports then cost one interval each, silent ones a canary's
+//!   credit, and the report says the check was paced and at what rate.
 //!
 //! Sans-I/O like the rest of the engine: the driver sends what
 //! [`ServerlessSweep::poll_transmit`] returns and reports replies, ICMP
