@@ -100,6 +100,15 @@ pub fn resolve(input: &str, default_port: u16, family: Family) -> Result<SocketA
         })
 }
 
+/// [`resolve`] off the async runtime's thread (name lookups block), with
+/// udpreach's default port.
+pub async fn resolve_async(input: &str, family: Family) -> anyhow::Result<SocketAddr> {
+    let input = input.to_string();
+    tokio::task::spawn_blocking(move || resolve(&input, crate::cli::DEFAULT_PORT, family))
+        .await?
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
 fn check_family(a: SocketAddr, family: Family, input: &str) -> Result<SocketAddr, String> {
     if family.accepts(&a) {
         Ok(a)

@@ -15,8 +15,8 @@ use crate::platform::realtime_ns;
 use crate::platform::{canonical, AsyncUdp, Received, UdpOptions};
 use crate::ports::control::{ControlClient, Pending};
 use crate::report::mtu::{Direction, MtuReport};
-use crate::target::{resolve, unspecified_for, Family};
-use anyhow::{anyhow, bail, Context};
+use crate::target::{resolve_async, unspecified_for, Family};
+use anyhow::{bail, Context};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use udpreach_engine::mtu::{
@@ -58,11 +58,7 @@ enum Mode {
 
 pub async fn run(args: MtuArgs) -> anyhow::Result<u8> {
     let family = Family::from_flags(args.ipv4, args.ipv6);
-    let input = args.target.clone();
-    let target =
-        tokio::task::spawn_blocking(move || resolve(&input, crate::cli::DEFAULT_PORT, family))
-            .await?
-            .map_err(|e| anyhow!(e))?;
+    let target = resolve_async(&args.target, family).await?;
     let v6 = target.is_ipv6();
     let local_mtu = errqueue::route_mtu(target)
         .with_context(|| format!("cannot find the route MTU towards {target}"))?;

@@ -7,8 +7,8 @@ use crate::platform::errqueue::QueuedError;
 use crate::platform::{canonical, realtime_ns, AsyncUdp, Received, UdpOptions};
 use crate::ports::control::{AuthFailed, ControlClient};
 use crate::report::ping::PingReport;
-use crate::target::{resolve, unspecified_for, Family};
-use anyhow::{anyhow, bail, Context};
+use crate::target::{resolve_async, unspecified_for, Family};
+use anyhow::{bail, Context};
 use payload::{PayloadBuilder, Reply};
 use serde_json::json;
 use std::collections::{HashMap, VecDeque};
@@ -140,11 +140,7 @@ impl Drop for Sender {
 
 pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
     let family = Family::from_flags(args.ipv4, args.ipv6);
-    let input = args.target.clone();
-    let target =
-        tokio::task::spawn_blocking(move || resolve(&input, crate::cli::DEFAULT_PORT, family))
-            .await?
-            .map_err(|e| anyhow!(e))?;
+    let target = resolve_async(&args.target, family).await?;
     if target.is_ipv4() && args.size > udpreach_wire::probe::MAX_DATAGRAM {
         bail!(
             "invalid size '{}': IPv4 allows at most {} bytes",

@@ -12,8 +12,8 @@ use crate::cli::PortsArgs;
 use crate::platform::errqueue::QueuedError;
 use crate::platform::{self, AsyncUdp, Received, UdpOptions};
 use crate::report::ports::PortsReport;
-use crate::target::{resolve, unspecified_for, Family};
-use anyhow::{anyhow, Context};
+use crate::target::{resolve_async, unspecified_for, Family};
+use anyhow::Context;
 use control::{ControlClient, Pending};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -42,11 +42,7 @@ pub async fn run(args: PortsArgs, verbose: u8) -> anyhow::Result<u8> {
     // One probe socket whatever the port count; raised anyway, as the brief asks of both sides.
     platform::raise_nofile_limit();
     let family = Family::from_flags(args.ipv4, args.ipv6);
-    let input = args.target.clone();
-    let mut server =
-        tokio::task::spawn_blocking(move || resolve(&input, crate::cli::DEFAULT_PORT, family))
-            .await?
-            .map_err(|e| anyhow!(e))?;
+    let mut server = resolve_async(&args.target, family).await?;
     if let Some(p) = args.control {
         server.set_port(p);
     }

@@ -10,8 +10,8 @@ use crate::cli::PortsArgs;
 use crate::platform::errqueue::QueuedError;
 use crate::platform::{AsyncUdp, Received, UdpOptions};
 use crate::report::serverless::ServerlessReport;
-use crate::target::{resolve, unspecified_for, Family};
-use anyhow::{anyhow, Context};
+use crate::target::{resolve_async, unspecified_for, Family};
+use anyhow::Context;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -22,12 +22,8 @@ use udpreach_wire::services;
 
 pub async fn run(args: PortsArgs) -> anyhow::Result<u8> {
     let family = Family::from_flags(args.ipv4, args.ipv6);
-    let input = args.target.clone();
     // A port in HOST:PORT means nothing here; the SPEC says what to check.
-    let target =
-        tokio::task::spawn_blocking(move || resolve(&input, crate::cli::DEFAULT_PORT, family))
-            .await?
-            .map_err(|e| anyhow!(e))?;
+    let target = resolve_async(&args.target, family).await?;
     let opts = UdpOptions {
         recv_errors: true,
         ..UdpOptions::default()

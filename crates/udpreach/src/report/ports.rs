@@ -107,21 +107,11 @@ impl PortsReport {
             if *v == Verdict::Rejected {
                 // One line per reporting host and reason: who rejected what.
                 for (icmp, ports) in rejected_by(results) {
-                    println!(
-                        "{:<17} {:>6}  {}  ({icmp})",
-                        v.as_str(),
-                        ports.len(),
-                        PortSpec::from_ports(ports.iter().copied())
-                    );
+                    println!("{}", super::group_line(v.as_str(), &ports, Some(&icmp)));
                 }
                 continue;
             }
-            println!(
-                "{:<17} {:>6}  {}",
-                v.as_str(),
-                ports.len(),
-                PortSpec::from_ports(ports.iter().copied())
-            );
+            println!("{}", super::group_line(v.as_str(), ports, None));
         }
         if self.list {
             for r in results {

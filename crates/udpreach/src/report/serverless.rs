@@ -130,21 +130,11 @@ impl ServerlessReport {
             if *v == ServerlessVerdict::Filtered {
                 // One line per reporting host and reason: who filters what.
                 for (icmp, ports) in filtered_by(results) {
-                    println!(
-                        "{:<17} {:>6}  {}  ({icmp})",
-                        v.nmap_state(),
-                        ports.len(),
-                        PortSpec::from_ports(ports.iter().copied())
-                    );
+                    println!("{}", super::group_line(v.nmap_state(), &ports, Some(&icmp)));
                 }
                 continue;
             }
-            println!(
-                "{:<17} {:>6}  {}",
-                v.nmap_state(),
-                ports.len(),
-                PortSpec::from_ports(ports.iter().copied())
-            );
+            println!("{}", super::group_line(v.nmap_state(), ports, None));
         }
         if self.list {
             for r in results {
