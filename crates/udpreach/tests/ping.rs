@@ -315,3 +315,96 @@ fn server_exits_cleanly_on_sigterm() {
         .expect("server stops");
     assert_eq!(code(&o), 0);
 }
+
+#[test]
+fn ttl_dscp_and_df_options_take_effect() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::pair();
+    let _server = start_server(lab.server(), &[]);
+    // --ttl: the server reports the TTL our probes arrived with.
+    let o = udpreach(
+        lab.client(),
+        &[
+            "ping",
+            "-c",
+            "2",
+            "-i",
+            "10ms",
+            "--ttl",
+            "7",
+            "--json",
+            "198.18.0.2",
+        ],
+    );
+    assert_eq!(summary(&o)["server_seen_ttl"], 7);
+    // --dscp: the server drops unmarked probes, so only marked ones get replies.
+    lab.server().nft(
+        "table inet dscp {\n chain input {\n  type filter hook input priority 0;\n  udp dport 4000 ip dscp != ef drop\n }\n}\n",
+    );
+    let o = udpreach(
+        lab.client(),
+        &["ping", "-c", "2", "-i", "10ms", "-W", "200ms", "198.18.0.2"],
+    );
+    assert_eq!(code(&o), 1, "unmarked probes are dropped");
+    let o = udpreach(
+        lab.client(),
+        &[
+            "ping",
+            "-c",
+            "2",
+            "-i",
+            "10ms",
+            "--dscp",
+            "46",
+            "198.18.0.2",
+        ],
+    );
+    assert_eq!(code(&o), 0, "EF-marked probes pass: {}", stdout(&o));
+    // --df: a datagram over the link MTU is refused locally instead of fragmented.
+    let o = udpreach(
+        lab.client(),
+        &[
+            "ping",
+            "-c",
+            "1",
+            "-s",
+            "2000",
+            "--df",
+            "--dscp",
+            "46",
+            "-W",
+            "200ms",
+            "--json",
+            "198.18.0.2",
+        ],
+    );
+    let lines = json_lines(&o);
+    assert!(
+        lines.iter().any(|l| l["type"] == "send_error"),
+        "{}",
+        stdout(&o)
+    );
+    let o = udpreach(
+        lab.client(),
+        &[
+            "ping",
+            "-c",
+            "1",
+            "-s",
+            "2000",
+            "--dscp",
+            "46",
+            "-W",
+            "500ms",
+            "198.18.0.2",
+        ],
+    );
+    assert_eq!(
+        code(&o),
+        0,
+        "without --df it is fragmented and passes: {}",
+        stdout(&o)
+    );
+}

@@ -13,11 +13,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::timeout;
+use udpreach_engine::handshake::{Handshake, Step, WelcomeTerms};
 use udpreach_engine::rate::TokenBucket;
-use udpreach_wire::auth::{self, NONCE_LEN, PROOF_LEN};
 use udpreach_wire::control::{
-    check_preamble, decode_frame_limited, ControlError, ControlMsg, ErrorCode, CAPABILITIES,
-    MAX_FRAME, MAX_HANDSHAKE_FRAME, MAX_PORTS_PER_REQUEST, PREAMBLE, PROTOCOL_VERSION,
+    check_preamble, decode_frame_limited, ControlError, ControlMsg, ErrorCode, MAX_FRAME,
+    MAX_HANDSHAKE_FRAME, MAX_PORTS_PER_REQUEST, PREAMBLE,
 };
 
 pub async fn accept_loop(listener: TcpListener, state: Arc<ServerState>) {
@@ -183,8 +183,9 @@ impl Session {
             .await;
     }
 
-    /// Preamble, hello, and with a key the mutual proof; ends with the
-    /// session admitted (a slot taken) or an error sent to the client.
+    /// Preamble, then the engine's [`Handshake`] (hello, and with a key the
+    /// mutual proof); ends with the session admitted (a slot taken) or an
+    /// error sent to the client.
     async fn handshake<'a>(
         &mut self,
         sessions: &'a Semaphore,
@@ -196,83 +197,41 @@ impl Session {
             }
         }
         self.buf.drain(..PREAMBLE.len());
-        let ControlMsg::Hello { version, nonce, .. } = self.next_msg(MAX_HANDSHAKE_FRAME).await?
-        else {
-            self.send_error(ErrorCode::BadRequest, "expected hello", true)
-                .await;
-            anyhow::bail!("no hello");
-        };
-        self.stream.write_all(PREAMBLE).await?;
-        if version < 1 {
-            self.send_error(
-                ErrorCode::BadVersion,
-                "protocol version 1 or later required",
-                true,
-            )
-            .await;
-            anyhow::bail!("bad version {version}");
-        }
-        let mut welcome = ControlMsg::Welcome {
-            version: version.min(PROTOCOL_VERSION),
-            capabilities: CAPABILITIES.iter().map(|s| s.to_string()).collect(),
-            token: self.ports_ctx.token,
+        let terms = WelcomeTerms {
             max_open_ports: self.state.limits.max_ports_per_session as u32,
-            software: format!("udpreach {}", env!("CARGO_PKG_VERSION")),
             max_probe_rate: self.state.limits.max_probe_rate,
-            nonce: None,
-            proof: None,
+            software: format!("udpreach {}", env!("CARGO_PKG_VERSION")),
         };
-        let Some(key) = self.state.key.clone() else {
-            let permit = self.admit(sessions).await?;
-            self.send(&welcome).await?;
-            return Ok(permit);
-        };
-        let Some(cn) = nonce.as_deref().and_then(auth::from_hex::<NONCE_LEN>) else {
-            self.send_error(
-                ErrorCode::AuthFailed,
-                "authentication failed: this server requires a key (--key-file or UDPREACH_KEY)",
-                true,
-            )
-            .await;
-            anyhow::bail!("authentication failed: the client offered no key");
-        };
-        let sn: [u8; NONCE_LEN] = rand::random();
-        if let ControlMsg::Welcome { nonce, proof, .. } = &mut welcome {
-            *nonce = Some(auth::to_hex(&sn));
-            *proof = Some(auth::to_hex(&key.server_proof(&cn, &sn)));
-        }
-        self.send(&welcome).await?;
-        let proof = match self.next_msg(MAX_HANDSHAKE_FRAME).await? {
-            ControlMsg::Auth { proof } => proof,
-            // The client found our proof wrong (different key) and says so.
-            ControlMsg::Error { message, .. } => {
-                anyhow::bail!("authentication failed: the client refused ours ({message})")
+        let mut handshake = Handshake::new(
+            self.ports_ctx.token,
+            self.state.key.clone(),
+            rand::random(),
+            terms,
+        );
+        let mut first = true;
+        loop {
+            let msg = self.next_msg(MAX_HANDSHAKE_FRAME).await?;
+            let step = handshake.on_message(msg);
+            if std::mem::take(&mut first) {
+                // Our preamble goes out with the first answer, whatever it is.
+                self.stream.write_all(PREAMBLE).await?;
             }
-            _ => {
-                self.send_error(
-                    ErrorCode::AuthFailed,
-                    "authentication failed: expected auth",
-                    true,
-                )
-                .await;
-                anyhow::bail!("authentication failed: no auth message");
+            match step {
+                Step::Reply(reply) => self.send(&reply).await?,
+                Step::Admit { reply, session_key } => {
+                    self.ports_ctx.key = session_key;
+                    let permit = self.admit(sessions).await?;
+                    self.send(&reply).await?;
+                    return Ok(permit);
+                }
+                Step::Refuse { reply, reason } => {
+                    if let Some(r) = reply {
+                        let _ = self.send(&r).await;
+                    }
+                    anyhow::bail!(reason);
+                }
             }
-        };
-        let good = auth::from_hex::<PROOF_LEN>(&proof)
-            .is_some_and(|p| key.verify_client_proof(&cn, &sn, &p));
-        if !good {
-            self.send_error(
-                ErrorCode::AuthFailed,
-                "authentication failed: the client's key does not match the server's",
-                true,
-            )
-            .await;
-            anyhow::bail!("authentication failed: wrong key");
         }
-        self.ports_ctx.key = Some(key.session_key(&cn, &sn));
-        let permit = self.admit(sessions).await?;
-        self.send(&ControlMsg::AuthOk).await?;
-        Ok(permit)
     }
 
     /// Takes a session slot, or tells the client the server is full.
