@@ -175,7 +175,7 @@ pub struct ServerlessProgress {
 pub struct IcmpRateLimit {
     /// When the limiting was first seen, from the start of the check.
     pub detected_after_ms: f64,
-    /// The limiter's interval as finally estimated: one ICMP error per this long.
+    /// The limiter's interval as the check met it: one ICMP error per this long.
     pub interval_ms: f64,
     /// Canaries that went unanswered or ports that answered only a retry.
     pub drops: u32,
@@ -255,6 +255,10 @@ struct Pacing {
     /// for), for the report: the clock's own interval runs a little short
     /// on purpose.
     measured: Option<Duration>,
+    /// ICMP errors received since pacing started, and the latest one's
+    /// arrival: what the limiter actually allowed, for the report.
+    answers: u64,
+    last_answer_seen: Instant,
     /// The last probe was answered on its first try, so the limiter may
     /// allow more than the clock assumes: the next probe goes at once, and
     /// if it is answered too the interval halves.
@@ -883,6 +887,8 @@ impl ServerlessSweep {
             last_backoff: now,
             detected_at: now,
             measured: None,
+            answers: 0,
+            last_answer_seen: now,
             eager: false,
             eager_out: false,
         });
@@ -1018,6 +1024,10 @@ impl ServerlessSweep {
     }
 
     fn note_answer(&mut self, now: Instant) {
+        if let Some(pc) = &mut self.pacing {
+            pc.answers += 1;
+            pc.last_answer_seen = now;
+        }
         self.answers.push_back(now);
         if self.answers.len() > 8 {
             self.answers.pop_front();
@@ -1151,9 +1161,20 @@ impl ServerlessSweep {
                 .saturating_duration_since(self.start)
                 .as_secs_f64()
                 * 1e3,
-            interval_ms: p.measured.unwrap_or(p.interval).as_secs_f64() * 1e3,
+            interval_ms: Self::achieved_interval(p).as_secs_f64() * 1e3,
             drops: self.drops,
         })
+    }
+
+    /// The limiter's interval as the check met it: the time from the start of
+    /// pacing to the latest error over the errors in between, once there are
+    /// enough of them; before that, the clock's estimate.
+    fn achieved_interval(p: &Pacing) -> Duration {
+        if p.answers >= 5 {
+            p.last_answer_seen.saturating_duration_since(p.detected_at) / (p.answers as u32)
+        } else {
+            p.measured.unwrap_or(p.interval)
+        }
     }
 
     /// Marks every undecided port as not tested (Ctrl+C).
@@ -1435,7 +1456,7 @@ mod tests {
         assert_verdicts(&o, &ports, "1/s limiter");
         let rl = o.rate_limit.expect("rate limit detected");
         assert!(
-            (600.0..1600.0).contains(&rl.interval_ms),
+            (900.0..1200.0).contains(&rl.interval_ms),
             "interval {}",
             rl.interval_ms
         );
@@ -1460,6 +1481,8 @@ mod tests {
         let lim = Limiter::new(Duration::from_millis(100), 6, Instant::now());
         let o = simulate(&ports, vec![lim], 0, 3, ServerlessConfig::default());
         assert_verdicts(&o, &ports, "100 ms limiter");
+        let rl = o.rate_limit.expect("rate limit detected");
+        assert!((90.0..120.0).contains(&rl.interval_ms), "{rl:?}");
         let floor = Duration::from_millis(100) * (closed(&ports) - 6);
         assert!(
             o.elapsed < floor.mul_f64(1.1) + Duration::from_secs(2),
@@ -1475,6 +1498,8 @@ mod tests {
         let lim = Limiter::new(Duration::from_millis(1), 50, Instant::now());
         let o = simulate(&ports, vec![lim], 0, 4, ServerlessConfig::default());
         assert_verdicts(&o, &ports, "global limiter");
+        let rl = o.rate_limit.expect("rate limit detected");
+        assert!((0.5..2.0).contains(&rl.interval_ms), "{rl:?}");
         assert!(o.elapsed < Duration::from_secs(8), "{:?}", o.elapsed);
     }
 
