@@ -139,6 +139,8 @@ impl Drop for Sender {
 }
 
 pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
+    // --sport keeps one socket per source port open until its timeout passes.
+    crate::platform::raise_nofile_limit();
     let family = Family::from_flags(args.ipv4, args.ipv6);
     let target = resolve_async(&args.target, family).await?;
     if target.is_ipv4() && args.size > udpreach_wire::probe::MAX_DATAGRAM {
