@@ -146,7 +146,9 @@ async fn run_echo(
     })
     .await?;
     let fragments = match (args.no_fragments, rt.result.mtu) {
-        (false, Some(m)) => Some(echo_fragments(p, target, m).await?),
+        (false, Some(m)) => {
+            Some(fragment_test(p, target, ProbeKind::EchoRequest, m, echoed).await?)
+        }
         _ => None,
     };
     let rt = Direction { fragments, ..rt };
@@ -184,7 +186,8 @@ async fn run_server(
     let mut down = search_down(p, ctl, target, down_max).await?;
     if !args.no_fragments {
         if let Some(m) = up.result.mtu {
-            up.fragments = Some(up_fragments(p, mtu_port, m).await?);
+            up.fragments =
+                Some(fragment_test(p, mtu_port, ProbeKind::MtuProbe, m, mtu_port_ack).await?);
         }
         if let Some(m) = down.result.mtu {
             down.fragments = Some(down_fragments(p, ctl, target, m).await?);
@@ -607,66 +610,35 @@ fn server_probe_len(
         .then_some(meta.len as u32)
 }
 
-/// Upstream fragments: datagrams above the path MTU, DF off, to the MTU port.
-async fn up_fragments(
-    p: &mut Probing,
-    mtu_port: SocketAddr,
-    mtu: u32,
-) -> anyhow::Result<FragmentResult> {
-    let sizes = fragment_test_sizes(mtu, p.v6);
-    with_fragments(p, mtu, |p| {
-        Box::pin(async move {
-            let mut counts: Vec<FragmentSize> = sizes
-                .iter()
-                .map(|&size| FragmentSize {
-                    size,
-                    sent: 0,
-                    arrived: 0,
-                })
-                .collect();
-            for c in counts.iter_mut() {
-                let d = p.datagram(ProbeKind::MtuProbe, FRAG_SEQ | u64::from(c.size), c.size);
-                for _ in 0..p.probes {
-                    p.sent += 1;
-                    if p.udp.send_to(&d, mtu_port).await.is_ok() {
-                        c.sent += 1;
-                    }
-                }
-            }
-            let deadline = Instant::now() + p.wait * 2;
-            while let Ok(r) =
-                tokio::time::timeout_at(deadline.into(), p.udp.recv_any(&mut p.buf)).await
-            {
-                if let Ok(Received::Datagram(meta)) = r {
-                    if meta.from != mtu_port || !p.authentic(&p.buf[..meta.len]) {
-                        continue;
-                    }
-                    if let Some(ack) = parse_ack(&p.buf[..meta.len], p.token) {
-                        if let Some(c) = counts
-                            .iter_mut()
-                            .find(|c| ack.seq == FRAG_SEQ | u64::from(c.size))
-                        {
-                            if ack.received_len == c.size {
-                                c.arrived += 1;
-                            }
-                        }
-                    }
-                }
-                if counts.iter().all(|c| c.arrived >= c.sent) {
-                    break;
-                }
-            }
-            Ok(FragmentResult::from_counts(counts))
-        })
-    })
-    .await
+/// What a reply to a fragment probe says arrived: the probe's seq and the
+/// size that reached the far end. `to` is where the probes went.
+type FragmentReply = fn(&Probing, &[u8], SocketAddr, SocketAddr) -> Option<(u64, u32)>;
+
+/// Upstream fragments: the MTU port acknowledges each datagram it received.
+fn mtu_port_ack(p: &Probing, data: &[u8], from: SocketAddr, to: SocketAddr) -> Option<(u64, u32)> {
+    if from != to || !p.authentic(data) {
+        return None;
+    }
+    parse_ack(data, p.token).map(|ack| (ack.seq, ack.received_len))
 }
 
-/// Round-trip fragments through an echo port.
-async fn echo_fragments(
+/// Round trip through an echo port: the datagram itself comes back.
+fn echoed(p: &Probing, data: &[u8], from: SocketAddr, to: SocketAddr) -> Option<(u64, u32)> {
+    if canonical(from) != canonical(to) || !p.authentic(data) {
+        return None;
+    }
+    let h = ProbeHeader::decode(data).ok()?;
+    (h.token == p.token).then_some((h.seq, data.len() as u32))
+}
+
+/// Sends datagrams above the path MTU with DF off to `to` and counts, per
+/// size, how many `reply` says arrived whole.
+async fn fragment_test(
     p: &mut Probing,
-    echo: SocketAddr,
+    to: SocketAddr,
+    kind: ProbeKind,
     mtu: u32,
+    reply: FragmentReply,
 ) -> anyhow::Result<FragmentResult> {
     let sizes = fragment_test_sizes(mtu, p.v6);
     with_fragments(p, mtu, |p| {
@@ -680,10 +652,10 @@ async fn echo_fragments(
                 })
                 .collect();
             for c in counts.iter_mut() {
-                let d = p.datagram(ProbeKind::EchoRequest, FRAG_SEQ | u64::from(c.size), c.size);
+                let d = p.datagram(kind, FRAG_SEQ | u64::from(c.size), c.size);
                 for _ in 0..p.probes {
                     p.sent += 1;
-                    if p.udp.send_to(&d, echo).await.is_ok() {
+                    if p.udp.send_to(&d, to).await.is_ok() {
                         c.sent += 1;
                     }
                 }
@@ -693,15 +665,11 @@ async fn echo_fragments(
                 tokio::time::timeout_at(deadline.into(), p.udp.recv_any(&mut p.buf)).await
             {
                 if let Ok(Received::Datagram(meta)) = r {
-                    if canonical(meta.from) != canonical(echo) || !p.authentic(&p.buf[..meta.len]) {
-                        continue;
-                    }
-                    if let Ok(h) = ProbeHeader::decode(&p.buf[..meta.len]) {
-                        if let Some(c) = counts.iter_mut().find(|c| {
-                            h.token == p.token
-                                && h.seq == FRAG_SEQ | u64::from(c.size)
-                                && meta.len == c.size as usize
-                        }) {
+                    if let Some((seq, size)) = reply(p, &p.buf[..meta.len], meta.from, to) {
+                        if let Some(c) = counts
+                            .iter_mut()
+                            .find(|c| seq == FRAG_SEQ | u64::from(c.size) && size == c.size)
+                        {
                             c.arrived += 1;
                         }
                     }
