@@ -142,7 +142,14 @@ async fn run_echo(
     p.wait = args.timeout.unwrap_or_else(|| round_wait(rtt));
     report.start("echo", local_mtu);
     let rt = search(p, local_mtu, |p, sizes, s| {
-        Box::pin(echo_round(p, target, sizes, s))
+        Box::pin(search_round(
+            p,
+            target,
+            ProbeKind::EchoRequest,
+            echoed,
+            sizes,
+            s,
+        ))
     })
     .await?;
     let fragments = match (args.no_fragments, rt.result.mtu) {
@@ -170,7 +177,14 @@ async fn run_server(
 ) -> anyhow::Result<(Direction, Direction)> {
     report.start("server", local_mtu);
     let mut up = search(p, local_mtu, |p, sizes, s| {
-        Box::pin(up_round(p, mtu_port, sizes, s))
+        Box::pin(search_round(
+            p,
+            mtu_port,
+            ProbeKind::MtuProbe,
+            mtu_port_ack,
+            sizes,
+            s,
+        ))
     })
     .await?;
     if up.result.mtu.is_none() {
@@ -402,14 +416,17 @@ async fn send_sizes(
     }
 }
 
-/// Upstream round: DF probes to the MTU port, acknowledged per size.
-async fn up_round(
+/// One search round: DF probes of `sizes` to `to`, then every reply that
+/// `reply` reads as one of ours proves its size crossed.
+async fn search_round(
     p: &mut Probing,
-    mtu_port: SocketAddr,
+    to: SocketAddr,
+    kind: ProbeKind,
+    reply: ReplyReader,
     sizes: &[u32],
     s: &mut MtuSearch,
 ) -> anyhow::Result<()> {
-    send_sizes(p, mtu_port, ProbeKind::MtuProbe, sizes, s).await;
+    send_sizes(p, to, kind, sizes, s).await;
     let deadline = Instant::now() + p.wait;
     while !s.round_complete() {
         let Ok(got) = tokio::time::timeout_at(deadline.into(), p.udp.recv_any(&mut p.buf)).await
@@ -417,62 +434,33 @@ async fn up_round(
             break;
         };
         match got {
-            Ok(Received::Datagram(meta)) if meta.from == mtu_port => {
-                if !p.authentic(&p.buf[..meta.len]) {
-                    continue;
-                }
-                if let Some(ack) = parse_ack(&p.buf[..meta.len], p.token) {
-                    if ack.seq & FRAG_SEQ == 0 {
-                        s.on_pass(packet_size(ack.received_len, p.v6));
-                    }
-                }
-            }
-            Ok(Received::Error(e)) => on_error(p, &e, mtu_port, s)?,
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// Round-trip round through an echo port: a reply of the probe's size
-/// crossed both ways.
-async fn echo_round(
-    p: &mut Probing,
-    echo: SocketAddr,
-    sizes: &[u32],
-    s: &mut MtuSearch,
-) -> anyhow::Result<()> {
-    send_sizes(p, echo, ProbeKind::EchoRequest, sizes, s).await;
-    let deadline = Instant::now() + p.wait;
-    while !s.round_complete() {
-        let Ok(got) = tokio::time::timeout_at(deadline.into(), p.udp.recv_any(&mut p.buf)).await
-        else {
-            break;
-        };
-        match got {
-            Ok(Received::Datagram(meta)) if canonical(meta.from) == canonical(echo) => {
-                if let Some(mtu) = echoed_size(p, meta.len) {
+            Ok(Received::Datagram(meta)) => {
+                if let Some(mtu) = passed(p, reply, &p.buf[..meta.len], meta.from, to) {
                     s.on_pass(mtu);
                 }
             }
-            Ok(Received::Error(e)) => on_error(p, &e, echo, s)?,
+            Ok(Received::Error(e)) => on_error(p, &e, to, s)?,
             _ => {}
         }
     }
     Ok(())
 }
 
-/// The MTU an echo reply proves, if it is one of ours and whole.
-fn echoed_size(p: &Probing, len: usize) -> Option<u32> {
-    if !p.authentic(&p.buf[..len]) {
+/// The MTU a search reply proves: probes carry their packet size as seq, so
+/// a whole one of ours arrived when the size that arrived fits that seq.
+fn passed(
+    p: &Probing,
+    reply: ReplyReader,
+    data: &[u8],
+    from: SocketAddr,
+    to: SocketAddr,
+) -> Option<u32> {
+    let (seq, len) = reply(p, data, from, to)?;
+    if seq & FRAG_SEQ != 0 {
         return None;
     }
-    let h = ProbeHeader::decode(&p.buf[..len]).ok()?;
-    if h.token != p.token || h.seq & FRAG_SEQ != 0 {
-        return None;
-    }
-    let mtu = u32::try_from(h.seq).ok()?;
-    (payload_size(mtu, p.v6) as usize == len).then_some(mtu)
+    let mtu = u32::try_from(seq).ok()?;
+    (payload_size(mtu, p.v6) == len).then_some(mtu)
 }
 
 /// One small echo first: the path works at all, and how long answers take.
@@ -489,8 +477,7 @@ async fn echo_rtt(p: &mut Probing, echo: SocketAddr) -> anyhow::Result<Duration>
         {
             match got {
                 Ok(Received::Datagram(meta))
-                    if canonical(meta.from) == canonical(echo)
-                        && echoed_size(p, meta.len) == Some(mtu) =>
+                    if passed(p, echoed, &p.buf[..meta.len], meta.from, echo) == Some(mtu) =>
                 {
                     return Ok(t0.elapsed());
                 }
@@ -610,9 +597,10 @@ fn server_probe_len(
         .then_some(meta.len as u32)
 }
 
-/// What a reply to a fragment probe says arrived: the probe's seq and the
-/// size that reached the far end. `to` is where the probes went.
-type FragmentReply = fn(&Probing, &[u8], SocketAddr, SocketAddr) -> Option<(u64, u32)>;
+/// What a reply to one of our probes says arrived: the probe's seq and the
+/// size that reached the far end. `to` is where the probes went. The same
+/// readers serve the search rounds and the fragment tests.
+type ReplyReader = fn(&Probing, &[u8], SocketAddr, SocketAddr) -> Option<(u64, u32)>;
 
 /// Upstream fragments: the MTU port acknowledges each datagram it received.
 fn mtu_port_ack(p: &Probing, data: &[u8], from: SocketAddr, to: SocketAddr) -> Option<(u64, u32)> {
@@ -638,7 +626,7 @@ async fn fragment_test(
     to: SocketAddr,
     kind: ProbeKind,
     mtu: u32,
-    reply: FragmentReply,
+    reply: ReplyReader,
 ) -> anyhow::Result<FragmentResult> {
     let sizes = fragment_test_sizes(mtu, p.v6);
     with_fragments(p, mtu, |p| {
