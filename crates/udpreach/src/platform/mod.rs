@@ -306,11 +306,6 @@ pub fn raise_nofile_limit() -> u64 {
     }
 }
 
-/// Number of open file descriptors of this process (for diagnostics and tests).
-pub fn open_fd_count() -> Option<usize> {
-    std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count())
-}
-
 /// A TCP listener; IPv6 listeners are v6-only so `[::]:P` and `0.0.0.0:P` coexist.
 pub fn tcp_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let sock = Socket::new(

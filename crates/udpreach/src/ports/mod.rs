@@ -193,12 +193,7 @@ pub async fn run(args: PortsArgs, verbose: u8) -> anyhow::Result<u8> {
         }
     };
     let results = sweep.results();
-    report.print(
-        &results,
-        elapsed,
-        sweep.progress().probes_sent,
-        platform::open_fd_count(),
-    );
+    report.print(&results, elapsed, sweep.progress().probes_sent);
     let all_ok = results
         .iter()
         .all(|r| r.verdict == udpreach_engine::Verdict::Reachable);

@@ -132,10 +132,7 @@ impl MtuReport {
                 "elapsed_ms": elapsed.as_secs_f64() * 1e3,
                 "probes_sent": probes,
             });
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&doc).expect("serializes")
-            );
+            super::print_json(&doc);
             return;
         }
         println!("{}", direction_line("upstream", up));
@@ -161,10 +158,7 @@ impl MtuReport {
                 "elapsed_ms": elapsed.as_secs_f64() * 1e3,
                 "probes_sent": probes,
             });
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&doc).expect("serializes")
-            );
+            super::print_json(&doc);
             return;
         }
         println!("{}", direction_line("round trip", rt));

@@ -8,7 +8,6 @@ use std::time::Duration;
 use udpreach_engine::sweep::{PortResult, Progress};
 use udpreach_engine::Verdict;
 use udpreach_wire::icmp::IcmpReport;
-use udpreach_wire::PortSpec;
 
 pub struct PortsReport {
     pub json: bool,
@@ -18,24 +17,14 @@ pub struct PortsReport {
     pub server: SocketAddr,
 }
 
-/// Ports grouped by verdict, in a stable order.
-pub fn group(results: &[PortResult]) -> BTreeMap<Verdict, Vec<u16>> {
-    let mut by: BTreeMap<Verdict, Vec<u16>> = BTreeMap::new();
-    for r in results {
-        by.entry(r.verdict).or_default().push(r.port);
-    }
-    by
-}
-
 /// Rejected ports grouped by the ICMP error (reporting host and reason).
 fn rejected_by(results: &[PortResult]) -> BTreeMap<IcmpReport, Vec<u16>> {
-    let mut by: BTreeMap<IcmpReport, Vec<u16>> = BTreeMap::new();
-    for r in results.iter().filter(|r| r.verdict == Verdict::Rejected) {
-        if let Some(i) = r.icmp {
-            by.entry(i).or_default().push(r.port);
-        }
-    }
-    by
+    super::group_by(
+        results
+            .iter()
+            .filter(|r| r.verdict == Verdict::Rejected)
+            .filter_map(|r| r.icmp.map(|i| (i, r.port))),
+    )
 }
 
 impl PortsReport {
@@ -56,27 +45,11 @@ impl PortsReport {
         ));
     }
 
-    pub fn print(
-        &self,
-        results: &[PortResult],
-        elapsed: Duration,
-        probes: u64,
-        _fds: Option<usize>,
-    ) {
-        let groups = group(results);
+    pub fn print(&self, results: &[PortResult], elapsed: Duration, probes: u64) {
+        let groups = super::group_by(results.iter().map(|r| (r.verdict, r.port)));
         let reachable = groups.get(&Verdict::Reachable).map_or(0, Vec::len);
         if self.json {
-            let counts: BTreeMap<&str, usize> =
-                groups.iter().map(|(v, p)| (v.as_str(), p.len())).collect();
-            let ranges: BTreeMap<&str, String> = groups
-                .iter()
-                .map(|(v, p)| {
-                    (
-                        v.as_str(),
-                        PortSpec::from_ports(p.iter().copied()).to_string(),
-                    )
-                })
-                .collect();
+            let (counts, ranges) = super::counts_and_ranges(&groups, Verdict::as_str);
             let doc = json!({
                 "target": self.target_name,
                 "server": self.server.to_string(),
@@ -89,10 +62,7 @@ impl PortsReport {
                 "ranges": ranges,
                 "ports": results,
             });
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&doc).expect("serializes")
-            );
+            super::print_json(&doc);
             return;
         }
         if !self.quiet {

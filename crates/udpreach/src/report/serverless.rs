@@ -11,7 +11,6 @@ use udpreach_engine::serverless::{
     IcmpRateLimit, ServerlessProgress, ServerlessResult, ServerlessVerdict,
 };
 use udpreach_wire::icmp::IcmpReport;
-use udpreach_wire::PortSpec;
 
 pub struct ServerlessReport {
     pub json: bool,
@@ -21,26 +20,14 @@ pub struct ServerlessReport {
     pub target: IpAddr,
 }
 
-fn group(results: &[ServerlessResult]) -> BTreeMap<ServerlessVerdict, Vec<u16>> {
-    let mut by: BTreeMap<ServerlessVerdict, Vec<u16>> = BTreeMap::new();
-    for r in results {
-        by.entry(r.verdict).or_default().push(r.port);
-    }
-    by
-}
-
 /// Filtered ports by the ICMP error that filtered them.
 fn filtered_by(results: &[ServerlessResult]) -> BTreeMap<IcmpReport, Vec<u16>> {
-    let mut by: BTreeMap<IcmpReport, Vec<u16>> = BTreeMap::new();
-    for r in results
-        .iter()
-        .filter(|r| r.verdict == ServerlessVerdict::Filtered)
-    {
-        if let Some(i) = r.icmp {
-            by.entry(i).or_default().push(r.port);
-        }
-    }
-    by
+    super::group_by(
+        results
+            .iter()
+            .filter(|r| r.verdict == ServerlessVerdict::Filtered)
+            .filter_map(|r| r.icmp.map(|i| (i, r.port))),
+    )
 }
 
 impl ServerlessReport {
@@ -86,19 +73,9 @@ impl ServerlessReport {
         progress: &ServerlessProgress,
         rate_limit: Option<&IcmpRateLimit>,
     ) {
-        let groups = group(results);
+        let groups = super::group_by(results.iter().map(|r| (r.verdict, r.port)));
         if self.json {
-            let counts: BTreeMap<&str, usize> =
-                groups.iter().map(|(v, p)| (v.as_str(), p.len())).collect();
-            let ranges: BTreeMap<&str, String> = groups
-                .iter()
-                .map(|(v, p)| {
-                    (
-                        v.as_str(),
-                        PortSpec::from_ports(p.iter().copied()).to_string(),
-                    )
-                })
-                .collect();
+            let (counts, ranges) = super::counts_and_ranges(&groups, ServerlessVerdict::as_str);
             let doc = json!({
                 "mode": "no_server",
                 "target": self.target_name,
@@ -112,10 +89,7 @@ impl ServerlessReport {
                 "ranges": ranges,
                 "ports": results,
             });
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&doc).expect("serializes")
-            );
+            super::print_json(&doc);
             return;
         }
         if !self.quiet {
