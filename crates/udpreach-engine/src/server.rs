@@ -108,7 +108,7 @@ impl ServerLimits {
     /// Defaults derived from the open-files limit: keep a reserve for control
     /// connections and the process itself.
     pub fn for_nofile(nofile: u64) -> Self {
-        let usable = nofile.saturating_sub(512).max(64) as usize;
+        let usable = port_budget(nofile);
         ServerLimits {
             max_sessions: 64,
             max_ports_per_session: usable.min(8192),
@@ -124,6 +124,12 @@ impl ServerLimits {
             handshake_timeout: Duration::from_secs(5),
         }
     }
+}
+
+/// How many test ports an open-files limit of `nofile` descriptors can hold:
+/// all but 512 kept for sessions, listeners and the rest (at least 64).
+pub fn port_budget(nofile: u64) -> usize {
+    nofile.saturating_sub(512).max(64) as usize
 }
 
 #[cfg(test)]

@@ -9,20 +9,59 @@ use udpreach_wire::PortSpec;
 
 pub const DEFAULT_PORT: u16 = 4000;
 
+/// The version line: the crate version and, when built from a git checkout,
+/// the commit (set by build.rs).
+pub const VERSION: &str = match option_env!("UDPREACH_GIT_COMMIT") {
+    Some(_) => concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (git ",
+        env!("UDPREACH_GIT_COMMIT"),
+        ")"
+    ),
+    None => env!("CARGO_PKG_VERSION"),
+};
+
 const EXIT_CODES: &str = "\
+Exit codes (each command's own: udpreach COMMAND --help):
+  0 success, 1 a negative result about the network, 2 usage or local error.
+Usage errors are one line, `udpreach: ...`, naming the bad value.";
+
+const PING_EXIT_CODES: &str = "\
 Exit codes:
-  ping:   0 at least one reply, 1 no reply, 2 usage, resolution or socket error
-  ports:  0 every requested port reachable (--no-server: open), 1 some port not,
-          2 usage, connection or protocol error
-  mtu:    0 a path MTU found every way and fragments pass, 1 nothing crosses
-          or fragments are dropped, 2 usage, connection or socket error
-  server: 0 clean shutdown (SIGINT/SIGTERM), 2 usage or socket error
-  With a key (--key-file or UDPREACH_KEY), a failed authentication exits 2.";
+  0 at least one reply (late ones count)
+  1 no reply at all
+  2 usage, resolution or socket error; with a key, failed authentication;
+    without one, a server that requires a key";
+
+const PORTS_EXIT_CODES: &str = "\
+Exit codes:
+  0 every requested port reachable (--no-server: open)
+  1 some port not reachable (--no-server: not open)
+  2 usage, connection or protocol error; with a key, failed authentication";
+
+const MTU_EXIT_CODES: &str = "\
+Exit codes:
+  0 a path MTU found every way and fragments pass
+  1 nothing crosses, or fragments are dropped
+  2 usage, connection or socket error; with a key, failed authentication";
+
+const SERVER_EXIT_CODES: &str = "\
+Exit codes:
+  0 clean shutdown (SIGINT/SIGTERM)
+  2 usage or socket error (a taken port, a bad key file)";
+
+/// Option groups in `--help`.
+const PROBES: &str = "Probes";
+const PATH: &str = "Path";
+const OUTPUT: &str = "Output";
+const AUTH: &str = "Authentication";
+const LISTEN: &str = "Listening";
+const LIMITS: &str = "Limits";
 
 #[derive(Parser, Debug)]
 #[command(
     name = "udpreach",
-    version,
+    version = VERSION,
     about = "Does UDP get through, on which ports, how fast, and where does it break?",
     after_help = EXIT_CODES
 )]
@@ -46,43 +85,57 @@ pub enum Command {
     /// Find the path MTU each way (DF probes, ICMP or black-hole search) and whether
     /// fragmented datagrams pass.
     Mtu(MtuArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout: udpreach(1), or with COMMAND udpreach-COMMAND(1).
+    #[command(hide = true)]
+    Man {
+        #[arg(value_name = "COMMAND", value_parser = ["server", "ping", "ports", "mtu"])]
+        command: Option<String>,
+    },
 }
 
 #[derive(Args, Debug)]
-#[command(after_help = EXIT_CODES)]
+#[command(after_help = SERVER_EXIT_CODES)]
 pub struct ServerArgs {
     /// UDP echo address (repeatable). Default: 0.0.0.0:4000 and [::]:4000.
-    #[arg(short = 'l', long = "listen", value_name = "ADDR:PORT", value_parser = parse_listen)]
+    #[arg(short = 'l', long = "listen", value_name = "ADDR:PORT", value_parser = parse_listen, help_heading = LISTEN)]
     pub listen: Vec<SocketAddr>,
-    /// TCP control port for `udpreach ports`, on the same addresses as --listen.
-    #[arg(long, value_name = "PORT", value_parser = parse_port_arg)]
+    /// TCP control port for `udpreach ports` and `mtu`, on the same addresses as --listen
+    /// [default: each --listen address's own port].
+    #[arg(long, value_name = "PORT", value_parser = parse_port_arg, help_heading = LISTEN)]
     pub control: Option<u16>,
     /// Ports clients may ask the server to open for tests.
-    #[arg(long, value_name = "SPEC", default_value = "1024-65535", value_parser = parse_spec)]
+    #[arg(long, value_name = "SPEC", default_value = "1024-65535", value_parser = parse_spec, help_heading = LISTEN)]
     pub allow_ports: PortSpec,
+    /// Answer only udpreach probes on the echo port, not arbitrary datagrams.
+    #[arg(long, help_heading = LISTEN)]
+    pub no_plain_echo: bool,
     /// Most concurrent port-test sessions.
-    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = number_in("session count", 1u32, 10_000), allow_negative_numbers = true, help_heading = LIMITS)]
     pub max_sessions: u32,
-    /// Most test ports one session holds open at once (default: from the open-files limit, at most 8192).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65_535))]
+    /// Most test ports one session holds open at once [default: from the open-files limit, at most 8192].
+    #[arg(long, value_name = "N", value_parser = number_in("port count", 1u32, 65_535), allow_negative_numbers = true, help_heading = LIMITS)]
     pub max_ports_per_session: Option<u32>,
-    /// Most test ports open at once across all sessions (default: from the open-files limit).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    /// Most test ports open at once across all sessions [default: from the open-files limit;
+    /// more than that limit allows is refused].
+    #[arg(long, value_name = "N", value_parser = number_in("port count", 1u32, 1_000_000), allow_negative_numbers = true, help_heading = LIMITS)]
     pub max_total_ports: Option<u32>,
-    /// Close a control session (and its ports) after this much silence.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    /// Close a control session (and its ports) after this much silence: 5s..=1h.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration_in("idle timeout", "5s", "1h"), allow_negative_numbers = true, help_heading = LIMITS)]
     pub idle_timeout: Duration,
     /// Most probe replies per second per session (test ports) and per ping flow (per source address without a key); excess probes get no reply.
-    #[arg(long, value_name = "PPS", default_value_t = udpreach_engine::server::DEFAULT_MAX_PROBE_RATE, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    #[arg(long, value_name = "PPS", default_value_t = udpreach_engine::server::DEFAULT_MAX_PROBE_RATE, value_parser = number_in("rate", 1u32, 10_000_000), allow_negative_numbers = true, help_heading = LIMITS)]
     pub max_probe_rate: u32,
     /// Largest datagram answered, in bytes; larger ones are dropped.
-    #[arg(long, value_name = "BYTES", default_value_t = udpreach_engine::server::DEFAULT_MAX_DATAGRAM, value_parser = parse_max_datagram)]
+    #[arg(long, value_name = "BYTES", default_value_t = udpreach_engine::server::DEFAULT_MAX_DATAGRAM, value_parser = parse_max_datagram, allow_negative_numbers = true, help_heading = LIMITS)]
     pub max_datagram: usize,
-    /// Answer only udpreach probes on the echo port, not arbitrary datagrams.
-    #[arg(long)]
-    pub no_plain_echo: bool,
     /// Most plain-echo replies per second to one source address (so the server cannot flood a third party).
-    #[arg(long, value_name = "PPS", default_value_t = udpreach_engine::server::DEFAULT_PLAIN_ECHO_RATE, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, value_name = "PPS", default_value_t = udpreach_engine::server::DEFAULT_PLAIN_ECHO_RATE, value_parser = number_in("rate", 1u32, 1_000_000), allow_negative_numbers = true, help_heading = LIMITS)]
     pub plain_echo_rate: u32,
     #[command(flatten)]
     pub key: KeyArgs,
@@ -92,6 +145,7 @@ pub struct ServerArgs {
 /// no option that takes the key itself: command lines are visible to every
 /// local user (`ps`, /proc/PID/cmdline) and end up in shell history.
 #[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = AUTH)]
 pub struct KeyArgs {
     /// Shared secret for authenticated mode: a file holding the key (a trailing newline is ignored).
     /// Without it, the UDPREACH_KEY environment variable is used when set.
@@ -99,57 +153,76 @@ pub struct KeyArgs {
     pub key_file: Option<PathBuf>,
 }
 
+/// Default probe size without a key; with one, [`udpreach_wire::auth::MIN_SEALED_LEN`].
+pub const DEFAULT_PING_SIZE: usize = 64;
+
 #[derive(Args, Debug)]
-#[command(after_help = EXIT_CODES)]
+#[command(after_help = PING_EXIT_CODES)]
 pub struct PingArgs {
     /// Target: HOST, HOST:PORT, [IPv6]:PORT or an IPv6 literal (zone ids as fe80::1%eth0). Default port 4000.
     #[arg(value_name = "HOST[:PORT]")]
     pub target: String,
-    /// Stop after sending this many probes.
-    #[arg(short = 'c', long, value_name = "COUNT", value_parser = clap::value_parser!(u64).range(1..))]
+    /// Stop after sending this many probes [default: until Ctrl+C or --deadline].
+    #[arg(short = 'c', long, value_name = "COUNT", value_parser = number_in("count", 1u64, MAX_COUNT), allow_negative_numbers = true, help_heading = PROBES)]
     pub count: Option<u64>,
-    /// Time between probes (10ms, 1s, 0.2 = seconds). Minimum 100us.
-    #[arg(short = 'i', long, value_name = "INTERVAL", default_value = "1s", value_parser = parse_interval)]
+    /// Time between probes (10ms, 1s, 0.2 = seconds): 100us..=1h.
+    #[arg(short = 'i', long, value_name = "INTERVAL", default_value = "1s", value_parser = parse_interval, allow_negative_numbers = true, help_heading = PROBES)]
     pub interval: Duration,
-    /// UDP payload size in bytes: 16..=65507 (IPv6: 65527); 64 and up carries the udpreach header.
-    #[arg(short = 's', long = "size", value_name = "BYTES", default_value_t = 64, value_parser = parse_size)]
-    pub size: usize,
-    /// Per-probe timeout: a reply after it is counted late, not lost.
-    #[arg(short = 'W', long = "timeout", value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    /// UDP payload size in bytes: 16..=65507 (IPv6: 65527); 64 and up carries the udpreach
+    /// header [default: 64; with a key 80, the smallest authenticated probe].
+    #[arg(short = 's', long = "size", value_name = "BYTES", value_parser = parse_size, allow_negative_numbers = true, help_heading = PROBES)]
+    pub size: Option<usize>,
+    /// Per-probe timeout, 1ms..=1h: a reply after it is counted late, not lost.
+    #[arg(short = 'W', long = "timeout", value_name = "DURATION", default_value = "1s", value_parser = duration_in("timeout", "1ms", "1h"), allow_negative_numbers = true, help_heading = PROBES)]
     pub timeout: Duration,
-    /// Stop after this long, whatever the count.
-    #[arg(short = 'w', long = "deadline", value_name = "DURATION", value_parser = parse_duration)]
+    /// Stop after this long, whatever the count: 1ms..=30d.
+    #[arg(short = 'w', long = "deadline", value_name = "DURATION", value_parser = duration_in("deadline", "1ms", "30d"), allow_negative_numbers = true, help_heading = PROBES)]
     pub deadline: Option<Duration>,
-    /// Print only the summary.
-    #[arg(short = 'q', long)]
-    pub quiet: bool,
     /// Use IPv4 only.
-    #[arg(short = '4', conflicts_with = "ipv6")]
+    #[arg(short = '4', conflicts_with = "ipv6", help_heading = PATH)]
     pub ipv4: bool,
     /// Use IPv6 only.
-    #[arg(short = '6')]
+    #[arg(short = '6', help_heading = PATH)]
     pub ipv6: bool,
     /// Send one probe from each local source port: PORT or START-END (the seed's SRC_PORT_RANGE).
-    #[arg(long = "sport", value_name = "PORT|RANGE", value_parser = parse_spec)]
+    #[arg(long = "sport", value_name = "PORT|RANGE", value_parser = parse_spec, help_heading = PATH)]
     pub sport: Option<PortSpec>,
     /// DSCP code point 0..=63 for outgoing probes.
-    #[arg(long, value_name = "DSCP", value_parser = clap::value_parser!(u8).range(0..=63))]
+    #[arg(long, value_name = "DSCP", value_parser = number_in("DSCP", 0u8, 63), allow_negative_numbers = true, help_heading = PATH)]
     pub dscp: Option<u8>,
     /// TTL / hop limit for outgoing probes (1..=255).
-    #[arg(long, value_name = "TTL", value_parser = clap::value_parser!(u32).range(1..=255))]
+    #[arg(long, value_name = "TTL", value_parser = number_in("TTL", 1u32, 255), allow_negative_numbers = true, help_heading = PATH)]
     pub ttl: Option<u32>,
     /// Set Don't Fragment: oversize probes fail instead of being fragmented.
-    #[arg(long)]
+    #[arg(long, help_heading = PATH)]
     pub df: bool,
+    /// Print only the summary.
+    #[arg(short = 'q', long, help_heading = OUTPUT)]
+    pub quiet: bool,
     /// One JSON object per line per event, then a summary object.
-    #[arg(long)]
+    #[arg(long, help_heading = OUTPUT)]
     pub json: bool,
     #[command(flatten)]
     pub key: KeyArgs,
 }
 
+impl PingArgs {
+    /// The probe size: as given, else the default of the mode (a keyed probe
+    /// needs room for its authentication tag).
+    pub fn size_for(&self, keyed: bool) -> usize {
+        self.size.unwrap_or(if keyed {
+            udpreach_wire::auth::MIN_SEALED_LEN
+        } else {
+            DEFAULT_PING_SIZE
+        })
+    }
+}
+
+/// Most probes one ping run may be asked for (`-c`): over three years at 1 s.
+pub const MAX_COUNT: u64 = 100_000_000;
+
 #[derive(Args, Debug)]
-#[command(after_help = EXIT_CODES)]
+#[command(after_help = PORTS_EXIT_CODES)]
 pub struct PortsArgs {
     /// Server: HOST or HOST:CONTROL_PORT (default control port 4000).
     #[arg(value_name = "HOST[:PORT]")]
@@ -157,81 +230,198 @@ pub struct PortsArgs {
     /// Ports to test: 5000,6000,7000-8000 (ranges with - or :).
     #[arg(value_name = "SPEC", value_parser = parse_spec)]
     pub ports: PortSpec,
-    /// TCP control port (overrides the port in HOST:PORT).
-    #[arg(long, value_name = "PORT", value_parser = parse_port_arg, conflicts_with = "no_server")]
+    /// TCP control port [default: the port in HOST:PORT, else 4000].
+    #[arg(long, value_name = "PORT", value_parser = parse_port_arg, conflicts_with = "no_server", help_heading = PATH)]
     pub control: Option<u16>,
     /// Check a host that runs no udpreach server: open (a UDP reply), closed (ICMP port
     /// unreachable), filtered (other ICMP errors, naming who sent them), open|filtered
     /// (silence after retries). Paces itself to the host's ICMP rate limit.
-    #[arg(long = "no-server")]
+    #[arg(long = "no-server", help_heading = PATH)]
     pub no_server: bool,
-    /// Fixed per-probe timeout instead of the adaptive one (from measured RTT).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    /// Use IPv4 only.
+    #[arg(short = '4', conflicts_with = "ipv6", help_heading = PATH)]
+    pub ipv4: bool,
+    /// Use IPv6 only.
+    #[arg(short = '6', help_heading = PATH)]
+    pub ipv6: bool,
+    /// Fixed per-probe timeout, 1ms..=1m, instead of the adaptive one (from measured RTT).
+    #[arg(long, value_name = "DURATION", value_parser = duration_in("timeout", "1ms", "1m"), allow_negative_numbers = true, help_heading = PROBES)]
     pub timeout: Option<Duration>,
     /// Probes per round before a silent port is checked with the server (a second round
     /// confirms; default 4); with --no-server, probes before a silent port is
-    /// open|filtered (default 3).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=20))]
+    /// open|filtered (default 3). 1..=20.
+    #[arg(long, value_name = "N", value_parser = number_in("retry count", 1u32, 20), allow_negative_numbers = true, help_heading = PROBES)]
     pub retries: Option<u32>,
-    /// Cap on probes per second.
-    #[arg(long, value_name = "PPS", value_parser = clap::value_parser!(u32).range(1..))]
+    /// Cap on probes per second, 1..=10000000 [default: the server's per-session cap;
+    /// --no-server: the host's ICMP rate limit].
+    #[arg(long, value_name = "PPS", value_parser = number_in("rate", 1u32, 10_000_000), allow_negative_numbers = true, help_heading = PROBES)]
     pub rate: Option<u32>,
-    /// Use IPv4 only.
-    #[arg(short = '4', conflicts_with = "ipv6")]
-    pub ipv4: bool,
-    /// Use IPv6 only.
-    #[arg(short = '6')]
-    pub ipv6: bool,
-    /// Print every port, not just grouped ranges (also -v).
-    #[arg(long = "list")]
+    /// Print every port, not just grouped ranges.
+    #[arg(short = 'l', long = "list", help_heading = OUTPUT)]
     pub list: bool,
     /// No progress bar and only the result lines.
-    #[arg(short = 'q', long)]
+    #[arg(short = 'q', long, help_heading = OUTPUT)]
     pub quiet: bool,
     /// A JSON document with every port's verdict.
-    #[arg(long)]
+    #[arg(long, help_heading = OUTPUT)]
     pub json: bool,
     #[command(flatten)]
     pub key: KeyArgs,
 }
 
 #[derive(Args, Debug)]
-#[command(after_help = EXIT_CODES)]
+#[command(after_help = MTU_EXIT_CODES)]
 pub struct MtuArgs {
     /// A udpreach server (HOST or HOST:PORT, default port 4000), or with --echo any UDP
     /// echo server.
     #[arg(value_name = "HOST[:PORT]")]
     pub target: String,
-    /// TCP control port (default: the port in HOST:PORT).
-    #[arg(long, value_name = "PORT", value_parser = parse_port_arg, conflicts_with = "echo")]
+    /// TCP control port [default: the port in HOST:PORT, else 4000].
+    #[arg(long, value_name = "PORT", value_parser = parse_port_arg, conflicts_with = "echo", help_heading = PATH)]
     pub control: Option<u16>,
     /// The target is a plain UDP echo server: one round-trip result instead of one per
     /// direction (also used when the server lacks the "mtu" capability).
-    #[arg(long)]
+    #[arg(long, help_heading = PATH)]
     pub echo: bool,
-    /// Datagrams per size and round.
-    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=4))]
-    pub probes: u32,
-    /// Wait per round for probes to arrive (default: from the measured round trip).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub timeout: Option<Duration>,
-    /// Skip the test of fragmented datagrams.
-    #[arg(long)]
-    pub no_fragments: bool,
     /// Use IPv4 only.
-    #[arg(short = '4', conflicts_with = "ipv6")]
+    #[arg(short = '4', conflicts_with = "ipv6", help_heading = PATH)]
     pub ipv4: bool,
     /// Use IPv6 only.
-    #[arg(short = '6')]
+    #[arg(short = '6', help_heading = PATH)]
     pub ipv6: bool,
-    /// One JSON document.
-    #[arg(long)]
-    pub json: bool,
+    /// Datagrams per size and round, 1..=4.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = number_in("probe count", 1u32, 4), allow_negative_numbers = true, help_heading = PROBES)]
+    pub probes: u32,
+    /// Wait per round for probes to arrive, 1ms..=1m [default: from the measured round trip].
+    #[arg(long, value_name = "DURATION", value_parser = duration_in("timeout", "1ms", "1m"), allow_negative_numbers = true, help_heading = PROBES)]
+    pub timeout: Option<Duration>,
+    /// Skip the test of fragmented datagrams.
+    #[arg(long, help_heading = PROBES)]
+    pub no_fragments: bool,
     /// Only the result lines.
-    #[arg(short = 'q', long)]
+    #[arg(short = 'q', long, help_heading = OUTPUT)]
     pub quiet: bool,
+    /// One JSON document.
+    #[arg(long, help_heading = OUTPUT)]
+    pub json: bool,
     #[command(flatten)]
     pub key: KeyArgs,
+}
+
+impl ServerArgs {
+    /// The echo addresses: --listen, else the defaults.
+    pub fn listens(&self) -> Vec<SocketAddr> {
+        if self.listen.is_empty() {
+            use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+            vec![
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT),
+                SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), DEFAULT_PORT),
+            ]
+        } else {
+            self.listen.clone()
+        }
+    }
+
+    /// Checks that need all options together, or the open-files limit
+    /// (`nofile`, after raising it): a repeated or overlapping --listen,
+    /// --allow-ports leaving nothing to test, port caps the descriptor limit
+    /// cannot hold. Errors are one line naming the value.
+    pub fn validate(&self, nofile: u64) -> Result<(), String> {
+        for (i, a) in self.listen.iter().enumerate() {
+            for b in &self.listen[..i] {
+                if a == b {
+                    return Err(format!("--listen {a} is given twice"));
+                }
+                if a.port() == b.port()
+                    && a.is_ipv4() == b.is_ipv4()
+                    && (a.ip().is_unspecified() || b.ip().is_unspecified())
+                {
+                    return Err(format!(
+                        "--listen {a} overlaps --listen {b}: the wildcard address already covers the other"
+                    ));
+                }
+            }
+        }
+        let mut own: Vec<u16> = self
+            .listens()
+            .iter()
+            .flat_map(|a| [a.port(), self.control.unwrap_or(a.port())])
+            .collect();
+        own.sort_unstable();
+        own.dedup();
+        if self
+            .allow_ports
+            .iter()
+            .all(|p| own.binary_search(&p).is_ok())
+        {
+            return Err(format!(
+                "--allow-ports {} names only the server's own ports; no port would be left to test",
+                self.allow_ports
+            ));
+        }
+        let budget = udpreach_engine::server::port_budget(nofile);
+        for (name, value) in [
+            ("--max-total-ports", self.max_total_ports),
+            ("--max-ports-per-session", self.max_ports_per_session),
+        ] {
+            if let Some(n) = value {
+                if n as usize > budget {
+                    return Err(format!(
+                        "{name} {n} is more than the open-files limit allows ({nofile} descriptors: at most {budget} ports); raise it (ulimit -n, LimitNOFILE=) or give a smaller value"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// clap's error as one line in the `udpreach: ...` style (without the
+/// prefix), naming the bad value; clap's tips become a short suggestion.
+pub fn usage_error(e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let text = |k: ContextKind| match e.get(k) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        Some(ContextValue::Strings(v)) => Some(v.join(", ")),
+        Some(ContextValue::StyledStr(s)) => Some(s.to_string()),
+        _ => None,
+    };
+    let rendered = e.render().to_string();
+    let first = rendered
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ")
+        .trim_end_matches(':')
+        .to_string();
+    match e.kind() {
+        ErrorKind::ValueValidation => {
+            let value = text(ContextKind::InvalidValue).unwrap_or_default();
+            let arg = text(ContextKind::InvalidArg).unwrap_or_default();
+            match std::error::Error::source(e).map(|s| s.to_string()) {
+                Some(src) if src.contains(&format!("'{value}'")) => src,
+                Some(src) => format!("invalid value '{value}' for '{arg}': {src}"),
+                None => first,
+            }
+        }
+        ErrorKind::MissingRequiredArgument => {
+            let missing = text(ContextKind::InvalidArg).unwrap_or_default();
+            let usage = text(ContextKind::Usage).unwrap_or_default();
+            let usage = usage.split_whitespace().collect::<Vec<_>>().join(" ");
+            let usage = usage.trim_start_matches("Usage: ");
+            format!("missing {missing} (usage: {usage})")
+        }
+        _ => {
+            let hint = text(ContextKind::SuggestedArg)
+                .or_else(|| text(ContextKind::SuggestedSubcommand))
+                .or_else(|| text(ContextKind::SuggestedValue));
+            match (hint, text(ContextKind::ValidValue)) {
+                (Some(h), _) => format!("{first} (did you mean '{h}'?)"),
+                (None, Some(valid)) => format!("{first} (one of: {valid})"),
+                (None, None) => first,
+            }
+        }
+    }
 }
 
 fn parse_port_arg(s: &str) -> Result<u16, String> {
@@ -282,6 +472,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "us" | "µs" => value / 1e6,
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
+        "d" => value * 86400.0,
         _ => return Err(bad()),
     };
     if !secs.is_finite() || secs > 1e9 {
@@ -295,7 +486,52 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
     if d < Duration::from_micros(100) {
         return Err(format!("invalid interval '{s}': the minimum is 100us"));
     }
+    if d > Duration::from_secs(3600) {
+        return Err(format!("invalid interval '{s}': the maximum is 1h"));
+    }
     Ok(d)
+}
+
+/// A value parser for a duration within `lo..=hi` (both written as durations,
+/// e.g. "1ms", "1h"): zero and absurd values get a one-line error naming the value.
+fn duration_in(
+    what: &'static str,
+    lo: &'static str,
+    hi: &'static str,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    move |s: &str| {
+        let d = parse_duration(s).map_err(|_| {
+            format!(
+                "invalid {what} '{s}': expected a duration {lo}..={hi} (units us, ms, s, m, h, d)"
+            )
+        })?;
+        let (min, max) = (
+            parse_duration(lo).expect("bound"),
+            parse_duration(hi).expect("bound"),
+        );
+        if d < min || d > max {
+            return Err(format!("invalid {what} '{s}': must be {lo}..={hi}"));
+        }
+        Ok(d)
+    }
+}
+
+/// A value parser for a whole number within `lo..=hi`; `-1` and `0` get the
+/// same one-line error as any other value out of range.
+fn number_in<T>(
+    what: &'static str,
+    lo: T,
+    hi: T,
+) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy + Send + Sync + 'static,
+{
+    move |s: &str| match s.trim().parse::<T>() {
+        Ok(n) if lo <= n && n <= hi => Ok(n),
+        _ => Err(format!(
+            "invalid {what} '{s}': must be a whole number {lo}..={hi}"
+        )),
+    }
 }
 
 pub const MIN_SIZE: usize = 16;
@@ -312,6 +548,27 @@ fn parse_size(s: &str) -> Result<usize, String> {
         ));
     }
     Ok(n)
+}
+
+/// The man page of udpreach, or of one of its commands (`udpreach-ping`).
+pub fn man_page(command: Option<&str>, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    let cli = Cli::command();
+    const PAGES: [(&str, &str); 4] = [
+        ("server", "udpreach-server"),
+        ("ping", "udpreach-ping"),
+        ("ports", "udpreach-ports"),
+        ("mtu", "udpreach-mtu"),
+    ];
+    let page = PAGES
+        .iter()
+        .find(|(sub, _)| Some(*sub) == command)
+        .and_then(|(sub, page)| {
+            let cmd = cli.find_subcommand(sub)?.clone();
+            Some(cmd.name(*page).version(VERSION))
+        })
+        .unwrap_or(cli);
+    clap_mangen::Man::new(page).render(out)
 }
 
 #[cfg(test)]

@@ -13,12 +13,54 @@ mod server;
 mod shared_key;
 mod target;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use cli::{Cli, Command};
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
+/// Colour in log output only on a terminal, and never with NO_COLOR set
+/// (to anything but the empty string, as no-color.org says).
+fn log_colour(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_terminal && !matches!(no_color, Some(v) if !v.is_empty())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help, --version, and the bare command (help on stderr, exit 2):
+        // as clap prints them.
+        Err(e)
+            if e.exit_code() == 0
+                || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            e.exit()
+        }
+        Err(e) => {
+            eprintln!("udpreach: {}", cli::usage_error(&e));
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "udpreach",
+                &mut std::io::stdout(),
+            );
+            return ExitCode::SUCCESS;
+        }
+        Command::Man { command } => {
+            return match cli::man_page(command.as_deref(), &mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("udpreach: cannot write the man page: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        _ => {}
+    }
     let level = match cli.verbose {
         0 => "warn",
         1 => "info",
@@ -27,6 +69,10 @@ fn main() -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(log_colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("UDPREACH_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
@@ -46,8 +92,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Server(a) => server::run(a).await,
             Command::Ping(a) => ping::run(a).await,
-            Command::Ports(a) => ports::run(a, cli.verbose).await,
+            Command::Ports(a) => ports::run(a).await,
             Command::Mtu(a) => mtu::run(a).await,
+            Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
         }
     });
     match result {
@@ -58,5 +105,19 @@ fn main() -> ExitCode {
             eprintln!("udpreach: {}", msg.join(": "));
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_colour;
+    use std::ffi::OsString;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(log_colour(true, None));
+        assert!(log_colour(true, Some(OsString::new())));
+        assert!(!log_colour(true, Some(OsString::from("1"))));
+        assert!(!log_colour(false, None));
     }
 }

@@ -119,6 +119,32 @@ async fn check_key(target: SocketAddr, key: &SharedKey) -> anyhow::Result<()> {
 
 const KEY_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// How long a run that got no reply waits at its end for [`key_required`].
+const KEY_CHECK_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Without a key, a server that requires one drops every probe, which looks
+/// like 100% loss. The TCP handshake [`check_key`] uses tells the two apart:
+/// the server refuses a keyless hello saying it requires a key. Returns that
+/// as an error line; `None` for anything else (a plain echo server, no TCP).
+async fn key_required(target: SocketAddr) -> Option<String> {
+    let attempt = async {
+        let mut ctl = ControlClient::connect(target).await?;
+        ctl.hello(None).await?;
+        let _ = ctl.bye().await;
+        anyhow::Ok(())
+    };
+    match tokio::time::timeout(KEY_CHECK_TIMEOUT, attempt).await {
+        Ok(Err(e)) if e.downcast_ref::<AuthFailed>().is_some() => Some(format!(
+            "{target} requires a key (--key-file or UDPREACH_KEY): it answers no probe without one ({e})"
+        )),
+        Ok(Err(e)) => {
+            tracing::debug!("keyless control check with {target}: {e}");
+            None
+        }
+        _ => None,
+    }
+}
+
 /// The source address the kernel would pick towards `target` (for the NAT check).
 fn route_source(target: SocketAddr) -> Option<std::net::IpAddr> {
     let s = std::net::UdpSocket::bind(unspecified_for(&target, 0)).ok()?;
@@ -143,10 +169,12 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
     crate::platform::raise_nofile_limit();
     let family = Family::from_flags(args.ipv4, args.ipv6);
     let target = resolve_async(&args.target, family).await?;
-    if target.is_ipv4() && args.size > udpreach_wire::probe::MAX_DATAGRAM {
+    let key = crate::shared_key::load(&args.key)?;
+    let size = args.size_for(key.is_some());
+    if target.is_ipv4() && size > udpreach_wire::probe::MAX_DATAGRAM {
         bail!(
             "invalid size '{}': IPv4 allows at most {} bytes",
-            args.size,
+            size,
             udpreach_wire::probe::MAX_DATAGRAM
         );
     }
@@ -157,20 +185,21 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
         recv_errors: true,
         ..UdpOptions::default()
     };
-    let key = crate::shared_key::load(&args.key)?;
-    if key.is_some() && args.size < MIN_SEALED_LEN {
+    if key.is_some() && size < MIN_SEALED_LEN {
         bail!(
             "invalid size '{}': authenticated probes (with a key) need at least {MIN_SEALED_LEN} bytes",
-            args.size
+            size
         );
     }
     if let Some(key) = &key {
         check_key(target, key).await?;
     }
+    // Without a key: find out alongside the probes whether the server needs one.
+    let mut key_needed = key.is_none().then(|| tokio::spawn(key_required(target)));
     let token: u64 = rand::random();
     let builder = PayloadBuilder {
         token,
-        size: args.size,
+        size,
         key: key.as_ref().map(|k| k.ping_key(token)),
     };
     let report = PingReport {
@@ -207,18 +236,14 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
         timeout: args.timeout,
         deadline: args.deadline,
     };
-    report.start(
-        args.size,
-        builder.has_header(),
-        fixed.as_ref().map(|f| f.local),
-    );
+    report.start(size, builder.has_header(), fixed.as_ref().map(|f| f.local));
 
     let mut sigint =
         signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
     let mut sigterm =
         signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let mut session = PingSession::new(cfg, Instant::now());
-    let mut packet = Vec::with_capacity(args.size);
+    let mut packet = Vec::with_capacity(size);
     // --sport bookkeeping: sockets kept open until their probe's timeout has passed.
     let mut sport_socks: HashMap<u64, Sender> = HashMap::new();
     let mut sport_expiry: VecDeque<(Instant, u64)> = VecDeque::new();
@@ -312,9 +337,26 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
                 }
             }
             _ = tokio::time::sleep_until(wake.into()) => {}
+            res = async { key_needed.as_mut().expect("checked").await }, if key_needed.is_some() => {
+                key_needed = None;
+                if let Ok(Some(why)) = res {
+                    let so_far = session.summary();
+                    if so_far.received + so_far.late == 0 {
+                        bail!("{why}");
+                    }
+                }
+            }
         }
     }
     let summary = session.summary();
+    if summary.received + summary.late == 0 {
+        // The check may still be under way (a short run): give it a moment.
+        if let Some(check) = key_needed.take() {
+            if let Ok(Ok(Some(why))) = tokio::time::timeout(KEY_CHECK_GRACE, check).await {
+                bail!("{why}");
+            }
+        }
+    }
     report.summary(&summary, fixed.as_ref().map(|f| f.local), &skipped);
     Ok(if summary.received + summary.late > 0 {
         0

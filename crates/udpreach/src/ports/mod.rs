@@ -35,7 +35,7 @@ enum Ending {
     ControlLost(String),
 }
 
-pub async fn run(args: PortsArgs, verbose: u8) -> anyhow::Result<u8> {
+pub async fn run(args: PortsArgs) -> anyhow::Result<u8> {
     if args.no_server {
         return serverless::run(args).await;
     }
@@ -78,7 +78,7 @@ pub async fn run(args: PortsArgs, verbose: u8) -> anyhow::Result<u8> {
     let report = PortsReport {
         json: args.json,
         quiet: args.quiet,
-        list: args.list || verbose > 0,
+        list: args.list,
         target_name: args.target.clone(),
         server,
     };

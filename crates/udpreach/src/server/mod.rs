@@ -57,6 +57,7 @@ fn default_listens() -> Vec<SocketAddr> {
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<u8> {
     let nofile = platform::raise_nofile_limit();
+    args.validate(nofile).map_err(anyhow::Error::msg)?;
     let mut limits = ServerLimits::for_nofile(nofile);
     limits.max_sessions = args.max_sessions as usize;
     limits.idle_timeout = args.idle_timeout;
