@@ -330,14 +330,14 @@ impl ServerArgs {
         for (i, a) in self.listen.iter().enumerate() {
             for b in &self.listen[..i] {
                 if a == b {
-                    return Err(format!("--listen {a} is given twice"));
+                    return Err(format!("--listen '{a}' is given twice"));
                 }
                 if a.port() == b.port()
                     && a.is_ipv4() == b.is_ipv4()
                     && (a.ip().is_unspecified() || b.ip().is_unspecified())
                 {
                     return Err(format!(
-                        "--listen {a} overlaps --listen {b}: the wildcard address already covers the other"
+                        "--listen '{a}' overlaps --listen '{b}': the wildcard address already covers the other"
                     ));
                 }
             }
@@ -355,7 +355,7 @@ impl ServerArgs {
             .all(|p| own.binary_search(&p).is_ok())
         {
             return Err(format!(
-                "--allow-ports {} names only the server's own ports; no port would be left to test",
+                "--allow-ports '{}' names only the server's own ports; no port would be left to test",
                 self.allow_ports
             ));
         }
@@ -367,7 +367,7 @@ impl ServerArgs {
             if let Some(n) = value {
                 if n as usize > budget {
                     return Err(format!(
-                        "{name} {n} is more than the open-files limit allows ({nofile} descriptors: at most {budget} ports); raise it (ulimit -n, LimitNOFILE=) or give a smaller value"
+                        "{name} '{n}' is more than the open-files limit allows ({nofile} descriptors: at most {budget} ports); raise it (ulimit -n, LimitNOFILE=) or give a smaller value"
                     ));
                 }
             }

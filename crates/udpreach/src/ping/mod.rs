@@ -134,9 +134,12 @@ async fn key_required(target: SocketAddr) -> Option<String> {
         anyhow::Ok(())
     };
     match tokio::time::timeout(KEY_CHECK_TIMEOUT, attempt).await {
-        Ok(Err(e)) if e.downcast_ref::<AuthFailed>().is_some() => Some(format!(
-            "{target} requires a key (--key-file or UDPREACH_KEY): it answers no probe without one ({e})"
-        )),
+        Ok(Err(e)) if e.downcast_ref::<AuthFailed>().is_some() => {
+            tracing::debug!("keyless control check with {target}: {e}");
+            Some(format!(
+                "{target} requires a key (--key-file or UDPREACH_KEY): it answers no probe without one"
+            ))
+        }
         Ok(Err(e)) => {
             tracing::debug!("keyless control check with {target}: {e}");
             None
