@@ -337,13 +337,15 @@ fn session_cap_and_idle_timeout() {
 }
 
 #[test]
-fn verbose_lists_every_port() {
+fn list_shows_every_port() {
+    // -l/--list, not -v (issue 9 item 14: -v is log verbosity only; the
+    // split is checked in tests/cli.rs).
     if !require_root() {
         return;
     }
     let lab = Lab::pair();
     let _server = start_server(lab.server(), &[]);
-    let o = udpreach(lab.client(), &["ports", "-v", "198.18.0.2", "5000-5002"]);
+    let o = udpreach(lab.client(), &["ports", "-l", "198.18.0.2", "5000-5002"]);
     assert_eq!(code(&o), 0);
     let out = stdout(&o);
     for p in 5000..=5002 {
