@@ -288,17 +288,47 @@ fn keyless_ping_to_a_plain_echo_server_is_not_affected_by_the_key_check() {
 }
 
 #[test]
+fn keyless_ping_to_nothing_is_no_reply_not_a_key_error() {
+    // Nothing listens on 26725 (UDP or TCP): the key check, run after the
+    // first timeout, finds nothing and ping reports plain loss, exit 1.
+    let out = run(
+        &[
+            "ping",
+            "127.0.0.1:26725",
+            "-c",
+            "2",
+            "-i",
+            "0.05",
+            "-W",
+            "0.1",
+        ],
+        &[],
+        T,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(!text(&out.stderr).contains("key"), "{}", text(&out.stderr));
+}
+
+#[test]
 fn log_output_has_no_colour_when_not_a_terminal() {
-    // -v: the server logs at info (sessions, start-up notes) to a pipe.
+    // -vv: the server logs (sessions at info) to a pipe.
     let mut srv = spawn(
-        &["-vv", "server", "-l", "127.0.0.1:26723", "--no-plain-echo"],
+        &[
+            "-vv",
+            "server",
+            "-l",
+            "127.0.0.1:26723",
+            "--allow-ports",
+            "26760-26769",
+        ],
         &[],
     );
     let up = loopback::wait_until(Duration::from_secs(10), || {
         std::net::TcpStream::connect("127.0.0.1:26723").is_ok()
     });
     assert!(up, "server did not start");
-    let _ = run(&["ping", "127.0.0.1:26723", "-c", "1", "-W", "0.2"], &[], T);
+    // A port-test session: logged at info when it starts and ends.
+    let _ = run(&["ports", "127.0.0.1:26723", "26760"], &[], T);
     srv.sigkill();
     let (_, _, err) = srv.wait_output(Duration::from_secs(5));
     assert!(

@@ -197,8 +197,10 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
     if let Some(key) = &key {
         check_key(target, key).await?;
     }
-    // Without a key: find out alongside the probes whether the server needs one.
-    let mut key_needed = key.is_none().then(|| tokio::spawn(key_required(target)));
+    // Without a key, when the first probe times out with no reply yet: find
+    // out alongside the probes whether the server needs a key.
+    let mut key_needed: Option<JoinHandle<Option<String>>> = None;
+    let mut key_check_due = key.is_none();
     let token: u64 = rand::random();
     let builder = PayloadBuilder {
         token,
@@ -311,6 +313,10 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
             if let PingEvent::Timeout { seq, .. } = ev {
                 report.timeout(locals.get(&seq).copied(), seq, args.timeout);
                 locals.remove(&seq);
+                if key_check_due && session.summary().received == 0 {
+                    key_check_due = false;
+                    key_needed = Some(tokio::spawn(key_required(target)));
+                }
             }
         }
         while let Some(&(at, seq)) = sport_expiry.front() {
