@@ -151,7 +151,8 @@ fn lab_authenticated_sweeps_and_ping_v4_v6_and_a_wrong_key() {
         "{}",
         text(&out.stderr)
     );
-    // Unauthenticated ping: dropped without a reply.
+    // Unauthenticated ping: dropped without a reply, and (issue 9 item 6)
+    // ping says why instead of reporting 100% loss.
     let out = udpreach(
         lab.client(),
         &[
@@ -166,7 +167,13 @@ fn lab_authenticated_sweeps_and_ping_v4_v6_and_a_wrong_key() {
             "-q",
         ],
     );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("198.18.0.2:4000 requires a key"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!text(&out.stdout).contains("bytes="), "{}", text(&out.stdout));
 }
 
 #[test]
