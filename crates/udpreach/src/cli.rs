@@ -125,8 +125,8 @@ pub struct ServerArgs {
     /// more than that limit allows is refused].
     #[arg(long, value_name = "N", value_parser = number_in("port count", 1u32, 1_000_000), allow_negative_numbers = true, help_heading = LIMITS)]
     pub max_total_ports: Option<u32>,
-    /// Close a control session (and its ports) after this much silence: 5s..=1h.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration_in("idle timeout", "5s", "1h"), allow_negative_numbers = true, help_heading = LIMITS)]
+    /// Close a control session (and its ports) after this much silence: 1s..=1h.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration_in("idle timeout", "1s", "1h"), allow_negative_numbers = true, help_heading = LIMITS)]
     pub idle_timeout: Duration,
     /// Most probe replies per second per session (test ports) and per ping flow (per source address without a key); excess probes get no reply.
     #[arg(long, value_name = "PPS", default_value_t = udpreach_engine::server::DEFAULT_MAX_PROBE_RATE, value_parser = number_in("rate", 1u32, 10_000_000), allow_negative_numbers = true, help_heading = LIMITS)]
