@@ -173,7 +173,11 @@ fn lab_authenticated_sweeps_and_ping_v4_v6_and_a_wrong_key() {
         "{}",
         text(&out.stderr)
     );
-    assert!(!text(&out.stdout).contains("bytes="), "{}", text(&out.stdout));
+    assert!(
+        !text(&out.stdout).contains("bytes="),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[test]
