@@ -22,9 +22,13 @@ pub const VERSION: &str = match option_env!("UDPREACH_GIT_COMMIT") {
 };
 
 const EXIT_CODES: &str = "\
-Exit codes (each command's own: udpreach COMMAND --help):
-  0 success, 1 a negative result about the network, 2 usage or local error.
-Usage errors are one line, `udpreach: ...`, naming the bad value.";
+Exit codes (details: udpreach COMMAND --help):
+  0 success: ping got a reply, every port reachable, an MTU found every way,
+    a clean server shutdown
+  1 a negative result about the network: no reply, some port not reachable,
+    nothing crosses or fragments are dropped
+  2 usage or local error (one line, `udpreach: ...`, naming the bad value),
+    a connection or protocol error, a failed authentication";
 
 const PING_EXIT_CODES: &str = "\
 Exit codes:
