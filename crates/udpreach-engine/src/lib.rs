@@ -3,6 +3,7 @@
 //! and deliver events, so every behaviour can be tested in memory with
 //! simulated loss and time (the approach of quinn-proto).
 
+pub mod engine;
 pub mod handshake;
 pub mod mtu;
 pub mod ping;
@@ -16,6 +17,11 @@ pub mod stats;
 pub mod sweep;
 pub mod verdict;
 
+/// Seeded RNG, lossy links and a virtual-time driver for engine tests.
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
+
+pub use engine::Engine;
 pub use mtu::{MtuResult, MtuSearch, MtuSearchConfig};
 pub use ping::{PingConfig, PingEvent, PingSession, PingSummary};
 pub use rto::RtoEstimator;
