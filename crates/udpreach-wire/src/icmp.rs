@@ -209,6 +209,43 @@ impl Serialize for IcmpReport {
     }
 }
 
+/// The JSON Schema of the map [`IcmpReport`] serializes to (by hand, as the
+/// serialization is): `from` and `reason` always, `mtu` with `frag_needed`,
+/// `icmp6`/`type`/`code` with `other`.
+impl schemars::JsonSchema for IcmpReport {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "IcmpReport".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "An ICMP error: who reported what.",
+            "type": "object",
+            "properties": {
+                "from": {
+                    "description": "The reporting host; null when our own kernel refused the send.",
+                    "type": ["string", "null"],
+                    "format": "ip"
+                },
+                "reason": {
+                    "type": "string",
+                    "enum": ["port_unreachable", "admin_prohibited", "host_unreachable",
+                             "net_unreachable", "frag_needed", "time_exceeded", "other"]
+                },
+                "mtu": {
+                    "description": "With frag_needed: the next-hop MTU, null when not given.",
+                    "type": ["integer", "null"],
+                    "minimum": 0
+                },
+                "icmp6": { "description": "With other: an ICMPv6 error.", "type": "boolean" },
+                "type": { "description": "With other: the ICMP type.", "type": "integer", "minimum": 0, "maximum": 255 },
+                "code": { "description": "With other: the ICMP code.", "type": "integer", "minimum": 0, "maximum": 255 }
+            },
+            "required": ["from", "reason"]
+        })
+    }
+}
+
 /// The serverless (nmap -sU) reading of one port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PortFinding {

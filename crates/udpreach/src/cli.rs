@@ -141,9 +141,12 @@ pub struct PingArgs {
     /// Set Don't Fragment: oversize probes fail instead of being fragmented.
     #[arg(long)]
     pub df: bool,
-    /// One JSON object per line per event, then a summary object.
-    #[arg(long)]
+    /// One JSON document at the end: start, events and summary (-q: no events).
+    #[arg(long, conflicts_with = "json_lines")]
     pub json: bool,
+    /// One JSON object per line as it happens: start, each event, summary (-q: the summary only).
+    #[arg(long = "json-lines")]
+    pub json_lines: bool,
     #[command(flatten)]
     pub key: KeyArgs,
 }
@@ -188,9 +191,12 @@ pub struct PortsArgs {
     /// No progress bar and only the result lines.
     #[arg(short = 'q', long)]
     pub quiet: bool,
-    /// A JSON document with every port's verdict.
-    #[arg(long)]
+    /// One JSON document at the end with every port's verdict.
+    #[arg(long, conflicts_with = "json_lines")]
     pub json: bool,
+    /// One JSON object per line: start, one per port, summary (-q: the summary only).
+    #[arg(long = "json-lines")]
+    pub json_lines: bool,
     #[command(flatten)]
     pub key: KeyArgs,
 }
@@ -224,9 +230,12 @@ pub struct MtuArgs {
     /// Use IPv6 only.
     #[arg(short = '6')]
     pub ipv6: bool,
-    /// One JSON document.
-    #[arg(long)]
+    /// One JSON document at the end.
+    #[arg(long, conflicts_with = "json_lines")]
     pub json: bool,
+    /// One JSON object per line: start, notices, summary (-q: the summary only).
+    #[arg(long = "json-lines")]
+    pub json_lines: bool,
     /// Only the result lines.
     #[arg(short = 'q', long)]
     pub quiet: bool,
