@@ -49,7 +49,7 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// JSON lines printed by `--json` ping, parsed.
+/// JSON lines printed by `--json-lines`, parsed.
 pub fn json_lines(o: &Output) -> Vec<Value> {
     stdout(o)
         .lines()
@@ -58,8 +58,14 @@ pub fn json_lines(o: &Output) -> Vec<Value> {
         .collect()
 }
 
-/// The final `summary` object of a `--json` ping.
+/// The summary of a ping: the `summary` of a `--json` document, or the
+/// final `summary` line of `--json-lines`.
 pub fn summary(o: &Output) -> Value {
+    if let Ok(doc) = serde_json::from_str::<Value>(&stdout(o)) {
+        if doc.get("summary").is_some_and(Value::is_object) {
+            return doc["summary"].clone();
+        }
+    }
     json_lines(o)
         .into_iter()
         .rev()
