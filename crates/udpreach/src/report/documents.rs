@@ -331,7 +331,12 @@ pub type MtuLine = JsonLine<MtuStart, MtuEvent, MtuDocument>;
 #[cfg(test)]
 fn schemas() -> Vec<(&'static str, String)> {
     fn one<T: JsonSchema>(name: &'static str) -> (&'static str, String) {
-        let schema = schemars::schema_for!(T);
+        // Output schemas: a field is required unless it may be left out, so
+        // an `Option` printed as null is required (and nullable).
+        let generator = schemars::generate::SchemaSettings::draft2020_12()
+            .for_serialize()
+            .into_generator();
+        let schema = generator.into_root_schema_for::<T>();
         let mut text = serde_json::to_string_pretty(&schema).expect("schemas serialize");
         text.push('\n');
         (name, text)
