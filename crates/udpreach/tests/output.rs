@@ -297,13 +297,32 @@ fn shape(line: &str) -> String {
     out
 }
 
+/// The run time of ping's statistics line (`..., time 801ms`): the one
+/// number an example fixes by its options (count and interval), so it is
+/// compared, not masked.
+fn run_time_ms(line: &str) -> Option<f64> {
+    line.rsplit_once(", time ")?
+        .1
+        .strip_suffix("ms")?
+        .parse()
+        .ok()
+}
+
 fn assert_same_shape(command: &str, shown: &[String], printed: &str) {
-    let shown: Vec<String> = shown.iter().map(|l| shape(l)).collect();
-    let printed: Vec<String> = printed.lines().map(shape).collect();
+    let shapes = |lines: Vec<&str>| lines.into_iter().map(shape).collect::<Vec<_>>();
     assert_eq!(
-        shown, printed,
+        shapes(shown.iter().map(String::as_str).collect()),
+        shapes(printed.lines().collect()),
         "the README's `{command}` example is not what the command prints (numbers masked)"
     );
+    for (s, p) in shown.iter().zip(printed.lines()) {
+        if let (Some(s), Some(p)) = (run_time_ms(s), run_time_ms(p)) {
+            assert!(
+                (s - p).abs() <= (s * 0.1).max(50.0),
+                "the README's `{command}` example shows time {s}ms, the command took {p}ms"
+            );
+        }
+    }
 }
 
 /// The README's loopback examples (`$ udpreach server` and the commands
@@ -329,8 +348,7 @@ fn readme_loopback_examples_print_what_the_readme_shows() {
 
     let lab = Lab::pair();
     let host = lab.server();
-    let bin = lab::udpreach_bin().display().to_string();
-    let server = host.spawn([bin.as_str(), "server"]);
+    let server = host.spawn([lab::udpreach_bin().display().to_string(), "server".into()]);
     let started = Instant::now();
     while !server.stdout_so_far().contains('\n') {
         assert!(
@@ -348,19 +366,67 @@ fn readme_loopback_examples_print_what_the_readme_shows() {
     );
 
     for ex in clients {
-        let mut argv = vec![bin.clone()];
-        argv.extend(ex.command.split_whitespace().skip(1).map(String::from));
-        let o = host
-            .run_timeout(&argv, Duration::from_secs(120))
-            .unwrap_or_else(|e| panic!("`{}` did not finish: {e}", ex.command));
-        assert!(
-            o.status.code().is_some_and(|c| c < 2),
-            "`{}` failed: {}",
-            ex.command,
-            String::from_utf8_lossy(&o.stderr)
-        );
-        assert_same_shape(&ex.command, &ex.shown, &stdout(&o));
+        run_example(host, ex);
     }
+}
+
+/// Runs an example's command as written in `host` and compares its output.
+fn run_example(host: &lab::Host, ex: &Example) {
+    let mut argv = vec![lab::udpreach_bin().display().to_string()];
+    argv.extend(ex.command.split_whitespace().skip(1).map(String::from));
+    let o = host
+        .run_timeout(&argv, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("`{}` did not finish: {e}", ex.command));
+    assert!(
+        o.status.code().is_some_and(|c| c < 2),
+        "`{}` failed: {}",
+        ex.command,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_same_shape(&ex.command, &ex.shown, &stdout(&o));
+}
+
+fn example<'a>(examples: &'a [Example], command: &str) -> &'a Example {
+    examples
+        .iter()
+        .find(|e| e.command == command)
+        .unwrap_or_else(|| panic!("the README no longer shows `$ {command}`: update this test"))
+}
+
+/// The README's examples through a router (the routed lab, set up as the
+/// README's text says): a router that rejects UDP port 6000 with
+/// admin-prohibited, then one that masquerades towards the server.
+#[test]
+fn readme_routed_examples_print_what_the_readme_shows() {
+    if !require_root() {
+        return;
+    }
+    let examples = readme_examples();
+    let lab = Lab::routed();
+    let _server = util::start_server(lab.server(), &[]);
+    let router = lab.router();
+    router.reject_udp_dport_forward(6000, true);
+    for command in [
+        "udpreach ports 198.18.2.2 5999-6001",
+        "udpreach ping -c 2 198.18.2.2:6000",
+    ] {
+        run_example(lab.client(), example(&examples, command));
+    }
+    router.snat_forward_masquerade(&router.iface_toward(lab.server()).name);
+    run_example(
+        lab.client(),
+        example(&examples, "udpreach ping -c 3 -i 100ms 198.18.2.2"),
+    );
+}
+
+#[test]
+fn a_run_time_the_options_cannot_give_is_caught() {
+    let shown = ["2 packets transmitted, 0 received, +2 errors, 0 duplicates, 0 late, 0 reordered, 100% packet loss, time 202ms".to_string()];
+    let printed = "2 packets transmitted, 0 received, +2 errors, 0 duplicates, 0 late, 0 reordered, 100% packet loss, time 1001ms";
+    assert_eq!(run_time_ms(printed), Some(1001.0));
+    let caught = std::panic::catch_unwind(|| assert_same_shape("ping", &shown, printed));
+    assert!(caught.is_err());
+    assert_same_shape("ping", &shown, &printed.replace("1001ms", "203ms"));
 }
 
 #[test]
