@@ -282,23 +282,6 @@ fn mtu_reports_dropped_fragments() {
     );
 }
 
-/// A socat UDP echo on `port` (IPv4 and IPv6).
-fn socat_echo(host: &Host, port: u16) -> Proc {
-    let p = host.spawn([
-        "socat",
-        "-b",
-        "65536",
-        &format!("UDP6-RECVFROM:{port},fork"),
-        "PIPE",
-    ]);
-    assert!(
-        host.wait_udp_bound(port, Duration::from_secs(5)),
-        "socat did not bind {port}: {}",
-        p.stderr_so_far()
-    );
-    p
-}
-
 #[test]
 fn mtu_round_trip_through_a_plain_echo_server() {
     if !require_root() {

@@ -395,7 +395,9 @@ fn example<'a>(examples: &'a [Example], command: &str) -> &'a Example {
 
 /// The README's examples through a router (the routed lab, set up as the
 /// README's text says): a router that rejects UDP port 6000 with
-/// admin-prohibited, then one that masquerades towards the server.
+/// admin-prohibited, DNS and NTP answering on the server, a 1400-byte link
+/// between router and server, then a router that masquerades towards the
+/// server.
 #[test]
 fn readme_routed_examples_print_what_the_readme_shows() {
     if !require_root() {
@@ -404,14 +406,22 @@ fn readme_routed_examples_print_what_the_readme_shows() {
     let examples = readme_examples();
     let lab = Lab::routed();
     let _server = util::start_server(lab.server(), &[]);
+    let _services: Vec<lab::Proc> = [53, 123]
+        .into_iter()
+        .map(|p| util::socat_echo(lab.server(), p))
+        .collect();
     let router = lab.router();
     router.reject_udp_dport_forward(6000, true);
     for command in [
         "udpreach ports 198.18.2.2 5999-6001",
         "udpreach ping -c 2 198.18.2.2:6000",
+        "udpreach ports --no-server 198.18.2.2 50-60,120-125,6000",
     ] {
         run_example(lab.client(), example(&examples, command));
     }
+    lab.set_link_mtu("r-s", 1400);
+    run_example(lab.client(), example(&examples, "udpreach mtu 198.18.2.2"));
+    lab.set_link_mtu("r-s", 1500);
     router.snat_forward_masquerade(&router.iface_toward(lab.server()).name);
     run_example(
         lab.client(),

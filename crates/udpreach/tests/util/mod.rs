@@ -33,6 +33,23 @@ pub fn start_server(host: &Host, extra: &[&str]) -> Proc {
     p
 }
 
+/// A socat UDP echo on `port` (IPv4 and IPv6).
+pub fn socat_echo(host: &Host, port: u16) -> Proc {
+    let p = host.spawn([
+        "socat",
+        "-b",
+        "65536",
+        &format!("UDP6-RECVFROM:{port},fork"),
+        "PIPE",
+    ]);
+    assert!(
+        host.wait_udp_bound(port, Duration::from_secs(5)),
+        "socat did not bind {port}: {}",
+        p.stderr_so_far()
+    );
+    p
+}
+
 /// Runs the udpreach binary in `host` with a bound on time.
 pub fn udpreach(host: &Host, args: &[&str]) -> Output {
     let mut argv = vec![udpreach_bin().display().to_string()];
