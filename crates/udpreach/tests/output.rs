@@ -342,7 +342,7 @@ fn readme_loopback_examples_print_what_the_readme_shows() {
         .expect("the README shows `$ udpreach server`");
     let clients: Vec<&Example> = examples
         .iter()
-        .filter(|e| e.command.starts_with("udpreach ") && e.command.contains("127.0.0.1"))
+        .filter(|e| e.command != "udpreach server" && is_loopback_example(&e.command))
         .collect();
     assert!(clients.len() >= 3, "loopback examples found: {clients:?}");
 
@@ -393,6 +393,36 @@ fn example<'a>(examples: &'a [Example], command: &str) -> &'a Example {
         .unwrap_or_else(|| panic!("the README no longer shows `$ {command}`: update this test"))
 }
 
+/// The README's lab examples, in the order the routed test runs them.
+const ROUTED_EXAMPLES: [&str; 5] = [
+    "udpreach ports 198.18.2.2 5999-6001",
+    "udpreach ping -c 2 198.18.2.2:6000",
+    "udpreach ports --no-server 198.18.2.2 50-60,120-125,6000",
+    "udpreach mtu 198.18.2.2",
+    "udpreach ping -c 3 -i 100ms 198.18.2.2",
+];
+
+/// README examples that show a fragment of the output (`...`), not run.
+const FRAGMENTS: [&str; 1] =
+    ["udpreach mtu 198.18.2.2        # the router's ICMP now filtered: a black hole"];
+
+fn is_loopback_example(command: &str) -> bool {
+    command == "udpreach server" || command.contains("127.0.0.1")
+}
+
+/// No README example escapes the tests: each is run on loopback, run in the
+/// routed lab, or listed as a fragment.
+#[test]
+fn every_readme_example_is_run() {
+    for ex in readme_examples() {
+        let c = ex.command.as_str();
+        assert!(
+            is_loopback_example(c) || ROUTED_EXAMPLES.contains(&c) || FRAGMENTS.contains(&c),
+            "the README example `$ {c}` is run by no test: add it to ROUTED_EXAMPLES (with the lab set-up it needs)"
+        );
+    }
+}
+
 /// The README's examples through a router (the routed lab, set up as the
 /// README's text says): a router that rejects UDP port 6000 with
 /// admin-prohibited, DNS and NTP answering on the server, a 1400-byte link
@@ -412,21 +442,14 @@ fn readme_routed_examples_print_what_the_readme_shows() {
         .collect();
     let router = lab.router();
     router.reject_udp_dport_forward(6000, true);
-    for command in [
-        "udpreach ports 198.18.2.2 5999-6001",
-        "udpreach ping -c 2 198.18.2.2:6000",
-        "udpreach ports --no-server 198.18.2.2 50-60,120-125,6000",
-    ] {
+    for command in &ROUTED_EXAMPLES[..3] {
         run_example(lab.client(), example(&examples, command));
     }
     lab.set_link_mtu("r-s", 1400);
-    run_example(lab.client(), example(&examples, "udpreach mtu 198.18.2.2"));
+    run_example(lab.client(), example(&examples, ROUTED_EXAMPLES[3]));
     lab.set_link_mtu("r-s", 1500);
     router.snat_forward_masquerade(&router.iface_toward(lab.server()).name);
-    run_example(
-        lab.client(),
-        example(&examples, "udpreach ping -c 3 -i 100ms 198.18.2.2"),
-    );
+    run_example(lab.client(), example(&examples, ROUTED_EXAMPLES[4]));
 }
 
 #[test]
