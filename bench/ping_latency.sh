@@ -13,7 +13,7 @@ bg_ins irtt server -b 198.18.0.2:2112 -i 0 >/dev/null 2>&1
 bg_ins sockperf server -i 198.18.0.2 -p 11111 >/dev/null 2>&1
 sleep 1
 
-ours=$(inc "$BIN" ping -c "$COUNT" -i 1ms -q --json 198.18.0.2 | tail -1)
+ours=$(inc "$BIN" ping -c "$COUNT" -i 1ms -q --json-lines 198.18.0.2)
 secs=$(python3 -c "print(max(1, round($COUNT/1000)))")
 irtt_json=$(mktemp); inc irtt client -i 1ms -d "${secs}s" -Q -o - 198.18.0.2:2112 > "$irtt_json"
 sp=$(inc sockperf ping-pong -i 198.18.0.2 -p 11111 -t "$secs" --mps=1000 2>&1)

@@ -37,7 +37,7 @@ pub struct MtuSearchConfig {
 }
 
 /// How the limit was found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum MtuEvidence {
     /// A frag-needed / packet-too-big error named the limit (and who sent it).
@@ -52,7 +52,7 @@ pub enum MtuEvidence {
 }
 
 /// One direction's answer.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct MtuResult {
     /// Largest IP packet that crossed with DF set; `None`: nothing crossed.
     pub mtu: Option<u32>,
@@ -322,7 +322,7 @@ pub fn fragment_test_sizes(mtu: u32, v6: bool) -> Vec<u32> {
 }
 
 /// Whether fragmented datagrams crossed, from how many of each size arrived.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct FragmentResult {
     /// True when every size arrived at least once.
     pub passes: bool,
@@ -331,7 +331,7 @@ pub struct FragmentResult {
     pub sizes: Vec<FragmentSize>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct FragmentSize {
     /// UDP payload bytes.
     pub size: u32,

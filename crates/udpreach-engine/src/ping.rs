@@ -75,7 +75,7 @@ pub enum PingEvent {
 }
 
 /// How many probes one kind of ICMP error from one host answered.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct IcmpTally {
     #[serde(flatten)]
     pub report: IcmpReport,
@@ -83,14 +83,14 @@ pub struct IcmpTally {
 }
 
 /// Server processing time (receive to send) over the replies that carried it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct ProcessingSummary {
     pub min_us: f64,
     pub avg_us: f64,
     pub max_us: f64,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct PingSummary {
     pub transmitted: u64,
     pub received: u64,

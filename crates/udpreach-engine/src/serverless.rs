@@ -46,7 +46,9 @@ use udpreach_wire::icmp::{port_finding, IcmpReport, PortFinding};
 use udpreach_wire::PortSpec;
 
 /// What a serverless check concludes about one port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ServerlessVerdict {
     /// Something answered from the port.
@@ -143,7 +145,7 @@ pub struct ServerlessTransmit {
 }
 
 /// Per-port result.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct ServerlessResult {
     pub port: u16,
     pub verdict: ServerlessVerdict,
@@ -171,7 +173,7 @@ pub struct ServerlessProgress {
 }
 
 /// What the check found out about the target's ICMP rate limiting.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct IcmpRateLimit {
     /// When the limiting was first seen, from the start of the check.
     pub detected_after_ms: f64,

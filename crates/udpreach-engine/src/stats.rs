@@ -22,7 +22,7 @@ pub struct RttStats {
 }
 
 /// A snapshot of [`RttStats`] for reports.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct RttSummary {
     pub count: u64,
     pub min_ms: f64,

@@ -128,7 +128,7 @@ pub struct Transmit {
 }
 
 /// Per-port result.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct PortResult {
     pub port: u16,
     pub verdict: Verdict,

@@ -186,7 +186,9 @@ impl fmt::Display for IcmpReport {
 }
 
 /// JSON: `{"from": "198.18.1.254", "reason": "admin_prohibited"}`, with
-/// `"mtu"` for frag-needed and `"type"`/`"code"` for unclassified errors.
+/// `"mtu"` for frag-needed and `"icmp6"`/`"icmp_type"`/`"icmp_code"` for
+/// unclassified errors (not `type`: ping's events carry the report beside
+/// their own `type`).
 impl Serialize for IcmpReport {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut m = s.serialize_map(None)?;
@@ -202,10 +204,47 @@ impl Serialize for IcmpReport {
         } = self.reason
         {
             m.serialize_entry("icmp6", &v6)?;
-            m.serialize_entry("type", &icmp_type)?;
-            m.serialize_entry("code", &code)?;
+            m.serialize_entry("icmp_type", &icmp_type)?;
+            m.serialize_entry("icmp_code", &code)?;
         }
         m.end()
+    }
+}
+
+/// The JSON Schema of the map [`IcmpReport`] serializes to (by hand, as the
+/// serialization is): `from` and `reason` always, `mtu` with `frag_needed`,
+/// `icmp6`/`type`/`code` with `other`.
+impl schemars::JsonSchema for IcmpReport {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "IcmpReport".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "An ICMP error: who reported what.",
+            "type": "object",
+            "properties": {
+                "from": {
+                    "description": "The reporting host; null when our own kernel refused the send.",
+                    "type": ["string", "null"],
+                    "format": "ip"
+                },
+                "reason": {
+                    "type": "string",
+                    "enum": ["port_unreachable", "admin_prohibited", "host_unreachable",
+                             "net_unreachable", "frag_needed", "time_exceeded", "other"]
+                },
+                "mtu": {
+                    "description": "With frag_needed: the next-hop MTU, null when not given.",
+                    "type": ["integer", "null"],
+                    "minimum": 0
+                },
+                "icmp6": { "description": "With other: an ICMPv6 error.", "type": "boolean" },
+                "icmp_type": { "description": "With other: the ICMP type.", "type": "integer", "minimum": 0, "maximum": 255 },
+                "icmp_code": { "description": "With other: the ICMP code.", "type": "integer", "minimum": 0, "maximum": 255 }
+            },
+            "required": ["from", "reason"]
+        })
     }
 }
 
@@ -323,7 +362,7 @@ mod tests {
         let f = err(IcmpOrigin::Icmp6, 2, 0, 1400).report();
         assert_eq!(serde_json::to_value(f).unwrap()["mtu"], 1400);
         let o = err(IcmpOrigin::Icmp4, 3, 2, 0).report();
-        assert_eq!(serde_json::to_value(o).unwrap()["code"], 2);
+        assert_eq!(serde_json::to_value(o).unwrap()["icmp_code"], 2);
     }
 
     #[test]

@@ -203,9 +203,12 @@ pub struct PingArgs {
     /// Print only the summary.
     #[arg(short = 'q', long, help_heading = OUTPUT)]
     pub quiet: bool,
-    /// One JSON object per line per event, then a summary object.
-    #[arg(long, help_heading = OUTPUT)]
+    /// One JSON document at the end: start, events and summary (-q: no events).
+    #[arg(long, conflicts_with = "json_lines", help_heading = OUTPUT)]
     pub json: bool,
+    /// One JSON object per line as it happens: start, each event, summary (-q: the summary only).
+    #[arg(long = "json-lines", help_heading = OUTPUT)]
+    pub json_lines: bool,
     #[command(flatten)]
     pub key: KeyArgs,
 }
@@ -266,9 +269,12 @@ pub struct PortsArgs {
     /// No progress bar and only the result lines.
     #[arg(short = 'q', long, help_heading = OUTPUT)]
     pub quiet: bool,
-    /// A JSON document with every port's verdict.
-    #[arg(long, help_heading = OUTPUT)]
+    /// One JSON document at the end with every port's verdict.
+    #[arg(long, conflicts_with = "json_lines", help_heading = OUTPUT)]
     pub json: bool,
+    /// One JSON object per line: start, one per port, summary (-q: the summary only).
+    #[arg(long = "json-lines", help_heading = OUTPUT)]
+    pub json_lines: bool,
     #[command(flatten)]
     pub key: KeyArgs,
 }
@@ -305,9 +311,12 @@ pub struct MtuArgs {
     /// Only the result lines.
     #[arg(short = 'q', long, help_heading = OUTPUT)]
     pub quiet: bool,
-    /// One JSON document.
-    #[arg(long, help_heading = OUTPUT)]
+    /// One JSON document at the end.
+    #[arg(long, conflicts_with = "json_lines", help_heading = OUTPUT)]
     pub json: bool,
+    /// One JSON object per line: start, notices, summary (-q: the summary only).
+    #[arg(long = "json-lines", help_heading = OUTPUT)]
+    pub json_lines: bool,
     #[command(flatten)]
     pub key: KeyArgs,
 }

@@ -219,7 +219,7 @@ fn keyed_ping_defaults_to_the_smallest_authenticated_size() {
             "2",
             "-i",
             "0.05",
-            "--json",
+            "--json-lines",
             "--key-file",
             k.to_str().unwrap(),
         ],

@@ -5,6 +5,7 @@
 //! fd00:1::fe on the client side, 198.18.2.254 / fd00:2::fe on the server side.
 
 mod lab;
+mod schema;
 mod util;
 
 use lab::{require_root, Host, Lab, Proc};
@@ -29,6 +30,14 @@ fn json_doc(host: &Host, args: &[&str]) -> (i32, Value) {
             stderr(&o)
         )
     });
+    // Every document these lab runs print matches its published schema.
+    let name = match args.first() {
+        Some(&"mtu") => "mtu.json",
+        Some(&"ports") if args.contains(&"--no-server") => "ports-no-server.json",
+        Some(&"ports") => "ports.json",
+        other => panic!("no schema for {other:?}"),
+    };
+    schema::assert_valid(name, &doc);
     (code(&o), doc)
 }
 
@@ -71,9 +80,10 @@ fn ping_prints_icmp_errors_with_their_sender() {
         };
         let o = udpreach(
             lab.client(),
-            &["ping", "-c", "3", "-i", "0.1", "--json", &t9],
+            &["ping", "-c", "3", "-i", "0.1", "--json-lines", &t9],
         );
         assert_eq!(code(&o), 1, "no reply: exit 1\n{}", stdout(&o));
+        schema::assert_lines_valid("ping-lines.json", &stdout(&o));
         let lines = json_lines(&o);
         let errors: Vec<&Value> = lines.iter().filter(|l| l["type"] == "icmp_error").collect();
         assert_eq!(errors.len(), 3, "{}", stdout(&o));
@@ -270,23 +280,6 @@ fn mtu_reports_dropped_fragments() {
         "{}",
         stdout(&o)
     );
-}
-
-/// A socat UDP echo on `port` (IPv4 and IPv6).
-fn socat_echo(host: &Host, port: u16) -> Proc {
-    let p = host.spawn([
-        "socat",
-        "-b",
-        "65536",
-        &format!("UDP6-RECVFROM:{port},fork"),
-        "PIPE",
-    ]);
-    assert!(
-        host.wait_udp_bound(port, Duration::from_secs(5)),
-        "socat did not bind {port}: {}",
-        p.stderr_so_far()
-    );
-    p
 }
 
 #[test]

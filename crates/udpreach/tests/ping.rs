@@ -18,7 +18,7 @@ fn loopback_v4_and_v6_against_udpreach_server() {
     for target in ["127.0.0.1", "[::1]:4000"] {
         let o = udpreach(
             lab.server(),
-            &["ping", "-c", "5", "-i", "20ms", "--json", target],
+            &["ping", "-c", "5", "-i", "20ms", "--json-lines", target],
         );
         assert_eq!(code(&o), 0, "{}", stderr(&o));
         let s = summary(&o);
@@ -80,7 +80,7 @@ fn plain_echo_server_socat() {
                 "50ms",
                 "-s",
                 size,
-                "--json",
+                "--json-lines",
                 "198.18.0.2:7000",
             ],
         );
@@ -114,7 +114,7 @@ fn return_loss_is_reported_downstream() {
             "-W",
             "300ms",
             "-q",
-            "--json",
+            "--json-lines",
             "198.18.0.2",
         ],
     );
@@ -151,7 +151,7 @@ fn snat_through_router_is_reported() {
     assert!(out.contains("with TTL 63"), "{out}");
     let o = udpreach(
         lab.client(),
-        &["ping", "-c", "2", "-i", "20ms", "--json", &target],
+        &["ping", "-c", "2", "-i", "20ms", "--json-lines", &target],
     );
     let s = summary(&o);
     assert_eq!(s["nat_detected"], true);
@@ -226,7 +226,7 @@ fn sport_sweep_reports_the_blocked_source_port() {
             "5ms",
             "-W",
             "300ms",
-            "--json",
+            "--json-lines",
             "198.18.0.2",
         ],
     );
@@ -334,7 +334,7 @@ fn ttl_dscp_and_df_options_take_effect() {
             "10ms",
             "--ttl",
             "7",
-            "--json",
+            "--json-lines",
             "198.18.0.2",
         ],
     );
@@ -376,7 +376,7 @@ fn ttl_dscp_and_df_options_take_effect() {
             "46",
             "-W",
             "200ms",
-            "--json",
+            "--json-lines",
             "198.18.0.2",
         ],
     );

@@ -1,6 +1,7 @@
 //! End-to-end tests of `udpreach ports` against `udpreach server` in the netns lab.
 
 mod lab;
+mod schema;
 mod util;
 
 use lab::{require_root, udpreach_bin, Lab, SIGINT};
@@ -30,6 +31,7 @@ fn ports_json(host: &lab::Host, args: &[&str]) -> (i32, Value) {
     let o = udpreach(host, &a);
     let doc: Value = serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|e| panic!("bad JSON ({e}): {}\nstderr: {}", stdout(&o), stderr(&o)));
+    schema::assert_valid("ports.json", &doc);
     (code(&o), doc)
 }
 

@@ -14,7 +14,9 @@ use crate::platform::errqueue::{self, PmtuMode, QueuedError};
 use crate::platform::realtime_ns;
 use crate::platform::{canonical, AsyncUdp, Received, UdpOptions};
 use crate::ports::control::{ControlClient, Pending};
+use crate::report::documents::MtuMode;
 use crate::report::mtu::{Direction, MtuReport};
+use crate::report::OutputFormat;
 use crate::target::{resolve_async, unspecified_for, Family};
 use anyhow::{bail, Context};
 use std::net::SocketAddr;
@@ -71,7 +73,7 @@ pub async fn run(args: MtuArgs) -> anyhow::Result<u8> {
     udp.set_pmtu_mode(PmtuMode::Probe)
         .context("cannot set Don't Fragment on the probe socket")?;
     let report = MtuReport {
-        json: args.json,
+        format: OutputFormat::from_flags(args.json, args.json_lines),
         quiet: args.quiet,
         target_name: args.target.clone(),
         target,
@@ -140,7 +142,7 @@ async fn run_echo(
         .await
         .with_context(|| format!("no answer from the echo port {target}"))?;
     p.wait = args.timeout.unwrap_or_else(|| round_wait(rtt));
-    report.start("echo", local_mtu);
+    report.start(MtuMode::Echo, local_mtu);
     let rt = search(p, local_mtu, |p, sizes, s| {
         Box::pin(search_round(
             p,
@@ -175,7 +177,7 @@ async fn run_server(
     server_mtu: u32,
     report: &MtuReport,
 ) -> anyhow::Result<(Direction, Direction)> {
-    report.start("server", local_mtu);
+    report.start(MtuMode::Server, local_mtu);
     let mut up = search(p, local_mtu, |p, sizes, s| {
         Box::pin(search_round(
             p,

@@ -6,11 +6,14 @@ use crate::cli::PingArgs;
 use crate::platform::errqueue::QueuedError;
 use crate::platform::{canonical, realtime_ns, AsyncUdp, Received, UdpOptions};
 use crate::ports::control::{AuthFailed, ControlClient};
-use crate::report::ping::PingReport;
+use crate::report::documents::{
+    IgnoredReply, PingEvent as ReportedEvent, SendFailure, SkippedPort,
+};
+use crate::report::ping::{PingReport, ReplyKind};
+use crate::report::OutputFormat;
 use crate::target::{resolve_async, unspecified_for, Family};
 use anyhow::{bail, Context};
 use payload::{PayloadBuilder, Reply};
-use serde_json::json;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -207,12 +210,12 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
         size,
         key: key.as_ref().map(|k| k.ping_key(token)),
     };
-    let report = PingReport {
-        json: args.json,
-        quiet: args.quiet,
-        target_name: args.target.clone(),
+    let report = PingReport::new(
+        OutputFormat::from_flags(args.json, args.json_lines),
+        args.quiet,
+        args.target.clone(),
         target,
-    };
+    );
     let src_ip = route_source(target).unwrap_or_else(|| unspecified_for(&target, 0).ip());
     let (tx, mut rx) = mpsc::unbounded_channel();
 
@@ -282,11 +285,11 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
                         Err(e) => {
                             session.on_send_failed(seq);
                             skipped.push(port);
-                            report.notice(
-                                "skipped",
-                                json!({"seq": seq, "local_port": port, "error": e.to_string()}),
-                                &format!("source port {port} unavailable locally ({e}), skipped"),
-                            );
+                            report.event(ReportedEvent::Skipped(SkippedPort {
+                                seq,
+                                local_port: port,
+                                error: e.to_string(),
+                            }));
                             continue;
                         }
                     }
@@ -301,11 +304,10 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
                 }
                 Err(e) => {
                     session.on_send_failed(seq);
-                    report.notice(
-                        "send_error",
-                        json!({"seq": seq, "error": e.to_string()}),
-                        &format!("seq={seq} send to {target} failed: {e}"),
-                    );
+                    report.event(ReportedEvent::SendError(SendFailure {
+                        seq,
+                        error: e.to_string(),
+                    }));
                 }
             }
         }
@@ -393,19 +395,11 @@ fn handle_incoming(
         Reply::Stamped { seq, stamp } => (seq, Some(stamp)),
         Reply::Plain { seq } => (seq, None),
         Reply::Corrupt { seq } => {
-            report.notice(
-                "corrupt",
-                json!({"seq": seq}),
-                &format!("seq={seq} reply payload differs from what was sent; ignored"),
-            );
+            report.event(ReportedEvent::Corrupt(IgnoredReply { seq }));
             return;
         }
         Reply::Unauthenticated { seq } => {
-            report.notice(
-                "unauthenticated",
-                json!({"seq": seq}),
-                &format!("seq={seq} reply without a valid authentication tag; ignored"),
-            );
+            report.event(ReportedEvent::Unauthenticated(IgnoredReply { seq }));
             return;
         }
         Reply::Foreign => return,
@@ -417,10 +411,20 @@ fn handle_incoming(
     match ev {
         PingEvent::Reply {
             seq, rtt, stamp, ..
-        } => report.reply(msg.local, seq, bytes, rtt, ttl, stamp.as_ref(), "reply"),
-        PingEvent::Late { seq, rtt } => report.reply(msg.local, seq, bytes, rtt, ttl, None, "late"),
+        } => report.reply(
+            msg.local,
+            seq,
+            bytes,
+            rtt,
+            ttl,
+            stamp.as_ref(),
+            ReplyKind::Reply,
+        ),
+        PingEvent::Late { seq, rtt } => {
+            report.reply(msg.local, seq, bytes, rtt, ttl, None, ReplyKind::Late)
+        }
         PingEvent::Duplicate { seq, rtt } => {
-            report.reply(msg.local, seq, bytes, rtt, ttl, None, "duplicate")
+            report.reply(msg.local, seq, bytes, rtt, ttl, None, ReplyKind::Duplicate)
         }
         PingEvent::Timeout { .. } | PingEvent::IcmpError { .. } => {}
     }

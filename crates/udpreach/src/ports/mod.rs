@@ -12,6 +12,7 @@ use crate::cli::PortsArgs;
 use crate::platform::errqueue::QueuedError;
 use crate::platform::{self, AsyncUdp, Received, UdpOptions};
 use crate::report::ports::PortsReport;
+use crate::report::OutputFormat;
 use crate::target::{resolve_async, unspecified_for, Family};
 use anyhow::Context;
 use control::{ControlClient, Pending};
@@ -76,13 +77,14 @@ pub async fn run(args: PortsArgs) -> anyhow::Result<u8> {
     sweep.seed_rtt(ctl.handshake_rtt);
 
     let report = PortsReport {
-        json: args.json,
+        format: OutputFormat::from_flags(args.json, args.json_lines),
         quiet: args.quiet,
         list: args.list,
         target_name: args.target.clone(),
         server,
     };
-    let bar = (!args.json && !args.quiet && std::io::stderr().is_terminal())
+    report.start(spec.len());
+    let bar = (!report.format.is_json() && !args.quiet && std::io::stderr().is_terminal())
         .then(|| report.progress_bar(spec.len() as u64));
 
     let mut sigint =

@@ -1,12 +1,70 @@
 //! Renderers: everything that turns results into text for people or JSON for scripts.
+//!
+//! Each command's output is a typed document (in [`documents`]); the text
+//! renderers and both JSON modes read the same values, and the JSON Schemas
+//! in `docs/schema/` are generated from those types.
 
-pub mod mtu;
+use schemars::JsonSchema;
+use serde::Serialize;
 use std::collections::BTreeMap;
+use std::io::Write;
 use udpreach_wire::PortSpec;
 
+pub mod documents;
+pub mod mtu;
 pub mod ping;
 pub mod ports;
 pub mod serverless;
+
+/// How a command prints its results (the same for ping, ports and mtu).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// Lines for people.
+    Text,
+    /// `--json`: one JSON document when the command ends.
+    Json,
+    /// `--json-lines`: one JSON object per line and event, as it happens,
+    /// each with a `type`: `start` first, `summary` last.
+    JsonLines,
+}
+
+impl OutputFormat {
+    pub fn from_flags(json: bool, json_lines: bool) -> Self {
+        match (json, json_lines) {
+            (_, true) => OutputFormat::JsonLines,
+            (true, false) => OutputFormat::Json,
+            (false, false) => OutputFormat::Text,
+        }
+    }
+
+    pub fn is_json(self) -> bool {
+        self != OutputFormat::Text
+    }
+}
+
+/// One line of `--json-lines`: `{"type": "start", ...}`, then events (each
+/// carrying its own `type`), then `{"type": "summary", ...}`.
+#[derive(Serialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum JsonLine<S, E, U> {
+    Start(S),
+    Summary(U),
+    #[serde(untagged)]
+    Event(E),
+}
+
+/// Writes one line and flushes it, so a reader of a pipe sees each event
+/// when it happens.
+pub fn print_line(line: &str) {
+    let mut o = std::io::stdout().lock();
+    let _ = writeln!(o, "{line}");
+    let _ = o.flush();
+}
+
+/// One `--json-lines` object on its own line.
+pub fn print_json_line<S: Serialize, E: Serialize, U: Serialize>(line: &JsonLine<S, E, U>) {
+    print_line(&serde_json::to_string(line).expect("report types serialize"));
+}
 
 /// Formats milliseconds the way ping(8) does: three decimals.
 pub fn ms3(v: f64) -> String {
@@ -54,9 +112,9 @@ pub fn counts_and_ranges<V: Copy>(
 }
 
 /// A whole-run JSON document, pretty-printed on stdout.
-pub fn print_json(doc: &serde_json::Value) {
+pub fn print_json<T: Serialize>(doc: &T) {
     println!(
         "{}",
-        serde_json::to_string_pretty(doc).expect("JSON values serialize")
+        serde_json::to_string_pretty(doc).expect("report types serialize")
     );
 }

@@ -1,14 +1,18 @@
 //! Output of `udpreach mtu`: each direction's path MTU, how it was found,
-//! the largest UDP payload, and whether fragments pass; or one JSON document.
+//! the largest UDP payload, and whether fragments pass; or one JSON document
+//! (`--json`) or one JSON object per line (`--json-lines`), all from the
+//! typed [`MtuDocument`].
 
+use super::documents::{Family, MtuDocument, MtuEvent, MtuLine, MtuMode, MtuPaths, MtuStart};
+use super::{print_json_line, OutputFormat};
+use schemars::JsonSchema;
 use serde::Serialize;
-use serde_json::json;
 use std::net::SocketAddr;
 use std::time::Duration;
 use udpreach_engine::mtu::{FragmentResult, MtuEvidence, MtuResult};
 
 /// What one direction (or the round trip) showed.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct Direction {
     #[serde(flatten)]
     pub result: MtuResult,
@@ -16,22 +20,15 @@ pub struct Direction {
     pub payload: Option<u32>,
     /// Datagrams above the path MTU, without DF.
     pub fragments: Option<FragmentResult>,
+    /// Time this direction's search took.
     pub elapsed_ms: f64,
 }
 
 pub struct MtuReport {
-    pub json: bool,
+    pub format: OutputFormat,
     pub quiet: bool,
     pub target_name: String,
     pub target: SocketAddr,
-}
-
-fn family(a: &SocketAddr) -> &'static str {
-    if a.is_ipv6() {
-        "IPv6"
-    } else {
-        "IPv4"
-    }
 }
 
 fn evidence_text(e: &Option<MtuEvidence>) -> String {
@@ -93,24 +90,40 @@ fn fragments_text(f: &Option<FragmentResult>, d: &Direction) -> String {
 
 impl MtuReport {
     pub fn notice(&self, text: &str) {
-        if !self.json {
-            eprintln!("udpreach: {text}");
+        match self.format {
+            OutputFormat::Text => eprintln!("udpreach: {text}"),
+            OutputFormat::JsonLines if !self.quiet => {
+                print_json_line(&MtuLine::Event(MtuEvent::Notice {
+                    message: text.to_string(),
+                }))
+            }
+            _ => {}
         }
     }
 
-    pub fn start(&self, mode: &str, local_mtu: u32) {
-        if !self.json && !self.quiet {
-            let with = if mode == "server" {
-                "udpreach server, each direction"
-            } else {
-                "echo server, round trip"
-            };
-            println!(
-                "udpreach mtu {} ({}, {}): {with}; local interface MTU {local_mtu}",
-                self.target_name,
-                self.target,
-                family(&self.target)
-            );
+    pub fn start(&self, mode: MtuMode, local_mtu: u32) {
+        let start = MtuStart {
+            target: self.target_name.clone(),
+            address: self.target,
+            family: Family::of(&self.target),
+            mode,
+            local_mtu,
+        };
+        match self.format {
+            OutputFormat::Text if !self.quiet => {
+                let with = match mode {
+                    MtuMode::Server => "udpreach server, each direction",
+                    MtuMode::Echo => "echo server, round trip",
+                };
+                println!(
+                    "udpreach mtu {} ({}, {}): {with}; local interface MTU {local_mtu}",
+                    start.target,
+                    start.address,
+                    start.family.name()
+                );
+            }
+            OutputFormat::JsonLines if !self.quiet => print_json_line(&MtuLine::Start(start)),
+            _ => {}
         }
     }
 
@@ -121,53 +134,66 @@ impl MtuReport {
         elapsed: Duration,
         probes: u64,
     ) {
-        if self.json {
-            let doc = json!({
-                "target": self.target_name,
-                "address": self.target.to_string(),
-                "family": family(&self.target).to_lowercase(),
-                "mode": "server",
-                "upstream": up,
-                "downstream": down,
-                "elapsed_ms": elapsed.as_secs_f64() * 1e3,
-                "probes_sent": probes,
-            });
-            super::print_json(&doc);
-            return;
-        }
-        println!("{}", direction_line("upstream", up));
-        println!("{}", direction_line("downstream", down));
-        println!(
-            "fragments   upstream: {}\n            downstream: {}",
-            fragments_text(&up.fragments, up),
-            fragments_text(&down.fragments, down)
+        self.print(
+            MtuPaths::Server {
+                upstream: up.clone(),
+                downstream: down.clone(),
+            },
+            elapsed,
+            probes,
         );
-        if !self.quiet {
-            println!("{:.2} s, {probes} probes", elapsed.as_secs_f64());
-        }
     }
 
     pub fn print_round_trip(&self, rt: &Direction, elapsed: Duration, probes: u64) {
-        if self.json {
-            let doc = json!({
-                "target": self.target_name,
-                "address": self.target.to_string(),
-                "family": family(&self.target).to_lowercase(),
-                "mode": "echo",
-                "round_trip": rt,
-                "elapsed_ms": elapsed.as_secs_f64() * 1e3,
-                "probes_sent": probes,
-            });
-            super::print_json(&doc);
-            return;
-        }
-        println!("{}", direction_line("round trip", rt));
-        println!(
-            "fragments   round trip: {}",
-            fragments_text(&rt.fragments, rt)
+        self.print(
+            MtuPaths::Echo {
+                round_trip: rt.clone(),
+            },
+            elapsed,
+            probes,
         );
+    }
+
+    fn print(&self, paths: MtuPaths, elapsed: Duration, probes: u64) {
+        let doc = MtuDocument {
+            target: self.target_name.clone(),
+            address: self.target,
+            family: Family::of(&self.target),
+            paths,
+            elapsed_ms: elapsed.as_secs_f64() * 1e3,
+            probes_sent: probes,
+        };
+        match self.format {
+            OutputFormat::Json => super::print_json(&doc),
+            OutputFormat::JsonLines => print_json_line(&MtuLine::Summary(doc)),
+            OutputFormat::Text => self.print_text(&doc),
+        }
+    }
+
+    fn print_text(&self, doc: &MtuDocument) {
+        match &doc.paths {
+            MtuPaths::Server {
+                upstream: up,
+                downstream: down,
+            } => {
+                println!("{}", direction_line("upstream", up));
+                println!("{}", direction_line("downstream", down));
+                println!(
+                    "fragments   upstream: {}\n            downstream: {}",
+                    fragments_text(&up.fragments, up),
+                    fragments_text(&down.fragments, down)
+                );
+            }
+            MtuPaths::Echo { round_trip: rt } => {
+                println!("{}", direction_line("round trip", rt));
+                println!(
+                    "fragments   round trip: {}",
+                    fragments_text(&rt.fragments, rt)
+                );
+            }
+        }
         if !self.quiet {
-            println!("{:.2} s, {probes} probes", elapsed.as_secs_f64());
+            println!("{:.2} s, {} probes", doc.elapsed_ms / 1e3, doc.probes_sent);
         }
     }
 }

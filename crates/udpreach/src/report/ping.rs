@@ -1,8 +1,13 @@
-//! Ping output: ping(8)-style lines, or one JSON object per line.
+//! Ping output: ping(8)-style lines, one JSON document (`--json`), or one
+//! JSON object per line and event (`--json-lines`), all from the typed
+//! events and summary of [`super::documents`].
 
-use super::ms3;
-use serde_json::json;
-use std::io::Write;
+use super::documents::{
+    IgnoredReply, PingDocument, PingEvent, PingIcmpError, PingLine, PingReply, PingStart,
+    PingSummaryReport, PingTimeout, ServerView,
+};
+use super::{ms3, print_json_line, print_line, OutputFormat};
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::time::Duration;
 use udpreach_engine::ping::PingSummary;
@@ -10,44 +15,144 @@ use udpreach_wire::icmp::IcmpReport;
 use udpreach_wire::ServerStamp;
 
 pub struct PingReport {
-    pub json: bool,
-    pub quiet: bool,
-    pub target_name: String,
-    pub target: SocketAddr,
-}
-
-fn out(line: &str) {
-    let mut o = std::io::stdout().lock();
-    let _ = writeln!(o, "{line}");
-    let _ = o.flush();
+    format: OutputFormat,
+    quiet: bool,
+    target_name: String,
+    target: SocketAddr,
+    /// With `--json`: what the closing document carries.
+    start: RefCell<Option<PingStart>>,
+    events: RefCell<Vec<PingEvent>>,
 }
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// The kinds of reply a reply event can be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplyKind {
+    Reply,
+    Late,
+    Duplicate,
+}
+
+impl PingEvent {
+    /// Events that are remarks about the run rather than a probe's fate:
+    /// in text mode they go to stderr, even with `-q`.
+    fn is_notice(&self) -> bool {
+        matches!(
+            self,
+            PingEvent::Skipped(_)
+                | PingEvent::SendError(_)
+                | PingEvent::Corrupt(_)
+                | PingEvent::Unauthenticated(_)
+        )
+    }
+
+    /// The ping(8)-style line for this event.
+    fn text(&self, target: SocketAddr) -> String {
+        let reply = |r: &PingReply, note: &str| {
+            let ttl = r.ttl.map(|t| format!(" ttl={t}")).unwrap_or_default();
+            format!(
+                "{} -> {} seq={} bytes={} time={} ms{ttl}{note}",
+                r.local,
+                r.remote,
+                r.seq,
+                r.bytes,
+                ms3(r.rtt_ms)
+            )
+        };
+        match self {
+            PingEvent::Reply(r) => reply(r, ""),
+            PingEvent::Late(r) => reply(r, " (late: after its timeout)"),
+            PingEvent::Duplicate(r) => reply(r, " (DUP!)"),
+            PingEvent::Timeout(t) => {
+                let l = t.local.map(|l| format!("{l} -> ")).unwrap_or_default();
+                format!(
+                    "{l}{} seq={} no reply within {} ms",
+                    t.remote, t.seq, t.timeout_ms
+                )
+            }
+            PingEvent::IcmpError(e) => {
+                let from = e
+                    .icmp
+                    .from
+                    .map_or_else(|| "local host".to_string(), |ip| ip.to_string());
+                format!(
+                    "{} -> {} seq={} From {from}: {} (after {} ms)",
+                    e.local,
+                    e.remote,
+                    e.seq,
+                    e.icmp.reason,
+                    ms3(e.after_ms)
+                )
+            }
+            PingEvent::Skipped(s) => format!(
+                "source port {} unavailable locally ({}), skipped",
+                s.local_port, s.error
+            ),
+            PingEvent::SendError(f) => {
+                format!("seq={} send to {target} failed: {}", f.seq, f.error)
+            }
+            PingEvent::Corrupt(IgnoredReply { seq }) => {
+                format!("seq={seq} reply payload differs from what was sent; ignored")
+            }
+            PingEvent::Unauthenticated(IgnoredReply { seq }) => {
+                format!("seq={seq} reply without a valid authentication tag; ignored")
+            }
+        }
+    }
+}
+
 impl PingReport {
+    pub fn new(format: OutputFormat, quiet: bool, target_name: String, target: SocketAddr) -> Self {
+        PingReport {
+            format,
+            quiet,
+            target_name,
+            target,
+            start: RefCell::new(None),
+            events: RefCell::new(Vec::new()),
+        }
+    }
+
     pub fn start(&self, size: usize, stamped: bool, local: Option<SocketAddr>) {
-        if self.json {
-            out(&json!({
-                "type": "start",
-                "target": self.target_name,
-                "remote": self.target.to_string(),
-                "local": local.map(|l| l.to_string()),
-                "bytes": size,
-                "udpreach_header": stamped,
-            })
-            .to_string());
-        } else if !self.quiet {
-            let kind = if stamped {
-                "udpreach probes"
-            } else {
-                "plain payload"
-            };
-            out(&format!(
-                "UDPREACH {} ({}): {size} bytes per probe, {kind}",
-                self.target_name, self.target
-            ));
+        let start = PingStart {
+            target: self.target_name.clone(),
+            remote: self.target,
+            local,
+            bytes: size,
+            udpreach_header: stamped,
+        };
+        match self.format {
+            OutputFormat::Text if !self.quiet => {
+                let kind = if stamped {
+                    "udpreach probes"
+                } else {
+                    "plain payload"
+                };
+                print_line(&format!(
+                    "UDPREACH {} ({}): {size} bytes per probe, {kind}",
+                    start.target, start.remote
+                ));
+            }
+            OutputFormat::JsonLines if !self.quiet => {
+                print_json_line(&PingLine::Start(start.clone()))
+            }
+            _ => {}
+        }
+        *self.start.borrow_mut() = Some(start);
+    }
+
+    /// Reports one event: printed at once (text, `--json-lines`) or kept
+    /// for the closing document (`--json`); `-q` keeps only notices (text).
+    pub fn event(&self, ev: PingEvent) {
+        match self.format {
+            OutputFormat::Text if ev.is_notice() => eprintln!("udpreach: {}", ev.text(self.target)),
+            _ if self.quiet => {}
+            OutputFormat::Text => print_line(&ev.text(self.target)),
+            OutputFormat::JsonLines => print_json_line(&PingLine::Event(ev)),
+            OutputFormat::Json => self.events.borrow_mut().push(ev),
         }
     }
 
@@ -60,116 +165,94 @@ impl PingReport {
         rtt: Duration,
         ttl: Option<u8>,
         stamp: Option<&ServerStamp>,
-        kind: &str,
+        kind: ReplyKind,
     ) {
-        if self.json {
-            let mut v = json!({
-                "type": kind,
-                "seq": seq,
-                "local": local.to_string(),
-                "remote": self.target.to_string(),
-                "bytes": bytes,
-                "rtt_ms": ms(rtt),
-                "ttl": ttl,
-            });
-            if let Some(s) = stamp {
-                v["server_saw"] = json!(s.seen_from.to_string());
-                v["server_seen_ttl"] = json!(s.seen_ttl);
-                v["server_count"] = json!(s.flow_count);
-                v["server_processing_us"] = json!(s.tx_ns.saturating_sub(s.rx_ns) as f64 / 1e3);
-            }
-            out(&v.to_string());
-        } else if !self.quiet {
-            let ttl = ttl.map(|t| format!(" ttl={t}")).unwrap_or_default();
-            let note = match kind {
-                "late" => " (late: after its timeout)",
-                "duplicate" => " (DUP!)",
-                _ => "",
-            };
-            out(&format!(
-                "{local} -> {} seq={seq} bytes={bytes} time={} ms{ttl}{note}",
-                self.target,
-                ms3(ms(rtt))
-            ));
-        }
+        let r = PingReply {
+            seq,
+            local,
+            remote: self.target,
+            bytes,
+            rtt_ms: ms(rtt),
+            ttl,
+            server: stamp.map(|s| ServerView {
+                server_saw: s.seen_from,
+                server_seen_ttl: s.seen_ttl,
+                server_count: s.flow_count,
+                server_processing_us: s.tx_ns.saturating_sub(s.rx_ns) as f64 / 1e3,
+            }),
+        };
+        self.event(match kind {
+            ReplyKind::Reply => PingEvent::Reply(r),
+            ReplyKind::Late => PingEvent::Late(r),
+            ReplyKind::Duplicate => PingEvent::Duplicate(r),
+        });
     }
 
     pub fn timeout(&self, local: Option<SocketAddr>, seq: u64, after: Duration) {
-        if self.json {
-            out(
-                &json!({"type": "timeout", "seq": seq, "local": local.map(|l| l.to_string()),
-                        "remote": self.target.to_string(), "timeout_ms": ms(after)})
-                .to_string(),
-            );
-        } else if !self.quiet {
-            let l = local.map(|l| format!("{l} -> ")).unwrap_or_default();
-            out(&format!(
-                "{l}{} seq={seq} no reply within {} ms",
-                self.target,
-                ms(after)
-            ));
-        }
+        self.event(PingEvent::Timeout(PingTimeout {
+            seq,
+            local,
+            remote: self.target,
+            timeout_ms: ms(after),
+        }));
     }
 
     /// An ICMP error answered probe `seq`, as ping(8)'s "From X ... Unreachable".
     pub fn icmp_error(&self, local: SocketAddr, seq: u64, after: Duration, r: &IcmpReport) {
-        if self.json {
-            let mut v = serde_json::to_value(r).expect("report serializes");
-            v["type"] = json!("icmp_error");
-            v["seq"] = json!(seq);
-            v["local"] = json!(local.to_string());
-            v["remote"] = json!(self.target.to_string());
-            v["after_ms"] = json!(ms(after));
-            out(&v.to_string());
-        } else if !self.quiet {
-            let from = r
-                .from
-                .map_or_else(|| "local host".to_string(), |ip| ip.to_string());
-            out(&format!(
-                "{local} -> {} seq={seq} From {from}: {} (after {} ms)",
-                self.target,
-                r.reason,
-                ms3(ms(after))
-            ));
-        }
-    }
-
-    pub fn notice(&self, what: &str, detail: serde_json::Value, text: &str) {
-        if self.json {
-            let mut v = json!({"type": what});
-            if let serde_json::Value::Object(m) = detail {
-                for (k, x) in m {
-                    v[k] = x;
-                }
-            }
-            out(&v.to_string());
-        } else {
-            eprintln!("udpreach: {text}");
-        }
+        self.event(PingEvent::IcmpError(PingIcmpError {
+            seq,
+            local,
+            remote: self.target,
+            after_ms: ms(after),
+            icmp: *r,
+        }));
     }
 
     /// The closing block. `local` is the address we sent from (None with --sport).
     pub fn summary(&self, s: &PingSummary, local: Option<SocketAddr>, skipped_ports: &[u16]) {
-        let nat = nat_line(s, local);
-        if self.json {
-            let mut v = serde_json::to_value(s).expect("summary serializes");
-            v["type"] = json!("summary");
-            v["target"] = json!(self.target_name);
-            v["remote"] = json!(self.target.to_string());
-            v["local"] = json!(local.map(|l| l.to_string()));
-            v["nat_detected"] = json!(nat.is_some());
-            v["skipped_source_ports"] = json!(skipped_ports);
-            out(&v.to_string());
-            return;
-        }
-        let mut lines = vec![format!("--- {} statistics ---", self.target_name)];
-        // ping(8) style: the error count only when there were errors.
-        let errors = if s.errors > 0 {
-            format!(", +{} errors", s.errors)
-        } else {
-            String::new()
+        let report = PingSummaryReport {
+            stats: s.clone(),
+            target: self.target_name.clone(),
+            remote: self.target,
+            local,
+            nat_detected: nat_line(s, local).is_some(),
+            skipped_source_ports: skipped_ports.to_vec(),
         };
-        lines.push(format!(
+        match self.format {
+            OutputFormat::Text => print_line(&summary_text(&report)),
+            OutputFormat::JsonLines => print_json_line(&PingLine::Summary(report)),
+            OutputFormat::Json => {
+                let start = self.start.borrow_mut().take().unwrap_or(PingStart {
+                    target: self.target_name.clone(),
+                    remote: self.target,
+                    local,
+                    bytes: 0,
+                    udpreach_header: false,
+                });
+                let events = (!self.quiet).then(|| self.events.take());
+                super::print_json(&PingDocument {
+                    start,
+                    events,
+                    summary: report,
+                });
+            }
+        }
+    }
+}
+
+/// The ping(8)-style closing block.
+fn summary_text(report: &PingSummaryReport) -> String {
+    let s = &report.stats;
+    let skipped_ports = &report.skipped_source_ports;
+    let nat = nat_line(s, report.local);
+    let mut lines = vec![format!("--- {} statistics ---", report.target)];
+    // ping(8) style: the error count only when there were errors.
+    let errors = if s.errors > 0 {
+        format!(", +{} errors", s.errors)
+    } else {
+        String::new()
+    };
+    lines.push(format!(
             "{} packets transmitted, {} received{errors}, {} duplicates, {} late, {} reordered, {}% packet loss, time {:.0}ms",
             s.transmitted,
             s.received,
@@ -179,65 +262,64 @@ impl PingReport {
             trim_pct(s.loss_percent),
             s.elapsed_ms
         ));
-        if let Some(r) = &s.rtt {
-            lines.push(format!(
-                "rtt min/avg/max/mdev = {}/{}/{}/{} ms",
-                ms3(r.min_ms),
-                ms3(r.avg_ms),
-                ms3(r.max_ms),
-                ms3(r.mdev_ms)
-            ));
-            lines.push(format!(
-                "rtt p50/p90/p99 = {}/{}/{} ms, jitter (ipdv) {} ms, rfc3550 {} ms",
-                ms3(r.p50_ms),
-                ms3(r.p90_ms),
-                ms3(r.p99_ms),
-                ms3(r.ipdv_ms),
-                ms3(r.jitter_rfc3550_ms)
-            ));
-        }
-        for t in &s.icmp_errors {
-            lines.push(format!("icmp errors: {} x {}", t.count, t.report));
-        }
-        if let (Some(up), Some(down)) = (s.upstream_lost, s.downstream_lost) {
-            lines.push(format!(
-                "loss by direction: {up} upstream (to server), {down} downstream (to us), {} unknown",
-                s.direction_unknown.unwrap_or(0)
-            ));
-        }
-        if let Some(p) = &s.server_processing {
-            let mut l = format!(
-                "server: processing min/avg/max = {:.1}/{:.1}/{:.1} us",
-                p.min_us, p.avg_us, p.max_us
-            );
-            if let Some(saw) = s.server_saw {
-                l.push_str(&format!("; saw you as {saw}"));
-            }
-            if let Some(ttl) = s.server_seen_ttl {
-                l.push_str(&format!(" with TTL {ttl}"));
-            }
-            lines.push(l);
-        }
-        if let Some(n) = nat {
-            lines.push(n);
-        }
-        if s.send_errors > 0 {
-            lines.push(format!("{} probes could not be sent", s.send_errors));
-        }
-        if !skipped_ports.is_empty() {
-            lines.push(format!(
-                "source ports in use locally, skipped: {}",
-                udpreach_wire::PortSpec::from_ports(skipped_ports.iter().copied())
-            ));
-        }
-        if !s.silent_source_ports.is_empty() {
-            lines.push(format!(
-                "source ports with no reply: {}",
-                udpreach_wire::PortSpec::from_ports(s.silent_source_ports.iter().copied())
-            ));
-        }
-        out(&lines.join("\n"));
+    if let Some(r) = &s.rtt {
+        lines.push(format!(
+            "rtt min/avg/max/mdev = {}/{}/{}/{} ms",
+            ms3(r.min_ms),
+            ms3(r.avg_ms),
+            ms3(r.max_ms),
+            ms3(r.mdev_ms)
+        ));
+        lines.push(format!(
+            "rtt p50/p90/p99 = {}/{}/{} ms, jitter (ipdv) {} ms, rfc3550 {} ms",
+            ms3(r.p50_ms),
+            ms3(r.p90_ms),
+            ms3(r.p99_ms),
+            ms3(r.ipdv_ms),
+            ms3(r.jitter_rfc3550_ms)
+        ));
     }
+    for t in &s.icmp_errors {
+        lines.push(format!("icmp errors: {} x {}", t.count, t.report));
+    }
+    if let (Some(up), Some(down)) = (s.upstream_lost, s.downstream_lost) {
+        lines.push(format!(
+            "loss by direction: {up} upstream (to server), {down} downstream (to us), {} unknown",
+            s.direction_unknown.unwrap_or(0)
+        ));
+    }
+    if let Some(p) = &s.server_processing {
+        let mut l = format!(
+            "server: processing min/avg/max = {:.1}/{:.1}/{:.1} us",
+            p.min_us, p.avg_us, p.max_us
+        );
+        if let Some(saw) = s.server_saw {
+            l.push_str(&format!("; saw you as {saw}"));
+        }
+        if let Some(ttl) = s.server_seen_ttl {
+            l.push_str(&format!(" with TTL {ttl}"));
+        }
+        lines.push(l);
+    }
+    if let Some(n) = nat {
+        lines.push(n);
+    }
+    if s.send_errors > 0 {
+        lines.push(format!("{} probes could not be sent", s.send_errors));
+    }
+    if !skipped_ports.is_empty() {
+        lines.push(format!(
+            "source ports in use locally, skipped: {}",
+            udpreach_wire::PortSpec::from_ports(skipped_ports.iter().copied())
+        ));
+    }
+    if !s.silent_source_ports.is_empty() {
+        lines.push(format!(
+            "source ports with no reply: {}",
+            udpreach_wire::PortSpec::from_ports(s.silent_source_ports.iter().copied())
+        ));
+    }
+    lines.join("\n")
 }
 
 fn trim_pct(p: f64) -> String {

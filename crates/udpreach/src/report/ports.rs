@@ -1,7 +1,10 @@
-//! Port-test output: verdicts grouped into compressed ranges, or a JSON document.
+//! Port-test output: verdicts grouped into compressed ranges, one JSON
+//! document (`--json`) or one JSON object per line (`--json-lines`), all
+//! from the typed [`PortsDocument`].
 
+use super::documents::{PortEvent, PortsDocument, PortsLine, PortsStart, PortsSummary};
+use super::{print_json_line, JsonLine, OutputFormat};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::json;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,7 +13,7 @@ use udpreach_engine::Verdict;
 use udpreach_wire::icmp::IcmpReport;
 
 pub struct PortsReport {
-    pub json: bool,
+    pub format: OutputFormat,
     pub quiet: bool,
     pub list: bool,
     pub target_name: String,
@@ -45,32 +48,63 @@ impl PortsReport {
         ));
     }
 
+    /// With `--json-lines`: the first line, before the sweep.
+    pub fn start(&self, total: usize) {
+        if self.format == OutputFormat::JsonLines && !self.quiet {
+            print_json_line::<_, PortEvent<PortResult>, PortsSummary>(&PortsLine::Start(
+                PortsStart {
+                    target: self.target_name.clone(),
+                    server: self.server,
+                    total,
+                },
+            ));
+        }
+    }
+
     pub fn print(&self, results: &[PortResult], elapsed: Duration, probes: u64) {
         let groups = super::group_by(results.iter().map(|r| (r.verdict, r.port)));
         let reachable = groups.get(&Verdict::Reachable).map_or(0, Vec::len);
-        if self.json {
-            let (counts, ranges) = super::counts_and_ranges(&groups, Verdict::as_str);
-            let doc = json!({
-                "target": self.target_name,
-                "server": self.server.to_string(),
-                "total": results.len(),
-                "reachable": reachable,
-                "not_reachable": results.len() - reachable,
-                "elapsed_ms": elapsed.as_secs_f64() * 1e3,
-                "probes_sent": probes,
-                "counts": counts,
-                "ranges": ranges,
-                "ports": results,
-            });
-            super::print_json(&doc);
-            return;
+        let (counts, ranges) = super::counts_and_ranges(&groups, Verdict::as_str);
+        let doc = PortsDocument {
+            summary: PortsSummary {
+                target: self.target_name.clone(),
+                server: self.server,
+                total: results.len(),
+                reachable,
+                not_reachable: results.len() - reachable,
+                elapsed_ms: elapsed.as_secs_f64() * 1e3,
+                probes_sent: probes,
+                counts,
+                ranges,
+            },
+            ports: results.to_vec(),
+        };
+        match self.format {
+            OutputFormat::Json => super::print_json(&doc),
+            OutputFormat::JsonLines => {
+                if !self.quiet {
+                    for r in &doc.ports {
+                        print_json_line(&JsonLine::<PortsStart, _, PortsSummary>::Event(
+                            PortEvent::Port(r),
+                        ));
+                    }
+                }
+                print_json_line(&JsonLine::<PortsStart, PortEvent<PortResult>, _>::Summary(
+                    &doc.summary,
+                ));
+            }
+            OutputFormat::Text => self.print_text(&doc),
         }
+    }
+
+    fn print_text(&self, doc: &PortsDocument) {
+        let s = &doc.summary;
+        let results = &doc.ports;
+        let groups = super::group_by(results.iter().map(|r| (r.verdict, r.port)));
         if !self.quiet {
             println!(
                 "udpreach ports {} (control {}): {} ports",
-                self.target_name,
-                self.server,
-                results.len()
+                s.target, s.server, s.total
             );
         }
         for (v, ports) in &groups {
@@ -100,11 +134,11 @@ impl PortsReport {
         }
         println!(
             "{} ports in {:.2} s: {} reachable, {} not reachable ({} probes)",
-            results.len(),
-            elapsed.as_secs_f64(),
-            reachable,
-            results.len() - reachable,
-            probes
+            s.total,
+            s.elapsed_ms / 1e3,
+            s.reachable,
+            s.not_reachable,
+            s.probes_sent
         );
     }
 }

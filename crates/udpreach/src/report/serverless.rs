@@ -1,9 +1,13 @@
 //! Output of `udpreach ports --no-server`: verdicts grouped into port
 //! ranges (filtered ones by who rejected them), the ICMP rate limiting met
-//! on the way, or one JSON document.
+//! on the way; or one JSON document (`--json`) or one JSON object per line
+//! (`--json-lines`), all from the typed [`ServerlessDocument`].
 
+use super::documents::{
+    NoServer, PortEvent, ServerlessDocument, ServerlessLine, ServerlessStart, ServerlessSummary,
+};
+use super::{print_json_line, JsonLine, OutputFormat};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::json;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -13,7 +17,7 @@ use udpreach_engine::serverless::{
 use udpreach_wire::icmp::IcmpReport;
 
 pub struct ServerlessReport {
-    pub json: bool,
+    pub format: OutputFormat,
     pub quiet: bool,
     pub list: bool,
     pub target_name: String,
@@ -58,10 +62,24 @@ impl ServerlessReport {
 
     /// Said as soon as the limiting shows, so a slow check is not a mystery.
     pub fn rate_limit_notice(&self, rl: &IcmpRateLimit) {
-        if !self.json && !self.quiet {
+        if !self.format.is_json() && !self.quiet {
             eprintln!(
                 "udpreach: {} rate-limits its ICMP errors (about 1 per {:.0} ms): pacing to it; closed ports now cost that much each",
                 self.target, rl.interval_ms
+            );
+        }
+    }
+
+    /// With `--json-lines`: the first line, before the check.
+    pub fn start(&self, total: usize) {
+        if self.format == OutputFormat::JsonLines && !self.quiet {
+            print_json_line::<_, PortEvent<ServerlessResult>, ServerlessSummary>(
+                &ServerlessLine::Start(ServerlessStart {
+                    mode: NoServer::NoServer,
+                    target: self.target_name.clone(),
+                    address: self.target,
+                    total,
+                }),
             );
         }
     }
@@ -74,30 +92,50 @@ impl ServerlessReport {
         rate_limit: Option<&IcmpRateLimit>,
     ) {
         let groups = super::group_by(results.iter().map(|r| (r.verdict, r.port)));
-        if self.json {
-            let (counts, ranges) = super::counts_and_ranges(&groups, ServerlessVerdict::as_str);
-            let doc = json!({
-                "mode": "no_server",
-                "target": self.target_name,
-                "address": self.target.to_string(),
-                "total": results.len(),
-                "elapsed_ms": elapsed.as_secs_f64() * 1e3,
-                "probes_sent": progress.probes_sent,
-                "canaries_sent": progress.canaries_sent,
-                "icmp_rate_limit": rate_limit,
-                "counts": counts,
-                "ranges": ranges,
-                "ports": results,
-            });
-            super::print_json(&doc);
-            return;
+        let (counts, ranges) = super::counts_and_ranges(&groups, ServerlessVerdict::as_str);
+        let doc = ServerlessDocument {
+            summary: ServerlessSummary {
+                mode: NoServer::NoServer,
+                target: self.target_name.clone(),
+                address: self.target,
+                total: results.len(),
+                elapsed_ms: elapsed.as_secs_f64() * 1e3,
+                probes_sent: progress.probes_sent,
+                canaries_sent: progress.canaries_sent,
+                icmp_rate_limit: rate_limit.cloned(),
+                counts,
+                ranges,
+            },
+            ports: results.to_vec(),
+        };
+        match self.format {
+            OutputFormat::Json => super::print_json(&doc),
+            OutputFormat::JsonLines => {
+                if !self.quiet {
+                    for r in &doc.ports {
+                        print_json_line(&JsonLine::<ServerlessStart, _, ServerlessSummary>::Event(
+                            PortEvent::Port(r),
+                        ));
+                    }
+                }
+                print_json_line(
+                    &JsonLine::<ServerlessStart, PortEvent<ServerlessResult>, _>::Summary(
+                        &doc.summary,
+                    ),
+                );
+            }
+            OutputFormat::Text => self.print_text(&doc),
         }
+    }
+
+    fn print_text(&self, doc: &ServerlessDocument) {
+        let s = &doc.summary;
+        let results = &doc.ports;
+        let groups = super::group_by(results.iter().map(|r| (r.verdict, r.port)));
         if !self.quiet {
             println!(
                 "udpreach ports --no-server {} ({}): {} ports",
-                self.target_name,
-                self.target,
-                results.len()
+                s.target, s.address, s.total
             );
         }
         for (v, ports) in &groups {
@@ -135,19 +173,19 @@ impl ServerlessReport {
         let count = |v: ServerlessVerdict| groups.get(&v).map_or(0, Vec::len);
         println!(
             "{} ports in {:.2} s: {} open, {} closed, {} filtered, {} open|filtered ({} probes, {} canaries)",
-            results.len(),
-            elapsed.as_secs_f64(),
+            s.total,
+            s.elapsed_ms / 1e3,
             count(ServerlessVerdict::Open),
             count(ServerlessVerdict::Closed),
             count(ServerlessVerdict::Filtered),
             count(ServerlessVerdict::OpenFiltered),
-            progress.probes_sent,
-            progress.canaries_sent
+            s.probes_sent,
+            s.canaries_sent
         );
-        if let Some(rl) = rate_limit {
+        if let Some(rl) = &s.icmp_rate_limit {
             println!(
                 "ICMP rate limiting at {}: about 1 error per {:.0} ms (seen after {:.1} s); the check was paced to it",
-                self.target,
+                s.address,
                 rl.interval_ms,
                 rl.detected_after_ms / 1e3
             );

@@ -33,6 +33,23 @@ pub fn start_server(host: &Host, extra: &[&str]) -> Proc {
     p
 }
 
+/// A socat UDP echo on `port` (IPv4 and IPv6).
+pub fn socat_echo(host: &Host, port: u16) -> Proc {
+    let p = host.spawn([
+        "socat",
+        "-b",
+        "65536",
+        &format!("UDP6-RECVFROM:{port},fork"),
+        "PIPE",
+    ]);
+    assert!(
+        host.wait_udp_bound(port, Duration::from_secs(5)),
+        "socat did not bind {port}: {}",
+        p.stderr_so_far()
+    );
+    p
+}
+
 /// Runs the udpreach binary in `host` with a bound on time.
 pub fn udpreach(host: &Host, args: &[&str]) -> Output {
     let mut argv = vec![udpreach_bin().display().to_string()];
@@ -49,7 +66,7 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// JSON lines printed by `--json` ping, parsed.
+/// JSON lines printed by `--json-lines`, parsed.
 pub fn json_lines(o: &Output) -> Vec<Value> {
     stdout(o)
         .lines()
@@ -58,8 +75,14 @@ pub fn json_lines(o: &Output) -> Vec<Value> {
         .collect()
 }
 
-/// The final `summary` object of a `--json` ping.
+/// The summary of a ping: the `summary` of a `--json` document, or the
+/// final `summary` line of `--json-lines`.
 pub fn summary(o: &Output) -> Value {
+    if let Ok(doc) = serde_json::from_str::<Value>(&stdout(o)) {
+        if doc.get("summary").is_some_and(Value::is_object) {
+            return doc["summary"].clone();
+        }
+    }
     json_lines(o)
         .into_iter()
         .rev()
