@@ -167,6 +167,16 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
     if let Some(key) = &key {
         check_key(target, key).await?;
     }
+    if !args.quiet && args.size < udpreach_wire::probe::HEADER_LEN {
+        let budget = udpreach_engine::reply_budget::DEFAULT_BUDGET_PPS;
+        if args.interval < std::time::Duration::from_secs(1) / budget {
+            // Short probes carry no header, so no withheld count comes back.
+            eprintln!(
+                "udpreach: warning: {} probes per second exceed the {budget}/s a udpreach server answers one address by default; probes under 64 bytes cannot tell withheld replies from loss (use -s 64 or more)",
+                (1.0 / args.interval.as_secs_f64()).round()
+            );
+        }
+    }
     let token: u64 = rand::random();
     let builder = PayloadBuilder {
         token,
