@@ -167,7 +167,7 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
     if let Some(key) = &key {
         check_key(target, key).await?;
     }
-    if !args.quiet && args.size < udpreach_wire::probe::HEADER_LEN {
+    if args.size < udpreach_wire::probe::HEADER_LEN {
         let budget = udpreach_engine::reply_budget::DEFAULT_BUDGET_PPS;
         if args.interval < std::time::Duration::from_secs(1) / budget {
             // Short probes carry no header, so no withheld count comes back.
