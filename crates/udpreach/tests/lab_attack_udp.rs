@@ -643,3 +643,105 @@ fn answers_leave_from_the_address_the_request_was_sent_to() {
         text(&o.stderr)
     );
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in {status}"))
+}
+
+/// Asks for `ports` in one legacy JSON connection (the seed's protocol) and
+/// waits for every answer.
+fn legacy_ports(host: &Host, server: SocketAddr, ports: Vec<u16>) -> TcpStream {
+    host.enter(move || {
+        use std::io::{Read, Write};
+        let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(5)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut req = String::new();
+        for p in &ports {
+            req += &format!(
+                "{{\"proto\": \"udpping\", \"server\": \"{}\", \"port\": {p}, \"available\": false}}",
+                server.ip()
+            );
+        }
+        s.write_all(req.as_bytes()).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 65536];
+        let want = ports.len();
+        while got.windows(4).filter(|w| *w == b"true").count() < want {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "legacy connection closed");
+            got.extend_from_slice(&buf[..n]);
+        }
+        s
+    })
+}
+
+#[test]
+fn per_port_memory_is_bounded_and_returns_after_sessions_close() {
+    if !lab::require_root() {
+        return;
+    }
+    let lab = Lab::pair();
+    let srv = start_server(
+        lab.server(),
+        4000,
+        &[
+            "--allow-ports",
+            "30000-39999",
+            "--max-ports-per-session",
+            "8192",
+            "--max-total-ports",
+            "20000",
+        ],
+    );
+    let pid = srv.pid();
+    let server = sa(SERVER4, 4000);
+    const N: u16 = 4000;
+    // One warm-up round, so the baseline includes what the allocator keeps.
+    drop(open_session(
+        lab.client(),
+        server,
+        (30000..30000 + N).collect(),
+    ));
+    std::thread::sleep(Duration::from_millis(500));
+    let baseline = rss_kib(pid);
+    let session = open_session(lab.client(), server, (30000..30000 + N).collect());
+    let open = rss_kib(pid);
+    let per_port = (open.saturating_sub(baseline)) * 1024 / u64::from(N);
+    println!("test ports: baseline {baseline} KiB, {N} open {open} KiB: {per_port} bytes per port");
+    assert!(per_port <= 2048, "{per_port} bytes of RSS per test port");
+    drop(session);
+    assert!(
+        wait_until(Duration::from_secs(5), || rss_kib(pid) <= baseline + 1024),
+        "RSS {} KiB after the session closed (baseline {baseline} KiB)",
+        rss_kib(pid)
+    );
+
+    // Legacy ports: the seed's protocol, one connection, N ports (each
+    // waits 3 s for its datagram, then closes).
+    drop(legacy_ports(
+        lab.client(),
+        server,
+        (34000..34000 + N).collect(),
+    ));
+    std::thread::sleep(Duration::from_secs(4));
+    let baseline = rss_kib(pid);
+    let conn = legacy_ports(lab.client(), server, (34000..34000 + N).collect());
+    let open = rss_kib(pid);
+    let per_port = (open.saturating_sub(baseline)) * 1024 / u64::from(N);
+    println!(
+        "legacy ports: baseline {baseline} KiB, {N} open {open} KiB: {per_port} bytes per port"
+    );
+    assert!(per_port <= 2048, "{per_port} bytes of RSS per legacy port");
+    drop(conn);
+    assert!(
+        wait_until(Duration::from_secs(8), || rss_kib(pid) <= baseline + 1024),
+        "RSS {} KiB after the legacy ports closed (baseline {baseline} KiB)",
+        rss_kib(pid)
+    );
+}
