@@ -137,13 +137,14 @@ impl SourcePorts {
     }
 }
 
-/// Loop detection: the same datagram echoed to the same address more than
-/// [`LOOP_REPEATS`] times in a row, each within this long of the previous,
-/// is taken for a loop (another echo server answering our echo, which
-/// answers it back) and not echoed again until the address has been quiet
-/// this long. A client's retransmissions and bursts of one datagram stay
-/// far below that.
-pub const LOOP_WINDOW: Duration = Duration::from_secs(2);
+/// Loop detection for plain echo: the same datagram echoed to the same
+/// address more than [`LOOP_REPEATS`] times in a row, each within this long
+/// of the previous, is taken for a loop (another echo server answering our
+/// echo, which answers it back) and not echoed again until the address has
+/// been quiet this long. A loop runs at its round-trip time, or at the
+/// plain-echo rate; a client that repeats one datagram once a second, its
+/// retransmissions and short bursts stay outside it.
+pub const LOOP_WINDOW: Duration = Duration::from_millis(250);
 /// See [`LOOP_WINDOW`].
 pub const LOOP_REPEATS: u32 = 64;
 /// Most destinations whose last echoed datagram is remembered for loop detection.
@@ -262,7 +263,11 @@ impl EchoResponder {
                 if !budget.allow(ip, len, now) {
                     return Answer::Drop(DropReason::RateLimited);
                 }
-                self.remember_echo(buf, rx.from, now);
+                if short {
+                    buf[..4].copy_from_slice(&probe::SHORT_REPLY_MAGIC);
+                } else {
+                    self.remember_echo(buf, rx.from, now);
+                }
                 Answer::Reply { len }
             }
             EchoAction::Probe(h) => {
@@ -888,8 +893,28 @@ mod tests {
             2 * LOOP_REPEATS,
             "each server echoes it LOOP_REPEATS times, then the loop stops"
         );
+        // A short probe: A answers with the reply magic, which B never answers.
+        let mut short = vec![b'z'; 20];
+        short[..4].copy_from_slice(&probe::SHORT_MAGIC);
+        let from_b = Received {
+            from: b_addr,
+            ..rx(0)
+        };
+        let from_a = Received {
+            from: a_addr,
+            ..rx(0)
+        };
+        assert!(matches!(
+            a.respond(&mut short, &from_b, NOW_NS, &mut budget, t0),
+            Answer::Reply { .. }
+        ));
+        assert_eq!(&short[..4], &probe::SHORT_REPLY_MAGIC);
+        assert_eq!(
+            b.respond(&mut short, &from_a, NOW_NS, &mut budget, t0),
+            Answer::Drop(DropReason::NotARequest)
+        );
         // A later, separate datagram with the same bytes is answered again.
-        let later = t0 + LOOP_WINDOW + Duration::from_secs(1);
+        let later = t0 + Duration::from_secs(100);
         assert!(matches!(
             a.respond(
                 &mut d,

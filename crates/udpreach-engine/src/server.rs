@@ -13,8 +13,9 @@ pub enum EchoAction {
     Probe(ProbeHeader),
     /// Anything else: echo it back byte for byte, as any echo server would.
     Plain,
-    /// A udpreach short probe (16..=63 bytes): echoed byte for byte too,
-    /// but limited as a probe, not as plain echo.
+    /// A udpreach short probe (16..=63 bytes): echoed with its magic
+    /// changed to the reply magic, the rest byte for byte; limited as a
+    /// probe, not as plain echo.
     ShortProbe,
     /// Never answered (our own replies, so two servers cannot ping-pong forever).
     Drop,
@@ -23,6 +24,9 @@ pub enum EchoAction {
 pub fn classify_echo(datagram: &[u8]) -> EchoAction {
     if probe::looks_like_short_probe(datagram) {
         return EchoAction::ShortProbe;
+    }
+    if probe::looks_like_short_reply(datagram) {
+        return EchoAction::Drop;
     }
     if !probe::looks_like_probe(datagram) {
         return EchoAction::Plain;

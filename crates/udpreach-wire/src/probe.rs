@@ -122,12 +122,21 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 /// but knows them for udpreach probes: they draw on the probe budget, not
 /// the plain-echo rate.
 pub const SHORT_MAGIC: [u8; 4] = *b"UDPs";
+/// A udpreach server's answer to a short probe: the probe with its magic
+/// changed to this, the rest byte for byte. A server never answers it, so
+/// two servers cannot bounce a short probe between them.
+pub const SHORT_REPLY_MAGIC: [u8; 4] = *b"UDPt";
 /// Smallest short probe: magic, token and sequence number.
 pub const SHORT_MIN_LEN: usize = 16;
 
 /// True when `buf` is shaped like a short probe (see [`SHORT_MAGIC`]).
 pub fn looks_like_short_probe(buf: &[u8]) -> bool {
     (SHORT_MIN_LEN..HEADER_LEN).contains(&buf.len()) && buf[..4] == SHORT_MAGIC
+}
+
+/// True when `buf` is shaped like a server's answer to a short probe.
+pub fn looks_like_short_reply(buf: &[u8]) -> bool {
+    (SHORT_MIN_LEN..HEADER_LEN).contains(&buf.len()) && buf[..4] == SHORT_REPLY_MAGIC
 }
 
 /// True when `buf` starts like a udpreach probe (cheap pre-check for the server).

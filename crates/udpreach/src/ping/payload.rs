@@ -12,7 +12,9 @@
 //! valid tag from the server, or they are not counted.
 
 use udpreach_wire::auth::{self, DerivedKey, TAG_LEN};
-use udpreach_wire::probe::{ProbeHeader, ProbeKind, ServerStamp, HEADER_LEN, SHORT_MAGIC};
+use udpreach_wire::probe::{
+    ProbeHeader, ProbeKind, ServerStamp, HEADER_LEN, SHORT_MAGIC, SHORT_REPLY_MAGIC,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reply {
@@ -126,14 +128,17 @@ impl PayloadBuilder {
                 _ => Reply::Corrupt { seq: h.seq },
             }
         } else {
-            if data[..4] != SHORT_MAGIC || data[4..12] != self.token.to_be_bytes() {
+            // A plain echo server sends the probe back as it is; a udpreach
+            // server with the reply magic.
+            let magic_ok = data[..4] == SHORT_MAGIC || data[..4] == SHORT_REPLY_MAGIC;
+            if !magic_ok || data[4..12] != self.token.to_be_bytes() {
                 return Reply::Foreign;
             }
             let seq = u64::from(u32::from_be_bytes(
                 data[12..16].try_into().expect("4 bytes"),
             ));
             self.build(seq, 0, &mut want);
-            if data == want.as_slice() {
+            if data[4..] == want[4..] {
                 Reply::Plain { seq }
             } else {
                 Reply::Corrupt { seq }
@@ -160,6 +165,11 @@ mod tests {
             b.build(7, 0, &mut p);
             assert_eq!(p.len(), size);
             assert_eq!(b.check(&p), Reply::Plain { seq: 7 });
+            if size < 64 {
+                let mut from_server = p.clone();
+                from_server[..4].copy_from_slice(b"UDPt");
+                assert_eq!(b.check(&from_server), Reply::Plain { seq: 7 });
+            }
             if size > 16 {
                 // (At 16 bytes there is no filler: a changed byte is another seq.)
                 let mut bad = p.clone();
