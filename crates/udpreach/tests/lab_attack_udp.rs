@@ -392,7 +392,6 @@ fn spoofed_floods_at_every_port_stay_within_the_budget_v4_v6() {
         4000,
         &["--reply-budget", "200", "--allow-ports", "21000-21099"],
     );
-    let flood_started = Instant::now();
     for (server, me, victim, base) in [
         (SERVER4, "198.18.0.1", VICTIMS4[0], 21000u16),
         (SERVER6, "fd00::1", VICTIMS6[0], 21050u16),
@@ -444,18 +443,24 @@ fn spoofed_floods_at_every_port_stay_within_the_budget_v4_v6() {
                 server,
             ])
         };
-        lab.client().enter(move || {
+        let (before, before_bytes) = read_counter(lab.client(), "victims");
+        let flood_secs = lab.client().enter(move || {
+            let started = Instant::now();
             let s = UdpSocket::bind(sa(&victim_ip, 40_000)).unwrap();
-            let end = Instant::now() + Duration::from_secs(2);
+            let end = Instant::now() + Duration::from_secs(3);
+            // About 8,000 datagrams/s: far above the budget, within what the
+            // server's socket buffers take, so the legitimate ping's loss (if
+            // any) would be ours, not the network's.
             for (n, (to, d)) in flood.iter().enumerate() {
                 let _ = s.send_to(d, to);
-                if n % 64 == 0 {
-                    std::thread::sleep(Duration::from_micros(500));
+                if n % 8 == 0 {
+                    std::thread::sleep(Duration::from_millis(1));
                 }
                 if Instant::now() > end {
                     break;
                 }
             }
+            started.elapsed().as_secs_f64()
         });
         let o = ping
             .wait_output_timeout(Duration::from_secs(20))
@@ -466,26 +471,27 @@ fn spoofed_floods_at_every_port_stay_within_the_budget_v4_v6() {
             "{server}: legitimate ping during the flood: {s}"
         );
         assert_eq!(s["lost"], 0, "{s}");
-        println!("{server}: {flood_len} spoofed datagrams sent");
+        std::thread::sleep(Duration::from_millis(300));
+        let (after, after_bytes) = read_counter(lab.client(), "victims");
+        let (packets, bytes) = (after - before, after_bytes - before_bytes);
+        println!(
+            "{server}: {flood_len} spoofed datagrams in {flood_secs:.2} s; {victim} got {packets} packets, {bytes} bytes"
+        );
+        // At most the budget per second plus one second's burst, whatever
+        // was sent to whichever port (0.1 s of slack: the server may still
+        // be working through its socket buffer when the flood ends).
+        assert!(
+            packets > 0,
+            "the echo port answered some (the counter works)"
+        );
+        let allowed = (BUDGET as f64 * (flood_secs + 1.1)).ceil() as u64;
+        assert!(
+            packets <= allowed,
+            "{packets} packets > {allowed} to {victim}"
+        );
+        let allowed_bytes = ((2u64 << 20) as f64 * (flood_secs + 1.1)) as u64;
+        assert!(bytes <= allowed_bytes, "{bytes} bytes to {victim}");
     }
-    std::thread::sleep(Duration::from_millis(300));
-    let secs = flood_started.elapsed().as_secs_f64().ceil() as u64;
-    let (packets, bytes) = read_counter(lab.client(), "victims");
-    println!("victims got {packets} packets, {bytes} bytes in {secs} s");
-    // Two victim addresses, each at most the budget per second plus one
-    // second's burst, whatever was sent to whichever port.
-    assert!(
-        packets > 0,
-        "the echo port answered some (the counter works)"
-    );
-    assert!(
-        packets <= 2 * BUDGET * (secs + 1),
-        "{packets} packets to the victims in {secs} s"
-    );
-    assert!(
-        bytes <= 2 * (2 << 20) * (secs + 1),
-        "{bytes} bytes to the victims"
-    );
 }
 
 #[test]
@@ -509,10 +515,13 @@ fn withheld_replies_are_reported_not_loss_and_short_probes_are_probes() {
     );
     assert_eq!(tx, 300, "{s}");
     assert!(withheld >= 50, "{s}");
-    // Only a probe withheld after the last reply cannot be told apart.
-    assert!(lost <= 2, "{s}");
+    // Only probes withheld after the last reply cannot be told apart: they
+    // are "unknown", never network loss in either direction.
+    assert!(lost <= 5, "{s}");
     assert_eq!(rx + withheld + lost, tx, "{s}");
-    assert!(s["downstream_lost"].as_u64().unwrap() <= 1, "{s}");
+    assert_eq!(s["upstream_lost"], 0, "{s}");
+    assert_eq!(s["downstream_lost"], 0, "{s}");
+    assert_eq!(s["direction_unknown"].as_u64().unwrap(), lost, "{s}");
     let o = udpreach(
         lab.client(),
         &["ping", "-c", "300", "-i", "5ms", "-q", SERVER4],
