@@ -205,7 +205,9 @@ fn short_probe(token: u64, seq: u32) -> Vec<u8> {
 /// A udpreach control session held open by the test: the token, the test
 /// ports opened and the MTU port.
 struct Session {
-    _stream: TcpStream,
+    stream: TcpStream,
+    /// Bytes read from `stream` and not yet decoded.
+    buf: Vec<u8>,
     token: u64,
     mtu_port: u16,
 }
@@ -264,7 +266,8 @@ fn open_session(host: &Host, server: SocketAddr, ports: Vec<u16>) -> Session {
             m => panic!("unexpected {m:?}"),
         };
         Session {
-            _stream: s,
+            stream: s,
+            buf,
             token,
             mtu_port,
         }
@@ -752,5 +755,74 @@ fn per_port_memory_is_bounded_and_returns_after_sessions_close() {
         wait_until(Duration::from_secs(8), || rss_kib(pid) <= baseline + 1024),
         "RSS {} KiB after the legacy ports closed (baseline {baseline} KiB)",
         rss_kib(pid)
+    );
+}
+
+#[test]
+fn mtu_bytes_to_one_address_are_budgeted_across_sessions() {
+    if !lab::require_root() {
+        return;
+    }
+    let lab = Lab::pair();
+    count_udp_to(lab.client(), "mtu", &["198.18.0.1"]);
+    let _srv = start_server(lab.server(), 4000, &[]);
+    let server = sa(SERVER4, 4000);
+    // Three sessions from one address, each asking for MTU probes (about
+    // 1 MiB per request) as fast as the server answers, for 2 s.
+    let sessions: Vec<Session> = (0..3)
+        .map(|_| open_session(lab.client(), server, vec![]))
+        .collect();
+    let (secs, requested, withheld) = lab.client().enter(move || {
+        use std::io::Write;
+        let mut sessions = sessions;
+        let udp = UdpSocket::bind(sa("198.18.0.1", 0)).unwrap();
+        udp.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut buf = vec![0u8; 65536];
+        for s in &sessions {
+            // The MTU port learns where the session's probes come from.
+            let p = probe(ProbeKind::MtuProbe, s.token, 64, 64);
+            udp.send_to(&p, sa(SERVER4, s.mtu_port)).unwrap();
+            udp.recv_from(&mut buf).expect("an MTU ack");
+        }
+        let started = Instant::now();
+        let (mut requested, mut withheld) = (0u64, 0u64);
+        'outer: while started.elapsed() < Duration::from_secs(2) {
+            for s in sessions.iter_mut() {
+                let req = ControlMsg::MtuSend {
+                    sizes: vec![60_000; 16],
+                    count: 1,
+                    df: false,
+                    fragment_at: None,
+                    linger_ms: 0,
+                };
+                s.stream.write_all(&req.to_frame()).unwrap();
+                match read_msg(&mut s.stream, &mut s.buf) {
+                    ControlMsg::MtuSent { results } => {
+                        requested += 16 * 60_000;
+                        withheld += results
+                            .iter()
+                            .filter(|r| r.error.as_deref().is_some_and(|e| e.contains("withheld")))
+                            .count() as u64;
+                    }
+                    // The session's own 64 MiB total is spent.
+                    ControlMsg::Error { .. } => break 'outer,
+                    m => panic!("unexpected {m:?}"),
+                }
+            }
+        }
+        (started.elapsed().as_secs_f64(), requested, withheld)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, bytes) = read_counter(lab.client(), "mtu");
+    let allowed = ((16u64 << 20) as f64 * (secs + 1.1)) as u64;
+    println!(
+        "MTU: {requested} bytes asked for in {secs:.2} s by 3 sessions, {withheld} sizes withheld, {bytes} bytes received"
+    );
+    assert!(bytes <= allowed, "{bytes} bytes > {allowed}");
+    assert!(bytes > 1 << 20, "MTU probes were sent ({bytes})");
+    assert!(
+        withheld > 0,
+        "the budget, not the sessions' own caps, set the bound"
     );
 }
