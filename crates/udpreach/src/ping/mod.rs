@@ -194,6 +194,15 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
 
     // Fixed mode: one socket for the whole run. --sport: one per probe.
     let sport_list: Option<Vec<u16>> = args.sport.as_ref().map(|s| s.iter().collect());
+    if sport_list
+        .as_ref()
+        .is_some_and(|l| l.iter().any(|&p| p < 1024))
+    {
+        // Not a network verdict: the server's reflector-port policy.
+        eprintln!(
+            "udpreach: warning: a udpreach server does not answer source ports 1-1023 unless started with --echo-low-ports (and never 7, 19 or its own ports); no reply from those source ports says nothing about the network"
+        );
+    }
     let mut fixed: Option<Sender> = None;
     if sport_list.is_none() {
         let sock = AsyncUdp::bind(unspecified_for(&target, 0), &opts)
