@@ -253,7 +253,9 @@ impl EchoResponder {
                 if !short && !self.policy.plain_echo {
                     return Answer::Drop(DropReason::PlainDisabled);
                 }
-                if self.is_loop(buf, rx.from, now) {
+                // Hashed once, for loop detection (short probes cannot loop).
+                let hash = (!short).then(|| self.hasher.hash_one(&*buf));
+                if hash.is_some_and(|h| self.is_loop(h, rx.from, now)) {
                     return Answer::Drop(DropReason::Loop);
                 }
                 // Short probes are ping's: the budget alone limits them.
@@ -263,10 +265,9 @@ impl EchoResponder {
                 if !budget.allow(ip, len, now) {
                     return Answer::Drop(DropReason::RateLimited);
                 }
-                if short {
-                    buf[..4].copy_from_slice(&probe::SHORT_REPLY_MAGIC);
-                } else {
-                    self.remember_echo(buf, rx.from, now);
+                match hash {
+                    Some(h) => self.remember_echo(h, rx.from, now),
+                    None => buf[..4].copy_from_slice(&probe::SHORT_REPLY_MAGIC),
                 }
                 Answer::Reply { len }
             }
@@ -289,11 +290,10 @@ impl EchoResponder {
         }
     }
 
-    /// True when `buf` is what we have echoed to `from` over and over: a
+    /// True when the datagram hashed to `hash` is what we have echoed to `from` over and over: a
     /// loop with another echo server. A drop keeps the loop marked while
     /// the same datagram keeps coming.
-    fn is_loop(&mut self, buf: &[u8], from: SocketAddr, now: Instant) -> bool {
-        let hash = self.hasher.hash_one(buf);
+    fn is_loop(&mut self, hash: u64, from: SocketAddr, now: Instant) -> bool {
         match self.echoed.get_mut(&from) {
             Some(e)
                 if e.hash == hash
@@ -307,7 +307,7 @@ impl EchoResponder {
         }
     }
 
-    fn remember_echo(&mut self, buf: &[u8], to: SocketAddr, now: Instant) {
+    fn remember_echo(&mut self, hash: u64, to: SocketAddr, now: Instant) {
         if self.echoed.len() >= MAX_LOOP_ENTRIES && !self.echoed.contains_key(&to) {
             self.echoed
                 .retain(|_, e| now.saturating_duration_since(e.last) < LOOP_WINDOW);
@@ -317,7 +317,6 @@ impl EchoResponder {
                 self.echoed.clear();
             }
         }
-        let hash = self.hasher.hash_one(buf);
         let e = self.echoed.entry(to).or_insert(Echoed {
             hash,
             last: now,
