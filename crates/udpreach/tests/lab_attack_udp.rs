@@ -525,6 +525,15 @@ fn withheld_replies_are_reported_not_loss_and_short_probes_are_probes() {
     assert_eq!(s["upstream_lost"], 0, "{s}");
     assert_eq!(s["downstream_lost"], 0, "{s}");
     assert_eq!(s["direction_unknown"].as_u64().unwrap(), lost, "{s}");
+    // The same over IPv6.
+    let o = udpreach(
+        lab.client(),
+        &["ping", "-c", "300", "-i", "2ms", "-q", "--json", SERVER6],
+    );
+    let s = summary(&o);
+    assert!(s["withheld"].as_u64().unwrap() >= 50, "{s}");
+    assert_eq!(s["upstream_lost"], 0, "{s}");
+    assert_eq!(s["downstream_lost"], 0, "{s}");
     let o = udpreach(
         lab.client(),
         &["ping", "-c", "300", "-i", "5ms", "-q", SERVER4],
