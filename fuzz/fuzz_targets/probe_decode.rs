@@ -15,6 +15,7 @@ fuzz_target!(|data: &[u8]| {
         flow_count: 3,
         seen_from: "[fd00::1]:5".parse().unwrap(),
         seen_ttl: 64,
+        withheld: 5,
     };
     let r = make_reply_in_place(&mut buf, &stamp).expect("a decodable request has a reply");
     restamp_tx(&mut buf, 4);

@@ -9,6 +9,7 @@ pub mod mtu;
 pub mod ping;
 pub mod rate;
 pub mod replay;
+pub mod reply_budget;
 pub mod responder;
 pub mod rto;
 pub mod server;

@@ -102,7 +102,11 @@ pub struct PingSummary {
     pub errors: u64,
     /// The ICMP errors by reporting host and reason.
     pub icmp_errors: Vec<IcmpTally>,
-    /// Probes with neither a reply nor a late reply.
+    /// Probes whose reply the server withheld (its rate budget or policy),
+    /// as the server's later replies told us: not network loss, and not
+    /// part of `lost`. 0 against a plain echo server (it cannot tell).
+    pub withheld: u64,
+    /// Probes with neither a reply nor a late reply, less those withheld.
     pub lost: u64,
     pub loss_percent: f64,
     pub rtt: Option<RttSummary>,
@@ -146,6 +150,9 @@ pub struct PingSession {
     highest_replied: Option<u64>,
     /// (server counter, seq) of the reply with the highest counter.
     best_counter: Option<(u32, u64)>,
+    /// The server's withheld count (mod 256) in the reply with the highest counter.
+    last_withheld: Option<(u32, u8)>,
+    withheld: u64,
     proc_ns: (u64, u64, u64, u64), // count, sum, min, max
     server_saw: Option<SocketAddr>,
     server_seen_ttl: Option<u8>,
@@ -174,6 +181,8 @@ impl PingSession {
             icmp_tally: Vec::new(),
             highest_replied: None,
             best_counter: None,
+            last_withheld: None,
+            withheld: 0,
             proc_ns: (0, 0, u64::MAX, 0),
             server_saw: None,
             server_seen_ttl: None,
@@ -254,6 +263,9 @@ impl PingSession {
     ) -> Option<PingEvent> {
         let p = *self.probe_mut(seq)?;
         let rtt = now.saturating_duration_since(p.sent_at);
+        if let (Some(s), false) = (stamp, p.state == ProbeState::SendFailed) {
+            self.count_withheld(s);
+        }
         let event = match p.state {
             ProbeState::SendFailed => return None,
             ProbeState::Replied | ProbeState::Late => {
@@ -300,6 +312,22 @@ impl PingSession {
             }
         }
         Some(event)
+    }
+
+    /// The server's running withheld count (mod 256) grows between two of
+    /// its replies by the replies it withheld in between.
+    fn count_withheld(&mut self, s: ServerStamp) {
+        match self.last_withheld {
+            Some((count, _)) if s.flow_count <= count => {}
+            Some((_, w)) => {
+                self.withheld += u64::from(s.withheld.wrapping_sub(w));
+                self.last_withheld = Some((s.flow_count, s.withheld));
+            }
+            None => {
+                self.withheld += u64::from(s.withheld);
+                self.last_withheld = Some((s.flow_count, s.withheld));
+            }
+        }
     }
 
     /// An ICMP error for `seq` arrived at `now`. Returns the event to show, or
@@ -395,7 +423,9 @@ impl PingSession {
 
     pub fn summary(&self) -> PingSummary {
         let transmitted = self.transmitted();
-        let lost = transmitted.saturating_sub(self.received + self.late);
+        let unanswered = transmitted.saturating_sub(self.received + self.late);
+        let withheld = self.withheld.min(unanswered);
+        let lost = unanswered - withheld;
         let loss_percent = if transmitted == 0 {
             0.0
         } else {
@@ -418,7 +448,7 @@ impl PingSession {
                 .filter(|p| matches!(p.state, ProbeState::Replied | ProbeState::Late))
                 .count() as u64;
             let u = sent_through.saturating_sub(u64::from(count));
-            let d = u64::from(count).saturating_sub(answered_through);
+            let d = u64::from(count).saturating_sub(answered_through + withheld);
             up = Some(u);
             down = Some(d);
             unknown = Some(lost.saturating_sub(u + d));
@@ -446,6 +476,7 @@ impl PingSession {
             send_errors: self.send_errors,
             errors: self.errors,
             icmp_errors: self.icmp_tally.clone(),
+            withheld,
             lost,
             loss_percent,
             rtt: self.rtt.summary(),
@@ -477,7 +508,53 @@ mod tests {
             flow_count: count,
             seen_from: "198.18.0.1:40000".parse().unwrap(),
             seen_ttl: 64,
+            withheld: 0,
         }
+    }
+
+    #[test]
+    fn withheld_replies_are_not_loss() {
+        // The server withholds every fourth reply and says so in the next;
+        // one more reply is lost on the way back.
+        let t0 = Instant::now();
+        let cfg = PingConfig {
+            count: Some(400),
+            interval: ms(1),
+            timeout: ms(100),
+            deadline: None,
+        };
+        let mut s = PingSession::new(cfg, t0);
+        let (mut count, mut withheld) = (0u32, 0u8);
+        let mut now = t0;
+        for _ in 0..10_000 {
+            while let Some(seq) = s.poll_send(now) {
+                s.on_sent(seq, now, Some(40000));
+                count += 1;
+                if seq % 4 == 3 {
+                    withheld = withheld.wrapping_add(1);
+                } else if seq != 10 {
+                    let st = ServerStamp {
+                        withheld,
+                        ..stamp(count)
+                    };
+                    s.on_reply(seq, now + ms(1), Some(st));
+                }
+            }
+            s.poll_timeouts(now);
+            if s.is_done(now) {
+                break;
+            }
+            now += ms(1);
+        }
+        let r = s.summary();
+        assert_eq!(r.transmitted, 400);
+        assert_eq!(r.received, 299);
+        // The last probe's withholding came after the last reply: unknown.
+        assert_eq!(r.withheld, 99);
+        assert_eq!(r.lost, 2);
+        assert_eq!(r.downstream_lost, Some(1));
+        assert_eq!(r.upstream_lost, Some(0));
+        assert_eq!(r.direction_unknown, Some(1));
     }
 
     /// Runs a simulated ping: `fate(seq)` says whether the probe is lost up,

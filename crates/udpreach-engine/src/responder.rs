@@ -10,9 +10,11 @@
 
 use crate::rate::{SourceLimiter, TokenBucket};
 use crate::replay::ReplayWindow;
+use crate::reply_budget::ReplyBudget;
 use crate::server::{classify_echo, stamp_reply, EchoAction};
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::hash::{BuildHasher, RandomState};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 use udpreach_wire::auth::{self, DerivedKey, SharedKey};
 use udpreach_wire::probe::{self, ProbeHeader, ProbeKind, ServerStamp};
@@ -43,8 +45,15 @@ pub enum DropReason {
     Stale,
     /// Authenticated request seen before.
     Replay,
-    /// Over the per-source or per-session rate.
+    /// Over the per-destination reply budget, the plain-echo rate, or the
+    /// session's or flow's probe rate.
     RateLimited,
+    /// From a source port that is never answered (see [`SourcePorts`]).
+    ReflectorPort,
+    /// The datagram we echoed to this address a moment ago, come back.
+    Loop,
+    /// Not from the address of the session that opened the port.
+    WrongSource,
     /// Not a request for this socket (a reply, or another session's token).
     NotARequest,
 }
@@ -100,14 +109,46 @@ pub struct EchoPolicy {
     pub key: Option<SharedKey>,
     /// Answer datagrams that are not udpreach probes (ignored with a key).
     pub plain_echo: bool,
-    /// Plain echo replies per second to one source address.
+    /// Plain echo replies per second to one source address (within the
+    /// per-destination reply budget).
     pub plain_echo_rate: u32,
-    /// Probe replies per second: per source address without a key, per
-    /// flow (address and token) with one.
+    /// Probe replies per second per authenticated flow (token).
     pub max_probe_rate: u32,
     /// Larger datagrams are dropped.
     pub max_datagram: usize,
+    /// Source ports never answered: see [`SourcePorts`].
+    pub source_ports: SourcePorts,
 }
+
+/// Source ports the server never answers: an echo or chargen service (7,
+/// 19) or another udpreach server would answer back and start a loop.
+#[derive(Clone, Debug, Default)]
+pub struct SourcePorts {
+    /// The server's own ports (echo, control).
+    pub own: Vec<u16>,
+    /// Also answer sources on 1..=1023 (`--echo-low-ports`); 0, 7, 19 and
+    /// the server's own ports stay refused.
+    pub allow_low: bool,
+}
+
+impl SourcePorts {
+    pub fn refused(&self, port: u16) -> bool {
+        matches!(port, 0 | 7 | 19) || self.own.contains(&port) || (port < 1024 && !self.allow_low)
+    }
+}
+
+/// Loop detection for plain echo: the same datagram echoed to the same
+/// address more than [`LOOP_REPEATS`] times in a row, each within this long
+/// of the previous, is taken for a loop (another echo server answering our
+/// echo, which answers it back) and not echoed again until the address has
+/// been quiet this long. A loop runs at its round-trip time, or at the
+/// plain-echo rate; a client that repeats one datagram once a second, its
+/// retransmissions and short bursts stay outside it.
+pub const LOOP_WINDOW: Duration = Duration::from_millis(250);
+/// See [`LOOP_WINDOW`].
+pub const LOOP_REPEATS: u32 = 64;
+/// Most destinations whose last echoed datagram is remembered for loop detection.
+const MAX_LOOP_ENTRIES: usize = 16_384;
 
 struct AuthState {
     key: DerivedKey,
@@ -117,17 +158,34 @@ struct AuthState {
 
 struct Flow {
     count: u32,
+    /// Replies withheld (budget, rate), carried mod 256 in the next reply.
+    withheld: u32,
     last: Instant,
     /// Present for authenticated flows: the derived key is cached so a known
     /// flow costs one HMAC per datagram, not two.
     auth: Option<Box<AuthState>>,
 }
 
+/// The flows of the echo port. Without a key a flow is (source address,
+/// token); with one it is the token alone, so a captured probe replayed
+/// from any other address meets the same replay window.
+type FlowKey = (IpAddr, u64);
+
+/// What was last echoed to one address: its hash, when, and how many times in a row.
+#[derive(Clone, Copy, Debug)]
+struct Echoed {
+    hash: u64,
+    last: Instant,
+    repeats: u32,
+}
+
 pub struct EchoResponder {
     policy: EchoPolicy,
     plain: SourceLimiter<IpAddr>,
-    probes: SourceLimiter<IpAddr>,
-    flows: HashMap<(IpAddr, u64), Flow>,
+    flows: HashMap<FlowKey, Flow>,
+    /// The last datagram echoed to each address (loop detection).
+    echoed: HashMap<SocketAddr, Echoed>,
+    hasher: RandomState,
     pub counts: AnswerCounts,
 }
 
@@ -135,9 +193,10 @@ impl EchoResponder {
     pub fn new(policy: EchoPolicy) -> Self {
         EchoResponder {
             plain: SourceLimiter::new(policy.plain_echo_rate, MAX_LIMITED_SOURCES),
-            probes: SourceLimiter::new(policy.max_probe_rate, MAX_LIMITED_SOURCES),
             policy,
             flows: HashMap::new(),
+            echoed: HashMap::new(),
+            hasher: RandomState::new(),
             counts: AnswerCounts::default(),
         }
     }
@@ -152,22 +211,35 @@ impl EchoResponder {
     }
 
     /// Decides about one datagram, rewriting `datagram` into the reply when
-    /// there is one. `tx_ns` is the send time to stamp (realtime, just before).
+    /// there is one. `tx_ns` is the send time to stamp (realtime, just
+    /// before). Unauthenticated replies draw on `budget`, the server's
+    /// per-destination reply budget.
     pub fn respond(
         &mut self,
         datagram: &mut [u8],
         rx: &Received,
         tx_ns: u64,
+        budget: &mut ReplyBudget,
         now: Instant,
     ) -> Answer {
-        let a = self.decide(datagram, rx, tx_ns, now);
+        let a = self.decide(datagram, rx, tx_ns, budget, now);
         self.counts.record(a);
         a
     }
 
-    fn decide(&mut self, buf: &mut [u8], rx: &Received, tx_ns: u64, now: Instant) -> Answer {
+    fn decide(
+        &mut self,
+        buf: &mut [u8],
+        rx: &Received,
+        tx_ns: u64,
+        budget: &mut ReplyBudget,
+        now: Instant,
+    ) -> Answer {
         if buf.len() > self.policy.max_datagram {
             return Answer::Drop(DropReason::TooLarge);
+        }
+        if self.policy.source_ports.refused(rx.from.port()) {
+            return Answer::Drop(DropReason::ReflectorPort);
         }
         let ip = rx.from.ip();
         let len = buf.len();
@@ -176,31 +248,87 @@ impl EchoResponder {
         }
         match classify_echo(buf) {
             EchoAction::Drop => Answer::Drop(DropReason::NotARequest),
-            EchoAction::Plain => {
-                if !self.policy.plain_echo {
-                    Answer::Drop(DropReason::PlainDisabled)
-                } else if !self.plain.allow(&ip, now) {
-                    Answer::Drop(DropReason::RateLimited)
-                } else {
-                    Answer::Reply { len }
+            EchoAction::Plain | EchoAction::ShortProbe => {
+                let short = probe::looks_like_short_probe(buf);
+                if !short && !self.policy.plain_echo {
+                    return Answer::Drop(DropReason::PlainDisabled);
                 }
-            }
-            EchoAction::Probe(h) => {
-                if !self.probes.allow(&ip, now) {
+                // Hashed once, for loop detection (short probes cannot loop).
+                let hash = (!short).then(|| self.hasher.hash_one(&*buf));
+                if hash.is_some_and(|h| self.is_loop(h, rx.from, now)) {
+                    return Answer::Drop(DropReason::Loop);
+                }
+                // Short probes are ping's: the budget alone limits them.
+                if !short && !self.plain.allow(&ip, now) {
                     return Answer::Drop(DropReason::RateLimited);
                 }
-                let count = match self.flow(ip, h.token, now, || None) {
-                    Some(f) => {
-                        f.count = f.count.saturating_add(1);
-                        f.count
-                    }
-                    None => 1,
+                if !budget.allow(ip, len, now) {
+                    return Answer::Drop(DropReason::RateLimited);
+                }
+                match hash {
+                    Some(h) => self.remember_echo(h, rx.from, now),
+                    None => buf[..4].copy_from_slice(&probe::SHORT_REPLY_MAGIC),
+                }
+                Answer::Reply { len }
+            }
+            EchoAction::Probe(h) => {
+                // Count the arrival first: the count answers "did it get
+                // here", and a withheld reply is told to the client.
+                let Some(f) = self.flow((ip, h.token), now, || None) else {
+                    return Answer::Drop(DropReason::RateLimited);
                 };
-                stamp_reply(buf, rx.from, rx.ttl, rx.rx_ns, count);
+                f.count = f.count.saturating_add(1);
+                if !budget.allow(ip, len, now) {
+                    f.withheld = f.withheld.wrapping_add(1);
+                    return Answer::Drop(DropReason::RateLimited);
+                }
+                let (count, withheld) = (f.count, f.withheld);
+                stamp_reply(buf, rx.from, rx.ttl, rx.rx_ns, count, withheld as u8);
                 probe::restamp_tx(buf, tx_ns);
                 Answer::Reply { len }
             }
         }
+    }
+
+    /// True when the datagram hashed to `hash` is what we have echoed to `from` over and over: a
+    /// loop with another echo server. A drop keeps the loop marked while
+    /// the same datagram keeps coming.
+    fn is_loop(&mut self, hash: u64, from: SocketAddr, now: Instant) -> bool {
+        match self.echoed.get_mut(&from) {
+            Some(e)
+                if e.hash == hash
+                    && e.repeats >= LOOP_REPEATS
+                    && now.saturating_duration_since(e.last) < LOOP_WINDOW =>
+            {
+                e.last = now;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn remember_echo(&mut self, hash: u64, to: SocketAddr, now: Instant) {
+        if self.echoed.len() >= MAX_LOOP_ENTRIES && !self.echoed.contains_key(&to) {
+            self.echoed
+                .retain(|_, e| now.saturating_duration_since(e.last) < LOOP_WINDOW);
+            if self.echoed.len() >= MAX_LOOP_ENTRIES {
+                // Forget everything rather than grow: at worst a loop gets
+                // another LOOP_REPEATS rounds, still within the budget.
+                self.echoed.clear();
+            }
+        }
+        let e = self.echoed.entry(to).or_insert(Echoed {
+            hash,
+            last: now,
+            repeats: 0,
+        });
+        if e.hash == hash && now.saturating_duration_since(e.last) < LOOP_WINDOW {
+            e.repeats += 1;
+        } else {
+            e.hash = hash;
+            e.repeats = 1;
+        }
+        e.last = now;
     }
 
     fn decide_authenticated(
@@ -220,8 +348,9 @@ impl EchoResponder {
         if h.kind != ProbeKind::EchoRequest {
             return Answer::Drop(DropReason::NotARequest);
         }
-        let ip = rx.from.ip();
-        let derived = match self.flows.get(&(ip, h.token)).and_then(|f| f.auth.as_ref()) {
+        // The flow is the token alone, whatever address it comes from.
+        let key = (IpAddr::V6(Ipv6Addr::UNSPECIFIED), h.token);
+        let derived = match self.flows.get(&key).and_then(|f| f.auth.as_ref()) {
             Some(a) => a.key.clone(),
             None => match &self.policy.key {
                 Some(key) => key.ping_key(h.token),
@@ -236,7 +365,7 @@ impl EchoResponder {
             return Answer::Drop(DropReason::Stale);
         }
         let rate = self.policy.max_probe_rate;
-        let Some(flow) = self.flow(ip, h.token, now, || {
+        let Some(flow) = self.flow(key, now, || {
             Some(Box::new(AuthState {
                 key: derived.clone(),
                 window: ReplayWindow::new(),
@@ -251,12 +380,13 @@ impl EchoResponder {
         if !state.window.accept(h.seq) {
             return Answer::Drop(DropReason::Replay);
         }
+        flow.count = flow.count.saturating_add(1);
         if !state.bucket.try_take(now) {
+            flow.withheld = flow.withheld.wrapping_add(1);
             return Answer::Drop(DropReason::RateLimited);
         }
-        flow.count = flow.count.saturating_add(1);
-        let count = flow.count;
-        stamp_reply(buf, rx.from, rx.ttl, rx.rx_ns, count);
+        let (count, withheld) = (flow.count, flow.withheld);
+        stamp_reply(buf, rx.from, rx.ttl, rx.rx_ns, count, withheld as u8);
         probe::restamp_tx(buf, tx_ns);
         if derived.seal(buf).is_err() {
             return Answer::Drop(DropReason::Unauthenticated);
@@ -264,24 +394,24 @@ impl EchoResponder {
         Answer::Reply { len: buf.len() }
     }
 
-    /// The flow for (address, token), created when new. `None` only when the
+    /// The flow for `key`, created when new. `None` only when the
     /// table is full of live flows even after eviction (cannot happen with
     /// eviction of the older half, but kept total rather than panicking).
     fn flow(
         &mut self,
-        ip: IpAddr,
-        token: u64,
+        key: FlowKey,
         now: Instant,
         auth: impl FnOnce() -> Option<Box<AuthState>>,
     ) -> Option<&mut Flow> {
-        if !self.flows.contains_key(&(ip, token)) && self.flows.len() >= MAX_FLOWS {
+        if !self.flows.contains_key(&key) && self.flows.len() >= MAX_FLOWS {
             self.evict(now);
             if self.flows.len() >= MAX_FLOWS {
                 return None;
             }
         }
-        let f = self.flows.entry((ip, token)).or_insert_with(|| Flow {
+        let f = self.flows.entry(key).or_insert_with(|| Flow {
             count: 0,
+            withheld: 0,
             last: now,
             auth: auth(),
         });
@@ -309,18 +439,24 @@ impl EchoResponder {
 pub struct PortResponder {
     token: u64,
     key: Option<DerivedKey>,
+    /// The session's client: the address its control connection came from,
+    /// the only one answered.
+    client: IpAddr,
     window: ReplayWindow,
     arrivals: u32,
+    withheld: u32,
     pub counts: AnswerCounts,
 }
 
 impl PortResponder {
-    pub fn new(token: u64, key: Option<DerivedKey>) -> Self {
+    pub fn new(token: u64, key: Option<DerivedKey>, client: IpAddr) -> Self {
         PortResponder {
             token,
             key,
+            client,
             window: ReplayWindow::new(),
             arrivals: 0,
+            withheld: 0,
             counts: AnswerCounts::default(),
         }
     }
@@ -330,16 +466,19 @@ impl PortResponder {
         self.arrivals
     }
 
-    /// `session_rate` is the session's bucket, shared by all its ports.
+    /// `session_rate` is the session's bucket, shared by all its ports;
+    /// without a session key, replies also draw on `budget`, the server's
+    /// per-destination reply budget.
     pub fn respond(
         &mut self,
         buf: &mut [u8],
         rx: &Received,
         tx_ns: u64,
         session_rate: &mut TokenBucket,
+        budget: &mut ReplyBudget,
         now: Instant,
     ) -> Answer {
-        let a = self.decide(buf, rx, tx_ns, session_rate, now);
+        let a = self.decide(buf, rx, tx_ns, session_rate, budget, now);
         self.counts.record(a);
         a
     }
@@ -350,8 +489,12 @@ impl PortResponder {
         rx: &Received,
         tx_ns: u64,
         session_rate: &mut TokenBucket,
+        budget: &mut ReplyBudget,
         now: Instant,
     ) -> Answer {
+        if rx.from.ip() != self.client {
+            return Answer::Drop(DropReason::WrongSource);
+        }
         let Ok(h) = ProbeHeader::decode(buf) else {
             return Answer::Drop(DropReason::NotARequest);
         };
@@ -371,7 +514,10 @@ impl PortResponder {
         // It arrived: count it even if the reply is then rate-limited, since
         // the count answers "did the probe get here".
         self.arrivals = self.arrivals.saturating_add(1);
-        if !session_rate.try_take(now) {
+        if !session_rate.try_take(now)
+            || (self.key.is_none() && !budget.allow(self.client, buf.len(), now))
+        {
+            self.withheld = self.withheld.wrapping_add(1);
             return Answer::Drop(DropReason::RateLimited);
         }
         let stamp = ServerStamp {
@@ -380,6 +526,7 @@ impl PortResponder {
             flow_count: self.arrivals,
             seen_from: rx.from,
             seen_ttl: rx.ttl.unwrap_or(0),
+            withheld: self.withheld as u8,
         };
         if probe::make_reply_in_place(buf, &stamp).is_err() {
             return Answer::Drop(DropReason::NotARequest);
@@ -398,7 +545,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    use crate::reply_budget::BudgetRates;
+
     const NOW_NS: u64 = 1_800_000_000_000_000_000;
+    const CLIENT: &str = "198.18.0.1";
 
     fn policy(key: Option<&str>) -> EchoPolicy {
         EchoPolicy {
@@ -407,12 +557,20 @@ mod tests {
             plain_echo_rate: 10,
             max_probe_rate: 1000,
             max_datagram: 1500,
+            source_ports: SourcePorts {
+                own: vec![4000],
+                allow_low: false,
+            },
         }
+    }
+
+    fn budget() -> ReplyBudget {
+        ReplyBudget::new(BudgetRates::default())
     }
 
     fn rx(port: u16) -> Received {
         Received {
-            from: SocketAddr::new("198.18.0.1".parse().unwrap(), port),
+            from: SocketAddr::new("198.18.0.1".parse().unwrap(), 40_000 + port),
             ttl: Some(64),
             rx_ns: NOW_NS,
         }
@@ -439,22 +597,23 @@ mod tests {
     #[test]
     fn plain_echo_is_rate_limited_per_source() {
         let t0 = Instant::now();
+        let mut budget = budget();
         let mut r = EchoResponder::new(policy(None));
         let mut ok = 0;
         for _ in 0..100 {
             let mut d = b"hello".to_vec();
-            if let Answer::Reply { len } = r.respond(&mut d, &rx(1), NOW_NS, t0) {
+            if let Answer::Reply { len } = r.respond(&mut d, &rx(1), NOW_NS, &mut budget, t0) {
                 assert_eq!(&d[..len], b"hello");
                 ok += 1;
             }
         }
         assert_eq!(ok, 10, "one second's burst at 10/s");
         let other = Received {
-            from: "198.18.0.9:1".parse().unwrap(),
+            from: "198.18.0.9:40001".parse().unwrap(),
             ..rx(1)
         };
         assert!(matches!(
-            r.respond(&mut b"hi".to_vec(), &other, NOW_NS, t0),
+            r.respond(&mut b"hi".to_vec(), &other, NOW_NS, &mut budget, t0),
             Answer::Reply { .. }
         ));
         assert_eq!(r.counts.replies, 11);
@@ -464,22 +623,23 @@ mod tests {
     #[test]
     fn no_plain_echo_and_max_datagram() {
         let t0 = Instant::now();
+        let mut budget = budget();
         let mut r = EchoResponder::new(EchoPolicy {
             plain_echo: false,
             ..policy(None)
         });
         assert_eq!(
-            r.respond(&mut b"hello".to_vec(), &rx(1), NOW_NS, t0),
+            r.respond(&mut b"hello".to_vec(), &rx(1), NOW_NS, &mut budget, t0),
             Answer::Drop(DropReason::PlainDisabled)
         );
         let mut p = echo_request(1, 1, 100, None, 0);
         assert_eq!(
-            r.respond(&mut p, &rx(1), NOW_NS, t0),
+            r.respond(&mut p, &rx(1), NOW_NS, &mut budget, t0),
             Answer::Reply { len: 100 }
         );
         let mut big = echo_request(1, 2, 1501, None, 0);
         assert_eq!(
-            r.respond(&mut big, &rx(1), NOW_NS, t0),
+            r.respond(&mut big, &rx(1), NOW_NS, &mut budget, t0),
             Answer::Drop(DropReason::TooLarge)
         );
     }
@@ -487,12 +647,13 @@ mod tests {
     #[test]
     fn keyed_echo_answers_only_fresh_authenticated_requests_once() {
         let t0 = Instant::now();
+        let mut budget = budget();
         let mut r = EchoResponder::new(policy(Some("secret")));
         let k = SharedKey::new(b"secret".to_vec()).unwrap().ping_key(42);
         let mut p = echo_request(42, 1, 100, Some(&k), NOW_NS - 1000);
         let original = p.clone();
         assert_eq!(
-            r.respond(&mut p, &rx(5), NOW_NS, t0),
+            r.respond(&mut p, &rx(5), NOW_NS, &mut budget, t0),
             Answer::Reply { len: 100 }
         );
         k.verify(&p).expect("the reply is sealed with the same key");
@@ -504,23 +665,23 @@ mod tests {
         // The same datagram again: a replay.
         let mut again = original.clone();
         assert_eq!(
-            r.respond(&mut again, &rx(5), NOW_NS, t0),
+            r.respond(&mut again, &rx(5), NOW_NS, &mut budget, t0),
             Answer::Drop(DropReason::Replay)
         );
         // Untagged probe, plain datagram, wrong key, stale send time.
         let mut untagged = echo_request(42, 2, 100, None, 0);
         assert_eq!(
-            r.respond(&mut untagged, &rx(5), NOW_NS, t0),
+            r.respond(&mut untagged, &rx(5), NOW_NS, &mut budget, t0),
             Answer::Drop(DropReason::Unauthenticated)
         );
         assert_eq!(
-            r.respond(&mut b"hello".to_vec(), &rx(5), NOW_NS, t0),
+            r.respond(&mut b"hello".to_vec(), &rx(5), NOW_NS, &mut budget, t0),
             Answer::Drop(DropReason::Unauthenticated)
         );
         let wrong = SharedKey::new(b"wrong".to_vec()).unwrap().ping_key(42);
         let mut forged = echo_request(42, 3, 100, Some(&wrong), NOW_NS);
         assert_eq!(
-            r.respond(&mut forged, &rx(5), NOW_NS, t0),
+            r.respond(&mut forged, &rx(5), NOW_NS, &mut budget, t0),
             Answer::Drop(DropReason::BadTag)
         );
         let mut old = echo_request(
@@ -531,12 +692,12 @@ mod tests {
             NOW_NS - 200_000_000_000,
         );
         assert_eq!(
-            r.respond(&mut old, &rx(5), NOW_NS, t0),
+            r.respond(&mut old, &rx(5), NOW_NS, &mut budget, t0),
             Answer::Drop(DropReason::Stale)
         );
         let mut next = echo_request(42, 2, 100, Some(&k), NOW_NS);
         assert_eq!(
-            r.respond(&mut next, &rx(5), NOW_NS, t0),
+            r.respond(&mut next, &rx(5), NOW_NS, &mut budget, t0),
             Answer::Reply { len: 100 }
         );
         assert_eq!(
@@ -552,10 +713,11 @@ mod tests {
     #[test]
     fn port_responder_checks_token_tag_replay_and_rate() {
         let t0 = Instant::now();
+        let mut budget = budget();
         let key = SharedKey::new(b"k".to_vec())
             .unwrap()
             .session_key(&[1; 32], &[2; 32]);
-        let mut pr = PortResponder::new(9, Some(key.clone()));
+        let mut pr = PortResponder::new(9, Some(key.clone()), CLIENT.parse().unwrap());
         let mut bucket = TokenBucket::new(2, t0);
         let probe = |token: u64, seq: u64, k: Option<&DerivedKey>| {
             let mut b = vec![0u8; 80];
@@ -569,38 +731,282 @@ mod tests {
         };
         let mut p = probe(9, 1, Some(&key));
         assert_eq!(
-            pr.respond(&mut p, &rx(1), NOW_NS, &mut bucket, t0),
+            pr.respond(&mut p, &rx(1), NOW_NS, &mut bucket, &mut budget, t0),
             Answer::Reply { len: 80 }
         );
         key.verify(&p).unwrap();
         assert_eq!(ProbeHeader::decode(&p).unwrap().kind, ProbeKind::PortReply);
         let mut replay = probe(9, 1, Some(&key));
         assert_eq!(
-            pr.respond(&mut replay, &rx(1), NOW_NS, &mut bucket, t0),
+            pr.respond(&mut replay, &rx(1), NOW_NS, &mut bucket, &mut budget, t0),
             Answer::Drop(DropReason::Replay)
         );
         let mut other_token = probe(8, 2, Some(&key));
         assert_eq!(
-            pr.respond(&mut other_token, &rx(1), NOW_NS, &mut bucket, t0),
+            pr.respond(
+                &mut other_token,
+                &rx(1),
+                NOW_NS,
+                &mut bucket,
+                &mut budget,
+                t0
+            ),
             Answer::Drop(DropReason::NotARequest)
         );
         let mut untagged = probe(9, 2, None);
         assert_eq!(
-            pr.respond(&mut untagged, &rx(1), NOW_NS, &mut bucket, t0),
+            pr.respond(&mut untagged, &rx(1), NOW_NS, &mut bucket, &mut budget, t0),
             Answer::Drop(DropReason::Unauthenticated)
         );
         assert_eq!(pr.arrivals(), 1);
         let mut p2 = probe(9, 2, Some(&key));
         assert!(matches!(
-            pr.respond(&mut p2, &rx(1), NOW_NS, &mut bucket, t0),
+            pr.respond(&mut p2, &rx(1), NOW_NS, &mut bucket, &mut budget, t0),
             Answer::Reply { .. }
         ));
         let mut p3 = probe(9, 3, Some(&key));
         assert_eq!(
-            pr.respond(&mut p3, &rx(1), NOW_NS, &mut bucket, t0),
+            pr.respond(&mut p3, &rx(1), NOW_NS, &mut bucket, &mut budget, t0),
             Answer::Drop(DropReason::RateLimited)
         );
         assert_eq!(pr.arrivals(), 3, "rate-limited probes still arrived");
+    }
+
+    #[test]
+    fn keyed_probe_replayed_from_any_address_is_refused() {
+        let t0 = Instant::now();
+        let mut budget = budget();
+        let mut r = EchoResponder::new(policy(Some("secret")));
+        let k = SharedKey::new(b"secret".to_vec()).unwrap().ping_key(42);
+        let captured = echo_request(42, 1, 100, Some(&k), NOW_NS);
+        let mut p = captured.clone();
+        assert!(matches!(
+            r.respond(&mut p, &rx(5), NOW_NS, &mut budget, t0),
+            Answer::Reply { .. }
+        ));
+        // The same bytes from 200 other addresses and ports, now and later.
+        for i in 0..200u32 {
+            let from = SocketAddr::new(
+                IpAddr::V4(std::net::Ipv4Addr::from(0xC612_0100 + i)),
+                40_000 + i as u16,
+            );
+            let mut again = captured.clone();
+            let at = t0 + Duration::from_millis(u64::from(i) * 500);
+            assert_eq!(
+                r.respond(
+                    &mut again,
+                    &Received { from, ..rx(5) },
+                    NOW_NS,
+                    &mut budget,
+                    at
+                ),
+                Answer::Drop(DropReason::Replay)
+            );
+        }
+        assert_eq!(r.counts.replies, 1);
+    }
+
+    #[test]
+    fn reflector_source_ports_are_never_answered() {
+        let t0 = Instant::now();
+        let mut budget = budget();
+        let mut r = EchoResponder::new(policy(None));
+        let from = |port: u16| Received {
+            from: SocketAddr::new("198.18.0.1".parse().unwrap(), port),
+            ..rx(0)
+        };
+        for port in [0, 7, 19, 53, 123, 1023, 4000] {
+            assert_eq!(
+                r.respond(&mut b"x".to_vec(), &from(port), NOW_NS, &mut budget, t0),
+                Answer::Drop(DropReason::ReflectorPort),
+                "port {port}"
+            );
+            let mut p = echo_request(1, u64::from(port), 64, None, 0);
+            assert_eq!(
+                r.respond(&mut p, &from(port), NOW_NS, &mut budget, t0),
+                Answer::Drop(DropReason::ReflectorPort)
+            );
+        }
+        assert!(matches!(
+            r.respond(&mut b"x".to_vec(), &from(1024), NOW_NS, &mut budget, t0),
+            Answer::Reply { .. }
+        ));
+        let mut low = EchoResponder::new(EchoPolicy {
+            source_ports: SourcePorts {
+                own: vec![4000],
+                allow_low: true,
+            },
+            ..policy(None)
+        });
+        assert!(matches!(
+            low.respond(&mut b"x".to_vec(), &from(53), NOW_NS, &mut budget, t0),
+            Answer::Reply { .. }
+        ));
+        for port in [7, 19, 4000] {
+            assert_eq!(
+                low.respond(&mut b"x".to_vec(), &from(port), NOW_NS, &mut budget, t0),
+                Answer::Drop(DropReason::ReflectorPort)
+            );
+        }
+    }
+
+    #[test]
+    fn two_echo_servers_do_not_bounce_a_datagram() {
+        // Server A and server B, on ports other than 7, 19 and each other's:
+        // one datagram injected into A as if from B.
+        let t0 = Instant::now();
+        let mut budget = budget();
+        let a_addr: SocketAddr = "198.18.0.2:5000".parse().unwrap();
+        let b_addr: SocketAddr = "198.18.0.3:6000".parse().unwrap();
+        let fast = EchoPolicy {
+            plain_echo_rate: 1000,
+            ..policy(None)
+        };
+        let mut a = EchoResponder::new(fast.clone());
+        let mut b = EchoResponder::new(fast);
+        let mut d = b"bounce me".to_vec();
+        let mut hops = 0;
+        for i in 0..10_000u64 {
+            let now = t0 + Duration::from_millis(5 * i);
+            let (server, from) = if i % 2 == 0 {
+                (&mut a, b_addr)
+            } else {
+                (&mut b, a_addr)
+            };
+            match server.respond(
+                &mut d,
+                &Received { from, ..rx(0) },
+                NOW_NS,
+                &mut budget,
+                now,
+            ) {
+                Answer::Reply { .. } => hops += 1,
+                Answer::Drop(reason) => {
+                    assert_eq!(reason, DropReason::Loop);
+                    break;
+                }
+            }
+        }
+        assert_eq!(
+            hops,
+            2 * LOOP_REPEATS,
+            "each server echoes it LOOP_REPEATS times, then the loop stops"
+        );
+        // A short probe: A answers with the reply magic, which B never answers.
+        let mut short = vec![b'z'; 20];
+        short[..4].copy_from_slice(&probe::SHORT_MAGIC);
+        let from_b = Received {
+            from: b_addr,
+            ..rx(0)
+        };
+        let from_a = Received {
+            from: a_addr,
+            ..rx(0)
+        };
+        assert!(matches!(
+            a.respond(&mut short, &from_b, NOW_NS, &mut budget, t0),
+            Answer::Reply { .. }
+        ));
+        assert_eq!(&short[..4], &probe::SHORT_REPLY_MAGIC);
+        assert_eq!(
+            b.respond(&mut short, &from_a, NOW_NS, &mut budget, t0),
+            Answer::Drop(DropReason::NotARequest)
+        );
+        // A later, separate datagram with the same bytes is answered again.
+        let later = t0 + Duration::from_secs(100);
+        assert!(matches!(
+            a.respond(
+                &mut d,
+                &Received {
+                    from: b_addr,
+                    ..rx(0)
+                },
+                NOW_NS,
+                &mut budget,
+                later
+            ),
+            Answer::Reply { .. }
+        ));
+    }
+
+    #[test]
+    fn one_budget_per_destination_whatever_the_header_and_withheld_is_told() {
+        let t0 = Instant::now();
+        let mut budget = ReplyBudget::new(BudgetRates {
+            pps: 100,
+            bytes: 1 << 20,
+            session_pps: 100_000,
+            session_bytes: 1 << 24,
+        });
+        let mut r = EchoResponder::new(EchoPolicy {
+            plain_echo_rate: 1000,
+            ..policy(None)
+        });
+        let victim = Received {
+            from: "198.18.0.77:40000".parse().unwrap(),
+            ..rx(0)
+        };
+        // Plain, short and header probes of many tokens, all naming one victim.
+        let mut replies = 0;
+        for i in 0..3000u64 {
+            let mut d = match i % 3 {
+                0 => format!("plain {i}").into_bytes(),
+                1 => {
+                    let mut b = vec![b'y'; 20];
+                    b[..4].copy_from_slice(&probe::SHORT_MAGIC);
+                    b[4..12].copy_from_slice(&i.to_be_bytes());
+                    b
+                }
+                _ => echo_request(i, i, 64, None, 0),
+            };
+            if let Answer::Reply { .. } = r.respond(&mut d, &victim, NOW_NS, &mut budget, t0) {
+                replies += 1;
+            }
+        }
+        assert_eq!(replies, 100, "one second's budget, whatever the kind");
+        // A test port of a session from elsewhere cannot be aimed at the
+        // victim either: it answers only its session's client.
+        let mut port = PortResponder::new(9, None, CLIENT.parse().unwrap());
+        let mut bucket = TokenBucket::new(100_000, t0);
+        let mut pp = vec![0u8; 64];
+        ProbeHeader::request(ProbeKind::PortProbe, 9, 1)
+            .encode(&mut pp)
+            .unwrap();
+        assert_eq!(
+            port.respond(
+                &mut pp.clone(),
+                &victim,
+                NOW_NS,
+                &mut bucket,
+                &mut budget,
+                t0
+            ),
+            Answer::Drop(DropReason::WrongSource)
+        );
+        assert!(matches!(
+            port.respond(&mut pp, &rx(1), NOW_NS, &mut bucket, &mut budget, t0),
+            Answer::Reply { .. }
+        ));
+
+        // A ping flow over the budget: the next reply says how many were withheld.
+        let me = rx(2);
+        let mut got = Vec::new();
+        for seq in 0..150u64 {
+            let mut d = echo_request(5, seq, 64, None, 0);
+            if let Answer::Reply { .. } = r.respond(&mut d, &me, NOW_NS, &mut budget, t0) {
+                got.push(ProbeHeader::decode(&d).unwrap().stamp.unwrap());
+            }
+        }
+        assert_eq!(got.len(), 99, "one reply went to the test port above");
+        let later = t0 + Duration::from_secs(1);
+        let mut d = echo_request(5, 150, 64, None, 0);
+        assert!(matches!(
+            r.respond(&mut d, &me, NOW_NS, &mut budget, later),
+            Answer::Reply { .. }
+        ));
+        let s = ProbeHeader::decode(&d).unwrap().stamp.unwrap();
+        assert_eq!(s.flow_count, 151, "withheld probes arrived and are counted");
+        assert_eq!(s.withheld, 51);
     }
 
     /// Inputs of every kind: random bytes, and headers of every kind byte,
@@ -648,24 +1054,26 @@ mod tests {
             keyed in any::<bool>(), plain in any::<bool>(), max_dg in 0usize..300,
         ) {
             let t0 = Instant::now();
+            let mut budget = budget();
             let mut echo = EchoResponder::new(EchoPolicy {
                 key: keyed.then(|| SharedKey::new(b"secret".to_vec()).unwrap()),
                 plain_echo: plain,
                 plain_echo_rate: 5,
                 max_probe_rate: 5,
                 max_datagram: max_dg,
+                source_ports: SourcePorts::default(),
             });
             let session = SharedKey::new(b"secret".to_vec()).unwrap().session_key(&[1; 32], &[2; 32]);
-            let mut port = PortResponder::new(7, keyed.then_some(session));
+            let mut port = PortResponder::new(7, keyed.then_some(session), CLIENT.parse().unwrap());
             let mut bucket = TokenBucket::new(5, t0);
             for (i, input) in inputs.iter().enumerate() {
                 let now = t0 + Duration::from_millis(i as u64);
                 for which in 0..2 {
                     let mut buf = input.clone();
                     let a = if which == 0 {
-                        echo.respond(&mut buf, &rx(1), NOW_NS, now)
+                        echo.respond(&mut buf, &rx(1), NOW_NS, &mut budget, now)
                     } else {
-                        port.respond(&mut buf, &rx(1), NOW_NS, &mut bucket, now)
+                        port.respond(&mut buf, &rx(1), NOW_NS, &mut bucket, &mut budget, now)
                     };
                     if let Answer::Reply { len } = a {
                         prop_assert!(len <= input.len(), "{} > {}", len, input.len());

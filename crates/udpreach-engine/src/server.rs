@@ -13,11 +13,21 @@ pub enum EchoAction {
     Probe(ProbeHeader),
     /// Anything else: echo it back byte for byte, as any echo server would.
     Plain,
+    /// A udpreach short probe (16..=63 bytes): echoed with its magic
+    /// changed to the reply magic, the rest byte for byte; limited as a
+    /// probe, not as plain echo.
+    ShortProbe,
     /// Never answered (our own replies, so two servers cannot ping-pong forever).
     Drop,
 }
 
 pub fn classify_echo(datagram: &[u8]) -> EchoAction {
+    if probe::looks_like_short_probe(datagram) {
+        return EchoAction::ShortProbe;
+    }
+    if probe::looks_like_short_reply(datagram) {
+        return EchoAction::Drop;
+    }
     if !probe::looks_like_probe(datagram) {
         return EchoAction::Plain;
     }
@@ -36,6 +46,7 @@ pub fn stamp_reply(
     ttl: Option<u8>,
     rx_ns: u64,
     flow_count: u32,
+    withheld: u8,
 ) -> bool {
     let stamp = ServerStamp {
         rx_ns,
@@ -43,6 +54,7 @@ pub fn stamp_reply(
         flow_count,
         seen_from: from,
         seen_ttl: ttl.unwrap_or(0),
+        withheld,
     };
     probe::make_reply_in_place(datagram, &stamp).is_ok()
 }
@@ -174,10 +186,10 @@ mod tests {
             let len = bytes.len();
             match classify_echo(&bytes) {
                 EchoAction::Probe(_) => {
-                    prop_assert!(stamp_reply(&mut bytes, "198.18.0.1:1".parse().unwrap(), Some(64), 5, 1));
+                    prop_assert!(stamp_reply(&mut bytes, "198.18.0.1:1".parse().unwrap(), Some(64), 5, 1, 0));
                     prop_assert_eq!(bytes.len(), len);
                 }
-                EchoAction::Plain | EchoAction::Drop => prop_assert_eq!(bytes.len(), len),
+                EchoAction::Plain | EchoAction::ShortProbe | EchoAction::Drop => prop_assert_eq!(bytes.len(), len),
             }
         }
     }

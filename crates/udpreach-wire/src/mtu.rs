@@ -132,6 +132,7 @@ mod tests {
             flow_count: 0,
             seen_from: "198.18.1.1:5000".parse().unwrap(),
             seen_ttl: 63,
+            withheld: 0,
         }
     }
 

@@ -13,7 +13,7 @@
 //! 40..44  server's per-flow receive counter (u32)
 //! 44..60  source address the server saw (IPv6 or IPv4-mapped)
 //! 60..62  source port the server saw    62 TTL / hop limit the server saw (0 = unknown)
-//! 63      reserved
+//! 63      replies the server withheld from this flow (budget, policy), a running count mod 256
 //! 64..    payload, echoed byte for byte; with FLAG_AUTH the last 16 bytes are a tag
 //!         (HMAC over everything before it, recomputed by the server for its reply)
 //! ```
@@ -95,6 +95,10 @@ pub struct ServerStamp {
     pub seen_from: SocketAddr,
     /// TTL or hop limit of the request as received; 0 when unknown.
     pub seen_ttl: u8,
+    /// Replies the server withheld from this flow so far (rate budget,
+    /// policy), modulo 256: the client tells them apart from network loss by
+    /// the difference between two replies.
+    pub withheld: u8,
 }
 
 /// Decoded header fields.
@@ -110,6 +114,29 @@ pub struct ProbeHeader {
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Short probes (16..=63 bytes, too small for the header) start with this
+/// magic, then the token (u64) and the low 32 bits of the sequence number
+/// (u32), both big endian, then filler. A server echoes them byte for byte,
+/// but knows them for udpreach probes: they draw on the probe budget, not
+/// the plain-echo rate.
+pub const SHORT_MAGIC: [u8; 4] = *b"UDPs";
+/// A udpreach server's answer to a short probe: the probe with its magic
+/// changed to this, the rest byte for byte. A server never answers it, so
+/// two servers cannot bounce a short probe between them.
+pub const SHORT_REPLY_MAGIC: [u8; 4] = *b"UDPt";
+/// Smallest short probe: magic, token and sequence number.
+pub const SHORT_MIN_LEN: usize = 16;
+
+/// True when `buf` is shaped like a short probe (see [`SHORT_MAGIC`]).
+pub fn looks_like_short_probe(buf: &[u8]) -> bool {
+    (SHORT_MIN_LEN..HEADER_LEN).contains(&buf.len()) && buf[..4] == SHORT_MAGIC
+}
+
+/// True when `buf` is shaped like a server's answer to a short probe.
+pub fn looks_like_short_reply(buf: &[u8]) -> bool {
+    (SHORT_MIN_LEN..HEADER_LEN).contains(&buf.len()) && buf[..4] == SHORT_REPLY_MAGIC
 }
 
 /// True when `buf` starts like a udpreach probe (cheap pre-check for the server).
@@ -172,6 +199,7 @@ impl ProbeHeader {
                 flow_count: u32::from_be_bytes(buf[40..44].try_into().expect("4 bytes")),
                 seen_from: SocketAddr::new(ip, u16::from_be_bytes([buf[60], buf[61]])),
                 seen_ttl: buf[62],
+                withheld: buf[63],
             })
         };
         Ok(ProbeHeader {
@@ -195,7 +223,7 @@ fn write_stamp(buf: &mut [u8], s: &ServerStamp) {
     buf[44..60].copy_from_slice(&ip6.octets());
     buf[60..62].copy_from_slice(&s.seen_from.port().to_be_bytes());
     buf[62] = s.seen_ttl;
-    buf[63] = 0;
+    buf[63] = s.withheld;
 }
 
 /// Turns a request, in place, into its reply: same length, same payload, the
@@ -234,6 +262,7 @@ mod tests {
             flow_count: 3,
             seen_from: "198.18.0.1:5555".parse().unwrap(),
             seen_ttl: 63,
+            withheld: 3,
         };
         let r = make_reply_in_place(&mut buf, &stamp).unwrap();
         assert_eq!(buf.len(), 100);
@@ -282,7 +311,7 @@ mod tests {
             prop_assert_eq!(h.token, token);
             prop_assert_eq!(h.seq, seq);
             let len = buf.len();
-            let stamp = ServerStamp { rx_ns: 0, tx_ns: 0, flow_count: 0, seen_from: "198.18.0.1:1".parse().unwrap(), seen_ttl: 0 };
+            let stamp = ServerStamp { rx_ns: 0, tx_ns: 0, flow_count: 0, seen_from: "198.18.0.1:1".parse().unwrap(), seen_ttl: 0, withheld: 0 };
             make_reply_in_place(&mut buf, &stamp).unwrap();
             prop_assert_eq!(buf.len(), len);
         }

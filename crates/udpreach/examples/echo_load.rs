@@ -46,10 +46,20 @@ fn main() {
             s.connect(target).expect("connect");
             s.set_read_timeout(Some(Duration::from_millis(20)))
                 .expect("timeout");
-            let payload = vec![b'x'; size];
+            // Each datagram different (a counter in front), as a real
+            // client's would be: a udpreach server takes one datagram
+            // repeated back to back for an echo loop.
+            let mut payload = vec![b'x'; size];
+            let mut count: u64 = 0;
+            let mut next = |p: &mut Vec<u8>| {
+                count += 1;
+                let k = p.len().min(8);
+                p[..k].copy_from_slice(&count.to_be_bytes()[..k]);
+            };
             let mut buf = vec![0u8; 65536];
             while !stop.load(Ordering::Relaxed) {
                 for _ in 0..window {
+                    next(&mut payload);
                     let _ = s.send(&payload);
                 }
                 // Refill one for one; a timeout means losses, so refill the window.
@@ -58,6 +68,7 @@ fn main() {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
+                    next(&mut payload);
                     let _ = s.send(&payload);
                 }
             }

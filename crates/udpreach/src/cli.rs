@@ -141,6 +141,15 @@ pub struct ServerArgs {
     /// Most plain-echo replies per second to one source address (so the server cannot flood a third party).
     #[arg(long, value_name = "PPS", default_value_t = udpreach_engine::server::DEFAULT_PLAIN_ECHO_RATE, value_parser = number_in("rate", 1u32, 1_000_000), allow_negative_numbers = true, help_heading = LIMITS)]
     pub plain_echo_rate: u32,
+    /// Most unauthenticated replies per second to one address, of every kind (echo, probes, test ports, legacy, MTU); an address with an open control session gets --max-probe-rate instead.
+    #[arg(long, value_name = "PPS", default_value_t = udpreach_engine::reply_budget::DEFAULT_BUDGET_PPS, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub reply_budget: u32,
+    /// Most unauthenticated reply bytes per second to one address (UDP payload).
+    #[arg(long, value_name = "BYTES", default_value_t = udpreach_engine::reply_budget::DEFAULT_BUDGET_BYTES, value_parser = clap::value_parser!(u64).range(65_536..=1_000_000_000_000))]
+    pub reply_budget_bytes: u64,
+    /// Also answer echo requests from source ports 1-1023 (never 0, 7, 19 or the server's own ports).
+    #[arg(long)]
+    pub echo_low_ports: bool,
     #[command(flatten)]
     pub key: KeyArgs,
 }

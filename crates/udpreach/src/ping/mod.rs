@@ -200,6 +200,16 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
     if let Some(key) = &key {
         check_key(target, key).await?;
     }
+    if size < udpreach_wire::probe::HEADER_LEN {
+        let budget = udpreach_engine::reply_budget::DEFAULT_BUDGET_PPS;
+        if args.interval < std::time::Duration::from_secs(1) / budget {
+            // Short probes carry no header, so no withheld count comes back.
+            eprintln!(
+                "udpreach: warning: {} probes per second exceed the {budget}/s a udpreach server answers one address by default; probes under 64 bytes cannot tell withheld replies from loss (use -s 64 or more)",
+                (1.0 / args.interval.as_secs_f64()).round()
+            );
+        }
+    }
     // Without a key, when the first probe times out with no reply yet: find
     // out alongside the probes whether the server needs a key.
     let mut key_needed: Option<JoinHandle<Option<String>>> = None;
@@ -221,6 +231,15 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
 
     // Fixed mode: one socket for the whole run. --sport: one per probe.
     let sport_list: Option<Vec<u16>> = args.sport.as_ref().map(|s| s.iter().collect());
+    if sport_list
+        .as_ref()
+        .is_some_and(|l| l.iter().any(|&p| p < 1024))
+    {
+        // Not a network verdict: the server's reflector-port policy.
+        eprintln!(
+            "udpreach: warning: a udpreach server does not answer source ports 1-1023 unless started with --echo-low-ports (and never 7, 19 or its own ports); no reply from those source ports says nothing about the network"
+        );
+    }
     let mut fixed: Option<Sender> = None;
     if sport_list.is_none() {
         let sock = AsyncUdp::bind(unspecified_for(&target, 0), &opts)

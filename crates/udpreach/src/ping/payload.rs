@@ -1,7 +1,10 @@
 //! Ping datagrams: what we send, and how a reply is checked against it.
 //!
 //! 64 bytes and more: a udpreach probe header, then filler. 16..63 bytes
-//! (too small for the header): token and sequence, then filler. The filler is
+//! (too small for the header): the short-probe magic `UDPs`, the token and
+//! the low 32 bits of the sequence number, then filler (a udpreach server
+//! knows these for probes, so they draw on its probe budget, not its
+//! plain-echo rate). The filler is
 //! alphanumeric (as the seed script sent) and derived from token and sequence,
 //! so a reply can be verified without keeping a copy of every probe.
 //! With a key, the header carries the send time and FLAG_AUTH, and the last
@@ -9,7 +12,9 @@
 //! valid tag from the server, or they are not counted.
 
 use udpreach_wire::auth::{self, DerivedKey, TAG_LEN};
-use udpreach_wire::probe::{ProbeHeader, ProbeKind, ServerStamp, HEADER_LEN};
+use udpreach_wire::probe::{
+    ProbeHeader, ProbeKind, ServerStamp, HEADER_LEN, SHORT_MAGIC, SHORT_REPLY_MAGIC,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reply {
@@ -63,8 +68,10 @@ impl PayloadBuilder {
                 k.seal(out).expect("size checked against MIN_SEALED_LEN");
             }
         } else {
-            out[..8].copy_from_slice(&self.token.to_be_bytes());
-            out[8..16].copy_from_slice(&seq.to_be_bytes());
+            let seq = u64::from(seq as u32);
+            out[..4].copy_from_slice(&SHORT_MAGIC);
+            out[4..12].copy_from_slice(&self.token.to_be_bytes());
+            out[12..16].copy_from_slice(&(seq as u32).to_be_bytes());
             filler(self.token, seq, &mut out[16..]);
         }
     }
@@ -81,10 +88,11 @@ impl PayloadBuilder {
             }
             u64_at(16)
         } else {
-            if u64_at(0)? != self.token {
+            if quoted.get(..4)? != SHORT_MAGIC || u64_at(4)? != self.token {
                 return None;
             }
-            u64_at(8)
+            let seq = quoted.get(12..16)?;
+            Some(u64::from(u32::from_be_bytes(seq.try_into().ok()?)))
         }
     }
 
@@ -120,12 +128,17 @@ impl PayloadBuilder {
                 _ => Reply::Corrupt { seq: h.seq },
             }
         } else {
-            if data[..8] != self.token.to_be_bytes() {
+            // A plain echo server sends the probe back as it is; a udpreach
+            // server with the reply magic.
+            let magic_ok = data[..4] == SHORT_MAGIC || data[..4] == SHORT_REPLY_MAGIC;
+            if !magic_ok || data[4..12] != self.token.to_be_bytes() {
                 return Reply::Foreign;
             }
-            let seq = u64::from_be_bytes(data[8..16].try_into().expect("8 bytes"));
+            let seq = u64::from(u32::from_be_bytes(
+                data[12..16].try_into().expect("4 bytes"),
+            ));
             self.build(seq, 0, &mut want);
-            if data == want.as_slice() {
+            if data[4..] == want[4..] {
                 Reply::Plain { seq }
             } else {
                 Reply::Corrupt { seq }
@@ -152,6 +165,11 @@ mod tests {
             b.build(7, 0, &mut p);
             assert_eq!(p.len(), size);
             assert_eq!(b.check(&p), Reply::Plain { seq: 7 });
+            if size < 64 {
+                let mut from_server = p.clone();
+                from_server[..4].copy_from_slice(b"UDPt");
+                assert_eq!(b.check(&from_server), Reply::Plain { seq: 7 });
+            }
             if size > 16 {
                 // (At 16 bytes there is no filler: a changed byte is another seq.)
                 let mut bad = p.clone();
@@ -181,6 +199,9 @@ mod tests {
             assert_eq!(b.seq_of_quote(&p), Some(9));
             assert_eq!(b.seq_of_quote(&p[..24.min(size)]), Some(9));
             assert_eq!(b.seq_of_quote(&p[..8]), None, "too short");
+            if size < 64 {
+                assert_eq!(&p[..4], b"UDPs", "short probes are recognisable");
+            }
             assert_eq!(b.seq_of_quote(&[]), None);
             let other = PayloadBuilder {
                 token: 41,
@@ -206,6 +227,7 @@ mod tests {
             flow_count: 1,
             seen_from: "198.18.0.1:1".parse().unwrap(),
             seen_ttl: 64,
+            withheld: 0,
         };
         udpreach_wire::probe::make_reply_in_place(&mut p, &stamp).unwrap();
         assert_eq!(b.check(&p), Reply::Stamped { seq: 3, stamp });
@@ -232,6 +254,7 @@ mod tests {
             flow_count: 1,
             seen_from: "198.18.0.1:1".parse().unwrap(),
             seen_ttl: 64,
+            withheld: 0,
         };
         udpreach_wire::probe::make_reply_in_place(&mut p, &stamp).unwrap();
         assert_eq!(

@@ -11,8 +11,8 @@ pub mod errqueue;
 use errqueue::{PmtuMode, QueuedError};
 use nix::sys::socket::{self as nsock, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage};
 use socket2::{Domain, Protocol, Socket, Type};
-use std::io::{self, IoSliceMut};
-use std::net::{SocketAddr, UdpSocket};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::unix::AsyncFd;
@@ -44,6 +44,10 @@ pub struct RecvMeta {
     pub ttl: Option<u8>,
     /// Kernel receive time (SO_TIMESTAMPNS), realtime clock.
     pub kernel_rx: Option<SystemTime>,
+    /// The address the datagram was sent to, and the interface it came in
+    /// on (`IP_PKTINFO` / `IPV6_RECVPKTINFO`; sockets bound to a wildcard
+    /// address only): where an answer must come from.
+    pub local: Option<(IpAddr, u32)>,
 }
 
 /// Realtime clock in nanoseconds since the Unix epoch.
@@ -89,6 +93,15 @@ pub fn udp_socket(bind: SocketAddr, opts: &UdpOptions) -> io::Result<UdpSocket> 
         let _ = nsock::setsockopt(&sock, sockopt::Ipv4RecvTtl, &true);
     }
     let _ = nsock::setsockopt(&sock, sockopt::ReceiveTimestampns, &true);
+    if bind.ip().is_unspecified() {
+        // Which of the host's addresses a datagram was sent to, so that the
+        // answer leaves from that address (see `send_from`).
+        if v6 {
+            nsock::setsockopt(&sock, sockopt::Ipv6RecvPacketInfo, &true)?;
+        } else {
+            nsock::setsockopt(&sock, sockopt::Ipv4PacketInfo, &true)?;
+        }
+    }
     if let Some(ttl) = opts.ttl {
         if v6 {
             sock.set_unicast_hops_v6(ttl)?;
@@ -137,7 +150,12 @@ pub fn recv_meta_wait(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<RecvMeta> 
 }
 
 fn recvmsg_meta(sock: &UdpSocket, buf: &mut [u8], flags: MsgFlags) -> io::Result<RecvMeta> {
-    let mut cmsg = nix::cmsg_space!(libc::c_int, nix::sys::time::TimeSpec, [u8; 64]);
+    let mut cmsg = nix::cmsg_space!(
+        libc::c_int,
+        nix::sys::time::TimeSpec,
+        libc::in6_pktinfo,
+        [u8; 64]
+    );
     let mut iov = [IoSliceMut::new(buf)];
     let msg = nsock::recvmsg::<SockaddrStorage>(
         sock.as_fd().as_raw_fd(),
@@ -156,6 +174,7 @@ fn recvmsg_meta(sock: &UdpSocket, buf: &mut [u8], flags: MsgFlags) -> io::Result
             .ok_or_else(|| io::Error::other("datagram without a source address"))?,
         ttl: None,
         kernel_rx: None,
+        local: None,
     };
     if let Ok(cmsgs) = msg.cmsgs() {
         for c in cmsgs {
@@ -167,11 +186,67 @@ fn recvmsg_meta(sock: &UdpSocket, buf: &mut [u8], flags: MsgFlags) -> io::Result
                     let d = Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32);
                     meta.kernel_rx = Some(UNIX_EPOCH + d);
                 }
+                ControlMessageOwned::Ipv4PacketInfo(pi) => {
+                    let ip = std::net::Ipv4Addr::from(pi.ipi_addr.s_addr.to_ne_bytes());
+                    meta.local = Some((IpAddr::V4(ip), pi.ipi_ifindex as u32));
+                }
+                ControlMessageOwned::Ipv6PacketInfo(pi) => {
+                    let ip = std::net::Ipv6Addr::from(pi.ipi6_addr.s6_addr);
+                    meta.local = Some((IpAddr::V6(ip), pi.ipi6_ifindex));
+                }
                 _ => {}
             }
         }
     }
     Ok(meta)
+}
+
+/// Sends `buf` to `to` from `local` (an address and interface index from
+/// [`RecvMeta::local`]): on a socket bound to a wildcard address, the answer
+/// then leaves from the address the request was sent to, not from the
+/// address the route would pick (hosts with several addresses, VIPs,
+/// `127.0.0.2`). Without `local`, a plain `sendto`.
+pub fn send_from(
+    sock: &UdpSocket,
+    buf: &[u8],
+    to: SocketAddr,
+    local: Option<(IpAddr, u32)>,
+) -> io::Result<usize> {
+    let iov = [IoSlice::new(buf)];
+    let fd = sock.as_fd().as_raw_fd();
+    let result = match (local, to) {
+        (Some((IpAddr::V4(ip), _)), SocketAddr::V4(dst)) => {
+            let pi = libc::in_pktinfo {
+                // 0: route as usual, only the source address is fixed.
+                ipi_ifindex: 0,
+                ipi_spec_dst: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(ip.octets()),
+                },
+                ipi_addr: libc::in_addr { s_addr: 0 },
+            };
+            let cmsg = [nsock::ControlMessage::Ipv4PacketInfo(&pi)];
+            let dst = nsock::SockaddrIn::from(dst);
+            nsock::sendmsg(fd, &iov, &cmsg, MsgFlags::empty(), Some(&dst))
+        }
+        (Some((IpAddr::V6(ip), ifindex)), SocketAddr::V6(dst)) => {
+            let pi = libc::in6_pktinfo {
+                ipi6_addr: libc::in6_addr {
+                    s6_addr: ip.octets(),
+                },
+                // Link-local sources need their interface; others route as usual.
+                ipi6_ifindex: if ip.segments()[0] & 0xffc0 == 0xfe80 {
+                    ifindex
+                } else {
+                    0
+                },
+            };
+            let cmsg = [nsock::ControlMessage::Ipv6PacketInfo(&pi)];
+            let dst = nsock::SockaddrIn6::from(dst);
+            nsock::sendmsg(fd, &iov, &cmsg, MsgFlags::empty(), Some(&dst))
+        }
+        _ => return sock.send_to(buf, to),
+    };
+    result.map_err(io::Error::from)
 }
 
 /// What a socket with `recv_errors` delivered: a datagram or a queued error.
@@ -224,9 +299,21 @@ impl AsyncUdp {
         self.inner.get_ref().local_addr()
     }
 
-    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<RecvMeta> {
+    /// Waits for the next datagram and hands it to `f` in `buf`, a buffer
+    /// shared with other sockets (held only while `f` runs, which must not
+    /// block): many ports, one buffer.
+    pub async fn recv_in<R>(
+        &self,
+        buf: &std::sync::Mutex<Vec<u8>>,
+        mut f: impl FnMut(&mut [u8], RecvMeta) -> R,
+    ) -> io::Result<R> {
         self.inner
-            .async_io(Interest::READABLE, |s| recv_meta(s, buf))
+            .async_io(Interest::READABLE, |s| {
+                // A panic elsewhere leaves only bytes behind: still usable.
+                let mut b = buf.lock().unwrap_or_else(|p| p.into_inner());
+                let meta = recv_meta(s, &mut b)?;
+                Ok(f(&mut b[..meta.len], meta))
+            })
             .await
     }
 

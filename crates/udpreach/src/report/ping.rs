@@ -262,6 +262,12 @@ fn summary_text(report: &PingSummaryReport) -> String {
             trim_pct(s.loss_percent),
             s.elapsed_ms
         ));
+    if s.withheld > 0 {
+        lines.push(format!(
+            "{} replies withheld by the server's rate limit (not counted as loss)",
+            s.withheld
+        ));
+    }
     if let Some(r) = &s.rtt {
         lines.push(format!(
             "rtt min/avg/max/mdev = {}/{}/{}/{} ms",

@@ -4,10 +4,10 @@
 
 use super::mtu::MtuPort;
 use super::test_port::{OpenError, SessionPorts, TestPort};
-use super::{legacy, ServerState};
+use super::{legacy, lock_budget, ServerState};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -68,7 +68,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, state: Arc<ServerState>) {
         drop(permit);
         return;
     }
-    let mut session = Session::new(stream, state.clone());
+    let mut session = Session::new(stream, crate::platform::canonical(peer).ip(), state.clone());
     let admitted = match timeout(hs_timeout, session.handshake(&state.sessions)).await {
         Ok(r) => r,
         Err(_) => Err(anyhow::anyhow!(
@@ -80,8 +80,12 @@ async fn handle(stream: TcpStream, peer: SocketAddr, state: Arc<ServerState>) {
     let result = match admitted {
         Ok(permit) => {
             tracing::info!(%peer, authenticated = session.ports_ctx.key.is_some(), "control session started");
+            // The client asked over TCP: its address gets the session rate.
+            let client = session.ports_ctx.client;
+            lock_budget(&state.budget).session_opened(client, Instant::now());
             let r = session.serve().await;
             session.close_all().await;
+            lock_budget(&state.budget).session_closed(client);
             drop(permit);
             r
         }
@@ -109,18 +113,15 @@ struct Session {
 }
 
 impl Session {
-    fn new(stream: TcpStream, state: Arc<ServerState>) -> Self {
+    fn new(stream: TcpStream, client: std::net::IpAddr, state: Arc<ServerState>) -> Self {
         let rate = TokenBucket::new(state.limits.max_probe_rate, Instant::now());
+        let ports_ctx = SessionPorts::new(rand::random(), rate, client, state.budget.clone());
         Session {
             stream,
             state,
             buf: Vec::with_capacity(4096),
             ports: HashMap::new(),
-            ports_ctx: SessionPorts {
-                token: rand::random(),
-                key: None,
-                rate: Arc::new(Mutex::new(rate)),
-            },
+            ports_ctx,
             opened_total: 0,
             mtu: None,
         }

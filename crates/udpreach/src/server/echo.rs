@@ -8,11 +8,13 @@
 //! own SO_REUSEPORT socket; the kernel keeps a flow on one socket. They share
 //! one responder so per-flow counters and rate limits stay whole.
 
+use super::lock_budget;
 use crate::platform::{self, realtime_ns, UdpOptions};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
+use udpreach_engine::reply_budget::ReplyBudget;
 use udpreach_engine::responder::{Answer, AnswerCounts, EchoPolicy, EchoResponder, Received};
 
 /// How often the echo port logs what it answered and dropped (at info).
@@ -43,18 +45,29 @@ pub fn bind(addr: SocketAddr) -> io::Result<Vec<UdpSocket>> {
 }
 
 /// Starts one worker thread per socket; they run until the process exits.
-pub fn spawn(socks: Vec<UdpSocket>, local: SocketAddr, policy: EchoPolicy) -> io::Result<()> {
+pub fn spawn(
+    socks: Vec<UdpSocket>,
+    local: SocketAddr,
+    policy: EchoPolicy,
+    budget: Arc<Mutex<ReplyBudget>>,
+) -> io::Result<()> {
     let responder = Arc::new(Mutex::new(EchoResponder::new(policy)));
     for (i, sock) in socks.into_iter().enumerate() {
         let responder = responder.clone();
+        let budget = budget.clone();
         std::thread::Builder::new()
             .name(format!("echo-{i}"))
-            .spawn(move || serve(sock, local, &responder))?;
+            .spawn(move || serve(sock, local, &responder, &budget))?;
     }
     Ok(())
 }
 
-fn serve(sock: UdpSocket, local: SocketAddr, responder: &Mutex<EchoResponder>) {
+fn serve(
+    sock: UdpSocket,
+    local: SocketAddr,
+    responder: &Mutex<EchoResponder>,
+    budget: &Mutex<ReplyBudget>,
+) {
     let mut buf = vec![0u8; 65536];
     let mut next_stats = Instant::now() + STATS_EVERY;
     loop {
@@ -78,13 +91,15 @@ fn serve(sock: UdpSocket, local: SocketAddr, responder: &Mutex<EchoResponder>) {
         let data = &mut buf[..meta.len];
         // A poisoned lock means a panic elsewhere; the responder's state is
         // counters and limiters, still safe to use.
+        // Lock order: responder, then budget (the budget is always innermost).
         let mut r = responder.lock().unwrap_or_else(|p| p.into_inner());
-        let answer = r.respond(data, &rx, realtime_ns(), now);
+        let answer = r.respond(data, &rx, realtime_ns(), &mut lock_budget(budget), now);
         let stats = (now >= next_stats).then(|| (r.counts.take(), r.flow_count()));
         drop(r);
         match answer {
             Answer::Reply { len } => {
-                if let Err(e) = sock.send_to(&data[..len], meta.from) {
+                // From the address the request was sent to (IP_PKTINFO).
+                if let Err(e) = platform::send_from(&sock, &data[..len], meta.from, meta.local) {
                     tracing::debug!("echo send to {}: {e}", meta.from);
                 }
             }

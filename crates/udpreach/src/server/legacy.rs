@@ -1,12 +1,16 @@
 //! The seed tool's part-two server protocol, so its clients keep working:
 //! test-bind the port, answer `"available": true` (or the object unchanged),
-//! then echo the first datagram that arrives on the port within 3 s.
+//! then echo the first datagram that arrives on the port within 3 s from
+//! the address the TCP connection came from (nothing else is answered).
+//!
+//! Memory: a legacy port is a socket and a small task; every legacy port
+//! of the server receives into one shared buffer.
 
-use super::ServerState;
-use crate::platform::{AsyncUdp, UdpOptions};
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use super::{lock_budget, ServerState};
+use crate::platform::{canonical, AsyncUdp, UdpOptions};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -14,8 +18,15 @@ use udpreach_wire::legacy::{decode_request, encode_answer};
 
 const LISTEN_FOR: Duration = Duration::from_secs(3);
 
+/// The receive buffer of every legacy port (a datagram may be 64 KiB).
+fn shared_buffer() -> &'static Mutex<Vec<u8>> {
+    static BUFFER: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
+    BUFFER.get_or_init(|| Mutex::new(vec![0u8; 65536]))
+}
+
 pub async fn serve(mut stream: TcpStream, state: &Arc<ServerState>) -> anyhow::Result<()> {
     let ip = stream.local_addr()?.ip();
+    let client = canonical(stream.peer_addr()?).ip();
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -28,9 +39,8 @@ pub async fn serve(mut stream: TcpStream, state: &Arc<ServerState>) -> anyhow::R
                     Ok(sock) => {
                         available = true;
                         let st = state.clone();
-                        let max_datagram = state.limits.max_datagram;
                         tokio::spawn(async move {
-                            echo_first(sock, max_datagram).await;
+                            echo_first(sock, client, &st).await;
                             st.release_ports(1);
                         });
                     }
@@ -47,13 +57,33 @@ pub async fn serve(mut stream: TcpStream, state: &Arc<ServerState>) -> anyhow::R
     }
 }
 
-/// One reply of the same size at most, per port opened over TCP: the seed's
+/// One reply of the same size at most, per port opened over TCP, to the
+/// connection's own address only and within the reply budget: the seed's
 /// behaviour, bounded. (Legacy sessions are refused when the server has a key.)
-async fn echo_first(sock: AsyncUdp, max_datagram: usize) {
-    let mut buf = vec![0u8; 65536];
-    if let Ok(Ok(meta)) = timeout(LISTEN_FOR, sock.recv(&mut buf)).await {
-        if meta.len <= max_datagram {
-            let _ = sock.send_to(&buf[..meta.len], meta.from).await;
+async fn echo_first(sock: AsyncUdp, client: IpAddr, state: &ServerState) {
+    let max_datagram = state.limits.max_datagram;
+    let deadline = tokio::time::Instant::now() + LISTEN_FOR;
+    loop {
+        let received = tokio::time::timeout_at(
+            deadline,
+            sock.recv_in(shared_buffer(), |data, meta| {
+                if meta.from.ip() != client
+                    || state.source_ports.refused(meta.from.port())
+                    || data.len() > max_datagram
+                {
+                    // Not the session's client: ignored, keep listening.
+                    return false;
+                }
+                if lock_budget(&state.budget).allow(client, data.len(), Instant::now()) {
+                    let _ = sock.try_send_to(data, meta.from);
+                }
+                true
+            }),
+        )
+        .await;
+        match received {
+            Ok(Ok(false)) => continue,
+            _ => return,
         }
     }
 }

@@ -12,11 +12,12 @@ use crate::platform;
 use anyhow::Context;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Semaphore;
-use udpreach_engine::responder::EchoPolicy;
+use udpreach_engine::reply_budget::{BudgetRates, ReplyBudget};
+use udpreach_engine::responder::{EchoPolicy, SourcePorts};
 use udpreach_engine::server::{PortPolicy, ServerLimits};
 use udpreach_wire::auth::SharedKey;
 
@@ -31,6 +32,16 @@ pub struct ServerState {
     pub key: Option<SharedKey>,
     /// Test ports open right now, across all sessions.
     pub open_ports: AtomicUsize,
+    /// The per-destination budget every unauthenticated reply draws on.
+    pub budget: Arc<Mutex<ReplyBudget>>,
+    /// Source ports never answered (7, 19, the server's own, 1-1023 by default).
+    pub source_ports: SourcePorts,
+}
+
+/// Locks the reply budget; a panic elsewhere leaves only counters behind,
+/// still safe to use.
+pub fn lock_budget(b: &Mutex<ReplyBudget>) -> MutexGuard<'_, ReplyBudget> {
+    b.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl ServerState {
@@ -112,6 +123,16 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<u8> {
     }
     reserved.sort_unstable();
     reserved.dedup();
+    let source_ports = SourcePorts {
+        own: reserved.clone(),
+        allow_low: args.echo_low_ports,
+    };
+    let budget = Arc::new(Mutex::new(ReplyBudget::new(BudgetRates {
+        pps: args.reply_budget,
+        bytes: args.reply_budget_bytes,
+        session_pps: limits.max_probe_rate,
+        ..BudgetRates::default()
+    })));
 
     let state = Arc::new(ServerState {
         policy: PortPolicy {
@@ -123,6 +144,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<u8> {
         key,
         limits,
         open_ports: AtomicUsize::new(0),
+        budget: budget.clone(),
+        source_ports: source_ports.clone(),
     });
     let echo_desc: Vec<String> = echo_socks.iter().map(|(a, _)| a.to_string()).collect();
     let ctl_desc: Vec<String> = control_listeners
@@ -136,7 +159,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<u8> {
         (None, false) => format!("plain echo up to {}/s per source", l.plain_echo_rate),
     };
     println!(
-        "udpreach server: UDP echo on {}; control on TCP {}; test ports {}; up to {} sessions, {} ports per session, {} in total; {}; probes up to {}/s per session; datagrams up to {} bytes; {}",
+        "udpreach server: UDP echo on {}; control on TCP {}; test ports {}; up to {} sessions, {} ports per session, {} in total; {}; probes up to {}/s per session; unauthenticated replies up to {}/s and {} bytes/s per address; datagrams up to {} bytes; {}",
         echo_desc.join(", "),
         ctl_desc.join(", "),
         state.policy.allowed,
@@ -145,6 +168,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<u8> {
         l.max_total_ports,
         echo_mode,
         l.max_probe_rate,
+        args.reply_budget,
+        args.reply_budget_bytes,
         l.max_datagram,
         if state.key.is_some() { "authentication required" } else { "no authentication (anyone may use it)" },
     );
@@ -154,11 +179,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<u8> {
         plain_echo_rate: l.plain_echo_rate,
         max_probe_rate: l.max_probe_rate,
         max_datagram: l.max_datagram,
+        source_ports,
     };
 
     let mut tasks = Vec::new();
     for (addr, socks) in echo_socks {
-        echo::spawn(socks, addr, echo_policy.clone()).context("cannot start the echo workers")?;
+        echo::spawn(socks, addr, echo_policy.clone(), budget.clone())
+            .context("cannot start the echo workers")?;
     }
     for (_, l) in control_listeners {
         tasks.push(tokio::spawn(control::accept_loop(l, state.clone())));

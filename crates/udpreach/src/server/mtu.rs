@@ -20,6 +20,7 @@
 //! authenticated session probes must carry a valid tag, and acks and
 //! downstream probes carry one.
 
+use super::lock_budget;
 use super::test_port::SessionPorts;
 use crate::platform::errqueue::{self, PmtuMode, QueuedError};
 use crate::platform::{realtime_ns, AsyncUdp, Received, UdpOptions};
@@ -28,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use udpreach_engine::rate::TokenBucket;
+use udpreach_engine::reply_budget::ReplyBudget;
 use udpreach_wire::auth::{DerivedKey, MIN_SEALED_LEN};
 use udpreach_wire::control::{ControlMsg, ErrorCode, MtuSendResult};
 use udpreach_wire::icmp::{IcmpOrigin, IcmpReason};
@@ -55,6 +57,10 @@ pub struct MtuPort {
     key: Option<DerivedKey>,
     v6: bool,
     sent_bytes: u64,
+    /// The server's per-destination reply budget: MTU probes draw on it
+    /// (with or without a key), so what one address can make the server
+    /// send is bounded across all its sessions.
+    budget: Arc<Mutex<ReplyBudget>>,
 }
 
 impl Drop for MtuPort {
@@ -87,6 +93,7 @@ impl MtuPort {
             token: session.token,
             key: session.key.clone(),
             rate: session.rate.clone(),
+            budget: session.budget.clone(),
         };
         let task = tokio::spawn(serve(sock.clone(), shared.clone(), acks));
         Ok(MtuPort {
@@ -97,6 +104,7 @@ impl MtuPort {
             key: session.key.clone(),
             v6: local.is_ipv6(),
             sent_bytes: 0,
+            budget: session.budget.clone(),
         })
     }
 
@@ -184,6 +192,10 @@ impl MtuPort {
                 icmp: None,
             };
             for _ in 0..count {
+                if !lock_budget(&self.budget).allow(client.ip(), datagram.len(), Instant::now()) {
+                    r.error = Some("withheld: over the server's per-address reply budget".into());
+                    continue;
+                }
                 match self.sock.send_to(datagram, client).await {
                     Ok(_) => r.sent += 1,
                     Err(e) => r.error = Some(e.to_string()),
@@ -233,6 +245,7 @@ struct Acks {
     token: u64,
     key: Option<DerivedKey>,
     rate: Arc<Mutex<TokenBucket>>,
+    budget: Arc<Mutex<ReplyBudget>>,
 }
 
 /// Answers the session's MTU probes and keeps the ICMP errors its sends draw.
@@ -249,11 +262,14 @@ async fn serve(sock: Arc<AsyncUdp>, shared: Arc<Mutex<Shared>>, a: Acks) {
                 if a.key.as_ref().is_some_and(|k| k.verify(data).is_err()) {
                     continue;
                 }
+                let now = Instant::now();
                 let allowed = a
                     .rate
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .try_take(Instant::now());
+                    .try_take(now)
+                    // Unauthenticated acks draw on the per-destination budget.
+                    && (a.key.is_some() || lock_budget(&a.budget).allow(a.peer, HEADER_LEN, now));
                 if !allowed {
                     continue;
                 }
@@ -264,6 +280,7 @@ async fn serve(sock: Arc<AsyncUdp>, shared: Arc<Mutex<Shared>>, a: Acks) {
                     flow_count: 0,
                     seen_from: meta.from,
                     seen_ttl: meta.ttl.unwrap_or(0),
+                    withheld: 0,
                 };
                 if let Some(ack) = ack_for(data, a.token, stamp) {
                     lock(&shared).client = Some(meta.from);
