@@ -171,7 +171,9 @@ mod tests {
         assert_eq!(max_mtu(false), 65535);
         assert_eq!(max_mtu(true), 65575);
         // The per-request cap holds four sizes of the largest datagram at the most copies.
-        assert!(4 * u64::from(MAX_COUNT_PER_SIZE) * u64::from(MAX_PAYLOAD_V6) <= MAX_BYTES_PER_SEND);
+        assert!(
+            4 * u64::from(MAX_COUNT_PER_SIZE) * u64::from(MAX_PAYLOAD_V6) <= MAX_BYTES_PER_SEND
+        );
     }
 
     #[test]

@@ -261,6 +261,12 @@ impl AsyncUdp {
         send_now(self.inner.get_ref(), buf, to)
     }
 
+    /// The receive buffer the kernel granted (`SO_RCVBUF`, which counts
+    /// bookkeeping overhead too: Linux reports twice what was asked).
+    pub fn recv_buffer_size(&self) -> io::Result<usize> {
+        socket2::SockRef::from(self.inner.get_ref()).recv_buffer_size()
+    }
+
     /// Changes how Don't Fragment is handled for later sends.
     pub fn set_pmtu_mode(&self, mode: PmtuMode) -> io::Result<()> {
         let v6 = self.local_addr()?.is_ipv6();
