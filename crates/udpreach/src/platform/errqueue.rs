@@ -221,10 +221,17 @@ fn get_int(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<libc:
     }
 }
 
-/// The MTU of the route towards `target`: the interface's MTU, read from
-/// sysfs for the interface that holds the source address the kernel picks
-/// (a cached, possibly stale path MTU would hide a larger one); falling back
-/// to `IP_MTU`/`IPV6_MTU` of a connected socket.
+/// The MTU of the route towards `target`, as the kernel takes it.
+///
+/// Two readings: `IP_MTU`/`IPV6_MTU` of a socket connected to `target` is
+/// the MTU of the route the kernel looked up (loopback's 65536 for the
+/// host's own addresses, which the kernel sends over `lo` whatever
+/// interface holds them), but it is lowered by a cached path MTU that may
+/// be stale; the MTU of the interface holding the source address the kernel
+/// picks is immune to that cache but can be the wrong interface. The larger
+/// of the two is the search's upper bound: a size above what the route
+/// really carries is refused by our own kernel (EMSGSIZE), which the search
+/// reads as "too big", while a bound set too low would hide larger sizes.
 pub fn route_mtu(target: SocketAddr) -> io::Result<u32> {
     let bind: SocketAddr = if target.is_ipv6() {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
@@ -234,16 +241,19 @@ pub fn route_mtu(target: SocketAddr) -> io::Result<u32> {
     let s = UdpSocket::bind(bind)?;
     s.connect(target)?;
     let local = s.local_addr()?.ip();
-    if let Some(mtu) = interface_mtu_of(local) {
-        return Ok(mtu);
-    }
     let (level, name) = if target.is_ipv6() {
         (libc::IPPROTO_IPV6, libc::IPV6_MTU)
     } else {
         (libc::IPPROTO_IP, libc::IP_MTU)
     };
-    let v = get_int(s.as_raw_fd(), level, name)?;
-    u32::try_from(v).map_err(|_| io::Error::other("negative MTU"))
+    let routed = get_int(s.as_raw_fd(), level, name)
+        .ok()
+        .and_then(|v| u32::try_from(v).ok());
+    match (routed, interface_mtu_of(local)) {
+        (Some(r), Some(i)) => Ok(r.max(i)),
+        (Some(m), None) | (None, Some(m)) => Ok(m),
+        (None, None) => Err(io::Error::other("neither IP_MTU nor the interface's MTU")),
+    }
 }
 
 fn interface_mtu_of(ip: IpAddr) -> Option<u32> {
