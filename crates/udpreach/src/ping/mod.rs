@@ -4,7 +4,7 @@ pub mod payload;
 
 use crate::cli::PingArgs;
 use crate::platform::errqueue::QueuedError;
-use crate::platform::{canonical, realtime_ns, AsyncUdp, Received, UdpOptions};
+use crate::platform::{canonical, realtime_ns, AsyncUdp, PreciseTimer, Received, UdpOptions};
 use crate::ports::control::{AuthFailed, ControlClient};
 use crate::report::ping::PingReport;
 use crate::target::{resolve_async, unspecified_for, Family};
@@ -217,6 +217,8 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
         signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
     let mut sigterm =
         signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    // Sub-millisecond intervals need a timer finer than tokio's.
+    let timer = PreciseTimer::new().context("cannot create the send timer")?;
     let mut session = PingSession::new(cfg, Instant::now());
     let mut packet = Vec::with_capacity(args.size);
     // --sport bookkeeping: sockets kept open until their probe's timeout has passed.
@@ -311,10 +313,21 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
                     handle_incoming(&m, target, &builder, &mut session, &report);
                 }
             }
-            _ = tokio::time::sleep_until(wake.into()) => {}
+            _ = timer.sleep_until(wake) => {}
         }
     }
     let summary = session.summary();
+    if let Some(rate) = session.fell_behind() {
+        report.notice(
+            "behind_schedule",
+            json!({"send_rate_pps": rate, "interval_us": args.interval.as_micros() as u64}),
+            &format!(
+                "could not send every {:?}: the achieved rate was {rate:.0} probes/s (asked {:.0}/s)",
+                args.interval,
+                1.0 / args.interval.as_secs_f64()
+            ),
+        );
+    }
     report.summary(&summary, fixed.as_ref().map(|f| f.local), &skipped);
     Ok(if summary.received + summary.late > 0 {
         0

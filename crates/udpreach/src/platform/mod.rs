@@ -327,3 +327,58 @@ pub fn tcp_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     sock.listen(1024)?;
     Ok(sock.into())
 }
+
+/// A timer with the kernel's precision (`timerfd`, CLOCK_MONOTONIC) for
+/// tokio: tokio's own timer wakes on whole milliseconds, which turns a
+/// 100 us send interval into bursts.
+pub struct PreciseTimer {
+    inner: AsyncFd<TimerFdHandle>,
+}
+
+/// `TimerFd` with the `AsRawFd` tokio's `AsyncFd` asks for.
+struct TimerFdHandle(nix::sys::timerfd::TimerFd);
+
+impl AsRawFd for TimerFdHandle {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+impl PreciseTimer {
+    pub fn new() -> io::Result<Self> {
+        use nix::sys::timerfd::{ClockId, TimerFd, TimerFlags};
+        let fd = TimerFd::new(
+            ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+        )?;
+        // SAFETY: the TimerFd owns its fd, which stays open and unchanged for
+        // as long as the AsyncFd (its sole owner) lives.
+        let inner =
+            unsafe { AsyncFd::register_with_interest(TimerFdHandle(fd), Interest::READABLE) }
+                .map_err(io::Error::from)?;
+        Ok(PreciseTimer { inner })
+    }
+
+    /// Waits until `at` (returns at once if it has passed).
+    pub async fn sleep_until(&self, at: std::time::Instant) -> io::Result<()> {
+        use nix::sys::time::TimeSpec;
+        use nix::sys::timerfd::{Expiration, TimerSetTimeFlags};
+        let left = at.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        let timer = &self.inner.get_ref().0;
+        timer.set(
+            Expiration::OneShot(TimeSpec::from_duration(left)),
+            TimerSetTimeFlags::empty(),
+        )?;
+        loop {
+            let mut guard = self.inner.readable().await?;
+            // Reads the expiry count; EAGAIN when not expired yet.
+            match guard.try_io(|fd| fd.get_ref().0.wait().map_err(io::Error::from)) {
+                Ok(r) => return r,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! Ping's clocks: a send schedule that keeps short intervals (each send time
+//! from the start, a timer finer than a millisecond) and RTTs whose two ends
+//! come from the same clock.
+
+mod lab;
+mod util;
+
+use lab::{require_root, Lab};
+use util::*;
+
+#[test]
+fn ping_keeps_a_100us_interval() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::pair();
+    let host = lab.server();
+    let _server = start_server(host, &[]);
+    // 2000 probes at 100 us are 0.2 s of schedule. A schedule that drifts by
+    // the timer's millisecond per probe takes 2 s or more; the bound leaves
+    // a loaded machine 7 times the schedule.
+    let o = udpreach(
+        host,
+        &["ping", "-i", "100us", "-c", "2000", "-q", "--json", "127.0.0.1"],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let s = summary(&o);
+    assert_eq!(s["transmitted"], 2000, "{s}");
+    let elapsed = s["elapsed_ms"].as_f64().unwrap();
+    assert!(elapsed < 1500.0, "2000 probes at 100 us took {elapsed} ms");
+    assert!(s["send_rate_pps"].as_f64().unwrap() > 0.0, "{s}");
+}
