@@ -29,4 +29,14 @@ fn ping_keeps_a_100us_interval() {
     let elapsed = s["elapsed_ms"].as_f64().unwrap();
     assert!(elapsed < 1500.0, "2000 probes at 100 us took {elapsed} ms");
     assert!(s["send_rate_pps"].as_f64().unwrap() > 0.0, "{s}");
+    // 200 at 1 ms: 0.2 s of schedule (a millisecond timer that wakes late
+    // every time once made it 1.7 times that); the bound is generous.
+    let o = udpreach(
+        host,
+        &["ping", "-i", "1ms", "-c", "200", "-q", "--json", "127.0.0.1"],
+    );
+    let s = summary(&o);
+    assert_eq!(s["transmitted"], 200, "{s}");
+    let elapsed = s["elapsed_ms"].as_f64().unwrap();
+    assert!(elapsed < 2000.0, "200 probes at 1 ms took {elapsed} ms");
 }
