@@ -46,6 +46,24 @@ struct Probe {
     sent_at: Instant,
     local_port: Option<u16>,
     state: ProbeState,
+    /// Realtime clock just before the send call, and the kernel's transmit
+    /// timestamp (same clock) when it came.
+    send_call_ns: Option<u64>,
+    kernel_tx_ns: Option<u64>,
+}
+
+/// Which clock readings an RTT came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RttClock {
+    /// The kernel's transmit and receive timestamps: the same clock, taken
+    /// at the same layer (the device), no process wake-up included.
+    Kernel,
+    /// Our process's monotonic clock before the send and after the read:
+    /// what a user-space tool measures, wake-up included.
+    User,
+    /// Some replies had both kernel timestamps, some did not.
+    Mixed,
 }
 
 /// Something the user should see, as it happens.
@@ -128,6 +146,11 @@ pub struct PingSummary {
     /// Source ports (with `--sport`) whose probe got no reply.
     pub silent_source_ports: Vec<u16>,
     pub elapsed_ms: f64,
+    /// Which clock `rtt` (and each reply's rtt) was read from.
+    pub rtt_clock: Option<RttClock>,
+    /// The same replies' RTTs in user space (our send call to our read,
+    /// wake-up included): the figure to compare with user-space tools.
+    pub rtt_user: Option<RttSummary>,
     /// Probes per second actually sent, first send to last (`None` below
     /// two probes); below 1/interval when the machine could not keep up.
     pub send_rate_pps: Option<f64>,
@@ -154,6 +177,10 @@ pub struct PingSession {
     waiting: VecDeque<u64>,
     stopped: bool,
     rtt: RttStats,
+    rtt_user: RttStats,
+    /// Replies whose RTT came from the kernel's timestamps, and from ours.
+    kernel_rtts: u64,
+    user_rtts: u64,
     received: u64,
     duplicates: u64,
     late: u64,
@@ -187,6 +214,9 @@ impl PingSession {
             waiting: VecDeque::new(),
             stopped: false,
             rtt: RttStats::new(),
+            rtt_user: RttStats::new(),
+            kernel_rtts: 0,
+            user_rtts: 0,
             received: 0,
             duplicates: 0,
             late: 0,
@@ -252,6 +282,8 @@ impl PingSession {
             sent_at: now,
             local_port: None,
             state: ProbeState::Waiting,
+            send_call_ns: None,
+            kernel_tx_ns: None,
         });
         if self.probes.len() > HISTORY {
             self.probes.pop_front();
@@ -266,6 +298,21 @@ impl PingSession {
             p.sent_at = sent_at;
             p.local_port = local_port;
             self.waiting.push_back(seq);
+        }
+    }
+
+    /// The realtime clock (ns) read just before the send call: a kernel
+    /// transmit timestamp earlier than this belongs to another datagram.
+    pub fn on_send_call(&mut self, seq: u64, realtime_ns: u64) {
+        if let Some(p) = self.probe_mut(seq) {
+            p.send_call_ns = Some(realtime_ns);
+        }
+    }
+
+    /// The kernel's software transmit timestamp of `seq` (realtime, ns).
+    pub fn on_tx_timestamp(&mut self, seq: u64, kernel_tx_ns: u64) {
+        if let Some(p) = self.probe_mut(seq) {
+            p.kernel_tx_ns = Some(kernel_tx_ns);
         }
     }
 
@@ -285,8 +332,32 @@ impl PingSession {
         now: Instant,
         stamp: Option<ServerStamp>,
     ) -> Option<PingEvent> {
+        self.on_reply_timed(seq, now, None, stamp)
+    }
+
+    /// A reply read at `now` (our clock), which the kernel timestamped at
+    /// `kernel_rx_ns` (realtime). Its RTT is kernel receive minus kernel
+    /// transmit when both exist and agree with our own readings (the
+    /// transmit after our send call, the pair no longer than ours: else two
+    /// clocks disagree, say the realtime clock was stepped); otherwise our
+    /// own send call to our read. So an RTT is never shorter than what the
+    /// datagrams took between the two kernel timestamps.
+    pub fn on_reply_timed(
+        &mut self,
+        seq: u64,
+        now: Instant,
+        kernel_rx_ns: Option<u64>,
+        stamp: Option<ServerStamp>,
+    ) -> Option<PingEvent> {
         let p = *self.probe_mut(seq)?;
-        let rtt = now.saturating_duration_since(p.sent_at);
+        let user = now.saturating_duration_since(p.sent_at);
+        let kernel = match (p.send_call_ns, p.kernel_tx_ns, kernel_rx_ns) {
+            (Some(call), Some(tx), Some(rx)) if call <= tx && tx < rx => {
+                Some(Duration::from_nanos(rx - tx)).filter(|&k| k <= user)
+            }
+            _ => None,
+        };
+        let rtt = kernel.unwrap_or(user);
         let event = match p.state {
             ProbeState::SendFailed => return None,
             ProbeState::Replied | ProbeState::Late => {
@@ -301,6 +372,12 @@ impl PingSession {
             ProbeState::Waiting => {
                 self.received += 1;
                 self.rtt.record(rtt);
+                self.rtt_user.record(user);
+                if kernel.is_some() {
+                    self.kernel_rtts += 1;
+                } else {
+                    self.user_rtts += 1;
+                }
                 self.probe_mut(seq)?.state = ProbeState::Replied;
                 if let Some(pos) = self.waiting.iter().position(|&s| s == seq) {
                     self.waiting.remove(pos);
@@ -505,6 +582,13 @@ impl PingSession {
             port_translated: self.port_translated,
             silent_source_ports: silent,
             elapsed_ms: end.saturating_duration_since(self.start).as_secs_f64() * 1e3,
+            rtt_clock: match (self.kernel_rtts, self.user_rtts) {
+                (0, 0) => None,
+                (_, 0) => Some(RttClock::Kernel),
+                (0, _) => Some(RttClock::User),
+                _ => Some(RttClock::Mixed),
+            },
+            rtt_user: self.rtt_user.summary(),
             send_rate_pps: self.send_rate_pps(),
             schedule_restarts: self.schedule_restarts,
         }
@@ -852,5 +936,53 @@ mod tests {
         let offsets: Vec<Duration> = sent.iter().map(|&t| t - t0).collect();
         assert_eq!(offsets, (0..7).map(|n| ms(10 * n)).collect::<Vec<_>>());
         assert_eq!(s.summary().transmitted, 7);
+    }
+
+    #[test]
+    fn rtt_from_kernel_timestamps_only_when_they_agree_with_ours() {
+        let t0 = Instant::now();
+        let cfg = PingConfig {
+            count: Some(4),
+            interval: ms(1),
+            timeout: ms(1000),
+            deadline: None,
+        };
+        let mut s = PingSession::new(cfg, t0);
+        let base = 1_000_000_000_000u64;
+        let mut now = t0;
+        let mut rtts = Vec::new();
+        for seq in 0..4u64 {
+            while s.poll_send(now).is_none() {
+                now += ms(1);
+            }
+            s.on_sent(seq, now, None);
+            let call = base + seq * 1_000_000;
+            s.on_send_call(seq, call);
+            match seq {
+                // Kernel pair: 40 us on the wire, 300 us for us (wake-up).
+                0 => s.on_tx_timestamp(seq, call + 5_000),
+                // A transmit timestamp from before the send call: not ours.
+                1 => s.on_tx_timestamp(seq, call - 5_000),
+                // No transmit timestamp at all.
+                2 => {}
+                // The realtime clock stepped back: rx before tx.
+                _ => s.on_tx_timestamp(seq, call + 5_000),
+            }
+            let rx = if seq == 3 { call } else { call + 45_000 };
+            let ev = s.on_reply_timed(seq, now + Duration::from_micros(300), Some(rx), None);
+            match ev {
+                Some(PingEvent::Reply { rtt, .. }) => rtts.push(rtt),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(rtts[0], Duration::from_micros(40));
+        // The others fall back to our own clock, never below it.
+        for r in &rtts[1..] {
+            assert_eq!(*r, Duration::from_micros(300));
+        }
+        let sum = s.summary();
+        assert_eq!(sum.rtt_clock, Some(RttClock::Mixed));
+        assert_eq!(sum.rtt_user.unwrap().min_ms, 0.3);
+        assert!((sum.rtt.unwrap().min_ms - 0.04).abs() < 1e-9);
     }
 }

@@ -21,7 +21,16 @@ fn ping_keeps_a_100us_interval() {
     // a loaded machine 7 times the schedule.
     let o = udpreach(
         host,
-        &["ping", "-i", "100us", "-c", "2000", "-q", "--json", "127.0.0.1"],
+        &[
+            "ping",
+            "-i",
+            "100us",
+            "-c",
+            "2000",
+            "-q",
+            "--json",
+            "127.0.0.1",
+        ],
     );
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let s = summary(&o);
@@ -33,10 +42,51 @@ fn ping_keeps_a_100us_interval() {
     // every time once made it 1.7 times that); the bound is generous.
     let o = udpreach(
         host,
-        &["ping", "-i", "1ms", "-c", "200", "-q", "--json", "127.0.0.1"],
+        &[
+            "ping",
+            "-i",
+            "1ms",
+            "-c",
+            "200",
+            "-q",
+            "--json",
+            "127.0.0.1",
+        ],
     );
     let s = summary(&o);
     assert_eq!(s["transmitted"], 200, "{s}");
     let elapsed = s["elapsed_ms"].as_f64().unwrap();
     assert!(elapsed < 2000.0, "200 probes at 1 ms took {elapsed} ms");
+}
+
+#[test]
+fn rtt_across_the_lab_link_comes_from_one_clock_and_is_never_zero() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::pair();
+    let _server = start_server(lab.server(), &[]);
+    let target = format!("{}", lab.server().ip4());
+    let o = udpreach(
+        lab.client(),
+        &[
+            "ping", "-c", "50", "-i", "2ms", "-s", "1400", "--json", &target,
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let s = summary(&o);
+    // Both ends from the kernel's software timestamps (veth stamps transmits).
+    assert_eq!(s["rtt_clock"], "kernel", "{s}");
+    for l in json_lines(&o).iter().filter(|l| l["type"] == "reply") {
+        let rtt = l["rtt_ms"].as_f64().unwrap();
+        // A 1400-byte probe and its echo cannot cross in no time.
+        assert!(rtt > 0.0, "{l}");
+    }
+    // The kernel-to-kernel RTT leaves out our wake-up: never above ours.
+    let kernel = s["rtt"]["min_ms"].as_f64().unwrap();
+    let user = s["rtt_user"]["min_ms"].as_f64().unwrap();
+    assert!(
+        kernel > 0.0 && kernel <= user,
+        "kernel {kernel} ms, user {user} ms"
+    );
 }

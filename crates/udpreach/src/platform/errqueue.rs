@@ -29,6 +29,36 @@ pub struct QueuedError {
     pub kernel_rx: Option<SystemTime>,
 }
 
+/// The kernel's software transmit timestamp of one datagram
+/// (`SO_TIMESTAMPING`), read from the error queue.
+#[derive(Clone, Copy, Debug)]
+pub struct TxTimestamp {
+    /// The socket's count of timestamped sends when this one went out
+    /// (`SOF_TIMESTAMPING_OPT_ID`): 0 for its first send, 1 for the next...
+    pub id: u32,
+    /// When the datagram was handed to the device, realtime clock: the same
+    /// clock and layer as the receive timestamps (`SO_TIMESTAMPNS`).
+    pub at: SystemTime,
+}
+
+/// One entry of the error queue: an ICMP (or local) error, or a transmit timestamp.
+pub(super) enum ErrQueueEntry {
+    Error(QueuedError),
+    Sent(TxTimestamp),
+}
+
+/// Asks for a software transmit timestamp of every datagram sent, queued on
+/// the error queue with an id and no copy of the datagram.
+pub fn enable_tx_timestamps(sock: &impl AsFd) -> io::Result<()> {
+    use nsock::TimestampingFlag as F;
+    let flags = F::SOF_TIMESTAMPING_SOFTWARE
+        | F::SOF_TIMESTAMPING_TX_SOFTWARE
+        | F::SOF_TIMESTAMPING_OPT_ID
+        | F::SOF_TIMESTAMPING_OPT_TSONLY;
+    nsock::setsockopt(sock, sockopt::Timestamping, &flags)?;
+    Ok(())
+}
+
 /// Turns on `IP_RECVERR` (or `IPV6_RECVERR`). From then on the socket must be
 /// read with [`recv_error`] too: queued errors count against the receive
 /// buffer, so an undrained queue would starve normal datagrams.
@@ -61,12 +91,12 @@ pub fn is_deferred_icmp_errno(e: &io::Error) -> bool {
     )
 }
 
-/// Reads one queued error without blocking (`WouldBlock` when the queue is empty).
-pub fn recv_error(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<QueuedError> {
+/// Reads one queued entry without blocking (`WouldBlock` when the queue is empty).
+pub(super) fn recv_error(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<ErrQueueEntry> {
     recv_error_fd(sock.as_fd().as_raw_fd(), buf)
 }
 
-fn recv_error_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<QueuedError> {
+fn recv_error_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<ErrQueueEntry> {
     // The extended error with the offender's address, plus the TTL and
     // timestamp messages the socket also asked for.
     let mut cmsg = nix::cmsg_space!(
@@ -74,6 +104,7 @@ fn recv_error_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<QueuedError> {
         libc::sockaddr_in6,
         libc::c_int,
         nix::sys::time::TimeSpec,
+        nsock::Timestamps,
         [u8; 64]
     );
     let mut iov = [IoSliceMut::new(buf)];
@@ -88,9 +119,21 @@ fn recv_error_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<QueuedError> {
     let dest = msg.address.as_ref().and_then(to_socket_addr).map(canonical);
     let mut error = None;
     let mut kernel_rx = None;
+    let mut sent: Option<u32> = None;
+    let mut tx_at = None;
     if let Ok(cmsgs) = msg.cmsgs() {
         for c in cmsgs {
             match c {
+                ControlMessageOwned::Ipv4RecvErr(ee, _)
+                | ControlMessageOwned::Ipv6RecvErr(ee, _)
+                    if ee.ee_origin == libc::SO_EE_ORIGIN_TIMESTAMPING =>
+                {
+                    sent = Some(ee.ee_data);
+                }
+                ControlMessageOwned::ScmTimestampsns(ts) => {
+                    let d = Duration::new(ts.system.tv_sec() as u64, ts.system.tv_nsec() as u32);
+                    tx_at = Some(UNIX_EPOCH + d);
+                }
                 ControlMessageOwned::Ipv4RecvErr(ee, offender) => {
                     let from = offender.map(|sa| {
                         IpAddr::V4(std::net::Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)))
@@ -115,14 +158,18 @@ fn recv_error_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<QueuedError> {
             }
         }
     }
+    if let Some(id) = sent {
+        let at = tx_at.ok_or_else(|| io::Error::other("transmit timestamp without a time"))?;
+        return Ok(ErrQueueEntry::Sent(TxTimestamp { id, at }));
+    }
     let error =
         error.ok_or_else(|| io::Error::other("error-queue message without an extended error"))?;
-    Ok(QueuedError {
+    Ok(ErrQueueEntry::Error(QueuedError {
         error,
         dest,
         quoted: iov[0][..len.min(iov[0].len())].to_vec(),
         kernel_rx,
-    })
+    }))
 }
 
 fn convert(ee: &libc::sock_extended_err, from: Option<IpAddr>) -> IcmpError {

@@ -8,7 +8,7 @@
 
 pub mod errqueue;
 
-use errqueue::{PmtuMode, QueuedError};
+use errqueue::{ErrQueueEntry, PmtuMode, QueuedError, TxTimestamp};
 use nix::sys::socket::{self as nsock, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io::{self, IoSliceMut};
@@ -33,6 +33,9 @@ pub struct UdpOptions {
     pub recv_buffer: Option<usize>,
     /// SO_REUSEPORT: several sockets (one per echo worker) share one address.
     pub reuse_port: bool,
+    /// Software transmit timestamps (`SO_TIMESTAMPING`); read them with
+    /// [`AsyncUdp::recv_timed`]. Best effort: a kernel without them gives none.
+    pub tx_timestamps: bool,
 }
 
 /// What `recvmsg` told us beside the bytes.
@@ -110,6 +113,11 @@ pub fn udp_socket(bind: SocketAddr, opts: &UdpOptions) -> io::Result<UdpSocket> 
     if opts.recv_errors {
         errqueue::enable_recv_errors(&sock, v6)?;
     }
+    if opts.tx_timestamps {
+        if let Err(e) = errqueue::enable_tx_timestamps(&sock) {
+            tracing::debug!("no transmit timestamps: {e}");
+        }
+    }
     if let Some(bytes) = opts.recv_buffer {
         // Beyond net.core.rmem_max only with CAP_NET_ADMIN (RCVBUFFORCE); else best effort.
         if nsock::setsockopt(&sock, sockopt::RcvBufForce, &bytes).is_err() {
@@ -137,7 +145,12 @@ pub fn recv_meta_wait(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<RecvMeta> 
 }
 
 fn recvmsg_meta(sock: &UdpSocket, buf: &mut [u8], flags: MsgFlags) -> io::Result<RecvMeta> {
-    let mut cmsg = nix::cmsg_space!(libc::c_int, nix::sys::time::TimeSpec, [u8; 64]);
+    let mut cmsg = nix::cmsg_space!(
+        libc::c_int,
+        nix::sys::time::TimeSpec,
+        nsock::Timestamps,
+        [u8; 64]
+    );
     let mut iov = [IoSliceMut::new(buf)];
     let msg = nsock::recvmsg::<SockaddrStorage>(
         sock.as_fd().as_raw_fd(),
@@ -181,20 +194,41 @@ pub enum Received {
     Error(QueuedError),
 }
 
+/// What [`AsyncUdp::recv_timed`] delivers: as [`Received`], or the transmit
+/// timestamp of a datagram we sent.
+#[derive(Debug)]
+pub enum ReceivedOrSent {
+    Received(Received),
+    Sent(TxTimestamp),
+}
+
 /// Reads the error queue first, then a datagram; `WouldBlock` when neither is there.
-fn recv_any_now(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
+fn recv_timed_now(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<ReceivedOrSent> {
     // Bounded: each round either returns or consumed one deferred error.
     for _ in 0..8 {
         match errqueue::recv_error(sock, buf) {
-            Ok(e) => return Ok(Received::Error(e)),
+            Ok(ErrQueueEntry::Error(e)) => return Ok(ReceivedOrSent::Received(Received::Error(e))),
+            Ok(ErrQueueEntry::Sent(t)) => return Ok(ReceivedOrSent::Sent(t)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }
         match recv_meta(sock, buf) {
-            Ok(m) => return Ok(Received::Datagram(m)),
+            Ok(m) => return Ok(ReceivedOrSent::Received(Received::Datagram(m))),
             // The pending error of an ICMP message now in the queue: read it next.
             Err(e) if errqueue::is_deferred_icmp_errno(&e) => continue,
             Err(e) => return Err(e),
+        }
+    }
+    Err(io::ErrorKind::WouldBlock.into())
+}
+
+/// [`recv_timed_now`] for sockets that do not ask for transmit timestamps
+/// (any that arrive anyway are skipped).
+fn recv_any_now(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
+    for _ in 0..8 {
+        match recv_timed_now(sock, buf)? {
+            ReceivedOrSent::Received(r) => return Ok(r),
+            ReceivedOrSent::Sent(_) => continue,
         }
     }
     Err(io::ErrorKind::WouldBlock.into())
@@ -240,6 +274,21 @@ impl AsyncUdp {
                 .ready(Interest::READABLE | Interest::ERROR)
                 .await?;
             match recv_any_now(self.inner.get_ref(), buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
+                r => return r,
+            }
+        }
+    }
+
+    /// [`Self::recv_any`], plus the transmit timestamps of a socket opened
+    /// with `tx_timestamps`.
+    pub async fn recv_timed(&self, buf: &mut [u8]) -> io::Result<ReceivedOrSent> {
+        loop {
+            let mut guard = self
+                .inner
+                .ready(Interest::READABLE | Interest::ERROR)
+                .await?;
+            match recv_timed_now(self.inner.get_ref(), buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
                 r => return r,
             }
