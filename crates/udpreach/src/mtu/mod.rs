@@ -8,6 +8,11 @@
 //! capability) the echo port gives one round-trip answer. Then datagrams
 //! larger than the path MTU are sent without DF, to see whether fragments
 //! pass.
+//!
+//! Our own limits must never look like the network's: probes go out paced
+//! ([`WINDOW_BYTES`] on the way at once), downstream requests are split to
+//! what our receive buffer holds, and the search never asks for more than a
+//! UDP datagram of the family can carry.
 
 use crate::cli::MtuArgs;
 use crate::platform::errqueue::{self, PmtuMode, QueuedError};
