@@ -16,9 +16,11 @@ fn ping_keeps_a_100us_interval() {
     let lab = Lab::pair();
     let host = lab.server();
     let _server = start_server(host, &[]);
-    // 2000 probes at 100 us are 0.2 s of schedule. A schedule that drifts by
-    // the timer's millisecond per probe takes 2 s or more; the bound leaves
-    // a loaded machine 7 times the schedule.
+    // 2000 probes at 100 us are 0.2 s of schedule. No timed assertion on a
+    // noisy machine beyond a generous bound (7 times the schedule): that the
+    // schedule itself is exact is the engine's test
+    // (`the_schedule_does_not_drift_with_a_coarse_timer`); this one checks
+    // the driver sends every probe and finishes.
     let o = udpreach(
         host,
         &[
@@ -38,8 +40,8 @@ fn ping_keeps_a_100us_interval() {
     let elapsed = s["elapsed_ms"].as_f64().unwrap();
     assert!(elapsed < 1500.0, "2000 probes at 100 us took {elapsed} ms");
     assert!(s["send_rate_pps"].as_f64().unwrap() > 0.0, "{s}");
-    // 200 at 1 ms: 0.2 s of schedule (a millisecond timer that wakes late
-    // every time once made it 1.7 times that); the bound is generous.
+    // 200 at 1 ms: 0.2 s of schedule (the drifting schedule took 1.7 times
+    // that: docs/PERFORMANCE.md); the bound is generous.
     let o = udpreach(
         host,
         &[
