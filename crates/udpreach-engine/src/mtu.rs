@@ -10,7 +10,12 @@
 //!
 //! Loss must not shrink the answer: a silent failure is only trusted when it
 //! happened in two rounds (or when a smaller size failed by ICMP), and any
-//! larger size that arrives overrules it. Sizes here are IP packet bytes
+//! larger size that arrives overrules it. Before a silent limit is reported
+//! it is probed once more together with the largest size that crossed
+//! (repetition): if that size now goes missing too, the path loses datagrams
+//! of sizes it carries, and the search says it could not tell where the
+//! limit is ([`MtuEvidence::Inconclusive`]) instead of calling a black hole.
+//! Sizes here are IP packet bytes
 //! (the MTU); the driver converts to UDP payload with
 //! `udpreach_wire::mtu::payload_size`.
 
@@ -49,6 +54,11 @@ pub enum MtuEvidence {
     Silence,
     /// Nothing on the path is smaller than the sending interface.
     Interface,
+    /// Larger probes vanished without any ICMP error, but so did, on
+    /// repetition, a size that had crossed: the path (or the far end) loses
+    /// datagrams it can carry, so where the limit is could not be told. The
+    /// MTU reported is only the largest size seen to cross.
+    Inconclusive,
 }
 
 /// One direction's answer.
@@ -85,6 +95,11 @@ pub struct MtuSearch {
     rounds: u32,
     probes: u64,
     done: bool,
+    /// The silent limit last re-checked, and the sizes of that check round.
+    verified: Option<u32>,
+    verifying: Option<(u32, u32)>,
+    /// A size that had crossed went missing when re-checked.
+    inconclusive: bool,
 }
 
 impl MtuSearch {
@@ -107,6 +122,9 @@ impl MtuSearch {
             rounds: 0,
             probes: 0,
             done: false,
+            verified: None,
+            verifying: None,
+            inconclusive: false,
         }
     }
 
@@ -186,8 +204,17 @@ impl MtuSearch {
         };
         let hi = self.suspected_limit();
         if hi <= lo + 1 {
-            if hi == self.confirmed_limit() || hi > self.ceiling {
-                return Vec::new(); // converged
+            if hi > self.ceiling || self.failed.get(&hi).is_some_and(|f| f.icmp) {
+                return Vec::new(); // converged on an error or the interface
+            }
+            if hi == self.confirmed_limit() {
+                if self.verified == Some(hi) {
+                    return Vec::new(); // converged, and the silence held on repetition
+                }
+                // Converged on silence alone: both sides of the limit once more.
+                self.verified = Some(hi);
+                self.verifying = Some((lo, hi));
+                return vec![lo, hi];
             }
             return vec![hi]; // the boundary failed once: was it loss?
         }
@@ -260,6 +287,12 @@ impl MtuSearch {
             .is_some_and(|r| r.iter().all(|s| self.answered.contains(s)))
     }
 
+    /// Whether `mtu` is in the current round and still waits for an answer
+    /// (its remaining repeats are worth sending).
+    pub fn awaits(&self, mtu: u32) -> bool {
+        self.round.as_ref().is_some_and(|r| r.contains(&mtu)) && !self.answered.contains(&mtu)
+    }
+
     /// Sizes of the current round still waiting for an answer.
     pub fn unanswered(&self) -> Vec<u32> {
         self.round.as_ref().map_or_else(Vec::new, |r| {
@@ -275,6 +308,11 @@ impl MtuSearch {
         let Some(sizes) = self.round.take() else {
             return;
         };
+        if let Some((lo, _)) = self.verifying.take() {
+            if !self.answered.contains(&lo) {
+                self.inconclusive = true;
+            }
+        }
         for s in sizes {
             if !self.answered.contains(&s) && self.passed.is_none_or(|p| s > p) {
                 self.failed.entry(s).or_default().silent_rounds += 1;
@@ -297,6 +335,8 @@ impl MtuSearch {
             {
                 let (from, mtu) = self.icmp.unwrap_or((None, None));
                 MtuEvidence::Icmp { from, mtu }
+            } else if self.inconclusive {
+                MtuEvidence::Inconclusive
             } else {
                 MtuEvidence::Silence
             }
@@ -314,7 +354,7 @@ impl MtuSearch {
 /// MTU: one just over it (two fragments) and one about three times it
 /// (three or four), capped at the largest datagram.
 pub fn fragment_test_sizes(mtu: u32, v6: bool) -> Vec<u32> {
-    let max = if v6 { 65527 } else { 65507 };
+    let max = udpreach_wire::mtu::max_payload(v6);
     let payload = udpreach_wire::mtu::payload_size(mtu, v6);
     let mut v = vec![(payload + 200).min(max), (payload * 3).min(max)];
     v.dedup();
@@ -581,5 +621,62 @@ mod tests {
             "converged: 1400 passed, 1401+ too big"
         );
         assert_eq!(s.result().mtu, Some(1400));
+    }
+
+    /// Runs a search where `crosses(size, round)` says whether a size's
+    /// probes arrive in a round (no ICMP ever: silence is all there is).
+    fn scripted(crosses: impl Fn(u32, u32) -> bool) -> (MtuResult, Vec<Vec<u32>>) {
+        let mut s = MtuSearch::new(MtuSearchConfig {
+            min_mtu: 1280,
+            max_mtu: 1500,
+            probes_per_size: 3,
+            sizes_per_round: 4,
+        });
+        let mut rounds = Vec::new();
+        while let Some(sizes) = s.next_round() {
+            let round = rounds.len() as u32 + 1;
+            for &m in &sizes {
+                if crosses(m, round) {
+                    s.on_pass(m);
+                }
+            }
+            rounds.push(sizes);
+            s.end_round();
+        }
+        (s.result(), rounds)
+    }
+
+    #[test]
+    fn a_silent_limit_is_probed_again_before_it_is_reported() {
+        let (r, rounds) = scripted(|m, _| m <= 1400);
+        assert_eq!(r.mtu, Some(1400));
+        assert_eq!(r.evidence, Some(MtuEvidence::Silence));
+        assert_eq!(rounds.last().unwrap(), &vec![1400, 1401], "{rounds:?}");
+    }
+
+    #[test]
+    fn a_size_that_crossed_and_then_vanished_means_could_not_tell() {
+        // Sizes above 1300 cross in the first rounds, then nothing large does
+        // (a far end whose buffers fill up, say): no black hole claimed.
+        let (r, rounds) = scripted(|m, round| m <= 1300 || (m <= 1400 && round <= 3));
+        assert_eq!(r.evidence, Some(MtuEvidence::Inconclusive), "{rounds:?}");
+        assert!(r.mtu.is_some_and(|m| m >= 1300));
+    }
+
+    #[test]
+    fn a_limit_that_crosses_when_repeated_reopens_the_search() {
+        // 1401 and above vanish until the re-check, then cross: lost, not too big.
+        let verify_round = scripted(|m, _| m <= 1400).1.len() as u32;
+        let (r, _) = scripted(|m, round| m <= 1400 || round >= verify_round);
+        assert_eq!(r.mtu, Some(1500));
+        assert_eq!(r.evidence, Some(MtuEvidence::Interface));
+    }
+
+    #[test]
+    fn search_limits_of_the_families() {
+        // What the driver gets as the largest size: never above what a UDP datagram can be.
+        let v4 = fragment_test_sizes(65535, false);
+        assert_eq!(v4, vec![65507]);
+        assert_eq!(fragment_test_sizes(65575, true), vec![65527]);
     }
 }

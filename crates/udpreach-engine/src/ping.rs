@@ -12,6 +12,12 @@ use udpreach_wire::ServerStamp;
 /// How many recent probes keep their state; older replies are ignored. Bounds
 /// memory for a ping left running for days at a short interval.
 const HISTORY: usize = 1 << 20;
+/// How far behind its schedule sending may fall and still catch up by
+/// sending what is due at once. A timer that wakes a little late (tokio's
+/// has 1 ms granularity, so a 100 us interval is met in bursts of about ten)
+/// is caught up; after a longer stall the schedule restarts from then, so
+/// no burst is ever larger than this much of the schedule.
+const MAX_CATCH_UP: Duration = Duration::from_millis(20);
 
 #[derive(Clone, Debug)]
 pub struct PingConfig {
@@ -40,6 +46,24 @@ struct Probe {
     sent_at: Instant,
     local_port: Option<u16>,
     state: ProbeState,
+    /// Realtime clock just before the send call, and the kernel's transmit
+    /// timestamp (same clock) when it came.
+    send_call_ns: Option<u64>,
+    kernel_tx_ns: Option<u64>,
+}
+
+/// Which clock readings an RTT came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RttClock {
+    /// The kernel's transmit and receive timestamps: the same clock, taken
+    /// at the same layer (the device), no process wake-up included.
+    Kernel,
+    /// Our process's monotonic clock before the send and after the read:
+    /// what a user-space tool measures, wake-up included.
+    User,
+    /// Some replies had both kernel timestamps, some did not.
+    Mixed,
 }
 
 /// Something the user should see, as it happens.
@@ -126,12 +150,29 @@ pub struct PingSummary {
     /// Source ports (with `--sport`) whose probe got no reply.
     pub silent_source_ports: Vec<u16>,
     pub elapsed_ms: f64,
+    /// Which clock `rtt` (and each reply's rtt) was read from.
+    pub rtt_clock: Option<RttClock>,
+    /// The same replies' RTTs in user space (our send call to our read,
+    /// wake-up included): the figure to compare with user-space tools.
+    pub rtt_user: Option<RttSummary>,
+    /// Probes per second actually sent, first send to last (`None` below
+    /// two probes); below 1/interval when the machine could not keep up.
+    pub send_rate_pps: Option<f64>,
+    /// Times sending fell more than 20 ms behind its schedule, which then
+    /// restarted from that moment.
+    pub schedule_restarts: u64,
 }
 
 pub struct PingSession {
     cfg: PingConfig,
     start: Instant,
     next_send: Option<Instant>,
+    /// The schedule: probe `schedule.1 + n` is due at `schedule.0 + n * interval`.
+    schedule: (Instant, u64),
+    schedule_restarts: u64,
+    /// When the first and the latest probe were due to go out (poll time).
+    first_send: Option<Instant>,
+    last_send: Option<Instant>,
     next_seq: u64,
     /// Probe states for seqs `base..next_seq`.
     probes: VecDeque<Probe>,
@@ -140,6 +181,10 @@ pub struct PingSession {
     waiting: VecDeque<u64>,
     stopped: bool,
     rtt: RttStats,
+    rtt_user: RttStats,
+    /// Replies whose RTT came from the kernel's timestamps, and from ours.
+    kernel_rtts: u64,
+    user_rtts: u64,
     received: u64,
     duplicates: u64,
     late: u64,
@@ -166,12 +211,19 @@ impl PingSession {
             cfg,
             start: now,
             next_send: Some(now),
+            schedule: (now, 0),
+            schedule_restarts: 0,
+            first_send: None,
+            last_send: None,
             next_seq: 0,
             probes: VecDeque::new(),
             base: 0,
             waiting: VecDeque::new(),
             stopped: false,
             rtt: RttStats::new(),
+            rtt_user: RttStats::new(),
+            kernel_rtts: 0,
+            user_rtts: 0,
             received: 0,
             duplicates: 0,
             late: 0,
@@ -217,17 +269,30 @@ impl PingSession {
             return None;
         }
         let seq = self.next_seq;
-        self.next_seq += 1;
-        // Drift-free schedule, but never a burst to catch up after a stall.
-        let mut next = due + self.cfg.interval;
-        if next <= now {
-            next = now + self.cfg.interval;
+        if now.saturating_duration_since(due) > MAX_CATCH_UP {
+            // Stalled: start the schedule anew rather than burst to catch up.
+            self.schedule = (now, seq);
+            self.schedule_restarts += 1;
         }
-        self.next_send = Some(next);
+        self.next_seq += 1;
+        // Each send time from the schedule's start, never from the last
+        // send: a late wake-up does not push every later probe back.
+        let n = self.next_seq - self.schedule.1;
+        let offset =
+            u64::try_from(self.cfg.interval.as_nanos() * u128::from(n)).unwrap_or(u64::MAX);
+        self.next_send = self.schedule.0.checked_add(Duration::from_nanos(offset));
+        if let Some(at) = self.next_send.filter(|_| n >= 1 << 20) {
+            // Rebased on an exact due time (no drift), so the product stays small.
+            self.schedule = (at, self.next_seq);
+        }
+        self.first_send.get_or_insert(now);
+        self.last_send = Some(now);
         self.probes.push_back(Probe {
             sent_at: now,
             local_port: None,
             state: ProbeState::Waiting,
+            send_call_ns: None,
+            kernel_tx_ns: None,
         });
         if self.probes.len() > HISTORY {
             self.probes.pop_front();
@@ -242,6 +307,21 @@ impl PingSession {
             p.sent_at = sent_at;
             p.local_port = local_port;
             self.waiting.push_back(seq);
+        }
+    }
+
+    /// The realtime clock (ns) read just before the send call: a kernel
+    /// transmit timestamp earlier than this belongs to another datagram.
+    pub fn on_send_call(&mut self, seq: u64, realtime_ns: u64) {
+        if let Some(p) = self.probe_mut(seq) {
+            p.send_call_ns = Some(realtime_ns);
+        }
+    }
+
+    /// The kernel's software transmit timestamp of `seq` (realtime, ns).
+    pub fn on_tx_timestamp(&mut self, seq: u64, kernel_tx_ns: u64) {
+        if let Some(p) = self.probe_mut(seq) {
+            p.kernel_tx_ns = Some(kernel_tx_ns);
         }
     }
 
@@ -261,8 +341,32 @@ impl PingSession {
         now: Instant,
         stamp: Option<ServerStamp>,
     ) -> Option<PingEvent> {
+        self.on_reply_timed(seq, now, None, stamp)
+    }
+
+    /// A reply read at `now` (our clock), which the kernel timestamped at
+    /// `kernel_rx_ns` (realtime). Its RTT is kernel receive minus kernel
+    /// transmit when both exist and agree with our own readings (the
+    /// transmit after our send call, the pair no longer than ours: else two
+    /// clocks disagree, say the realtime clock was stepped); otherwise our
+    /// own send call to our read. So an RTT is never shorter than what the
+    /// datagrams took between the two kernel timestamps.
+    pub fn on_reply_timed(
+        &mut self,
+        seq: u64,
+        now: Instant,
+        kernel_rx_ns: Option<u64>,
+        stamp: Option<ServerStamp>,
+    ) -> Option<PingEvent> {
         let p = *self.probe_mut(seq)?;
-        let rtt = now.saturating_duration_since(p.sent_at);
+        let user = now.saturating_duration_since(p.sent_at);
+        let kernel = match (p.send_call_ns, p.kernel_tx_ns, kernel_rx_ns) {
+            (Some(call), Some(tx), Some(rx)) if call <= tx && tx < rx => {
+                Some(Duration::from_nanos(rx - tx)).filter(|&k| k <= user)
+            }
+            _ => None,
+        };
+        let rtt = kernel.unwrap_or(user);
         if let (Some(s), false) = (stamp, p.state == ProbeState::SendFailed) {
             self.count_withheld(s);
         }
@@ -280,6 +384,12 @@ impl PingSession {
             ProbeState::Waiting => {
                 self.received += 1;
                 self.rtt.record(rtt);
+                self.rtt_user.record(user);
+                if kernel.is_some() {
+                    self.kernel_rtts += 1;
+                } else {
+                    self.user_rtts += 1;
+                }
                 self.probe_mut(seq)?.state = ProbeState::Replied;
                 if let Some(pos) = self.waiting.iter().position(|&s| s == seq) {
                     self.waiting.remove(pos);
@@ -417,6 +527,20 @@ impl PingSession {
         done
     }
 
+    /// Probes per second sent so far, first to latest (`None` below two).
+    pub fn send_rate_pps(&self) -> Option<f64> {
+        let (first, last) = (self.first_send?, self.last_send?);
+        let span = last.saturating_duration_since(first).as_secs_f64();
+        (self.next_seq >= 2 && span > 0.0).then(|| (self.next_seq - 1) as f64 / span)
+    }
+
+    /// The achieved send rate when it fell more than 10% short of the
+    /// interval's (the machine could not keep up), else `None`.
+    pub fn fell_behind(&self) -> Option<f64> {
+        let asked = 1.0 / self.cfg.interval.as_secs_f64();
+        self.send_rate_pps().filter(|&r| r < asked * 0.9)
+    }
+
     pub fn transmitted(&self) -> u64 {
         self.next_seq - self.send_errors
     }
@@ -489,6 +613,15 @@ impl PingSession {
             port_translated: self.port_translated,
             silent_source_ports: silent,
             elapsed_ms: end.saturating_duration_since(self.start).as_secs_f64() * 1e3,
+            rtt_clock: match (self.kernel_rtts, self.user_rtts) {
+                (0, 0) => None,
+                (_, 0) => Some(RttClock::Kernel),
+                (0, _) => Some(RttClock::User),
+                _ => Some(RttClock::Mixed),
+            },
+            rtt_user: self.rtt_user.summary(),
+            send_rate_pps: self.send_rate_pps(),
+            schedule_restarts: self.schedule_restarts,
         }
     }
 }
@@ -775,5 +908,158 @@ mod tests {
         let later = t0 + ms(1000);
         assert_eq!(s.poll_send(later), Some(1));
         assert_eq!(s.poll_send(later), None);
+    }
+
+    /// A driver whose timer wakes `late` after each wake-up it asks for
+    /// (tokio's 1 ms granularity, say), answering nothing.
+    fn drive(
+        cfg: PingConfig,
+        late: Duration,
+        mut stall_at: Option<(u64, Duration)>,
+    ) -> (PingSession, Vec<Instant>, Instant) {
+        let t0 = Instant::now();
+        let mut s = PingSession::new(cfg, t0);
+        let mut now = t0;
+        let mut sent = Vec::new();
+        for _ in 0..1_000_000 {
+            while let Some(seq) = s.poll_send(now) {
+                sent.push(now);
+                s.on_sent(seq, now, None);
+                // Replies come at once: only the schedule matters here.
+                s.on_reply(seq, now, None);
+                if let Some((at, d)) = stall_at.filter(|&(at, _)| at == seq) {
+                    let _ = at;
+                    now += d;
+                    stall_at = None;
+                }
+            }
+            if s.is_done(now) {
+                break;
+            }
+            let Some(wake) = s.next_wakeup() else { break };
+            now = now.max(wake) + late;
+        }
+        (s, sent, t0)
+    }
+
+    #[test]
+    fn the_schedule_does_not_drift_with_a_coarse_timer() {
+        // 100 us interval, timer that wakes 1 ms late every time: 1000
+        // probes still leave within 100 ms (+ one late wake-up).
+        let cfg = PingConfig {
+            count: Some(1000),
+            interval: Duration::from_micros(100),
+            timeout: ms(1000),
+            deadline: None,
+        };
+        let (s, sent, t0) = drive(cfg, ms(1), None);
+        assert_eq!(sent.len(), 1000);
+        let last = *sent.last().unwrap() - t0;
+        assert!(last <= ms(101), "last probe at {last:?}");
+        // No probe goes out before its time: seq n at or after n x 100 us.
+        for (n, at) in sent.iter().enumerate() {
+            assert!(*at - t0 >= Duration::from_micros(100) * n as u32, "seq {n}");
+        }
+        let sum = s.summary();
+        assert_eq!(sum.transmitted, 1000);
+        assert_eq!(sum.schedule_restarts, 0);
+        let rate = sum.send_rate_pps.unwrap();
+        assert!(rate > 9000.0, "{rate}");
+        assert_eq!(s.fell_behind(), None);
+        // 1 ms interval, a timer 0.76 ms late (the 1.76 s per 1000 once seen).
+        let cfg = PingConfig {
+            count: Some(1000),
+            interval: ms(1),
+            timeout: ms(1000),
+            deadline: None,
+        };
+        let (_, sent, t0) = drive(cfg, Duration::from_micros(760), None);
+        assert!(
+            *sent.last().unwrap() - t0 <= ms(1000),
+            "{:?}",
+            *sent.last().unwrap() - t0
+        );
+    }
+
+    #[test]
+    fn a_stall_restarts_the_schedule_without_a_burst_and_is_reported() {
+        let cfg = PingConfig {
+            count: Some(100),
+            interval: ms(1),
+            timeout: ms(1000),
+            deadline: None,
+        };
+        // A 500 ms stall after seq 10: no burst of 500 probes to catch up.
+        let (s, sent, _) = drive(cfg, Duration::ZERO, Some((10, ms(500))));
+        assert_eq!(sent.len(), 100);
+        let burst = sent.windows(2).filter(|w| w[0] == w[1]).count();
+        assert!(burst <= 1, "{burst} probes sent back to back");
+        let sum = s.summary();
+        assert_eq!(sum.schedule_restarts, 1);
+        let rate = s.fell_behind().expect("fell behind");
+        assert!(rate < 900.0 && rate > 100.0, "{rate}");
+        assert_eq!(sum.send_rate_pps, Some(rate));
+    }
+
+    #[test]
+    fn count_is_exact_and_each_send_is_due_from_the_start() {
+        let cfg = PingConfig {
+            count: Some(7),
+            interval: ms(10),
+            timeout: ms(100),
+            deadline: None,
+        };
+        let (s, sent, t0) = drive(cfg, Duration::ZERO, None);
+        let offsets: Vec<Duration> = sent.iter().map(|&t| t - t0).collect();
+        assert_eq!(offsets, (0..7).map(|n| ms(10 * n)).collect::<Vec<_>>());
+        assert_eq!(s.summary().transmitted, 7);
+    }
+
+    #[test]
+    fn rtt_from_kernel_timestamps_only_when_they_agree_with_ours() {
+        let t0 = Instant::now();
+        let cfg = PingConfig {
+            count: Some(4),
+            interval: ms(1),
+            timeout: ms(1000),
+            deadline: None,
+        };
+        let mut s = PingSession::new(cfg, t0);
+        let base = 1_000_000_000_000u64;
+        let mut now = t0;
+        let mut rtts = Vec::new();
+        for seq in 0..4u64 {
+            while s.poll_send(now).is_none() {
+                now += ms(1);
+            }
+            s.on_sent(seq, now, None);
+            let call = base + seq * 1_000_000;
+            s.on_send_call(seq, call);
+            match seq {
+                // Kernel pair: 40 us on the wire, 300 us for us (wake-up).
+                0 => s.on_tx_timestamp(seq, call + 5_000),
+                // A transmit timestamp from before the send call: not ours.
+                1 => s.on_tx_timestamp(seq, call - 5_000),
+                // No transmit timestamp at all.
+                2 => {}
+                // The realtime clock stepped back: rx before tx.
+                _ => s.on_tx_timestamp(seq, call + 5_000),
+            }
+            let rx = if seq == 3 { call } else { call + 45_000 };
+            let ev = s.on_reply_timed(seq, now + Duration::from_micros(300), Some(rx), None);
+            match ev {
+                Some(PingEvent::Reply { rtt, .. }) => rtts.push(rtt),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(rtts[0], Duration::from_micros(40));
+        // The others fall back to our own clock, never below it.
+        for r in &rtts[1..] {
+            assert_eq!(*r, Duration::from_micros(300));
+        }
+        let sum = s.summary();
+        assert_eq!(sum.rtt_clock, Some(RttClock::Mixed));
+        assert_eq!(sum.rtt_user.unwrap().min_ms, 0.3);
+        assert!((sum.rtt.unwrap().min_ms - 0.04).abs() < 1e-9);
     }
 }

@@ -16,12 +16,22 @@ pub const MIN_MTU_V4: u32 = 68;
 pub const MIN_MTU_V6: u32 = 1280;
 /// Largest IP packet.
 pub const MAX_PACKET: u32 = 65535;
+/// Largest UDP payload over IPv4: the 16-bit total length covers the IP
+/// and UDP headers.
+pub const MAX_PAYLOAD_V4: u32 = MAX_PACKET - OVERHEAD_V4;
+/// Largest UDP payload over IPv6 (no jumbograms): the 16-bit payload length
+/// excludes the IPv6 header and covers the UDP header, so the packet can be
+/// 65575 bytes.
+pub const MAX_PAYLOAD_V6: u32 = MAX_PACKET - 8;
 
 /// Most sizes in one `MtuSend`.
 pub const MAX_SIZES_PER_SEND: u32 = 32;
 /// Most datagrams per size in one `MtuSend`.
 pub const MAX_COUNT_PER_SIZE: u32 = 4;
-/// Most bytes one `MtuSend` may make the server send.
+/// Most bytes one `MtuSend` may make the server send: 1 MiB, which holds
+/// the largest datagram of either family four times over for
+/// [`MAX_COUNT_PER_SIZE`] copies (4 x 4 x 65527 bytes). A client splits a
+/// search round that needs more into several requests.
 pub const MAX_BYTES_PER_SEND: u64 = 1 << 20;
 /// Longest the server waits for ICMP errors before answering an `MtuSend`.
 pub const MAX_LINGER_MS: u32 = 2000;
@@ -40,6 +50,21 @@ pub fn min_mtu(v6: bool) -> u32 {
     } else {
         MIN_MTU_V4
     }
+}
+
+/// Largest UDP payload of the family.
+pub fn max_payload(v6: bool) -> u32 {
+    if v6 {
+        MAX_PAYLOAD_V6
+    } else {
+        MAX_PAYLOAD_V4
+    }
+}
+
+/// Largest IP packet a UDP datagram of the family can make (65535 for IPv4,
+/// 65575 for IPv6): no MTU above it can be probed.
+pub fn max_mtu(v6: bool) -> u32 {
+    packet_size(max_payload(v6), v6)
 }
 
 /// IP packet size of a datagram with `payload` UDP payload bytes.
@@ -142,6 +167,14 @@ mod tests {
         assert_eq!(payload_size(1400, true), 1352);
         assert_eq!(packet_size(1372, false), 1400);
         assert_eq!(payload_size(10, false), 0);
+        assert_eq!(max_payload(false), 65507);
+        assert_eq!(max_payload(true), 65527);
+        assert_eq!(max_mtu(false), 65535);
+        assert_eq!(max_mtu(true), 65575);
+        // The per-request cap holds four sizes of the largest datagram at the most copies.
+        assert!(
+            4 * u64::from(MAX_COUNT_PER_SIZE) * u64::from(MAX_PAYLOAD_V6) <= MAX_BYTES_PER_SEND
+        );
     }
 
     #[test]

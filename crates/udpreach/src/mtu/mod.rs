@@ -8,6 +8,11 @@
 //! capability) the echo port gives one round-trip answer. Then datagrams
 //! larger than the path MTU are sent without DF, to see whether fragments
 //! pass.
+//!
+//! Our own limits must never look like the network's: probes go out paced
+//! ([`WINDOW_BYTES`] on the way at once), downstream requests are split to
+//! what our receive buffer holds, and the search never asks for more than a
+//! UDP datagram of the family can carry.
 
 use crate::cli::MtuArgs;
 use crate::platform::errqueue::{self, PmtuMode, QueuedError};
@@ -19,6 +24,7 @@ use crate::report::mtu::{Direction, MtuReport};
 use crate::report::OutputFormat;
 use crate::target::{resolve_async, unspecified_for, Family};
 use anyhow::{bail, Context};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use udpreach_engine::mtu::{
@@ -27,13 +33,25 @@ use udpreach_engine::mtu::{
 use udpreach_wire::auth::{self, DerivedKey, SharedKey, MIN_SEALED_LEN};
 use udpreach_wire::control::{ControlMsg, MtuSendResult};
 use udpreach_wire::icmp::{IcmpOrigin, IcmpReason};
-use udpreach_wire::mtu::{min_mtu, packet_size, parse_ack, payload_size, MAX_LINGER_MS};
+use udpreach_wire::mtu::{
+    max_mtu, min_mtu, packet_size, parse_ack, payload_size, MAX_BYTES_PER_SEND, MAX_COUNT_PER_SIZE,
+    MAX_LINGER_MS, MAX_SIZES_PER_SEND,
+};
 use udpreach_wire::probe::{ProbeHeader, ProbeKind, HEADER_LEN, MAGIC};
 
 /// Sizes per round after the first: each round narrows the range ninefold.
 const SIZES_PER_ROUND: usize = 8;
 /// Marks the sequence number of a fragmentation-test probe.
 const FRAG_SEQ: u64 = 1 << 40;
+/// Most probe bytes on the way at once. A round's probes all sent at once
+/// (megabytes near the 64 KiB limit) overflow the receive buffer at the far
+/// end (Linux's default is 208 KiB, charged with overhead) or, for echoes,
+/// ours: the largest datagrams vanish, which the search would read as a
+/// black hole. Two of the largest datagrams fit; a probe counts as no longer
+/// on the way when its answer arrives or after [`Probing::stall`].
+const WINDOW_BYTES: usize = 2 * 65536;
+/// The receive buffer asked for: echoes of a window, and a whole `MtuSend`.
+const RECV_BUFFER: usize = 4 << 20;
 
 /// Where the probes go and how answers are recognised.
 struct Probing {
@@ -42,6 +60,9 @@ struct Probing {
     /// Authenticated mode: tags our probes, and must verify what comes back.
     key: Option<DerivedKey>,
     v6: bool,
+    /// The MTU of the route the kernel takes to the target (shown; the
+    /// search stops at what a datagram can fill).
+    route_mtu: u32,
     /// How long a round waits for its probes' answers.
     wait: Duration,
     probes: u32,
@@ -62,10 +83,13 @@ pub async fn run(args: MtuArgs) -> anyhow::Result<u8> {
     let family = Family::from_flags(args.ipv4, args.ipv6);
     let target = resolve_async(&args.target, family).await?;
     let v6 = target.is_ipv6();
-    let local_mtu = errqueue::route_mtu(target)
+    let route_mtu = errqueue::route_mtu(target)
         .with_context(|| format!("cannot find the route MTU towards {target}"))?;
+    // Loopback's 65536 (IPv4) is more than a UDP datagram can fill.
+    let local_mtu = route_mtu.min(max_mtu(v6));
     let opts = UdpOptions {
         recv_errors: true,
+        recv_buffer: Some(RECV_BUFFER),
         ..UdpOptions::default()
     };
     let udp = AsyncUdp::bind(unspecified_for(&target, 0), &opts)
@@ -102,6 +126,7 @@ pub async fn run(args: MtuArgs) -> anyhow::Result<u8> {
         token,
         key,
         v6,
+        route_mtu,
         wait: Duration::from_millis(500),
         probes: args.probes,
         buf: vec![0u8; 65536],
@@ -142,7 +167,7 @@ async fn run_echo(
         .await
         .with_context(|| format!("no answer from the echo port {target}"))?;
     p.wait = args.timeout.unwrap_or_else(|| round_wait(rtt));
-    report.start(MtuMode::Echo, local_mtu);
+    report.start(MtuMode::Echo, p.route_mtu);
     let rt = search(p, local_mtu, |p, sizes, s| {
         Box::pin(search_round(
             p,
@@ -177,7 +202,7 @@ async fn run_server(
     server_mtu: u32,
     report: &MtuReport,
 ) -> anyhow::Result<(Direction, Direction)> {
-    report.start(MtuMode::Server, local_mtu);
+    report.start(MtuMode::Server, p.route_mtu);
     let mut up = search(p, local_mtu, |p, sizes, s| {
         Box::pin(search_round(
             p,
@@ -195,7 +220,7 @@ async fn run_server(
         ));
     }
     let down_max = if server_mtu > 0 {
-        server_mtu
+        server_mtu.min(max_mtu(p.v6))
     } else {
         local_mtu
     };
@@ -394,32 +419,147 @@ fn direction(s: MtuSearch, v6: bool, t0: Instant) -> Direction {
     }
 }
 
-/// Sends every size of a round `p.probes` times to `dest`.
-async fn send_sizes(
+/// What a paced exchange of probes is for: a search round or a fragment test.
+trait Exchange {
+    /// Whether probe `seq` (of a size not answered yet) is still worth sending.
+    fn wanted(&self, seq: u64) -> bool;
+    /// A reply says probe `seq` arrived with `len` bytes.
+    fn on_reply(&mut self, seq: u64, len: u32);
+    /// Our kernel would not send probe `seq`.
+    fn on_send_error(&mut self, seq: u64, e: &std::io::Error);
+    /// An ICMP error (or a local one) for a probe to `to`.
+    fn on_error(&mut self, p: &Probing, e: &QueuedError, to: SocketAddr) -> anyhow::Result<()>;
+    /// Every probe has its answer: no need to wait longer.
+    fn complete(&self) -> bool;
+}
+
+impl Probing {
+    /// How long a probe counts as on the way without an answer, when more
+    /// are waiting to be sent.
+    fn stall(&self) -> Duration {
+        (self.wait / 2).max(Duration::from_millis(20))
+    }
+}
+
+/// Sends `queue` (seq, datagram) to `to`, at most [`WINDOW_BYTES`] on the
+/// way at once, and feeds what comes back to `x` until every probe is
+/// answered or `p.wait` after the last send. Our own pace, not the path,
+/// decides how many bytes meet the far end's buffers at once.
+async fn exchange(
     p: &mut Probing,
-    dest: SocketAddr,
-    kind: ProbeKind,
-    sizes: &[u32],
-    s: &mut MtuSearch,
-) {
-    for &mtu in sizes {
-        let d = p.datagram(kind, u64::from(mtu), payload_size(mtu, p.v6));
-        for _ in 0..p.probes {
-            p.sent += 1;
-            if let Err(e) = p.udp.send_to(&d, dest).await {
-                if e.raw_os_error() == Some(libc::EMSGSIZE) {
-                    // Our own kernel will not send it: the route's MTU is smaller.
-                    s.on_too_big(mtu, None, None);
-                    break;
-                }
-                tracing::debug!("mtu probe of {mtu} bytes to {dest}: {e}");
+    to: SocketAddr,
+    reply: ReplyReader,
+    queue: &[(u64, Vec<u8>)],
+    x: &mut impl Exchange,
+) -> anyhow::Result<()> {
+    let mut on_the_way: VecDeque<(Instant, u64, usize)> = VecDeque::new();
+    let mut next = 0;
+    let mut last_send = Instant::now();
+    loop {
+        while let Some((seq, d)) = queue.get(next) {
+            if !x.wanted(*seq) {
+                next += 1;
+                continue;
             }
+            let bytes: usize = on_the_way.iter().map(|w| w.2).sum();
+            if !on_the_way.is_empty() && bytes + d.len() > WINDOW_BYTES {
+                break;
+            }
+            next += 1;
+            p.sent += 1;
+            match p.udp.send_to(d, to).await {
+                Ok(_) => {
+                    last_send = Instant::now();
+                    on_the_way.push_back((last_send, *seq, d.len()));
+                }
+                Err(e) => x.on_send_error(*seq, &e),
+            }
+        }
+        if x.complete() {
+            return Ok(());
+        }
+        let all_sent = next >= queue.len();
+        let deadline = match on_the_way.front() {
+            Some(w) if !all_sent => w.0 + p.stall(),
+            _ => last_send + p.wait,
+        };
+        let Ok(got) = tokio::time::timeout_at(deadline.into(), p.udp.recv_any(&mut p.buf)).await
+        else {
+            if all_sent {
+                return Ok(());
+            }
+            // The oldest probe had its time: lost (or too big), make room.
+            on_the_way.pop_front();
+            continue;
+        };
+        let answered = match got {
+            Ok(Received::Datagram(meta)) => match reply(p, &p.buf[..meta.len], meta.from, to) {
+                Some((seq, len)) => {
+                    x.on_reply(seq, len);
+                    Some(seq)
+                }
+                None => None,
+            },
+            Ok(Received::Error(e)) => {
+                x.on_error(p, &e, to)?;
+                quoted_seq(&e, p.token)
+            }
+            Err(e) => {
+                tracing::debug!("mtu receive: {e}");
+                None
+            }
+        };
+        if let Some(i) = answered.and_then(|seq| on_the_way.iter().position(|w| w.1 == seq)) {
+            on_the_way.remove(i);
         }
     }
 }
 
-/// One search round: DF probes of `sizes` to `to`, then every reply that
-/// `reply` reads as one of ours proves its size crossed.
+/// A search round: every reply proves its size crossed.
+struct SearchRound<'a> {
+    s: &'a mut MtuSearch,
+    v6: bool,
+}
+
+impl Exchange for SearchRound<'_> {
+    fn wanted(&self, seq: u64) -> bool {
+        u32::try_from(seq).is_ok_and(|m| self.s.awaits(m))
+    }
+
+    fn on_reply(&mut self, seq: u64, len: u32) {
+        if seq & FRAG_SEQ != 0 {
+            return;
+        }
+        // A whole probe arrived when the length that arrived fits the size its seq names.
+        if let Ok(mtu) = u32::try_from(seq) {
+            if payload_size(mtu, self.v6) == len {
+                self.s.on_pass(mtu);
+            }
+        }
+    }
+
+    fn on_send_error(&mut self, seq: u64, e: &std::io::Error) {
+        if e.raw_os_error() == Some(libc::EMSGSIZE) {
+            // Our own kernel will not send it: the route's MTU is smaller.
+            self.s.on_too_big(seq as u32, None, None);
+        } else {
+            tracing::debug!("mtu probe of {seq} bytes: {e}");
+        }
+    }
+
+    fn on_error(&mut self, p: &Probing, e: &QueuedError, to: SocketAddr) -> anyhow::Result<()> {
+        on_error(p, e, to, self.s)
+    }
+
+    fn complete(&self) -> bool {
+        self.s.round_complete()
+    }
+}
+
+/// One search round: DF probes of `sizes` to `to`, `p.probes` of each
+/// (repeats go out after one of every size, and only for sizes still
+/// unanswered); every reply that `reply` reads as one of ours proves its
+/// size crossed.
 async fn search_round(
     p: &mut Probing,
     to: SocketAddr,
@@ -428,24 +568,18 @@ async fn search_round(
     sizes: &[u32],
     s: &mut MtuSearch,
 ) -> anyhow::Result<()> {
-    send_sizes(p, to, kind, sizes, s).await;
-    let deadline = Instant::now() + p.wait;
-    while !s.round_complete() {
-        let Ok(got) = tokio::time::timeout_at(deadline.into(), p.udp.recv_any(&mut p.buf)).await
-        else {
-            break;
-        };
-        match got {
-            Ok(Received::Datagram(meta)) => {
-                if let Some(mtu) = passed(p, reply, &p.buf[..meta.len], meta.from, to) {
-                    s.on_pass(mtu);
-                }
-            }
-            Ok(Received::Error(e)) => on_error(p, &e, to, s)?,
-            _ => {}
-        }
-    }
-    Ok(())
+    let datagrams: Vec<(u64, Vec<u8>)> = sizes
+        .iter()
+        .map(|&mtu| {
+            let seq = u64::from(mtu);
+            (seq, p.datagram(kind, seq, payload_size(mtu, p.v6)))
+        })
+        .collect();
+    let queue: Vec<(u64, Vec<u8>)> = (0..p.probes)
+        .flat_map(|_| datagrams.iter().cloned())
+        .collect();
+    let mut x = SearchRound { s, v6: p.v6 };
+    exchange(p, to, reply, &queue, &mut x).await
 }
 
 /// The MTU a search reply proves: probes carry their packet size as seq, so
@@ -530,8 +664,45 @@ async fn search_down(
     Ok(direction(s, p.v6, t0))
 }
 
-/// Asks the server for an `MtuSend` and collects what arrives meanwhile;
-/// `arrived` gets each datagram's length.
+/// Splits sending `p.probes` datagrams of each of `payloads` into `MtuSend`
+/// requests (sizes, count) within the server's limits and within what our
+/// receive buffer holds: a request's datagrams arrive in one burst, and
+/// what overflows our buffer would look like loss on the path.
+fn plan_requests(payloads: &[u32], probes: u32, budget: u64) -> Vec<(Vec<u32>, u32)> {
+    let count = probes.clamp(1, MAX_COUNT_PER_SIZE);
+    let budget = budget.clamp(1, MAX_BYTES_PER_SEND);
+    let mut requests = Vec::new();
+    let mut current: (Vec<u32>, u64) = (Vec::new(), 0);
+    for &size in payloads {
+        let bytes = u64::from(size) * u64::from(count);
+        if bytes > budget {
+            // Alone, in fewer copies per request.
+            let per = u32::try_from(budget / u64::from(size.max(1)))
+                .unwrap_or(1)
+                .clamp(1, count);
+            let mut left = count;
+            while left > 0 {
+                let n = per.min(left);
+                requests.push((vec![size], n));
+                left -= n;
+            }
+            continue;
+        }
+        if current.1 + bytes > budget || current.0.len() >= MAX_SIZES_PER_SEND as usize {
+            requests.push((std::mem::take(&mut current.0), count));
+            current.1 = 0;
+        }
+        current.0.push(size);
+        current.1 += bytes;
+    }
+    if !current.0.is_empty() {
+        requests.push((current.0, count));
+    }
+    requests
+}
+
+/// Has the server send `p.probes` datagrams of each of `payloads`, in as
+/// many requests as [`plan_requests`] says, and merges their results.
 #[allow(clippy::too_many_arguments)]
 async fn server_send(
     p: &mut Probing,
@@ -542,15 +713,48 @@ async fn server_send(
     fragment_at: Option<u32>,
     mut arrived: impl FnMut(u32, bool),
 ) -> anyhow::Result<Vec<MtuSendResult>> {
+    // Linux reports twice the buffer asked for; half of it holds the datagrams.
+    let budget = p.udp.recv_buffer_size().unwrap_or(212_992) as u64 / 2;
+    let mut merged: Vec<MtuSendResult> = Vec::new();
+    for (sizes, count) in plan_requests(payloads, p.probes, budget) {
+        let results =
+            server_send_one(p, ctl, server, &sizes, count, df, fragment_at, &mut arrived).await?;
+        for r in results {
+            match merged.iter_mut().find(|m| m.size == r.size) {
+                Some(m) => {
+                    m.sent += r.sent;
+                    m.error = m.error.take().or(r.error);
+                    m.icmp = m.icmp.take().or(r.icmp);
+                }
+                None => merged.push(r),
+            }
+        }
+    }
+    Ok(merged)
+}
+
+/// Asks the server for one `MtuSend` and collects what arrives meanwhile;
+/// `arrived` gets each datagram's length.
+#[allow(clippy::too_many_arguments)]
+async fn server_send_one(
+    p: &mut Probing,
+    ctl: &mut ControlClient,
+    server: SocketAddr,
+    payloads: &[u32],
+    count: u32,
+    df: bool,
+    fragment_at: Option<u32>,
+    arrived: &mut impl FnMut(u32, bool),
+) -> anyhow::Result<Vec<MtuSendResult>> {
     let linger = p.wait.as_millis().min(u128::from(MAX_LINGER_MS)) as u32;
     let msg = ControlMsg::MtuSend {
         sizes: payloads.to_vec(),
-        count: p.probes,
+        count,
         df,
         fragment_at,
         linger_ms: linger,
     };
-    p.sent += payloads.len() as u64 * u64::from(p.probes);
+    p.sent += payloads.len() as u64 * u64::from(count);
     ctl.request(msg, Pending::MtuSend).await?;
     let results = loop {
         tokio::select! {
@@ -621,6 +825,44 @@ fn echoed(p: &Probing, data: &[u8], from: SocketAddr, to: SocketAddr) -> Option<
     (h.token == p.token).then_some((h.seq, data.len() as u32))
 }
 
+/// A fragment test: how many datagrams of each size arrived whole.
+struct FragmentCounts(Vec<FragmentSize>);
+
+impl FragmentCounts {
+    fn find(&mut self, seq: u64) -> Option<&mut FragmentSize> {
+        self.0
+            .iter_mut()
+            .find(|c| seq == FRAG_SEQ | u64::from(c.size))
+    }
+}
+
+impl Exchange for FragmentCounts {
+    fn wanted(&self, _seq: u64) -> bool {
+        true
+    }
+
+    fn on_reply(&mut self, seq: u64, len: u32) {
+        if let Some(c) = self.find(seq).filter(|c| c.size == len) {
+            c.arrived += 1;
+        }
+    }
+
+    fn on_send_error(&mut self, seq: u64, e: &std::io::Error) {
+        tracing::debug!("fragment test datagram {}: {e}", seq & !FRAG_SEQ);
+        if let Some(c) = self.find(seq) {
+            c.sent = c.sent.saturating_sub(1);
+        }
+    }
+
+    fn on_error(&mut self, _: &Probing, _: &QueuedError, _: SocketAddr) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    fn complete(&self) -> bool {
+        self.0.iter().all(|c| c.arrived >= c.sent)
+    }
+}
+
 /// Sends datagrams above the path MTU with DF off to `to` and counts, per
 /// size, how many `reply` says arrived whole.
 async fn fragment_test(
@@ -633,42 +875,33 @@ async fn fragment_test(
     let sizes = fragment_test_sizes(mtu, p.v6);
     with_fragments(p, mtu, |p| {
         Box::pin(async move {
-            let mut counts: Vec<FragmentSize> = sizes
+            let datagrams: Vec<(u64, Vec<u8>)> = sizes
                 .iter()
-                .map(|&size| FragmentSize {
-                    size,
-                    sent: 0,
-                    arrived: 0,
+                .map(|&size| {
+                    let seq = FRAG_SEQ | u64::from(size);
+                    (seq, p.datagram(kind, seq, size))
                 })
                 .collect();
-            for c in counts.iter_mut() {
-                let d = p.datagram(kind, FRAG_SEQ | u64::from(c.size), c.size);
-                for _ in 0..p.probes {
-                    p.sent += 1;
-                    if p.udp.send_to(&d, to).await.is_ok() {
-                        c.sent += 1;
-                    }
-                }
-            }
-            let deadline = Instant::now() + p.wait * 2;
-            while let Ok(r) =
-                tokio::time::timeout_at(deadline.into(), p.udp.recv_any(&mut p.buf)).await
-            {
-                if let Ok(Received::Datagram(meta)) = r {
-                    if let Some((seq, size)) = reply(p, &p.buf[..meta.len], meta.from, to) {
-                        if let Some(c) = counts
-                            .iter_mut()
-                            .find(|c| seq == FRAG_SEQ | u64::from(c.size) && size == c.size)
-                        {
-                            c.arrived += 1;
-                        }
-                    }
-                }
-                if counts.iter().all(|c| c.arrived >= c.sent) {
-                    break;
-                }
-            }
-            Ok(FragmentResult::from_counts(counts))
+            let queue: Vec<(u64, Vec<u8>)> = (0..p.probes)
+                .flat_map(|_| datagrams.iter().cloned())
+                .collect();
+            // Counted as sent up front; a datagram our kernel refuses is taken back.
+            let mut counts = FragmentCounts(
+                sizes
+                    .iter()
+                    .map(|&size| FragmentSize {
+                        size,
+                        sent: p.probes,
+                        arrived: 0,
+                    })
+                    .collect(),
+            );
+            let wait = p.wait;
+            p.wait = wait * 2;
+            let r = exchange(p, to, reply, &queue, &mut counts).await;
+            p.wait = wait;
+            r?;
+            Ok(FragmentResult::from_counts(counts.0))
         })
     })
     .await
@@ -723,4 +956,43 @@ async fn down_fragments(
         c.arrived = arrivals.iter().filter(|&&l| l == c.size).count() as u32;
     }
     Ok(FragmentResult::from_counts(counts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_stay_within_the_servers_limits_and_our_buffer() {
+        // A loopback round over IPv6: the largest datagram three times is
+        // more than a default receive buffer's half.
+        let sizes = [528, 1232, 1452, 8952, 65488];
+        let reqs = plan_requests(&sizes, 3, 106_496);
+        for (s, c) in &reqs {
+            let bytes: u64 = s.iter().map(|&x| u64::from(x) * u64::from(*c)).sum();
+            assert!(bytes <= 106_496 || s.len() == 1 && *c == 1, "{reqs:?}");
+            assert!(bytes <= MAX_BYTES_PER_SEND);
+        }
+        for &size in &sizes {
+            let copies: u32 = reqs
+                .iter()
+                .filter(|(s, _)| s.contains(&size))
+                .map(|(_, c)| c)
+                .sum();
+            assert_eq!(copies, 3, "size {size}: {reqs:?}");
+        }
+        assert_eq!(reqs.iter().filter(|(s, _)| s == &[65488]).count(), 3);
+        // A large buffer: one request unless the server's cap says otherwise.
+        assert_eq!(plan_requests(&sizes, 3, 8 << 20).len(), 1);
+        let big = [65527; 10];
+        let reqs = plan_requests(&big, 4, 8 << 20);
+        assert!(reqs.iter().all(|(s, c)| {
+            s.iter().map(|&x| u64::from(x) * u64::from(*c)).sum::<u64>() <= MAX_BYTES_PER_SEND
+        }));
+        assert_eq!(reqs.iter().map(|(s, _)| s.len()).sum::<usize>(), 10);
+        let many: Vec<u32> = (100..150).collect();
+        assert!(plan_requests(&many, 1, 8 << 20)
+            .iter()
+            .all(|(s, _)| s.len() <= MAX_SIZES_PER_SEND as usize));
+    }
 }

@@ -4,10 +4,12 @@ pub mod payload;
 
 use crate::cli::PingArgs;
 use crate::platform::errqueue::QueuedError;
-use crate::platform::{canonical, realtime_ns, AsyncUdp, Received, UdpOptions};
+use crate::platform::{
+    canonical, realtime_ns, AsyncUdp, PreciseTimer, Received, ReceivedOrSent, UdpOptions,
+};
 use crate::ports::control::{AuthFailed, ControlClient};
 use crate::report::documents::{
-    IgnoredReply, PingEvent as ReportedEvent, SendFailure, SkippedPort,
+    BehindSchedule, IgnoredReply, PingEvent as ReportedEvent, SendFailure, SkippedPort,
 };
 use crate::report::ping::{PingReport, ReplyKind};
 use crate::report::OutputFormat;
@@ -17,7 +19,7 @@ use payload::{PayloadBuilder, Reply};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -28,7 +30,10 @@ use udpreach_wire::icmp::IcmpOrigin;
 /// What a socket's reader task hands to the ping loop.
 struct Incoming {
     local: SocketAddr,
+    /// When we read it (our monotonic clock, wake-up included).
     at: Instant,
+    /// When the kernel received it (realtime ns), if it said.
+    kernel_ns: Option<u64>,
     arrival: Arrival,
 }
 
@@ -39,20 +44,16 @@ enum Arrival {
         data: Vec<u8>,
     },
     Icmp(QueuedError),
+    /// The kernel's transmit timestamp of our send number `id` on this socket.
+    Sent {
+        id: u32,
+    },
 }
 
-/// Receive time as an `Instant`, corrected by the kernel timestamp for the
-/// time the datagram waited before we read it.
-fn arrival_instant(kernel_rx: Option<SystemTime>) -> Instant {
-    let now = Instant::now();
-    if let Some(k) = kernel_rx {
-        if let Ok(waited) = SystemTime::now().duration_since(k) {
-            if waited < std::time::Duration::from_secs(1) {
-                return now.checked_sub(waited).unwrap_or(now);
-            }
-        }
-    }
-    now
+fn realtime_of(t: Option<SystemTime>) -> Option<u64> {
+    t?.duration_since(UNIX_EPOCH)
+        .ok()
+        .and_then(|d| u64::try_from(d.as_nanos()).ok())
 }
 
 fn spawn_reader(
@@ -63,20 +64,28 @@ fn spawn_reader(
     tokio::spawn(async move {
         let mut buf = vec![0u8; 65536];
         loop {
-            let msg = match sock.recv_any(&mut buf).await {
-                Ok(Received::Datagram(meta)) => Incoming {
+            let msg = match sock.recv_timed(&mut buf).await {
+                Ok(ReceivedOrSent::Received(Received::Datagram(meta))) => Incoming {
                     local,
-                    at: arrival_instant(meta.kernel_rx),
+                    at: Instant::now(),
+                    kernel_ns: realtime_of(meta.kernel_rx),
                     arrival: Arrival::Datagram {
                         from: meta.from,
                         ttl: meta.ttl,
                         data: buf[..meta.len].to_vec(),
                     },
                 },
-                Ok(Received::Error(e)) => Incoming {
+                Ok(ReceivedOrSent::Received(Received::Error(e))) => Incoming {
                     local,
-                    at: arrival_instant(e.kernel_rx),
+                    at: Instant::now(),
+                    kernel_ns: realtime_of(e.kernel_rx),
                     arrival: Arrival::Icmp(e),
+                },
+                Ok(ReceivedOrSent::Sent(t)) => Incoming {
+                    local,
+                    at: Instant::now(),
+                    kernel_ns: realtime_of(Some(t.at)),
+                    arrival: Arrival::Sent { id: t.id },
                 },
                 Err(e) => {
                     tracing::debug!("ping receive: {e}");
@@ -90,6 +99,10 @@ fn spawn_reader(
         }
     })
 }
+
+/// Send numbers remembered for matching transmit timestamps (the rest are
+/// forgotten: a timestamp that late is not used).
+const MAX_TX_IDS: usize = 1 << 16;
 
 /// Ping has no control channel of its own, and a server with another key
 /// drops probes silently, which would look like loss. So with a key, ping
@@ -162,6 +175,8 @@ struct Sender {
     sock: Arc<AsyncUdp>,
     local: SocketAddr,
     reader: JoinHandle<()>,
+    /// Sends so far: the id the kernel gives the next transmit timestamp.
+    sends: u32,
 }
 
 impl Drop for Sender {
@@ -189,6 +204,7 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
         dscp: args.dscp,
         dont_fragment: args.df,
         recv_errors: true,
+        tx_timestamps: true,
         ..UdpOptions::default()
     };
     if key.is_some() && size < MIN_SEALED_LEN {
@@ -251,6 +267,7 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
             sock,
             local,
             reader,
+            sends: 0,
         });
     }
     let count = match &sport_list {
@@ -269,6 +286,8 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
         signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
     let mut sigterm =
         signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    // Sub-millisecond intervals need a timer finer than tokio's.
+    let timer = PreciseTimer::new().context("cannot create the send timer")?;
     let mut session = PingSession::new(cfg, Instant::now());
     let mut packet = Vec::with_capacity(size);
     // --sport bookkeeping: sockets kept open until their probe's timeout has passed.
@@ -276,13 +295,16 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
     let mut sport_expiry: VecDeque<(Instant, u64)> = VecDeque::new();
     let mut skipped: Vec<u16> = Vec::new();
     let mut locals: HashMap<u64, SocketAddr> = HashMap::new();
+    // Transmit timestamps name (socket, send number): which seq that was.
+    let mut tx_ids: HashMap<(SocketAddr, u32), u64> = HashMap::new();
+    let mut tx_id_order: VecDeque<(SocketAddr, u32)> = VecDeque::new();
 
     loop {
         let now = Instant::now();
         while let Some(seq) = session.poll_send(now) {
             builder.build(seq, realtime_ns(), &mut packet);
             let sender = match &sport_list {
-                None => fixed.as_ref().expect("fixed socket"),
+                None => fixed.as_mut().expect("fixed socket"),
                 Some(list) => {
                     let port = list[seq as usize];
                     match AsyncUdp::bind(unspecified_for(&target, port), &opts) {
@@ -296,10 +318,11 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
                                     sock,
                                     local,
                                     reader,
+                                    sends: 0,
                                 },
                             );
                             sport_expiry.push_back((now + args.timeout * 2, seq));
-                            &sport_socks[&seq]
+                            sport_socks.get_mut(&seq).expect("just inserted")
                         }
                         Err(e) => {
                             session.on_send_failed(seq);
@@ -315,11 +338,21 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
                 }
             };
             let sent_at = Instant::now();
+            let send_call_ns = realtime_ns();
             match sender.sock.send_to(&packet, target).await {
                 Ok(_) => {
                     locals.insert(seq, sender.local);
                     let lp = sport_list.as_ref().map(|_| sender.local.port());
                     session.on_sent(seq, sent_at, lp);
+                    session.on_send_call(seq, send_call_ns);
+                    tx_ids.insert((sender.local, sender.sends), seq);
+                    tx_id_order.push_back((sender.local, sender.sends));
+                    if tx_id_order.len() > MAX_TX_IDS {
+                        if let Some(old) = tx_id_order.pop_front() {
+                            tx_ids.remove(&old);
+                        }
+                    }
+                    sender.sends = sender.sends.wrapping_add(1);
                 }
                 Err(e) => {
                     session.on_send_failed(seq);
@@ -360,13 +393,13 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
             _ = sigterm.recv() => { session.stop(Instant::now()); break; }
             msg = rx.recv() => {
                 let Some(msg) = msg else { continue };
-                handle_incoming(&msg, target, &builder, &mut session, &report);
+                handle_incoming(&msg, target, &builder, &mut session, &report, &mut tx_ids);
                 // Drain what else is queued before going back to timers.
                 while let Ok(m) = rx.try_recv() {
-                    handle_incoming(&m, target, &builder, &mut session, &report);
+                    handle_incoming(&m, target, &builder, &mut session, &report, &mut tx_ids);
                 }
             }
-            _ = tokio::time::sleep_until(wake.into()) => {}
+            _ = timer.sleep_until(wake) => {}
             res = async { key_needed.as_mut().expect("checked").await }, if key_needed.is_some() => {
                 key_needed = None;
                 if let Ok(Some(why)) = res {
@@ -379,6 +412,12 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
         }
     }
     let summary = session.summary();
+    if let Some(rate) = session.fell_behind() {
+        report.event(ReportedEvent::BehindSchedule(BehindSchedule {
+            send_rate_pps: rate,
+            interval_us: args.interval.as_micros() as u64,
+        }));
+    }
     if summary.received + summary.late == 0 {
         // The check may still be under way (a short run): give it a moment.
         if let Some(check) = key_needed.take() {
@@ -401,10 +440,17 @@ fn handle_incoming(
     builder: &PayloadBuilder,
     session: &mut PingSession,
     report: &PingReport,
+    tx_ids: &mut HashMap<(SocketAddr, u32), u64>,
 ) {
     let (from, ttl, data) = match &msg.arrival {
         Arrival::Datagram { from, ttl, data } => (*from, *ttl, data),
         Arrival::Icmp(e) => return handle_icmp(msg, e, target, builder, session, report),
+        Arrival::Sent { id } => {
+            if let (Some(seq), Some(ns)) = (tx_ids.remove(&(msg.local, *id)), msg.kernel_ns) {
+                session.on_tx_timestamp(seq, ns);
+            }
+            return;
+        }
     };
     // Only the target's address and port count as a reply.
     if canonical(from) != canonical(target) {
@@ -423,7 +469,7 @@ fn handle_incoming(
         }
         Reply::Foreign => return,
     };
-    let Some(ev) = session.on_reply(seq, msg.at, stamp) else {
+    let Some(ev) = session.on_reply_timed(seq, msg.at, msg.kernel_ns, stamp) else {
         return;
     };
     let bytes = data.len();

@@ -29,6 +29,36 @@ pub struct QueuedError {
     pub kernel_rx: Option<SystemTime>,
 }
 
+/// The kernel's software transmit timestamp of one datagram
+/// (`SO_TIMESTAMPING`), read from the error queue.
+#[derive(Clone, Copy, Debug)]
+pub struct TxTimestamp {
+    /// The socket's count of timestamped sends when this one went out
+    /// (`SOF_TIMESTAMPING_OPT_ID`): 0 for its first send, 1 for the next...
+    pub id: u32,
+    /// When the datagram was handed to the device, realtime clock: the same
+    /// clock and layer as the receive timestamps (`SO_TIMESTAMPNS`).
+    pub at: SystemTime,
+}
+
+/// One entry of the error queue: an ICMP (or local) error, or a transmit timestamp.
+pub(super) enum ErrQueueEntry {
+    Error(QueuedError),
+    Sent(TxTimestamp),
+}
+
+/// Asks for a software transmit timestamp of every datagram sent, queued on
+/// the error queue with an id and no copy of the datagram.
+pub fn enable_tx_timestamps(sock: &impl AsFd) -> io::Result<()> {
+    use nsock::TimestampingFlag as F;
+    let flags = F::SOF_TIMESTAMPING_SOFTWARE
+        | F::SOF_TIMESTAMPING_TX_SOFTWARE
+        | F::SOF_TIMESTAMPING_OPT_ID
+        | F::SOF_TIMESTAMPING_OPT_TSONLY;
+    nsock::setsockopt(sock, sockopt::Timestamping, &flags)?;
+    Ok(())
+}
+
 /// Turns on `IP_RECVERR` (or `IPV6_RECVERR`). From then on the socket must be
 /// read with [`recv_error`] too: queued errors count against the receive
 /// buffer, so an undrained queue would starve normal datagrams.
@@ -61,12 +91,12 @@ pub fn is_deferred_icmp_errno(e: &io::Error) -> bool {
     )
 }
 
-/// Reads one queued error without blocking (`WouldBlock` when the queue is empty).
-pub fn recv_error(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<QueuedError> {
+/// Reads one queued entry without blocking (`WouldBlock` when the queue is empty).
+pub(super) fn recv_error(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<ErrQueueEntry> {
     recv_error_fd(sock.as_fd().as_raw_fd(), buf)
 }
 
-fn recv_error_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<QueuedError> {
+fn recv_error_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<ErrQueueEntry> {
     // The extended error with the offender's address, plus the TTL and
     // timestamp messages the socket also asked for.
     let mut cmsg = nix::cmsg_space!(
@@ -74,6 +104,7 @@ fn recv_error_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<QueuedError> {
         libc::sockaddr_in6,
         libc::c_int,
         nix::sys::time::TimeSpec,
+        nsock::Timestamps,
         [u8; 64]
     );
     let mut iov = [IoSliceMut::new(buf)];
@@ -88,9 +119,21 @@ fn recv_error_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<QueuedError> {
     let dest = msg.address.as_ref().and_then(to_socket_addr).map(canonical);
     let mut error = None;
     let mut kernel_rx = None;
+    let mut sent: Option<u32> = None;
+    let mut tx_at = None;
     if let Ok(cmsgs) = msg.cmsgs() {
         for c in cmsgs {
             match c {
+                ControlMessageOwned::Ipv4RecvErr(ee, _)
+                | ControlMessageOwned::Ipv6RecvErr(ee, _)
+                    if ee.ee_origin == libc::SO_EE_ORIGIN_TIMESTAMPING =>
+                {
+                    sent = Some(ee.ee_data);
+                }
+                ControlMessageOwned::ScmTimestampsns(ts) => {
+                    let d = Duration::new(ts.system.tv_sec() as u64, ts.system.tv_nsec() as u32);
+                    tx_at = Some(UNIX_EPOCH + d);
+                }
                 ControlMessageOwned::Ipv4RecvErr(ee, offender) => {
                     let from = offender.map(|sa| {
                         IpAddr::V4(std::net::Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)))
@@ -115,14 +158,18 @@ fn recv_error_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<QueuedError> {
             }
         }
     }
+    if let Some(id) = sent {
+        let at = tx_at.ok_or_else(|| io::Error::other("transmit timestamp without a time"))?;
+        return Ok(ErrQueueEntry::Sent(TxTimestamp { id, at }));
+    }
     let error =
         error.ok_or_else(|| io::Error::other("error-queue message without an extended error"))?;
-    Ok(QueuedError {
+    Ok(ErrQueueEntry::Error(QueuedError {
         error,
         dest,
         quoted: iov[0][..len.min(iov[0].len())].to_vec(),
         kernel_rx,
-    })
+    }))
 }
 
 fn convert(ee: &libc::sock_extended_err, from: Option<IpAddr>) -> IcmpError {
@@ -221,10 +268,17 @@ fn get_int(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<libc:
     }
 }
 
-/// The MTU of the route towards `target`: the interface's MTU, read from
-/// sysfs for the interface that holds the source address the kernel picks
-/// (a cached, possibly stale path MTU would hide a larger one); falling back
-/// to `IP_MTU`/`IPV6_MTU` of a connected socket.
+/// The MTU of the route towards `target`, as the kernel takes it.
+///
+/// Two readings: `IP_MTU`/`IPV6_MTU` of a socket connected to `target` is
+/// the MTU of the route the kernel looked up (loopback's 65536 for the
+/// host's own addresses, which the kernel sends over `lo` whatever
+/// interface holds them), but it is lowered by a cached path MTU that may
+/// be stale; the MTU of the interface holding the source address the kernel
+/// picks is immune to that cache but can be the wrong interface. The larger
+/// of the two is the search's upper bound: a size above what the route
+/// really carries is refused by our own kernel (EMSGSIZE), which the search
+/// reads as "too big", while a bound set too low would hide larger sizes.
 pub fn route_mtu(target: SocketAddr) -> io::Result<u32> {
     let bind: SocketAddr = if target.is_ipv6() {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
@@ -234,16 +288,19 @@ pub fn route_mtu(target: SocketAddr) -> io::Result<u32> {
     let s = UdpSocket::bind(bind)?;
     s.connect(target)?;
     let local = s.local_addr()?.ip();
-    if let Some(mtu) = interface_mtu_of(local) {
-        return Ok(mtu);
-    }
     let (level, name) = if target.is_ipv6() {
         (libc::IPPROTO_IPV6, libc::IPV6_MTU)
     } else {
         (libc::IPPROTO_IP, libc::IP_MTU)
     };
-    let v = get_int(s.as_raw_fd(), level, name)?;
-    u32::try_from(v).map_err(|_| io::Error::other("negative MTU"))
+    let routed = get_int(s.as_raw_fd(), level, name)
+        .ok()
+        .and_then(|v| u32::try_from(v).ok());
+    match (routed, interface_mtu_of(local)) {
+        (Some(r), Some(i)) => Ok(r.max(i)),
+        (Some(m), None) | (None, Some(m)) => Ok(m),
+        (None, None) => Err(io::Error::other("neither IP_MTU nor the interface's MTU")),
+    }
 }
 
 fn interface_mtu_of(ip: IpAddr) -> Option<u32> {

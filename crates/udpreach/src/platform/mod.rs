@@ -8,7 +8,7 @@
 
 pub mod errqueue;
 
-use errqueue::{PmtuMode, QueuedError};
+use errqueue::{ErrQueueEntry, PmtuMode, QueuedError, TxTimestamp};
 use nix::sys::socket::{self as nsock, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io::{self, IoSlice, IoSliceMut};
@@ -33,6 +33,9 @@ pub struct UdpOptions {
     pub recv_buffer: Option<usize>,
     /// SO_REUSEPORT: several sockets (one per echo worker) share one address.
     pub reuse_port: bool,
+    /// Software transmit timestamps (`SO_TIMESTAMPING`); read them with
+    /// [`AsyncUdp::recv_timed`]. Best effort: a kernel without them gives none.
+    pub tx_timestamps: bool,
 }
 
 /// What `recvmsg` told us beside the bytes.
@@ -123,6 +126,11 @@ pub fn udp_socket(bind: SocketAddr, opts: &UdpOptions) -> io::Result<UdpSocket> 
     if opts.recv_errors {
         errqueue::enable_recv_errors(&sock, v6)?;
     }
+    if opts.tx_timestamps {
+        if let Err(e) = errqueue::enable_tx_timestamps(&sock) {
+            tracing::debug!("no transmit timestamps: {e}");
+        }
+    }
     if let Some(bytes) = opts.recv_buffer {
         // Beyond net.core.rmem_max only with CAP_NET_ADMIN (RCVBUFFORCE); else best effort.
         if nsock::setsockopt(&sock, sockopt::RcvBufForce, &bytes).is_err() {
@@ -154,6 +162,7 @@ fn recvmsg_meta(sock: &UdpSocket, buf: &mut [u8], flags: MsgFlags) -> io::Result
         libc::c_int,
         nix::sys::time::TimeSpec,
         libc::in6_pktinfo,
+        nsock::Timestamps,
         [u8; 64]
     );
     let mut iov = [IoSliceMut::new(buf)];
@@ -256,20 +265,41 @@ pub enum Received {
     Error(QueuedError),
 }
 
+/// What [`AsyncUdp::recv_timed`] delivers: as [`Received`], or the transmit
+/// timestamp of a datagram we sent.
+#[derive(Debug)]
+pub enum ReceivedOrSent {
+    Received(Received),
+    Sent(TxTimestamp),
+}
+
 /// Reads the error queue first, then a datagram; `WouldBlock` when neither is there.
-fn recv_any_now(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
+fn recv_timed_now(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<ReceivedOrSent> {
     // Bounded: each round either returns or consumed one deferred error.
     for _ in 0..8 {
         match errqueue::recv_error(sock, buf) {
-            Ok(e) => return Ok(Received::Error(e)),
+            Ok(ErrQueueEntry::Error(e)) => return Ok(ReceivedOrSent::Received(Received::Error(e))),
+            Ok(ErrQueueEntry::Sent(t)) => return Ok(ReceivedOrSent::Sent(t)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }
         match recv_meta(sock, buf) {
-            Ok(m) => return Ok(Received::Datagram(m)),
+            Ok(m) => return Ok(ReceivedOrSent::Received(Received::Datagram(m))),
             // The pending error of an ICMP message now in the queue: read it next.
             Err(e) if errqueue::is_deferred_icmp_errno(&e) => continue,
             Err(e) => return Err(e),
+        }
+    }
+    Err(io::ErrorKind::WouldBlock.into())
+}
+
+/// [`recv_timed_now`] for sockets that do not ask for transmit timestamps
+/// (any that arrive anyway are skipped).
+fn recv_any_now(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
+    for _ in 0..8 {
+        match recv_timed_now(sock, buf)? {
+            ReceivedOrSent::Received(r) => return Ok(r),
+            ReceivedOrSent::Sent(_) => continue,
         }
     }
     Err(io::ErrorKind::WouldBlock.into())
@@ -333,6 +363,21 @@ impl AsyncUdp {
         }
     }
 
+    /// [`Self::recv_any`], plus the transmit timestamps of a socket opened
+    /// with `tx_timestamps`.
+    pub async fn recv_timed(&self, buf: &mut [u8]) -> io::Result<ReceivedOrSent> {
+        loop {
+            let mut guard = self
+                .inner
+                .ready(Interest::READABLE | Interest::ERROR)
+                .await?;
+            match recv_timed_now(self.inner.get_ref(), buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
+                r => return r,
+            }
+        }
+    }
+
     /// Non-blocking [`Self::recv_any`].
     pub fn try_recv_any(&self, buf: &mut [u8]) -> io::Result<Received> {
         recv_any_now(self.inner.get_ref(), buf)
@@ -346,6 +391,12 @@ impl AsyncUdp {
 
     pub fn try_send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
         send_now(self.inner.get_ref(), buf, to)
+    }
+
+    /// The receive buffer the kernel granted (`SO_RCVBUF`, which counts
+    /// bookkeeping overhead too: Linux reports twice what was asked).
+    pub fn recv_buffer_size(&self) -> io::Result<usize> {
+        socket2::SockRef::from(self.inner.get_ref()).recv_buffer_size()
     }
 
     /// Changes how Don't Fragment is handled for later sends.
@@ -407,4 +458,59 @@ pub fn tcp_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     sock.bind(&addr.into())?;
     sock.listen(1024)?;
     Ok(sock.into())
+}
+
+/// A timer with the kernel's precision (`timerfd`, CLOCK_MONOTONIC) for
+/// tokio: tokio's own timer wakes on whole milliseconds, which turns a
+/// 100 us send interval into bursts.
+pub struct PreciseTimer {
+    inner: AsyncFd<TimerFdHandle>,
+}
+
+/// `TimerFd` with the `AsRawFd` tokio's `AsyncFd` asks for.
+struct TimerFdHandle(nix::sys::timerfd::TimerFd);
+
+impl AsRawFd for TimerFdHandle {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+impl PreciseTimer {
+    pub fn new() -> io::Result<Self> {
+        use nix::sys::timerfd::{ClockId, TimerFd, TimerFlags};
+        let fd = TimerFd::new(
+            ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+        )?;
+        // SAFETY: the TimerFd owns its fd, which stays open and unchanged for
+        // as long as the AsyncFd (its sole owner) lives.
+        let inner =
+            unsafe { AsyncFd::register_with_interest(TimerFdHandle(fd), Interest::READABLE) }
+                .map_err(io::Error::from)?;
+        Ok(PreciseTimer { inner })
+    }
+
+    /// Waits until `at` (returns at once if it has passed).
+    pub async fn sleep_until(&self, at: std::time::Instant) -> io::Result<()> {
+        use nix::sys::time::TimeSpec;
+        use nix::sys::timerfd::{Expiration, TimerSetTimeFlags};
+        let left = at.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        let timer = &self.inner.get_ref().0;
+        timer.set(
+            Expiration::OneShot(TimeSpec::from_duration(left)),
+            TimerSetTimeFlags::empty(),
+        )?;
+        loop {
+            let mut guard = self.inner.readable().await?;
+            // Reads the expiry count; EAGAIN when not expired yet.
+            match guard.try_io(|fd| fd.get_ref().0.wait().map_err(io::Error::from)) {
+                Ok(r) => return r,
+                Err(_would_block) => continue,
+            }
+        }
+    }
 }

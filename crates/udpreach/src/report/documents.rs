@@ -116,6 +116,15 @@ pub enum PingEvent {
     SendError(SendFailure),
     Corrupt(IgnoredReply),
     Unauthenticated(IgnoredReply),
+    /// The machine could not keep the asked interval.
+    BehindSchedule(BehindSchedule),
+}
+
+/// The send rate the machine achieved when it fell behind the asked interval.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct BehindSchedule {
+    pub send_rate_pps: f64,
+    pub interval_us: u64,
 }
 
 /// Ping's closing statistics.

@@ -44,6 +44,10 @@ fn evidence_text(e: &Option<MtuEvidence>) -> String {
             "larger datagrams vanish without any ICMP error: a PMTU black hole, found by search"
                 .into()
         }
+        Some(MtuEvidence::Inconclusive) => {
+            "could not tell where the limit is: larger datagrams vanished without any ICMP error, but so did, when probed again, a size that had crossed (loss on the path or at the far end); this is only the largest size seen to cross"
+                .into()
+        }
         Some(MtuEvidence::Interface) => {
             "the sending interface's MTU; nothing smaller on the path".into()
         }

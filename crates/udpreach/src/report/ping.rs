@@ -46,6 +46,7 @@ impl PingEvent {
                 | PingEvent::SendError(_)
                 | PingEvent::Corrupt(_)
                 | PingEvent::Unauthenticated(_)
+                | PingEvent::BehindSchedule(_)
         )
     }
 
@@ -100,6 +101,12 @@ impl PingEvent {
             PingEvent::Unauthenticated(IgnoredReply { seq }) => {
                 format!("seq={seq} reply without a valid authentication tag; ignored")
             }
+            PingEvent::BehindSchedule(b) => format!(
+                "could not send every {:?}: the achieved rate was {:.0} probes/s (asked {:.0}/s)",
+                Duration::from_micros(b.interval_us),
+                b.send_rate_pps,
+                1e6 / b.interval_us.max(1) as f64
+            ),
         }
     }
 }
