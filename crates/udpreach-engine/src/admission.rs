@@ -115,7 +115,12 @@ pub struct Admission<T> {
 }
 
 impl<T> Admission<T> {
-    pub fn new(max_handshakes: usize, max_sessions: usize, max_ports: usize, shares: Shares) -> Self {
+    pub fn new(
+        max_handshakes: usize,
+        max_sessions: usize,
+        max_ports: usize,
+        shares: Shares,
+    ) -> Self {
         Admission {
             max_handshakes: max_handshakes.max(1),
             max_sessions,
@@ -390,9 +395,13 @@ mod tests {
         let x = ip("198.18.0.66");
         let taken = (0..100).filter(|_| a.reserve_port(x)).count();
         assert_eq!(taken, 10, "one source gets its share only");
-        let honest = (0..100).filter(|_| a.reserve_port(ip("198.18.0.1"))).count();
+        let honest = (0..100)
+            .filter(|_| a.reserve_port(ip("198.18.0.1")))
+            .count();
         assert_eq!(honest, 10);
-        let third = (0..100).filter(|_| a.reserve_port(ip("198.18.0.2"))).count();
+        let third = (0..100)
+            .filter(|_| a.reserve_port(ip("198.18.0.2")))
+            .count();
         assert_eq!(third, 5, "then the global cap");
         a.release_ports(x, 10);
         a.release_ports(x, 10); // over-release is clamped

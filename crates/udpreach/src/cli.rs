@@ -57,9 +57,10 @@ pub struct ServerArgs {
     /// TCP control port for `udpreach ports`, on the same addresses as --listen.
     #[arg(long, value_name = "PORT", value_parser = parse_port_arg)]
     pub control: Option<u16>,
-    /// Ports clients may ask the server to open for tests.
-    #[arg(long, value_name = "SPEC", default_value = "1024-65535", value_parser = parse_spec)]
-    pub allow_ports: PortSpec,
+    /// Ports clients may ask the server to open for tests. Default: 1024-65535 without the
+    /// host's ephemeral range (net.ipv4.ip_local_port_range, e.g. 1024-32767,61000-65535).
+    #[arg(long, value_name = "SPEC", value_parser = parse_spec)]
+    pub allow_ports: Option<PortSpec>,
     /// Most concurrent port-test sessions.
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_sessions: u32,
@@ -69,9 +70,18 @@ pub struct ServerArgs {
     /// Most test ports open at once across all sessions (default: from the open-files limit).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_total_ports: Option<u32>,
+    /// Most sessions from one source (IPv4 address or IPv6 /64). Default: a quarter of --max-sessions.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_sessions_per_source: Option<u32>,
+    /// Most test ports one source holds open at once, all its sessions together. Default: a quarter of --max-total-ports.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_ports_per_source: Option<u32>,
     /// Close a control session (and its ports) after this much silence.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
+    /// Time one control message has from its first byte to its last (both protocols).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub message_timeout: Duration,
     /// Most probe replies per second per session (test ports) and per ping flow (per source address without a key); excess probes get no reply.
     #[arg(long, value_name = "PPS", default_value_t = udpreach_engine::server::DEFAULT_MAX_PROBE_RATE, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub max_probe_rate: u32,

@@ -4,46 +4,82 @@
 
 use super::ServerState;
 use crate::platform::{AsyncUdp, UdpOptions};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::timeout;
+use tokio::time::{timeout, timeout_at};
+use udpreach_engine::admission::MessageDeadline;
 use udpreach_wire::legacy::{decode_request, encode_answer};
 
 const LISTEN_FOR: Duration = Duration::from_secs(3);
 
-pub async fn serve(mut stream: TcpStream, state: &Arc<ServerState>) -> anyhow::Result<()> {
+/// Serves one legacy connection from `peer`. Bounded like a udpreach
+/// session: its ports count against the session cap, the source's share and
+/// the global cap (each port held until its 3 s listen ends, also after the
+/// connection closed); every JSON object must arrive whole within the
+/// message deadline, and answers must be taken within it.
+pub async fn serve(
+    mut stream: TcpStream,
+    state: &Arc<ServerState>,
+    peer: IpAddr,
+) -> anyhow::Result<()> {
     let ip = stream.local_addr()?.ip();
+    let limits = &state.limits;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
+    let mut clock =
+        MessageDeadline::new(limits.idle_timeout, limits.message_timeout, Instant::now());
+    // This session's ports still listening.
+    let live = Arc::new(AtomicUsize::new(0));
     loop {
         while let Some((req, used)) = decode_request(&buf)? {
             buf.drain(..used);
+            clock.on_consumed(buf.len(), Instant::now());
             let Ok(req) = req else { continue }; // the seed server skipped bad objects too
             let mut available = false;
-            if state.policy.check(req.port).is_ok() && state.reserve_port() {
+            if state.policy.check(req.port).is_ok()
+                && live.load(Ordering::Acquire) < limits.max_ports_per_session
+                && state.reserve_port(peer)
+            {
                 match AsyncUdp::bind(SocketAddr::new(ip, req.port), &UdpOptions::default()) {
                     Ok(sock) => {
                         available = true;
+                        live.fetch_add(1, Ordering::AcqRel);
                         let st = state.clone();
-                        let max_datagram = state.limits.max_datagram;
+                        let live = live.clone();
+                        let max_datagram = limits.max_datagram;
                         tokio::spawn(async move {
                             echo_first(sock, max_datagram).await;
-                            st.release_ports(1);
+                            live.fetch_sub(1, Ordering::AcqRel);
+                            st.release_ports(peer, 1);
                         });
                     }
-                    Err(_) => state.release_ports(1),
+                    Err(_) => state.release_ports(peer, 1),
                 }
             }
-            stream.write_all(&encode_answer(&req, available)).await?;
+            timeout(
+                limits.message_timeout,
+                stream.write_all(&encode_answer(&req, available)),
+            )
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "answer not taken within {} s",
+                    limits.message_timeout.as_secs_f64()
+                )
+            })??;
         }
-        let n = timeout(state.limits.idle_timeout, stream.read(&mut chunk)).await??;
+        let n = timeout_at(clock.deadline().into(), stream.read(&mut chunk))
+            .await
+            .map_err(|_| anyhow::anyhow!("{}", clock.describe()))??;
         if n == 0 {
             return Ok(());
         }
         buf.extend_from_slice(&chunk[..n]);
+        clock.on_received(buf.len(), Instant::now());
     }
 }
 
