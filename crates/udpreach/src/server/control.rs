@@ -310,7 +310,12 @@ impl Session {
         }
         self.buf.drain(..PREAMBLE.len());
         let terms = WelcomeTerms {
-            max_open_ports: self.state.limits.max_ports_per_session as u32,
+            // A session of this source can hold no more than its share.
+            max_open_ports: self
+                .state
+                .limits
+                .max_ports_per_session
+                .min(self.state.limits.shares.ports_per_source) as u32,
             max_probe_rate: self.state.limits.max_probe_rate,
             software: format!("udpreach {}", env!("CARGO_PKG_VERSION")),
         };
