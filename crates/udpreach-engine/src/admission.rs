@@ -50,15 +50,9 @@ pub fn source_of(ip: IpAddr) -> IpAddr {
 /// Id of a pending handshake (increasing: a smaller id is older).
 pub type HandshakeId = u64;
 
-/// Why a new control connection gets no handshake slot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HandshakeRefusal {
-    /// This source already has its share of pending handshakes.
-    SourceShare { per_source: usize },
-}
-
-/// A handshake slot: its id and, when the table was full, the oldest pending
-/// handshake that lost its slot (the driver closes that connection).
+/// A handshake slot: its id and, when the source's share or the table was
+/// full, the pending handshake that lost its slot (the driver closes that
+/// connection, telling it "handshake slots full").
 #[derive(Debug, PartialEq, Eq)]
 pub struct HandshakeSlot<T> {
     pub id: HandshakeId,
@@ -149,30 +143,35 @@ impl<T> Admission<T> {
         }
     }
 
-    /// A new control connection from `ip` wants a handshake slot.
-    pub fn begin_handshake(
-        &mut self,
-        ip: IpAddr,
-        handle: T,
-    ) -> Result<HandshakeSlot<T>, HandshakeRefusal> {
-        let per_source = self.shares.handshakes_per_source;
-        if self.held(ip).handshakes >= per_source {
-            self.forget_if_empty(ip);
-            return Err(HandshakeRefusal::SourceShare { per_source });
-        }
-        let evicted = if self.pending.len() >= self.max_handshakes {
-            let (_, (old_ip, old)) = self.pending.pop_first().expect("table is full");
-            self.held(old_ip).handshakes -= 1;
-            self.forget_if_empty(old_ip);
-            Some(old)
+    /// A new control connection from `ip` takes a handshake slot. It always
+    /// gets one: when its source already holds its share, that source's
+    /// oldest pending handshake is evicted; when the table is full, the
+    /// oldest of all. So a source never holds more than its share, a flood
+    /// never locks out a quick client (even one behind the attacker's NAT),
+    /// and what is evicted is what has been stalling longest.
+    pub fn begin_handshake(&mut self, ip: IpAddr, handle: T) -> HandshakeSlot<T> {
+        let src = source_of(ip);
+        let victim = if self.held(ip).handshakes >= self.shares.handshakes_per_source {
+            self.pending
+                .iter()
+                .find(|(_, (other, _))| source_of(*other) == src)
+                .map(|(id, _)| *id)
+        } else if self.pending.len() >= self.max_handshakes {
+            self.pending.keys().next().copied()
         } else {
             None
         };
+        let evicted = victim.and_then(|id| {
+            let (old_ip, old) = self.pending.remove(&id)?;
+            self.held(old_ip).handshakes -= 1;
+            self.forget_if_empty(old_ip);
+            Some(old)
+        });
         let id = self.next_id;
         self.next_id += 1;
         self.pending.insert(id, (ip, handle));
         self.held(ip).handshakes += 1;
-        Ok(HandshakeSlot { id, evicted })
+        HandshakeSlot { id, evicted }
     }
 
     /// The handshake ended (admitted, refused, timed out or closed). A no-op
@@ -327,17 +326,20 @@ mod tests {
         let mut a = Admission::new(8, 4, 40, shares());
         let attacker = ip("198.18.0.66");
         for i in 0..3 {
-            assert_eq!(a.begin_handshake(attacker, i).unwrap().evicted, None);
+            assert_eq!(a.begin_handshake(attacker, i).evicted, None);
         }
-        // 1,100 more attempts from the same source: all refused, none evicts.
+        // 1,100 more from the same source: each evicts that source's oldest,
+        // so it never holds more than its share of 3.
         for i in 0..1100 {
-            assert_eq!(
-                a.begin_handshake(attacker, 100 + i),
-                Err(HandshakeRefusal::SourceShare { per_source: 3 })
-            );
+            let oldest = if i < 3 { i } else { 100 + i - 3 };
+            assert_eq!(a.begin_handshake(attacker, 100 + i).evicted, Some(oldest));
         }
         assert_eq!(a.pending_handshakes(), 3);
-        assert!(a.begin_handshake(ip("198.18.0.1"), 9).is_ok());
+        // Another source loses nothing to it.
+        let other = a.begin_handshake(ip("198.18.0.1"), 9);
+        assert_eq!(other.evicted, None);
+        // Behind the attacker's address, a quick client still gets a slot.
+        assert!(a.begin_handshake(attacker, 5000).evicted.is_some());
     }
 
     #[test]
@@ -345,14 +347,10 @@ mod tests {
         let mut a = Admission::new(4, 4, 40, shares());
         // Four attackers (other addresses) fill the table.
         let ids: Vec<_> = (0..4)
-            .map(|i| {
-                a.begin_handshake(ip(&format!("198.18.1.{i}")), i)
-                    .unwrap()
-                    .id
-            })
+            .map(|i| a.begin_handshake(ip(&format!("198.18.1.{i}")), i).id)
             .collect();
         // An honest client still gets a slot: the oldest attacker loses its.
-        let honest = a.begin_handshake(ip("198.18.0.1"), 99).unwrap();
+        let honest = a.begin_handshake(ip("198.18.0.1"), 99);
         assert_eq!(honest.evicted, Some(0));
         assert_eq!(a.pending_handshakes(), 4);
         // Ending an evicted handshake is harmless.
@@ -361,7 +359,7 @@ mod tests {
         // The attackers reconnect: each evicts the next oldest, and the
         // honest client is evicted only after 4 newer handshakes arrived.
         for (n, expect) in [(10, 1), (11, 2), (12, 3)] {
-            let s = a.begin_handshake(ip("198.18.1.9"), n).unwrap();
+            let s = a.begin_handshake(ip("198.18.1.9"), n);
             assert_eq!(s.evicted, Some(expect));
         }
         a.end_handshake(honest.id);

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use udpreach_wire::control::{decode_frame, ControlMsg, PREAMBLE};
+use udpreach_wire::control::{decode_frame, ControlMsg, ErrorCode, PREAMBLE};
 use util::*;
 
 const SERVER: &str = "198.18.0.2:4000";
@@ -269,28 +269,54 @@ fn handshake_flood_cannot_lock_out_keyed_clients() {
         stderr(&ping)
     );
 
-    // One source over its share of handshake slots (64 by default): a real
-    // client there is told so, never "not a udpreach server".
-    let hog = spawn_in(lab.client(), || {
-        (0..64)
-            .map(|_| connect_from(Ipv4Addr::new(198, 18, 0, 1)).unwrap())
-            .collect::<Vec<_>>()
+    // A client stalled in its keyed handshake (hello with a nonce, never an
+    // auth) is evicted by 64 newer connections from its own address (its
+    // share) and told why; a real client from that address still gets in.
+    let (evicted, hogs) = spawn_in(lab.client(), || {
+        let me = Ipv4Addr::new(198, 18, 0, 1);
+        let mut s = connect_from(me).unwrap();
+        let hello = ControlMsg::Hello {
+            version: 1,
+            capabilities: vec![],
+            software: "stalled".into(),
+            nonce: Some(udpreach_wire::auth::to_hex(
+                &[7u8; udpreach_wire::auth::NONCE_LEN],
+            )),
+        };
+        let mut out = PREAMBLE.to_vec();
+        out.extend(hello.to_frame());
+        s.write_all(&out).unwrap();
+        let mut buf = Vec::new();
+        let welcome = recv(&mut s, &mut buf);
+        assert!(
+            matches!(welcome, Some(ControlMsg::Welcome { .. })),
+            "{welcome:?}"
+        );
+        let hogs: Vec<TcpStream> = (0..64).map(|_| connect_from(me).unwrap()).collect();
+        (recv(&mut s, &mut buf), hogs)
     })
     .join()
     .unwrap();
+    match evicted {
+        Some(ControlMsg::Error { code, message, .. }) => {
+            assert_eq!(code, ErrorCode::HandshakeSlotsFull);
+            assert_eq!(message, "server refused: handshake slots full");
+        }
+        other => panic!("evicted handshake told {other:?}"),
+    }
     let o = udpreach(
         lab.client(),
-        &["ports", "198.18.0.2", "20000-20009", "--key-file", &key],
+        &[
+            "ports",
+            "198.18.0.2",
+            "20000-20009",
+            "-q",
+            "--key-file",
+            &key,
+        ],
     );
-    drop(hog);
-    assert_eq!(code(&o), 2, "{}", stderr(&o));
-    let err = stderr(&o);
-    assert!(
-        err.contains("server refused: handshake slots full"),
-        "{err}"
-    );
-    assert!(!err.contains("not a udpreach server"), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    drop(hogs);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
 
     // Every pending handshake ends within its 5 s deadline: descriptors return.
     assert!(
@@ -549,4 +575,47 @@ fn silent_death_of_the_control_connection_ends_ports_within_20_s() {
         "results so far: {}",
         stdout(&o)
     );
+}
+
+/// What `ports` says when a (fake, loopback) server refuses the session:
+/// one line in the server's words, exit 2, never "not a udpreach server".
+#[test]
+fn refusals_are_reported_in_one_clear_line() {
+    for (code_sent, message) in [
+        (
+            ErrorCode::HandshakeSlotsFull,
+            "server refused: handshake slots full",
+        ),
+        (ErrorCode::TooManySessions, "server busy (64 sessions)"),
+    ] {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let fake = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut b = [0u8; 4096];
+            let _ = c.read(&mut b);
+            let mut out = PREAMBLE.to_vec();
+            out.extend(
+                ControlMsg::Error {
+                    code: code_sent,
+                    message: message.into(),
+                    fatal: true,
+                }
+                .to_frame(),
+            );
+            c.write_all(&out).unwrap();
+        });
+        let target = format!("127.0.0.1:{port}");
+        let o = std::process::Command::new(udpreach_bin())
+            .args(["ports", &target, "20000-20009"])
+            .output()
+            .unwrap();
+        fake.join().unwrap();
+        let err = stderr(&o);
+        assert_eq!(code(&o), 2, "{err}");
+        assert!(err.contains(message), "{err}");
+        assert!(!err.contains("not a udpreach server"), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
 }

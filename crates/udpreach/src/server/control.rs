@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::time::{timeout, timeout_at};
-use udpreach_engine::admission::{HandshakeId, HandshakeRefusal, MessageDeadline, SessionRefusal};
+use udpreach_engine::admission::{HandshakeId, MessageDeadline, SessionRefusal};
 use udpreach_engine::handshake::{Handshake, Step, WelcomeTerms};
 use udpreach_engine::rate::TokenBucket;
 use udpreach_wire::control::{
@@ -104,23 +104,13 @@ fn refuse_handshake(stream: &TcpStream, with_preamble: bool, message: &str) {
 async fn handle(stream: TcpStream, peer: SocketAddr, state: Arc<ServerState>) {
     // Connections still in their handshake are capped and timed separately
     // from sessions: garbage or stalled connections never hold a session
-    // slot, and they cost a descriptor for at most `handshake_timeout`. Each
-    // source has a share of the slots; when all are taken the oldest pending
-    // handshake is evicted, so stalled connections cannot lock anyone out.
+    // slot, and they cost a descriptor for at most `handshake_timeout`. A
+    // source holds at most its share of the slots: over it, or when all are
+    // taken, the oldest pending handshake (of the source, or of all) is
+    // evicted, so stalled connections cannot lock anyone out.
     let ip = crate::platform::canonical(peer).ip();
     let (evict, mut evicted) = oneshot::channel();
-    let slot = match state.admission().begin_handshake(ip, evict) {
-        Ok(slot) => slot,
-        Err(HandshakeRefusal::SourceShare { per_source }) => {
-            tracing::debug!(%peer, "control: {per_source} handshakes pending from this source; closed");
-            refuse_handshake(
-                &stream,
-                true,
-                &format!("{SLOTS_FULL} ({per_source} pending from this address)"),
-            );
-            return;
-        }
-    };
+    let slot = state.admission().begin_handshake(ip, evict);
     if let Some(old) = slot.evicted {
         let _ = old.send(());
     }
