@@ -566,6 +566,8 @@ fn silent_death_of_the_control_connection_ends_ports_within_20_s() {
     assert!(took < Duration::from_secs(20), "{took:?}");
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     let err = stderr(&o);
+    println!("{}", err.trim());
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(
         err.contains("control connection to 198.18.0.2:4000 lost"),
         "{err}"

@@ -268,8 +268,9 @@ impl ControlClient {
                             "no answer from the server for {} s (connection lost?)",
                             ANSWER_TIMEOUT.as_secs()
                         )
-                    })??,
-                _ => self.stream.read(&mut chunk).await?,
+                    })?
+                    .map_err(gone)?,
+                _ => self.stream.read(&mut chunk).await.map_err(gone)?,
             };
             if n == 0 {
                 bail!("server closed the connection");
@@ -293,6 +294,18 @@ impl ControlClient {
 
     pub async fn bye(&mut self) -> anyhow::Result<()> {
         self.write(&ControlMsg::Bye.to_frame()).await
+    }
+}
+
+/// A read error, said plainly when the kernel gave up on the connection.
+fn gone(e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::TimedOut {
+        anyhow!(
+            "the server acknowledged nothing for {} s (connection lost?)",
+            TCP_GIVE_UP.as_secs()
+        )
+    } else {
+        e.into()
     }
 }
 
