@@ -1,20 +1,21 @@
 #!/usr/bin/env python3
 """The worst legal control-channel client, for bench/control_memory.sh: from
-each source address, as many udpreach sessions as the server gives it, each
-asking for every allowed port (8,192 per request), plus one legacy (seed
-JSON) session asking for every allowed port too. Holds everything until
+each source address, UDPREACH udpreach sessions, each asking for every
+allowed port (8,192 per request), and LEGACY legacy (seed JSON) sessions,
+each asking for its own slice of the allowed ports. Holds everything until
 stdin closes, then closes it all. Prints one JSON line with what it got.
 
-Usage: control_load.py SERVER CONTROL_PORT PORTSPEC SESSIONS_PER_SOURCE SRC...
+Usage: control_load.py SERVER CONTROL_PORT PORTSPEC UDPREACH LEGACY SRC...
 """
 import json
 import socket
 import struct
 import sys
+import threading
 
 server, control, spec = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-per_source = int(sys.argv[4])
-sources = sys.argv[5:]
+n_udpreach, n_legacy = int(sys.argv[4]), int(sys.argv[5])
+sources = sys.argv[6:]
 ports = []
 for part in spec.split(","):
     lo, _, hi = part.partition("-")
@@ -50,7 +51,7 @@ def connect(src):
 
 held, sessions, refused, opened, legacy_available = [], 0, 0, 0, 0
 for src in sources:
-    for _ in range(per_source - 1):  # the last slot is for the legacy session
+    for _ in range(n_udpreach):
         s = connect(src)
         s.sendall(b"UDPREACH" + frame({"type": "hello", "version": 1, "capabilities": [], "software": "bench"}))
         buf = bytearray()
@@ -66,18 +67,26 @@ for src in sources:
             ans = recv_frame(s, buf)
             opened += len((ans or {}).get("opened", []))
         held.append(s)
-    # One legacy session per source, asking for every port.
-    s = connect(src)
-    reqs = b"".join(json.dumps({"proto": "udpping", "server": server, "port": p, "available": False}).encode() for p in ports)
-    s.sendall(reqs)
-    got = bytearray()
-    while got.count(b"udpping") < len(ports):
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        got.extend(chunk)
-    legacy_available += got.count(b'"available":true')
-    held.append(s)
+    # Legacy sessions, each asking for its own slice of the ports.
+    total = max(1, n_legacy * len(sources))
+    chunk = max(1, min(len(ports) // total, 2048))
+    for k in range(n_legacy):
+        first = (sources.index(src) * n_legacy + k) * chunk
+        mine = ports[first:first + chunk]
+        s = connect(src)
+        reqs = b"".join(json.dumps({"proto": "udpping", "server": server, "port": p, "available": False}).encode() for p in mine)
+        # Send while reading: the server stops reading while its answers are not taken.
+        sender = threading.Thread(target=s.sendall, args=(reqs,))
+        sender.start()
+        got = bytearray()
+        while got.count(b"udpping") < len(mine):
+            data = s.recv(65536)
+            if not data:
+                break
+            got.extend(data)
+        sender.join()
+        legacy_available += got.count(b'"available":true')
+        held.append(s)
 print(json.dumps({"sessions": sessions, "refused": refused, "ports_opened": opened,
                   "legacy_available": legacy_available}), flush=True)
 sys.stdin.read()

@@ -500,13 +500,47 @@ fn one_source_cannot_squat_ports_and_legacy_requests_are_capped() {
     }
     let (answers, available) = legacy.join().unwrap();
     assert_eq!(answers, 19000, "every request answered");
-    // Legacy ports listen 3 s each, so over the run B may open more than
-    // 750, but never hold more than its share at once: the server's
-    // descriptors stay within A's 750 + B's 750 (+ a few of its own).
+    // One legacy session holds at most 64 ports at once (each listens 3 s):
+    // the server's descriptors stay within A's 750 + 64 (+ a few of its own).
     assert!(
-        peak_fds <= base_fds + 1500 + 8,
-        "peak fds {peak_fds}, baseline {base_fds}: more than two shares held"
+        peak_fds <= base_fds + 750 + 64 + 8,
+        "peak fds {peak_fds}, baseline {base_fds}: a legacy session held more than 64 ports"
     );
+    // Twelve legacy sessions from B, 100 ports each, within 3 s: together
+    // they get at most B's share of 750.
+    assert!(wait_until(Duration::from_secs(6), || fd_count(pid)
+        <= base_fds + 750 + 8));
+    let many = spawn_in(lab.client(), move || {
+        let mut conns = Vec::new();
+        let mut available = 0;
+        for k in 0..12u32 {
+            let mut c = connect_from(b).unwrap();
+            let mut req = Vec::new();
+            for p in 0..100 {
+                let port = 20000 + k * 100 + p;
+                req.extend_from_slice(
+                    format!(r#"{{"proto":"udpping","server":"198.18.0.2","port":{port},"available":false}}"#)
+                        .as_bytes(),
+                );
+            }
+            c.write_all(&req).unwrap();
+            let mut text = Vec::new();
+            let mut chunk = [0u8; 65536];
+            while text.windows(7).filter(|w| w == b"udpping").count() < 100 {
+                match c.read(&mut chunk) {
+                    Ok(n) if n > 0 => text.extend_from_slice(&chunk[..n]),
+                    _ => break,
+                }
+            }
+            available += String::from_utf8_lossy(&text).matches(r#""available":true"#).count();
+            conns.push(c);
+        }
+        available
+    })
+    .join()
+    .unwrap();
+    println!("12 legacy sessions from one source: {many} ports available");
+    assert!((600..=750).contains(&many), "{many}");
     // The honest client still gets every port it sweeps.
     let ok = udpreach(lab.client(), &["ports", "198.18.0.2", "29000-29999", "-q"]);
     assert_eq!(code(&ok), 0, "{}", stderr(&ok));
@@ -518,6 +552,9 @@ fn one_source_cannot_squat_ports_and_legacy_requests_are_capped() {
         "fds {} vs {base_fds}",
         fd_count(pid)
     );
+    let rss_back = wait_until(Duration::from_secs(3), || {
+        rss_kib(pid) < base_rss + 16 * 1024
+    });
     let after_rss = rss_kib(pid);
     println!(
         "squat: {opened} ports for A, {available} legacy for B; server fds {base_fds} -> peak {peak_fds} -> {}; RSS {base_rss} -> peak {peak_rss} -> {after_rss} KiB",
@@ -525,6 +562,11 @@ fn one_source_cannot_squat_ports_and_legacy_requests_are_capped() {
     );
     // 1,500 ports at most, whatever the per-port buffer: far below finding 2's 899 MB.
     assert!(peak_rss < base_rss + 128 * 1024, "peak RSS {peak_rss} KiB");
+    // And the memory is given back once the ports have closed.
+    assert!(
+        rss_back,
+        "RSS {after_rss} KiB after everything closed, baseline {base_rss} KiB"
+    );
     assert!(srv.is_running());
 }
 

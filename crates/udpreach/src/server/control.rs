@@ -233,6 +233,9 @@ impl Session {
             p.close().await;
         }
         self.state.release_ports(self.peer, n);
+        if n > 0 {
+            crate::platform::release_free_memory();
+        }
     }
 
     /// Reads more of the current message, by its deadline (whole message,

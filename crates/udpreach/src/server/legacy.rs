@@ -15,6 +15,12 @@ use udpreach_engine::admission::MessageDeadline;
 use udpreach_wire::legacy::{decode_request, encode_answer};
 
 const LISTEN_FOR: Duration = Duration::from_secs(3);
+/// Ports one legacy session may have listening at once. The seed's client
+/// tests one port at a time (request, answer, probe, up to 3 retries at
+/// 0.5 s), so it never needs more than a few; a pipelining client is told
+/// `"available": false` beyond this, rather than the server holding a buffer
+/// and a descriptor per port for thousands of ports.
+pub const LEGACY_PORTS_PER_SESSION: usize = 64;
 
 /// Serves one legacy connection from `peer`. Bounded like a udpreach
 /// session: its ports count against the session cap, the source's share and
@@ -41,7 +47,8 @@ pub async fn serve(
             let Ok(req) = req else { continue }; // the seed server skipped bad objects too
             let mut available = false;
             if state.policy.check(req.port).is_ok()
-                && live.load(Ordering::Acquire) < limits.max_ports_per_session
+                && live.load(Ordering::Acquire)
+                    < limits.max_ports_per_session.min(LEGACY_PORTS_PER_SESSION)
                 && state.reserve_port(peer)
             {
                 match AsyncUdp::bind(SocketAddr::new(ip, req.port), &UdpOptions::default()) {
@@ -53,8 +60,11 @@ pub async fn serve(
                         let max_datagram = limits.max_datagram;
                         tokio::spawn(async move {
                             echo_first(sock, max_datagram).await;
-                            live.fetch_sub(1, Ordering::AcqRel);
                             st.release_ports(peer, 1);
+                            if live.fetch_sub(1, Ordering::AcqRel) == 1 {
+                                // This session's last listening port: give its buffers back.
+                                crate::platform::release_free_memory();
+                            }
                         });
                     }
                     Err(_) => state.release_ports(peer, 1),
