@@ -40,10 +40,19 @@ fuzz_target!(|data: &[u8]| {
             0 => {
                 let slot = admission.begin_handshake(ip, next);
                 if let Some(gone) = slot.evicted {
-                    assert!(pending.remove(&gone).is_some(), "evicts a pending handshake");
+                    assert!(
+                        pending.remove(&gone).is_some(),
+                        "evicts a pending handshake"
+                    );
                 }
                 assert_eq!(slot.id, next);
-                pending.insert(next, (ip, Handshake::new(next, key.clone(), [9; NONCE_LEN], terms.clone())));
+                pending.insert(
+                    next,
+                    (
+                        ip,
+                        Handshake::new(next, key.clone(), [9; NONCE_LEN], terms.clone()),
+                    ),
+                );
                 next += 1;
             }
             // A frame for the oldest pending connection of that source.
@@ -101,5 +110,12 @@ fuzz_target!(|data: &[u8]| {
     for src in sessions {
         admission.close_session(src);
     }
-    assert_eq!((admission.pending_handshakes(), admission.sessions(), admission.sources()), (0, 0, 0));
+    assert_eq!(
+        (
+            admission.pending_handshakes(),
+            admission.sessions(),
+            admission.sources()
+        ),
+        (0, 0, 0)
+    );
 });
