@@ -74,7 +74,7 @@ impl std::fmt::Display for SessionRefusal {
             SessionRefusal::Full { max } => write!(f, "server busy ({max} sessions)"),
             SessionRefusal::SourceShare { per_source } => write!(
                 f,
-                "server busy ({per_source} sessions from this address, its share)"
+                "server busy ({per_source} sessions from this source, its share)"
             ),
         }
     }

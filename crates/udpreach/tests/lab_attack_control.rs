@@ -663,3 +663,89 @@ fn refusals_are_reported_in_one_clear_line() {
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
 }
+
+/// IPv6: sixteen attacker addresses in one /64 are one source. Their
+/// trickling legacy connections get that source's share of sessions (2 of
+/// 8) and lose them at the message deadline; an honest IPv6 sweep from
+/// another /64 is exact meanwhile.
+#[test]
+fn an_ipv6_64_is_one_source_and_trickles_end_over_ipv6() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::pair();
+    let _srv = start(
+        &lab,
+        &[
+            "--max-sessions",
+            "8",
+            "--message-timeout",
+            "2s",
+            "--allow-ports",
+            "20000-20999",
+        ],
+    );
+    let (c, s) = (lab.client(), lab.server());
+    let attackers: Vec<std::net::Ipv6Addr> = (0..16u16)
+        .map(|i| {
+            let a = std::net::Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, 0x100 + i);
+            let o = c.run([
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                &format!("{a}/64"),
+                "dev",
+                c.iface(),
+                "nodad",
+            ]);
+            assert!(o.status.success(), "{}", stderr(&o));
+            a
+        })
+        .collect();
+    let o = s.run([
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "fd00:0:0:1::/64",
+        "dev",
+        s.iface(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let server6: SocketAddr = "[fd00::2]:4000".parse().unwrap();
+    let mut conns: Vec<TcpStream> = spawn_in(c, move || {
+        attackers
+            .iter()
+            .filter_map(|a| {
+                let sock = Socket::new(Domain::IPV6, Type::STREAM, None).ok()?;
+                sock.bind(&SocketAddr::new((*a).into(), 0).into()).ok()?;
+                sock.connect_timeout(&server6.into(), Duration::from_secs(2))
+                    .ok()?;
+                let mut t: TcpStream = sock.into();
+                t.write_all(br#"{"proto": "udp"#).ok()?;
+                Some(t)
+            })
+            .collect()
+    })
+    .join()
+    .unwrap();
+    assert_eq!(conns.len(), 16);
+    let t0 = Instant::now();
+    let ok = udpreach(c, &["ports", "fd00::2", "20000-20999", "-q"]);
+    assert_eq!(code(&ok), 0, "{}", stderr(&ok));
+    assert!(stdout(&ok).contains("1000 reachable"), "{}", stdout(&ok));
+    // All 16 are closed: 14 at once (over the /64's share), 2 at the deadline.
+    let closed = conns
+        .iter_mut()
+        .map(|c| {
+            closed_despite_trickle(c, b' ', Duration::from_millis(500), Duration::from_secs(5))
+        })
+        .filter(|closed| *closed)
+        .count();
+    println!(
+        "IPv6: 16 trickling legacy connections from one /64 closed within {:.2} s",
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(closed, 16);
+}
