@@ -37,6 +37,10 @@ body='{"type":"hello","version":1,"capabilities":["ports"],"software":"x","nonce
 { printf 'UDPREACH'; printf "\\x00\\x00\\x00\\x$(printf %02x ${#body})"; printf '%s' "$body"; } | seed control_decode hello
 { printf "\\x00\\x00\\x00\\x$(printf %02x ${#body})"; printf '%s' "$body"; } | seed control_decode hello-frame
 printf 'UDPR\001\001\000\001%072d' 0 | seed auth_verify flagged
+obj='{"proto":"udpping","server":"198.18.0.2","port":5000,"available":false}'
+{ printf '\x3f%s\x8f%s' "${obj:0:63}" "${obj:63}"; } | seed legacy_session two-chunks
+hs='{"type":"hello","version":1,"capabilities":[],"software":"x"}'
+{ printf '\x00\x00\x40'; printf "\\x00\\x00\\x00\\x$(printf %02x ${#hs})"; printf '%s' "$hs"; printf '\xc0'; } | seed handshake hello-admit
 
 status=0
 printf '%-16s %14s %10s  %s\n' target executions exec/s result

@@ -3,6 +3,7 @@
 //! and deliver events, so every behaviour can be tested in memory with
 //! simulated loss and time (the approach of quinn-proto).
 
+pub mod admission;
 pub mod engine;
 pub mod handshake;
 pub mod mtu;

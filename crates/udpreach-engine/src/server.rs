@@ -1,6 +1,7 @@
 //! Server-side decisions that need no socket: what a datagram is, and which
 //! ports a session may open. The answers themselves are in `responder`.
 
+use crate::admission::Shares;
 use std::net::SocketAddr;
 use std::time::Duration;
 use udpreach_wire::probe::{self, ProbeHeader, ProbeKind, ServerStamp};
@@ -114,6 +115,11 @@ pub struct ServerLimits {
     pub max_handshakes: usize,
     /// Time a new control connection has to complete its handshake.
     pub handshake_timeout: Duration,
+    /// Time one control message (udpreach frame or legacy JSON object) has
+    /// from its first byte to its last: a trickle keeps no session.
+    pub message_timeout: Duration,
+    /// What one source (IPv4 address, IPv6 /64) may hold at once.
+    pub shares: Shares,
 }
 
 impl ServerLimits {
@@ -134,8 +140,38 @@ impl ServerLimits {
             // garbage connections without turning real clients away.
             max_handshakes: usable.clamp(64, 1024),
             handshake_timeout: Duration::from_secs(5),
+            message_timeout: DEFAULT_MESSAGE_TIMEOUT,
+            shares: Shares::fair(usable.clamp(64, 1024), 64, usable.min(60_000)),
         }
     }
+
+    /// Recomputes the default shares after the caps changed; explicit
+    /// per-source caps (when given) win.
+    pub fn set_shares(
+        &mut self,
+        sessions_per_source: Option<usize>,
+        ports_per_source: Option<usize>,
+    ) {
+        let fair = Shares::fair(self.max_handshakes, self.max_sessions, self.max_total_ports);
+        self.shares = Shares {
+            handshakes_per_source: fair.handshakes_per_source,
+            sessions_per_source: sessions_per_source.unwrap_or(fair.sessions_per_source),
+            ports_per_source: ports_per_source.unwrap_or(fair.ports_per_source),
+        };
+    }
+}
+
+/// Default whole-message deadline on the control channel.
+pub const DEFAULT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The default `--allow-ports`: 1024-65535 without the host's ephemeral
+/// range (`lo..=hi` from net.ipv4.ip_local_port_range), so test ports never
+/// take the ports the host's own outgoing connections need.
+pub fn default_allowed_ports(ephemeral: Option<(u16, u16)>) -> PortSpec {
+    let Some((lo, hi)) = ephemeral.filter(|(lo, hi)| lo <= hi) else {
+        return PortSpec::from_ports(1024..=65535);
+    };
+    PortSpec::from_ports((1024..=65535u16).filter(|p| *p < lo || *p > hi))
 }
 
 /// How many test ports an open-files limit of `nofile` descriptors can hold:
@@ -161,6 +197,18 @@ mod tests {
             .encode(&mut buf)
             .unwrap();
         assert_eq!(classify_echo(&buf), EchoAction::Drop);
+    }
+
+    #[test]
+    fn default_ports_skip_the_ephemeral_range() {
+        let p = default_allowed_ports(Some((32768, 60999)));
+        assert_eq!(p.to_string(), "1024-32767,61000-65535");
+        assert_eq!(default_allowed_ports(None).to_string(), "1024-65535");
+        assert_eq!(
+            default_allowed_ports(Some((1024, 65535))).len(),
+            0,
+            "an operator who gives every port away must choose with --allow-ports"
+        );
     }
 
     #[test]

@@ -167,6 +167,8 @@ pub enum ErrorCode {
     TooManySessions,
     AuthFailed,
     Unexpected,
+    /// Every pending-handshake slot this connection could use is taken.
+    HandshakeSlotsFull,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -113,9 +113,10 @@ pub struct ServerArgs {
     /// [default: each --listen address's own port].
     #[arg(long, value_name = "PORT", value_parser = parse_port_arg, help_heading = LISTEN)]
     pub control: Option<u16>,
-    /// Ports clients may ask the server to open for tests.
-    #[arg(long, value_name = "SPEC", default_value = "1024-65535", value_parser = parse_spec, help_heading = LISTEN)]
-    pub allow_ports: PortSpec,
+    /// Ports clients may ask the server to open for tests [default: 1024-65535 without the
+    /// host's ephemeral range (net.ipv4.ip_local_port_range, e.g. 1024-32767,61000-65535)].
+    #[arg(long, value_name = "SPEC", value_parser = parse_spec, help_heading = LISTEN)]
+    pub allow_ports: Option<PortSpec>,
     /// Answer only udpreach probes on the echo port, not arbitrary datagrams.
     #[arg(long, help_heading = LISTEN)]
     pub no_plain_echo: bool,
@@ -129,9 +130,19 @@ pub struct ServerArgs {
     /// more than that limit allows is refused].
     #[arg(long, value_name = "N", value_parser = number_in("port count", 1u32, 1_000_000), allow_negative_numbers = true, help_heading = LIMITS)]
     pub max_total_ports: Option<u32>,
+    /// Most sessions from one source (IPv4 address or IPv6 /64) [default: a quarter of --max-sessions].
+    #[arg(long, value_name = "N", value_parser = number_in("session count", 1u32, 10_000), allow_negative_numbers = true, help_heading = LIMITS)]
+    pub max_sessions_per_source: Option<u32>,
+    /// Most test ports one source holds open at once, all its sessions together
+    /// [default: a quarter of --max-total-ports].
+    #[arg(long, value_name = "N", value_parser = number_in("port count", 1u32, 1_000_000), allow_negative_numbers = true, help_heading = LIMITS)]
+    pub max_ports_per_source: Option<u32>,
     /// Close a control session (and its ports) after this much silence: 1s..=1h.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration_in("idle timeout", "1s", "1h"), allow_negative_numbers = true, help_heading = LIMITS)]
     pub idle_timeout: Duration,
+    /// Time one control message has from its first byte to its last (both protocols).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration_in("message timeout", "1s", "1h"), allow_negative_numbers = true, help_heading = LIMITS)]
+    pub message_timeout: Duration,
     /// Most probe replies per second per session (test ports) and per ping flow (per source address without a key); excess probes get no reply.
     #[arg(long, value_name = "PPS", default_value_t = udpreach_engine::server::DEFAULT_MAX_PROBE_RATE, value_parser = number_in("rate", 1u32, 10_000_000), allow_negative_numbers = true, help_heading = LIMITS)]
     pub max_probe_rate: u32,
@@ -142,13 +153,13 @@ pub struct ServerArgs {
     #[arg(long, value_name = "PPS", default_value_t = udpreach_engine::server::DEFAULT_PLAIN_ECHO_RATE, value_parser = number_in("rate", 1u32, 1_000_000), allow_negative_numbers = true, help_heading = LIMITS)]
     pub plain_echo_rate: u32,
     /// Most unauthenticated replies per second to one address, of every kind (echo, probes, test ports, legacy, MTU); an address with an open control session gets --max-probe-rate instead.
-    #[arg(long, value_name = "PPS", default_value_t = udpreach_engine::reply_budget::DEFAULT_BUDGET_PPS, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    #[arg(long, value_name = "PPS", default_value_t = udpreach_engine::reply_budget::DEFAULT_BUDGET_PPS, value_parser = number_in("reply budget", 1u32, 10_000_000), allow_negative_numbers = true, help_heading = LIMITS)]
     pub reply_budget: u32,
     /// Most unauthenticated reply bytes per second to one address (UDP payload).
-    #[arg(long, value_name = "BYTES", default_value_t = udpreach_engine::reply_budget::DEFAULT_BUDGET_BYTES, value_parser = clap::value_parser!(u64).range(65_536..=1_000_000_000_000))]
+    #[arg(long, value_name = "BYTES", default_value_t = udpreach_engine::reply_budget::DEFAULT_BUDGET_BYTES, value_parser = number_in("reply byte budget", 65_536u64, 1_000_000_000_000), allow_negative_numbers = true, help_heading = LIMITS)]
     pub reply_budget_bytes: u64,
     /// Also answer echo requests from source ports 1-1023 (never 0, 7, 19 or the server's own ports).
-    #[arg(long)]
+    #[arg(long, help_heading = LISTEN)]
     pub echo_low_ports: bool,
     #[command(flatten)]
     pub key: KeyArgs,
@@ -371,15 +382,12 @@ impl ServerArgs {
             .collect();
         own.sort_unstable();
         own.dedup();
-        if self
-            .allow_ports
-            .iter()
-            .all(|p| own.binary_search(&p).is_ok())
-        {
-            return Err(format!(
-                "--allow-ports '{}' names only the server's own ports; no port would be left to test",
-                self.allow_ports
-            ));
+        if let Some(allowed) = &self.allow_ports {
+            if allowed.iter().all(|p| own.binary_search(&p).is_ok()) {
+                return Err(format!(
+                    "--allow-ports '{allowed}' names only the server's own ports; no port would be left to test"
+                ));
+            }
         }
         let budget = udpreach_engine::server::port_budget(nofile);
         for (name, value) in [

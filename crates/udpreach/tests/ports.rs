@@ -270,13 +270,13 @@ fn ctrl_c_prints_results_so_far() {
     let lab = Lab::pair();
     let _server = start_server(lab.server(), &[]);
     lab.server()
-        .drop_udp_dport_in(&(40000..40100).collect::<Vec<_>>());
+        .drop_udp_dport_in(&(30000..30100).collect::<Vec<_>>());
     let bin = udpreach_bin().display().to_string();
     let p = lab.client().spawn([
         bin.as_str(),
         "ports",
         "198.18.0.2",
-        "39900-40099",
+        "29900-30099",
         "--timeout",
         "5s",
     ]);
@@ -292,11 +292,11 @@ fn ctrl_c_prints_results_so_far() {
         .map(|l| l.split_whitespace().collect())
         .collect();
     assert!(
-        rows.contains(&vec!["reachable", "100", "39900-39999"]),
+        rows.contains(&vec!["reachable", "100", "29900-29999"]),
         "{out}"
     );
     assert!(
-        rows.contains(&vec!["not_tested", "100", "40000-40099"]),
+        rows.contains(&vec!["not_tested", "100", "30000-30099"]),
         "{out}"
     );
     assert!(stderr(&o).contains("interrupted"));
@@ -327,14 +327,14 @@ fn session_cap_and_idle_timeout() {
     );
     let server: std::net::SocketAddr = "198.18.0.2:4000".parse().unwrap();
     let mut idle = RawSession::connect(lab.client(), server);
-    idle.request(&ControlMsg::Open { ports: vec![33000] });
+    idle.request(&ControlMsg::Open { ports: vec![23000] });
     // The only session slot is taken: a second client is told so, exit 2.
-    let o = udpreach(lab.client(), &["ports", "198.18.0.2", "33001"]);
+    let o = udpreach(lab.client(), &["ports", "198.18.0.2", "23001"]);
     assert_eq!(code(&o), 2);
     assert!(stderr(&o).contains("busy"), "{}", stderr(&o));
     // The silent session times out; its port and slot are freed.
     assert!(lab::wait_until(Duration::from_secs(5), || {
-        code(&udpreach(lab.client(), &["ports", "198.18.0.2", "33000"])) == 0
+        code(&udpreach(lab.client(), &["ports", "198.18.0.2", "23000"])) == 0
     }));
 }
 

@@ -6,15 +6,21 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::timeout;
+use tokio::time::{timeout, timeout_at};
 use udpreach_wire::auth::{self, DerivedKey, SharedKey, NONCE_LEN, PROOF_LEN};
 use udpreach_wire::control::{
     decode_frame, ControlMsg, ErrorCode, CAPABILITIES, PREAMBLE, PROTOCOL_VERSION,
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a control answer may take before the server is considered gone.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the server may go without answering while a request is pending
+/// (and how long one write may block) before it is considered gone: a
+/// control connection that silently dies ends the run within this.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
+/// The kernel's own bound on unacknowledged data (TCP_USER_TIMEOUT) and its
+/// keepalive probes: a connection whose packets vanish errors out even when
+/// the application has nothing pending.
+const TCP_GIVE_UP: Duration = Duration::from_secs(12);
 
 /// Which answer a request in flight is waiting for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +60,10 @@ pub struct ControlClient {
     stream: TcpStream,
     buf: Vec<u8>,
     pub pending: VecDeque<Pending>,
+    /// While requests are pending: when the server must have said something.
+    /// Kept here, not in a per-call timer, so a caller that polls `recv` in a
+    /// loop (and drops it for other events) cannot restart the clock.
+    answer_due: Option<Instant>,
     pub handshake_rtt: Duration,
     server: SocketAddr,
 }
@@ -66,10 +76,19 @@ impl ControlClient {
             .map_err(|_| anyhow!("cannot connect to the udpreach control port {server}: timed out after 5 s"))?
             .with_context(|| format!("cannot connect to the udpreach control port {server} (is `udpreach server` running there?)"))?;
         let _ = stream.set_nodelay(true);
+        let sock = socket2::SockRef::from(&stream);
+        let _ = sock.set_tcp_user_timeout(Some(TCP_GIVE_UP));
+        let _ = sock.set_tcp_keepalive(
+            &socket2::TcpKeepalive::new()
+                .with_time(Duration::from_secs(5))
+                .with_interval(Duration::from_secs(2))
+                .with_retries(3),
+        );
         Ok(ControlClient {
             stream,
             buf: Vec::new(),
             pending: VecDeque::new(),
+            answer_due: None,
             handshake_rtt: t0.elapsed(),
             server,
         })
@@ -87,14 +106,20 @@ impl ControlClient {
         };
         let mut out = PREAMBLE.to_vec();
         out.extend(hello.to_frame());
-        self.stream.write_all(&out).await?;
+        self.write(&out).await?;
         let mut pre = [0u8; 8];
         timeout(ANSWER_TIMEOUT, self.stream.read_exact(&mut pre))
             .await
-            .map_err(|_| anyhow!("{}: no answer to hello", self.server))?
+            .map_err(|_| {
+                anyhow!(
+                    "{}: no answer to hello for {} s",
+                    self.server,
+                    ANSWER_TIMEOUT.as_secs()
+                )
+            })?
             .with_context(|| {
                 format!(
-                    "{} closed the control connection (not a udpreach server?)",
+                    "{} closed the control connection without a udpreach greeting",
                     self.server
                 )
             })?;
@@ -131,9 +156,7 @@ impl ControlClient {
                     let why = message.trim_start_matches("authentication failed: ");
                     return Err(AuthFailed(format!("{server} refused the session: {why}")).into());
                 }
-                ControlMsg::Error { code, message, .. } => {
-                    bail!("server refused the session ({code:?}): {message}")
-                }
+                ControlMsg::Error { code, message, .. } => refused(server, code, &message)?,
                 other => bail!("protocol error: expected welcome, got {other:?}"),
             };
         let session_key = match (key, cn) {
@@ -172,13 +195,13 @@ impl ControlClient {
                 message: "the server's proof does not match the client's key".into(),
                 fatal: true,
             };
-            let _ = self.stream.write_all(&bye.to_frame()).await;
+            let _ = self.write(&bye.to_frame()).await;
             return Err(AuthFailed(format!("{server} holds a different key")).into());
         }
         let ours = ControlMsg::Auth {
             proof: auth::to_hex(&key.client_proof(cn, &sn)),
         };
-        self.stream.write_all(&ours.to_frame()).await?;
+        self.write(&ours.to_frame()).await?;
         match self.recv_answer().await? {
             ControlMsg::AuthOk => Ok(key.session_key(cn, &sn)),
             ControlMsg::Error {
@@ -189,9 +212,7 @@ impl ControlClient {
                 let why = message.trim_start_matches("authentication failed: ");
                 Err(AuthFailed(format!("{server}: {why}")).into())
             }
-            ControlMsg::Error { code, message, .. } => {
-                bail!("server refused the session ({code:?}): {message}")
-            }
+            ControlMsg::Error { code, message, .. } => refused(server, code, &message),
             other => bail!("protocol error: expected auth_ok, got {other:?}"),
         }
     }
@@ -204,26 +225,52 @@ impl ControlClient {
             .map_err(|_| anyhow!("{server}: no answer during the handshake for 15 s"))?
     }
 
+    /// Writes, by the answer deadline: a peer that stops reading (or a
+    /// path that silently drops everything) cannot block us forever.
+    async fn write(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        let server = self.server;
+        timeout(ANSWER_TIMEOUT, self.stream.write_all(bytes))
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "{server} took no data for {} s (connection lost?)",
+                    ANSWER_TIMEOUT.as_secs()
+                )
+            })?
+            .with_context(|| format!("cannot send to {server}"))
+    }
+
     pub async fn request(&mut self, msg: ControlMsg, kind: Pending) -> anyhow::Result<()> {
-        self.stream.write_all(&msg.to_frame()).await?;
+        self.write(&msg.to_frame()).await?;
+        if self.pending.is_empty() {
+            self.answer_due = Some(Instant::now() + ANSWER_TIMEOUT);
+        }
         self.pending.push_back(kind);
         Ok(())
     }
 
-    /// Next message from the server. Cancel-safe: bytes read are kept in `buf`.
+    /// Next message from the server. Cancel-safe: bytes read are kept in
+    /// `buf`, and the answer deadline is kept across calls: with requests
+    /// pending, the server must send something every [`ANSWER_TIMEOUT`].
     pub async fn recv(&mut self) -> anyhow::Result<ControlMsg> {
         loop {
             if let Some((msg, used)) = decode_frame(&self.buf)? {
                 self.buf.drain(..used);
+                self.answer_due = Some(Instant::now() + ANSWER_TIMEOUT);
                 return Ok(msg);
             }
             let mut chunk = [0u8; 65536];
-            let n = if self.pending.is_empty() {
-                self.stream.read(&mut chunk).await?
-            } else {
-                timeout(ANSWER_TIMEOUT, self.stream.read(&mut chunk))
+            let n = match (self.pending.is_empty(), self.answer_due) {
+                (false, Some(due)) => timeout_at(due.into(), self.stream.read(&mut chunk))
                     .await
-                    .map_err(|_| anyhow!("no answer from the server for 15 s"))??
+                    .map_err(|_| {
+                        anyhow!(
+                            "no answer from the server for {} s (connection lost?)",
+                            ANSWER_TIMEOUT.as_secs()
+                        )
+                    })?
+                    .map_err(gone)?,
+                _ => self.stream.read(&mut chunk).await.map_err(gone)?,
             };
             if n == 0 {
                 bail!("server closed the connection");
@@ -234,14 +281,44 @@ impl ControlClient {
 
     /// One request and its answer, for exchanges that are not pipelined.
     pub async fn call(&mut self, msg: &ControlMsg, wait: Duration) -> anyhow::Result<ControlMsg> {
-        self.stream.write_all(&msg.to_frame()).await?;
-        timeout(wait, self.recv())
+        self.write(&msg.to_frame()).await?;
+        timeout(wait.min(ANSWER_TIMEOUT), self.recv())
             .await
-            .map_err(|_| anyhow!("no answer from the server for {} s", wait.as_secs()))?
+            .map_err(|_| {
+                anyhow!(
+                    "no answer from the server for {} s",
+                    wait.min(ANSWER_TIMEOUT).as_secs()
+                )
+            })?
     }
 
     pub async fn bye(&mut self) -> anyhow::Result<()> {
-        self.stream.write_all(&ControlMsg::Bye.to_frame()).await?;
-        Ok(())
+        self.write(&ControlMsg::Bye.to_frame()).await
+    }
+}
+
+/// A read error, said plainly when the kernel gave up on the connection.
+fn gone(e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::TimedOut {
+        anyhow!(
+            "the server acknowledged nothing for {} s (connection lost?)",
+            TCP_GIVE_UP.as_secs()
+        )
+    } else {
+        e.into()
+    }
+}
+
+/// The server refused the session: one line saying why, in the server's
+/// words where they are the message ("server busy (64 sessions)",
+/// "server refused: handshake slots full").
+fn refused<T>(server: SocketAddr, code: ErrorCode, message: &str) -> anyhow::Result<T> {
+    match code {
+        ErrorCode::AuthFailed => {
+            let why = message.trim_start_matches("authentication failed: ");
+            Err(AuthFailed(format!("{server} refused the session: {why}")).into())
+        }
+        ErrorCode::TooManySessions | ErrorCode::HandshakeSlotsFull => bail!("{server}: {message}"),
+        _ => bail!("{server} refused the session ({code:?}): {message}"),
     }
 }

@@ -6,13 +6,14 @@ use super::mtu::MtuPort;
 use super::test_port::{OpenError, SessionPorts, TestPort};
 use super::{legacy, lock_budget, ServerState};
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, SemaphorePermit};
-use tokio::time::timeout;
+use tokio::sync::oneshot;
+use tokio::time::{timeout, timeout_at};
+use udpreach_engine::admission::{HandshakeId, MessageDeadline, SessionRefusal};
 use udpreach_engine::handshake::{Handshake, Step, WelcomeTerms};
 use udpreach_engine::rate::TokenBucket;
 use udpreach_wire::control::{
@@ -36,19 +37,99 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<ServerState>) {
     }
 }
 
+/// A pending handshake's slot; freed when dropped (also when evicted).
+struct HandshakeGuard {
+    state: Arc<ServerState>,
+    id: HandshakeId,
+}
+
+impl Drop for HandshakeGuard {
+    fn drop(&mut self) {
+        self.state.admission().end_handshake(self.id);
+    }
+}
+
+/// A session slot (counted for the peer's source); freed when dropped.
+pub struct SessionSlot {
+    state: Arc<ServerState>,
+    peer: IpAddr,
+}
+
+impl SessionSlot {
+    /// Takes a slot for `peer`, or says why not ("server busy (N sessions)").
+    pub fn take(state: &Arc<ServerState>, peer: IpAddr) -> Result<Self, SessionRefusal> {
+        state.admission().open_session(peer)?;
+        Ok(SessionSlot {
+            state: state.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.state.admission().close_session(self.peer);
+    }
+}
+
+/// What a refused handshake is told before the connection closes. Never
+/// blocks: a peer that reads nothing gets nothing.
+const SLOTS_FULL: &str = "server refused: handshake slots full";
+
+fn refuse_handshake(stream: &TcpStream, with_preamble: bool, message: &str) {
+    let mut out = if with_preamble {
+        PREAMBLE.to_vec()
+    } else {
+        Vec::new()
+    };
+    out.extend(
+        ControlMsg::Error {
+            code: ErrorCode::HandshakeSlotsFull,
+            message: message.to_string(),
+            fatal: true,
+        }
+        .to_frame(),
+    );
+    let _ = stream.try_write(&out);
+    // Read what the client already sent, so the close is a FIN, not a
+    // reset that could discard our answer before the client reads it.
+    let mut sink = [0u8; 4096];
+    for _ in 0..16 {
+        if !matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {
+            break;
+        }
+    }
+}
+
 async fn handle(stream: TcpStream, peer: SocketAddr, state: Arc<ServerState>) {
     // Connections still in their handshake are capped and timed separately
     // from sessions: garbage or stalled connections never hold a session
-    // slot, and they cost a descriptor for at most `handshake_timeout`.
-    let Ok(handshake_permit) = state.handshakes.try_acquire() else {
-        tracing::debug!(%peer, "control: too many handshakes in progress; closed");
-        return;
+    // slot, and they cost a descriptor for at most `handshake_timeout`. A
+    // source holds at most its share of the slots: over it, or when all are
+    // taken, the oldest pending handshake (of the source, or of all) is
+    // evicted, so stalled connections cannot lock anyone out.
+    let ip = crate::platform::canonical(peer).ip();
+    let (evict, mut evicted) = oneshot::channel();
+    let slot = state.admission().begin_handshake(ip, evict);
+    if let Some(old) = slot.evicted {
+        let _ = old.send(());
+    }
+    let guard = HandshakeGuard {
+        state: state.clone(),
+        id: slot.id,
     };
     let hs_timeout = state.limits.handshake_timeout;
     let mut first = [0u8; 1];
-    match timeout(hs_timeout, stream.peek(&mut first)).await {
-        Ok(Ok(1)) => {}
-        _ => return,
+    tokio::select! {
+        r = timeout(hs_timeout, stream.peek(&mut first)) => match r {
+            Ok(Ok(1)) => {}
+            _ => return,
+        },
+        Ok(()) = &mut evicted => {
+            tracing::debug!(%peer, "control: pending handshake evicted (slots full)");
+            refuse_handshake(&stream, true, SLOTS_FULL);
+            return;
+        }
     }
     if first[0] == b'{' {
         // The seed's protocol has no authentication and opens ports that echo
@@ -57,26 +138,35 @@ async fn handle(stream: TcpStream, peer: SocketAddr, state: Arc<ServerState>) {
             tracing::info!(%peer, "legacy JSON session refused: this server requires authentication");
             return;
         }
-        let Ok(permit) = state.sessions.try_acquire() else {
-            tracing::info!(%peer, "legacy JSON session refused: too many sessions");
-            return;
+        let permit = match SessionSlot::take(&state, ip) {
+            Ok(p) => p,
+            Err(why) => {
+                tracing::info!(%peer, "legacy JSON session refused: {why}");
+                return;
+            }
         };
-        drop(handshake_permit);
-        if let Err(e) = legacy::serve(stream, &state).await {
+        drop(guard);
+        if let Err(e) = legacy::serve(stream, &state, ip).await {
             tracing::info!(%peer, "legacy session ended: {e}");
         }
         drop(permit);
         return;
     }
-    let mut session = Session::new(stream, crate::platform::canonical(peer).ip(), state.clone());
-    let admitted = match timeout(hs_timeout, session.handshake(&state.sessions)).await {
-        Ok(r) => r,
-        Err(_) => Err(anyhow::anyhow!(
-            "handshake not completed within {} s",
-            hs_timeout.as_secs_f64()
-        )),
+    let mut session = Session::new(stream, state.clone(), ip);
+    let admitted = tokio::select! {
+        r = timeout(hs_timeout, session.handshake()) => match r {
+            Ok(r) => r,
+            Err(_) => Err(anyhow::anyhow!(
+                "handshake not completed within {} s",
+                hs_timeout.as_secs_f64()
+            )),
+        },
+        Ok(()) = &mut evicted => {
+            refuse_handshake(&session.stream, !session.preamble_sent, SLOTS_FULL);
+            Err(anyhow::anyhow!("pending handshake evicted (slots full)"))
+        }
     };
-    drop(handshake_permit);
+    drop(guard);
     let result = match admitted {
         Ok(permit) => {
             tracing::info!(%peer, authenticated = session.ports_ctx.key.is_some(), "control session started");
@@ -104,7 +194,12 @@ async fn handle(stream: TcpStream, peer: SocketAddr, state: Arc<ServerState>) {
 struct Session {
     stream: TcpStream,
     state: Arc<ServerState>,
+    /// The client's address (its source, for the shares).
+    peer: IpAddr,
     buf: Vec<u8>,
+    /// When the next byte is due: a whole message, or the idle timeout.
+    clock: MessageDeadline,
+    preamble_sent: bool,
     ports: HashMap<u16, TestPort>,
     ports_ctx: SessionPorts,
     opened_total: usize,
@@ -113,13 +208,19 @@ struct Session {
 }
 
 impl Session {
-    fn new(stream: TcpStream, client: std::net::IpAddr, state: Arc<ServerState>) -> Self {
-        let rate = TokenBucket::new(state.limits.max_probe_rate, Instant::now());
-        let ports_ctx = SessionPorts::new(rand::random(), rate, client, state.budget.clone());
+    fn new(stream: TcpStream, state: Arc<ServerState>, peer: IpAddr) -> Self {
+        let now = Instant::now();
+        let rate = TokenBucket::new(state.limits.max_probe_rate, now);
+        let ports_ctx = SessionPorts::new(rand::random(), rate, peer, state.budget.clone());
+        let clock =
+            MessageDeadline::new(state.limits.idle_timeout, state.limits.message_timeout, now);
         Session {
             stream,
             state,
+            peer,
             buf: Vec::with_capacity(4096),
+            clock,
+            preamble_sent: false,
             ports: HashMap::new(),
             ports_ctx,
             opened_total: 0,
@@ -132,18 +233,24 @@ impl Session {
         for (_, p) in self.ports.drain() {
             p.close().await;
         }
-        self.state.release_ports(n);
+        self.state.release_ports(self.peer, n);
+        if n > 0 {
+            crate::platform::release_free_memory();
+        }
     }
 
+    /// Reads more of the current message, by its deadline (whole message,
+    /// or idle between messages): a trickle of bytes keeps nothing open.
     async fn read_more(&mut self) -> anyhow::Result<()> {
         let mut chunk = [0u8; 16384];
-        let n = timeout(self.state.limits.idle_timeout, self.stream.read(&mut chunk))
+        let n = timeout_at(self.clock.deadline().into(), self.stream.read(&mut chunk))
             .await
-            .map_err(|_| anyhow::anyhow!("idle timeout"))??;
+            .map_err(|_| anyhow::anyhow!("{}", self.clock.describe()))??;
         if n == 0 {
             anyhow::bail!("connection closed");
         }
         self.buf.extend_from_slice(&chunk[..n]);
+        self.clock.on_received(self.buf.len(), Instant::now());
         Ok(())
     }
 
@@ -152,6 +259,7 @@ impl Session {
             match decode_frame_limited(&self.buf, max_frame) {
                 Ok(Some((msg, used))) => {
                     self.buf.drain(..used);
+                    self.clock.on_consumed(self.buf.len(), Instant::now());
                     return Ok(msg);
                 }
                 Ok(None) => self.read_more().await?,
@@ -187,10 +295,7 @@ impl Session {
     /// Preamble, then the engine's [`Handshake`] (hello, and with a key the
     /// mutual proof); ends with the session admitted (a slot taken) or an
     /// error sent to the client.
-    async fn handshake<'a>(
-        &mut self,
-        sessions: &'a Semaphore,
-    ) -> anyhow::Result<SemaphorePermit<'a>> {
+    async fn handshake(&mut self) -> anyhow::Result<SessionSlot> {
         while self.buf.len() < PREAMBLE.len() {
             self.read_more().await?;
             if check_preamble(&self.buf).is_err() {
@@ -199,7 +304,12 @@ impl Session {
         }
         self.buf.drain(..PREAMBLE.len());
         let terms = WelcomeTerms {
-            max_open_ports: self.state.limits.max_ports_per_session as u32,
+            // A session of this source can hold no more than its share.
+            max_open_ports: self
+                .state
+                .limits
+                .max_ports_per_session
+                .min(self.state.limits.shares.ports_per_source) as u32,
             max_probe_rate: self.state.limits.max_probe_rate,
             software: format!("udpreach {}", env!("CARGO_PKG_VERSION")),
         };
@@ -215,13 +325,14 @@ impl Session {
             let step = handshake.on_message(msg);
             if std::mem::take(&mut first) {
                 // Our preamble goes out with the first answer, whatever it is.
+                self.preamble_sent = true;
                 self.stream.write_all(PREAMBLE).await?;
             }
             match step {
                 Step::Reply(reply) => self.send(&reply).await?,
                 Step::Admit { reply, session_key } => {
                     self.ports_ctx.key = session_key;
-                    let permit = self.admit(sessions).await?;
+                    let permit = self.admit().await?;
                     self.send(&reply).await?;
                     return Ok(permit);
                 }
@@ -235,15 +346,12 @@ impl Session {
         }
     }
 
-    /// Takes a session slot, or tells the client the server is full.
-    async fn admit<'a>(&mut self, sessions: &'a Semaphore) -> anyhow::Result<SemaphorePermit<'a>> {
-        match sessions.try_acquire() {
+    /// Takes a session slot, or tells the client the server is busy.
+    async fn admit(&mut self) -> anyhow::Result<SessionSlot> {
+        match SessionSlot::take(&self.state, self.peer) {
             Ok(p) => Ok(p),
-            Err(_) => {
-                let message = format!(
-                    "server busy: {} sessions already",
-                    self.state.limits.max_sessions
-                );
+            Err(why) => {
+                let message = why.to_string();
                 self.send_error(ErrorCode::TooManySessions, &message, true)
                     .await;
                 anyhow::bail!("refused: {message}")
@@ -279,7 +387,7 @@ impl Session {
                             n += 1;
                         }
                     }
-                    self.state.release_ports(n);
+                    self.state.release_ports(self.peer, n);
                     ControlMsg::Closed { count: n as u32 }
                 }
                 ControlMsg::MtuOpen { port } => self.mtu_open(local_ip, port),
@@ -359,7 +467,7 @@ impl Session {
                 continue;
             }
             if self.ports.len() >= self.state.limits.max_ports_per_session
-                || !self.state.reserve_port()
+                || !self.state.reserve_port(self.peer)
             {
                 failed.push(port);
                 continue;
@@ -378,7 +486,7 @@ impl Session {
                     failed.push(port);
                 }
             }
-            self.state.release_ports(1);
+            self.state.release_ports(self.peer, 1);
         }
         ControlMsg::Opened {
             opened,

@@ -11,27 +11,25 @@ use crate::cli::{ServerArgs, DEFAULT_PORT};
 use crate::platform;
 use anyhow::Context;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::Semaphore;
+use tokio::sync::oneshot;
+use udpreach_engine::admission::Admission;
 use udpreach_engine::reply_budget::{BudgetRates, ReplyBudget};
 use udpreach_engine::responder::{EchoPolicy, SourcePorts};
-use udpreach_engine::server::{PortPolicy, ServerLimits};
+use udpreach_engine::server::{default_allowed_ports, PortPolicy, ServerLimits};
 use udpreach_wire::auth::SharedKey;
 
 /// State shared by every session of one server.
 pub struct ServerState {
     pub policy: PortPolicy,
     pub limits: ServerLimits,
-    pub sessions: Semaphore,
-    /// Control connections that have not finished their handshake yet.
-    pub handshakes: Semaphore,
+    /// Pending handshakes, sessions and test ports, globally and per source.
+    /// A pending handshake's entry holds the sender that evicts it.
+    pub admission: Mutex<Admission<oneshot::Sender<()>>>,
     /// With a key: only authenticated sessions and probes are served.
     pub key: Option<SharedKey>,
-    /// Test ports open right now, across all sessions.
-    pub open_ports: AtomicUsize,
     /// The per-destination budget every unauthenticated reply draws on.
     pub budget: Arc<Mutex<ReplyBudget>>,
     /// Source ports never answered (7, 19, the server's own, 1-1023 by default).
@@ -45,18 +43,31 @@ pub fn lock_budget(b: &Mutex<ReplyBudget>) -> MutexGuard<'_, ReplyBudget> {
 }
 
 impl ServerState {
-    /// Reserves room for one more test port under the global cap.
-    pub fn reserve_port(&self) -> bool {
-        self.open_ports
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.limits.max_total_ports).then_some(n + 1)
-            })
-            .is_ok()
+    pub fn admission(&self) -> MutexGuard<'_, Admission<oneshot::Sender<()>>> {
+        // A panic elsewhere cannot leave the counts half-updated: every
+        // method finishes its update before returning.
+        self.admission.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn release_ports(&self, n: usize) {
-        self.open_ports.fetch_sub(n, Ordering::AcqRel);
+    /// Reserves room for one more test port for `peer`, under the global
+    /// cap and the source's share.
+    pub fn reserve_port(&self, peer: IpAddr) -> bool {
+        self.admission().reserve_port(peer)
     }
+
+    pub fn release_ports(&self, peer: IpAddr, n: usize) {
+        if n > 0 {
+            self.admission().release_ports(peer, n);
+        }
+    }
+}
+
+/// The host's ephemeral port range (`lo`, `hi`), as the kernel has it for
+/// this network namespace.
+fn ephemeral_range() -> Option<(u16, u16)> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut it = text.split_whitespace().map(str::parse::<u16>);
+    Some((it.next()?.ok()?, it.next()?.ok()?))
 }
 
 fn default_listens() -> Vec<SocketAddr> {
@@ -81,6 +92,21 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<u8> {
     limits.max_probe_rate = args.max_probe_rate;
     limits.plain_echo_rate = args.plain_echo_rate;
     limits.max_datagram = args.max_datagram;
+    limits.message_timeout = args.message_timeout;
+    limits.set_shares(
+        args.max_sessions_per_source.map(|n| n as usize),
+        args.max_ports_per_source.map(|n| n as usize),
+    );
+    let allowed = match &args.allow_ports {
+        Some(spec) => spec.clone(),
+        None => {
+            let spec = default_allowed_ports(ephemeral_range());
+            if spec.is_empty() {
+                anyhow::bail!("the host's ephemeral port range covers 1024-65535: choose test ports with --allow-ports");
+            }
+            spec
+        }
+    };
     let key = crate::shared_key::load(&args.key)?;
     if key.is_some() && args.no_plain_echo {
         tracing::info!(
@@ -135,15 +161,15 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<u8> {
     })));
 
     let state = Arc::new(ServerState {
-        policy: PortPolicy {
-            allowed: args.allow_ports.clone(),
-            reserved,
-        },
-        sessions: Semaphore::new(limits.max_sessions),
-        handshakes: Semaphore::new(limits.max_handshakes),
+        policy: PortPolicy { allowed, reserved },
+        admission: Mutex::new(Admission::new(
+            limits.max_handshakes,
+            limits.max_sessions,
+            limits.max_total_ports,
+            limits.shares,
+        )),
         key,
         limits,
-        open_ports: AtomicUsize::new(0),
         budget: budget.clone(),
         source_ports: source_ports.clone(),
     });
@@ -159,12 +185,14 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<u8> {
         (None, false) => format!("plain echo up to {}/s per source", l.plain_echo_rate),
     };
     println!(
-        "udpreach server: UDP echo on {}; control on TCP {}; test ports {}; up to {} sessions, {} ports per session, {} in total; {}; probes up to {}/s per session; unauthenticated replies up to {}/s and {} bytes/s per address; datagrams up to {} bytes; {}",
+        "udpreach server: UDP echo on {}; control on TCP {}; test ports {}; up to {} sessions ({} per source), {} ports per session, {} per source, {} in total; {}; probes up to {}/s per session; unauthenticated replies up to {}/s and {} bytes/s per address; datagrams up to {} bytes; {}",
         echo_desc.join(", "),
         ctl_desc.join(", "),
         state.policy.allowed,
         l.max_sessions,
+        l.shares.sessions_per_source,
         l.max_ports_per_session,
+        l.shares.ports_per_source,
         l.max_total_ports,
         echo_mode,
         l.max_probe_rate,
