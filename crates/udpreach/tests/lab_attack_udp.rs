@@ -754,6 +754,10 @@ fn per_port_memory_is_bounded_and_returns_after_sessions_close() {
             "8192",
             "--max-total-ports",
             "12000",
+            "--max-ports-per-source",
+            "12000",
+            "--max-sessions-per-source",
+            "64",
         ],
     );
     let pid = srv.pid();
@@ -779,23 +783,31 @@ fn per_port_memory_is_bounded_and_returns_after_sessions_close() {
         rss_kib(pid)
     );
 
-    // Legacy ports: the seed's protocol, one connection, N ports (each
-    // waits 3 s for its datagram, then closes).
-    drop(legacy_ports(
-        lab.client(),
-        server,
-        (34000..34000 + N).collect(),
-    ));
+    // Legacy ports: the seed's protocol. A legacy session may have at most
+    // 64 ports listening (each waits 3 s for its datagram, then closes), so
+    // LEGACY_CONNS connections of 64 ports each.
+    const LEGACY_CONNS: u16 = 16;
+    const PER_CONN: u16 = 64;
+    let legacy_round = |base: u16| -> Vec<TcpStream> {
+        (0..LEGACY_CONNS)
+            .map(|c| {
+                let first = base + c * PER_CONN;
+                legacy_ports(lab.client(), server, (first..first + PER_CONN).collect())
+            })
+            .collect()
+    };
+    drop(legacy_round(34000));
     std::thread::sleep(Duration::from_secs(4));
     let baseline = rss_kib(pid);
-    let conn = legacy_ports(lab.client(), server, (34000..34000 + N).collect());
+    let conns = legacy_round(36000);
     let open = rss_kib(pid);
-    let per_port = (open.saturating_sub(baseline)) * 1024 / u64::from(N);
+    let n = u64::from(LEGACY_CONNS * PER_CONN);
+    let per_port = (open.saturating_sub(baseline)) * 1024 / n;
     println!(
-        "legacy ports: baseline {baseline} KiB, {N} open {open} KiB: {per_port} bytes per port"
+        "legacy ports: baseline {baseline} KiB, {n} open {open} KiB: {per_port} bytes per port"
     );
     assert!(per_port <= 2048, "{per_port} bytes of RSS per legacy port");
-    drop(conn);
+    drop(conns);
     assert!(
         wait_until(Duration::from_secs(8), || rss_kib(pid) <= baseline + 1024),
         "RSS {} KiB after the legacy ports closed (baseline {baseline} KiB)",

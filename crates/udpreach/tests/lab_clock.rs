@@ -15,7 +15,9 @@ fn ping_keeps_a_100us_interval() {
     }
     let lab = Lab::pair();
     let host = lab.server();
-    let _server = start_server(host, &[]);
+    // 10,000 probes/s from one address: above the default per-address
+    // reply budget (1000/s), which would withhold replies.
+    let _server = start_server(host, &["--reply-budget", "100000"]);
     // 2000 probes at 100 us are 0.2 s of schedule. No timed assertion on a
     // noisy machine beyond a generous bound (7 times the schedule): that the
     // schedule itself is exact is the engine's test
@@ -30,7 +32,7 @@ fn ping_keeps_a_100us_interval() {
             "-c",
             "2000",
             "-q",
-            "--json",
+            "--json-lines",
             "127.0.0.1",
         ],
     );
@@ -51,7 +53,7 @@ fn ping_keeps_a_100us_interval() {
             "-c",
             "200",
             "-q",
-            "--json",
+            "--json-lines",
             "127.0.0.1",
         ],
     );
@@ -72,7 +74,15 @@ fn rtt_across_the_lab_link_comes_from_one_clock_and_is_never_zero() {
     let o = udpreach(
         lab.client(),
         &[
-            "ping", "-c", "50", "-i", "2ms", "-s", "1400", "--json", &target,
+            "ping",
+            "-c",
+            "50",
+            "-i",
+            "2ms",
+            "-s",
+            "1400",
+            "--json-lines",
+            &target,
         ],
     );
     assert_eq!(code(&o), 0, "{}", stderr(&o));
