@@ -40,6 +40,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if !matches!(cli.command, Command::Server(_)) {
+        platform::default_sigpipe();
+    }
     match cli.command {
         Command::Completions { shell } => {
             clap_complete::generate(

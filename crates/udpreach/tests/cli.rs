@@ -355,3 +355,25 @@ fn ports_verbose_does_not_list_every_port_but_list_does() {
     assert!(lists("--list"));
     assert!(!lists("-v"));
 }
+
+/// Output into a pipe that closes early (`| head`) ends the client quietly,
+/// as any Unix filter does (SIGPIPE), never with a panic.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let _srv = server(26730, &["--allow-ports", "26731-26739"]);
+    let script = format!(
+        "{} ping 127.0.0.1:26730 -c 200 -i 2ms --json-lines | head -1; echo \"rc=${{PIPESTATUS[0]}}\"",
+        bin().display()
+    );
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .expect("bash runs");
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert!(stdout.contains("\"type\":\"start\""), "{stdout}");
+    // 141 = killed by SIGPIPE (128 + 13), as coreutils filters end.
+    assert!(stdout.contains("rc=141"), "{stdout}\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

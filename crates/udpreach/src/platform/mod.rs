@@ -442,6 +442,18 @@ pub fn release_free_memory() {
     }
 }
 
+/// Restores the default action of SIGPIPE (Rust starts with it ignored), so
+/// a client command whose output goes to a closed pipe (`udpreach ping ... |
+/// head`) ends quietly like any Unix filter instead of panicking in
+/// `println!`. Not for the server: its sockets must never end the process.
+pub fn default_sigpipe() {
+    // SAFETY: sets a signal disposition to SIG_DFL before any other thread
+    // exists; no handler code runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Raises the soft open-files limit to the hard limit; returns the soft limit now in force.
 pub fn raise_nofile_limit() -> u64 {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
