@@ -3,10 +3,11 @@
 //! defaults or checks depend on the mode (key, listen addresses, limits).
 //! Loopback only; servers use ports 26710-26799.
 
+mod lab;
 mod loopback;
 
+use lab::CommandOutput;
 use loopback::{bin, key_file, run, server, spawn};
-use std::process::Output;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
@@ -16,9 +17,9 @@ fn text(b: &[u8]) -> String {
 }
 
 /// Exit 2 and exactly one stderr line, `udpreach: ...`, containing `needle`.
-fn assert_usage_error(args: &[&str], out: &Output, needle: &str) {
+fn assert_usage_error(args: &[&str], out: &CommandOutput, needle: &str) {
     let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    out.assert_code(2);
     assert_eq!(err.lines().count(), 1, "{args:?}: not one line: {err:?}");
     assert!(err.starts_with("udpreach: "), "{args:?}: {err:?}");
     assert!(err.contains(needle), "{args:?}: {err:?} lacks {needle:?}");
@@ -111,8 +112,8 @@ fn allow_ports_naming_only_the_servers_own_ports_is_refused() {
 #[test]
 fn max_total_ports_beyond_the_open_files_limit_is_refused() {
     // A hard limit of 1024 descriptors leaves room for 512 test ports.
-    let out = std::process::Command::new("sh")
-        .arg("-c")
+    let mut sh = std::process::Command::new("sh");
+    sh.arg("-c")
         .arg("ulimit -n 1024 && exec \"$0\" \"$@\"")
         .arg(bin())
         .args([
@@ -122,9 +123,8 @@ fn max_total_ports_beyond_the_open_files_limit_is_refused() {
             "--max-total-ports",
             "5000",
         ])
-        .env_remove("UDPREACH_KEY")
-        .output()
-        .expect("run sh");
+        .env_remove("UDPREACH_KEY");
+    let out = lab::run_local(sh, T).unwrap_or_else(|t| panic!("{t}"));
     assert_usage_error(&["server", "--max-total-ports", "5000"], &out, "'5000'");
     assert!(text(&out.stderr).contains("open-files limit"));
 }
@@ -133,7 +133,7 @@ fn max_total_ports_beyond_the_open_files_limit_is_refused() {
 fn help_shows_each_commands_own_exit_codes_defaults_and_groups() {
     let help = |args: &[&str]| {
         let out = run(args, &[], T);
-        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        out.assert_code(0);
         assert!(out.stderr.is_empty(), "{args:?}: {}", text(&out.stderr));
         text(&out.stdout)
     };
@@ -161,7 +161,7 @@ fn help_shows_each_commands_own_exit_codes_defaults_and_groups() {
 #[test]
 fn version_names_the_git_commit_when_built_from_git() {
     let out = run(&["--version"], &[], T);
-    assert_eq!(out.status.code(), Some(0));
+    out.assert_code(0);
     let v = text(&out.stdout);
     assert!(
         v.starts_with(&format!("udpreach {}", env!("CARGO_PKG_VERSION"))),
@@ -184,12 +184,12 @@ fn version_names_the_git_commit_when_built_from_git() {
 fn completions_and_man_pages_are_generated_from_the_cli() {
     for shell in ["bash", "zsh", "fish"] {
         let out = run(&["completions", shell], &[], T);
-        assert_eq!(out.status.code(), Some(0), "{shell}");
+        out.assert_code(0);
         let s = text(&out.stdout);
         assert!(s.contains("udpreach") && s.contains("key-file"), "{shell}");
     }
     let out = run(&["man"], &[], T);
-    assert_eq!(out.status.code(), Some(0));
+    out.assert_code(0);
     let page = text(&out.stdout);
     assert!(page.contains(".TH udpreach 1"), "{page}");
     let out = run(&["man", "ping"], &[], T);
@@ -227,7 +227,7 @@ fn keyed_ping_defaults_to_the_smallest_authenticated_size() {
         T,
     );
     let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    out.assert_code(0);
     let start: serde_json::Value =
         serde_json::from_str(stdout.lines().next().expect("start line")).expect("JSON");
     assert_eq!(start["bytes"], 80, "{start}");
@@ -251,12 +251,12 @@ fn keyless_ping_to_a_keyed_server_says_a_key_is_required() {
     // Without -c: the check must end the run, not 100% loss forever.
     let out = run(&["ping", "127.0.0.1:26721", "-i", "0.1"], &[], T);
     let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    out.assert_code(2);
     assert!(err.contains("127.0.0.1:26721 requires a key"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
     // A short run ends before the check could: it waits for it at the end.
     let out = run(&["ping", "127.0.0.1:26721", "-c", "1", "-W", "1ms"], &[], T);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    out.assert_code(2);
     assert!(text(&out.stderr).contains("requires a key"));
 }
 
@@ -283,7 +283,7 @@ fn keyless_ping_to_a_plain_echo_server_is_not_affected_by_the_key_check() {
     );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     t.join().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    out.assert_code(0);
     assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
 }
 
@@ -305,14 +305,14 @@ fn keyless_ping_to_nothing_is_no_reply_not_a_key_error() {
         &[],
         T,
     );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    out.assert_code(1);
     assert!(!text(&out.stderr).contains("key"), "{}", text(&out.stderr));
 }
 
 #[test]
 fn log_output_has_no_colour_when_not_a_terminal() {
     // -vv: the server logs (sessions at info) to a pipe.
-    let mut srv = spawn(
+    let srv = spawn(
         &[
             "-vv",
             "server",
@@ -329,8 +329,11 @@ fn log_output_has_no_colour_when_not_a_terminal() {
     assert!(up, "server did not start");
     // A port-test session: logged at info when it starts and ends.
     let _ = run(&["ports", "127.0.0.1:26723", "26760"], &[], T);
-    srv.sigkill();
-    let (_, _, err) = srv.wait_output(Duration::from_secs(5));
+    srv.kill();
+    let err = match srv.wait_output_timeout(Duration::from_secs(5)) {
+        Ok(out) => text(&out.stderr),
+        Err(t) => text(&t.output.stderr),
+    };
     assert!(
         err.contains("INFO") || err.contains("DEBUG"),
         "no log: {err}"
@@ -346,7 +349,7 @@ fn ports_verbose_does_not_list_every_port_but_list_does() {
     let _srv = server(26724, &["--allow-ports", "26770-26779"]);
     let lists = |flag: &str| {
         let out = run(&["ports", "127.0.0.1:26724", "26770-26773", flag], &[], T);
-        assert_eq!(out.status.code(), Some(0), "{flag}: {}", text(&out.stderr));
+        out.assert_code(0);
         text(&out.stdout)
             .lines()
             .any(|l| l.starts_with("port 26771 "))

@@ -82,7 +82,7 @@ fn ping_prints_icmp_errors_with_their_sender() {
             lab.client(),
             &["ping", "-c", "3", "-i", "0.1", "--json-lines", &t9],
         );
-        assert_eq!(code(&o), 1, "no reply: exit 1\n{}", stdout(&o));
+        o.assert_code(1);
         schema::assert_lines_valid("ping-lines.json", &stdout(&o));
         let lines = json_lines(&o);
         let errors: Vec<&Value> = lines.iter().filter(|l| l["type"] == "icmp_error").collect();
@@ -297,7 +297,7 @@ fn mtu_round_trip_through_a_plain_echo_server() {
     assert_eq!(doc["round_trip"]["fragments"]["passes"], true, "{doc}");
     // Without --echo: no control channel there, so it says so and falls back.
     let o = udpreach(lab.client(), &["mtu", "[fd00:2::2]:7"]);
-    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    o.assert_code(0);
     assert!(
         stderr(&o).contains("round trip through the echo port"),
         "{}",

@@ -54,7 +54,7 @@ fn all_reachable_v4_and_v6() {
         lab.client(),
         &["ports", "198.18.0.2", "5000, 6000,7000-8000"],
     );
-    assert_eq!(code(&o), 0);
+    o.assert_code(0);
     let out = stdout(&o);
     let rows: Vec<Vec<&str>> = out
         .lines()
@@ -285,7 +285,7 @@ fn ctrl_c_prints_results_so_far() {
     let o = p
         .wait_output_timeout(Duration::from_secs(5))
         .expect("stops on Ctrl+C");
-    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    o.assert_code(1);
     let out = stdout(&o);
     let rows: Vec<Vec<&str>> = out
         .lines()
@@ -309,7 +309,7 @@ fn no_server_is_exit_2_with_a_clear_message() {
     }
     let lab = Lab::pair();
     let o = udpreach(lab.client(), &["ports", "198.18.0.2", "5000"]);
-    assert_eq!(code(&o), 2);
+    o.assert_code(2);
     let err = stderr(&o);
     assert!(err.contains("198.18.0.2:4000"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -330,7 +330,7 @@ fn session_cap_and_idle_timeout() {
     idle.request(&ControlMsg::Open { ports: vec![23000] });
     // The only session slot is taken: a second client is told so, exit 2.
     let o = udpreach(lab.client(), &["ports", "198.18.0.2", "23001"]);
-    assert_eq!(code(&o), 2);
+    o.assert_code(2);
     assert!(stderr(&o).contains("busy"), "{}", stderr(&o));
     // The silent session times out; its port and slot are freed.
     assert!(lab::wait_until(Duration::from_secs(5), || {
@@ -348,7 +348,7 @@ fn list_shows_every_port() {
     let lab = Lab::pair();
     let _server = start_server(lab.server(), &[]);
     let o = udpreach(lab.client(), &["ports", "-l", "198.18.0.2", "5000-5002"]);
-    assert_eq!(code(&o), 0);
+    o.assert_code(0);
     let out = stdout(&o);
     for p in 5000..=5002 {
         assert!(out.contains(&format!("port {p} reachable rtt=")), "{out}");

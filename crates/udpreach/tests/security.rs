@@ -2,6 +2,7 @@
 //! match and keys that don't, unauthenticated and replayed datagrams,
 //! plain-echo limits, and key-file errors.
 
+mod lab;
 mod loopback;
 
 use loopback::{key_file, run, server};
@@ -41,13 +42,7 @@ fn ports_with_the_right_key_works_and_a_wrong_key_fails_with_exit_2() {
         &[],
         T,
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    out.assert_code(0);
     assert!(text(&out.stdout).contains("100 reachable"));
 
     // The same key from the environment (no trailing newline there).
@@ -57,7 +52,7 @@ fn ports_with_the_right_key_works_and_a_wrong_key_fails_with_exit_2() {
         &[("UDPREACH_KEY", secret)],
         T,
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    out.assert_code(0);
 
     let wrong = key_file("wrong", b"not the shared secret\n");
     let out = run(
@@ -71,14 +66,14 @@ fn ports_with_the_right_key_works_and_a_wrong_key_fails_with_exit_2() {
         &[],
         T,
     );
-    assert_eq!(out.status.code(), Some(2));
+    out.assert_code(2);
     let err = text(&out.stderr);
     assert!(err.contains("authentication failed"), "{err}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
 
     // No key at all against a server that requires one.
     let out = run(&["ports", "127.0.0.1:24201", "24300-24309"], &[], T);
-    assert_eq!(out.status.code(), Some(2));
+    out.assert_code(2);
     assert!(
         text(&out.stderr).contains("authentication failed"),
         "{}",
@@ -101,7 +96,7 @@ fn keyed_client_refuses_a_server_without_a_key() {
         &[],
         T,
     );
-    assert_eq!(out.status.code(), Some(2));
+    out.assert_code(2);
     let err = text(&out.stderr);
     assert!(
         err.contains("authentication failed") && err.contains("did not prove"),
@@ -142,13 +137,7 @@ fn keyed_ping_is_answered_and_a_wrong_key_fails_with_exit_2() {
         &[],
         T,
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    out.assert_code(0);
     assert!(
         text(&out.stdout).contains("3 received"),
         "{}",
@@ -170,7 +159,7 @@ fn keyed_ping_is_answered_and_a_wrong_key_fails_with_exit_2() {
         &[],
         T,
     );
-    assert_eq!(out.status.code(), Some(2));
+    out.assert_code(2);
     assert!(
         text(&out.stderr).contains("authentication failed"),
         "{}",
@@ -191,7 +180,7 @@ fn keyed_ping_is_answered_and_a_wrong_key_fails_with_exit_2() {
         &[],
         T,
     );
-    assert_eq!(out.status.code(), Some(2));
+    out.assert_code(2);
     assert!(
         text(&out.stderr).contains("invalid size '64'"),
         "{}",
@@ -304,7 +293,7 @@ fn plain_echo_is_rate_limited_per_source_and_can_be_switched_off() {
         &[],
         T,
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    out.assert_code(0);
 }
 
 #[test]
@@ -318,7 +307,7 @@ fn max_datagram_drops_larger_datagrams() {
         &[],
         T,
     );
-    assert_eq!(ok.status.code(), Some(0));
+    ok.assert_code(0);
     let big = run(
         &[
             "ping",
@@ -334,12 +323,7 @@ fn max_datagram_drops_larger_datagrams() {
         &[],
         T,
     );
-    assert_eq!(
-        big.status.code(),
-        Some(1),
-        "no reply: {}",
-        text(&big.stdout)
-    );
+    big.assert_code(1);
 }
 
 #[test]
@@ -357,7 +341,7 @@ fn key_errors_name_the_path_and_exit_2() {
         &[],
         T,
     );
-    assert_eq!(out.status.code(), Some(2));
+    out.assert_code(2);
     let err = text(&out.stderr);
     assert!(
         err.contains(&format!("key file '{}' is empty", empty.display())),
@@ -375,7 +359,7 @@ fn key_errors_name_the_path_and_exit_2() {
         &[],
         T,
     );
-    assert_eq!(out.status.code(), Some(2));
+    out.assert_code(2);
     assert!(text(&out.stderr).contains("cannot read key file '/nonexistent/udpreach.key'"));
 
     let out = run(
@@ -383,6 +367,6 @@ fn key_errors_name_the_path_and_exit_2() {
         &[("UDPREACH_KEY", "")],
         T,
     );
-    assert_eq!(out.status.code(), Some(2));
+    out.assert_code(2);
     assert!(text(&out.stderr).contains("UDPREACH_KEY is set but empty"));
 }
