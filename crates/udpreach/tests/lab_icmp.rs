@@ -82,6 +82,7 @@ fn ping_prints_icmp_errors_with_their_sender() {
             lab.client(),
             &["ping", "-c", "3", "-i", "0.1", "--json-lines", &t9],
         );
+        // No reply: exit 1.
         o.assert_code(1);
         schema::assert_lines_valid("ping-lines.json", &stdout(&o));
         let lines = json_lines(&o);

@@ -178,6 +178,7 @@ fn routed_reject_gives_icmp_errors() {
         (IpAddr::from(s.ip6()), "Permission denied"),
     ] {
         let o = ask(c, ip, b"no\n", "1");
+        // Expected: an ICMP error from the address.
         o.assert_failure();
         assert!(stderr(&o).contains(err), "{ip}: {}", stderr(&o));
     }
@@ -219,6 +220,7 @@ fn routed_narrow_link_and_pmtu_black_hole() {
     // the connected client socket reports as EMSGSIZE.
     for ip in [IpAddr::from(s.ip4()), IpAddr::from(s.ip6())] {
         let o = ask(c, ip, &big, "1");
+        // Expected: EMSGSIZE.
         o.assert_failure();
         assert!(stderr(&o).contains("Message too long"), "{}", stderr(&o));
     }

@@ -199,6 +199,7 @@ fn ctrl_c_works_while_every_probe_times_out() {
     let o = p
         .wait_output_timeout(Duration::from_secs(3))
         .expect("Ctrl+C stops at once");
+    // No reply: exit 1.
     o.assert_code(1);
     assert!(stdout(&o).contains("1 packets transmitted, 0 received"));
 }
@@ -347,6 +348,7 @@ fn ttl_dscp_and_df_options_take_effect() {
         lab.client(),
         &["ping", "-c", "2", "-i", "10ms", "-W", "200ms", "198.18.0.2"],
     );
+    // Unmarked probes are dropped.
     o.assert_code(1);
     let o = udpreach(
         lab.client(),
@@ -361,6 +363,7 @@ fn ttl_dscp_and_df_options_take_effect() {
             "198.18.0.2",
         ],
     );
+    // EF-marked probes pass.
     o.assert_code(0);
     // --df: a datagram over the link MTU is refused locally instead of fragmented.
     let o = udpreach(
@@ -401,5 +404,6 @@ fn ttl_dscp_and_df_options_take_effect() {
             "198.18.0.2",
         ],
     );
+    // Without --df it is fragmented and passes.
     o.assert_code(0);
 }

@@ -67,14 +67,12 @@ fn all_reachable_v4_and_v6() {
     assert!(out.contains("1003 ports in "), "{out}");
 }
 
-/// A deterministic pick of ports for the blocked sets (xorshift).
+/// A deterministic pick of ports for the blocked sets (the test kit's Rng).
 fn pick(ports: &[u16], percent: u64, seed: u64) -> (Vec<u16>, Vec<u16>) {
-    let mut x = seed;
+    let mut rng = udpreach_engine::testkit::Rng::new(seed);
     let (mut inbound, mut ret) = (vec![], vec![]);
     for &p in ports {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
+        let x = rng.next_u64();
         if x % 100 < percent {
             if x.is_multiple_of(2) {
                 inbound.push(p)

@@ -323,6 +323,7 @@ fn max_datagram_drops_larger_datagrams() {
         &[],
         T,
     );
+    // No reply: exit 1.
     big.assert_code(1);
 }
 

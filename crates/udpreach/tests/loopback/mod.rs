@@ -80,24 +80,12 @@ pub fn server(port: u16, extra: &[&str]) -> Running {
     }
 }
 
-/// Deterministic pseudo-random bytes (xorshift64*) for floods and garbage.
-pub struct Noise(u64);
+/// The engine test kit's seeded random source, for floods and garbage.
+pub use udpreach_engine::testkit::Rng;
 
-impl Noise {
-    pub fn new(seed: u64) -> Self {
-        Noise(seed | 1)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    pub fn fill(&mut self, buf: &mut [u8]) {
-        for b in buf.iter_mut() {
-            *b = self.next_u64() as u8;
-        }
+/// Fills `buf` with bytes from `rng`.
+pub fn fill_random(rng: &mut Rng, buf: &mut [u8]) {
+    for b in buf.iter_mut() {
+        *b = rng.next_u64() as u8;
     }
 }
