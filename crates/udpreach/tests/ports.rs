@@ -25,14 +25,14 @@ fn verdicts(doc: &Value) -> HashMap<u16, String> {
         .collect()
 }
 
-fn ports_json(host: &lab::Host, args: &[&str]) -> (i32, Value) {
+fn ports_json(host: &lab::Host, args: &[&str]) -> (CommandOutput, Value) {
     let mut a = vec!["ports", "--json"];
     a.extend_from_slice(args);
     let o = udpreach(host, &a);
     let doc: Value = serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|e| panic!("bad JSON ({e}): {}\nstderr: {}", stdout(&o), stderr(&o)));
     schema::assert_valid("ports.json", &doc);
-    (code(&o), doc)
+    (o, doc)
 }
 
 #[test]
@@ -43,8 +43,8 @@ fn all_reachable_v4_and_v6() {
     let lab = Lab::pair();
     let _server = start_server(lab.server(), &[]);
     for target in ["198.18.0.2", "[fd00::2]:4000"] {
-        let (rc, doc) = ports_json(lab.client(), &[target, "5000,6000,7000:8000"]);
-        assert_eq!(rc, 0, "{doc}");
+        let (o, doc) = ports_json(lab.client(), &[target, "5000,6000,7000:8000"]);
+        o.assert_code(0);
         let v = verdicts(&doc);
         assert_eq!(v.len(), 1003);
         assert!(v.values().all(|x| x == "reachable"), "{doc}");
@@ -99,8 +99,9 @@ fn blocked_sets_under_five_percent_loss_get_exact_verdicts() {
     lab.client().drop_udp_sport_in(&ret);
     lab.server().drop_udp_in_percent(5);
     lab.client().drop_udp_in_percent(5);
-    let (rc, doc) = ports_json(lab.client(), &["198.18.0.2", "20000-21999"]);
-    assert_eq!(rc, 1, "some ports blocked: exit 1");
+    let (o, doc) = ports_json(lab.client(), &["198.18.0.2", "20000-21999"]);
+    // Some ports blocked: exit 1.
+    o.assert_code(1);
     let v = verdicts(&doc);
     let mut wrong = vec![];
     for p in ports {
@@ -131,8 +132,8 @@ fn in_use_denied_and_reserved_ports() {
         .server()
         .spawn(["socat", "UDP4-RECVFROM:9000,bind=198.18.0.2", "-"]);
     assert!(lab.server().wait_udp_bound(9000, Duration::from_secs(5)));
-    let (rc, doc) = ports_json(lab.client(), &["198.18.0.2", "1500,4000,9000,9001,9600"]);
-    assert_eq!(rc, 1);
+    let (o, doc) = ports_json(lab.client(), &["198.18.0.2", "1500,4000,9000,9001,9600"]);
+    o.assert_code(1);
     let v = verdicts(&doc);
     assert_eq!(v[&1500], "denied_by_server");
     assert_eq!(
@@ -168,8 +169,8 @@ fn a_port_held_by_another_session_is_in_use_and_freed_on_disconnect() {
     // The other session goes away: all its ports close at once.
     drop(other);
     assert!(lab::wait_until(Duration::from_secs(5), || {
-        let (rc, _) = ports_json(lab.client(), &["198.18.0.2", "30000-30002"]);
-        rc == 0
+        let (o, _) = ports_json(lab.client(), &["198.18.0.2", "30000-30002"]);
+        o.code() == 0
     }));
 }
 

@@ -18,11 +18,17 @@
 //!     assert!(server.wait_udp_bound(PORT, Duration::from_secs(5)));
 //!     server.drop_udp_in_percent(10); // or any other impairment
 //!     let out = client.run([bin.to_str().unwrap(), "ping", &server.ip4().to_string()]);
-//!     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+//!     out.assert_success(); // on failure: the command, status, stdout, stderr
 //!     srv.signal(lab::SIGINT);
 //!     let srv_out = srv.wait_output_timeout(Duration::from_secs(5)).unwrap();
 //! } // the lab is torn down here, also when an assertion failed
 //! ```
+//!
+//! Every run returns a [`CommandOutput`] (see `lab/command.rs`): assert
+//! exit codes with its `assert_code`, `assert_success` and `assert_failure`,
+//! which print the command, its stdout and its stderr when they fail. The
+//! same [`Proc`] runs programs in the test's own namespace ([`Proc::start`],
+//! [`run_local`]; the loopback helpers use them).
 //!
 //! Topologies (all addresses are in 198.18.0.0/15 and fd00::/8 only):
 //!

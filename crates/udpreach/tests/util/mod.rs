@@ -2,7 +2,8 @@
 //! client, read its JSON. Keeps each integration test a few lines long.
 #![allow(dead_code)]
 
-use crate::lab::{udpreach_bin, CommandOutput, Host, Proc};
+pub use crate::lab::CommandOutput;
+use crate::lab::{udpreach_bin, Host, Proc};
 use serde_json::Value;
 use std::process::Output;
 use std::time::Duration;
