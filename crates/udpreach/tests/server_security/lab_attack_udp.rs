@@ -5,10 +5,10 @@
 //! them, and what the server sends to them is counted by nft on arrival.
 //! Every flood lasts at most a few seconds; every process dies with the lab.
 
-mod lab;
-mod util;
+use crate::lab;
+use crate::util;
 
-use lab::{rss_kib, udpreach_bin, wait_until, Host, Lab};
+use lab::{fd_count, rss_kib, udpreach_bin, wait_until, Host, Lab};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -721,11 +721,15 @@ fn per_port_memory_is_bounded_and_returns_after_sessions_close() {
     let server = sa(SERVER4, 4000);
     const N: u16 = 4000;
     // One warm-up round, so the baseline includes what the allocator keeps.
+    let fds_before = fd_count(pid);
     drop(open_session(
         lab.client(),
         server,
         (30000..30000 + N).collect(),
     ));
+    // The server closes the warm-up's ports after the session ends; under
+    // load that takes a while, and the next session needs the same ports.
+    wait_until(Duration::from_secs(10), || fd_count(pid) <= fds_before);
     std::thread::sleep(Duration::from_millis(500));
     let baseline = rss_kib(pid);
     let session = open_session(lab.client(), server, (30000..30000 + N).collect());

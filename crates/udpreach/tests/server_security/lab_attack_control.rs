@@ -5,8 +5,8 @@
 //! client (198.18.0.1). Every loop is bounded in count and time; the lab
 //! removes namespaces and processes even when a test fails.
 
-mod lab;
-mod util;
+use crate::lab;
+use crate::util;
 
 use lab::{fd_count, require_root, rss_kib, udpreach_bin, wait_until, Host, Lab, Proc};
 use socket2::{Domain, Socket, Type};

@@ -2,8 +2,7 @@
 //! match and keys that don't, unauthenticated and replayed datagrams,
 //! plain-echo limits, and key-file errors.
 
-mod lab;
-mod loopback;
+use crate::loopback;
 
 use loopback::{key_file, run, server};
 use std::net::UdpSocket;

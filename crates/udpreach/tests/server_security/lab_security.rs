@@ -2,8 +2,8 @@
 //! namespace lab (client 198.18.0.1/fd00::1, server 198.18.0.2/fd00::2).
 //! Bounded in time; every process is killed with the lab.
 
-mod lab;
-mod util;
+use crate::lab;
+use crate::util;
 
 use lab::{fd_count, key_file, udpreach_bin, wait_until, Host, Lab};
 use std::time::{Duration, Instant};
@@ -23,7 +23,7 @@ fn lab_authenticated_sweeps_and_ping_v4_v6_and_a_wrong_key() {
         return;
     }
     let lab = Lab::pair();
-    let key = key_file("key", b"lab shared secret 0123456789\n");
+    let key = key_file("lab-key", b"lab shared secret 0123456789\n");
     let key = key.to_str().unwrap();
     let bin = udpreach_bin();
     let _srv = lab.server().spawn([
@@ -76,7 +76,7 @@ fn lab_authenticated_sweeps_and_ping_v4_v6_and_a_wrong_key() {
     out.assert_code(0);
     assert!(stdout(&out).contains("5 received"), "{}", stdout(&out));
 
-    let wrong = key_file("wrong", b"some other secret\n");
+    let wrong = key_file("lab-wrong", b"some other secret\n");
     let out = udpreach(
         lab.client(),
         &[

@@ -3,8 +3,7 @@
 //! Every loop is bounded in count and time; every process is killed on drop.
 //! The numbers they measure are printed (run with --nocapture to see them).
 
-mod lab;
-mod loopback;
+use crate::loopback;
 
 use loopback::{fd_count, fill_random, rss_kib, server, spawn, wait_until, Rng};
 use std::io::Write;
