@@ -5,26 +5,24 @@
 
 mod lab;
 mod loopback;
+mod util;
 
 use lab::CommandOutput;
 use loopback::{bin, key_file, run, server, spawn};
 use std::time::Duration;
+use util::{stderr, stdout};
 
 const T: Duration = Duration::from_secs(60);
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 /// Exit 2 and exactly one stderr line, `udpreach: ...`, containing `needle`.
 fn assert_usage_error(args: &[&str], out: &CommandOutput, needle: &str) {
-    let err = text(&out.stderr);
+    let err = stderr(out);
     out.assert_code(2);
     assert_eq!(err.lines().count(), 1, "{args:?}: not one line: {err:?}");
     assert!(err.starts_with("udpreach: "), "{args:?}: {err:?}");
     assert!(err.contains(needle), "{args:?}: {err:?} lacks {needle:?}");
     assert!(!err.contains("panicked"), "{args:?}: {err}");
-    assert!(out.stdout.is_empty(), "{args:?}: {}", text(&out.stdout));
+    assert!(out.stdout.is_empty(), "{args:?}: {}", stdout(out));
 }
 
 #[test]
@@ -126,7 +124,7 @@ fn max_total_ports_beyond_the_open_files_limit_is_refused() {
         .env_remove("UDPREACH_KEY");
     let out = lab::run_local(sh, T).unwrap_or_else(|t| panic!("{t}"));
     assert_usage_error(&["server", "--max-total-ports", "5000"], &out, "'5000'");
-    assert!(text(&out.stderr).contains("open-files limit"));
+    assert!(stderr(&out).contains("open-files limit"));
 }
 
 #[test]
@@ -134,8 +132,8 @@ fn help_shows_each_commands_own_exit_codes_defaults_and_groups() {
     let help = |args: &[&str]| {
         let out = run(args, &[], T);
         out.assert_code(0);
-        assert!(out.stderr.is_empty(), "{args:?}: {}", text(&out.stderr));
-        text(&out.stdout)
+        assert!(out.stderr.is_empty(), "{args:?}: {}", stderr(&out));
+        stdout(&out)
     };
     let ping = help(&["ping", "--help"]);
     assert!(ping.contains("1 no reply at all"), "{ping}");
@@ -162,7 +160,7 @@ fn help_shows_each_commands_own_exit_codes_defaults_and_groups() {
 fn version_names_the_git_commit_when_built_from_git() {
     let out = run(&["--version"], &[], T);
     out.assert_code(0);
-    let v = text(&out.stdout);
+    let v = stdout(&out);
     assert!(
         v.starts_with(&format!("udpreach {}", env!("CARGO_PKG_VERSION"))),
         "{v}"
@@ -173,7 +171,7 @@ fn version_names_the_git_commit_when_built_from_git() {
         .output()
         .ok()
         .filter(|o| o.status.success())
-        .map(|o| text(&o.stdout).trim().to_string());
+        .map(|o| stdout(&o).trim().to_string());
     if let Some(commit) = in_git {
         // The binary may be a commit behind when tests run on uncommitted work.
         assert!(v.contains("(git "), "{v} (HEAD is {commit})");
@@ -185,15 +183,15 @@ fn completions_and_man_pages_are_generated_from_the_cli() {
     for shell in ["bash", "zsh", "fish"] {
         let out = run(&["completions", shell], &[], T);
         out.assert_code(0);
-        let s = text(&out.stdout);
+        let s = stdout(&out);
         assert!(s.contains("udpreach") && s.contains("key-file"), "{shell}");
     }
     let out = run(&["man"], &[], T);
     out.assert_code(0);
-    let page = text(&out.stdout);
+    let page = stdout(&out);
     assert!(page.contains(".TH udpreach 1"), "{page}");
     let out = run(&["man", "ping"], &[], T);
-    let page = text(&out.stdout);
+    let page = stdout(&out);
     assert!(page.contains(".TH udpreach-ping 1") && page.contains("deadline"));
 }
 
@@ -226,14 +224,14 @@ fn keyed_ping_defaults_to_the_smallest_authenticated_size() {
         &[],
         T,
     );
-    let stdout = text(&out.stdout);
     out.assert_code(0);
+    let first = stdout(&out);
     let start: serde_json::Value =
-        serde_json::from_str(stdout.lines().next().expect("start line")).expect("JSON");
+        serde_json::from_str(first.lines().next().expect("start line")).expect("JSON");
     assert_eq!(start["bytes"], 80, "{start}");
     // Without a key the default stays 64.
     let out = run(&["ping", "127.0.0.1:26720", "-c", "1", "-W", "0.2"], &[], T);
-    assert!(text(&out.stdout).contains("64 bytes per probe"));
+    assert!(stdout(&out).contains("64 bytes per probe"));
 }
 
 #[test]
@@ -250,14 +248,14 @@ fn keyless_ping_to_a_keyed_server_says_a_key_is_required() {
     );
     // Without -c: the check must end the run, not 100% loss forever.
     let out = run(&["ping", "127.0.0.1:26721", "-i", "0.1"], &[], T);
-    let err = text(&out.stderr);
+    let err = stderr(&out);
     out.assert_code(2);
     assert!(err.contains("127.0.0.1:26721 requires a key"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
     // A short run ends before the check could: it waits for it at the end.
     let out = run(&["ping", "127.0.0.1:26721", "-c", "1", "-W", "1ms"], &[], T);
     out.assert_code(2);
-    assert!(text(&out.stderr).contains("requires a key"));
+    assert!(stderr(&out).contains("requires a key"));
 }
 
 #[test]
@@ -284,7 +282,7 @@ fn keyless_ping_to_a_plain_echo_server_is_not_affected_by_the_key_check() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     t.join().unwrap();
     out.assert_code(0);
-    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+    assert!(out.stderr.is_empty(), "{}", stderr(&out));
 }
 
 #[test]
@@ -306,7 +304,7 @@ fn keyless_ping_to_nothing_is_no_reply_not_a_key_error() {
         T,
     );
     out.assert_code(1);
-    assert!(!text(&out.stderr).contains("key"), "{}", text(&out.stderr));
+    assert!(!stderr(&out).contains("key"), "{}", stderr(&out));
 }
 
 #[test]
@@ -331,8 +329,8 @@ fn log_output_has_no_colour_when_not_a_terminal() {
     let _ = run(&["ports", "127.0.0.1:26723", "26760"], &[], T);
     srv.kill();
     let err = match srv.wait_output_timeout(Duration::from_secs(5)) {
-        Ok(out) => text(&out.stderr),
-        Err(t) => text(&t.output.stderr),
+        Ok(out) => stderr(&out),
+        Err(t) => stderr(&t.output),
     };
     assert!(
         err.contains("INFO") || err.contains("DEBUG"),
@@ -350,9 +348,7 @@ fn ports_verbose_does_not_list_every_port_but_list_does() {
     let lists = |flag: &str| {
         let out = run(&["ports", "127.0.0.1:26724", "26770-26773", flag], &[], T);
         out.assert_code(0);
-        text(&out.stdout)
-            .lines()
-            .any(|l| l.starts_with("port 26771 "))
+        stdout(&out).lines().any(|l| l.starts_with("port 26771 "))
     };
     assert!(lists("-l"));
     assert!(lists("--list"));

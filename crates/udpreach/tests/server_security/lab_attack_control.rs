@@ -77,15 +77,10 @@ fn key_file() -> std::path::PathBuf {
 }
 
 fn wait_control(host: &Host) {
-    let ok = wait_until(Duration::from_secs(10), || {
-        host.run_timeout(
-            ["ss", "-H", "-n", "-t", "-l", "sport = :4000"],
-            Duration::from_secs(5),
-        )
-        .map(|o| !o.stdout.trim_ascii().is_empty())
-        .unwrap_or(false)
-    });
-    assert!(ok, "control port not listening");
+    assert!(
+        host.wait_tcp_listening(4000, Duration::from_secs(10)),
+        "control port not listening"
+    );
 }
 
 fn start(lab: &Lab, extra: &[&str]) -> Proc {

@@ -3,6 +3,7 @@
 //! plain-echo limits, and key-file errors.
 
 use crate::loopback;
+use crate::util::{stderr, stdout};
 
 use loopback::{key_file, run, server};
 use std::net::UdpSocket;
@@ -12,10 +13,6 @@ use udpreach_wire::probe::{ProbeHeader, ProbeKind};
 
 const KEY: &[u8] = b"a shared secret for the tests\n";
 const T: Duration = Duration::from_secs(60);
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 fn keyed_server(port: u16, ports: &str) -> loopback::Running {
     let k = key_file(&format!("server-{port}"), KEY);
@@ -42,7 +39,7 @@ fn ports_with_the_right_key_works_and_a_wrong_key_fails_with_exit_2() {
         T,
     );
     out.assert_code(0);
-    assert!(text(&out.stdout).contains("100 reachable"));
+    assert!(stdout(&out).contains("100 reachable"));
 
     // The same key from the environment (no trailing newline there).
     let secret = std::str::from_utf8(KEY).unwrap().trim_end();
@@ -66,7 +63,7 @@ fn ports_with_the_right_key_works_and_a_wrong_key_fails_with_exit_2() {
         T,
     );
     out.assert_code(2);
-    let err = text(&out.stderr);
+    let err = stderr(&out);
     assert!(err.contains("authentication failed"), "{err}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
 
@@ -74,9 +71,9 @@ fn ports_with_the_right_key_works_and_a_wrong_key_fails_with_exit_2() {
     let out = run(&["ports", "127.0.0.1:24201", "24300-24309"], &[], T);
     out.assert_code(2);
     assert!(
-        text(&out.stderr).contains("authentication failed"),
+        stderr(&out).contains("authentication failed"),
         "{}",
-        text(&out.stderr)
+        stderr(&out)
     );
 }
 
@@ -96,7 +93,7 @@ fn keyed_client_refuses_a_server_without_a_key() {
         T,
     );
     out.assert_code(2);
-    let err = text(&out.stderr);
+    let err = stderr(&out);
     assert!(
         err.contains("authentication failed") && err.contains("did not prove"),
         "{err}"
@@ -113,7 +110,12 @@ fn keyed_server_refuses_legacy_json_sessions() {
         .unwrap();
     let mut buf = Vec::new();
     let n = c.read_to_end(&mut buf).unwrap_or(0);
-    assert_eq!(n, 0, "closed without an answer: {}", text(&buf));
+    assert_eq!(
+        n,
+        0,
+        "closed without an answer: {}",
+        String::from_utf8_lossy(&buf)
+    );
 }
 
 #[test]
@@ -137,11 +139,7 @@ fn keyed_ping_is_answered_and_a_wrong_key_fails_with_exit_2() {
         T,
     );
     out.assert_code(0);
-    assert!(
-        text(&out.stdout).contains("3 received"),
-        "{}",
-        text(&out.stdout)
-    );
+    assert!(stdout(&out).contains("3 received"), "{}", stdout(&out));
 
     let wrong = key_file("wrong-3", b"another secret\n");
     let out = run(
@@ -160,9 +158,9 @@ fn keyed_ping_is_answered_and_a_wrong_key_fails_with_exit_2() {
     );
     out.assert_code(2);
     assert!(
-        text(&out.stderr).contains("authentication failed"),
+        stderr(&out).contains("authentication failed"),
         "{}",
-        text(&out.stderr)
+        stderr(&out)
     );
 
     let out = run(
@@ -181,9 +179,9 @@ fn keyed_ping_is_answered_and_a_wrong_key_fails_with_exit_2() {
     );
     out.assert_code(2);
     assert!(
-        text(&out.stderr).contains("invalid size '64'"),
+        stderr(&out).contains("invalid size '64'"),
         "{}",
-        text(&out.stderr)
+        stderr(&out)
     );
 }
 
@@ -342,7 +340,7 @@ fn key_errors_name_the_path_and_exit_2() {
         T,
     );
     out.assert_code(2);
-    let err = text(&out.stderr);
+    let err = stderr(&out);
     assert!(
         err.contains(&format!("key file '{}' is empty", empty.display())),
         "{err}"
@@ -360,7 +358,7 @@ fn key_errors_name_the_path_and_exit_2() {
         T,
     );
     out.assert_code(2);
-    assert!(text(&out.stderr).contains("cannot read key file '/nonexistent/udpreach.key'"));
+    assert!(stderr(&out).contains("cannot read key file '/nonexistent/udpreach.key'"));
 
     let out = run(
         &["ports", "127.0.0.1:24209", "5000"],
@@ -368,5 +366,5 @@ fn key_errors_name_the_path_and_exit_2() {
         T,
     );
     out.assert_code(2);
-    assert!(text(&out.stderr).contains("UDPREACH_KEY is set but empty"));
+    assert!(stderr(&out).contains("UDPREACH_KEY is set but empty"));
 }
