@@ -47,14 +47,19 @@ const LABEL_CLIENT: &[u8] = b"udpreach client";
 const LABEL_SESSION: &[u8] = b"udpreach session";
 const LABEL_PING: &[u8] = b"udpreach ping";
 
+/// Why a key could not be made or a datagram could not be opened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
+    /// A shared key must have at least one byte.
     #[error("the key is empty")]
     EmptyKey,
+    /// The datagram (its length given) cannot hold a probe header and a tag.
     #[error("datagram of {0} bytes is too short to carry a probe header and a tag")]
     TooShort(usize),
+    /// The probe header does not carry `FLAG_AUTH`.
     #[error("datagram is not an authenticated probe (no FLAG_AUTH)")]
     NotSealed,
+    /// The tag is not the one the key gives: wrong key or altered bytes.
     #[error("authentication tag does not match")]
     BadTag,
 }
@@ -94,6 +99,7 @@ impl fmt::Debug for DerivedKey {
 }
 
 impl SharedKey {
+    /// The key exactly as given; an empty key is refused.
     pub fn new(bytes: Vec<u8>) -> Result<Self, AuthError> {
         if bytes.is_empty() {
             return Err(AuthError::EmptyKey);
@@ -113,10 +119,12 @@ impl SharedKey {
         Self::new(bytes)
     }
 
+    /// Length of the key in bytes.
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
+    /// Always false for a key made by [`SharedKey::new`].
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

@@ -10,7 +10,9 @@
 use crate::icmp::IcmpError;
 use serde::{Deserialize, Serialize};
 
+/// First bytes a udpreach client sends on the control connection.
 pub const PREAMBLE: &[u8; 8] = b"UDPREACH";
+/// Version of the control protocol this build speaks (in `Hello`/`Welcome`).
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Largest frame body either side accepts.
 pub const MAX_FRAME: usize = 256 * 1024;
@@ -27,13 +29,17 @@ pub const CAPABILITIES: &[&str] = &["ports", "arrivals", "auth", "mtu"];
 pub const MAX_HANDSHAKE_FRAME: usize = 4096;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One control-channel message; the JSON `"type"` field names the variant.
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ControlMsg {
     /// Client -> server, first message.
     Hello {
+        /// The client's [`PROTOCOL_VERSION`].
         version: u32,
+        /// What the client understands (see [`CAPABILITIES`]).
         #[serde(default)]
         capabilities: Vec<String>,
+        /// Client program and version, for logs only.
         #[serde(default)]
         software: String,
         /// Authenticated mode: the client's 32-byte random nonce, hex.
@@ -42,13 +48,16 @@ pub enum ControlMsg {
     },
     /// Server -> client answer to `Hello`.
     Welcome {
+        /// The server's [`PROTOCOL_VERSION`].
         version: u32,
+        /// What the server understands (see [`CAPABILITIES`]).
         #[serde(default)]
         capabilities: Vec<String>,
         /// Random per-session token that every probe of this session carries.
         token: u64,
         /// How many test ports this session may hold open at once.
         max_open_ports: u32,
+        /// Server program and version, for logs only.
         #[serde(default)]
         software: String,
         /// Most probes per second the server answers for this session (0: no cap).
@@ -64,45 +73,61 @@ pub enum ControlMsg {
     },
     /// Client -> server after a `Welcome` with a proof: HMAC(key, "udpreach client" 0 cn sn), hex.
     Auth {
+        /// The client's proof, hex.
         proof: String,
     },
     /// Server -> client: the client's proof is good; the session may start.
     AuthOk,
     /// Client asks the server to bind these UDP ports for the session.
     Open {
+        /// Ports to bind, at most [`MAX_PORTS_PER_REQUEST`].
         ports: Vec<u16>,
     },
     /// Per-port answer to `Open`; every requested port is in exactly one list.
     Opened {
+        /// Bound for this session.
         opened: Vec<u16>,
+        /// Already bound on the server (by this or another session, or another program).
         in_use: Vec<u16>,
+        /// Refused by the server's policy (allowed ports, session or source budget).
         denied: Vec<u16>,
+        /// Binding failed for another reason.
         #[serde(default)]
         failed: Vec<u16>,
     },
     /// Client asks how many of its probes reached each port.
     Arrivals {
+        /// Ports to report on, at most [`MAX_PORTS_PER_REQUEST`].
         ports: Vec<u16>,
     },
     /// Probe counts in the order asked.
     ArrivalCounts {
+        /// The ports asked about.
         ports: Vec<u16>,
+        /// Probes of this session that reached each port, same order.
         counts: Vec<u32>,
     },
     /// Client is done with these ports; the server closes them.
     Close {
+        /// Ports to close, at most [`MAX_PORTS_PER_REQUEST`].
         ports: Vec<u16>,
     },
+    /// Answer to `Close`.
     Closed {
+        /// How many of the named ports were open and are now closed.
         count: u32,
     },
     /// Either side: an error that ends the request (and, for `fatal`, the session).
     Error {
+        /// What kind of error, for programs.
         code: ErrorCode,
+        /// What went wrong, for people.
         message: String,
+        /// The sender ends the session after this message.
         #[serde(default)]
         fatal: bool,
     },
+    /// Either side: the session ends normally.
     Bye,
     /// Client asks for a UDP port for path-MTU tests (capability "mtu").
     /// The port acknowledges the client's `MtuProbe` datagrams with 64-byte
@@ -114,19 +139,24 @@ pub enum ControlMsg {
     },
     /// Answer to `MtuOpen`.
     MtuOpened {
+        /// The server's UDP port for MTU probes.
         port: u16,
         /// The server's interface MTU towards the client (0: unknown).
         #[serde(default)]
         mtu: u32,
-        /// Largest UDP payload, datagrams per size, and sizes per `MtuSend`.
+        /// Largest UDP payload size an `MtuSend` may ask for.
         max_size: u32,
+        /// Most datagrams per size an `MtuSend` may ask for.
         max_count: u32,
+        /// Most sizes one `MtuSend` may name.
         max_sizes: u32,
     },
     /// Client asks the server to send `count` `MtuProbe` datagrams of each
     /// UDP payload size to the address its MTU probes came from.
     MtuSend {
+        /// UDP payload sizes, at most `max_sizes`, each at most `max_size`.
         sizes: Vec<u32>,
+        /// Datagrams per size, at most `max_count`.
         count: u32,
         /// Don't Fragment (IPv4 DF; IPv6: never fragment at the sender).
         df: bool,
@@ -139,6 +169,7 @@ pub enum ControlMsg {
     },
     /// What happened to each size of an `MtuSend`, in the order asked.
     MtuSent {
+        /// One result per size asked for.
         results: Vec<MtuSendResult>,
     },
 }
@@ -146,6 +177,7 @@ pub enum ControlMsg {
 /// The server's side of one size of an `MtuSend`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MtuSendResult {
+    /// The UDP payload size this result is for.
     pub size: u32,
     /// Datagrams the server's kernel accepted.
     pub sent: u32,
@@ -158,25 +190,36 @@ pub struct MtuSendResult {
     pub icmp: Option<IcmpError>,
 }
 
+/// The kind of a control-channel [`ControlMsg::Error`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
+    /// The peer speaks another [`PROTOCOL_VERSION`].
     BadVersion,
+    /// A request the server cannot honour as sent (malformed or out of bounds).
     BadRequest,
+    /// The request names more ports than allowed.
     TooManyPorts,
+    /// The server (or this source) already has as many sessions as it allows.
     TooManySessions,
+    /// The peer's proof does not match the key, or a key is missing on one side.
     AuthFailed,
+    /// A message that does not fit the state of the session.
     Unexpected,
     /// Every pending-handshake slot this connection could use is taken.
     HandshakeSlotsFull,
 }
 
+/// Why bytes from the control connection are not a valid message.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ControlError {
+    /// The frame's length prefix (given) is over the limit.
     #[error("control frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
     FrameTooLarge(usize),
+    /// The frame body is not a [`ControlMsg`]; the parser's reason is given.
     #[error("malformed control message: {0}")]
     Malformed(String),
+    /// The connection did not open with [`PREAMBLE`].
     #[error("bad control preamble (not a udpreach peer)")]
     BadPreamble,
 }

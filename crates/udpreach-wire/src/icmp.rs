@@ -28,8 +28,11 @@ pub enum IcmpOrigin {
 /// errors with the same code as its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IcmpError {
+    /// Who produced the error: ICMP, ICMPv6 or our own kernel.
     pub origin: IcmpOrigin,
+    /// ICMP or ICMPv6 type.
     pub icmp_type: u8,
+    /// ICMP or ICMPv6 code.
     pub code: u8,
     /// `ee_info`: the next-hop MTU for frag-needed / packet-too-big, and for
     /// local EMSGSIZE errors.
@@ -54,11 +57,21 @@ pub enum IcmpReason {
     NetUnreachable,
     /// Too big for a hop and not allowed to be fragmented (v4 3/4, v6 2/0,
     /// or our own kernel refusing it); `mtu` is the next-hop MTU when known.
-    FragNeeded { mtu: Option<u32> },
+    FragNeeded {
+        /// The next-hop MTU, when the error gives one.
+        mtu: Option<u32>,
+    },
     /// TTL / hop limit ran out on the way (v4 11, v6 3).
     TimeExceeded,
     /// Any other ICMP error (protocol unreachable, source route failed, ...).
-    Other { v6: bool, icmp_type: u8, code: u8 },
+    Other {
+        /// ICMPv6 rather than ICMP.
+        v6: bool,
+        /// The message's type.
+        icmp_type: u8,
+        /// The message's code.
+        code: u8,
+    },
 }
 
 const ICMP_DEST_UNREACH: u8 = 3;
@@ -173,6 +186,7 @@ impl fmt::Display for IcmpReason {
 pub struct IcmpReport {
     /// The reporting host; `None` when our own kernel refused the send.
     pub from: Option<IpAddr>,
+    /// What the error says about the datagram.
     pub reason: IcmpReason,
 }
 

@@ -10,19 +10,25 @@ use serde_json::{Map, Value};
 /// Longest buffered legacy request we accept before calling the peer hostile.
 pub const MAX_LEGACY_BUFFER: usize = 64 * 1024;
 
+/// One legacy request: the port to test-bind, and the object to echo back.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LegacyRequest {
+    /// The port the client wants to know is free.
     pub port: u16,
     /// The object as received, so the answer can echo every field back.
     pub object: Map<String, Value>,
 }
 
+/// Why legacy bytes are not a request.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LegacyError {
+    /// Not JSON; the parser's reason is given.
     #[error("legacy request is not valid JSON: {0}")]
     Malformed(String),
+    /// JSON, but without `"proto"` or a port from 1 to 65535.
     #[error("legacy request lacks \"proto\" or a valid \"port\"")]
     MissingFields,
+    /// More than [`MAX_LEGACY_BUFFER`] bytes without a complete object.
     #[error("legacy request buffer exceeds {MAX_LEGACY_BUFFER} bytes")]
     TooLarge,
 }

@@ -6,6 +6,8 @@
 //! Everything here is pure: bytes in, values out, no sockets and no clock, so
 //! that every parser can be property-tested and fuzzed.
 
+#![warn(missing_docs)]
+
 pub mod auth;
 pub mod control;
 pub mod icmp;

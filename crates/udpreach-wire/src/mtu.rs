@@ -36,6 +36,7 @@ pub const MAX_BYTES_PER_SEND: u64 = 1 << 20;
 /// Longest the server waits for ICMP errors before answering an `MtuSend`.
 pub const MAX_LINGER_MS: u32 = 2000;
 
+/// Bytes of IP and UDP header around a UDP payload ([`OVERHEAD_V4`] or [`OVERHEAD_V6`]).
 pub fn overhead(v6: bool) -> u32 {
     if v6 {
         OVERHEAD_V6
@@ -44,6 +45,7 @@ pub fn overhead(v6: bool) -> u32 {
     }
 }
 
+/// Smallest MTU the family guarantees ([`MIN_MTU_V4`] or [`MIN_MTU_V6`]).
 pub fn min_mtu(v6: bool) -> u32 {
     if v6 {
         MIN_MTU_V6
@@ -130,10 +132,13 @@ pub fn ack_for(datagram: &[u8], token: u64, stamp: ServerStamp) -> Option<[u8; H
 /// An `MtuAck` decoded: which probe, and how long it was on arrival.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MtuAck {
+    /// Sequence number of the acknowledged probe.
     pub seq: u64,
+    /// The probe's UDP payload length as the MTU port received it.
     pub received_len: u32,
 }
 
+/// Decodes an `MtuAck` of this session (`token`); `None` for anything else.
 pub fn parse_ack(datagram: &[u8], token: u64) -> Option<MtuAck> {
     let h = ProbeHeader::decode(datagram).ok()?;
     if h.kind != ProbeKind::MtuAck || h.token != token {

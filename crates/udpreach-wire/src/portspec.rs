@@ -13,14 +13,19 @@ pub struct PortSpec {
     ranges: Vec<RangeInclusive<u16>>,
 }
 
+/// Why a port list is not valid; each names the text as typed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PortSpecError {
+    /// No ports at all.
     #[error("empty port list")]
     Empty,
+    /// Not a number from 1 to 65535.
     #[error("invalid port '{0}': expected a number from 1 to 65535")]
     InvalidPort(String),
+    /// A range whose start is above its end.
     #[error("invalid port range '{0}': start is greater than end")]
     ReversedRange(String),
+    /// Neither `PORT` nor `START-END`.
     #[error("invalid port-list token '{0}': expected PORT or START-END")]
     InvalidToken(String),
 }
@@ -63,6 +68,7 @@ impl PortSpec {
         PortSpec { ranges: merged }
     }
 
+    /// The ranges: sorted, disjoint and non-adjacent.
     pub fn ranges(&self) -> &[RangeInclusive<u16>] {
         &self.ranges
     }
@@ -75,10 +81,12 @@ impl PortSpec {
             .sum()
     }
 
+    /// True when the set holds no port.
     pub fn is_empty(&self) -> bool {
         self.ranges.is_empty()
     }
 
+    /// True when `port` is in the set.
     pub fn contains(&self, port: u16) -> bool {
         // Few ranges in practice; binary search keeps policy checks cheap for long lists.
         self.ranges
@@ -94,6 +102,7 @@ impl PortSpec {
             .is_ok()
     }
 
+    /// The ports in ascending order.
     pub fn iter(&self) -> impl Iterator<Item = u16> + '_ {
         self.ranges.iter().flat_map(|r| r.clone())
     }

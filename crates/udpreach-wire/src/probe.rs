@@ -24,8 +24,11 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
+/// First four bytes of every probe header.
 pub const MAGIC: [u8; 4] = *b"UDPR";
+/// Header version this build writes and reads.
 pub const VERSION: u8 = 1;
+/// Length of the probe header; a datagram is at least this long.
 pub const HEADER_LEN: usize = 64;
 /// Largest UDP payload over IPv4 (65535 - 20 IP - 8 UDP).
 pub const MAX_DATAGRAM: usize = 65507;
@@ -35,11 +38,16 @@ pub const FLAG_AUTH: u16 = 0x0001;
 pub const FLAG_SERVER_STAMPED: u16 = 0x0002;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a probe is for (header byte 5).
 #[repr(u8)]
 pub enum ProbeKind {
+    /// A ping request: echoed as an `EchoReply`.
     EchoRequest = 1,
+    /// The server's answer to an `EchoRequest`.
     EchoReply = 2,
+    /// A port-sweep probe to one of the session's test ports.
     PortProbe = 3,
+    /// The server's answer to a `PortProbe`.
     PortReply = 4,
     /// A path-MTU probe: client to the server's MTU port, or server to client.
     MtuProbe = 5,
@@ -61,10 +69,12 @@ impl ProbeKind {
         })
     }
 
+    /// True for the kinds a client sends and a server answers.
     pub fn is_request(self) -> bool {
         matches!(self, Self::EchoRequest | Self::PortProbe | Self::MtuProbe)
     }
 
+    /// The kind of the server's answer to this kind.
     pub fn reply_kind(self) -> Self {
         match self {
             Self::EchoRequest | Self::EchoReply => Self::EchoReply,
@@ -74,14 +84,19 @@ impl ProbeKind {
     }
 }
 
+/// Why bytes are not a probe header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProbeError {
+    /// Fewer than [`HEADER_LEN`] bytes (the length is given).
     #[error("datagram of {0} bytes is shorter than the 64-byte probe header")]
     TooShort(usize),
+    /// Does not start with [`MAGIC`].
     #[error("not a udpreach probe (bad magic)")]
     BadMagic,
+    /// A header version other than [`VERSION`].
     #[error("unsupported probe version {0}")]
     BadVersion(u8),
+    /// A kind byte this build does not know.
     #[error("unknown probe kind {0}")]
     BadKind(u8),
 }
@@ -89,9 +104,14 @@ pub enum ProbeError {
 /// What the server fills into a reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServerStamp {
+    /// When the server received the request (ns since the Unix epoch).
     pub rx_ns: u64,
+    /// When the server sent the reply (ns since the Unix epoch).
     pub tx_ns: u64,
+    /// Requests the server has received on this flow (for an `MtuAck`: the
+    /// probe's length as received).
     pub flow_count: u32,
+    /// The request's source address and port as the server saw them.
     pub seen_from: SocketAddr,
     /// TTL or hop limit of the request as received; 0 when unknown.
     pub seen_ttl: u8,
@@ -104,9 +124,13 @@ pub struct ServerStamp {
 /// Decoded header fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProbeHeader {
+    /// What the probe is for.
     pub kind: ProbeKind,
+    /// [`FLAG_AUTH`], [`FLAG_SERVER_STAMPED`].
     pub flags: u16,
+    /// The session token (from `Welcome`) or a ping run's random token.
     pub token: u64,
+    /// Sequence number, chosen by the client.
     pub seq: u64,
     /// Present in replies from a udpreach server.
     pub stamp: Option<ServerStamp>,
@@ -145,6 +169,7 @@ pub fn looks_like_probe(buf: &[u8]) -> bool {
 }
 
 impl ProbeHeader {
+    /// A client's request header: no flags, no stamp.
     pub fn request(kind: ProbeKind, token: u64, seq: u64) -> Self {
         ProbeHeader {
             kind,
@@ -173,6 +198,7 @@ impl ProbeHeader {
         Ok(())
     }
 
+    /// Reads the header from the first 64 bytes of `buf`.
     pub fn decode(buf: &[u8]) -> Result<Self, ProbeError> {
         if buf.len() < HEADER_LEN {
             return Err(ProbeError::TooShort(buf.len()));

@@ -21,10 +21,9 @@ fn demo_says_what_each_exit_code_means() {
             ["env", bin.as_str(), "bash", demo],
             Duration::from_secs(180),
         )
-        .unwrap_or_else(|t| panic!("demo.sh timed out: {:?}", t.output));
+        .unwrap_or_else(|t| panic!("{t}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    out.assert_success();
     let codes: Vec<&str> = stdout
         .lines()
         .filter(|l| l.starts_with("(exit code"))

@@ -36,7 +36,7 @@ fn ping_keeps_a_100us_interval() {
             "127.0.0.1",
         ],
     );
-    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    o.assert_code(0);
     let s = summary(&o);
     assert_eq!(s["transmitted"], 2000, "{s}");
     let elapsed = s["elapsed_ms"].as_f64().unwrap();
@@ -85,7 +85,7 @@ fn rtt_across_the_lab_link_comes_from_one_clock_and_is_never_zero() {
             &target,
         ],
     );
-    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    o.assert_code(0);
     let s = summary(&o);
     // Both ends from the kernel's software timestamps (veth stamps transmits).
     assert_eq!(s["rtt_clock"], "kernel", "{s}");

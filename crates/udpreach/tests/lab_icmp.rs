@@ -21,7 +21,7 @@ const ROUTER_CLIENT_SIDE6: &str = "fd00:1::fe";
 const ROUTER_SERVER_SIDE4: &str = "198.18.2.254";
 const ROUTER_SERVER_SIDE6: &str = "fd00:2::fe";
 
-fn json_doc(host: &Host, args: &[&str]) -> (i32, Value) {
+fn json_doc(host: &Host, args: &[&str]) -> (CommandOutput, Value) {
     let o = udpreach(host, args);
     let doc: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
         panic!(
@@ -38,7 +38,7 @@ fn json_doc(host: &Host, args: &[&str]) -> (i32, Value) {
         other => panic!("no schema for {other:?}"),
     };
     schema::assert_valid(name, &doc);
-    (code(&o), doc)
+    (o, doc)
 }
 
 /// port -> (verdict, icmp.from, icmp.reason)
@@ -82,7 +82,8 @@ fn ping_prints_icmp_errors_with_their_sender() {
             lab.client(),
             &["ping", "-c", "3", "-i", "0.1", "--json-lines", &t9],
         );
-        assert_eq!(code(&o), 1, "no reply: exit 1\n{}", stdout(&o));
+        // No reply: exit 1.
+        o.assert_code(1);
         schema::assert_lines_valid("ping-lines.json", &stdout(&o));
         let lines = json_lines(&o);
         let errors: Vec<&Value> = lines.iter().filter(|l| l["type"] == "icmp_error").collect();
@@ -122,8 +123,8 @@ fn ports_rejected_by_the_router_names_it() {
         (SERVER4.to_string(), ROUTER_CLIENT_SIDE4),
         (format!("[{SERVER6}]"), ROUTER_CLIENT_SIDE6),
     ] {
-        let (rc, doc) = json_doc(lab.client(), &["ports", "--json", &server, "5000-5002"]);
-        assert_eq!(rc, 1, "{doc}");
+        let (o, doc) = json_doc(lab.client(), &["ports", "--json", &server, "5000-5002"]);
+        o.assert_code(1);
         let v = port_map(&doc);
         assert_eq!(v[&5000].0, "reachable");
         assert_eq!(v[&5002].0, "reachable");
@@ -159,7 +160,7 @@ fn ports_rejected_by_the_router_names_it() {
 }
 
 /// Runs `udpreach mtu --json` against the routed lab's server, both families.
-fn mtu_both(lab: &Lab, extra: &[&str]) -> Vec<(i32, Value)> {
+fn mtu_both(lab: &Lab, extra: &[&str]) -> Vec<(CommandOutput, Value)> {
     [SERVER4.to_string(), format!("[{SERVER6}]")]
         .iter()
         .map(|t| {
@@ -188,8 +189,8 @@ fn mtu_hop_at_1400_with_the_routers_icmp() {
     // Upstream: the router's link to the server is narrow, so the router
     // answers the client's big DF probes with frag-needed / packet-too-big.
     lab.set_link_mtu("r-s", 1400);
-    for (rc, doc) in mtu_both(&lab, &[]) {
-        assert_eq!(rc, 0, "{doc}");
+    for (o, doc) in mtu_both(&lab, &[]) {
+        o.assert_code(0);
         let up = &doc["upstream"];
         assert_eq!(up["mtu"], 1400, "{doc}");
         assert_eq!(up["payload"], payload_for(1400, &doc));
@@ -210,8 +211,8 @@ fn mtu_hop_at_1400_with_the_routers_icmp() {
     // Downstream through the router: the narrow link is on the client side.
     lab.set_link_mtu("r-s", 1500);
     lab.set_link_mtu("r-c", 1400);
-    for (rc, doc) in mtu_both(&lab, &[]) {
-        assert_eq!(rc, 0, "{doc}");
+    for (o, doc) in mtu_both(&lab, &[]) {
+        o.assert_code(0);
         let down = &doc["downstream"];
         assert_eq!(down["mtu"], 1400, "{doc}");
         assert_eq!(down["evidence"]["kind"], "icmp", "{doc}");
@@ -234,8 +235,8 @@ fn mtu_black_hole_found_by_search() {
     let _server = start_server(lab.server(), &[]);
     lab.router().drop_icmp_forward_too_big();
     lab.set_link_mtu("r-s", 1400);
-    for (rc, doc) in mtu_both(&lab, &[]) {
-        assert_eq!(rc, 0, "{doc}");
+    for (o, doc) in mtu_both(&lab, &[]) {
+        o.assert_code(0);
         let up = &doc["upstream"];
         assert_eq!(up["mtu"], 1400, "{doc}");
         assert_eq!(up["evidence"]["kind"], "silence", "{doc}");
@@ -245,8 +246,8 @@ fn mtu_black_hole_found_by_search() {
     }
     lab.set_link_mtu("r-s", 1500);
     lab.set_link_mtu("r-c", 1400);
-    for (rc, doc) in mtu_both(&lab, &[]) {
-        assert_eq!(rc, 0, "{doc}");
+    for (o, doc) in mtu_both(&lab, &[]) {
+        o.assert_code(0);
         assert_eq!(doc["downstream"]["mtu"], 1400, "{doc}");
         assert_eq!(doc["downstream"]["evidence"]["kind"], "silence", "{doc}");
     }
@@ -261,8 +262,9 @@ fn mtu_reports_dropped_fragments() {
     let _server = start_server(lab.server(), &[]);
     lab.set_link_mtu("r-s", 1400);
     lab.router().drop_fragments_forward();
-    for (rc, doc) in mtu_both(&lab, &[]) {
-        assert_eq!(rc, 1, "fragments dropped: exit 1\n{doc}");
+    for (o, doc) in mtu_both(&lab, &[]) {
+        // Fragments dropped: exit 1.
+        o.assert_code(1);
         assert_eq!(doc["upstream"]["mtu"], 1400, "{doc}");
         for dir in ["upstream", "downstream"] {
             let f = &doc[dir]["fragments"];
@@ -290,14 +292,14 @@ fn mtu_round_trip_through_a_plain_echo_server() {
     let lab = Lab::routed();
     let _echo = socat_echo(lab.server(), 7);
     lab.set_link_mtu("r-s", 1400);
-    let (rc, doc) = json_doc(lab.client(), &["mtu", "--echo", "--json", "198.18.2.2:7"]);
-    assert_eq!(rc, 0, "{doc}");
+    let (o, doc) = json_doc(lab.client(), &["mtu", "--echo", "--json", "198.18.2.2:7"]);
+    o.assert_code(0);
     assert_eq!(doc["mode"], "echo");
     assert_eq!(doc["round_trip"]["mtu"], 1400, "{doc}");
     assert_eq!(doc["round_trip"]["fragments"]["passes"], true, "{doc}");
     // Without --echo: no control channel there, so it says so and falls back.
     let o = udpreach(lab.client(), &["mtu", "[fd00:2::2]:7"]);
-    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    o.assert_code(0);
     assert!(
         stderr(&o).contains("round trip through the echo port"),
         "{}",
@@ -348,11 +350,11 @@ fn serverless_verdicts_match_the_services() {
     let lab = Lab::pair();
     let _services = serverless_services(lab.server());
     for target in ["198.18.0.2", "fd00::2"] {
-        let (rc, doc) = json_doc(
+        let (o, doc) = json_doc(
             lab.client(),
             &["ports", "--no-server", "--json", target, "1-200,7000-7005"],
         );
-        assert_eq!(rc, 1, "{doc}");
+        o.assert_code(1);
         assert_eq!(doc["mode"], "no_server");
         let v = port_map(&doc);
         assert_eq!(v.len(), 206);

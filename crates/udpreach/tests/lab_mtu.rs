@@ -11,7 +11,7 @@ use lab::{require_root, Host, Lab};
 use serde_json::Value;
 use util::*;
 
-fn mtu_json(host: &Host, args: &[&str]) -> (i32, Value) {
+fn mtu_json(host: &Host, args: &[&str]) -> (CommandOutput, Value) {
     let mut argv = vec!["mtu", "--json"];
     argv.extend_from_slice(args);
     let o = udpreach(host, &argv);
@@ -22,7 +22,7 @@ fn mtu_json(host: &Host, args: &[&str]) -> (i32, Value) {
             stderr(&o)
         )
     });
-    (code(&o), doc)
+    (o, doc)
 }
 
 /// Each direction's (or the round trip's) MTU, evidence and fragment verdict.
@@ -55,8 +55,8 @@ fn mtu_over_loopback_is_the_largest_datagram_every_run() {
             for run in 0..5 {
                 let mut args = mode.to_vec();
                 args.push(target);
-                let (rc, doc) = mtu_json(host, &args);
-                assert_eq!(rc, 0, "run {run} {args:?}: {doc}");
+                let (o, doc) = mtu_json(host, &args);
+                o.assert_code(0);
                 for (m, evidence, fragments) in answers(&doc) {
                     assert_eq!(m, mtu, "run {run} {args:?}: {doc}");
                     assert_eq!(evidence, "interface", "run {run} {args:?}: {doc}");
@@ -80,8 +80,8 @@ fn mtu_to_the_hosts_own_address_follows_the_route_over_loopback() {
         (format!("{}:4000", host.ip4()), 65535),
         (format!("[{}]:4000", host.ip6()), 65536),
     ] {
-        let (rc, doc) = mtu_json(host, &["--echo", &target]);
-        assert_eq!(rc, 0, "{doc}");
+        let (o, doc) = mtu_json(host, &["--echo", &target]);
+        o.assert_code(0);
         assert_eq!(doc["round_trip"]["mtu"], mtu, "{doc}");
         // IP_MTU of a route over lo reads 65535 (IPv4's most) or 65536.
         let o = udpreach(host, &["mtu", "--echo", "--no-fragments", &target]);

@@ -2,12 +2,13 @@
 //! as UDP server and client inside the namespaces.
 
 mod lab;
+mod util;
 
 use std::net::{IpAddr, Ipv6Addr};
-use std::process::Output;
 use std::time::Duration;
 
-use lab::{Host, Lab, Proc};
+use lab::{CommandOutput, Host, Lab, Proc};
+use util::{stderr, stdout};
 
 const PORT: u16 = 7;
 
@@ -41,7 +42,7 @@ fn target(ip: IpAddr) -> String {
 
 /// Sends `payload` as one datagram from `host` to `ip` and collects what comes
 /// back within `wait` seconds.
-fn ask(host: &Host, ip: IpAddr, payload: &[u8], wait: &str) -> Output {
+fn ask(host: &Host, ip: IpAddr, payload: &[u8], wait: &str) -> CommandOutput {
     host.run_input(
         [
             "timeout",
@@ -58,25 +59,17 @@ fn ask(host: &Host, ip: IpAddr, payload: &[u8], wait: &str) -> Output {
     )
 }
 
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 /// Asks and expects the reply `want`.
 fn expect_reply(host: &Host, ip: IpAddr, payload: &[u8], want: &str) {
     let o = ask(host, ip, payload, "1");
-    assert!(o.status.success(), "client to {ip} failed: {}", stderr(&o));
+    o.assert_success();
     assert_eq!(stdout(&o), want, "reply from {ip}");
 }
 
 /// Asks and expects silence (no reply, no error).
 fn expect_silence(host: &Host, ip: IpAddr, payload: &[u8]) {
     let o = ask(host, ip, payload, "0.7");
-    assert!(o.status.success(), "client to {ip} failed: {}", stderr(&o));
+    o.assert_success();
     assert_eq!(stdout(&o), "", "unexpected reply from {ip}");
 }
 
@@ -153,7 +146,7 @@ fn routed_forwarding_and_masquerade() {
 
     let peer = |ip: IpAddr| {
         let o = ask(c, ip, b"x", "1");
-        assert!(o.status.success(), "client to {ip} failed: {}", stderr(&o));
+        o.assert_success();
         parse_peer(&stdout(&o))
     };
     assert_eq!(peer(s.ip4().into()), IpAddr::from(c.ip4()));
@@ -185,7 +178,8 @@ fn routed_reject_gives_icmp_errors() {
         (IpAddr::from(s.ip6()), "Permission denied"),
     ] {
         let o = ask(c, ip, b"no\n", "1");
-        assert!(!o.status.success(), "expected an ICMP error from {ip}");
+        // Expected: an ICMP error from the address.
+        o.assert_failure();
         assert!(stderr(&o).contains(err), "{ip}: {}", stderr(&o));
     }
 }
@@ -226,7 +220,8 @@ fn routed_narrow_link_and_pmtu_black_hole() {
     // the connected client socket reports as EMSGSIZE.
     for ip in [IpAddr::from(s.ip4()), IpAddr::from(s.ip6())] {
         let o = ask(c, ip, &big, "1");
-        assert!(!o.status.success(), "{ip}: expected EMSGSIZE");
+        // Expected: EMSGSIZE.
+        o.assert_failure();
         assert!(stderr(&o).contains("Message too long"), "{}", stderr(&o));
     }
 

@@ -20,7 +20,7 @@ fn loopback_v4_and_v6_against_udpreach_server() {
             lab.server(),
             &["ping", "-c", "5", "-i", "20ms", "--json-lines", target],
         );
-        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        o.assert_code(0);
         let s = summary(&o);
         assert_eq!(s["transmitted"], 5);
         assert_eq!(s["received"], 5);
@@ -43,7 +43,7 @@ fn text_output_looks_like_ping() {
         lab.client(),
         &["ping", "-c", "3", "-i", "10ms", "198.18.0.2"],
     );
-    assert_eq!(code(&o), 0);
+    o.assert_code(0);
     let out = stdout(&o);
     assert!(out.contains("198.18.0.1:"), "{out}");
     assert!(
@@ -84,7 +84,7 @@ fn plain_echo_server_socat() {
                 "198.18.0.2:7000",
             ],
         );
-        assert_eq!(code(&o), 0, "size {size}: {}", stderr(&o));
+        o.assert_code(0);
         let s = summary(&o);
         assert_eq!(s["received"], 4, "size {size}");
         // A plain echo server has no counters: no direction split, no server view.
@@ -118,7 +118,7 @@ fn return_loss_is_reported_downstream() {
             "198.18.0.2",
         ],
     );
-    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    o.assert_code(0);
     let s = summary(&o);
     let down = s["downstream_lost"].as_u64().unwrap();
     let up = s["upstream_lost"].as_u64().unwrap();
@@ -142,7 +142,7 @@ fn snat_through_router_is_reported() {
     let _server = start_server(lab.server(), &[]);
     let target = lab.server().ip4().to_string();
     let o = udpreach(lab.client(), &["ping", "-c", "3", "-i", "20ms", &target]);
-    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    o.assert_code(0);
     let out = stdout(&o);
     assert!(
         out.contains("NAT or proxy in the path: server sees you as 198.18.2.254:"),
@@ -179,7 +179,7 @@ fn ctrl_c_prints_statistics_and_exits_zero() {
     let o = p
         .wait_output_timeout(Duration::from_secs(5))
         .expect("exits after Ctrl+C");
-    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    o.assert_code(0);
     assert!(stdout(&o).contains("--- 198.18.0.2 statistics ---"));
 }
 
@@ -199,7 +199,8 @@ fn ctrl_c_works_while_every_probe_times_out() {
     let o = p
         .wait_output_timeout(Duration::from_secs(3))
         .expect("Ctrl+C stops at once");
-    assert_eq!(code(&o), 1, "no reply: exit 1");
+    // No reply: exit 1.
+    o.assert_code(1);
     assert!(stdout(&o).contains("1 packets transmitted, 0 received"));
 }
 
@@ -230,7 +231,7 @@ fn sport_sweep_reports_the_blocked_source_port() {
             "198.18.0.2",
         ],
     );
-    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    o.assert_code(0);
     let s = summary(&o);
     assert_eq!(s["silent_source_ports"], serde_json::json!([20005]), "{s}");
     assert_eq!(s["skipped_source_ports"], serde_json::json!([20007]), "{s}");
@@ -279,7 +280,7 @@ fn bad_input_is_a_one_line_error_with_exit_2() {
     ];
     for (args, needle) in cases {
         let o = udpreach(h, args);
-        assert_eq!(code(&o), 2, "{args:?}: {}", stderr(&o));
+        o.assert_code(2);
         let err = stderr(&o);
         let first = err.lines().next().unwrap_or("");
         assert!(
@@ -298,7 +299,7 @@ fn server_reports_a_taken_port_and_exits_2() {
     let lab = Lab::pair();
     let _first = start_server(lab.server(), &[]);
     let o = udpreach(lab.server(), &["server", "--listen", "127.0.0.1:4000"]);
-    assert_eq!(code(&o), 2);
+    o.assert_code(2);
     assert!(stderr(&o).contains("127.0.0.1:4000"), "{}", stderr(&o));
 }
 
@@ -313,7 +314,7 @@ fn server_exits_cleanly_on_sigterm() {
     let o = server
         .wait_output_timeout(Duration::from_secs(5))
         .expect("server stops");
-    assert_eq!(code(&o), 0);
+    o.assert_code(0);
 }
 
 #[test]
@@ -347,7 +348,8 @@ fn ttl_dscp_and_df_options_take_effect() {
         lab.client(),
         &["ping", "-c", "2", "-i", "10ms", "-W", "200ms", "198.18.0.2"],
     );
-    assert_eq!(code(&o), 1, "unmarked probes are dropped");
+    // Unmarked probes are dropped.
+    o.assert_code(1);
     let o = udpreach(
         lab.client(),
         &[
@@ -361,7 +363,8 @@ fn ttl_dscp_and_df_options_take_effect() {
             "198.18.0.2",
         ],
     );
-    assert_eq!(code(&o), 0, "EF-marked probes pass: {}", stdout(&o));
+    // EF-marked probes pass.
+    o.assert_code(0);
     // --df: a datagram over the link MTU is refused locally instead of fragmented.
     let o = udpreach(
         lab.client(),
@@ -401,10 +404,6 @@ fn ttl_dscp_and_df_options_take_effect() {
             "198.18.0.2",
         ],
     );
-    assert_eq!(
-        code(&o),
-        0,
-        "without --df it is fragmented and passes: {}",
-        stdout(&o)
-    );
+    // Without --df it is fragmented and passes.
+    o.assert_code(0);
 }

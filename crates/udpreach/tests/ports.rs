@@ -25,14 +25,14 @@ fn verdicts(doc: &Value) -> HashMap<u16, String> {
         .collect()
 }
 
-fn ports_json(host: &lab::Host, args: &[&str]) -> (i32, Value) {
+fn ports_json(host: &lab::Host, args: &[&str]) -> (CommandOutput, Value) {
     let mut a = vec!["ports", "--json"];
     a.extend_from_slice(args);
     let o = udpreach(host, &a);
     let doc: Value = serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|e| panic!("bad JSON ({e}): {}\nstderr: {}", stdout(&o), stderr(&o)));
     schema::assert_valid("ports.json", &doc);
-    (code(&o), doc)
+    (o, doc)
 }
 
 #[test]
@@ -43,8 +43,8 @@ fn all_reachable_v4_and_v6() {
     let lab = Lab::pair();
     let _server = start_server(lab.server(), &[]);
     for target in ["198.18.0.2", "[fd00::2]:4000"] {
-        let (rc, doc) = ports_json(lab.client(), &[target, "5000,6000,7000:8000"]);
-        assert_eq!(rc, 0, "{doc}");
+        let (o, doc) = ports_json(lab.client(), &[target, "5000,6000,7000:8000"]);
+        o.assert_code(0);
         let v = verdicts(&doc);
         assert_eq!(v.len(), 1003);
         assert!(v.values().all(|x| x == "reachable"), "{doc}");
@@ -54,7 +54,7 @@ fn all_reachable_v4_and_v6() {
         lab.client(),
         &["ports", "198.18.0.2", "5000, 6000,7000-8000"],
     );
-    assert_eq!(code(&o), 0);
+    o.assert_code(0);
     let out = stdout(&o);
     let rows: Vec<Vec<&str>> = out
         .lines()
@@ -67,14 +67,12 @@ fn all_reachable_v4_and_v6() {
     assert!(out.contains("1003 ports in "), "{out}");
 }
 
-/// A deterministic pick of ports for the blocked sets (xorshift).
+/// A deterministic pick of ports for the blocked sets (the test kit's Rng).
 fn pick(ports: &[u16], percent: u64, seed: u64) -> (Vec<u16>, Vec<u16>) {
-    let mut x = seed;
+    let mut rng = udpreach_engine::testkit::Rng::new(seed);
     let (mut inbound, mut ret) = (vec![], vec![]);
     for &p in ports {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
+        let x = rng.next_u64();
         if x % 100 < percent {
             if x.is_multiple_of(2) {
                 inbound.push(p)
@@ -101,8 +99,9 @@ fn blocked_sets_under_five_percent_loss_get_exact_verdicts() {
     lab.client().drop_udp_sport_in(&ret);
     lab.server().drop_udp_in_percent(5);
     lab.client().drop_udp_in_percent(5);
-    let (rc, doc) = ports_json(lab.client(), &["198.18.0.2", "20000-21999"]);
-    assert_eq!(rc, 1, "some ports blocked: exit 1");
+    let (o, doc) = ports_json(lab.client(), &["198.18.0.2", "20000-21999"]);
+    // Some ports blocked: exit 1.
+    o.assert_code(1);
     let v = verdicts(&doc);
     let mut wrong = vec![];
     for p in ports {
@@ -133,8 +132,8 @@ fn in_use_denied_and_reserved_ports() {
         .server()
         .spawn(["socat", "UDP4-RECVFROM:9000,bind=198.18.0.2", "-"]);
     assert!(lab.server().wait_udp_bound(9000, Duration::from_secs(5)));
-    let (rc, doc) = ports_json(lab.client(), &["198.18.0.2", "1500,4000,9000,9001,9600"]);
-    assert_eq!(rc, 1);
+    let (o, doc) = ports_json(lab.client(), &["198.18.0.2", "1500,4000,9000,9001,9600"]);
+    o.assert_code(1);
     let v = verdicts(&doc);
     assert_eq!(v[&1500], "denied_by_server");
     assert_eq!(
@@ -170,8 +169,8 @@ fn a_port_held_by_another_session_is_in_use_and_freed_on_disconnect() {
     // The other session goes away: all its ports close at once.
     drop(other);
     assert!(lab::wait_until(Duration::from_secs(5), || {
-        let (rc, _) = ports_json(lab.client(), &["198.18.0.2", "30000-30002"]);
-        rc == 0
+        let (o, _) = ports_json(lab.client(), &["198.18.0.2", "30000-30002"]);
+        o.code() == 0
     }));
 }
 
@@ -285,7 +284,7 @@ fn ctrl_c_prints_results_so_far() {
     let o = p
         .wait_output_timeout(Duration::from_secs(5))
         .expect("stops on Ctrl+C");
-    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    o.assert_code(1);
     let out = stdout(&o);
     let rows: Vec<Vec<&str>> = out
         .lines()
@@ -309,7 +308,7 @@ fn no_server_is_exit_2_with_a_clear_message() {
     }
     let lab = Lab::pair();
     let o = udpreach(lab.client(), &["ports", "198.18.0.2", "5000"]);
-    assert_eq!(code(&o), 2);
+    o.assert_code(2);
     let err = stderr(&o);
     assert!(err.contains("198.18.0.2:4000"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -330,7 +329,7 @@ fn session_cap_and_idle_timeout() {
     idle.request(&ControlMsg::Open { ports: vec![23000] });
     // The only session slot is taken: a second client is told so, exit 2.
     let o = udpreach(lab.client(), &["ports", "198.18.0.2", "23001"]);
-    assert_eq!(code(&o), 2);
+    o.assert_code(2);
     assert!(stderr(&o).contains("busy"), "{}", stderr(&o));
     // The silent session times out; its port and slot are freed.
     assert!(lab::wait_until(Duration::from_secs(5), || {
@@ -348,7 +347,7 @@ fn list_shows_every_port() {
     let lab = Lab::pair();
     let _server = start_server(lab.server(), &[]);
     let o = udpreach(lab.client(), &["ports", "-l", "198.18.0.2", "5000-5002"]);
-    assert_eq!(code(&o), 0);
+    o.assert_code(0);
     let out = stdout(&o);
     for p in 5000..=5002 {
         assert!(out.contains(&format!("port {p} reachable rtt=")), "{out}");

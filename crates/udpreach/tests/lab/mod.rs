@@ -18,11 +18,17 @@
 //!     assert!(server.wait_udp_bound(PORT, Duration::from_secs(5)));
 //!     server.drop_udp_in_percent(10); // or any other impairment
 //!     let out = client.run([bin.to_str().unwrap(), "ping", &server.ip4().to_string()]);
-//!     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+//!     out.assert_success(); // on failure: the command, status, stdout, stderr
 //!     srv.signal(lab::SIGINT);
 //!     let srv_out = srv.wait_output_timeout(Duration::from_secs(5)).unwrap();
 //! } // the lab is torn down here, also when an assertion failed
 //! ```
+//!
+//! Every run returns a [`CommandOutput`] (see `lab/command.rs`): assert
+//! exit codes with its `assert_code`, `assert_success` and `assert_failure`,
+//! which print the command, its stdout and its stderr when they fail. The
+//! same [`Proc`] runs programs in the test's own namespace ([`Proc::start`],
+//! [`run_local`]; the loopback helpers use them).
 //!
 //! Topologies (all addresses are in 198.18.0.0/15 and fd00::/8 only):
 //!
@@ -56,6 +62,10 @@
 //! router kernel itself generates, on the router's output.
 
 #![allow(dead_code)]
+
+mod command;
+
+pub use command::CommandOutput;
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -394,9 +404,60 @@ impl Proc {
     /// Waits at most `timeout` for the process to exit and returns all of its
     /// output. On timeout the process group is killed and the error carries
     /// the output printed so far.
-    pub fn wait_output_timeout(self, timeout: Duration) -> Result<Output, TimedOut> {
-        self.inner.wait_output(timeout)
+    pub fn wait_output_timeout(self, timeout: Duration) -> Result<CommandOutput, TimedOut> {
+        let out = self.inner.wait_output(timeout)?;
+        Ok(CommandOutput::new(self.inner.what.clone(), out))
     }
+
+    /// Starts a prepared command in the test's own namespace (loopback
+    /// tests), in its own process group, its piped stdout/stderr captured.
+    /// Not registered with any lab: dropping the handle kills it.
+    pub fn start(cmd: Command) -> Proc {
+        Proc {
+            inner: ProcInner::start(cmd, None).unwrap_or_else(|e| panic!("{e}")),
+            kill_on_drop: true,
+        }
+    }
+}
+
+/// Runs a prepared command in the test's own namespace to completion within
+/// `timeout` (its process group is killed after it); stdin is null, stdout
+/// and stderr captured.
+pub fn run_local(mut cmd: Command, timeout: Duration) -> Result<CommandOutput, TimedOut> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    Proc::start(cmd).wait_output_timeout(timeout)
+}
+
+/// A key file (mode 0600) in this test process's temporary directory.
+pub fn key_file(name: &str, contents: &[u8]) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("udpreach-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, contents).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+/// Open descriptors of a process (entries of /proc/PID/fd).
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Resident memory of a process in KiB (VmRSS). Panics when the process
+/// is gone: a memory bound checked on a dead process proves nothing.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("process {pid} is gone: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS for process {pid}:\n{status}"))
 }
 
 impl Drop for Proc {
@@ -601,7 +662,7 @@ impl Host {
     /// Runs `argv` to completion within [`DEFAULT_RUN_TIMEOUT`]; panics on
     /// timeout (with the output so far). A failing exit status is returned,
     /// not a panic.
-    pub fn run<I, S>(&self, argv: I) -> Output
+    pub fn run<I, S>(&self, argv: I) -> CommandOutput
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
@@ -612,7 +673,7 @@ impl Host {
 
     /// Like [`run`](Host::run) with an explicit bound; the process group is
     /// killed on timeout.
-    pub fn run_timeout<I, S>(&self, argv: I, timeout: Duration) -> Result<Output, TimedOut>
+    pub fn run_timeout<I, S>(&self, argv: I, timeout: Duration) -> Result<CommandOutput, TimedOut>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
@@ -622,7 +683,7 @@ impl Host {
 
     /// Like [`run`](Host::run), feeding `input` to the program's stdin
     /// (then closing it).
-    pub fn run_input<I, S>(&self, argv: I, input: &[u8]) -> Output
+    pub fn run_input<I, S>(&self, argv: I, input: &[u8]) -> CommandOutput
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
@@ -636,7 +697,7 @@ impl Host {
         argv: I,
         input: &[u8],
         timeout: Duration,
-    ) -> Result<Output, TimedOut>
+    ) -> Result<CommandOutput, TimedOut>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
@@ -647,19 +708,13 @@ impl Host {
             .stderr(Stdio::piped());
         // Not registered with the lab: it is waited for (or killed) here.
         let inner = ProcInner::start(cmd, Some(input.to_vec())).unwrap_or_else(|e| panic!("{e}"));
-        inner.wait_output(timeout)
+        let out = inner.wait_output(timeout)?;
+        Ok(CommandOutput::new(inner.what.clone(), out))
     }
 
-    fn run_ok(&self, argv: &[&str]) -> Output {
+    fn run_ok(&self, argv: &[&str]) -> CommandOutput {
         let out = self.run(argv);
-        assert!(
-            out.status.success(),
-            "[{}] `{}` failed ({}): {}",
-            self.ns,
-            argv.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        out.assert_success();
         out
     }
 
@@ -816,6 +871,17 @@ add rule inet lab forward icmpv6 type packet-too-big drop
         let filter = format!("sport = :{port}");
         wait_until(timeout, || {
             self.run_timeout(["ss", "-H", "-n", "-u", "-a", &filter], SETUP_TIMEOUT)
+                .map(|o| o.status.success() && !o.stdout.trim_ascii().is_empty())
+                .unwrap_or(false)
+        })
+    }
+
+    /// Waits until a TCP socket listens on `port` in this namespace (a
+    /// udpreach server binds its UDP ports first, its control port last).
+    pub fn wait_tcp_listening(&self, port: u16, timeout: Duration) -> bool {
+        let filter = format!("sport = :{port}");
+        wait_until(timeout, || {
+            self.run_timeout(["ss", "-H", "-n", "-t", "-l", &filter], SETUP_TIMEOUT)
                 .map(|o| o.status.success() && !o.stdout.trim_ascii().is_empty())
                 .unwrap_or(false)
         })

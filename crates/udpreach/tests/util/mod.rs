@@ -2,6 +2,7 @@
 //! client, read its JSON. Keeps each integration test a few lines long.
 #![allow(dead_code)]
 
+pub use crate::lab::CommandOutput;
 use crate::lab::{udpreach_bin, Host, Proc};
 use serde_json::Value;
 use std::process::Output;
@@ -50,18 +51,21 @@ pub fn socat_echo(host: &Host, port: u16) -> Proc {
     p
 }
 
-/// Runs the udpreach binary in `host` with a bound on time.
-pub fn udpreach(host: &Host, args: &[&str]) -> Output {
+/// Runs the udpreach binary in `host` with a bound on time (the test
+/// fails with what it printed when it runs longer).
+pub fn udpreach(host: &Host, args: &[&str]) -> CommandOutput {
     let mut argv = vec![udpreach_bin().display().to_string()];
     argv.extend(args.iter().map(|s| s.to_string()));
     host.run_timeout(&argv, Duration::from_secs(120))
-        .unwrap_or_else(|t| panic!("udpreach {args:?} timed out: {:?}", t.output))
+        .unwrap_or_else(|t| panic!("{t}"))
 }
 
+/// Stdout as text (lossy UTF-8).
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// Stderr as text (lossy UTF-8).
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -90,6 +94,8 @@ pub fn summary(o: &Output) -> Value {
         .unwrap_or_else(|| panic!("no summary in {}\nstderr: {}", stdout(o), stderr(o)))
 }
 
+/// Exit code; -1 when a signal ended the program. To check it, prefer
+/// [`CommandOutput::assert_code`], which prints the command and its output.
 pub fn code(o: &Output) -> i32 {
     o.status.code().unwrap_or(-1)
 }

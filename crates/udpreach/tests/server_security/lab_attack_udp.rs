@@ -5,16 +5,17 @@
 //! them, and what the server sends to them is counted by nft on arrival.
 //! Every flood lasts at most a few seconds; every process dies with the lab.
 
-mod lab;
+use crate::lab;
+use crate::util;
 
-use lab::{udpreach_bin, wait_until, Host, Lab};
+use lab::{fd_count, rss_kib, udpreach_bin, wait_until, Host, Lab};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::path::PathBuf;
-use std::process::Output;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use udpreach_wire::auth::{self, SharedKey};
 use udpreach_wire::control::{decode_frame, ControlMsg, PREAMBLE};
 use udpreach_wire::probe::{ProbeHeader, ProbeKind, SHORT_MAGIC};
+use util::{stderr, stdout, summary, udpreach};
 
 const SERVER4: &str = "198.18.0.2";
 const SERVER6: &str = "fd00::2";
@@ -28,44 +29,16 @@ const VICTIMS4: [&str; 5] = [
 ];
 const VICTIMS6: [&str; 5] = ["fd00::10", "fd00::11", "fd00::12", "fd00::13", "fd00::14"];
 
-fn udpreach(host: &Host, args: &[&str]) -> Output {
-    let bin = udpreach_bin();
-    let mut argv = vec![bin.to_str().unwrap()];
-    argv.extend_from_slice(args);
-    host.run_timeout(argv, Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn summary(o: &Output) -> serde_json::Value {
-    let out = text(&o.stdout);
-    let line = out
-        .lines()
-        .rev()
-        .find(|l| l.contains("\"summary\""))
-        .unwrap_or_else(|| panic!("no summary in {out}\nstderr: {}", text(&o.stderr)));
-    serde_json::from_str(line).unwrap()
-}
-
 /// Starts a server in `host` and waits for its TCP control port.
 fn start_server(host: &Host, control_port: u16, args: &[&str]) -> lab::Proc {
     let bin = udpreach_bin();
     let mut argv = vec![bin.to_str().unwrap().to_string(), "server".into()];
     argv.extend(args.iter().map(|s| s.to_string()));
     let p = host.spawn(argv);
-    let filter = format!("sport = :{control_port}");
-    let ok = wait_until(Duration::from_secs(10), || {
-        host.run_timeout(
-            ["ss", "-H", "-n", "-t", "-l", &filter],
-            Duration::from_secs(5),
-        )
-        .map(|o| !o.stdout.trim_ascii().is_empty())
-        .unwrap_or(false)
-    });
-    assert!(ok, "server control port {control_port} not listening");
+    assert!(
+        host.wait_tcp_listening(control_port, Duration::from_secs(10)),
+        "server control port {control_port} not listening"
+    );
     p
 }
 
@@ -89,7 +62,7 @@ fn add_addresses(host: &Host, addrs: &[&str]) {
         } else {
             host.run(["ip", "addr", "add", &format!("{a}/24"), "dev", &iface])
         };
-        assert!(o.status.success(), "ip addr add {a}: {}", text(&o.stderr));
+        o.assert_success();
     }
 }
 
@@ -125,7 +98,7 @@ fn read_counter(host: &Host, name: &str) -> (u64, u64) {
         &format!("count_{name}"),
         name,
     ]);
-    let out = text(&o.stdout);
+    let out = stdout(&o);
     let num = |key: &str| -> u64 {
         let at = out.find(key).unwrap_or_else(|| panic!("no {key} in {out}"));
         out[at + key.len()..]
@@ -288,7 +261,7 @@ fn legacy_port(host: &Host, server: SocketAddr, port: u16) -> TcpStream {
         s.write_all(req.as_bytes()).unwrap();
         let mut buf = [0u8; 1024];
         let n = s.read(&mut buf).unwrap();
-        let answer = text(&buf[..n]);
+        let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
         assert!(answer.contains("true"), "legacy answer {answer}");
         s
     })
@@ -556,7 +529,7 @@ fn withheld_replies_are_reported_not_loss_and_short_probes_are_probes() {
         lab.client(),
         &["ping", "-c", "300", "-i", "5ms", "-q", SERVER4],
     );
-    let out = text(&o.stdout);
+    let out = stdout(&o);
     assert!(
         out.contains("replies withheld by the server's rate limit"),
         "{out}"
@@ -598,7 +571,7 @@ fn withheld_replies_are_reported_not_loss_and_short_probes_are_probes() {
             "198.18.0.2:4100",
         ],
     );
-    assert!(text(&o.stderr).contains("warning"), "{}", text(&o.stderr));
+    assert!(stderr(&o).contains("warning"), "{}", stderr(&o));
 }
 
 #[test]
@@ -692,23 +665,7 @@ fn answers_leave_from_the_address_the_request_was_sent_to() {
         lab.server(),
         &["mtu", "--echo", "--no-fragments", "-q", "127.0.0.2"],
     );
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&o.stdout),
-        text(&o.stderr)
-    );
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS in {status}"))
+    o.assert_code(0);
 }
 
 /// Asks for `ports` in one legacy JSON connection (the seed's protocol) and
@@ -764,11 +721,15 @@ fn per_port_memory_is_bounded_and_returns_after_sessions_close() {
     let server = sa(SERVER4, 4000);
     const N: u16 = 4000;
     // One warm-up round, so the baseline includes what the allocator keeps.
+    let fds_before = fd_count(pid);
     drop(open_session(
         lab.client(),
         server,
         (30000..30000 + N).collect(),
     ));
+    // The server closes the warm-up's ports after the session ends; under
+    // load that takes a while, and the next session needs the same ports.
+    wait_until(Duration::from_secs(10), || fd_count(pid) <= fds_before);
     std::thread::sleep(Duration::from_millis(500));
     let baseline = rss_kib(pid);
     let session = open_session(lab.client(), server, (30000..30000 + N).collect());

@@ -5,10 +5,10 @@
 //! client (198.18.0.1). Every loop is bounded in count and time; the lab
 //! removes namespaces and processes even when a test fails.
 
-mod lab;
-mod util;
+use crate::lab;
+use crate::util;
 
-use lab::{require_root, udpreach_bin, wait_until, Host, Lab, Proc};
+use lab::{fd_count, require_root, rss_kib, udpreach_bin, wait_until, Host, Lab, Proc};
 use socket2::{Domain, Socket, Type};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -32,7 +32,7 @@ fn attacker_addrs(lab: &Lab, n: u8) -> Vec<Ipv4Addr> {
         .map(|i| {
             let a = Ipv4Addr::new(198, 18, 0, 100 + i);
             let o = c.run(["ip", "addr", "add", &format!("{a}/24"), "dev", c.iface()]);
-            assert!(o.status.success(), "{}", stderr(&o));
+            o.assert_success();
             a
         })
         .collect()
@@ -68,24 +68,6 @@ fn raise_nofile() {
     }
 }
 
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
-/// Resident set size in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn key_file() -> std::path::PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let p = std::env::temp_dir().join(format!("udpreach-attack-key-{}", std::process::id()));
@@ -95,15 +77,10 @@ fn key_file() -> std::path::PathBuf {
 }
 
 fn wait_control(host: &Host) {
-    let ok = wait_until(Duration::from_secs(10), || {
-        host.run_timeout(
-            ["ss", "-H", "-n", "-t", "-l", "sport = :4000"],
-            Duration::from_secs(5),
-        )
-        .map(|o| !o.stdout.trim_ascii().is_empty())
-        .unwrap_or(false)
-    });
-    assert!(ok, "control port not listening");
+    assert!(
+        host.wait_tcp_listening(4000, Duration::from_secs(10)),
+        "control port not listening"
+    );
 }
 
 fn start(lab: &Lab, extra: &[&str]) -> Proc {
@@ -255,13 +232,13 @@ fn handshake_flood_cannot_lock_out_keyed_clients() {
         made.load(Ordering::Relaxed),
         code(&sweep)
     );
-    assert_eq!(code(&sweep), 0, "{}\n{}", stdout(&sweep), stderr(&sweep));
+    sweep.assert_code(0);
     assert!(
         stdout(&sweep).contains("1000 reachable"),
         "{}",
         stdout(&sweep)
     );
-    assert_eq!(code(&ping), 0, "{}\n{}", stdout(&ping), stderr(&ping));
+    ping.assert_code(0);
     assert!(stdout(&ping).contains("5 received"), "{}", stdout(&ping));
     assert!(
         !stderr(&ping).contains("could not check the key"),
@@ -316,7 +293,7 @@ fn handshake_flood_cannot_lock_out_keyed_clients() {
         ],
     );
     drop(hogs);
-    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    o.assert_code(0);
 
     // Every pending handshake ends within its 5 s deadline: descriptors return.
     assert!(
@@ -367,7 +344,7 @@ fn trickled_and_half_sent_messages_hold_no_session() {
     let t0 = Instant::now();
     // Every slot is held: the honest client is told how many.
     let busy = udpreach(lab.client(), &["ports", "198.18.0.2", "20000-20009"]);
-    assert_eq!(code(&busy), 2, "{}", stderr(&busy));
+    busy.assert_code(2);
     assert!(
         stderr(&busy).contains("server busy (8 sessions)"),
         "{}",
@@ -394,7 +371,7 @@ fn trickled_and_half_sent_messages_hold_no_session() {
     println!("8 trickling sessions closed after {took:.2} s");
     assert!(closed.iter().all(|c| *c), "{closed:?}");
     let ok = udpreach(lab.client(), &["ports", "198.18.0.2", "20000-20999", "-q"]);
-    assert_eq!(code(&ok), 0, "{}", stderr(&ok));
+    ok.assert_code(0);
     assert!(stdout(&ok).contains("1000 reachable"), "{}", stdout(&ok));
 
     // 64 trickling legacy connections from one source take only its share:
@@ -412,7 +389,7 @@ fn trickled_and_half_sent_messages_hold_no_session() {
     .join()
     .unwrap();
     let ok = udpreach(lab.client(), &["ports", "198.18.0.2", "20000-20999", "-q"]);
-    assert_eq!(code(&ok), 0, "{}", stderr(&ok));
+    ok.assert_code(0);
     assert!(stdout(&ok).contains("1000 reachable"), "{}", stdout(&ok));
     drop(hogs);
     assert!(srv.is_running());
@@ -543,7 +520,7 @@ fn one_source_cannot_squat_ports_and_legacy_requests_are_capped() {
     assert!((600..=750).contains(&many), "{many}");
     // The honest client still gets every port it sweeps.
     let ok = udpreach(lab.client(), &["ports", "198.18.0.2", "29000-29999", "-q"]);
-    assert_eq!(code(&ok), 0, "{}", stderr(&ok));
+    ok.assert_code(0);
     assert!(stdout(&ok).contains("1000 reachable"), "{}", stdout(&ok));
     drop(sessions);
     // Legacy ports listen 3 s; then everything is back.
@@ -606,7 +583,7 @@ fn silent_death_of_the_control_connection_ends_ports_within_20_s() {
         took.as_secs_f64()
     );
     assert!(took < Duration::from_secs(20), "{took:?}");
-    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    o.assert_code(2);
     let err = stderr(&o);
     println!("{}", err.trim());
     assert_eq!(err.trim().lines().count(), 1, "{err}");
@@ -651,13 +628,12 @@ fn refusals_are_reported_in_one_clear_line() {
             c.write_all(&out).unwrap();
         });
         let target = format!("127.0.0.1:{port}");
-        let o = std::process::Command::new(udpreach_bin())
-            .args(["ports", &target, "20000-20009"])
-            .output()
-            .unwrap();
+        let mut cmd = std::process::Command::new(udpreach_bin());
+        cmd.args(["ports", &target, "20000-20009"]);
+        let o = lab::run_local(cmd, Duration::from_secs(60)).unwrap_or_else(|t| panic!("{t}"));
         fake.join().unwrap();
         let err = stderr(&o);
-        assert_eq!(code(&o), 2, "{err}");
+        o.assert_code(2);
         assert!(err.contains(message), "{err}");
         assert!(!err.contains("not a udpreach server"), "{err}");
         assert_eq!(err.trim().lines().count(), 1, "{err}");
@@ -699,7 +675,7 @@ fn an_ipv6_64_is_one_source_and_trickles_end_over_ipv6() {
                 c.iface(),
                 "nodad",
             ]);
-            assert!(o.status.success(), "{}", stderr(&o));
+            o.assert_success();
             a
         })
         .collect();
@@ -712,7 +688,7 @@ fn an_ipv6_64_is_one_source_and_trickles_end_over_ipv6() {
         "dev",
         s.iface(),
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    o.assert_success();
     let server6: SocketAddr = "[fd00::2]:4000".parse().unwrap();
     let mut conns: Vec<TcpStream> = spawn_in(c, move || {
         attackers
@@ -733,7 +709,7 @@ fn an_ipv6_64_is_one_source_and_trickles_end_over_ipv6() {
     assert_eq!(conns.len(), 16);
     let t0 = Instant::now();
     let ok = udpreach(c, &["ports", "fd00::2", "20000-20999", "-q"]);
-    assert_eq!(code(&ok), 0, "{}", stderr(&ok));
+    ok.assert_code(0);
     assert!(stdout(&ok).contains("1000 reachable"), "{}", stdout(&ok));
     // All 16 are closed: 14 at once (over the /64's share), 2 at the deadline.
     let closed = conns

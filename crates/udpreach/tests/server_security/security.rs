@@ -2,7 +2,8 @@
 //! match and keys that don't, unauthenticated and replayed datagrams,
 //! plain-echo limits, and key-file errors.
 
-mod loopback;
+use crate::loopback;
+use crate::util::{stderr, stdout};
 
 use loopback::{key_file, run, server};
 use std::net::UdpSocket;
@@ -12,10 +13,6 @@ use udpreach_wire::probe::{ProbeHeader, ProbeKind};
 
 const KEY: &[u8] = b"a shared secret for the tests\n";
 const T: Duration = Duration::from_secs(60);
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 fn keyed_server(port: u16, ports: &str) -> loopback::Running {
     let k = key_file(&format!("server-{port}"), KEY);
@@ -41,14 +38,8 @@ fn ports_with_the_right_key_works_and_a_wrong_key_fails_with_exit_2() {
         &[],
         T,
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    assert!(text(&out.stdout).contains("100 reachable"));
+    out.assert_code(0);
+    assert!(stdout(&out).contains("100 reachable"));
 
     // The same key from the environment (no trailing newline there).
     let secret = std::str::from_utf8(KEY).unwrap().trim_end();
@@ -57,7 +48,7 @@ fn ports_with_the_right_key_works_and_a_wrong_key_fails_with_exit_2() {
         &[("UDPREACH_KEY", secret)],
         T,
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    out.assert_code(0);
 
     let wrong = key_file("wrong", b"not the shared secret\n");
     let out = run(
@@ -71,18 +62,18 @@ fn ports_with_the_right_key_works_and_a_wrong_key_fails_with_exit_2() {
         &[],
         T,
     );
-    assert_eq!(out.status.code(), Some(2));
-    let err = text(&out.stderr);
+    out.assert_code(2);
+    let err = stderr(&out);
     assert!(err.contains("authentication failed"), "{err}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
 
     // No key at all against a server that requires one.
     let out = run(&["ports", "127.0.0.1:24201", "24300-24309"], &[], T);
-    assert_eq!(out.status.code(), Some(2));
+    out.assert_code(2);
     assert!(
-        text(&out.stderr).contains("authentication failed"),
+        stderr(&out).contains("authentication failed"),
         "{}",
-        text(&out.stderr)
+        stderr(&out)
     );
 }
 
@@ -101,8 +92,8 @@ fn keyed_client_refuses_a_server_without_a_key() {
         &[],
         T,
     );
-    assert_eq!(out.status.code(), Some(2));
-    let err = text(&out.stderr);
+    out.assert_code(2);
+    let err = stderr(&out);
     assert!(
         err.contains("authentication failed") && err.contains("did not prove"),
         "{err}"
@@ -119,7 +110,12 @@ fn keyed_server_refuses_legacy_json_sessions() {
         .unwrap();
     let mut buf = Vec::new();
     let n = c.read_to_end(&mut buf).unwrap_or(0);
-    assert_eq!(n, 0, "closed without an answer: {}", text(&buf));
+    assert_eq!(
+        n,
+        0,
+        "closed without an answer: {}",
+        String::from_utf8_lossy(&buf)
+    );
 }
 
 #[test]
@@ -142,18 +138,8 @@ fn keyed_ping_is_answered_and_a_wrong_key_fails_with_exit_2() {
         &[],
         T,
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    assert!(
-        text(&out.stdout).contains("3 received"),
-        "{}",
-        text(&out.stdout)
-    );
+    out.assert_code(0);
+    assert!(stdout(&out).contains("3 received"), "{}", stdout(&out));
 
     let wrong = key_file("wrong-3", b"another secret\n");
     let out = run(
@@ -170,11 +156,11 @@ fn keyed_ping_is_answered_and_a_wrong_key_fails_with_exit_2() {
         &[],
         T,
     );
-    assert_eq!(out.status.code(), Some(2));
+    out.assert_code(2);
     assert!(
-        text(&out.stderr).contains("authentication failed"),
+        stderr(&out).contains("authentication failed"),
         "{}",
-        text(&out.stderr)
+        stderr(&out)
     );
 
     let out = run(
@@ -191,11 +177,11 @@ fn keyed_ping_is_answered_and_a_wrong_key_fails_with_exit_2() {
         &[],
         T,
     );
-    assert_eq!(out.status.code(), Some(2));
+    out.assert_code(2);
     assert!(
-        text(&out.stderr).contains("invalid size '64'"),
+        stderr(&out).contains("invalid size '64'"),
         "{}",
-        text(&out.stderr)
+        stderr(&out)
     );
 }
 
@@ -304,7 +290,7 @@ fn plain_echo_is_rate_limited_per_source_and_can_be_switched_off() {
         &[],
         T,
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    out.assert_code(0);
 }
 
 #[test]
@@ -318,7 +304,7 @@ fn max_datagram_drops_larger_datagrams() {
         &[],
         T,
     );
-    assert_eq!(ok.status.code(), Some(0));
+    ok.assert_code(0);
     let big = run(
         &[
             "ping",
@@ -334,12 +320,8 @@ fn max_datagram_drops_larger_datagrams() {
         &[],
         T,
     );
-    assert_eq!(
-        big.status.code(),
-        Some(1),
-        "no reply: {}",
-        text(&big.stdout)
-    );
+    // No reply: exit 1.
+    big.assert_code(1);
 }
 
 #[test]
@@ -357,8 +339,8 @@ fn key_errors_name_the_path_and_exit_2() {
         &[],
         T,
     );
-    assert_eq!(out.status.code(), Some(2));
-    let err = text(&out.stderr);
+    out.assert_code(2);
+    let err = stderr(&out);
     assert!(
         err.contains(&format!("key file '{}' is empty", empty.display())),
         "{err}"
@@ -375,14 +357,14 @@ fn key_errors_name_the_path_and_exit_2() {
         &[],
         T,
     );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("cannot read key file '/nonexistent/udpreach.key'"));
+    out.assert_code(2);
+    assert!(stderr(&out).contains("cannot read key file '/nonexistent/udpreach.key'"));
 
     let out = run(
         &["ports", "127.0.0.1:24209", "5000"],
         &[("UDPREACH_KEY", "")],
         T,
     );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("UDPREACH_KEY is set but empty"));
+    out.assert_code(2);
+    assert!(stderr(&out).contains("UDPREACH_KEY is set but empty"));
 }

@@ -2,53 +2,19 @@
 //! namespace lab (client 198.18.0.1/fd00::1, server 198.18.0.2/fd00::2).
 //! Bounded in time; every process is killed with the lab.
 
-mod lab;
+use crate::lab;
+use crate::util;
 
-use lab::{udpreach_bin, wait_until, Host, Lab};
-use std::path::PathBuf;
-use std::process::Output;
+use lab::{fd_count, key_file, udpreach_bin, wait_until, Host, Lab};
 use std::time::{Duration, Instant};
-
-fn key_file(name: &str, contents: &[u8]) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = std::env::temp_dir().join(format!("udpreach-lab-sec-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join(name);
-    std::fs::write(&p, contents).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    p
-}
-
-fn udpreach(host: &Host, args: &[&str]) -> Output {
-    let bin = udpreach_bin();
-    let mut argv = vec![bin.to_str().unwrap()];
-    argv.extend_from_slice(args);
-    host.run_timeout(argv, Duration::from_secs(120))
-        .unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use util::{stderr, stdout, udpreach};
 
 /// Waits until the server's TCP control port listens (it binds UDP first).
 fn wait_control(host: &Host, port: u16) {
-    let filter = format!("sport = :{port}");
-    let ok = wait_until(Duration::from_secs(10), || {
-        host.run_timeout(
-            ["ss", "-H", "-n", "-t", "-l", &filter],
-            Duration::from_secs(5),
-        )
-        .map(|o| !o.stdout.trim_ascii().is_empty())
-        .unwrap_or(false)
-    });
-    assert!(ok, "server control port {port} not listening");
-}
-
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
+    assert!(
+        host.wait_tcp_listening(port, Duration::from_secs(10)),
+        "server control port {port} not listening"
+    );
 }
 
 #[test]
@@ -57,7 +23,7 @@ fn lab_authenticated_sweeps_and_ping_v4_v6_and_a_wrong_key() {
         return;
     }
     let lab = Lab::pair();
-    let key = key_file("key", b"lab shared secret 0123456789\n");
+    let key = key_file("lab-key", b"lab shared secret 0123456789\n");
     let key = key.to_str().unwrap();
     let bin = udpreach_bin();
     let _srv = lab.server().spawn([
@@ -81,35 +47,15 @@ fn lab_authenticated_sweeps_and_ping_v4_v6_and_a_wrong_key() {
             key,
         ],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    assert!(
-        text(&out.stdout).contains("1000 reachable"),
-        "{}",
-        text(&out.stdout)
-    );
+    out.assert_code(0);
+    assert!(stdout(&out).contains("1000 reachable"), "{}", stdout(&out));
 
     let out = udpreach(
         lab.client(),
         &["ports", "fd00::2", "20000-20099", "-q", "--key-file", key],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    assert!(
-        text(&out.stdout).contains("100 reachable"),
-        "{}",
-        text(&out.stdout)
-    );
+    out.assert_code(0);
+    assert!(stdout(&out).contains("100 reachable"), "{}", stdout(&out));
 
     let out = udpreach(
         lab.client(),
@@ -127,14 +73,10 @@ fn lab_authenticated_sweeps_and_ping_v4_v6_and_a_wrong_key() {
             key,
         ],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
-    assert!(
-        text(&out.stdout).contains("5 received"),
-        "{}",
-        text(&out.stdout)
-    );
+    out.assert_code(0);
+    assert!(stdout(&out).contains("5 received"), "{}", stdout(&out));
 
-    let wrong = key_file("wrong", b"some other secret\n");
+    let wrong = key_file("lab-wrong", b"some other secret\n");
     let out = udpreach(
         lab.client(),
         &[
@@ -145,11 +87,11 @@ fn lab_authenticated_sweeps_and_ping_v4_v6_and_a_wrong_key() {
             wrong.to_str().unwrap(),
         ],
     );
-    assert_eq!(out.status.code(), Some(2));
+    out.assert_code(2);
     assert!(
-        text(&out.stderr).contains("authentication failed"),
+        stderr(&out).contains("authentication failed"),
         "{}",
-        text(&out.stderr)
+        stderr(&out)
     );
     // Unauthenticated ping: dropped without a reply, and (issue 9 item 6)
     // ping says why instead of reporting 100% loss.
@@ -167,17 +109,13 @@ fn lab_authenticated_sweeps_and_ping_v4_v6_and_a_wrong_key() {
             "-q",
         ],
     );
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    out.assert_code(2);
     assert!(
-        text(&out.stderr).contains("198.18.0.2:4000 requires a key"),
+        stderr(&out).contains("198.18.0.2:4000 requires a key"),
         "{}",
-        text(&out.stderr)
+        stderr(&out)
     );
-    assert!(
-        !text(&out.stdout).contains("bytes="),
-        "{}",
-        text(&out.stdout)
-    );
+    assert!(!stdout(&out).contains("bytes="), "{}", stdout(&out));
 }
 
 #[test]

@@ -1,0 +1,25 @@
+//! What a server does when clients, keys and the network misbehave: one test
+//! binary for the server's security and fault tolerance (run one part with
+//! `cargo test -p udpreach --test server_security lab_attack_udp::`).
+//!
+//! - `security`: authenticated mode and server policy on loopback.
+//! - `fault_tolerance`: hostile control connections, kills and floods on loopback.
+//! - `lab_security`: authenticated mode and a killed client across the lab.
+//! - `lab_attack_control`: attacks on the TCP control side, in the lab.
+//! - `lab_attack_udp`: attacks on every UDP answer, in the lab.
+//!
+//! Loopback tests here use ports 23000-32499 (server control ports
+//! 24101-24209), apart from every other test of this binary.
+
+#[path = "../lab/mod.rs"]
+mod lab;
+#[path = "../loopback/mod.rs"]
+mod loopback;
+#[path = "../util/mod.rs"]
+mod util;
+
+mod fault_tolerance;
+mod lab_attack_control;
+mod lab_attack_udp;
+mod lab_security;
+mod security;
