@@ -20,7 +20,8 @@ pub const MAX_PORTS_PER_REQUEST: usize = 8192;
 /// Capabilities this build understands. Unknown ones from a peer are ignored,
 /// which is what lets later versions interoperate.
 /// "mtu": the `Mtu*` messages (a per-session UDP port for path-MTU probes).
-pub const CAPABILITIES: &[&str] = &["ports", "arrivals", "auth", "mtu"];
+/// "nat": the `Nat*` messages (NAT ports, scheduled sends: `udpreach nat`).
+pub const CAPABILITIES: &[&str] = &["ports", "arrivals", "auth", "mtu", "nat"];
 /// Largest frame accepted before the handshake is complete: a hello or an
 /// auth message is a few hundred bytes, and an unauthenticated peer must not
 /// make the server buffer [`MAX_FRAME`] bytes per connection.
@@ -140,6 +141,34 @@ pub enum ControlMsg {
     /// What happened to each size of an `MtuSend`, in the order asked.
     MtuSent {
         results: Vec<MtuSendResult>,
+    },
+    /// Client asks for the session's NAT ports (capability "nat"): two UDP
+    /// ports on the control connection's address, and one on the server's
+    /// alternate address if it has one. Each answers a `NatProbe` from the
+    /// client's IP with the address it saw and remembers the flow.
+    NatOpen,
+    /// Answer to `NatOpen`.
+    NatOpened {
+        /// Ports on the address the client's control connection reached.
+        ports: Vec<u16>,
+        /// The server's alternate address and the NAT port on it, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        alt: Option<std::net::SocketAddr>,
+        max_flows: u32,
+        max_scheduled: u32,
+        max_gap_ms: u32,
+    },
+    /// Client asks the server to send `NatLate` to the address flow `flow`
+    /// was last seen from, `gap_ms` after the server's last reply to it,
+    /// from NAT port `from` (a port of `NatOpened`, or the alternate's).
+    NatSend {
+        flow: u32,
+        gap_ms: u32,
+        from: std::net::SocketAddr,
+    },
+    /// Answer to `NatSend`: scheduled (the datagrams go out later).
+    NatScheduled {
+        flow: u32,
     },
 }
 
@@ -270,6 +299,20 @@ mod tests {
             ControlMsg::Bye,
             ControlMsg::MtuOpen { port: None },
             ControlMsg::MtuOpen { port: Some(5000) },
+            ControlMsg::NatOpen,
+            ControlMsg::NatOpened {
+                ports: vec![40000, 40001],
+                alt: Some("198.18.0.3:40002".parse().unwrap()),
+                max_flows: 512,
+                max_scheduled: 128,
+                max_gap_ms: 1_800_000,
+            },
+            ControlMsg::NatSend {
+                flow: 3,
+                gap_ms: 5000,
+                from: "198.18.0.2:40001".parse().unwrap(),
+            },
+            ControlMsg::NatScheduled { flow: 3 },
             ControlMsg::MtuSend {
                 sizes: vec![1372, 1472],
                 count: 2,
