@@ -161,6 +161,10 @@ pub struct ServerArgs {
     /// Also answer echo requests from source ports 1-1023 (never 0, 7, 19 or the server's own ports).
     #[arg(long, help_heading = LISTEN)]
     pub echo_low_ports: bool,
+    /// A second address of this host (same family as the client's) for `udpreach nat`:
+    /// address-dependent mapping and filtering can only be told apart with it.
+    #[arg(long, value_name = "IP", help_heading = LISTEN)]
+    pub alt_address: Option<std::net::IpAddr>,
     #[command(flatten)]
     pub key: KeyArgs,
 }
