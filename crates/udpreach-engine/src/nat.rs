@@ -758,3 +758,113 @@ mod tests {
         assert_eq!(r.expired_s, Some(1.0));
     }
 }
+
+/// How a NAT maps, or filters, in RFC 4787 terms, as far as the tests
+/// could tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Behaviour {
+    EndpointIndependent,
+    AddressDependent,
+    AddressAndPortDependent,
+    /// Not port-dependent; without a second server address (`server
+    /// --alt-address`) endpoint-independent cannot be told from
+    /// address-dependent.
+    EndpointIndependentOrAddressDependent,
+}
+
+impl Behaviour {
+    pub fn text(self) -> &'static str {
+        match self {
+            Behaviour::EndpointIndependent => "endpoint-independent",
+            Behaviour::AddressDependent => "address-dependent",
+            Behaviour::AddressAndPortDependent => "address-and-port-dependent",
+            Behaviour::EndpointIndependentOrAddressDependent => {
+                "endpoint-independent or address-dependent (no --alt-address on the server)"
+            }
+        }
+    }
+}
+
+/// Mapping from what the server saw of one local socket: at port A, at
+/// port B of the same address, and at its alternate address (if any).
+/// `None` when there is no NAT (the server saw the local address itself).
+pub fn classify_mapping(
+    local: std::net::SocketAddr,
+    seen_a: std::net::SocketAddr,
+    seen_b: std::net::SocketAddr,
+    seen_alt: Option<std::net::SocketAddr>,
+) -> Option<Behaviour> {
+    if seen_a == local && seen_b == local {
+        return None;
+    }
+    Some(if seen_a != seen_b {
+        Behaviour::AddressAndPortDependent
+    } else {
+        match seen_alt {
+            Some(alt) if alt == seen_a => Behaviour::EndpointIndependent,
+            Some(_) => Behaviour::AddressDependent,
+            None => Behaviour::EndpointIndependentOrAddressDependent,
+        }
+    })
+}
+
+/// Filtering from whether datagrams sent (after the client spoke only to
+/// port A) from port B, and from the alternate address, arrived.
+pub fn classify_filtering(from_b: bool, from_alt: Option<bool>) -> Behaviour {
+    match (from_b, from_alt) {
+        (false, _) => Behaviour::AddressAndPortDependent,
+        (true, Some(true)) => Behaviour::EndpointIndependent,
+        (true, Some(false)) => Behaviour::AddressDependent,
+        (true, None) => Behaviour::EndpointIndependentOrAddressDependent,
+    }
+}
+
+/// A keepalive interval that keeps a flow with this idle timeout open:
+/// five sixths of the longest gap that survived, whole seconds, at least 1.
+pub fn keepalive_s(survived_s: f64) -> u64 {
+    ((survived_s * 5.0 / 6.0).floor() as u64).max(1)
+}
+
+#[cfg(test)]
+mod classify_tests {
+    use super::*;
+
+    #[test]
+    fn mapping_and_filtering_classes() {
+        let a = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        let local = a("198.18.1.2:40000");
+        assert_eq!(classify_mapping(local, local, local, None), None);
+        let m = a("198.18.2.1:40000");
+        assert_eq!(
+            classify_mapping(local, m, m, Some(m)),
+            Some(Behaviour::EndpointIndependent)
+        );
+        assert_eq!(
+            classify_mapping(local, m, m, Some(a("198.18.2.1:1"))),
+            Some(Behaviour::AddressDependent)
+        );
+        assert_eq!(
+            classify_mapping(local, m, a("198.18.2.1:2"), None),
+            Some(Behaviour::AddressAndPortDependent)
+        );
+        assert_eq!(
+            classify_mapping(local, m, m, None),
+            Some(Behaviour::EndpointIndependentOrAddressDependent)
+        );
+        assert_eq!(
+            classify_filtering(false, Some(true)),
+            Behaviour::AddressAndPortDependent
+        );
+        assert_eq!(
+            classify_filtering(true, Some(true)),
+            Behaviour::EndpointIndependent
+        );
+        assert_eq!(
+            classify_filtering(true, Some(false)),
+            Behaviour::AddressDependent
+        );
+        assert_eq!(keepalive_s(30.0), 25);
+        assert_eq!(keepalive_s(0.5), 1);
+    }
+}

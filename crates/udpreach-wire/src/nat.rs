@@ -138,7 +138,11 @@ mod tests {
         assert_eq!(reply_for(&r, 9, stamp()), None, "a reply is never answered");
         let l = late(9, 17, stamp());
         assert_eq!(parse(&l, 9), Some(NatDatagram::Late { flow: 17 }));
-        assert_eq!(reply_for(&l, 9, stamp()), None, "a late datagram is never answered");
+        assert_eq!(
+            reply_for(&l, 9, stamp()),
+            None,
+            "a late datagram is never answered"
+        );
         assert!(check_gap(MAX_GAP_MS).is_ok());
         assert!(check_gap(MAX_GAP_MS + 1).is_err());
     }

@@ -49,6 +49,14 @@ Exit codes:
   1 nothing crosses, or fragments are dropped
   2 usage, connection or socket error; with a key, failed authentication";
 
+const NAT_EXIT_CODES: &str = "\
+Exit codes:
+  0 everything measured (without the server's --alt-address, endpoint-independent and
+    address-dependent behaviour are reported together)
+  1 a part could not be measured (the `not_measured` list says which and why), or no
+    binding expired within --max-idle
+  2 usage, connection or protocol error; with a key, failed authentication";
+
 const SERVER_EXIT_CODES: &str = "\
 Exit codes:
   0 clean shutdown (SIGINT/SIGTERM)
@@ -89,6 +97,9 @@ pub enum Command {
     /// Find the path MTU each way (DF probes, ICMP or black-hole search) and whether
     /// fragmented datagrams pass.
     Mtu(MtuArgs),
+    /// How long an idle UDP flow survives NATs and stateful firewalls on the path
+    /// (after one exchange and after an active flow), and how the NAT maps and filters.
+    Nat(NatArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
     #[command(hide = true)]
     Completions {
@@ -98,7 +109,7 @@ pub enum Command {
     /// Print the man page (roff) on stdout: udpreach(1), or with COMMAND udpreach-COMMAND(1).
     #[command(hide = true)]
     Man {
-        #[arg(value_name = "COMMAND", value_parser = ["server", "ping", "ports", "mtu"])]
+        #[arg(value_name = "COMMAND", value_parser = ["server", "ping", "ports", "mtu", "nat"])]
         command: Option<String>,
     },
 }
@@ -339,6 +350,38 @@ pub struct MtuArgs {
     #[arg(long, conflicts_with = "json_lines", help_heading = OUTPUT)]
     pub json: bool,
     /// One JSON object per line: start, notices, summary (-q: the summary only).
+    #[arg(long = "json-lines", help_heading = OUTPUT)]
+    pub json_lines: bool,
+    #[command(flatten)]
+    pub key: KeyArgs,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = NAT_EXIT_CODES)]
+pub struct NatArgs {
+    /// A udpreach server (HOST or HOST:PORT, default port 4000) with the "nat" capability.
+    #[arg(value_name = "HOST[:PORT]")]
+    pub target: String,
+    /// TCP control port [default: the port in HOST:PORT, else 4000].
+    #[arg(long, value_name = "PORT", value_parser = parse_port_arg, help_heading = PATH)]
+    pub control: Option<u16>,
+    /// Use IPv4 only.
+    #[arg(short = '4', conflicts_with = "ipv6", help_heading = PATH)]
+    pub ipv4: bool,
+    /// Use IPv6 only.
+    #[arg(short = '6', help_heading = PATH)]
+    pub ipv6: bool,
+    /// Longest idle gap tested, 2s..=30m: a binding that outlives it is reported as
+    /// "over" it.
+    #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = duration_in("max idle", "2s", "30m"), allow_negative_numbers = true, help_heading = PROBES)]
+    pub max_idle: Duration,
+    /// Only the conclusion line.
+    #[arg(short = 'q', long, help_heading = OUTPUT)]
+    pub quiet: bool,
+    /// One JSON document at the end.
+    #[arg(long, conflicts_with = "json_lines", help_heading = OUTPUT)]
+    pub json: bool,
+    /// One JSON object per line: start, search rounds and gaps, summary.
     #[arg(long = "json-lines", help_heading = OUTPUT)]
     pub json_lines: bool,
     #[command(flatten)]

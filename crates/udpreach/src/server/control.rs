@@ -471,7 +471,10 @@ impl Session {
     /// Opens (or reopens) the session's NAT ports: two on the control
     /// connection's local address, one on `--alt-address` of its family.
     fn nat_open(&mut self, ip: IpAddr) -> ControlMsg {
-        let alt = self.state.alt_address.filter(|a| a.is_ipv4() == ip.is_ipv4());
+        let alt = self
+            .state
+            .alt_address
+            .filter(|a| a.is_ipv4() == ip.is_ipv4());
         self.nat = None;
         match NatPorts::open(ip, alt, self.peer, &self.ports_ctx) {
             Ok(n) => {
