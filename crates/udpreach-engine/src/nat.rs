@@ -68,6 +68,9 @@ pub struct IdleSearchConfig {
     pub max_flows: u32,
     /// Flow ids start here (two searches can share one server session).
     pub first_flow: u32,
+    /// One gap at a time, doubling then bisecting: what a script would do
+    /// (for comparison in benchmarks).
+    pub serial: bool,
 }
 
 impl IdleSearchConfig {
@@ -84,6 +87,7 @@ impl IdleSearchConfig {
             active_for: Duration::from_secs(3),
             max_flows: 400,
             first_flow: 0,
+            serial: false,
         }
     }
 
@@ -229,6 +233,9 @@ impl IdleSearch {
 
     /// The first round: gaps doubling from `min_gap`, and `max_idle`.
     fn first_gaps(&self) -> Vec<Duration> {
+        if self.cfg.serial {
+            return vec![self.cfg.min_gap.min(self.cfg.max_idle)];
+        }
         let mut gaps = Vec::new();
         let mut g = self.cfg.min_gap.max(Duration::from_millis(100));
         while g < self.cfg.max_idle {
@@ -363,6 +370,16 @@ impl IdleSearch {
                 "no answer within {} flows (the path loses most datagrams?)",
                 self.cfg.max_flows
             )));
+        }
+        if self.cfg.serial {
+            let next = match expired {
+                None => (lo * 2).min(self.cfg.max_idle),
+                Some(_) => Duration::from_millis(((lo + hi) / 2).as_millis() as u64 / 100 * 100),
+            };
+            if next <= lo || next >= hi && expired.is_some() {
+                return self.finish(None);
+            }
+            return self.start_round(vec![next], now);
         }
         let k = self.cfg.gaps_per_round.max(1) as u32;
         let mut gaps: Vec<Duration> = (1..=k)
@@ -728,6 +745,25 @@ mod tests {
             let (r, _) = run(FlowKind::OneExchange, nat(30, 120, 0.05), 300, seed);
             check(&r, 30.0);
         }
+    }
+
+    fn serial(kind: FlowKind, n: SimNat, max_idle: u64, seed: u64) -> (IdleResult, Duration) {
+        let mut cfg = IdleSearchConfig::new(kind, Duration::from_secs(max_idle));
+        cfg.serial = true;
+        cfg.flows_per_gap = 1;
+        let mut search = IdleSearch::new(cfg);
+        let out = n.run(&mut search, seed);
+        assert!(out.done);
+        (search.result().unwrap().clone(), out.elapsed)
+    }
+
+    #[test]
+    fn serial_search_agrees_and_is_slower() {
+        let n = nat(30, 120, 0.0);
+        let (r, serial_t) = serial(FlowKind::OneExchange, n, 300, 1);
+        check(&r, 30.0);
+        let (_, parallel_t) = run(FlowKind::OneExchange, n, 300, 1);
+        assert!(serial_t > parallel_t * 2, "{serial_t:?} vs {parallel_t:?}");
     }
 
     #[test]

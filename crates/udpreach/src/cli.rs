@@ -375,6 +375,9 @@ pub struct NatArgs {
     /// "over" it.
     #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = duration_in("max idle", "2s", "30m"), allow_negative_numbers = true, help_heading = PROBES)]
     pub max_idle: Duration,
+    /// Benchmarks only: search one gap at a time (doubling, then bisecting), as a script would.
+    #[arg(long, hide = true)]
+    pub serial: bool,
     /// Only the conclusion line.
     #[arg(short = 'q', long, help_heading = OUTPUT)]
     pub quiet: bool,
