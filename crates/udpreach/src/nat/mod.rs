@@ -282,6 +282,10 @@ pub async fn run(args: NatArgs) -> anyhow::Result<u8> {
         let mut cfg = IdleSearchConfig::new(kind, args.max_idle);
         cfg.first_flow = first;
         cfg.grace = grace;
+        if args.serial {
+            cfg.serial = true;
+            cfg.flows_per_gap = 1;
+        }
         IdleSearch::new(cfg)
     })
     .collect();
