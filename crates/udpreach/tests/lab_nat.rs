@@ -155,3 +155,105 @@ fn stateful_firewall_without_nat() {
         "{conclusion}"
     );
 }
+
+/// The server's bounds for `nat`: replies never longer than probes and only
+/// to the session's client IP, scheduled sends only to flows the client's
+/// own IP opened, gaps, ports and the number waiting all capped.
+#[test]
+fn nat_ports_answer_only_the_client_and_scheduled_sends_are_bounded() {
+    use std::net::{SocketAddr, UdpSocket};
+    use udpreach_wire::control::ControlMsg;
+    use udpreach_wire::nat::{self, NatDatagram};
+    use udpreach_wire::probe::{ProbeHeader, ProbeKind};
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::pair();
+    lab.client().add_address("c-s", "198.18.0.3/24");
+    let _srv = start_server(lab.server(), &[]);
+    let server: SocketAddr = "198.18.0.2:4000".parse().unwrap();
+    let mut s = util::RawSession::connect(lab.client(), server);
+    let (a, b) = match s.request(&ControlMsg::NatOpen) {
+        ControlMsg::NatOpened { ports, alt, .. } => {
+            assert_eq!(alt, None, "no --alt-address");
+            (ports[0], ports[1])
+        }
+        other => panic!("expected nat_opened, got {other:?}"),
+    };
+    let port_a = SocketAddr::new(server.ip(), a);
+    let port_b = SocketAddr::new(server.ip(), b);
+    let token = s.token;
+    let probe = move |flow: u32, len: usize| {
+        let mut d = vec![7u8; len];
+        ProbeHeader::request(ProbeKind::NatProbe, token, u64::from(flow))
+            .encode(&mut d)
+            .unwrap();
+        d
+    };
+    let (client, other) = lab.client().enter(move || {
+        let c = UdpSocket::bind("198.18.0.1:0").unwrap();
+        let o = UdpSocket::bind("198.18.0.3:0").unwrap();
+        for sock in [&c, &o] {
+            sock.set_read_timeout(Some(std::time::Duration::from_millis(600)))
+                .unwrap();
+        }
+        (c, o)
+    });
+    // A 200-byte probe from the client: a 64-byte reply naming its address.
+    let local = client.local_addr().unwrap();
+    client.send_to(&probe(1, 200), port_a).unwrap();
+    let mut buf = [0u8; 2048];
+    let (n, from) = client.recv_from(&mut buf).expect("reply from port A");
+    assert_eq!((n, from), (64, port_a));
+    assert_eq!(
+        nat::parse(&buf[..n], token),
+        Some(NatDatagram::Reply {
+            flow: 1,
+            seen_from: local
+        })
+    );
+    // Another IP of the same host (not the control connection's) gets nothing,
+    // and its flow cannot be named in a scheduled send.
+    other.send_to(&probe(2, 64), port_a).unwrap();
+    assert!(other.recv_from(&mut buf).is_err(), "answered a third party");
+    let refused = |m: ControlMsg, what: &str| match m {
+        ControlMsg::Error { message, .. } => {
+            assert!(message.contains(what), "{message}")
+        }
+        other => panic!("expected a refusal ({what}), got {other:?}"),
+    };
+    let send = |flow, gap_ms, from| ControlMsg::NatSend { flow, gap_ms, from };
+    refused(s.request(&send(2, 0, port_a)), "has not been seen");
+    refused(s.request(&send(1, nat::MAX_GAP_MS + 1, port_a)), "over the");
+    refused(
+        s.request(&send(1, 0, SocketAddr::new(server.ip(), 4000))),
+        "not one of this session's NAT ports",
+    );
+    // From port B, now: both copies reach the client, nothing the other socket.
+    assert!(matches!(
+        s.request(&send(1, 0, port_b)),
+        ControlMsg::NatScheduled { flow: 1 }
+    ));
+    let mut copies = 0;
+    while let Ok((n, from)) = client.recv_from(&mut buf) {
+        assert_eq!((n, from), (64, port_b));
+        assert_eq!(
+            nat::parse(&buf[..n], token),
+            Some(NatDatagram::Late { flow: 1 })
+        );
+        copies += 1;
+    }
+    assert_eq!(copies, nat::COPIES);
+    assert!(other.recv_from(&mut buf).is_err());
+    // At most MAX_SCHEDULED wait at once.
+    for _ in 0..nat::MAX_SCHEDULED {
+        assert!(matches!(
+            s.request(&send(1, 60_000, port_a)),
+            ControlMsg::NatScheduled { .. }
+        ));
+    }
+    refused(
+        s.request(&send(1, 60_000, port_a)),
+        "scheduled sends at once",
+    );
+}
