@@ -257,3 +257,40 @@ fn nat_ports_answer_only_the_client_and_scheduled_sends_are_bounded() {
         "scheduled sends at once",
     );
 }
+
+/// No NAT and no firewall: nothing expires within --max-idle, which is
+/// exit 1 with the reason; --json-lines follows its schema; bad values are
+/// usage errors (exit 2, one line).
+#[test]
+fn open_path_json_lines_and_usage_errors() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::pair();
+    let _srv = start_server(lab.server(), &[]);
+    let o = udpreach(
+        lab.client(),
+        &["nat", "198.18.0.2:4000", "--max-idle", "2s", "--json-lines"],
+    );
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    schema::assert_lines_valid("nat-lines.json", &stdout(&o));
+    let s = summary(&o);
+    assert_eq!(s["nat"], false, "{s}");
+    assert_eq!(s["idle_timeout"]["one_exchange"]["expired_s"], Value::Null);
+    assert!(s["not_measured"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n["part"] == "idle_timeout.one_exchange"));
+    for (args, needle) in [
+        (vec!["nat", "198.18.0.2", "--max-idle", "1s"], "max idle"),
+        (vec!["nat", "198.18.0.2", "--max-idle", "31m"], "max idle"),
+        (vec!["nat", "198.18.0.2:70000"], "70000"),
+    ] {
+        let o = udpreach(lab.client(), &args);
+        assert_eq!(code(&o), 2, "{args:?}");
+        let e = stderr(&o);
+        assert_eq!(e.trim().lines().count(), 1, "{e}");
+        assert!(e.starts_with("udpreach: ") && e.contains(needle), "{e}");
+    }
+}
