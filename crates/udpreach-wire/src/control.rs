@@ -146,11 +146,19 @@ pub enum ControlMsg {
     /// ports on the control connection's address, and one on the server's
     /// alternate address if it has one. Each answers a `NatProbe` from the
     /// client's IP with the address it saw and remembers the flow.
-    NatOpen,
+    NatOpen {
+        /// Also open NAT ports at these numbers (per-port timeouts; checked
+        /// like `Open`'s, at most `nat::MAX_FIXED_PORTS`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        fixed: Vec<u16>,
+    },
     /// Answer to `NatOpen`.
     NatOpened {
         /// Ports on the address the client's control connection reached.
         ports: Vec<u16>,
+        /// The `fixed` ports asked for, opened, in the order asked.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        fixed: Vec<u16>,
         /// The server's alternate address and the NAT port on it, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         alt: Option<std::net::SocketAddr>,
@@ -299,9 +307,13 @@ mod tests {
             ControlMsg::Bye,
             ControlMsg::MtuOpen { port: None },
             ControlMsg::MtuOpen { port: Some(5000) },
-            ControlMsg::NatOpen,
+            ControlMsg::NatOpen { fixed: vec![] },
+            ControlMsg::NatOpen {
+                fixed: vec![443, 4500],
+            },
             ControlMsg::NatOpened {
                 ports: vec![40000, 40001],
+                fixed: vec![443],
                 alt: Some("198.18.0.3:40002".parse().unwrap()),
                 max_flows: 512,
                 max_scheduled: 128,

@@ -14,8 +14,11 @@ use std::net::SocketAddr;
 
 /// Flows one session's NAT ports remember (older ones are forgotten).
 pub const MAX_FLOWS_PER_SESSION: usize = 512;
-/// Scheduled sends one session may have waiting at once.
-pub const MAX_SCHEDULED: usize = 128;
+/// Scheduled sends one session may have waiting at once (a search's first
+/// round is 30 flows per kind and port).
+pub const MAX_SCHEDULED: usize = 512;
+/// NAT ports at numbers the client names (`udpreach nat -p`), per session.
+pub const MAX_FIXED_PORTS: usize = 8;
 /// Scheduled sends one session may ask for in its lifetime.
 pub const MAX_SENDS_PER_SESSION: u32 = 4096;
 /// Longest idle gap a client may ask for (30 minutes).

@@ -375,6 +375,11 @@ pub struct NatArgs {
     /// "over" it.
     #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = duration_in("max idle", "2s", "30m"), allow_negative_numbers = true, help_heading = PROBES)]
     pub max_idle: Duration,
+    /// Also measure the idle timeouts towards these server ports (at most 8, e.g.
+    /// 443,4500,5060; they must be allowed by the server's --allow-ports): devices
+    /// may apply per-port timers.
+    #[arg(short = 'p', long = "ports", value_name = "SPEC", value_parser = parse_nat_ports, help_heading = PROBES)]
+    pub ports: Option<PortSpec>,
     /// Benchmarks only: search one gap at a time (doubling, then bisecting), as a script would.
     #[arg(long, hide = true)]
     pub serial: bool,
@@ -519,6 +524,18 @@ fn parse_max_datagram(s: &str) -> Result<usize, String> {
         ));
     }
     Ok(n)
+}
+
+fn parse_nat_ports(s: &str) -> Result<PortSpec, String> {
+    let spec = parse_spec(s)?;
+    let max = udpreach_wire::nat::MAX_FIXED_PORTS;
+    if spec.len() > max {
+        return Err(format!(
+            "invalid port list '{s}': {} ports, at most {max} for nat",
+            spec.len()
+        ));
+    }
+    Ok(spec)
 }
 
 fn parse_spec(s: &str) -> Result<PortSpec, String> {

@@ -142,12 +142,21 @@ fn stateful_firewall_without_nat() {
         return;
     }
     let (lab, _srv) = lab_with(|r| r.stateful_firewall_forward("r-s"), &[]);
-    let (code, doc) = nat_json(lab.client(), &[]);
+    // Per destination port (-p): the same timers towards 4500 and 5060.
+    let (code, doc) = nat_json(lab.client(), &["-p", "4500,5060"]);
     assert_eq!(doc["nat"], false, "{doc}");
     assert_eq!(doc["mapping"], Value::Null, "{doc}");
     assert_eq!(doc["filtering"], "address_and_port_dependent", "{doc}");
     assert_timer(&doc, "one_exchange", ONE_EXCHANGE_S);
     assert_timer(&doc, "active_flow", STREAM_S);
+    let per_port = doc["per_port"].as_array().unwrap();
+    assert_eq!(per_port.len(), 2, "{doc}");
+    for (p, port) in per_port.iter().zip([4500, 5060]) {
+        assert_eq!(p["port"], port);
+        let wrapped = serde_json::json!({ "idle_timeout": p });
+        assert_timer(&wrapped, "one_exchange", ONE_EXCHANGE_S);
+        assert_timer(&wrapped, "active_flow", STREAM_S);
+    }
     assert_eq!(code, 0, "{doc}");
     let conclusion = doc["conclusion"].as_str().unwrap();
     assert!(
@@ -173,7 +182,7 @@ fn nat_ports_answer_only_the_client_and_scheduled_sends_are_bounded() {
     let _srv = start_server(lab.server(), &[]);
     let server: SocketAddr = "198.18.0.2:4000".parse().unwrap();
     let mut s = util::RawSession::connect(lab.client(), server);
-    let (a, b) = match s.request(&ControlMsg::NatOpen) {
+    let (a, b) = match s.request(&ControlMsg::NatOpen { fixed: vec![] }) {
         ControlMsg::NatOpened { ports, alt, .. } => {
             assert_eq!(alt, None, "no --alt-address");
             (ports[0], ports[1])

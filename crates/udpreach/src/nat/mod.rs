@@ -12,7 +12,7 @@ use crate::platform::{AsyncUdp, Received, UdpOptions};
 use crate::ports::control::ControlClient;
 use crate::report::nat::{
     conclusion, keepalive, IdleTimeouts, MappingObserved, NatDocument, NatEvent, NatReport,
-    NatStart, NotMeasured,
+    NatStart, NotMeasured, PortTimeouts,
 };
 use crate::report::OutputFormat;
 use crate::target::{resolve_async, unspecified_for, Family};
@@ -38,6 +38,8 @@ const MAPPING_FLOW: u32 = 1;
 const FILTER_FLOW: u32 = 100;
 const ONE_EXCHANGE_FLOWS: u32 = 1_000;
 const ACTIVE_FLOWS: u32 = 1_000_000;
+/// Flow ids of the searches towards each -p port are this far apart.
+const PORT_FLOW_STRIDE: u32 = 10_000;
 /// How long a filtering test waits for a datagram from another port.
 const FILTER_WAIT: Duration = Duration::from_millis(1500);
 /// Sockets tried per filtering test before "filtered" is concluded.
@@ -176,8 +178,14 @@ pub async fn run(args: NatArgs) -> anyhow::Result<u8> {
         bail!("the server at {control} cannot run NAT tests (no \"nat\" capability; upgrade it)");
     }
     let local_ip = ctl.local_addr()?.ip();
-    let (ports, alt) = match ctl.call(&ControlMsg::NatOpen, CONTROL_WAIT).await? {
-        ControlMsg::NatOpened { ports, alt, .. } if ports.len() >= 2 => (ports, alt),
+    let wanted: Vec<u16> = args.ports.iter().flat_map(|p| p.iter()).collect();
+    let open = ControlMsg::NatOpen {
+        fixed: wanted.clone(),
+    };
+    let (ports, fixed, alt) = match ctl.call(&open, CONTROL_WAIT).await? {
+        ControlMsg::NatOpened {
+            ports, fixed, alt, ..
+        } if ports.len() >= 2 && fixed == wanted => (ports, fixed, alt),
         ControlMsg::Error { code, message, .. } => {
             bail!("the server refused NAT ports ({code:?}): {message}")
         }
@@ -273,53 +281,94 @@ pub async fn run(args: NatArgs) -> anyhow::Result<u8> {
 
     // 3. Idle timeouts, both kinds at once.
     let grace = Duration::from_secs(1) + ctl.handshake_rtt * 4;
-    let mut searches: Vec<IdleSearch> = [
-        (FlowKind::OneExchange, ONE_EXCHANGE_FLOWS),
-        (FlowKind::ActiveFlow, ACTIVE_FLOWS),
-    ]
-    .into_iter()
-    .map(|(kind, first)| {
-        let mut cfg = IdleSearchConfig::new(kind, args.max_idle);
-        cfg.first_flow = first;
-        cfg.grace = grace;
-        if args.serial {
-            cfg.serial = true;
-            cfg.flows_per_gap = 1;
-        }
-        IdleSearch::new(cfg)
-    })
-    .collect();
-    let (one, active) = if nat.is_some() {
+    // Port A, or each -p port: both kinds of flow towards it.
+    let dests: Vec<SocketAddr> = if fixed.is_empty() {
+        vec![port_a]
+    } else {
+        fixed.iter().map(|&p| at(p)).collect()
+    };
+    let plan: Vec<(FlowKind, u32, SocketAddr)> = dests
+        .iter()
+        .enumerate()
+        .flat_map(|(i, d)| {
+            let base = i as u32 * PORT_FLOW_STRIDE;
+            [
+                (FlowKind::OneExchange, ONE_EXCHANGE_FLOWS + base, *d),
+                (FlowKind::ActiveFlow, ACTIVE_FLOWS + base, *d),
+            ]
+        })
+        .collect();
+    let mut searches: Vec<IdleSearch> = plan
+        .iter()
+        .map(|&(kind, first, _)| {
+            let mut cfg = IdleSearchConfig::new(kind, args.max_idle);
+            cfg.first_flow = first;
+            cfg.grace = grace;
+            if args.serial {
+                cfg.serial = true;
+                cfg.flows_per_gap = 1;
+            }
+            IdleSearch::new(cfg)
+        })
+        .collect();
+    let dest_of: Vec<SocketAddr> = plan.iter().map(|p| p.2).collect();
+    let mut per_port = Vec::new();
+    if nat.is_some() {
         drive(
             &mut searches,
+            &dest_of,
             &mut socks,
             &mut rx,
             &mut ctl,
-            port_a,
             &report,
         )
         .await?;
-        let mut r = searches.iter().map(|s| s.result().cloned());
-        (r.next().flatten(), r.next().flatten())
+        for (i, pair) in searches.chunks(2).enumerate() {
+            per_port.push(PortTimeouts {
+                port: dests[i].port(),
+                timeouts: IdleTimeouts {
+                    one_exchange: pair[0].result().cloned(),
+                    active_flow: pair[1].result().cloned(),
+                },
+            });
+        }
     } else {
         not_measured.push(NotMeasured {
             part: "idle_timeout".into(),
             reason: "the server's NAT port did not answer".into(),
         });
-        (None, None)
-    };
-    for r in [&one, &active].into_iter().flatten() {
-        if let Some(why) = &r.reason {
-            if r.expired_s.is_none() {
+    }
+    for p in &per_port {
+        for r in [&p.timeouts.one_exchange, &p.timeouts.active_flow]
+            .into_iter()
+            .flatten()
+        {
+            if let (Some(why), None) = (&r.reason, r.expired_s) {
+                let kind = serde_json::to_value(r.kind)?;
+                let kind = kind.as_str().unwrap_or("");
+                let part = if fixed.is_empty() {
+                    format!("idle_timeout.{kind}")
+                } else {
+                    format!("per_port.{}.{kind}", p.port)
+                };
                 not_measured.push(NotMeasured {
-                    part: format!(
-                        "idle_timeout.{}",
-                        serde_json::to_value(r.kind)?.as_str().unwrap_or("")
-                    ),
+                    part,
                     reason: why.clone(),
                 });
             }
         }
+    }
+    let (one, active) = per_port
+        .first()
+        .map(|p| {
+            (
+                p.timeouts.one_exchange.clone(),
+                p.timeouts.active_flow.clone(),
+            )
+        })
+        .unwrap_or((None, None));
+    if fixed.is_empty() {
+        per_port.clear();
     }
     if alt.is_none() && nat == Some(true) {
         not_measured.push(NotMeasured {
@@ -332,6 +381,10 @@ pub async fn run(args: NatArgs) -> anyhow::Result<u8> {
         one_exchange: one,
         active_flow: active,
     };
+    let keepalive_s = std::iter::once(&idle_timeout)
+        .chain(per_port.iter().map(|p| &p.timeouts))
+        .filter_map(keepalive)
+        .min();
     let mut doc = NatDocument {
         target: args.target.clone(),
         server: control,
@@ -341,8 +394,9 @@ pub async fn run(args: NatArgs) -> anyhow::Result<u8> {
         filtering,
         port_preservation: preservation,
         port_parity: parity,
-        keepalive_s: keepalive(&idle_timeout),
+        keepalive_s,
         idle_timeout,
+        per_port,
         conclusion: String::new(),
         not_measured,
         elapsed_s: started.elapsed().as_secs_f64(),
@@ -431,10 +485,10 @@ fn expect_scheduled(answer: ControlMsg) -> anyhow::Result<()> {
 /// Runs the searches to the end (the engine loop of `udpreach_engine::engine`).
 async fn drive(
     searches: &mut [IdleSearch],
+    dests: &[SocketAddr],
     socks: &mut Sockets,
     rx: &mut mpsc::Receiver<Arrival>,
     ctl: &mut ControlClient,
-    port_a: SocketAddr,
     report: &NatReport,
 ) -> anyhow::Result<()> {
     let mut last_control = Instant::now();
@@ -442,15 +496,15 @@ async fn drive(
     let mut round_end: HashMap<FlowKind, Instant> = HashMap::new();
     loop {
         let now = Instant::now();
-        for s in searches.iter_mut() {
+        for (s, &dest) in searches.iter_mut().zip(dests) {
             while let Some(t) = s.poll_transmit(now) {
                 match t {
-                    IdleTransmit::Request { flow } => socks.request(flow, flow, port_a).await?,
+                    IdleTransmit::Request { flow } => socks.request(flow, flow, dest).await?,
                     IdleTransmit::Schedule { flow, gap } => {
                         let msg = ControlMsg::NatSend {
                             flow,
                             gap_ms: gap.as_millis() as u32,
-                            from: port_a,
+                            from: dest,
                         };
                         expect_scheduled(ctl.call(&msg, CONTROL_WAIT).await?)?;
                         last_control = Instant::now();

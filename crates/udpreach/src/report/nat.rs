@@ -55,6 +55,14 @@ pub struct IdleTimeouts {
     pub active_flow: Option<IdleResult>,
 }
 
+/// The idle timeouts towards one server port (`-p`).
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct PortTimeouts {
+    pub port: u16,
+    #[serde(flatten)]
+    pub timeouts: IdleTimeouts,
+}
+
 /// A part that was not measured, and why.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct NotMeasured {
@@ -78,7 +86,10 @@ pub struct NatDocument {
     pub port_preservation: Option<bool>,
     /// The mapped port has the local port's parity.
     pub port_parity: Option<bool>,
+    /// Towards the server's first NAT port, or the first `-p` port.
     pub idle_timeout: IdleTimeouts,
+    /// With `-p`: the idle timeouts towards each of those ports (empty without).
+    pub per_port: Vec<PortTimeouts>,
     /// A keepalive interval that keeps both kinds of flow open (s).
     pub keepalive_s: Option<u64>,
     pub conclusion: String,
@@ -210,11 +221,21 @@ impl NatReport {
                     yn(doc.port_parity)
                 );
             }
-            for (label, r) in [
-                ("one exchange", &doc.idle_timeout.one_exchange),
-                ("active flow", &doc.idle_timeout.active_flow),
-            ] {
-                if let Some(r) = r {
+            let mut rows = vec![(String::new(), &doc.idle_timeout)];
+            if !doc.per_port.is_empty() {
+                rows = doc
+                    .per_port
+                    .iter()
+                    .map(|p| (format!(" to port {}", p.port), &p.timeouts))
+                    .collect();
+            }
+            for (port, t) in rows {
+                for (label, r) in [
+                    ("one exchange", &t.one_exchange),
+                    ("active flow", &t.active_flow),
+                ] {
+                    let Some(r) = r else { continue };
+                    let label = format!("{label}{port}");
                     println!(
                         "idle timeout, {label:<13} {} ({} rounds, {} flows){}",
                         range_text(r),

@@ -409,7 +409,7 @@ impl Session {
                         fatal: false,
                     },
                 },
-                ControlMsg::NatOpen => self.nat_open(local_ip),
+                ControlMsg::NatOpen { fixed } => self.nat_open(local_ip, fixed),
                 ControlMsg::NatSend { flow, gap_ms, from } => match self.nat.as_mut() {
                     Some(n) => n.schedule(flow, gap_ms, from),
                     None => ControlMsg::Error {
@@ -470,21 +470,35 @@ impl Session {
 
     /// Opens (or reopens) the session's NAT ports: two on the control
     /// connection's local address, one on `--alt-address` of its family.
-    fn nat_open(&mut self, ip: IpAddr) -> ControlMsg {
+    fn nat_open(&mut self, ip: IpAddr, fixed: Vec<u16>) -> ControlMsg {
+        let refuse = |message: String| ControlMsg::Error {
+            code: ErrorCode::BadRequest,
+            message,
+            fatal: false,
+        };
+        if fixed.len() > udpreach_wire::nat::MAX_FIXED_PORTS {
+            return refuse(format!(
+                "at most {} NAT ports at chosen numbers",
+                udpreach_wire::nat::MAX_FIXED_PORTS
+            ));
+        }
+        if let Some(p) = fixed.iter().find(|&&p| self.state.policy.check(p).is_err()) {
+            return refuse(format!("port {p} is not allowed for tests on this server"));
+        }
         let alt = self
             .state
             .alt_address
             .filter(|a| a.is_ipv4() == ip.is_ipv4());
         self.nat = None;
-        match NatPorts::open(ip, alt, self.peer, &self.ports_ctx) {
+        match NatPorts::open(ip, &fixed, alt, self.peer, &self.ports_ctx) {
             Ok(n) => {
-                let msg = n.opened(alt.is_some());
+                let msg = n.opened();
                 self.nat = Some(n);
                 msg
             }
             Err(e) => ControlMsg::Error {
                 code: ErrorCode::Unexpected,
-                message: format!("cannot open NAT ports: {e}"),
+                message: format!("cannot open NAT ports {fixed:?}: {e}"),
                 fatal: false,
             },
         }

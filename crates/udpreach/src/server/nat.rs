@@ -108,6 +108,8 @@ pub struct NatPorts {
     scheduled: Vec<JoinHandle<()>>,
     sends: u32,
     sender: Sender,
+    fixed: usize,
+    has_alt: bool,
 }
 
 impl Drop for NatPorts {
@@ -119,10 +121,11 @@ impl Drop for NatPorts {
 }
 
 impl NatPorts {
-    /// Binds two ports on `local` (ephemeral) and one on `alt`, and starts
-    /// answering the session's client `peer`.
+    /// Binds two ports on `local` (ephemeral), the `fixed` ones on `local`,
+    /// and one on `alt`, and starts answering the session's client `peer`.
     pub fn open(
         local: IpAddr,
+        fixed: &[u16],
         alt: Option<IpAddr>,
         peer: IpAddr,
         session: &SessionPorts,
@@ -137,12 +140,11 @@ impl NatPorts {
         let flows = Arc::new(Mutex::new(Flows::default()));
         let mut socks = Vec::new();
         let mut addrs = Vec::new();
-        let binds = [Some(local), Some(local), alt];
-        for ip in binds.into_iter().flatten() {
-            let sock = Arc::new(AsyncUdp::bind(
-                SocketAddr::new(ip, 0),
-                &UdpOptions::default(),
-            )?);
+        let mut binds = vec![SocketAddr::new(local, 0), SocketAddr::new(local, 0)];
+        binds.extend(fixed.iter().map(|&p| SocketAddr::new(local, p)));
+        binds.extend(alt.map(|ip| SocketAddr::new(ip, 0)));
+        for addr in binds {
+            let sock = Arc::new(AsyncUdp::bind(addr, &UdpOptions::default())?);
             addrs.push(sock.local_addr()?);
             socks.push(sock);
         }
@@ -158,14 +160,20 @@ impl NatPorts {
             scheduled: Vec::new(),
             sends: 0,
             sender,
+            fixed: fixed.len(),
+            has_alt: alt.is_some(),
         })
     }
 
     /// The `NatOpened` answer.
-    pub fn opened(&self, has_alt: bool) -> ControlMsg {
+    pub fn opened(&self) -> ControlMsg {
         ControlMsg::NatOpened {
             ports: self.addrs[..2].iter().map(|a| a.port()).collect(),
-            alt: has_alt.then(|| self.addrs[2]),
+            fixed: self.addrs[2..2 + self.fixed]
+                .iter()
+                .map(|a| a.port())
+                .collect(),
+            alt: self.has_alt.then(|| self.addrs[2 + self.fixed]),
             max_flows: nat::MAX_FLOWS_PER_SESSION as u32,
             max_scheduled: nat::MAX_SCHEDULED as u32,
             max_gap_ms: nat::MAX_GAP_MS,
