@@ -191,6 +191,16 @@ fn nat_ports_answer_only_the_client_and_scheduled_sends_are_bounded() {
     };
     let port_a = SocketAddr::new(server.ip(), a);
     let port_b = SocketAddr::new(server.ip(), b);
+    // Ports at chosen numbers: checked like test ports, and at most 8.
+    for (fixed, why) in [
+        (vec![22], "port 22 is not allowed"),
+        ((20001..20010).collect(), "at most 8"),
+    ] {
+        match s.request(&ControlMsg::NatOpen { fixed }) {
+            ControlMsg::Error { message, .. } => assert!(message.contains(why), "{message}"),
+            other => panic!("expected a refusal ({why}), got {other:?}"),
+        }
+    }
     let token = s.token;
     let probe = move |flow: u32, len: usize| {
         let mut d = vec![7u8; len];
