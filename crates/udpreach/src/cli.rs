@@ -375,7 +375,7 @@ pub struct NatArgs {
     /// "over" it.
     #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = duration_in("max idle", "2s", "30m"), allow_negative_numbers = true, help_heading = PROBES)]
     pub max_idle: Duration,
-    /// Also measure the idle timeouts towards these server ports (at most 8, e.g.
+    /// Measure the idle timeouts towards these server ports instead of an ephemeral one (at most 8, e.g.
     /// 443,4500,5060; they must be allowed by the server's --allow-ports): devices
     /// may apply per-port timers.
     #[arg(short = 'p', long = "ports", value_name = "SPEC", value_parser = parse_nat_ports, help_heading = PROBES)]
