@@ -7,6 +7,7 @@ pub mod admission;
 pub mod engine;
 pub mod handshake;
 pub mod mtu;
+pub mod nat;
 pub mod ping;
 pub mod rate;
 pub mod replay;

@@ -22,7 +22,8 @@ pub const MAX_PORTS_PER_REQUEST: usize = 8192;
 /// Capabilities this build understands. Unknown ones from a peer are ignored,
 /// which is what lets later versions interoperate.
 /// "mtu": the `Mtu*` messages (a per-session UDP port for path-MTU probes).
-pub const CAPABILITIES: &[&str] = &["ports", "arrivals", "auth", "mtu"];
+/// "nat": the `Nat*` messages (NAT ports, scheduled sends: `udpreach nat`).
+pub const CAPABILITIES: &[&str] = &["ports", "arrivals", "auth", "mtu", "nat"];
 /// Largest frame accepted before the handshake is complete: a hello or an
 /// auth message is a few hundred bytes, and an unauthenticated peer must not
 /// make the server buffer [`MAX_FRAME`] bytes per connection.
@@ -172,6 +173,49 @@ pub enum ControlMsg {
         /// One result per size asked for.
         results: Vec<MtuSendResult>,
     },
+    /// Client asks for the session's NAT ports (capability "nat"): two UDP
+    /// ports on the control connection's address, and one on the server's
+    /// alternate address if it has one. Each answers a `NatProbe` from the
+    /// client's IP with the address it saw and remembers the flow.
+    NatOpen {
+        /// Also open NAT ports at these numbers (per-port timeouts; checked
+        /// like `Open`'s, at most `nat::MAX_FIXED_PORTS`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        fixed: Vec<u16>,
+    },
+    /// Answer to `NatOpen`.
+    NatOpened {
+        /// Ports on the address the client's control connection reached.
+        ports: Vec<u16>,
+        /// The `fixed` ports asked for, opened, in the order asked.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        fixed: Vec<u16>,
+        /// The server's alternate address and the NAT port on it, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        alt: Option<std::net::SocketAddr>,
+        /// Most flows the server remembers for this session.
+        max_flows: u32,
+        /// Most scheduled sends waiting at once for this session.
+        max_scheduled: u32,
+        /// Longest gap a `NatSend` may ask for, in ms.
+        max_gap_ms: u32,
+    },
+    /// Client asks the server to send `NatLate` to the address flow `flow`
+    /// was last seen from, `gap_ms` after the server's last reply to it,
+    /// from NAT port `from` (a port of `NatOpened`, or the alternate's).
+    NatSend {
+        /// The flow (the probe's sequence number) to send to.
+        flow: u32,
+        /// Idle gap after the server's last reply to the flow, in ms.
+        gap_ms: u32,
+        /// The NAT port to send from.
+        from: std::net::SocketAddr,
+    },
+    /// Answer to `NatSend`: scheduled (the datagrams go out later).
+    NatScheduled {
+        /// The flow the send is scheduled for.
+        flow: u32,
+    },
 }
 
 /// The server's side of one size of an `MtuSend`.
@@ -313,6 +357,24 @@ mod tests {
             ControlMsg::Bye,
             ControlMsg::MtuOpen { port: None },
             ControlMsg::MtuOpen { port: Some(5000) },
+            ControlMsg::NatOpen { fixed: vec![] },
+            ControlMsg::NatOpen {
+                fixed: vec![443, 4500],
+            },
+            ControlMsg::NatOpened {
+                ports: vec![40000, 40001],
+                fixed: vec![443],
+                alt: Some("198.18.0.3:40002".parse().unwrap()),
+                max_flows: 512,
+                max_scheduled: 128,
+                max_gap_ms: 1_800_000,
+            },
+            ControlMsg::NatSend {
+                flow: 3,
+                gap_ms: 5000,
+                from: "198.18.0.2:40001".parse().unwrap(),
+            },
+            ControlMsg::NatScheduled { flow: 3 },
             ControlMsg::MtuSend {
                 sizes: vec![1372, 1472],
                 count: 2,

@@ -13,6 +13,7 @@ pub mod control;
 pub mod icmp;
 pub mod legacy;
 pub mod mtu;
+pub mod nat;
 pub mod portspec;
 pub mod probe;
 pub mod services;

@@ -54,6 +54,13 @@ pub enum ProbeKind {
     /// The MTU port's 64-byte answer; the stamp's counter field holds the
     /// probe's length as received.
     MtuAck = 6,
+    /// `udpreach nat`: a client's request to a NAT port (opens a flow).
+    NatProbe = 7,
+    /// The NAT port's 64-byte answer, with the mapped address it saw.
+    NatReply = 8,
+    /// What a NAT port sends to a flow on request (after an idle gap, or
+    /// from another port or address for the filtering test).
+    NatLate = 9,
 }
 
 impl ProbeKind {
@@ -65,13 +72,19 @@ impl ProbeKind {
             4 => Self::PortReply,
             5 => Self::MtuProbe,
             6 => Self::MtuAck,
+            7 => Self::NatProbe,
+            8 => Self::NatReply,
+            9 => Self::NatLate,
             _ => return None,
         })
     }
 
     /// True for the kinds a client sends and a server answers.
     pub fn is_request(self) -> bool {
-        matches!(self, Self::EchoRequest | Self::PortProbe | Self::MtuProbe)
+        matches!(
+            self,
+            Self::EchoRequest | Self::PortProbe | Self::MtuProbe | Self::NatProbe
+        )
     }
 
     /// The kind of the server's answer to this kind.
@@ -80,6 +93,8 @@ impl ProbeKind {
             Self::EchoRequest | Self::EchoReply => Self::EchoReply,
             Self::PortProbe | Self::PortReply => Self::PortReply,
             Self::MtuProbe | Self::MtuAck => Self::MtuAck,
+            Self::NatProbe | Self::NatReply => Self::NatReply,
+            Self::NatLate => Self::NatLate,
         }
     }
 }

@@ -49,6 +49,14 @@ Exit codes:
   1 nothing crosses, or fragments are dropped
   2 usage, connection or socket error; with a key, failed authentication";
 
+const NAT_EXIT_CODES: &str = "\
+Exit codes:
+  0 everything measured (without the server's --alt-address, endpoint-independent and
+    address-dependent behaviour are reported together)
+  1 a part could not be measured (the `not_measured` list says which and why), or no
+    binding expired within --max-idle
+  2 usage, connection or protocol error; with a key, failed authentication";
+
 const SERVER_EXIT_CODES: &str = "\
 Exit codes:
   0 clean shutdown (SIGINT/SIGTERM)
@@ -89,6 +97,9 @@ pub enum Command {
     /// Find the path MTU each way (DF probes, ICMP or black-hole search) and whether
     /// fragmented datagrams pass.
     Mtu(MtuArgs),
+    /// How long an idle UDP flow survives NATs and stateful firewalls on the path
+    /// (after one exchange and after an active flow), and how the NAT maps and filters.
+    Nat(NatArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
     #[command(hide = true)]
     Completions {
@@ -98,7 +109,7 @@ pub enum Command {
     /// Print the man page (roff) on stdout: udpreach(1), or with COMMAND udpreach-COMMAND(1).
     #[command(hide = true)]
     Man {
-        #[arg(value_name = "COMMAND", value_parser = ["server", "ping", "ports", "mtu"])]
+        #[arg(value_name = "COMMAND", value_parser = ["server", "ping", "ports", "mtu", "nat"])]
         command: Option<String>,
     },
 }
@@ -161,6 +172,10 @@ pub struct ServerArgs {
     /// Also answer echo requests from source ports 1-1023 (never 0, 7, 19 or the server's own ports).
     #[arg(long, help_heading = LISTEN)]
     pub echo_low_ports: bool,
+    /// A second address of this host (same family as the client's) for `udpreach nat`:
+    /// address-dependent mapping and filtering can only be told apart with it.
+    #[arg(long, value_name = "IP", help_heading = LISTEN)]
+    pub alt_address: Option<std::net::IpAddr>,
     #[command(flatten)]
     pub key: KeyArgs,
 }
@@ -341,6 +356,46 @@ pub struct MtuArgs {
     pub key: KeyArgs,
 }
 
+#[derive(Args, Debug)]
+#[command(after_help = NAT_EXIT_CODES)]
+pub struct NatArgs {
+    /// A udpreach server (HOST or HOST:PORT, default port 4000) with the "nat" capability.
+    #[arg(value_name = "HOST[:PORT]")]
+    pub target: String,
+    /// TCP control port [default: the port in HOST:PORT, else 4000].
+    #[arg(long, value_name = "PORT", value_parser = parse_port_arg, help_heading = PATH)]
+    pub control: Option<u16>,
+    /// Use IPv4 only.
+    #[arg(short = '4', conflicts_with = "ipv6", help_heading = PATH)]
+    pub ipv4: bool,
+    /// Use IPv6 only.
+    #[arg(short = '6', help_heading = PATH)]
+    pub ipv6: bool,
+    /// Longest idle gap tested, 2s..=30m: a binding that outlives it is reported as
+    /// "over" it.
+    #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = duration_in("max idle", "2s", "30m"), allow_negative_numbers = true, help_heading = PROBES)]
+    pub max_idle: Duration,
+    /// Measure the idle timeouts towards these server ports instead of an ephemeral one (at most 8, e.g.
+    /// 443,4500,5060; they must be allowed by the server's --allow-ports): devices
+    /// may apply per-port timers.
+    #[arg(short = 'p', long = "ports", value_name = "SPEC", value_parser = parse_nat_ports, help_heading = PROBES)]
+    pub ports: Option<PortSpec>,
+    /// Benchmarks only: search one gap at a time (doubling, then bisecting), as a script would.
+    #[arg(long, hide = true)]
+    pub serial: bool,
+    /// Only the conclusion line.
+    #[arg(short = 'q', long, help_heading = OUTPUT)]
+    pub quiet: bool,
+    /// One JSON document at the end.
+    #[arg(long, conflicts_with = "json_lines", help_heading = OUTPUT)]
+    pub json: bool,
+    /// One JSON object per line: start, search rounds and gaps, summary.
+    #[arg(long = "json-lines", help_heading = OUTPUT)]
+    pub json_lines: bool,
+    #[command(flatten)]
+    pub key: KeyArgs,
+}
+
 impl ServerArgs {
     /// The echo addresses: --listen, else the defaults.
     pub fn listens(&self) -> Vec<SocketAddr> {
@@ -469,6 +524,18 @@ fn parse_max_datagram(s: &str) -> Result<usize, String> {
         ));
     }
     Ok(n)
+}
+
+fn parse_nat_ports(s: &str) -> Result<PortSpec, String> {
+    let spec = parse_spec(s)?;
+    let max = udpreach_wire::nat::MAX_FIXED_PORTS;
+    if spec.len() > max {
+        return Err(format!(
+            "invalid port list '{s}': {} ports, at most {max} for nat",
+            spec.len()
+        ));
+    }
+    Ok(spec)
 }
 
 fn parse_spec(s: &str) -> Result<PortSpec, String> {

@@ -5,6 +5,7 @@
 
 mod cli;
 mod mtu;
+mod nat;
 mod ping;
 // The only module allowed unsafe code (the workspace denies it): the
 // Linux socket options and syscalls that no safe crate exposes.
@@ -100,6 +101,7 @@ fn main() -> ExitCode {
             Command::Ping(a) => ping::run(a).await,
             Command::Ports(a) => ports::run(a).await,
             Command::Mtu(a) => mtu::run(a).await,
+            Command::Nat(a) => nat::run(a).await,
             Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
         }
     });

@@ -421,6 +421,10 @@ const ROUTED_EXAMPLES: [&str; 5] = [
     "udpreach ping -c 3 -i 100ms 198.18.2.2",
 ];
 
+/// The README's `udpreach nat` example, run by
+/// `readme_nat_example_prints_what_the_readme_shows`.
+const NAT_EXAMPLE: &str = "udpreach nat 198.18.2.2:4000 --max-idle 60s";
+
 /// README examples not run as written: fragments of the output (`...`), and
 /// outputs whose numbers change shape from run to run (the withheld example:
 /// its loss is 0% or 0.1% depending on whether the last reply was withheld;
@@ -442,7 +446,10 @@ fn every_readme_example_is_run() {
     for ex in readme_examples() {
         let c = ex.command.as_str();
         assert!(
-            is_loopback_example(&ex) || ROUTED_EXAMPLES.contains(&c) || FRAGMENTS.contains(&c),
+            is_loopback_example(&ex)
+                || ROUTED_EXAMPLES.contains(&c)
+                || FRAGMENTS.contains(&c)
+                || c == NAT_EXAMPLE,
             "the README example `$ {c}` is run by no test: add it to ROUTED_EXAMPLES (with the lab set-up it needs)"
         );
     }
@@ -475,6 +482,24 @@ fn readme_routed_examples_print_what_the_readme_shows() {
     lab.set_link_mtu("r-s", 1500);
     router.snat_forward_masquerade(&router.iface_toward(lab.server()).name);
     run_example(lab.client(), example(&examples, ROUTED_EXAMPLES[4]));
+}
+
+/// The README's `nat` example, in the lab its text describes: a router
+/// that masquerades, with conntrack UDP timers of 5 s / 12 s, and a server
+/// with a second address given as `--alt-address`.
+#[test]
+fn readme_nat_example_prints_what_the_readme_shows() {
+    if !require_root() {
+        return;
+    }
+    let examples = readme_examples();
+    let lab = Lab::routed();
+    let router = lab.router();
+    router.snat_forward_masquerade(&router.iface_toward(lab.server()).name);
+    router.conntrack_udp_timers(5, 12);
+    lab.server().add_address("s-r", "198.18.2.3/24");
+    let _server = util::start_server(lab.server(), &["--alt-address", "198.18.2.3"]);
+    run_example(lab.client(), example(&examples, NAT_EXAMPLE));
 }
 
 #[test]

@@ -292,6 +292,11 @@ impl ControlClient {
             })?
     }
 
+    /// Our end of the control connection (our address as the server's host routes it).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.stream.local_addr()
+    }
+
     pub async fn bye(&mut self) -> anyhow::Result<()> {
         self.write(&ControlMsg::Bye.to_frame()).await
     }

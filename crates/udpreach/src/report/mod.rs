@@ -12,6 +12,7 @@ use udpreach_wire::PortSpec;
 
 pub mod documents;
 pub mod mtu;
+pub mod nat;
 pub mod ping;
 pub mod ports;
 pub mod serverless;

@@ -3,6 +3,7 @@
 //! the connection ends or goes idle, every port it opened closes.
 
 use super::mtu::MtuPort;
+use super::nat::NatPorts;
 use super::test_port::{OpenError, SessionPorts, TestPort};
 use super::{legacy, lock_budget, ServerState};
 use std::collections::HashMap;
@@ -205,6 +206,8 @@ struct Session {
     opened_total: usize,
     /// The session's MTU port, once asked for (closed with the session).
     mtu: Option<MtuPort>,
+    /// The session's NAT ports, once asked for (closed with the session).
+    nat: Option<NatPorts>,
 }
 
 impl Session {
@@ -225,6 +228,7 @@ impl Session {
             ports_ctx,
             opened_total: 0,
             mtu: None,
+            nat: None,
         }
     }
 
@@ -405,6 +409,15 @@ impl Session {
                         fatal: false,
                     },
                 },
+                ControlMsg::NatOpen { fixed } => self.nat_open(local_ip, fixed),
+                ControlMsg::NatSend { flow, gap_ms, from } => match self.nat.as_mut() {
+                    Some(n) => n.schedule(flow, gap_ms, from),
+                    None => ControlMsg::Error {
+                        code: ErrorCode::Unexpected,
+                        message: "nat_send before nat_open".into(),
+                        fatal: false,
+                    },
+                },
                 ControlMsg::Bye => return Ok(()),
                 other => ControlMsg::Error {
                     code: ErrorCode::Unexpected,
@@ -450,6 +463,42 @@ impl Session {
             Err(e) => ControlMsg::Error {
                 code: ErrorCode::Unexpected,
                 message: format!("cannot open an MTU port: {e}"),
+                fatal: false,
+            },
+        }
+    }
+
+    /// Opens (or reopens) the session's NAT ports: two on the control
+    /// connection's local address, one on `--alt-address` of its family.
+    fn nat_open(&mut self, ip: IpAddr, fixed: Vec<u16>) -> ControlMsg {
+        let refuse = |message: String| ControlMsg::Error {
+            code: ErrorCode::BadRequest,
+            message,
+            fatal: false,
+        };
+        if fixed.len() > udpreach_wire::nat::MAX_FIXED_PORTS {
+            return refuse(format!(
+                "at most {} NAT ports at chosen numbers",
+                udpreach_wire::nat::MAX_FIXED_PORTS
+            ));
+        }
+        if let Some(p) = fixed.iter().find(|&&p| self.state.policy.check(p).is_err()) {
+            return refuse(format!("port {p} is not allowed for tests on this server"));
+        }
+        let alt = self
+            .state
+            .alt_address
+            .filter(|a| a.is_ipv4() == ip.is_ipv4());
+        self.nat = None;
+        match NatPorts::open(ip, &fixed, alt, self.peer, &self.ports_ctx) {
+            Ok(n) => {
+                let msg = n.opened();
+                self.nat = Some(n);
+                msg
+            }
+            Err(e) => ControlMsg::Error {
+                code: ErrorCode::Unexpected,
+                message: format!("cannot open NAT ports {fixed:?}: {e}"),
                 fatal: false,
             },
         }

@@ -5,6 +5,7 @@ mod control;
 mod echo;
 mod legacy;
 mod mtu;
+mod nat;
 mod test_port;
 
 use crate::cli::{ServerArgs, DEFAULT_PORT};
@@ -34,6 +35,9 @@ pub struct ServerState {
     pub budget: Arc<Mutex<ReplyBudget>>,
     /// Source ports never answered (7, 19, the server's own, 1-1023 by default).
     pub source_ports: SourcePorts,
+    /// A second address of this host for `udpreach nat`'s mapping and
+    /// filtering tests (`--alt-address`).
+    pub alt_address: Option<IpAddr>,
 }
 
 /// Locks the reply budget; a panic elsewhere leaves only counters behind,
@@ -172,6 +176,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<u8> {
         limits,
         budget: budget.clone(),
         source_ports: source_ports.clone(),
+        alt_address: args.alt_address,
     });
     let echo_desc: Vec<String> = echo_socks.iter().map(|(a, _)| a.to_string()).collect();
     let ctl_desc: Vec<String> = control_listeners

@@ -822,6 +822,54 @@ add rule inet labnat postrouting oifname \"{out_iface}\" masquerade
         ));
     }
 
+    /// Router: like [`snat_forward_masquerade`](Host::snat_forward_masquerade)
+    /// with `masquerade random`: each new flow gets a random port (the
+    /// mapping depends on the destination address and port).
+    pub fn snat_forward_masquerade_random(&self, out_iface: &str) {
+        self.nft(&format!(
+            "table inet labnat {{
+  chain postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
+}}
+add rule inet labnat postrouting oifname \"{out_iface}\" masquerade random
+"
+        ));
+    }
+
+    /// Router: a stateful firewall without NAT. Forwarded packets that
+    /// arrive on `outside_iface` pass only when they belong to a flow the
+    /// inside started (`ct state established,related accept; drop`).
+    pub fn stateful_firewall_forward(&self, outside_iface: &str) {
+        self.nft(&format!(
+            "table inet labfw {{
+  chain forward {{ type filter hook forward priority filter; policy accept;
+    iifname \"{outside_iface}\" ct state established,related accept
+    iifname \"{outside_iface}\" drop
+  }}
+}}
+"
+        ));
+    }
+
+    /// Adds a second address (`cidr`, e.g. `198.18.2.3/24`) to `iface`.
+    pub fn add_address(&self, iface: &str, cidr: &str) {
+        self.run_ok(&["ip", "addr", "add", cidr, "dev", iface]);
+    }
+
+    /// Sets this namespace's conntrack UDP timers (seconds): after one
+    /// exchange (`nf_conntrack_udp_timeout`) and for a stream
+    /// (`nf_conntrack_udp_timeout_stream`). Conntrack must be in use in the
+    /// namespace already (a NAT or `ct` rule loaded).
+    pub fn conntrack_udp_timers(&self, one_exchange: u32, stream: u32) {
+        self.sysctl(
+            "net.netfilter.nf_conntrack_udp_timeout",
+            &one_exchange.to_string(),
+        );
+        self.sysctl(
+            "net.netfilter.nf_conntrack_udp_timeout_stream",
+            &stream.to_string(),
+        );
+    }
+
     /// Router: drops every IPv4/IPv6 fragment (non-first fragments and first
     /// fragments with more-fragments set) that is not addressed to the router
     /// itself. Implemented in a prerouting chain at priority -500 rather than
