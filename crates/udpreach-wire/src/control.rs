@@ -20,7 +20,8 @@ pub const MAX_PORTS_PER_REQUEST: usize = 8192;
 /// Capabilities this build understands. Unknown ones from a peer are ignored,
 /// which is what lets later versions interoperate.
 /// "mtu": the `Mtu*` messages (a per-session UDP port for path-MTU probes).
-pub const CAPABILITIES: &[&str] = &["ports", "arrivals", "auth", "mtu"];
+/// "trace": the `Trace*` messages (`udpreach trace`: TTL-limited probes both ways).
+pub const CAPABILITIES: &[&str] = &["ports", "arrivals", "auth", "mtu", "trace"];
 /// Largest frame accepted before the handshake is complete: a hello or an
 /// auth message is a few hundred bytes, and an unauthenticated peer must not
 /// make the server buffer [`MAX_FRAME`] bytes per connection.
@@ -141,6 +142,76 @@ pub enum ControlMsg {
     MtuSent {
         results: Vec<MtuSendResult>,
     },
+    /// Client asks for trace ports (capability "trace"): each is bound, and
+    /// acknowledges and counts the session's trace probes; 0 asks for any
+    /// free port (a control port).
+    TraceOpen {
+        ports: Vec<u16>,
+    },
+    /// Answer to `TraceOpen`: the bound port for each one asked, in order,
+    /// 0 where binding failed (`errors` says why).
+    TraceOpened {
+        ports: Vec<u16>,
+        #[serde(default)]
+        errors: Vec<String>,
+    },
+    /// Client asks which TTLs of its upstream probes reached these ports.
+    TraceArrivals {
+        ports: Vec<u16>,
+    },
+    /// Answer to `TraceArrivals`, in the order asked.
+    TraceArrived {
+        arrivals: Vec<TraceArrival>,
+    },
+    /// Client asks the server to trace downstream: TTL-limited probes from
+    /// each trace port to the address the session's probes came from.
+    TraceSend {
+        ports: Vec<u16>,
+        max_hops: u8,
+        attempts: u8,
+        /// How long to wait for ICMP errors after the last probe.
+        wait_ms: u32,
+    },
+    /// What the server's probes drew, per port in the order asked.
+    TraceSent {
+        results: Vec<TraceSendResult>,
+    },
+}
+
+/// Which TTLs of the session's upstream probes reached one trace port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceArrival {
+    pub port: u16,
+    /// TTLs (as sent) of the probes that arrived, ascending, deduplicated.
+    pub ttls: Vec<u8>,
+    /// TTL / hop limit the first arrival had at the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_left: Option<u8>,
+}
+
+/// The server's side of one port of a `TraceSend`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceSendResult {
+    pub port: u16,
+    /// Where the probes went (the client's address as the server sees it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Datagrams the server sent.
+    pub sent: u32,
+    /// The ICMP errors the probes drew, one per TTL that drew any.
+    pub hops: Vec<TraceHopError>,
+    /// Why the port sent nothing (not open, no client address, budget).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One ICMP error a downstream probe drew.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceHopError {
+    pub ttl: u8,
+    pub icmp: IcmpError,
+    /// From the probe's send to the error's arrival, in microseconds.
+    pub rtt_us: u64,
 }
 
 /// The server's side of one size of an `MtuSend`.

@@ -1,0 +1,157 @@
+//! `udpreach trace`: the TTL-limited probe datagram and the limits of what a
+//! server sends on a client's request.
+//!
+//! A trace probe is [`PROBE_LEN`] bytes: magic `URTR`, the session token,
+//! the traced port, the TTL it was sent with, the attempt, and its kind.
+//! The kernel hands back the start of the offending datagram with every
+//! ICMP error, so the quoted payload names the (port, TTL) an error is about.
+//! Every probe of one port is sent from one socket to one address, so the
+//! 5-tuple is the same for every TTL (Paris-traceroute style: ECMP keeps
+//! one path per port).
+
+pub const MAGIC: &[u8; 4] = b"URTR";
+/// Bytes of every trace probe and ack (acks are never larger than probes).
+pub const PROBE_LEN: usize = 32;
+/// Most TTLs a trace may probe (`--max-hops`).
+pub const MAX_HOPS: u8 = 64;
+/// Most attempts per TTL.
+pub const MAX_ATTEMPTS: u8 = 3;
+/// Most ports one `TraceOpen` or `TraceSend` may name.
+pub const MAX_PORTS_PER_REQUEST: usize = 128;
+/// Most `TraceSend` requests one session may make.
+pub const MAX_SENDS_PER_SESSION: u32 = 64;
+/// Longest a server waits for ICMP errors after its last downstream probe.
+pub const MAX_WAIT_MS: u32 = 5_000;
+
+/// What a trace datagram is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TraceKind {
+    /// Client -> server (or any host): a TTL-limited probe to the traced port.
+    Up,
+    /// Server -> client: "this upstream probe arrived" (same size as the probe).
+    Ack,
+    /// Server -> client: a TTL-limited probe from the traced port.
+    Down,
+}
+
+impl TraceKind {
+    fn byte(self) -> u8 {
+        match self {
+            TraceKind::Up => 1,
+            TraceKind::Ack => 2,
+            TraceKind::Down => 3,
+        }
+    }
+    fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            1 => Some(TraceKind::Up),
+            2 => Some(TraceKind::Ack),
+            3 => Some(TraceKind::Down),
+            _ => None,
+        }
+    }
+}
+
+/// One trace probe's fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceProbe {
+    pub token: u64,
+    /// The traced port: destination upstream, source downstream.
+    pub port: u16,
+    pub ttl: u8,
+    pub attempt: u8,
+    pub kind: TraceKind,
+}
+
+impl TraceProbe {
+    pub fn encode(&self) -> [u8; PROBE_LEN] {
+        let mut b = [0u8; PROBE_LEN];
+        b[..4].copy_from_slice(MAGIC);
+        b[4..12].copy_from_slice(&self.token.to_be_bytes());
+        b[12..14].copy_from_slice(&self.port.to_be_bytes());
+        b[14] = self.ttl;
+        b[15] = self.attempt;
+        b[16] = self.kind.byte();
+        b
+    }
+
+    /// Parses a probe, or the start of one quoted in an ICMP error (at least
+    /// the first 17 bytes). `None` for anything else.
+    pub fn decode(b: &[u8]) -> Option<TraceProbe> {
+        if b.len() < 17 || &b[..4] != MAGIC {
+            return None;
+        }
+        Some(TraceProbe {
+            token: u64::from_be_bytes(b[4..12].try_into().ok()?),
+            port: u16::from_be_bytes([b[12], b[13]]),
+            ttl: b[14],
+            attempt: b[15],
+            kind: TraceKind::from_byte(b[16])?,
+        })
+    }
+}
+
+/// Why a `TraceSend` is refused before anything is sent.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TraceRequestError {
+    #[error("max_hops {0} is outside 1..={MAX_HOPS}")]
+    Hops(u8),
+    #[error("attempts {0} is outside 1..={MAX_ATTEMPTS}")]
+    Attempts(u8),
+    #[error("{0} ports (at most {MAX_PORTS_PER_REQUEST} per request)")]
+    Ports(usize),
+}
+
+/// Checks a `TraceSend`'s numbers against the limits above.
+pub fn check_send(ports: usize, max_hops: u8, attempts: u8) -> Result<(), TraceRequestError> {
+    if max_hops == 0 || max_hops > MAX_HOPS {
+        return Err(TraceRequestError::Hops(max_hops));
+    }
+    if attempts == 0 || attempts > MAX_ATTEMPTS {
+        return Err(TraceRequestError::Attempts(attempts));
+    }
+    if ports == 0 || ports > MAX_PORTS_PER_REQUEST {
+        return Err(TraceRequestError::Ports(ports));
+    }
+    Ok(())
+}
+
+/// Most datagrams one `TraceSend` can make the server send.
+pub fn max_datagrams_per_send() -> usize {
+    MAX_PORTS_PER_REQUEST * usize::from(MAX_HOPS) * usize::from(MAX_ATTEMPTS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_quotes() {
+        let p = TraceProbe {
+            token: 0x1122_3344_5566_7788,
+            port: 5060,
+            ttl: 7,
+            attempt: 2,
+            kind: TraceKind::Down,
+        };
+        let b = p.encode();
+        assert_eq!(TraceProbe::decode(&b), Some(p));
+        assert_eq!(TraceProbe::decode(&b[..17]), Some(p));
+        assert_eq!(TraceProbe::decode(&b[..16]), None);
+        let mut bad = b;
+        bad[16] = 9;
+        assert_eq!(TraceProbe::decode(&bad), None);
+        bad[0] = b'X';
+        assert_eq!(TraceProbe::decode(&bad), None);
+    }
+
+    #[test]
+    fn limits() {
+        assert!(check_send(1, 30, 2).is_ok());
+        assert_eq!(check_send(1, 0, 2), Err(TraceRequestError::Hops(0)));
+        assert_eq!(check_send(1, 65, 2), Err(TraceRequestError::Hops(65)));
+        assert_eq!(check_send(1, 30, 4), Err(TraceRequestError::Attempts(4)));
+        assert_eq!(check_send(129, 30, 2), Err(TraceRequestError::Ports(129)));
+        assert_eq!(max_datagrams_per_send(), 128 * 64 * 3);
+    }
+}
