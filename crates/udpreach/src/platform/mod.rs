@@ -399,6 +399,16 @@ impl AsyncUdp {
         socket2::SockRef::from(self.inner.get_ref()).recv_buffer_size()
     }
 
+    /// TTL / hop limit of later sends (`udpreach trace`).
+    pub fn set_ttl(&self, ttl: u32) -> io::Result<()> {
+        let sock = socket2::SockRef::from(self.inner.get_ref());
+        if self.local_addr()?.is_ipv6() {
+            sock.set_unicast_hops_v6(ttl)
+        } else {
+            sock.set_ttl_v4(ttl)
+        }
+    }
+
     /// Changes how Don't Fragment is handled for later sends.
     pub fn set_pmtu_mode(&self, mode: PmtuMode) -> io::Result<()> {
         let v6 = self.local_addr()?.is_ipv6();

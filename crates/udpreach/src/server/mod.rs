@@ -6,6 +6,7 @@ mod echo;
 mod legacy;
 mod mtu;
 mod test_port;
+mod trace;
 
 use crate::cli::{ServerArgs, DEFAULT_PORT};
 use crate::platform;
