@@ -49,6 +49,12 @@ Exit codes:
   1 nothing crosses, or fragments are dropped
   2 usage, connection or socket error; with a key, failed authentication";
 
+const TRACE_EXIT_CODES: &str = "\
+Exit codes:
+  0 every traced port passes, each way traced
+  1 some traced port does not pass (dropped, rejected or no answer) some way
+  2 usage, connection or protocol error";
+
 const SERVER_EXIT_CODES: &str = "\
 Exit codes:
   0 clean shutdown (SIGINT/SIGTERM)
@@ -89,6 +95,9 @@ pub enum Command {
     /// Find the path MTU each way (DF probes, ICMP or black-hole search) and whether
     /// fragmented datagrams pass.
     Mtu(MtuArgs),
+    /// Find the hop that drops or rejects UDP to a port, in each direction (TTL-limited
+    /// probes both ways against a udpreach server, or upstream only with --no-server).
+    Trace(TraceArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
     #[command(hide = true)]
     Completions {
@@ -98,7 +107,7 @@ pub enum Command {
     /// Print the man page (roff) on stdout: udpreach(1), or with COMMAND udpreach-COMMAND(1).
     #[command(hide = true)]
     Man {
-        #[arg(value_name = "COMMAND", value_parser = ["server", "ping", "ports", "mtu"])]
+        #[arg(value_name = "COMMAND", value_parser = ["server", "ping", "ports", "mtu", "trace"])]
         command: Option<String>,
     },
 }
@@ -339,6 +348,55 @@ pub struct MtuArgs {
     pub json_lines: bool,
     #[command(flatten)]
     pub key: KeyArgs,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = TRACE_EXIT_CODES)]
+pub struct TraceArgs {
+    /// A udpreach server (HOST or HOST:CONTROL_PORT, default 4000), or with --no-server any host.
+    #[arg(value_name = "HOST[:PORT]")]
+    pub target: String,
+    /// Ports to trace: 5060,5061,27015 or ranges (at most 127 ports).
+    #[arg(short = 'p', long = "ports", value_name = "SPEC", value_parser = parse_spec, required = true, help_heading = PATH)]
+    pub ports: PortSpec,
+    /// A port known to pass, traced alongside for comparison [default: a free port the
+    /// server opens; --no-server: 33434].
+    #[arg(long = "control-port", value_name = "PORT", value_parser = parse_port_arg, help_heading = PATH)]
+    pub control_port: Option<u16>,
+    /// TCP control port [default: the port in HOST:PORT, else 4000].
+    #[arg(long, value_name = "PORT", value_parser = parse_port_arg, conflicts_with = "no_server", help_heading = PATH)]
+    pub control: Option<u16>,
+    /// Trace a host that runs no udpreach: upstream only; arrival is a reply or ICMP port
+    /// unreachable from the host.
+    #[arg(long = "no-server", help_heading = PATH)]
+    pub no_server: bool,
+    /// Use IPv4 only.
+    #[arg(short = '4', conflicts_with = "ipv6", help_heading = PATH)]
+    pub ipv4: bool,
+    /// Use IPv6 only.
+    #[arg(short = '6', help_heading = PATH)]
+    pub ipv6: bool,
+    /// Highest TTL / hop limit probed, 1..=64.
+    #[arg(short = 'm', long = "max-hops", value_name = "N", default_value_t = 30, value_parser = number_in("max hops", 1u8, udpreach_wire::trace::MAX_HOPS), allow_negative_numbers = true, help_heading = PROBES)]
+    pub max_hops: u8,
+    /// Probes per TTL before the TTL counts as silent, 1..=3.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = number_in("attempts", 1u8, udpreach_wire::trace::MAX_ATTEMPTS), allow_negative_numbers = true, help_heading = PROBES)]
+    pub attempts: u8,
+    /// Probes per second, all ports and TTLs together, 1..=100000.
+    #[arg(long, value_name = "PPS", default_value_t = 1000, value_parser = number_in("rate", 1u32, 100_000), allow_negative_numbers = true, help_heading = PROBES)]
+    pub rate: u32,
+    /// Fixed wait per attempt, 1ms..=5s [default: 4x the slowest answer, 150ms..=2s].
+    #[arg(long, value_name = "DURATION", value_parser = duration_in("timeout", "1ms", "5s"), allow_negative_numbers = true, help_heading = PROBES)]
+    pub timeout: Option<Duration>,
+    /// Only the verdict lines, no hop lists.
+    #[arg(short = 'q', long, help_heading = OUTPUT)]
+    pub quiet: bool,
+    /// One JSON document at the end.
+    #[arg(long, conflicts_with = "json_lines", help_heading = OUTPUT)]
+    pub json: bool,
+    /// One JSON object per line: start, one per port and direction, summary.
+    #[arg(long = "json-lines", help_heading = OUTPUT)]
+    pub json_lines: bool,
 }
 
 impl ServerArgs {

@@ -12,6 +12,7 @@ mod report;
 mod server;
 mod shared_key;
 mod target;
+mod trace;
 
 use clap::{CommandFactory, Parser};
 use cli::{Cli, Command};
@@ -94,6 +95,7 @@ fn main() -> ExitCode {
             Command::Ping(a) => ping::run(a).await,
             Command::Ports(a) => ports::run(a).await,
             Command::Mtu(a) => mtu::run(a).await,
+            Command::Trace(a) => trace::run(a).await,
             Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
         }
     });

@@ -359,6 +359,8 @@ fn schemas() -> Vec<(&'static str, String)> {
         one::<ServerlessLine>("ports-no-server-lines.json"),
         one::<MtuDocument>("mtu.json"),
         one::<MtuLine>("mtu-lines.json"),
+        one::<super::trace::TraceDocument>("trace.json"),
+        one::<super::trace::TraceLine>("trace-lines.json"),
     ]
 }
 

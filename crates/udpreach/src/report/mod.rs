@@ -15,6 +15,7 @@ pub mod mtu;
 pub mod ping;
 pub mod ports;
 pub mod serverless;
+pub mod trace;
 
 /// How a command prints its results (the same for ping, ports and mtu).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

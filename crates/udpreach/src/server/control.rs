@@ -516,7 +516,9 @@ impl Session {
             }
             if port != 0 && self.state.policy.check(port).is_err() {
                 bound.push(0);
-                errors.push(format!("port {port} is not allowed for tests on this server"));
+                errors.push(format!(
+                    "port {port} is not allowed for tests on this server"
+                ));
                 continue;
             }
             if self.ports.len() + trace.len() >= self.state.limits.max_ports_per_session

@@ -207,8 +207,7 @@ impl TraceSession {
             max_hops,
             attempts,
             rate_pps: rate,
-            wait: (wait_ms > 0)
-                .then(|| Duration::from_millis(u64::from(wait_ms.min(MAX_WAIT_MS)))),
+            wait: (wait_ms > 0).then(|| Duration::from_millis(u64::from(wait_ms.min(MAX_WAIT_MS)))),
         };
         let traced: Vec<u16> = dests.keys().copied().collect();
         let started = Instant::now();
