@@ -176,7 +176,10 @@ impl PortTrace {
 struct ProbeState {
     sent: u8,
     sent_at: [Option<Instant>; udpreach_wire::trace::MAX_ATTEMPTS as usize],
-    deadline: Option<Instant>,
+    /// When the latest attempt went out, while it waits for an answer: its
+    /// deadline is this plus the current wait, which shrinks as soon as
+    /// the first answers show how near the hops are.
+    waiting_since: Option<Instant>,
     answered: bool,
 }
 
@@ -279,7 +282,7 @@ impl TraceProbing {
             .flatten()
             .map(|t| now.saturating_duration_since(t));
         p.answered = true;
-        p.deadline = None;
+        p.waiting_since = None;
         if let Some(r) = rtt {
             self.slowest = Some(self.slowest.map_or(r, |s| s.max(r)));
         }
@@ -340,12 +343,11 @@ impl Engine for TraceProbing {
             }
             self.next_token = None;
             self.queue.pop_front();
-            let wait = self.wait();
             let p = &mut self.probes[i][usize::from(ttl - 1)];
             let attempt = p.sent;
             p.sent_at[usize::from(attempt)] = Some(now);
             p.sent += 1;
-            p.deadline = Some(now + wait);
+            p.waiting_since = Some(now);
             self.results[i].sent += 1;
             return Some(TraceTransmit {
                 port: self.ports[i],
@@ -357,32 +359,38 @@ impl Engine for TraceProbing {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
+        let wait = self.wait();
         let deadlines = self
             .probes
             .iter()
             .flatten()
             .filter(|p| !p.answered)
-            .filter_map(|p| p.deadline);
+            .filter_map(|p| p.waiting_since)
+            .min()
+            .map(|t| t + wait);
         let token = if self.queue.is_empty() {
             None
         } else {
             self.next_token
         };
-        deadlines.chain(token).min()
+        deadlines.into_iter().chain(token).min()
     }
 
     fn handle_timeout(&mut self, now: Instant) {
         self.next_token = None;
+        let wait = self.wait();
         for i in 0..self.ports.len() {
             for ttl in 1..=self.cfg.max_hops {
                 let beyond = self.beyond_reach(i, ttl);
                 let attempts = self.cfg.attempts;
                 let p = &mut self.probes[i][usize::from(ttl - 1)];
-                let Some(d) = p.deadline else { continue };
-                if d > now {
+                let Some(since) = p.waiting_since else {
+                    continue;
+                };
+                if since + wait > now {
                     continue;
                 }
-                p.deadline = None;
+                p.waiting_since = None;
                 if !p.answered && !beyond && p.sent < attempts {
                     self.queue.push_back((i, ttl));
                 }
@@ -398,7 +406,7 @@ impl Engine for TraceProbing {
         self.queue.is_empty()
             && self.probes.iter().enumerate().all(|(i, ps)| {
                 ps.iter().enumerate().all(|(t, p)| {
-                    p.answered || p.deadline.is_none() || self.beyond_reach(i, t as u8 + 1)
+                    p.answered || p.waiting_since.is_none() || self.beyond_reach(i, t as u8 + 1)
                 })
             })
     }
@@ -458,10 +466,9 @@ pub fn analyse(trace: &PortTrace, control: Option<&PortTrace>, target: Option<Ip
         trace
             .hops
             .iter()
-            .filter(|(t, a)| {
+            .rfind(|(t, a)| {
                 matches!(a, HopAnswer::TimeExceeded { .. }) && limit.is_none_or(|l| **t < l)
             })
-            .next_back()
             .map(|(t, a)| (*t, a.from()))
     };
     let mut out = Analysis {

@@ -155,7 +155,7 @@ impl DirectionReport {
                         HopAnswer::Arrived { .. } => "arrived".into(),
                         HopAnswer::Error { reason, .. } => reason.as_str().into(),
                     },
-                    rtt_ms: ans.rtt().map(|d| d.as_secs_f64() * 1e3),
+                    rtt_ms: ans.rtt().map(|d| d.as_micros() as f64 / 1e3),
                     dscp: None,
                     ecn: None,
                 })
