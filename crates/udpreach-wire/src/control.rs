@@ -169,8 +169,12 @@ pub enum ControlMsg {
         ports: Vec<u16>,
         max_hops: u8,
         attempts: u8,
-        /// How long to wait for ICMP errors after the last probe.
+        /// Fixed wait per attempt (0: adaptive, from the answers' RTT).
         wait_ms: u32,
+        /// Probes per second asked for (0: the server's default); the
+        /// server caps it at the session's probe rate.
+        #[serde(default)]
+        rate: u32,
     },
     /// What the server's probes drew, per port in the order asked.
     TraceSent {

@@ -426,8 +426,9 @@ impl Session {
                     max_hops,
                     attempts,
                     wait_ms,
+                    rate,
                 } => match self.trace.as_mut() {
-                    Some(t) => t.send(ports, max_hops, attempts, wait_ms).await,
+                    Some(t) => t.send(ports, max_hops, attempts, wait_ms, rate).await,
                     None => ControlMsg::Error {
                         code: ErrorCode::Unexpected,
                         message: "trace_send before trace_open".into(),

@@ -40,7 +40,7 @@ use udpreach_wire::trace::{
 const ERROR_QUEUE: usize = 4096;
 /// Longest one `TraceSend` may run, whatever the engine asks.
 const SEND_DEADLINE: Duration = Duration::from_secs(30);
-/// Probes per second of a downstream trace when the session has no cap.
+/// Probes per second of a downstream trace when the client names no rate.
 const DEFAULT_RATE: u32 = 1000;
 
 #[derive(Default)]
@@ -162,6 +162,7 @@ impl TraceSession {
         max_hops: u8,
         attempts: u8,
         wait_ms: u32,
+        rate: u32,
     ) -> ControlMsg {
         if let Err(e) = check_send(ports.len(), max_hops, attempts) {
             return error(ErrorCode::BadRequest, format!("trace_send: {e}"));
@@ -199,9 +200,10 @@ impl TraceSession {
             results.push(r);
         }
         while self.errors_rx.try_recv().is_ok() {}
+        let asked = if rate == 0 { DEFAULT_RATE } else { rate };
         let rate = match self.rate_cap {
-            0 => DEFAULT_RATE,
-            n => n.min(DEFAULT_RATE),
+            0 => asked,
+            cap => asked.min(cap),
         };
         let cfg = TraceConfig {
             max_hops,

@@ -255,6 +255,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
             max_hops: args.max_hops,
             attempts: args.attempts,
             wait_ms: args.timeout.map_or(0, |d| d.as_millis() as u32),
+            rate: args.rate,
         };
         c.request(msg, Pending::Arrivals).await?;
         let results: Vec<TraceSendResult> = loop {
