@@ -274,3 +274,120 @@ fn usage_errors_exit_2() {
         assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
     }
 }
+
+/// What the server sends on a trace request goes only to the session's
+/// client (a probe from another address of the same host is neither counted
+/// nor answered), acks are the probe's size, and requests are bounded: TTLs,
+/// attempts, and trace sends per session.
+#[test]
+fn server_trace_sends_only_to_the_session_client_within_bounds() {
+    use std::net::{SocketAddr, UdpSocket};
+    use std::time::Duration;
+    use udpreach_wire::control::ControlMsg;
+    use udpreach_wire::trace::{TraceKind, TraceProbe, MAX_SENDS_PER_SESSION, PROBE_LEN};
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::pair();
+    let client = lab.client();
+    let iface = client.iface().to_string();
+    client.run(["ip", "addr", "add", "198.18.0.3/24", "dev", &iface]);
+    let _srv = start_server(lab.server(), &[]);
+    let server: SocketAddr = "198.18.0.2:4000".parse().unwrap();
+    let mut s = RawSession::connect(client, server);
+    let port = match s.request(&ControlMsg::TraceOpen { ports: vec![0] }) {
+        ControlMsg::TraceOpened { ports, .. } => ports[0],
+        other => panic!("{other:?}"),
+    };
+    assert_ne!(port, 0);
+    let send = |max_hops: u8, attempts: u8| ControlMsg::TraceSend {
+        ports: vec![port],
+        max_hops,
+        attempts,
+        wait_ms: 1,
+        rate: 0,
+    };
+    // Nothing has arrived from the client yet: nowhere to send.
+    match s.request(&send(2, 1)) {
+        ControlMsg::TraceSent { results } => {
+            assert_eq!(results[0].sent, 0);
+            assert!(results[0]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("no trace probe"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let token = s.token;
+    let to = SocketAddr::new("198.18.0.2".parse().unwrap(), port);
+    let probe = |ttl| {
+        TraceProbe {
+            token,
+            port,
+            ttl,
+            attempt: 0,
+            kind: TraceKind::Up,
+        }
+        .encode()
+    };
+    // A third address of the client host: ignored.
+    let p64 = probe(64);
+    let third_got = client.enter(move || {
+        let u = UdpSocket::bind("198.18.0.3:0").unwrap();
+        u.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        u.send_to(&p64, to).unwrap();
+        let mut b = [0u8; 64];
+        u.recv_from(&mut b).ok().map(|(n, _)| n)
+    });
+    assert_eq!(third_got, None, "a probe from another address was answered");
+    match s.request(&ControlMsg::TraceArrivals { ports: vec![port] }) {
+        ControlMsg::TraceArrived { arrivals } => assert!(arrivals[0].ttls.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    // The session's client: counted and acked with a datagram of the probe's size.
+    let p63 = probe(63);
+    let (ack_len, local) = client.enter(move || {
+        let u = UdpSocket::bind("198.18.0.1:0").unwrap();
+        u.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        u.send_to(&p63, to).unwrap();
+        let mut b = [0u8; 64];
+        let (n, _) = u.recv_from(&mut b).expect("ack");
+        (n, u.local_addr().unwrap())
+    });
+    assert_eq!(ack_len, PROBE_LEN);
+    match s.request(&ControlMsg::TraceArrivals { ports: vec![port] }) {
+        ControlMsg::TraceArrived { arrivals } => assert_eq!(arrivals[0].ttls, vec![63]),
+        other => panic!("{other:?}"),
+    }
+    // Out-of-bounds requests are refused before anything is sent.
+    for bad in [send(65, 1), send(2, 4), send(0, 1)] {
+        assert!(
+            matches!(s.request(&bad), ControlMsg::Error { .. }),
+            "{bad:?} accepted"
+        );
+    }
+    // Downstream goes to the address the probe came from, bounded per request.
+    match s.request(&send(2, 1)) {
+        ControlMsg::TraceSent { results } => {
+            assert_eq!(results[0].to.as_deref(), Some(local.to_string().as_str()));
+            assert!(results[0].sent <= 2, "{results:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // And a session has a bounded number of trace sends (two used above).
+    for _ in 2..MAX_SENDS_PER_SESSION {
+        assert!(matches!(
+            s.request(&send(1, 1)),
+            ControlMsg::TraceSent { .. }
+        ));
+    }
+    match s.request(&send(1, 1)) {
+        ControlMsg::Error { message, .. } => assert!(message.contains("spent"), "{message}"),
+        other => panic!(
+            "the {}th trace send was served: {other:?}",
+            MAX_SENDS_PER_SESSION + 1
+        ),
+    }
+}
