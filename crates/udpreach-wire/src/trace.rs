@@ -155,3 +155,126 @@ mod tests {
         assert_eq!(max_datagrams_per_send(), 128 * 64 * 3);
     }
 }
+
+/// The IP header a router quoted in an ICMP error, as our probe had it when
+/// it reached that router: the DSCP / ECN bits and the TTL left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuotedHeader {
+    pub dscp: u8,
+    pub ecn: u8,
+    pub ttl: u8,
+    /// The quoted UDP destination port.
+    pub dport: u16,
+}
+
+const ICMP4_TIME_EXCEEDED: u8 = 11;
+const ICMP4_DEST_UNREACH: u8 = 3;
+const ICMP6_TIME_EXCEEDED: u8 = 3;
+const ICMP6_DEST_UNREACH: u8 = 1;
+const UDP: u8 = 17;
+
+/// An ICMPv4 error as a raw ICMP socket reads it (outer IPv4 header first):
+/// the quoted header and the start of the quoted UDP payload. `None` for
+/// other ICMP messages, other protocols, or too short a quote.
+pub fn parse_raw_icmp4(b: &[u8]) -> Option<(QuotedHeader, &[u8])> {
+    let outer = usize::from(b.first()? & 0x0f) * 4;
+    let icmp = b.get(outer..)?;
+    if !matches!(*icmp.first()?, ICMP4_TIME_EXCEEDED | ICMP4_DEST_UNREACH) {
+        return None;
+    }
+    let inner = icmp.get(8..)?;
+    let ihl = usize::from(inner.first()? & 0x0f) * 4;
+    if ihl < 20 || *inner.get(9)? != UDP {
+        return None;
+    }
+    let tos = *inner.get(1)?;
+    let udp = inner.get(ihl..)?;
+    Some((
+        QuotedHeader {
+            dscp: tos >> 2,
+            ecn: tos & 3,
+            ttl: *inner.get(8)?,
+            dport: u16::from_be_bytes([*udp.get(2)?, *udp.get(3)?]),
+        },
+        udp.get(8..)?,
+    ))
+}
+
+/// An ICMPv6 error as a raw ICMPv6 socket reads it (no outer header): the
+/// quoted header (UDP directly after the fixed IPv6 header only) and the
+/// start of the quoted UDP payload.
+pub fn parse_raw_icmp6(b: &[u8]) -> Option<(QuotedHeader, &[u8])> {
+    if !matches!(*b.first()?, ICMP6_TIME_EXCEEDED | ICMP6_DEST_UNREACH) {
+        return None;
+    }
+    let inner = b.get(8..)?;
+    if *inner.get(6)? != UDP {
+        return None;
+    }
+    let tclass = ((inner.first()? & 0x0f) << 4) | (inner.get(1)? >> 4);
+    let udp = inner.get(40..)?;
+    Some((
+        QuotedHeader {
+            dscp: tclass >> 2,
+            ecn: tclass & 3,
+            ttl: *inner.get(7)?,
+            dport: u16::from_be_bytes([*udp.get(2)?, *udp.get(3)?]),
+        },
+        udp.get(8..)?,
+    ))
+}
+
+#[cfg(test)]
+mod quoted_tests {
+    use super::*;
+
+    #[test]
+    fn v4_time_exceeded_quote() {
+        let probe = TraceProbe {
+            token: 7,
+            port: 5060,
+            ttl: 2,
+            attempt: 0,
+            kind: TraceKind::Up,
+        }
+        .encode();
+        let mut b = vec![
+            0x45, 0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0, 198, 18, 4, 2, 198, 18, 3, 1,
+        ];
+        b.extend([11, 0, 0, 0, 0, 0, 0, 0]);
+        // Quoted IPv4 header: TOS 46<<2 | ECT(0), TTL 1, UDP.
+        b.extend([0x45, (46 << 2) | 2, 0, 0, 0, 0, 0, 0, 1, 17, 0, 0]);
+        b.extend([198, 18, 3, 1, 198, 18, 5, 2]);
+        b.extend([0x9c, 0x40, 0x13, 0xc4, 0, 40, 0, 0]);
+        b.extend(probe);
+        let (q, payload) = parse_raw_icmp4(&b).unwrap();
+        assert_eq!(
+            q,
+            QuotedHeader {
+                dscp: 46,
+                ecn: 2,
+                ttl: 1,
+                dport: 5060
+            }
+        );
+        assert_eq!(TraceProbe::decode(payload).unwrap().ttl, 2);
+        assert!(parse_raw_icmp4(&b[..30]).is_none());
+        let mut echo = b.clone();
+        echo[20] = 0;
+        assert!(parse_raw_icmp4(&echo).is_none());
+    }
+
+    #[test]
+    fn v6_time_exceeded_quote() {
+        let mut b = vec![3, 0, 0, 0, 0, 0, 0, 0];
+        // Traffic class 0xb8 (DSCP 46, ECN 0), next header UDP, hop limit 1.
+        b.extend([0x6b, 0x80, 0, 0, 0, 40, 17, 1]);
+        b.extend([0u8; 32]);
+        b.extend([0x9c, 0x40, 0x13, 0xc4, 0, 40, 0, 0]);
+        b.extend(*MAGIC);
+        let (q, payload) = parse_raw_icmp6(&b).unwrap();
+        assert_eq!((q.dscp, q.ecn, q.ttl, q.dport), (46, 0, 1, 5060));
+        assert_eq!(payload, MAGIC);
+        assert!(parse_raw_icmp6(&b[..40]).is_none());
+    }
+}

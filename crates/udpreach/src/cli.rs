@@ -376,6 +376,10 @@ pub struct TraceArgs {
     /// Use IPv6 only.
     #[arg(short = '6', help_heading = PATH)]
     pub ipv6: bool,
+    /// DSCP code point 0..=63 for the probes; each hop's quoted header then shows where
+    /// it was rewritten.
+    #[arg(long, value_name = "DSCP", value_parser = number_in("DSCP", 0u8, 63), allow_negative_numbers = true, help_heading = PATH)]
+    pub dscp: Option<u8>,
     /// Highest TTL / hop limit probed, 1..=64.
     #[arg(short = 'm', long = "max-hops", value_name = "N", default_value_t = 30, value_parser = number_in("max hops", 1u8, udpreach_wire::trace::MAX_HOPS), allow_negative_numbers = true, help_heading = PROBES)]
     pub max_hops: u8,

@@ -391,3 +391,31 @@ fn server_trace_sends_only_to_the_session_client_within_bounds() {
         ),
     }
 }
+
+/// r1 rewrites DSCP to 0 on what it forwards: the headers the hops quote
+/// show DSCP 46 at hop 1 (r1 answers before its forward hook) and 0 at hop 2.
+#[test]
+fn dscp_rewritten_by_r1_is_reported_between_hop_1_and_hop_2() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::chain();
+    lab.r1().nft(
+        "table inet t {\n chain f { type filter hook forward priority 0; ip dscp set cs0; ip6 dscp set cs0; }\n}",
+    );
+    let _srv = start_server(lab.server(), &[]);
+    for v6 in [false, true] {
+        let target = server_addr(&lab, v6);
+        let (rc, doc) = trace_json(lab.client(), &[&target, "-p", "5060", "--dscp", "46"]);
+        assert_eq!(rc, 0, "{doc:#}");
+        let up = result(&doc, PORT, "upstream");
+        assert_eq!(up["hops"][0]["dscp"], 46, "{up:#}");
+        assert_eq!(up["hops"][1]["dscp"], 0, "{up:#}");
+        let changes = up["dscp_rewritten"].as_array().unwrap();
+        assert_eq!(changes.len(), 1, "{up:#}");
+        assert_eq!(changes[0]["after_hop"], 1);
+        assert_eq!(changes[0]["at_hop"], 2);
+        assert_eq!(changes[0]["from"], 46);
+        assert_eq!(changes[0]["to"], 0);
+    }
+}

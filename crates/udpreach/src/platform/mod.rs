@@ -53,6 +53,20 @@ pub struct RecvMeta {
     pub local: Option<(IpAddr, u32)>,
 }
 
+/// A raw ICMP (IPv4) or ICMPv6 socket, read through the same `recvmsg`
+/// path as the UDP sockets (`AsyncUdp::recv_any`): `udpreach trace` reads
+/// from it the IP header that routers quote in their errors (the error
+/// queue hands back only the quoted payload). Needs CAP_NET_RAW.
+pub fn raw_icmp_socket(v6: bool) -> io::Result<AsyncUdp> {
+    let (domain, proto) = if v6 {
+        (Domain::IPV6, Protocol::ICMPV6)
+    } else {
+        (Domain::IPV4, Protocol::ICMPV4)
+    };
+    let sock = Socket::new(domain, Type::RAW.nonblocking().cloexec(), Some(proto))?;
+    AsyncUdp::new(sock.into())
+}
+
 /// Realtime clock in nanoseconds since the Unix epoch.
 pub fn realtime_ns() -> u64 {
     SystemTime::now()

@@ -4,6 +4,7 @@
 use super::{ms3, print_json, print_json_line, print_line, JsonLine, OutputFormat};
 use schemars::JsonSchema;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use udpreach_engine::trace::{analyse, Analysis, HopAnswer, PortTrace, VerdictKind};
 
@@ -97,6 +98,18 @@ pub struct DirectionReport {
     /// Probes sent for this port in this direction.
     pub sent: u32,
     pub hops: Vec<HopReport>,
+    /// Where the DSCP changed on the way, from the headers hops quoted
+    /// (upstream, with a raw ICMP socket: root).
+    pub dscp_rewritten: Vec<DscpChange>,
+}
+
+/// The DSCP changed between two hops (hop 0: as we sent it).
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct DscpChange {
+    pub after_hop: u8,
+    pub at_hop: u8,
+    pub from: u8,
+    pub to: u8,
 }
 
 impl DirectionReport {
@@ -160,6 +173,30 @@ impl DirectionReport {
                     ecn: None,
                 })
                 .collect(),
+            dscp_rewritten: Vec::new(),
+        }
+    }
+
+    /// Adds the DSCP / ECN each hop quoted (`ttl -> (dscp, ecn)`) and where
+    /// the DSCP changed from `sent`.
+    pub fn add_quoted(&mut self, quoted: &BTreeMap<u8, (u8, u8)>, sent: u8) {
+        for h in &mut self.hops {
+            if let Some(&(d, e)) = quoted.get(&h.ttl) {
+                h.dscp = Some(d);
+                h.ecn = Some(e);
+            }
+        }
+        let (mut prev_hop, mut prev) = (0u8, sent);
+        for (&ttl, &(d, _)) in quoted {
+            if d != prev {
+                self.dscp_rewritten.push(DscpChange {
+                    after_hop: prev_hop,
+                    at_hop: ttl,
+                    from: prev,
+                    to: d,
+                });
+            }
+            (prev_hop, prev) = (ttl, d);
         }
     }
 
@@ -207,6 +244,19 @@ impl DirectionReport {
             line.push_str(&format!(" [ambiguous: {why}]"));
         }
         line
+    }
+
+    /// "dscp 46 -> 0 between hop 1 and hop 2" for each change.
+    pub fn dscp_lines(&self) -> Vec<String> {
+        self.dscp_rewritten
+            .iter()
+            .map(|c| {
+                format!(
+                    "  dscp {} -> {} between hop {} and hop {}",
+                    c.from, c.to, c.after_hop, c.at_hop
+                )
+            })
+            .collect()
     }
 
     /// traceroute-like lines: one per TTL up to where the trace ended.
@@ -315,6 +365,9 @@ impl TraceReport {
             OutputFormat::Text => {
                 for r in &doc.results {
                     print_line(&r.headline());
+                    for l in r.dscp_lines() {
+                        print_line(&l);
+                    }
                     if !self.quiet {
                         for l in r.hop_lines() {
                             print_line(&l);

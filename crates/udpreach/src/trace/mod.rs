@@ -26,7 +26,9 @@ use tokio::sync::mpsc;
 use udpreach_engine::trace::{HopAnswer, PortTrace, TraceConfig, TraceInput, TraceProbing};
 use udpreach_engine::Engine;
 use udpreach_wire::control::{ControlMsg, TraceSendResult};
-use udpreach_wire::trace::{TraceKind, TraceProbe, MAX_PORTS_PER_REQUEST};
+use udpreach_wire::trace::{
+    parse_raw_icmp4, parse_raw_icmp6, QuotedHeader, TraceKind, TraceProbe, MAX_PORTS_PER_REQUEST,
+};
 
 /// Control port traced with --no-server when none is named (traceroute's first port).
 pub const NO_SERVER_CONTROL_PORT: u16 = 33434;
@@ -46,6 +48,8 @@ enum Got {
     Error(crate::platform::errqueue::QueuedError),
     /// A trace datagram from the target (an ack, or a downstream probe).
     Probe(TraceProbe),
+    /// The IP header a hop quoted for one of our probes (raw ICMP socket).
+    Quoted(TraceProbe, QuotedHeader),
 }
 
 pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
@@ -132,11 +136,50 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
     // One socket per port: a constant 5-tuple for every TTL.
     let opts = UdpOptions {
         recv_errors: true,
+        dscp: args.dscp,
         ..UdpOptions::default()
     };
     let (tx, mut rx) = mpsc::channel::<Incoming>(8192);
     let mut socks = Vec::with_capacity(ports.len());
-    let mut readers = Vec::with_capacity(ports.len());
+    let mut readers = Vec::with_capacity(ports.len() + 1);
+    // The quoted IP headers, when we may open a raw ICMP socket (root).
+    let v6 = ip.is_ipv6();
+    match crate::platform::raw_icmp_socket(v6) {
+        Ok(raw) => {
+            let tx = tx.clone();
+            readers.push(tokio::spawn(async move {
+                let mut buf = vec![0u8; 2048];
+                loop {
+                    let Ok(Received::Datagram(m)) = raw.recv_any(&mut buf).await else {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        continue;
+                    };
+                    let b = &buf[..m.len];
+                    let parsed = if v6 {
+                        parse_raw_icmp6(b)
+                    } else {
+                        parse_raw_icmp4(b)
+                    };
+                    let Some((q, payload)) = parsed else { continue };
+                    let Some(p) = TraceProbe::decode(payload) else {
+                        continue;
+                    };
+                    if p.token != token || p.kind != TraceKind::Up || p.port != q.dport {
+                        continue;
+                    }
+                    let inc = Incoming {
+                        index: usize::MAX,
+                        got: Got::Quoted(p, q),
+                        at: Instant::now(),
+                    };
+                    if tx.send(inc).await.is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
+        Err(e) => tracing::info!("no raw ICMP socket (DSCP per hop not shown): {e}"),
+    }
     for index in 0..ports.len() {
         let s = Arc::new(
             AsyncUdp::bind(unspecified_for(&target, 0), &opts)
@@ -297,13 +340,14 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
         let is_control = port == control_port && !traced.contains(&port);
         if let Some(t) = find(&upstream, port) {
             let c = (!is_control).then_some(up_control.as_ref()).flatten();
-            results.push(DirectionReport::new(
-                &t,
-                c,
-                ip,
-                Direction::Upstream,
-                is_control,
-            ));
+            let mut r = DirectionReport::new(&t, c, ip, Direction::Upstream, is_control);
+            let quoted: BTreeMap<u8, (u8, u8)> = state
+                .quoted
+                .range((port, 0)..=(port, u8::MAX))
+                .map(|(&(_, ttl), q)| (ttl, (q.dscp, q.ecn)))
+                .collect();
+            r.add_quoted(&quoted, args.dscp.unwrap_or(0));
+            results.push(r);
         }
         if let Some(t) = find(&downstream, port) {
             let c = (!is_control).then_some(down_control.as_ref()).flatten();
@@ -340,6 +384,8 @@ struct Collected {
     token: u64,
     /// Downstream: TTLs of the server's probes that arrived, per port.
     down_arrived: BTreeMap<u16, BTreeSet<u8>>,
+    /// Upstream: the header each hop quoted, by (port, TTL).
+    quoted: BTreeMap<(u16, u8), QuotedHeader>,
 }
 
 impl Collected {
@@ -347,10 +393,15 @@ impl Collected {
         Collected {
             token,
             down_arrived: BTreeMap::new(),
+            quoted: BTreeMap::new(),
         }
     }
 
     fn upstream_input(&mut self, ports: &[u16], inc: Incoming) -> Option<(TraceInput, Instant)> {
+        if let Got::Quoted(p, q) = inc.got {
+            self.quoted.entry((p.port, p.ttl)).or_insert(q);
+            return None;
+        }
         let port = *ports.get(inc.index)?;
         match inc.got {
             Got::Error(e) => {
@@ -377,7 +428,7 @@ impl Collected {
                     inc.at,
                 ))
             }
-            Got::Probe(_) => None,
+            Got::Probe(_) | Got::Quoted(..) => None,
         }
     }
 
