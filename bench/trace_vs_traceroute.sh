@@ -19,10 +19,11 @@
 # not reached; udpreach: verdict dropped_after with last_hop 198.18.4.2 and
 # no "ambiguous"), and for passing ports: the port reached the server.
 # Usage: bench/trace_vs_traceroute.sh [a|b|both]   (default: both)
+#   NO_BUILD=1 BIN=target/debug/udpreach uses a binary already built.
 source "$(dirname "$0")/lib.sh"
 need traceroute nft python3
 WHICH=${1:-both}
-build_release
+[ -n "${NO_BUILD:-}" ] || build_release
 machine
 echo "traceroute: $(traceroute --version 2>&1 | head -1)"
 
@@ -116,11 +117,11 @@ scenario() { # name ports...
   local t0 t1
   t0=$(date +%s.%N)
   for p in "${ports[@]}"; do
-    ip netns exec "$C" traceroute -n -U -p "$p" 198.18.5.2 > "$out/$name-tr-$p.txt" 2>&1 &
+    ip netns exec "$C" traceroute -n -U -p "$p" 198.18.5.2 > "$out/$name-$spec-tr-$p.txt" 2>&1 &
   done
   wait $(jobs -p | grep -v -x -F "$(printf '%s\n' "${PIDS[@]}")") 2>/dev/null || true
   t1=$(date +%s.%N)
-  local tr_ok; tr_ok=$(judge_traceroute "$out/$name"-tr-*.txt)
+  local tr_ok; tr_ok=$(judge_traceroute "$out/$name-$spec"-tr-*.txt)
   printf '%-4s %5d ports  %-32s %8.2f s  %3d/%d right\n' "$name" "$n" "traceroute -U -p (parallel)" "$(awk "BEGIN{print $t1 - $t0}")" "$tr_ok" "$n"
   for extra in "" "--rate 10000"; do
     sleep 3

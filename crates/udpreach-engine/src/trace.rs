@@ -501,6 +501,9 @@ pub fn analyse(trace: &PortTrace, control: Option<&PortTrace>, target: Option<Ip
                 "the control port got no answer either: the path, not the port, may be silent"
                     .into(),
             ),
+            (Some(c), Some(_)) if c.hops.contains_key(&1) => Some(
+                "hop 1 answered for the control port but never for this port: a filter on this host, or hop 1's ICMP rate limit, cannot be told apart".into(),
+            ),
             (Some(_), Some(_)) => None,
         };
         return out;
@@ -810,6 +813,27 @@ mod tests {
             };
             assert_eq!(a.kind, want, "port {}", r.port);
         }
+    }
+
+    #[test]
+    fn silence_where_hop_1_answers_the_control_port_is_ambiguous() {
+        let hop1 = HopAnswer::TimeExceeded {
+            from: Some(router(1).addr),
+            rtt: None,
+        };
+        let mut control = PortTrace {
+            port: 4000,
+            ..PortTrace::default()
+        };
+        control.hops.insert(1, hop1);
+        control.hops.insert(3, HopAnswer::Arrived { rtt: None });
+        let silent = PortTrace {
+            port: 5060,
+            ..PortTrace::default()
+        };
+        let a = analyse(&silent, Some(&control), Some(TARGET));
+        assert_eq!(a.kind, VerdictKind::NoAnswerAtAll);
+        assert!(a.ambiguous.unwrap().contains("rate limit"));
     }
 
     #[test]
