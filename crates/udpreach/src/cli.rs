@@ -646,11 +646,12 @@ fn parse_size(s: &str) -> Result<usize, String> {
 pub fn man_page(command: Option<&str>, out: &mut dyn std::io::Write) -> std::io::Result<()> {
     use clap::CommandFactory;
     let cli = Cli::command();
-    const PAGES: [(&str, &str); 4] = [
+    const PAGES: [(&str, &str); 5] = [
         ("server", "udpreach-server"),
         ("ping", "udpreach-ping"),
         ("ports", "udpreach-ports"),
         ("mtu", "udpreach-mtu"),
+        ("trace", "udpreach-trace"),
     ];
     let page = PAGES
         .iter()
