@@ -18,6 +18,7 @@ pub mod server;
 pub mod serverless;
 pub mod stats;
 pub mod sweep;
+pub mod trace;
 pub mod verdict;
 
 /// Seeded RNG, lossy links and a virtual-time driver for engine tests.

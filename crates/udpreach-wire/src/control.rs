@@ -22,8 +22,9 @@ pub const MAX_PORTS_PER_REQUEST: usize = 8192;
 /// Capabilities this build understands. Unknown ones from a peer are ignored,
 /// which is what lets later versions interoperate.
 /// "mtu": the `Mtu*` messages (a per-session UDP port for path-MTU probes).
+/// "trace": the `Trace*` messages (`udpreach trace`: TTL-limited probes both ways).
 /// "nat": the `Nat*` messages (NAT ports, scheduled sends: `udpreach nat`).
-pub const CAPABILITIES: &[&str] = &["ports", "arrivals", "auth", "mtu", "nat"];
+pub const CAPABILITIES: &[&str] = &["ports", "arrivals", "auth", "mtu", "nat", "trace"];
 /// Largest frame accepted before the handshake is complete: a hello or an
 /// auth message is a few hundred bytes, and an unauthenticated peer must not
 /// make the server buffer [`MAX_FRAME`] bytes per connection.
@@ -216,6 +217,93 @@ pub enum ControlMsg {
         /// The flow the send is scheduled for.
         flow: u32,
     },
+    /// Client asks for trace ports (capability "trace"): each is bound, and
+    /// acknowledges and counts the session's trace probes; 0 asks for any
+    /// free port (a control port).
+    TraceOpen {
+        /// Ports to open (0: any free port).
+        ports: Vec<u16>,
+    },
+    /// Answer to `TraceOpen`: the bound port for each one asked, in order,
+    /// 0 where binding failed (`errors` says why).
+    TraceOpened {
+        /// The bound port for each asked, 0 where binding failed.
+        ports: Vec<u16>,
+        /// Why ports could not be bound.
+        #[serde(default)]
+        errors: Vec<String>,
+    },
+    /// Client asks which TTLs of its upstream probes reached these ports.
+    TraceArrivals {
+        /// The trace ports asked about.
+        ports: Vec<u16>,
+    },
+    /// Answer to `TraceArrivals`, in the order asked.
+    TraceArrived {
+        /// One per port asked, in order.
+        arrivals: Vec<TraceArrival>,
+    },
+    /// Client asks the server to trace downstream: TTL-limited probes from
+    /// each trace port to the address the session's probes came from.
+    TraceSend {
+        /// Trace ports to send from.
+        ports: Vec<u16>,
+        /// Highest TTL / hop limit.
+        max_hops: u8,
+        /// Probes per TTL.
+        attempts: u8,
+        /// Fixed wait per attempt (0: adaptive, from the answers' RTT).
+        wait_ms: u32,
+        /// Probes per second asked for (0: the server's default); the
+        /// server caps it at the session's probe rate.
+        #[serde(default)]
+        rate: u32,
+    },
+    /// What the server's probes drew, per port in the order asked.
+    TraceSent {
+        /// One per port asked, in order.
+        results: Vec<TraceSendResult>,
+    },
+}
+
+/// Which TTLs of the session's upstream probes reached one trace port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceArrival {
+    /// The trace port.
+    pub port: u16,
+    /// TTLs (as sent) of the probes that arrived, ascending, deduplicated.
+    pub ttls: Vec<u8>,
+    /// TTL / hop limit the first arrival had at the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_left: Option<u8>,
+}
+
+/// The server's side of one port of a `TraceSend`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceSendResult {
+    /// The trace port the probes came from.
+    pub port: u16,
+    /// Where the probes went (the client's address as the server sees it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Datagrams the server sent.
+    pub sent: u32,
+    /// The ICMP errors the probes drew, one per TTL that drew any.
+    pub hops: Vec<TraceHopError>,
+    /// Why the port sent nothing (not open, no client address, budget).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One ICMP error a downstream probe drew.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceHopError {
+    /// The TTL the probe was sent with.
+    pub ttl: u8,
+    /// The error and who sent it.
+    pub icmp: IcmpError,
+    /// From the probe's send to the error's arrival, in microseconds.
+    pub rtt_us: u64,
 }
 
 /// The server's side of one size of an `MtuSend`.

@@ -17,6 +17,7 @@ pub mod nat;
 pub mod portspec;
 pub mod probe;
 pub mod services;
+pub mod trace;
 
 pub use portspec::{PortSpec, PortSpecError};
 pub use probe::{ProbeError, ProbeHeader, ProbeKind, ServerStamp};

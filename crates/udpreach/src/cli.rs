@@ -57,6 +57,12 @@ Exit codes:
     binding expired within --max-idle
   2 usage, connection or protocol error; with a key, failed authentication";
 
+const TRACE_EXIT_CODES: &str = "\
+Exit codes:
+  0 every traced port passes, each way traced
+  1 some traced port does not pass (dropped, rejected or no answer) some way
+  2 usage, connection or protocol error";
+
 const SERVER_EXIT_CODES: &str = "\
 Exit codes:
   0 clean shutdown (SIGINT/SIGTERM)
@@ -100,6 +106,9 @@ pub enum Command {
     /// How long an idle UDP flow survives NATs and stateful firewalls on the path
     /// (after one exchange and after an active flow), and how the NAT maps and filters.
     Nat(NatArgs),
+    /// Find the hop that drops or rejects UDP to a port, in each direction (TTL-limited
+    /// probes both ways against a udpreach server, or upstream only with --no-server).
+    Trace(TraceArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
     #[command(hide = true)]
     Completions {
@@ -109,7 +118,7 @@ pub enum Command {
     /// Print the man page (roff) on stdout: udpreach(1), or with COMMAND udpreach-COMMAND(1).
     #[command(hide = true)]
     Man {
-        #[arg(value_name = "COMMAND", value_parser = ["server", "ping", "ports", "mtu", "nat"])]
+        #[arg(value_name = "COMMAND", value_parser = ["server", "ping", "ports", "mtu", "nat", "trace"])]
         command: Option<String>,
     },
 }
@@ -396,6 +405,59 @@ pub struct NatArgs {
     pub key: KeyArgs,
 }
 
+#[derive(Args, Debug)]
+#[command(after_help = TRACE_EXIT_CODES)]
+pub struct TraceArgs {
+    /// A udpreach server (HOST or HOST:CONTROL_PORT, default 4000), or with --no-server any host.
+    #[arg(value_name = "HOST[:PORT]")]
+    pub target: String,
+    /// Ports to trace: 5060,5061,27015 or ranges (at most 127 ports).
+    #[arg(short = 'p', long = "ports", value_name = "SPEC", value_parser = parse_spec, required = true, help_heading = PATH)]
+    pub ports: PortSpec,
+    /// A port known to pass, traced alongside for comparison [default: a free port the
+    /// server opens; --no-server: 33434].
+    #[arg(long = "control-port", value_name = "PORT", value_parser = parse_port_arg, help_heading = PATH)]
+    pub control_port: Option<u16>,
+    /// TCP control port [default: the port in HOST:PORT, else 4000].
+    #[arg(long, value_name = "PORT", value_parser = parse_port_arg, conflicts_with = "no_server", help_heading = PATH)]
+    pub control: Option<u16>,
+    /// Trace a host that runs no udpreach: upstream only; arrival is a reply or ICMP port
+    /// unreachable from the host.
+    #[arg(long = "no-server", help_heading = PATH)]
+    pub no_server: bool,
+    /// Use IPv4 only.
+    #[arg(short = '4', conflicts_with = "ipv6", help_heading = PATH)]
+    pub ipv4: bool,
+    /// Use IPv6 only.
+    #[arg(short = '6', help_heading = PATH)]
+    pub ipv6: bool,
+    /// DSCP code point 0..=63 for the probes; each hop's quoted header then shows where
+    /// it was rewritten.
+    #[arg(long, value_name = "DSCP", value_parser = number_in("DSCP", 0u8, 63), allow_negative_numbers = true, help_heading = PATH)]
+    pub dscp: Option<u8>,
+    /// Highest TTL / hop limit probed, 1..=64.
+    #[arg(short = 'm', long = "max-hops", value_name = "N", default_value_t = 30, value_parser = number_in("max hops", 1u8, udpreach_wire::trace::MAX_HOPS), allow_negative_numbers = true, help_heading = PROBES)]
+    pub max_hops: u8,
+    /// Probes per TTL before the TTL counts as silent, 1..=3.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = number_in("attempts", 1u8, udpreach_wire::trace::MAX_ATTEMPTS), allow_negative_numbers = true, help_heading = PROBES)]
+    pub attempts: u8,
+    /// Probes per second, all ports and TTLs together, 1..=100000.
+    #[arg(long, value_name = "PPS", default_value_t = 1000, value_parser = number_in("rate", 1u32, 100_000), allow_negative_numbers = true, help_heading = PROBES)]
+    pub rate: u32,
+    /// Fixed wait per attempt, 1ms..=5s [default: 4x the slowest answer, 150ms..=2s].
+    #[arg(long, value_name = "DURATION", value_parser = duration_in("timeout", "1ms", "5s"), allow_negative_numbers = true, help_heading = PROBES)]
+    pub timeout: Option<Duration>,
+    /// Only the verdict lines, no hop lists.
+    #[arg(short = 'q', long, help_heading = OUTPUT)]
+    pub quiet: bool,
+    /// One JSON document at the end.
+    #[arg(long, conflicts_with = "json_lines", help_heading = OUTPUT)]
+    pub json: bool,
+    /// One JSON object per line: start, one per port and direction, summary.
+    #[arg(long = "json-lines", help_heading = OUTPUT)]
+    pub json_lines: bool,
+}
+
 impl ServerArgs {
     /// The echo addresses: --listen, else the defaults.
     pub fn listens(&self) -> Vec<SocketAddr> {
@@ -651,11 +713,13 @@ fn parse_size(s: &str) -> Result<usize, String> {
 pub fn man_page(command: Option<&str>, out: &mut dyn std::io::Write) -> std::io::Result<()> {
     use clap::CommandFactory;
     let cli = Cli::command();
-    const PAGES: [(&str, &str); 4] = [
+    const PAGES: [(&str, &str); 6] = [
         ("server", "udpreach-server"),
         ("ping", "udpreach-ping"),
         ("ports", "udpreach-ports"),
         ("mtu", "udpreach-mtu"),
+        ("nat", "udpreach-nat"),
+        ("trace", "udpreach-trace"),
     ];
     let page = PAGES
         .iter()

@@ -16,6 +16,7 @@ mod report;
 mod server;
 mod shared_key;
 mod target;
+mod trace;
 
 use clap::{CommandFactory, Parser};
 use cli::{Cli, Command};
@@ -102,6 +103,7 @@ fn main() -> ExitCode {
             Command::Ports(a) => ports::run(a).await,
             Command::Mtu(a) => mtu::run(a).await,
             Command::Nat(a) => nat::run(a).await,
+            Command::Trace(a) => trace::run(a).await,
             Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
         }
     });

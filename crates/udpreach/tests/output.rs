@@ -435,6 +435,13 @@ const FRAGMENTS: [&str; 2] = [
     "udpreach ping -c 1000 -i 1ms -q 198.18.0.2",
 ];
 
+/// The README's `trace` examples, run in the router chain set up as the
+/// README says (r2 drops UDP to 5060, r1 drops UDP from 5061).
+const CHAIN_EXAMPLES: [&str; 2] = [
+    "udpreach trace 198.18.5.2 -p 5060,5061",
+    "udpreach trace 198.18.5.2 -p 5060,5061 --no-server",
+];
+
 fn is_loopback_example(ex: &Example) -> bool {
     ex.command == "udpreach server" || ex.command.contains("127.0.0.1") || ex.is_usage_error()
 }
@@ -448,6 +455,7 @@ fn every_readme_example_is_run() {
         assert!(
             is_loopback_example(&ex)
                 || ROUTED_EXAMPLES.contains(&c)
+                || CHAIN_EXAMPLES.contains(&c)
                 || FRAGMENTS.contains(&c)
                 || c == NAT_EXAMPLE,
             "the README example `$ {c}` is run by no test: add it to ROUTED_EXAMPLES (with the lab set-up it needs)"
@@ -500,6 +508,26 @@ fn readme_nat_example_prints_what_the_readme_shows() {
     lab.server().add_address("s-r", "198.18.2.3/24");
     let _server = util::start_server(lab.server(), &["--alt-address", "198.18.2.3"]);
     run_example(lab.client(), example(&examples, NAT_EXAMPLE));
+}
+
+/// The README's `trace` examples through client - r1 - r2 - server.
+#[test]
+fn readme_chain_examples_print_what_the_readme_shows() {
+    if !require_root() {
+        return;
+    }
+    let examples = readme_examples();
+    let lab = Lab::chain();
+    lab.r2().nft(
+        "table inet t {\n chain f { type filter hook forward priority 0; udp dport 5060 drop; }\n}",
+    );
+    lab.r1().nft(
+        "table inet t {\n chain f { type filter hook forward priority 0; udp sport 5061 drop; }\n}",
+    );
+    let server = util::start_server(lab.server(), &[]);
+    run_example(lab.client(), example(&examples, CHAIN_EXAMPLES[0]));
+    drop(server);
+    run_example(lab.client(), example(&examples, CHAIN_EXAMPLES[1]));
 }
 
 #[test]

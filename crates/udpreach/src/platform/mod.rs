@@ -53,6 +53,20 @@ pub struct RecvMeta {
     pub local: Option<(IpAddr, u32)>,
 }
 
+/// A raw ICMP (IPv4) or ICMPv6 socket, read through the same `recvmsg`
+/// path as the UDP sockets (`AsyncUdp::recv_any`): `udpreach trace` reads
+/// from it the IP header that routers quote in their errors (the error
+/// queue hands back only the quoted payload). Needs CAP_NET_RAW.
+pub fn raw_icmp_socket(v6: bool) -> io::Result<AsyncUdp> {
+    let (domain, proto) = if v6 {
+        (Domain::IPV6, Protocol::ICMPV6)
+    } else {
+        (Domain::IPV4, Protocol::ICMPV4)
+    };
+    let sock = Socket::new(domain, Type::RAW.nonblocking().cloexec(), Some(proto))?;
+    AsyncUdp::new(sock.into())
+}
+
 /// Realtime clock in nanoseconds since the Unix epoch.
 pub fn realtime_ns() -> u64 {
     SystemTime::now()
@@ -397,6 +411,16 @@ impl AsyncUdp {
     /// bookkeeping overhead too: Linux reports twice what was asked).
     pub fn recv_buffer_size(&self) -> io::Result<usize> {
         socket2::SockRef::from(self.inner.get_ref()).recv_buffer_size()
+    }
+
+    /// TTL / hop limit of later sends (`udpreach trace`).
+    pub fn set_ttl(&self, ttl: u32) -> io::Result<()> {
+        let sock = socket2::SockRef::from(self.inner.get_ref());
+        if self.local_addr()?.is_ipv6() {
+            sock.set_unicast_hops_v6(ttl)
+        } else {
+            sock.set_ttl_v4(ttl)
+        }
     }
 
     /// Changes how Don't Fragment is handled for later sends.

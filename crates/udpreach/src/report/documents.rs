@@ -361,6 +361,8 @@ fn schemas() -> Vec<(&'static str, String)> {
         one::<MtuLine>("mtu-lines.json"),
         one::<super::nat::NatDocument>("nat.json"),
         one::<super::nat::NatLine>("nat-lines.json"),
+        one::<super::trace::TraceDocument>("trace.json"),
+        one::<super::trace::TraceLine>("trace-lines.json"),
     ]
 }
 

@@ -16,6 +16,7 @@ pub mod nat;
 pub mod ping;
 pub mod ports;
 pub mod serverless;
+pub mod trace;
 
 /// How a command prints its results (the same for ping, ports and mtu).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

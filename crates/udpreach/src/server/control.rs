@@ -5,6 +5,7 @@
 use super::mtu::MtuPort;
 use super::nat::NatPorts;
 use super::test_port::{OpenError, SessionPorts, TestPort};
+use super::trace::TraceSession;
 use super::{legacy, lock_budget, ServerState};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -208,6 +209,8 @@ struct Session {
     mtu: Option<MtuPort>,
     /// The session's NAT ports, once asked for (closed with the session).
     nat: Option<NatPorts>,
+    /// The session's trace ports, once asked for (closed with the session).
+    trace: Option<TraceSession>,
 }
 
 impl Session {
@@ -229,10 +232,14 @@ impl Session {
             opened_total: 0,
             mtu: None,
             nat: None,
+            trace: None,
         }
     }
 
     async fn close_all(&mut self) {
+        if let Some(t) = self.trace.take() {
+            self.state.release_ports(self.peer, t.len());
+        }
         let n = self.ports.len();
         for (_, p) in self.ports.drain() {
             p.close().await;
@@ -418,6 +425,29 @@ impl Session {
                         fatal: false,
                     },
                 },
+                ControlMsg::TraceOpen { ports } => self.trace_open(local_ip, ports),
+                ControlMsg::TraceArrivals { ports } => match &self.trace {
+                    Some(t) => t.arrivals(&ports),
+                    None => ControlMsg::Error {
+                        code: ErrorCode::Unexpected,
+                        message: "trace_arrivals before trace_open".into(),
+                        fatal: false,
+                    },
+                },
+                ControlMsg::TraceSend {
+                    ports,
+                    max_hops,
+                    attempts,
+                    wait_ms,
+                    rate,
+                } => match self.trace.as_mut() {
+                    Some(t) => t.send(ports, max_hops, attempts, wait_ms, rate).await,
+                    None => ControlMsg::Error {
+                        code: ErrorCode::Unexpected,
+                        message: "trace_send before trace_open".into(),
+                        fatal: false,
+                    },
+                },
                 ControlMsg::Bye => return Ok(()),
                 other => ControlMsg::Error {
                     code: ErrorCode::Unexpected,
@@ -501,6 +531,65 @@ impl Session {
                 message: format!("cannot open NAT ports {fixed:?}: {e}"),
                 fatal: false,
             },
+        }
+    }
+
+    /// Opens trace ports (0: any free port), each checked and counted like a
+    /// test port.
+    fn trace_open(&mut self, ip: std::net::IpAddr, ports: Vec<u16>) -> ControlMsg {
+        if self.ports_ctx.key.is_some() {
+            return ControlMsg::Error {
+                code: ErrorCode::BadRequest,
+                message: "trace is not available in authenticated sessions yet".into(),
+                fatal: false,
+            };
+        }
+        if ports.len() > udpreach_wire::trace::MAX_PORTS_PER_REQUEST {
+            return ControlMsg::Error {
+                code: ErrorCode::TooManyPorts,
+                message: format!(
+                    "at most {} trace ports per request",
+                    udpreach_wire::trace::MAX_PORTS_PER_REQUEST
+                ),
+                fatal: false,
+            };
+        }
+        let rate_cap = self.state.limits.max_probe_rate;
+        let trace = self
+            .trace
+            .get_or_insert_with(|| TraceSession::new(&self.ports_ctx, rate_cap));
+        let (mut bound, mut errors) = (Vec::new(), Vec::new());
+        for port in ports {
+            if port != 0 && trace.contains(port) {
+                bound.push(port);
+                continue;
+            }
+            if port != 0 && self.state.policy.check(port).is_err() {
+                bound.push(0);
+                errors.push(format!(
+                    "port {port} is not allowed for tests on this server"
+                ));
+                continue;
+            }
+            if self.ports.len() + trace.len() >= self.state.limits.max_ports_per_session
+                || !self.state.reserve_port(self.peer)
+            {
+                bound.push(0);
+                errors.push(format!("port {port}: the session's port share is used up"));
+                continue;
+            }
+            match trace.open(ip, port) {
+                Ok(p) => bound.push(p),
+                Err(e) => {
+                    self.state.release_ports(self.peer, 1);
+                    bound.push(0);
+                    errors.push(format!("port {port}: {e}"));
+                }
+            }
+        }
+        ControlMsg::TraceOpened {
+            ports: bound,
+            errors,
         }
     }
 

@@ -7,6 +7,7 @@ mod legacy;
 mod mtu;
 mod nat;
 mod test_port;
+mod trace;
 
 use crate::cli::{ServerArgs, DEFAULT_PORT};
 use crate::platform;

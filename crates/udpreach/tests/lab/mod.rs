@@ -956,6 +956,8 @@ pub struct Lab {
     client: Option<Host>,
     server: Option<Host>,
     router: Option<Host>,
+    /// Lab::chain(): r1 (client side) and r2 (server side).
+    chain: Vec<Host>,
     procs: Registry,
 }
 
@@ -1042,6 +1044,69 @@ impl Lab {
         lab
     }
 
+    /// Four namespaces in a line, each router forwarding v4 and v6:
+    /// `client` (198.18.3.1, fd00:3::1, `c-r1`) - `r1` (`r1-c` 198.18.3.254
+    /// fd00:3::fe, `r1-r2` 198.18.4.1 fd00:4::1) - `r2` (`r2-r1` 198.18.4.2
+    /// fd00:4::2, `r2-s` 198.18.5.254 fd00:5::fe) - `server` (198.18.5.2,
+    /// fd00:5::2, `s-r2`). A router's ICMP errors come from the address of
+    /// the interface they leave by: r1 answers the client from 198.18.3.254
+    /// and the server from 198.18.4.1; r2 answers the client from 198.18.4.2
+    /// and the server from 198.18.5.254.
+    pub fn chain() -> Lab {
+        let mut lab = Lab::empty();
+        let c = lab.add_ns("client", false);
+        let r1 = lab.add_ns("r1", true);
+        let r2 = lab.add_ns("r2", true);
+        let s = lab.add_ns("server", false);
+        let (ci, r1c) = lab.link(
+            (&c, "c-r1", "198.18.3.1/24", "fd00:3::1/64"),
+            (&r1, "r1-c", "198.18.3.254/24", "fd00:3::fe/64"),
+        );
+        let (r1r2, r2r1) = lab.link(
+            (&r1, "r1-r2", "198.18.4.1/24", "fd00:4::1/64"),
+            (&r2, "r2-r1", "198.18.4.2/24", "fd00:4::2/64"),
+        );
+        let (r2s, si) = lab.link(
+            (&r2, "r2-s", "198.18.5.254/24", "fd00:5::fe/64"),
+            (&s, "s-r2", "198.18.5.2/24", "fd00:5::2/64"),
+        );
+        for (ns, v6, dest, via) in [
+            (&c, false, "default", "198.18.3.254"),
+            (&c, true, "default", "fd00:3::fe"),
+            (&s, false, "default", "198.18.5.254"),
+            (&s, true, "default", "fd00:5::fe"),
+            (&r1, false, "198.18.5.0/24", "198.18.4.2"),
+            (&r1, true, "fd00:5::/64", "fd00:4::2"),
+            (&r2, false, "198.18.3.0/24", "198.18.4.1"),
+            (&r2, true, "fd00:3::/64", "fd00:4::1"),
+        ] {
+            let family = if v6 { "-6" } else { "-4" };
+            plumb_ok(&["ip", "-n", ns, family, "route", "add", dest, "via", via]);
+        }
+        lab.client = Some(lab.host(c, "client", vec![ci]));
+        lab.chain = vec![
+            lab.host(r1, "r1", vec![r1c, r1r2]),
+            lab.host(r2, "r2", vec![r2r1, r2s]),
+        ];
+        lab.server = Some(lab.host(s, "server", vec![si]));
+        lab.wait_ready();
+        lab
+    }
+
+    /// Lab::chain()'s router next to the client.
+    pub fn r1(&self) -> &Host {
+        self.chain
+            .first()
+            .expect("this lab has no r1: use Lab::chain()")
+    }
+
+    /// Lab::chain()'s router next to the server.
+    pub fn r2(&self) -> &Host {
+        self.chain
+            .get(1)
+            .expect("this lab has no r2: use Lab::chain()")
+    }
+
     /// The client namespace.
     pub fn client(&self) -> &Host {
         self.client.as_ref().expect("lab has no client")
@@ -1099,6 +1164,7 @@ impl Lab {
             client: None,
             server: None,
             router: None,
+            chain: Vec::new(),
             procs: Arc::default(),
         }
     }
@@ -1176,7 +1242,7 @@ impl Lab {
     /// link-local address (needed for neighbour discovery to work at once).
     fn wait_ready(&self) {
         let hosts = [&self.client, &self.router, &self.server];
-        for host in hosts.iter().filter_map(|h| h.as_ref()) {
+        for host in hosts.iter().filter_map(|h| h.as_ref()).chain(&self.chain) {
             for i in &host.ifaces {
                 let ready = wait_until(LINK_READY_TIMEOUT, || {
                     let link = plumb(&["ip", "-n", &host.ns, "link", "show", "dev", &i.name]);

@@ -1,0 +1,358 @@
+//! The trace ports of one control session (capability "trace"): the
+//! server's half of `udpreach trace`.
+//!
+//! * Upstream: each trace port counts which TTLs of the session's trace
+//!   probes arrived and acknowledges each with an ack of the same size
+//!   (never larger than the probe), within the session's probe rate and
+//!   the server's per-destination reply budget.
+//! * Downstream: on `TraceSend` the server sends TTL-limited probes from each
+//!   named trace port to the address the session's probes came from (the
+//!   client's address as the server sees it, so NAT-aware), reads the ICMP
+//!   errors they draw from the port's error queue, and reports them. The
+//!   probing is the engine's [`TraceProbing`], the same as the client's.
+//!
+//! Safety: datagrams are taken only from the control connection's peer IP
+//! and sent only to an address such a datagram came from; each request is
+//! bounded (`udpreach_wire::trace::check_send`: ports, TTLs, attempts), a
+//! session may make [`MAX_SENDS_PER_SESSION`] of them, every datagram draws
+//! on the per-destination reply budget, and trace ports count against the
+//! session's and the source's test-port shares. Authenticated sessions are
+//! refused trace ports (the probes carry no tag yet).
+
+use super::lock_budget;
+use super::test_port::SessionPorts;
+use crate::platform::{AsyncUdp, Received, UdpOptions};
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use udpreach_engine::trace::{TraceConfig, TraceInput, TraceProbing};
+use udpreach_engine::Engine;
+use udpreach_wire::control::{ControlMsg, ErrorCode, TraceArrival, TraceHopError, TraceSendResult};
+use udpreach_wire::icmp::IcmpError;
+use udpreach_wire::trace::{
+    check_send, TraceKind, TraceProbe, MAX_SENDS_PER_SESSION, MAX_WAIT_MS, PROBE_LEN,
+};
+
+/// ICMP errors waiting for a `TraceSend` to read them (the rest are dropped).
+const ERROR_QUEUE: usize = 4096;
+/// Longest one `TraceSend` may run, whatever the engine asks.
+const SEND_DEADLINE: Duration = Duration::from_secs(30);
+/// Probes per second of a downstream trace when the client names no rate.
+const DEFAULT_RATE: u32 = 1000;
+
+#[derive(Default)]
+struct Seen {
+    /// TTLs that arrived (bit `ttl`).
+    ttls: u128,
+    ttl_left: Option<u8>,
+    /// Where the session's probes to this port came from.
+    client: Option<SocketAddr>,
+}
+
+struct TracePort {
+    sock: Arc<AsyncUdp>,
+    seen: Arc<Mutex<Seen>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for TracePort {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An ICMP error one of our downstream probes drew.
+struct DownError {
+    port: u16,
+    ttl: u8,
+    attempt: u8,
+    error: IcmpError,
+    at: Instant,
+}
+
+pub struct TraceSession {
+    ports: HashMap<u16, TracePort>,
+    errors_tx: mpsc::Sender<DownError>,
+    errors_rx: mpsc::Receiver<DownError>,
+    sends: u32,
+    session: SessionPorts,
+    /// The session's probe-rate cap (0: none).
+    rate_cap: u32,
+}
+
+fn lock(m: &Mutex<Seen>) -> std::sync::MutexGuard<'_, Seen> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn error(code: ErrorCode, message: String) -> ControlMsg {
+    ControlMsg::Error {
+        code,
+        message,
+        fatal: false,
+    }
+}
+
+impl TraceSession {
+    pub fn new(session: &SessionPorts, rate_cap: u32) -> Self {
+        let (errors_tx, errors_rx) = mpsc::channel(ERROR_QUEUE);
+        TraceSession {
+            ports: HashMap::new(),
+            errors_tx,
+            errors_rx,
+            sends: 0,
+            session: session.clone(),
+            rate_cap,
+        }
+    }
+
+    /// Trace ports held (each counts as a test port).
+    pub fn len(&self) -> usize {
+        self.ports.len()
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        self.ports.contains_key(&port)
+    }
+
+    /// Binds one trace port on `ip` (0: any free port); returns the port.
+    pub fn open(&mut self, ip: IpAddr, port: u16) -> std::io::Result<u16> {
+        let opts = UdpOptions {
+            recv_errors: true,
+            ..UdpOptions::default()
+        };
+        let sock = Arc::new(AsyncUdp::bind(SocketAddr::new(ip, port), &opts)?);
+        let bound = sock.local_addr()?.port();
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let task = tokio::spawn(serve(
+            sock.clone(),
+            bound,
+            seen.clone(),
+            self.session.clone(),
+            self.errors_tx.clone(),
+        ));
+        self.ports.insert(bound, TracePort { sock, seen, task });
+        Ok(bound)
+    }
+
+    pub fn arrivals(&self, ports: &[u16]) -> ControlMsg {
+        let arrivals = ports
+            .iter()
+            .map(|&port| {
+                let (ttls, ttl_left) = self.ports.get(&port).map_or((0, None), |p| {
+                    let s = lock(&p.seen);
+                    (s.ttls, s.ttl_left)
+                });
+                TraceArrival {
+                    port,
+                    ttls: (1..=127u8).filter(|t| ttls & (1u128 << t) != 0).collect(),
+                    ttl_left,
+                }
+            })
+            .collect();
+        ControlMsg::TraceArrived { arrivals }
+    }
+
+    /// Handles one `TraceSend`: traces downstream from each port, reports.
+    pub async fn send(
+        &mut self,
+        ports: Vec<u16>,
+        max_hops: u8,
+        attempts: u8,
+        wait_ms: u32,
+        rate: u32,
+    ) -> ControlMsg {
+        if let Err(e) = check_send(ports.len(), max_hops, attempts) {
+            return error(ErrorCode::BadRequest, format!("trace_send: {e}"));
+        }
+        if self.sends >= MAX_SENDS_PER_SESSION {
+            return error(
+                ErrorCode::BadRequest,
+                format!("trace_send: the session's {MAX_SENDS_PER_SESSION} traces are spent"),
+            );
+        }
+        self.sends += 1;
+        // Where to send: the address this port's probes came from, else the
+        // one any of the session's trace ports saw (same IP, checked on receipt).
+        let any_client = self.ports.values().find_map(|p| lock(&p.seen).client);
+        let mut dests: BTreeMap<u16, SocketAddr> = BTreeMap::new();
+        let mut results: Vec<TraceSendResult> = Vec::with_capacity(ports.len());
+        for &port in &ports {
+            let mut r = TraceSendResult {
+                port,
+                to: None,
+                sent: 0,
+                hops: Vec::new(),
+                error: None,
+            };
+            match self.ports.get(&port) {
+                None => r.error = Some("not a trace port of this session".into()),
+                Some(p) => match lock(&p.seen).client.or(any_client) {
+                    Some(to) => {
+                        r.to = Some(to.to_string());
+                        dests.insert(port, to);
+                    }
+                    None => r.error = Some("no trace probe from you has arrived yet".into()),
+                },
+            }
+            results.push(r);
+        }
+        while self.errors_rx.try_recv().is_ok() {}
+        let asked = if rate == 0 { DEFAULT_RATE } else { rate };
+        let rate = match self.rate_cap {
+            0 => asked,
+            cap => asked.min(cap),
+        };
+        let cfg = TraceConfig {
+            max_hops,
+            attempts,
+            rate_pps: rate,
+            wait: (wait_ms > 0).then(|| Duration::from_millis(u64::from(wait_ms.min(MAX_WAIT_MS)))),
+        };
+        let traced: Vec<u16> = dests.keys().copied().collect();
+        let started = Instant::now();
+        let mut engine = TraceProbing::new(&traced, cfg, started);
+        let mut first_errors: BTreeMap<(u16, u8), IcmpError> = BTreeMap::new();
+        let mut sent: HashMap<u16, u32> = HashMap::new();
+        let mut withheld = 0u32;
+        while !engine.is_done() && started.elapsed() < SEND_DEADLINE {
+            while let Some(t) = engine.poll_transmit(Instant::now()) {
+                let (Some(p), Some(&to)) = (self.ports.get(&t.port), dests.get(&t.port)) else {
+                    continue;
+                };
+                if !lock_budget(&self.session.budget).allow(to.ip(), PROBE_LEN, Instant::now()) {
+                    withheld += 1;
+                    continue;
+                }
+                let probe = TraceProbe {
+                    token: self.session.token,
+                    port: t.port,
+                    ttl: t.ttl,
+                    attempt: t.attempt,
+                    kind: TraceKind::Down,
+                }
+                .encode();
+                if p.sock.set_ttl(u32::from(t.ttl)).is_ok()
+                    && p.sock.send_to(&probe, to).await.is_ok()
+                {
+                    *sent.entry(t.port).or_default() += 1;
+                }
+            }
+            while engine.poll_event().is_some() {}
+            if engine.is_done() {
+                break;
+            }
+            let wake = engine
+                .poll_timeout()
+                .unwrap_or_else(|| Instant::now() + Duration::from_millis(50))
+                .min(started + SEND_DEADLINE);
+            tokio::select! {
+                e = self.errors_rx.recv() => if let Some(e) = e {
+                    first_errors.entry((e.port, e.ttl)).or_insert(e.error);
+                    engine.handle_input(TraceInput::Icmp { port: e.port, ttl: e.ttl, attempt: e.attempt, error: e.error }, e.at);
+                },
+                _ = tokio::time::sleep_until(wake.into()) => engine.handle_timeout(Instant::now()),
+            }
+        }
+        for p in self.ports.values() {
+            // Back to the default TTL for acks.
+            let _ = p.sock.set_ttl(64);
+        }
+        let traces = engine.into_results();
+        for r in &mut results {
+            r.sent = sent.get(&r.port).copied().unwrap_or(0);
+            if let Some(t) = traces.iter().find(|t| t.port == r.port) {
+                r.hops = t
+                    .hops
+                    .iter()
+                    .filter_map(|(&ttl, a)| {
+                        let icmp = *first_errors.get(&(r.port, ttl))?;
+                        Some(TraceHopError {
+                            ttl,
+                            icmp,
+                            rtt_us: a.rtt().map_or(0, |d| d.as_micros() as u64),
+                        })
+                    })
+                    .collect();
+            }
+            if withheld > 0 && r.error.is_none() {
+                r.error = Some(format!(
+                    "{withheld} probes withheld: over the server's per-address reply budget"
+                ));
+            }
+        }
+        ControlMsg::TraceSent { results }
+    }
+}
+
+/// One trace port: counts and acks the session's upstream probes, passes the
+/// errors its downstream probes draw to the session.
+async fn serve(
+    sock: Arc<AsyncUdp>,
+    port: u16,
+    seen: Arc<Mutex<Seen>>,
+    session: SessionPorts,
+    errors: mpsc::Sender<DownError>,
+) {
+    let mut buf = vec![0u8; 2048];
+    loop {
+        match sock.recv_any(&mut buf).await {
+            Ok(Received::Datagram(meta)) => {
+                let data = &buf[..meta.len];
+                if meta.from.ip() != session.client || data.len() != PROBE_LEN {
+                    continue;
+                }
+                let Some(p) = TraceProbe::decode(data) else {
+                    continue;
+                };
+                if p.token != session.token
+                    || p.kind != TraceKind::Up
+                    || p.port != port
+                    || p.ttl > 127
+                {
+                    continue;
+                }
+                {
+                    let mut s = lock(&seen);
+                    if s.ttls == 0 {
+                        s.ttl_left = meta.ttl;
+                    }
+                    s.ttls |= 1u128 << p.ttl;
+                    s.client = Some(meta.from);
+                }
+                let now = Instant::now();
+                let rate_ok = session
+                    .rate
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .try_take(now);
+                if rate_ok && lock_budget(&session.budget).allow(meta.from.ip(), PROBE_LEN, now) {
+                    let ack = TraceProbe {
+                        kind: TraceKind::Ack,
+                        ..p
+                    }
+                    .encode();
+                    let _ = sock.try_send_to(&ack, meta.from);
+                }
+            }
+            Ok(Received::Error(e)) => {
+                let Some(p) = TraceProbe::decode(&e.quoted) else {
+                    continue;
+                };
+                if p.token != session.token || p.kind != TraceKind::Down || p.port != port {
+                    continue;
+                }
+                let _ = errors.try_send(DownError {
+                    port,
+                    ttl: p.ttl,
+                    attempt: p.attempt,
+                    error: e.error,
+                    at: Instant::now(),
+                });
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
+    }
+}

@@ -1,0 +1,421 @@
+//! `udpreach trace` through a chain of two routers (client - r1 - r2 -
+//! server), where the dropping, rejecting or silent hop is known: each
+//! verdict must name the right hop and direction, or say it cannot tell.
+
+mod lab;
+mod schema;
+mod util;
+
+use lab::{require_root, Host, Lab};
+use serde_json::Value;
+use util::*;
+
+const PORT: u16 = 5060;
+const OTHER: u16 = 5070;
+
+fn trace_json(host: &Host, args: &[&str]) -> (i32, Value) {
+    let mut argv = vec!["trace", "--json", "--max-hops", "6"];
+    argv.extend_from_slice(args);
+    let o = udpreach(host, &argv);
+    let doc: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "bad JSON from {argv:?} ({e}): {}\nstderr: {}",
+            stdout(&o),
+            stderr(&o)
+        )
+    });
+    schema::assert_valid("trace.json", &doc);
+    (code(&o), doc)
+}
+
+/// The result for (port, direction), excluding the control port.
+fn result<'a>(doc: &'a Value, port: u16, direction: &str) -> &'a Value {
+    doc["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .find(|r| r["port"] == port && r["direction"] == direction && r["control"] == false)
+        .unwrap_or_else(|| panic!("no {direction} result for {port} in {doc:#}"))
+}
+
+fn control<'a>(doc: &'a Value, direction: &str) -> &'a Value {
+    doc["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .find(|r| r["direction"] == direction && r["control"] == true)
+        .unwrap_or_else(|| panic!("no {direction} control result in {doc:#}"))
+}
+
+fn server_addr(lab: &Lab, v6: bool) -> String {
+    if v6 {
+        format!("[{}]:4000", lab.server().ip6())
+    } else {
+        lab.server().ip4().to_string()
+    }
+}
+
+#[test]
+fn clean_chain_passes_both_ways_in_three_hops_v4_and_v6() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::chain();
+    let _srv = start_server(lab.server(), &[]);
+    for v6 in [false, true] {
+        let target = server_addr(&lab, v6);
+        let (rc, doc) = trace_json(lab.client(), &[&target, "-p", "5060,5070"]);
+        assert_eq!(rc, 0, "{doc:#}");
+        for port in [PORT, OTHER] {
+            for dir in ["upstream", "downstream"] {
+                let r = result(&doc, port, dir);
+                assert_eq!(r["verdict"], "passes", "{port} {dir}: {r:#}");
+                assert_eq!(r["hop_count"], 3, "{port} {dir}: {r:#}");
+            }
+        }
+        let up = result(&doc, PORT, "upstream");
+        let (r1, r2) = if v6 {
+            ("fd00:3::fe", "fd00:4::2")
+        } else {
+            ("198.18.3.254", "198.18.4.2")
+        };
+        assert_eq!(up["hops"][0]["address"], r1, "{up:#}");
+        assert_eq!(up["hops"][1]["address"], r2, "{up:#}");
+        assert!(up["hops"][0]["rtt_ms"].as_f64().is_some());
+    }
+}
+
+#[test]
+fn drop_in_r2_forward_is_dropped_after_r2_upstream() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::chain();
+    lab.r2().nft(&format!(
+        "table inet t {{\n chain f {{ type filter hook forward priority 0; udp dport {PORT} drop; }}\n}}"
+    ));
+    let _srv = start_server(lab.server(), &[]);
+    for v6 in [false, true] {
+        let target = server_addr(&lab, v6);
+        let (rc, doc) = trace_json(lab.client(), &[&target, "-p", "5060,5070"]);
+        assert_eq!(rc, 1, "{doc:#}");
+        let up = result(&doc, PORT, "upstream");
+        assert_eq!(up["verdict"], "dropped_after", "{up:#}");
+        let r2 = if v6 { "fd00:4::2" } else { "198.18.4.2" };
+        assert_eq!(up["last_hop"]["ttl"], 2, "{up:#}");
+        assert_eq!(up["last_hop"]["address"], r2, "{up:#}");
+        assert_eq!(up["first_silent_ttl"], 3, "{up:#}");
+        assert!(up["ambiguous"].is_null(), "{up:#}");
+        assert_eq!(result(&doc, OTHER, "upstream")["verdict"], "passes");
+        assert_eq!(control(&doc, "upstream")["verdict"], "passes");
+        // The way back is not blocked for 5060.
+        assert_eq!(result(&doc, PORT, "downstream")["verdict"], "passes");
+    }
+}
+
+#[test]
+fn source_port_drop_in_r1_is_dropped_after_r1_downstream() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::chain();
+    lab.r1().nft(&format!(
+        "table inet t {{\n chain f {{ type filter hook forward priority 0; udp sport {PORT} drop; }}\n}}"
+    ));
+    let _srv = start_server(lab.server(), &[]);
+    let target = server_addr(&lab, false);
+    let (rc, doc) = trace_json(lab.client(), &[&target, "-p", "5060,5070"]);
+    assert_eq!(rc, 1, "{doc:#}");
+    assert_eq!(
+        result(&doc, PORT, "upstream")["verdict"],
+        "passes",
+        "{doc:#}"
+    );
+    let down = result(&doc, PORT, "downstream");
+    assert_eq!(down["verdict"], "dropped_after", "{down:#}");
+    // Downstream hop 2 is r1, answering the server from its r2 side.
+    assert_eq!(down["last_hop"]["ttl"], 2, "{down:#}");
+    assert_eq!(down["last_hop"]["address"], "198.18.4.1", "{down:#}");
+    assert!(down["ambiguous"].is_null(), "{down:#}");
+    assert_eq!(result(&doc, OTHER, "downstream")["verdict"], "passes");
+}
+
+#[test]
+fn admin_prohibited_reject_names_the_router() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::chain();
+    lab.r1().reject_udp_dport_forward(PORT, true);
+    let _srv = start_server(lab.server(), &[]);
+    for v6 in [false, true] {
+        let target = server_addr(&lab, v6);
+        let (rc, doc) = trace_json(lab.client(), &[&target, "-p", "5060"]);
+        assert_eq!(rc, 1, "{doc:#}");
+        let up = result(&doc, PORT, "upstream");
+        assert_eq!(up["verdict"], "rejected_by", "{up:#}");
+        let rej = &up["rejected"];
+        assert_eq!(rej["reason"], "admin_prohibited", "{up:#}");
+        let r1 = if v6 { "fd00:3::fe" } else { "198.18.3.254" };
+        assert_eq!(rej["address"], r1, "{up:#}");
+        assert_eq!(rej["ttl"], 2, "{up:#}");
+        assert_eq!(rej["icmp_code"], if v6 { 1 } else { 13 }, "{up:#}");
+    }
+}
+
+#[test]
+fn router_without_time_exceeded_gives_an_ambiguous_verdict_not_a_wrong_hop() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::chain();
+    // r2 sends no time exceeded at all, and drops 5060.
+    lab.r2().nft(&format!(
+        "table inet t {{
+  chain o {{ type filter hook output priority 0; icmp type time-exceeded drop; icmpv6 type time-exceeded drop; }}
+  chain f {{ type filter hook forward priority 0; udp dport {PORT} drop; }}
+}}"
+    ));
+    let _srv = start_server(lab.server(), &[]);
+    let target = server_addr(&lab, false);
+    let (rc, doc) = trace_json(lab.client(), &[&target, "-p", "5060"]);
+    assert_eq!(rc, 1, "{doc:#}");
+    let up = result(&doc, PORT, "upstream");
+    assert_eq!(up["verdict"], "dropped_after", "{up:#}");
+    assert_eq!(up["last_hop"]["ttl"], 1, "{up:#}");
+    let why = up["ambiguous"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not ambiguous: {up:#}"));
+    assert!(why.contains("between hop 1 and hop 3"), "{why}");
+    // The control port passes, with hop 2 shown as silent.
+    let c = control(&doc, "upstream");
+    assert_eq!(c["verdict"], "passes", "{c:#}");
+    assert!(
+        c["hops"].as_array().unwrap().iter().all(|h| h["ttl"] != 2),
+        "{c:#}"
+    );
+}
+
+#[test]
+fn no_server_traces_upstream_against_a_plain_host() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::chain();
+    lab.r2().nft(&format!(
+        "table inet t {{\n chain f {{ type filter hook forward priority 0; udp dport {PORT} drop; }}\n}}"
+    ));
+    // No udpreach on the server: closed ports answer port unreachable.
+    let target = lab.server().ip4().to_string();
+    let (rc, doc) = trace_json(lab.client(), &[&target, "-p", "5060,5070", "--no-server"]);
+    assert_eq!(rc, 1, "{doc:#}");
+    assert_eq!(doc["mode"], "no_server");
+    let up = result(&doc, PORT, "upstream");
+    assert_eq!(up["verdict"], "dropped_after", "{up:#}");
+    assert_eq!(up["last_hop"]["address"], "198.18.4.2", "{up:#}");
+    let other = result(&doc, OTHER, "upstream");
+    assert_eq!(other["verdict"], "passes", "{other:#}");
+    assert_eq!(other["hop_count"], 3, "{other:#}");
+    assert!(doc["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["direction"] == "upstream"));
+}
+
+#[test]
+fn text_output_reads_like_a_traceroute_with_the_verdict_on_top() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::chain();
+    lab.r2().nft(&format!(
+        "table inet t {{\n chain f {{ type filter hook forward priority 0; udp dport {PORT} drop; }}\n}}"
+    ));
+    let _srv = start_server(lab.server(), &[]);
+    let target = lab.server().ip4().to_string();
+    let o = udpreach(lab.client(), &["trace", &target, "-p", "5060", "-m", "6"]);
+    let text = stdout(&o);
+    assert_eq!(code(&o), 1, "{text}\n{}", stderr(&o));
+    assert!(
+        text.contains(
+            "port 5060 upstream: dropped after hop 2 (198.18.4.2): hop 3 and beyond silent"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("   1  198.18.3.254"), "{text}");
+    assert!(text.contains("   3  *"), "{text}");
+    assert!(
+        text.contains("port 5060 downstream: passes (3 hops)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::pair();
+    for (args, needle) in [
+        (
+            &["trace", "127.0.0.1", "-p", "5060", "--max-hops", "65"][..],
+            "65",
+        ),
+        (
+            &["trace", "127.0.0.1", "-p", "5060", "--attempts", "0"][..],
+            "0",
+        ),
+        (&["trace", "127.0.0.1", "-p", "1-200"][..], "200 ports"),
+        (&["trace", "127.0.0.1"][..], "--ports"),
+    ] {
+        let o = udpreach(lab.client(), args);
+        assert_eq!(code(&o), 2, "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+    }
+}
+
+/// What the server sends on a trace request goes only to the session's
+/// client (a probe from another address of the same host is neither counted
+/// nor answered), acks are the probe's size, and requests are bounded: TTLs,
+/// attempts, and trace sends per session.
+#[test]
+fn server_trace_sends_only_to_the_session_client_within_bounds() {
+    use std::net::{SocketAddr, UdpSocket};
+    use std::time::Duration;
+    use udpreach_wire::control::ControlMsg;
+    use udpreach_wire::trace::{TraceKind, TraceProbe, MAX_SENDS_PER_SESSION, PROBE_LEN};
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::pair();
+    let client = lab.client();
+    let iface = client.iface().to_string();
+    client.run(["ip", "addr", "add", "198.18.0.3/24", "dev", &iface]);
+    let _srv = start_server(lab.server(), &[]);
+    let server: SocketAddr = "198.18.0.2:4000".parse().unwrap();
+    let mut s = RawSession::connect(client, server);
+    let port = match s.request(&ControlMsg::TraceOpen { ports: vec![0] }) {
+        ControlMsg::TraceOpened { ports, .. } => ports[0],
+        other => panic!("{other:?}"),
+    };
+    assert_ne!(port, 0);
+    let send = |max_hops: u8, attempts: u8| ControlMsg::TraceSend {
+        ports: vec![port],
+        max_hops,
+        attempts,
+        wait_ms: 1,
+        rate: 0,
+    };
+    // Nothing has arrived from the client yet: nowhere to send.
+    match s.request(&send(2, 1)) {
+        ControlMsg::TraceSent { results } => {
+            assert_eq!(results[0].sent, 0);
+            assert!(results[0]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("no trace probe"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let token = s.token;
+    let to = SocketAddr::new("198.18.0.2".parse().unwrap(), port);
+    let probe = |ttl| {
+        TraceProbe {
+            token,
+            port,
+            ttl,
+            attempt: 0,
+            kind: TraceKind::Up,
+        }
+        .encode()
+    };
+    // A third address of the client host: ignored.
+    let p64 = probe(64);
+    let third_got = client.enter(move || {
+        let u = UdpSocket::bind("198.18.0.3:0").unwrap();
+        u.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        u.send_to(&p64, to).unwrap();
+        let mut b = [0u8; 64];
+        u.recv_from(&mut b).ok().map(|(n, _)| n)
+    });
+    assert_eq!(third_got, None, "a probe from another address was answered");
+    match s.request(&ControlMsg::TraceArrivals { ports: vec![port] }) {
+        ControlMsg::TraceArrived { arrivals } => assert!(arrivals[0].ttls.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    // The session's client: counted and acked with a datagram of the probe's size.
+    let p63 = probe(63);
+    let (ack_len, local) = client.enter(move || {
+        let u = UdpSocket::bind("198.18.0.1:0").unwrap();
+        u.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        u.send_to(&p63, to).unwrap();
+        let mut b = [0u8; 64];
+        let (n, _) = u.recv_from(&mut b).expect("ack");
+        (n, u.local_addr().unwrap())
+    });
+    assert_eq!(ack_len, PROBE_LEN);
+    match s.request(&ControlMsg::TraceArrivals { ports: vec![port] }) {
+        ControlMsg::TraceArrived { arrivals } => assert_eq!(arrivals[0].ttls, vec![63]),
+        other => panic!("{other:?}"),
+    }
+    // Out-of-bounds requests are refused before anything is sent.
+    for bad in [send(65, 1), send(2, 4), send(0, 1)] {
+        assert!(
+            matches!(s.request(&bad), ControlMsg::Error { .. }),
+            "{bad:?} accepted"
+        );
+    }
+    // Downstream goes to the address the probe came from, bounded per request.
+    match s.request(&send(2, 1)) {
+        ControlMsg::TraceSent { results } => {
+            assert_eq!(results[0].to.as_deref(), Some(local.to_string().as_str()));
+            assert!(results[0].sent <= 2, "{results:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // And a session has a bounded number of trace sends (two used above).
+    for _ in 2..MAX_SENDS_PER_SESSION {
+        assert!(matches!(
+            s.request(&send(1, 1)),
+            ControlMsg::TraceSent { .. }
+        ));
+    }
+    match s.request(&send(1, 1)) {
+        ControlMsg::Error { message, .. } => assert!(message.contains("spent"), "{message}"),
+        other => panic!(
+            "the {}th trace send was served: {other:?}",
+            MAX_SENDS_PER_SESSION + 1
+        ),
+    }
+}
+
+/// r1 rewrites DSCP to 0 on what it forwards: the headers the hops quote
+/// show DSCP 46 at hop 1 (r1 answers before its forward hook) and 0 at hop 2.
+#[test]
+fn dscp_rewritten_by_r1_is_reported_between_hop_1_and_hop_2() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::chain();
+    lab.r1().nft(
+        "table inet t {\n chain f { type filter hook forward priority 0; ip dscp set cs0; ip6 dscp set cs0; }\n}",
+    );
+    let _srv = start_server(lab.server(), &[]);
+    for v6 in [false, true] {
+        let target = server_addr(&lab, v6);
+        let (rc, doc) = trace_json(lab.client(), &[&target, "-p", "5060", "--dscp", "46"]);
+        assert_eq!(rc, 0, "{doc:#}");
+        let up = result(&doc, PORT, "upstream");
+        assert_eq!(up["hops"][0]["dscp"], 46, "{up:#}");
+        assert_eq!(up["hops"][1]["dscp"], 0, "{up:#}");
+        let changes = up["dscp_rewritten"].as_array().unwrap();
+        assert_eq!(changes.len(), 1, "{up:#}");
+        assert_eq!(changes[0]["after_hop"], 1);
+        assert_eq!(changes[0]["at_hop"], 2);
+        assert_eq!(changes[0]["from"], 46);
+        assert_eq!(changes[0]["to"], 0);
+    }
+}
