@@ -14,6 +14,7 @@ pub mod mtu;
 pub mod portspec;
 pub mod probe;
 pub mod services;
+pub mod stamp;
 
 pub use portspec::{PortSpec, PortSpecError};
 pub use probe::{ProbeError, ProbeHeader, ProbeKind, ServerStamp};
