@@ -14,6 +14,7 @@ pub mod reply_budget;
 pub mod responder;
 pub mod rto;
 pub mod server;
+pub mod stamp;
 pub mod serverless;
 pub mod stats;
 pub mod sweep;
