@@ -215,6 +215,8 @@ pub struct StampSender {
     /// Unix ns we wrote into each packet still remembered, by seq.
     sent_ns: VecDeque<(u64, u64)>,
     packet: Vec<u8>,
+    /// The next ping seq to be sent.
+    next_seq: u64,
 }
 
 /// Sent timestamps remembered for one-way delays.
@@ -247,6 +249,7 @@ impl StampSender {
             ignored: 0,
             sent_ns: VecDeque::new(),
             packet: Vec::new(),
+            next_seq: 0,
         }
     }
 
@@ -266,7 +269,7 @@ impl StampSender {
     /// The full 64-bit ping seq of a 32-bit STAMP sequence number: the
     /// nearest at or below the next one to send.
     fn ping_seq(&self, stamp_seq: u32) -> Option<u64> {
-        let next = self.session.transmitted() + self.session.summary().send_errors;
+        let next = self.next_seq;
         let low = u64::from(stamp_seq.wrapping_sub(FIRST_SEQ));
         let mut seq = (next & !0xffff_ffff) | low;
         if seq >= next {
@@ -512,6 +515,7 @@ impl Engine for StampSender {
 
     fn poll_transmit(&mut self, now: Instant) -> Option<StampTransmit> {
         if let Some(seq) = self.session.poll_send(now) {
+            self.next_seq = seq + 1;
             self.session.on_sent(seq, now, None);
             let data = self.build(seq, now);
             let ns = self.wall_ns(now);
@@ -598,6 +602,168 @@ impl ReflectorSessions {
 
     pub fn is_empty(&self) -> bool {
         self.sessions.is_empty()
+    }
+}
+
+/// How a server's STAMP reflector answers.
+#[derive(Clone, Debug)]
+pub struct ReflectorPolicy {
+    /// With a key: authenticated mode only (HMAC-SHA-256 with these bytes).
+    pub key: Option<Vec<u8>>,
+    /// Number replies per session (sender address and SSID), so senders can
+    /// split loss by direction; else echo the sender's numbers.
+    pub stateful: bool,
+    /// The error estimate we send; its Z bit picks NTP or PTP timestamps.
+    pub error_estimate: ErrorEstimate,
+    /// Source ports never answered (0, 7, 19, the server's own, 1-1023 by default).
+    pub source_ports: crate::responder::SourcePorts,
+    /// Largest request answered.
+    pub max_datagram: usize,
+    /// Stateful sessions remembered at most, and for how long without a packet.
+    pub max_sessions: usize,
+    pub session_idle: Duration,
+}
+
+/// Stateful sessions a reflector remembers by default.
+pub const DEFAULT_REFLECTOR_SESSIONS: usize = 16_384;
+/// How long a stateful session is kept without a packet (stamp-suite's default too).
+pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(300);
+
+/// Why a request got no answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReflectorDrop {
+    /// From a refused source port (reflection/loop protection).
+    SourcePort,
+    /// Larger than the server answers.
+    TooLarge,
+    /// Shorter than the base packet of the mode.
+    TooShort,
+    /// Authenticated mode: the base HMAC is wrong.
+    BadHmac,
+    /// The per-destination reply budget is spent.
+    Budget,
+}
+
+/// What the reflector decided about one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReflectorAnswer {
+    /// Bytes of the answer in `out` (always the request's length).
+    pub len: usize,
+    /// The TOS byte the sender asked the answer to carry (CoS TLV).
+    pub tos: Option<u8>,
+}
+
+/// The server side of STAMP: checks the server's policies, then builds the
+/// answer with [`udpreach_wire::stamp::reflect`]. It sends nothing itself
+/// and reads no clock; the server's worker moves the bytes.
+pub struct StampReflector {
+    policy: ReflectorPolicy,
+    sessions: ReflectorSessions,
+    pub replies: u64,
+    pub dropped: std::collections::HashMap<ReflectorDrop, u64>,
+}
+
+/// What arrived: from where, with which TTL and TOS, and when (Unix ns).
+#[derive(Clone, Copy, Debug)]
+pub struct ReflectorRequest {
+    pub from: SocketAddr,
+    pub ttl: Option<u8>,
+    pub tos: Option<u8>,
+    pub rx_ns: u64,
+}
+
+impl StampReflector {
+    pub fn new(policy: ReflectorPolicy) -> Self {
+        StampReflector {
+            sessions: ReflectorSessions::new(policy.max_sessions, policy.session_idle),
+            policy,
+            replies: 0,
+            dropped: std::collections::HashMap::new(),
+        }
+    }
+
+    pub fn policy(&self) -> &ReflectorPolicy {
+        &self.policy
+    }
+
+    /// Stateful sessions remembered now.
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Answers `data` into `out`, or says why not. The answer is never
+    /// larger than the request, goes only to the request's source, and
+    /// draws on the per-destination `budget` like every other reply.
+    pub fn respond(
+        &mut self,
+        data: &[u8],
+        req: &ReflectorRequest,
+        tx_ns: u64,
+        budget: &mut crate::reply_budget::ReplyBudget,
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) -> Result<ReflectorAnswer, ReflectorDrop> {
+        let r = self.decide(data, req, tx_ns, budget, now, out);
+        match r {
+            Ok(_) => self.replies += 1,
+            Err(why) => *self.dropped.entry(why).or_default() += 1,
+        }
+        r
+    }
+
+    fn decide(
+        &mut self,
+        data: &[u8],
+        req: &ReflectorRequest,
+        tx_ns: u64,
+        budget: &mut crate::reply_budget::ReplyBudget,
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) -> Result<ReflectorAnswer, ReflectorDrop> {
+        use udpreach_wire::stamp::{reflect, Reflection, StampError};
+        if self.policy.source_ports.refused(req.from.port()) {
+            return Err(ReflectorDrop::SourcePort);
+        }
+        if data.len() > self.policy.max_datagram {
+            return Err(ReflectorDrop::TooLarge);
+        }
+        let key = self.policy.key.as_deref();
+        let mode = if key.is_some() {
+            Mode::Authenticated
+        } else {
+            Mode::Open
+        };
+        let sender = SenderPacket::decode(data, mode).map_err(|_| ReflectorDrop::TooShort)?;
+        if let Some(k) = key {
+            verify_base_hmac(data, k).map_err(|_| ReflectorDrop::BadHmac)?;
+        }
+        // Authenticated replies are the sender's own business: only
+        // unauthenticated ones draw on the budget (as for echo replies).
+        if key.is_none() && !budget.allow(req.from.ip(), data.len(), now) {
+            return Err(ReflectorDrop::Budget);
+        }
+        let seq = if self.policy.stateful {
+            self.sessions.next_seq(req.from, sender.ssid, now)
+        } else {
+            sender.seq
+        };
+        let reflection = Reflection {
+            seq,
+            receive_unix_ns: req.rx_ns,
+            transmit_unix_ns: tx_ns.max(req.rx_ns),
+            error_estimate: self.policy.error_estimate,
+            ttl: req.ttl.unwrap_or(0),
+            tos: req.tos,
+            honours_dscp: true,
+        };
+        let reflected = reflect(data, key, &reflection, out).map_err(|e| match e {
+            StampError::TooShort { .. } => ReflectorDrop::TooShort,
+            StampError::BadHmac => ReflectorDrop::BadHmac,
+        })?;
+        Ok(ReflectorAnswer {
+            len: out.len(),
+            tos: reflected.requested_tos.map(|(d, e)| d << 2 | e),
+        })
     }
 }
 
@@ -853,5 +1019,116 @@ mod tests {
         assert_eq!(r.next_seq(a, 1, t0), 1);
         assert_eq!(r.next_seq(a, 2, t0), 0, "SSIDs are separate sessions");
         assert_eq!(r.next_seq(a, 1, t0 + Duration::from_secs(61)), 0);
+    }
+
+    fn policy(key: Option<&[u8]>, stateful: bool) -> ReflectorPolicy {
+        ReflectorPolicy {
+            key: key.map(<[u8]>::to_vec),
+            stateful,
+            error_estimate: ErrorEstimate::unsynchronized_ntp(),
+            source_ports: crate::responder::SourcePorts {
+                own: vec![862, 4000],
+                allow_low: false,
+            },
+            max_datagram: 1500,
+            max_sessions: 4,
+            session_idle: Duration::from_secs(60),
+        }
+    }
+
+    fn request(seq: u32, key: Option<&[u8]>) -> Vec<u8> {
+        let mut b = Vec::new();
+        SenderPacket {
+            seq,
+            timestamp: 1,
+            error_estimate: ErrorEstimate(1),
+            ssid: 1,
+        }
+        .encode(key, &ClassOfService::request_tlv(46, 0), &mut b);
+        b
+    }
+
+    #[test]
+    fn reflector_policies_bound_every_answer() {
+        use crate::reply_budget::{BudgetRates, ReplyBudget};
+        let now = Instant::now();
+        let mut budget = ReplyBudget::new(BudgetRates {
+            pps: 10,
+            ..BudgetRates::default()
+        });
+        let mut r = StampReflector::new(policy(None, true));
+        let mut out = Vec::new();
+        let req = |port: u16| ReflectorRequest {
+            from: SocketAddr::from(([198, 18, 0, 1], port)),
+            ttl: Some(64),
+            tos: Some(46 << 2),
+            rx_ns: 1,
+        };
+        // Refused source ports: the server's own, echo, chargen, low ports.
+        for port in [862, 4000, 7, 19, 53, 0] {
+            assert_eq!(
+                r.respond(&request(0, None), &req(port), 2, &mut budget, now, &mut out),
+                Err(ReflectorDrop::SourcePort)
+            );
+        }
+        assert_eq!(
+            r.respond(&[0u8; 43], &req(5000), 2, &mut budget, now, &mut out),
+            Err(ReflectorDrop::TooShort)
+        );
+        assert_eq!(
+            r.respond(&vec![0u8; 1501], &req(5000), 2, &mut budget, now, &mut out),
+            Err(ReflectorDrop::TooLarge)
+        );
+        // The per-destination budget holds for a flood: never more than it allows.
+        let mut answered = 0;
+        for i in 0..1000 {
+            let q = request(i, None);
+            if let Ok(a) = r.respond(&q, &req(5000), 2, &mut budget, now, &mut out) {
+                assert_eq!(a.len, q.len(), "never larger than the request");
+                assert_eq!(a.tos, Some(46 << 2));
+                answered += 1;
+            }
+        }
+        assert!(answered <= 20, "{answered}");
+        assert!(r.dropped[&ReflectorDrop::Budget] >= 980);
+        // Stateful: its own numbering, from 0, per sender.
+        let got = ReflectorPacket::decode(&out, Mode::Open).unwrap();
+        assert_eq!(u64::from(got.seq), answered as u64 - 1);
+        // Sessions stay bounded whatever the number of senders.
+        for port in 10_000..20_000 {
+            let _ = r.respond(&request(0, None), &req(port), 2, &mut budget, now, &mut out);
+        }
+        assert!(r.sessions() <= 4);
+    }
+
+    #[test]
+    fn keyed_reflector_answers_only_authenticated_requests() {
+        use crate::reply_budget::{BudgetRates, ReplyBudget};
+        let key = b"0123456789abcdef";
+        let now = Instant::now();
+        let mut budget = ReplyBudget::new(BudgetRates::default());
+        let mut r = StampReflector::new(policy(Some(key), false));
+        let from = ReflectorRequest {
+            from: SocketAddr::from(([198, 18, 0, 1], 5000)),
+            ttl: Some(64),
+            tos: None,
+            rx_ns: 1,
+        };
+        let mut out = Vec::new();
+        // An open-mode request (44 bytes) is too short; a wrong key's HMAC is refused.
+        assert_eq!(
+            r.respond(&request(0, None), &from, 2, &mut budget, now, &mut out),
+            Err(ReflectorDrop::TooShort)
+        );
+        assert_eq!(
+            r.respond(&request(0, Some(b"other")), &from, 2, &mut budget, now, &mut out),
+            Err(ReflectorDrop::BadHmac)
+        );
+        let q = request(5, Some(key));
+        let a = r.respond(&q, &from, 2, &mut budget, now, &mut out).unwrap();
+        assert_eq!(a.len, q.len());
+        verify_base_hmac(&out, key).unwrap();
+        let got = ReflectorPacket::decode(&out, Mode::Authenticated).unwrap();
+        assert_eq!((got.seq, got.sender_seq), (5, 5), "stateless echoes the number");
     }
 }
