@@ -56,7 +56,11 @@ pub struct StampSenderConfig {
 /// The base packet and TLVs a configuration needs, before padding.
 pub fn min_len(key: bool, class_of_service: bool) -> usize {
     let base = if key { Mode::Authenticated } else { Mode::Open }.base_len();
-    let cos = if class_of_service { TLV_HEADER_LEN + 4 } else { 0 };
+    let cos = if class_of_service {
+        TLV_HEADER_LEN + 4
+    } else {
+        0
+    };
     let hmac = if key && class_of_service {
         TLV_HEADER_LEN + udpreach_wire::stamp::HMAC_LEN
     } else {
@@ -328,17 +332,13 @@ impl StampSender {
 
     fn sent_ns_of(&self, seq: u64) -> Option<u64> {
         let first = self.sent_ns.front()?.0;
-        let (s, ns) = *self.sent_ns.get(usize::try_from(seq.checked_sub(first)?).ok()?)?;
+        let (s, ns) = *self
+            .sent_ns
+            .get(usize::try_from(seq.checked_sub(first)?).ok()?)?;
         (s == seq).then_some(ns)
     }
 
-    fn on_reply(
-        &mut self,
-        data: &[u8],
-        kernel_rx_ns: Option<u64>,
-        tos: Option<u8>,
-        now: Instant,
-    ) {
+    fn on_reply(&mut self, data: &[u8], kernel_rx_ns: Option<u64>, tos: Option<u8>, now: Instant) {
         let mode = self.mode();
         let Ok(r) = ReflectorPacket::decode(data, mode) else {
             self.ignored += 1;
@@ -474,6 +474,11 @@ impl StampSender {
             class_of_service: self.cos.clone(),
             ignored: self.ignored,
         }
+    }
+
+    /// Bytes per test packet (replies are the same size).
+    pub fn packet_len(&self) -> usize {
+        self.cfg.size
     }
 
     /// The achieved send rate when it fell short of the interval's.
@@ -949,9 +954,7 @@ mod tests {
         let (f, b) = (ow.forward.unwrap(), ow.backward.unwrap());
         assert!((f.p50_ms - 3.0).abs() < 0.01, "{f:?}");
         assert!((b.p50_ms - (7.0 - 0.02)).abs() < 0.01, "{b:?}");
-        assert!(events
-            .iter()
-            .all(|e| matches!(e, StampEvent::Reply { .. })));
+        assert!(events.iter().all(|e| matches!(e, StampEvent::Reply { .. })));
     }
 
     #[test]
@@ -1121,7 +1124,14 @@ mod tests {
             Err(ReflectorDrop::TooShort)
         );
         assert_eq!(
-            r.respond(&request(0, Some(b"other")), &from, 2, &mut budget, now, &mut out),
+            r.respond(
+                &request(0, Some(b"other")),
+                &from,
+                2,
+                &mut budget,
+                now,
+                &mut out
+            ),
             Err(ReflectorDrop::BadHmac)
         );
         let q = request(5, Some(key));
@@ -1129,6 +1139,10 @@ mod tests {
         assert_eq!(a.len, q.len());
         verify_base_hmac(&out, key).unwrap();
         let got = ReflectorPacket::decode(&out, Mode::Authenticated).unwrap();
-        assert_eq!((got.seq, got.sender_seq), (5, 5), "stateless echoes the number");
+        assert_eq!(
+            (got.seq, got.sender_seq),
+            (5, 5),
+            "stateless echoes the number"
+        );
     }
 }

@@ -615,7 +615,10 @@ fn reflect_tlvs(
     }
     if let (Some(k), Some(at)) = (key, hmac_at) {
         let want = hmac16(k, &[&request[..4], &req_area[..at]]);
-        if !same(&want, &req_area[at + TLV_HEADER_LEN..at + TLV_HEADER_LEN + HMAC_LEN]) {
+        if !same(
+            &want,
+            &req_area[at + TLV_HEADER_LEN..at + TLV_HEADER_LEN + HMAC_LEN],
+        ) {
             for t in &tlvs {
                 area[t.at] |= tlv_flag::INTEGRITY_FAILED;
             }
@@ -798,7 +801,10 @@ mod tests {
     #[test]
     fn timestamps_round_trip_in_both_formats() {
         let ns = 1_764_000_000_123_456_789u64;
-        assert_eq!(TimestampFormat::Ptp.decode(TimestampFormat::Ptp.encode(ns)), ns);
+        assert_eq!(
+            TimestampFormat::Ptp.decode(TimestampFormat::Ptp.encode(ns)),
+            ns
+        );
         let back = TimestampFormat::Ntp.decode(TimestampFormat::Ntp.encode(ns));
         assert!(ns - back < 2, "{ns} {back}");
         let e = ErrorEstimate::new(true, true, 22, 1);
