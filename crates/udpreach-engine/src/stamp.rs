@@ -742,9 +742,10 @@ impl StampReflector {
         if let Some(k) = key {
             verify_base_hmac(data, k).map_err(|_| ReflectorDrop::BadHmac)?;
         }
-        // Authenticated replies are the sender's own business: only
-        // unauthenticated ones draw on the budget (as for echo replies).
-        if key.is_none() && !budget.allow(req.from.ip(), data.len(), now) {
+        // Every answer draws on the per-destination budget, authenticated
+        // ones too: STAMP's HMAC does not stop a captured packet from being
+        // replayed with another (a victim's) source address.
+        if !budget.allow(req.from.ip(), data.len(), now) {
             return Err(ReflectorDrop::Budget);
         }
         let seq = if self.policy.stateful {
@@ -1144,5 +1145,15 @@ mod tests {
             (5, 5),
             "stateless echoes the number"
         );
+        // A captured authenticated request replayed at a victim's address
+        // is answered only within that address's budget.
+        let mut small = ReplyBudget::new(BudgetRates {
+            pps: 10,
+            ..BudgetRates::default()
+        });
+        let replayed = (0..1000)
+            .filter(|_| r.respond(&q, &from, 2, &mut small, now, &mut out).is_ok())
+            .count();
+        assert!(replayed <= 20, "{replayed}");
     }
 }
