@@ -236,7 +236,11 @@ fn udpreach_sender_against_stamp_suite_stateful_and_stateless() {
     let unknown = s["direction_unknown"].as_u64().unwrap();
     assert!(unknown <= 3, "{s}");
     assert_eq!(s["upstream_lost"], 0, "{s}");
-    assert_eq!(s["downstream_lost"].as_u64().unwrap() + unknown, lost, "{s}");
+    assert_eq!(
+        s["downstream_lost"].as_u64().unwrap() + unknown,
+        lost,
+        "{s}"
+    );
     assert_eq!(s["server_seen_ttl"], 64, "{s}");
     assert!(s["rtt"]["p50_ms"].as_f64().unwrap() < 50.0, "{s}");
 
@@ -339,7 +343,10 @@ fn check_open_reply(req: &[u8], reply: &[u8]) {
         ),
     );
     assert!(rx <= tx && tx - rx < 1_000_000_000, "rx {rx} tx {tx}");
-    assert!(now.abs_diff(rx) < 10_000_000_000, "receive timestamp is now");
+    assert!(
+        now.abs_diff(rx) < 10_000_000_000,
+        "receive timestamp is now"
+    );
     let cos = find_cos(&reply[OPEN_LEN..]).expect("CoS TLV echoed");
     assert_eq!((cos.dscp1, cos.dscp2), (46, 0), "sent with DSCP 0");
 }
@@ -363,7 +370,11 @@ fn reply_bytes_match_the_rfc_layout_from_both_reflectors() {
     let r = udpreach_reflector(server, &[]);
     let ours = exchange(client, to, req.clone());
     check_open_reply(&req, &ours);
-    assert_eq!(&ours[0..4], &[0, 0, 0, 0], "stateful: our own counter from 0");
+    assert_eq!(
+        &ours[0..4],
+        &[0, 0, 0, 0],
+        "stateful: our own counter from 0"
+    );
     drop(r);
     wait_port_free(server, 862);
     let _r = stamp_suite_reflector(server, &[]);

@@ -435,6 +435,11 @@ const FRAGMENTS: [&str; 2] = [
     "udpreach ping -c 1000 -i 1ms -q 198.18.0.2",
 ];
 
+/// The README's STAMP example: `udpreach ping --stamp` against
+/// `udpreach server --stamp` in a namespace pair (see
+/// [`readme_stamp_example_prints_what_the_readme_shows`]).
+const STAMP_EXAMPLES: [&str; 1] = ["udpreach ping --stamp 198.18.0.2 -c 4 -i 0.2 --dscp 46"];
+
 fn is_loopback_example(ex: &Example) -> bool {
     ex.command == "udpreach server" || ex.command.contains("127.0.0.1") || ex.is_usage_error()
 }
@@ -446,7 +451,10 @@ fn every_readme_example_is_run() {
     for ex in readme_examples() {
         let c = ex.command.as_str();
         assert!(
-            is_loopback_example(&ex) || ROUTED_EXAMPLES.contains(&c) || FRAGMENTS.contains(&c),
+            is_loopback_example(&ex)
+                || ROUTED_EXAMPLES.contains(&c)
+                || FRAGMENTS.contains(&c)
+                || STAMP_EXAMPLES.contains(&c),
             "the README example `$ {c}` is run by no test: add it to ROUTED_EXAMPLES (with the lab set-up it needs)"
         );
     }
@@ -479,6 +487,20 @@ fn readme_routed_examples_print_what_the_readme_shows() {
     lab.set_link_mtu("r-s", 1500);
     router.snat_forward_masquerade(&router.iface_toward(lab.server()).name);
     run_example(lab.client(), example(&examples, ROUTED_EXAMPLES[4]));
+}
+
+/// The STAMP example: a udpreach server that is also a STAMP reflector on
+/// port 862, measured from the client of a namespace pair.
+#[test]
+fn readme_stamp_example_prints_what_the_readme_shows() {
+    if !require_root() {
+        return;
+    }
+    let examples = readme_examples();
+    let lab = Lab::pair();
+    let _server = util::start_server(lab.server(), &["--stamp"]);
+    assert!(lab.server().wait_udp_bound(862, Duration::from_secs(10)));
+    run_example(lab.client(), example(&examples, STAMP_EXAMPLES[0]));
 }
 
 #[test]
