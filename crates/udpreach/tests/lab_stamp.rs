@@ -382,3 +382,35 @@ fn reply_bytes_match_the_rfc_layout_from_both_reflectors() {
     check_open_reply(&req, &theirs);
     assert_eq!(&theirs[0..4], &req[0..4], "stateless: the sender's number");
 }
+
+/// Bad STAMP options: one line naming the value, exit 2, nothing sent.
+#[test]
+fn stamp_usage_errors_are_one_line_exit_2() {
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["ping", "--stamp", "-s", "46", "127.0.0.1"],
+            "udpreach: invalid size '46': STAMP packets need 44 bytes, or at least 48 (with a padding TLV)",
+        ),
+        (
+            &["ping", "--stamp", "--ssid", "0", "127.0.0.1"],
+            "udpreach: invalid SSID '0': must be a whole number 1..=65535",
+        ),
+        (
+            &["ping", "--stamp", "--sport", "5000", "127.0.0.1"],
+            "udpreach: the argument '--stamp' cannot be used with '--sport <PORT|RANGE>'",
+        ),
+        (
+            &["server", "--stamp", "127.0.0.1:0"],
+            "udpreach: invalid listen address '127.0.0.1:0': port 0",
+        ),
+    ];
+    for (args, want) in cases {
+        let o = std::process::Command::new(lab::udpreach_bin())
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(code(&o), 2, "{args:?}");
+        assert_eq!(stderr(&o).trim_end(), want, "{args:?}");
+        assert!(o.stdout.is_empty(), "{args:?}");
+    }
+}

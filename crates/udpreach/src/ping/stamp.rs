@@ -38,11 +38,11 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
         None => udpreach_engine::stamp::min_len(keyed, tos.is_some()),
         Some(s) => padded_len(keyed, tos.is_some(), s).map_err(|min| {
             anyhow::anyhow!(
-                "invalid size '{s}': STAMP packets {} need {min} bytes, or at least {} (with a padding TLV)",
+                "invalid size '{s}': STAMP packets{} need {min} bytes, or at least {} (with a padding TLV)",
                 match (keyed, tos.is_some()) {
-                    (true, true) => "in authenticated mode with --dscp",
-                    (true, false) => "in authenticated mode",
-                    (false, true) => "with --dscp",
+                    (true, true) => " in authenticated mode with --dscp",
+                    (true, false) => " in authenticated mode",
+                    (false, true) => " with --dscp",
                     (false, false) => "",
                 },
                 min + udpreach_wire::stamp::TLV_HEADER_LEN
