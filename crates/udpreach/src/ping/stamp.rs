@@ -22,7 +22,7 @@ use udpreach_engine::ping::{PingConfig, PingEvent};
 use udpreach_engine::stamp::{padded_len, StampEvent, StampInput, StampSender, StampSenderConfig};
 use udpreach_engine::Engine;
 use udpreach_wire::icmp::IcmpOrigin;
-use udpreach_wire::stamp::TimestampFormat;
+use udpreach_wire::stamp::{Mode, TimestampFormat};
 
 pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
     let family = Family::from_flags(args.ipv4, args.ipv6);
@@ -100,6 +100,11 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
         wall_clock_ns: realtime_ns(),
     };
     let mut engine = StampSender::new(cfg, start);
+    let mode = if keyed {
+        Mode::Authenticated
+    } else {
+        Mode::Open
+    };
     report.start_stamp(
         size,
         if keyed { "authenticated" } else { "open" },
@@ -159,9 +164,9 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
             _ = sigterm.recv() => { engine.handle_input(StampInput::Stop, Instant::now()); break; }
             msg = rx.recv() => {
                 let Some(msg) = msg else { continue };
-                feed(&mut engine, msg, target, &mut tx_ids, &mut last_ttl);
+                feed(&mut engine, mode, msg, target, &mut tx_ids, &mut last_ttl);
                 while let Ok(m) = rx.try_recv() {
-                    feed(&mut engine, m, target, &mut tx_ids, &mut last_ttl);
+                    feed(&mut engine, mode, m, target, &mut tx_ids, &mut last_ttl);
                 }
             }
             _ = timer.sleep_until(wake) => engine.handle_timeout(Instant::now()),
@@ -194,6 +199,7 @@ impl Drop for ReaderGuard {
 /// Turns what the socket delivered into the engine's inputs.
 fn feed(
     engine: &mut StampSender,
+    mode: Mode,
     msg: Incoming,
     target: SocketAddr,
     tx_ids: &mut HashMap<u32, u64>,
@@ -211,10 +217,7 @@ fn feed(
                 return;
             }
             // The reply's own TTL, for its line (keyed by the seq it names).
-            if let Ok(r) = udpreach_wire::stamp::ReflectorPacket::decode(
-                &data,
-                udpreach_wire::stamp::Mode::Open,
-            ) {
+            if let Ok(r) = udpreach_wire::stamp::ReflectorPacket::decode(&data, mode) {
                 let seq = u64::from(r.sender_seq.wrapping_sub(udpreach_engine::stamp::FIRST_SEQ));
                 if last_ttl.len() < 1 << 16 {
                     last_ttl.insert(seq, ttl);
