@@ -404,10 +404,17 @@ impl ReflectorPacket {
     }
 }
 
-/// The Class of Service TLV's value (RFC 8972 §4.4, with ECN1 and RP):
-/// `DSCP1(6) ECN1(2) | DSCP2(6) ECN2(2) | RP(2) reserved(14)`. DSCP1/ECN1:
-/// what the sender asks the reply to carry; DSCP2/ECN2: what arrived at the
-/// reflector; RP = 1: the reflector did not use DSCP1 (policy).
+/// The Class of Service TLV's value (RFC 8972 §4.4 with verified erratum
+/// 8199, and EC1 from draft-ietf-ippm-stamp-cos-ecn in bits RFC 8972
+/// reserved):
+///
+/// ```text
+/// |   DSCP1   |   DSCP2   |EC2|RPD|EC1|RPE|        Reserved       |
+/// ```
+///
+/// DSCP1/EC1: what the sender asks the reply to carry; DSCP2/EC2: what
+/// arrived at the reflector; RPD = 1: the reflector did not use DSCP1
+/// (policy). RPE is left as the sender wrote it (0).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClassOfService {
     pub dscp1: u8,
@@ -421,18 +428,19 @@ impl ClassOfService {
     pub fn decode(v: &[u8; COS_VALUE_LEN]) -> Self {
         ClassOfService {
             dscp1: v[0] >> 2,
-            ecn1: v[0] & 3,
-            dscp2: v[1] >> 2,
-            ecn2: v[1] & 3,
-            rp: v[2] >> 6,
+            dscp2: (v[0] & 3) << 4 | v[1] >> 4,
+            ecn2: (v[1] >> 2) & 3,
+            rp: v[1] & 3,
+            ecn1: v[2] >> 6,
         }
     }
 
     pub fn encode(&self) -> [u8; COS_VALUE_LEN] {
+        let dscp2 = self.dscp2 & 0x3f;
         [
-            (self.dscp1 & 0x3f) << 2 | (self.ecn1 & 3),
-            (self.dscp2 & 0x3f) << 2 | (self.ecn2 & 3),
-            (self.rp & 3) << 6,
+            (self.dscp1 & 0x3f) << 2 | dscp2 >> 4,
+            (dscp2 & 0x0f) << 4 | (self.ecn2 & 3) << 2 | (self.rp & 3),
+            (self.ecn1 & 3) << 6,
             0,
         ]
     }
@@ -751,6 +759,8 @@ mod tests {
         // CoS: DSCP2/ECN2 as received.
         let cos = find_cos(&out[44..]).unwrap();
         assert_eq!((cos.dscp1, cos.dscp2, cos.ecn2, cos.rp), (46, 46, 1, 0));
+        // ... at its bit positions: DSCP1 46, DSCP2 46, EC2 1, RPD 0.
+        assert_eq!(&out[44..52], &[0, 4, 0, 4, 0xba, 0xe4, 0, 0]);
         // Unknown TLV flagged U, value echoed.
         assert_eq!(&out[52..], &[0x80, 200, 0, 2, 0xee, 0xee]);
     }
@@ -837,6 +847,12 @@ mod tests {
             p.encode(key, &[], &mut b);
             let mode = if auth { Mode::Authenticated } else { Mode::Open };
             prop_assert_eq!(ReflectorPacket::decode(&b, mode).unwrap(), p);
+        }
+
+        #[test]
+        fn class_of_service_round_trip(d1 in 0u8..64, e1 in 0u8..4, d2 in 0u8..64, e2 in 0u8..4, rp in 0u8..4) {
+            let c = ClassOfService { dscp1: d1, ecn1: e1, dscp2: d2, ecn2: e2, rp };
+            prop_assert_eq!(ClassOfService::decode(&c.encode()), c);
         }
 
         #[test]
