@@ -46,10 +46,10 @@ printf '%-44s %10s %10s\n' "sender (reflector: stamp-suite -i)" 'p50 ms' 'p99 ms
 inc "$BIN" ping --stamp 198.18.0.2:863 -c "$COUNT" -i 1ms -q --json | python3 -c '
 import json,sys
 s=json.load(sys.stdin)["summary"]
-print(f"{\"udpreach ping --stamp (kernel timestamps)\":44} {s[\"rtt\"][\"p50_ms\"]:10.3f} {s[\"rtt\"][\"p99_ms\"]:10.3f}")
-print(f"{\"udpreach ping --stamp (user space)\":44} {s[\"rtt_user\"][\"p50_ms\"]:10.3f} {s[\"rtt_user\"][\"p99_ms\"]:10.3f}")'
+for name, k in (("udpreach ping --stamp (kernel timestamps)", "rtt"), ("udpreach ping --stamp (user space)", "rtt_user")):
+    print("%-44s %10.3f %10.3f" % (name, s[k]["p50_ms"], s[k]["p99_ms"]))'
 inc "$SS" --remote-addr 198.18.0.2 --remote-port 863 --local-port 8620 -c "$COUNT" -d 1 -L 1 --output-format json \
   | tail -n 1 | python3 -c '
 import json,sys
 s=json.load(sys.stdin)
-print(f"{\"stamp-suite sender\":44} {s[\"median_rtt_ms\"]:10.3f} {s[\"p99_rtt_ms\"]:10.3f}")'
+print("%-44s %10.3f %10.3f" % ("stamp-suite sender", s["median_rtt_ms"], s["p99_rtt_ms"]))'
