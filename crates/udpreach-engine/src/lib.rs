@@ -16,6 +16,7 @@ pub mod responder;
 pub mod rto;
 pub mod server;
 pub mod serverless;
+pub mod stamp;
 pub mod stats;
 pub mod sweep;
 pub mod trace;

@@ -129,6 +129,12 @@ impl SharedKey {
         self.0.is_empty()
     }
 
+    /// The key bytes as STAMP's authenticated mode uses them: the HMAC key
+    /// itself (RFC 8762 §4.4), as other STAMP implementations take it.
+    pub fn stamp_hmac_key(&self) -> &[u8] {
+        &self.0
+    }
+
     /// What the server sends to prove it holds the key.
     pub fn server_proof(&self, cn: &[u8; NONCE_LEN], sn: &[u8; NONCE_LEN]) -> [u8; PROOF_LEN] {
         hmac32(&self.0, &[LABEL_SERVER, &[0], cn, sn])

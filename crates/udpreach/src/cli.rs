@@ -75,6 +75,7 @@ const OUTPUT: &str = "Output";
 const AUTH: &str = "Authentication";
 const LISTEN: &str = "Listening";
 const LIMITS: &str = "Limits";
+const STAMP: &str = "STAMP (RFC 8762)";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -185,6 +186,22 @@ pub struct ServerArgs {
     /// address-dependent mapping and filtering can only be told apart with it.
     #[arg(long, value_name = "IP", help_heading = LISTEN)]
     pub alt_address: Option<std::net::IpAddr>,
+    /// Also be a STAMP reflector (RFC 8762/8972) for any STAMP sender, on ADDR:PORT
+    /// [default: 0.0.0.0:862 and [::]:862; ports below 1024 need root or CAP_NET_BIND_SERVICE].
+    /// With a key: authenticated mode only (the key is the HMAC key).
+    #[arg(long, value_name = "ADDR:PORT", num_args = 0..=1, value_parser = parse_listen, help_heading = STAMP)]
+    pub stamp: Option<Option<SocketAddr>>,
+    /// STAMP: echo the sender's sequence numbers instead of numbering replies per session
+    /// (a stateless reflector: senders cannot split loss by direction).
+    #[arg(long, requires = "stamp", help_heading = STAMP)]
+    pub stamp_stateless: bool,
+    /// STAMP: write PTP timestamps instead of NTP ones.
+    #[arg(long, requires = "stamp", help_heading = STAMP)]
+    pub stamp_ptp: bool,
+    /// STAMP: mark this host's clock as synchronised to UTC (the S bit), so that
+    /// senders with a synchronised clock report one-way delays. Only if it is (NTP/PTP).
+    #[arg(long, requires = "stamp", help_heading = STAMP)]
+    pub stamp_clock_synchronized: bool,
     #[command(flatten)]
     pub key: KeyArgs,
 }
@@ -253,6 +270,21 @@ pub struct PingArgs {
     /// One JSON object per line as it happens: start, each event, summary (-q: the summary only).
     #[arg(long = "json-lines", help_heading = OUTPUT)]
     pub json_lines: bool,
+    /// Be a STAMP session-sender (RFC 8762/8972) against any STAMP reflector (a router,
+    /// stamp-suite, `udpreach server --stamp`); the default port becomes 862. --dscp adds the
+    /// Class of Service TLV; with a key, authenticated mode (the key is the HMAC key).
+    #[arg(long, conflicts_with = "sport", help_heading = STAMP)]
+    pub stamp: bool,
+    /// STAMP: the session-sender identifier (RFC 8972) [default: random].
+    #[arg(long, value_name = "SSID", requires = "stamp", value_parser = number_in("SSID", 1u16, 65_535), allow_negative_numbers = true, help_heading = STAMP)]
+    pub ssid: Option<u16>,
+    /// STAMP: write PTP timestamps instead of NTP ones.
+    #[arg(long, requires = "stamp", help_heading = STAMP)]
+    pub stamp_ptp: bool,
+    /// STAMP: mark this host's clock as synchronised to UTC (the S bit); with a reflector
+    /// that says the same, one-way delays are reported. Only if it is (NTP/PTP).
+    #[arg(long, requires = "stamp", help_heading = STAMP)]
+    pub stamp_clock_synchronized: bool,
     #[command(flatten)]
     pub key: KeyArgs,
 }

@@ -442,6 +442,11 @@ const CHAIN_EXAMPLES: [&str; 2] = [
     "udpreach trace 198.18.5.2 -p 5060,5061 --no-server",
 ];
 
+/// The README's STAMP example: `udpreach ping --stamp` against
+/// `udpreach server --stamp` in a namespace pair (see
+/// [`readme_stamp_example_prints_what_the_readme_shows`]).
+const STAMP_EXAMPLES: [&str; 1] = ["udpreach ping --stamp 198.18.0.2 -c 4 -i 0.2 --dscp 46"];
+
 fn is_loopback_example(ex: &Example) -> bool {
     ex.command == "udpreach server" || ex.command.contains("127.0.0.1") || ex.is_usage_error()
 }
@@ -457,6 +462,7 @@ fn every_readme_example_is_run() {
                 || ROUTED_EXAMPLES.contains(&c)
                 || CHAIN_EXAMPLES.contains(&c)
                 || FRAGMENTS.contains(&c)
+                || STAMP_EXAMPLES.contains(&c)
                 || c == NAT_EXAMPLE,
             "the README example `$ {c}` is run by no test: add it to ROUTED_EXAMPLES (with the lab set-up it needs)"
         );
@@ -528,6 +534,20 @@ fn readme_chain_examples_print_what_the_readme_shows() {
     run_example(lab.client(), example(&examples, CHAIN_EXAMPLES[0]));
     drop(server);
     run_example(lab.client(), example(&examples, CHAIN_EXAMPLES[1]));
+}
+
+/// The STAMP example: a udpreach server that is also a STAMP reflector on
+/// port 862, measured from the client of a namespace pair.
+#[test]
+fn readme_stamp_example_prints_what_the_readme_shows() {
+    if !require_root() {
+        return;
+    }
+    let examples = readme_examples();
+    let lab = Lab::pair();
+    let _server = util::start_server(lab.server(), &["--stamp"]);
+    assert!(lab.server().wait_udp_bound(862, Duration::from_secs(10)));
+    run_example(lab.client(), example(&examples, STAMP_EXAMPLES[0]));
 }
 
 #[test]

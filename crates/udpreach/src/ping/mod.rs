@@ -1,6 +1,7 @@
 //! `udpreach ping`: the I/O driver around [`udpreach_engine::PingSession`].
 
 pub mod payload;
+mod stamp;
 
 use crate::cli::PingArgs;
 use crate::platform::errqueue::QueuedError;
@@ -41,6 +42,8 @@ enum Arrival {
     Datagram {
         from: SocketAddr,
         ttl: Option<u8>,
+        /// The TOS byte it arrived with (sockets with `recv_tos`).
+        tos: Option<u8>,
         data: Vec<u8>,
     },
     Icmp(QueuedError),
@@ -72,6 +75,7 @@ fn spawn_reader(
                     arrival: Arrival::Datagram {
                         from: meta.from,
                         ttl: meta.ttl,
+                        tos: meta.tos,
                         data: buf[..meta.len].to_vec(),
                     },
                 },
@@ -186,6 +190,9 @@ impl Drop for Sender {
 }
 
 pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
+    if args.stamp {
+        return stamp::run(args).await;
+    }
     // --sport keeps one socket per source port open until its timeout passes.
     crate::platform::raise_nofile_limit();
     let family = Family::from_flags(args.ipv4, args.ipv6);
@@ -443,7 +450,9 @@ fn handle_incoming(
     tx_ids: &mut HashMap<(SocketAddr, u32), u64>,
 ) {
     let (from, ttl, data) = match &msg.arrival {
-        Arrival::Datagram { from, ttl, data } => (*from, *ttl, data),
+        Arrival::Datagram {
+            from, ttl, data, ..
+        } => (*from, *ttl, data),
         Arrival::Icmp(e) => return handle_icmp(msg, e, target, builder, session, report),
         Arrival::Sent { id } => {
             if let (Some(seq), Some(ns)) = (tx_ids.remove(&(msg.local, *id)), msg.kernel_ns) {

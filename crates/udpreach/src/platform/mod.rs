@@ -36,6 +36,8 @@ pub struct UdpOptions {
     /// Software transmit timestamps (`SO_TIMESTAMPING`); read them with
     /// [`AsyncUdp::recv_timed`]. Best effort: a kernel without them gives none.
     pub tx_timestamps: bool,
+    /// Report each datagram's TOS / traffic class (`IP_RECVTOS`, `IPV6_RECVTCLASS`).
+    pub recv_tos: bool,
 }
 
 /// What `recvmsg` told us beside the bytes.
@@ -51,6 +53,9 @@ pub struct RecvMeta {
     /// on (`IP_PKTINFO` / `IPV6_RECVPKTINFO`; sockets bound to a wildcard
     /// address only): where an answer must come from.
     pub local: Option<(IpAddr, u32)>,
+    /// The TOS byte / traffic class it arrived with (DSCP and ECN), on
+    /// sockets opened with `UdpOptions::recv_tos`.
+    pub tos: Option<u8>,
 }
 
 /// A raw ICMP (IPv4) or ICMPv6 socket, read through the same `recvmsg`
@@ -140,6 +145,13 @@ pub fn udp_socket(bind: SocketAddr, opts: &UdpOptions) -> io::Result<UdpSocket> 
     if opts.recv_errors {
         errqueue::enable_recv_errors(&sock, v6)?;
     }
+    if opts.recv_tos {
+        if v6 {
+            nsock::setsockopt(&sock, sockopt::Ipv6RecvTClass, &true)?;
+        } else {
+            nsock::setsockopt(&sock, sockopt::IpRecvTos, &true)?;
+        }
+    }
     if opts.tx_timestamps {
         if let Err(e) = errqueue::enable_tx_timestamps(&sock) {
             tracing::debug!("no transmit timestamps: {e}");
@@ -198,6 +210,7 @@ fn recvmsg_meta(sock: &UdpSocket, buf: &mut [u8], flags: MsgFlags) -> io::Result
         ttl: None,
         kernel_rx: None,
         local: None,
+        tos: None,
     };
     if let Ok(cmsgs) = msg.cmsgs() {
         for c in cmsgs {
@@ -205,6 +218,8 @@ fn recvmsg_meta(sock: &UdpSocket, buf: &mut [u8], flags: MsgFlags) -> io::Result
                 ControlMessageOwned::Ipv4Ttl(t) | ControlMessageOwned::Ipv6HopLimit(t) => {
                     meta.ttl = u8::try_from(t).ok();
                 }
+                ControlMessageOwned::Ipv4Tos(tos) => meta.tos = Some(tos),
+                ControlMessageOwned::Ipv6TClass(tc) => meta.tos = u8::try_from(tc).ok(),
                 ControlMessageOwned::ScmTimestampns(ts) => {
                     let d = Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32);
                     meta.kernel_rx = Some(UNIX_EPOCH + d);
@@ -235,39 +250,70 @@ pub fn send_from(
     to: SocketAddr,
     local: Option<(IpAddr, u32)>,
 ) -> io::Result<usize> {
+    send_from_with_tos(sock, buf, to, local, None)
+}
+
+/// [`send_from`] with this datagram's TOS byte / traffic class (DSCP and
+/// ECN) set by a control message, whatever the socket's own setting.
+pub fn send_from_with_tos(
+    sock: &UdpSocket,
+    buf: &[u8],
+    to: SocketAddr,
+    local: Option<(IpAddr, u32)>,
+    tos: Option<u8>,
+) -> io::Result<usize> {
+    let tclass = tos.map(i32::from);
     let iov = [IoSlice::new(buf)];
     let fd = sock.as_fd().as_raw_fd();
-    let result = match (local, to) {
-        (Some((IpAddr::V4(ip), _)), SocketAddr::V4(dst)) => {
-            let pi = libc::in_pktinfo {
-                // 0: route as usual, only the source address is fixed.
-                ipi_ifindex: 0,
-                ipi_spec_dst: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(ip.octets()),
-                },
-                ipi_addr: libc::in_addr { s_addr: 0 },
-            };
-            let cmsg = [nsock::ControlMessage::Ipv4PacketInfo(&pi)];
+    let mut cmsgs: Vec<nsock::ControlMessage<'_>> = Vec::with_capacity(2);
+    let pi4;
+    let pi6;
+    let result = match to {
+        SocketAddr::V4(dst) => {
+            if let Some((IpAddr::V4(ip), _)) = local {
+                pi4 = libc::in_pktinfo {
+                    // 0: route as usual, only the source address is fixed.
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(ip.octets()),
+                    },
+                    ipi_addr: libc::in_addr { s_addr: 0 },
+                };
+                cmsgs.push(nsock::ControlMessage::Ipv4PacketInfo(&pi4));
+            }
+            if let Some(t) = &tos {
+                cmsgs.push(nsock::ControlMessage::Ipv4Tos(t));
+            }
+            if cmsgs.is_empty() {
+                return sock.send_to(buf, to);
+            }
             let dst = nsock::SockaddrIn::from(dst);
-            nsock::sendmsg(fd, &iov, &cmsg, MsgFlags::empty(), Some(&dst))
+            nsock::sendmsg(fd, &iov, &cmsgs, MsgFlags::empty(), Some(&dst))
         }
-        (Some((IpAddr::V6(ip), ifindex)), SocketAddr::V6(dst)) => {
-            let pi = libc::in6_pktinfo {
-                ipi6_addr: libc::in6_addr {
-                    s6_addr: ip.octets(),
-                },
-                // Link-local sources need their interface; others route as usual.
-                ipi6_ifindex: if ip.segments()[0] & 0xffc0 == 0xfe80 {
-                    ifindex
-                } else {
-                    0
-                },
-            };
-            let cmsg = [nsock::ControlMessage::Ipv6PacketInfo(&pi)];
+        SocketAddr::V6(dst) => {
+            if let Some((IpAddr::V6(ip), ifindex)) = local {
+                pi6 = libc::in6_pktinfo {
+                    ipi6_addr: libc::in6_addr {
+                        s6_addr: ip.octets(),
+                    },
+                    // Link-local sources need their interface; others route as usual.
+                    ipi6_ifindex: if ip.segments()[0] & 0xffc0 == 0xfe80 {
+                        ifindex
+                    } else {
+                        0
+                    },
+                };
+                cmsgs.push(nsock::ControlMessage::Ipv6PacketInfo(&pi6));
+            }
+            if let Some(t) = &tclass {
+                cmsgs.push(nsock::ControlMessage::Ipv6TClass(t));
+            }
+            if cmsgs.is_empty() {
+                return sock.send_to(buf, to);
+            }
             let dst = nsock::SockaddrIn6::from(dst);
-            nsock::sendmsg(fd, &iov, &cmsg, MsgFlags::empty(), Some(&dst))
+            nsock::sendmsg(fd, &iov, &cmsgs, MsgFlags::empty(), Some(&dst))
         }
-        _ => return sock.send_to(buf, to),
     };
     result.map_err(io::Error::from)
 }

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use udpreach_engine::ping::PingSummary;
 use udpreach_engine::serverless::{IcmpRateLimit, ServerlessResult};
+use udpreach_engine::stamp::{StampReplyInfo, StampSummary};
 use udpreach_engine::sweep::PortResult;
 use udpreach_wire::icmp::IcmpReport;
 
@@ -29,6 +30,9 @@ pub struct PingStart {
     pub bytes: usize,
     /// Whether probes carry the udpreach header (64 bytes and up).
     pub udpreach_header: bool,
+    /// With `--stamp`: STAMP test packets in this mode (`open`, `authenticated`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stamp_mode: Option<&'static str>,
 }
 
 /// What a udpreach server wrote into its reply.
@@ -57,6 +61,9 @@ pub struct PingReply {
     /// Present against a udpreach server (on `reply` events).
     #[serde(flatten)]
     pub server: Option<ServerView>,
+    /// With `--stamp`: what the reflector wrote into its reply.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stamp: Option<StampReplyInfo>,
 }
 
 /// A probe with no reply within its timeout.
@@ -140,6 +147,9 @@ pub struct PingSummaryReport {
     pub nat_detected: bool,
     /// `--sport` ports in use locally, not tested.
     pub skipped_source_ports: Vec<u16>,
+    /// With `--stamp`: the reflector, DSCP/ECN each way, one-way delays.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stamp: Option<StampSummary>,
 }
 
 /// `ping --json`: one document when the run ends.

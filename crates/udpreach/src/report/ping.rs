@@ -11,6 +11,7 @@ use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::time::Duration;
 use udpreach_engine::ping::PingSummary;
+use udpreach_engine::stamp::{ReflectorKind, StampReplyInfo, StampSummary};
 use udpreach_wire::icmp::IcmpReport;
 use udpreach_wire::ServerStamp;
 
@@ -53,7 +54,10 @@ impl PingEvent {
     /// The ping(8)-style line for this event.
     fn text(&self, target: SocketAddr) -> String {
         let reply = |r: &PingReply, note: &str| {
-            let ttl = r.ttl.map(|t| format!(" ttl={t}")).unwrap_or_default();
+            let mut ttl = r.ttl.map(|t| format!(" ttl={t}")).unwrap_or_default();
+            if let Some(st) = &r.stamp {
+                ttl.push_str(&stamp_reply_text(st));
+            }
             format!(
                 "{} -> {} seq={} bytes={} time={} ms{ttl}{note}",
                 r.local,
@@ -124,16 +128,35 @@ impl PingReport {
     }
 
     pub fn start(&self, size: usize, stamped: bool, local: Option<SocketAddr>) {
+        self.start_as(size, stamped, None, local)
+    }
+
+    /// The start of a `ping --stamp` run: STAMP test packets in `mode`.
+    pub fn start_stamp(&self, size: usize, mode: &'static str, local: Option<SocketAddr>) {
+        self.start_as(size, false, Some(mode), local)
+    }
+
+    fn start_as(
+        &self,
+        size: usize,
+        stamped: bool,
+        stamp_mode: Option<&'static str>,
+        local: Option<SocketAddr>,
+    ) {
         let start = PingStart {
             target: self.target_name.clone(),
             remote: self.target,
             local,
             bytes: size,
             udpreach_header: stamped,
+            stamp_mode,
         };
         match self.format {
             OutputFormat::Text if !self.quiet => {
-                let kind = if stamped {
+                let stamp_kind = stamp_mode.map(|m| format!("STAMP test packets ({m} mode)"));
+                let kind = if let Some(k) = &stamp_kind {
+                    k.as_str()
+                } else if stamped {
                     "udpreach probes"
                 } else {
                     "plain payload"
@@ -187,6 +210,36 @@ impl PingReport {
                 server_count: s.flow_count,
                 server_processing_us: s.tx_ns.saturating_sub(s.rx_ns) as f64 / 1e3,
             }),
+            stamp: None,
+        };
+        self.event(match kind {
+            ReplyKind::Reply => PingEvent::Reply(r),
+            ReplyKind::Late => PingEvent::Late(r),
+            ReplyKind::Duplicate => PingEvent::Duplicate(r),
+        });
+    }
+
+    /// A reply to a STAMP test packet, with what the reflector wrote.
+    #[allow(clippy::too_many_arguments)]
+    pub fn stamp_reply(
+        &self,
+        local: SocketAddr,
+        seq: u64,
+        bytes: usize,
+        rtt: Duration,
+        ttl: Option<u8>,
+        info: StampReplyInfo,
+        kind: ReplyKind,
+    ) {
+        let r = PingReply {
+            seq,
+            local,
+            remote: self.target,
+            bytes,
+            rtt_ms: ms(rtt),
+            ttl,
+            server: None,
+            stamp: Some(info),
         };
         self.event(match kind {
             ReplyKind::Reply => PingEvent::Reply(r),
@@ -217,6 +270,22 @@ impl PingReport {
 
     /// The closing block. `local` is the address we sent from (None with --sport).
     pub fn summary(&self, s: &PingSummary, local: Option<SocketAddr>, skipped_ports: &[u16]) {
+        self.summary_as(s, local, skipped_ports, None)
+    }
+
+    /// The closing block of a `ping --stamp` run.
+    pub fn summary_stamp(&self, s: &PingSummary, local: Option<SocketAddr>, stamp: StampSummary) {
+        self.summary_as(s, local, &[], Some(stamp))
+    }
+
+    fn summary_as(
+        &self,
+        s: &PingSummary,
+        local: Option<SocketAddr>,
+        skipped_ports: &[u16],
+        stamp: Option<StampSummary>,
+    ) {
+        let stamp_mode = stamp.as_ref().map(|st| st.mode);
         let report = PingSummaryReport {
             stats: s.clone(),
             target: self.target_name.clone(),
@@ -224,6 +293,7 @@ impl PingReport {
             local,
             nat_detected: nat_line(s, local).is_some(),
             skipped_source_ports: skipped_ports.to_vec(),
+            stamp,
         };
         match self.format {
             OutputFormat::Text => print_line(&summary_text(&report)),
@@ -235,6 +305,7 @@ impl PingReport {
                     local,
                     bytes: 0,
                     udpreach_header: false,
+                    stamp_mode,
                 });
                 let events = (!self.quiet).then(|| self.events.take());
                 super::print_json(&PingDocument {
@@ -301,7 +372,9 @@ fn summary_text(report: &PingSummaryReport) -> String {
             s.direction_unknown.unwrap_or(0)
         ));
     }
-    if let Some(p) = &s.server_processing {
+    if let Some(st) = &report.stamp {
+        stamp_summary_lines(st, s, &mut lines);
+    } else if let Some(p) = &s.server_processing {
         let mut l = format!(
             "server: processing min/avg/max = {:.1}/{:.1}/{:.1} us",
             p.min_us, p.avg_us, p.max_us
@@ -358,5 +431,92 @@ fn nat_line(s: &PingSummary, local: Option<SocketAddr>) -> Option<String> {
             s.port_translated
         )),
         _ => None,
+    }
+}
+
+/// What a STAMP reply adds to its line: the reflector's view of our packet.
+fn stamp_reply_text(st: &StampReplyInfo) -> String {
+    let mut t = format!(
+        " reflector_seq={} reflector_ttl={} reflector_time={:.1} us",
+        st.reflector_seq,
+        st.reflector_seen_ttl,
+        st.reflector_processing_ns as f64 / 1e3
+    );
+    if let (Some(f), Some(b)) = (st.forward_ns, st.backward_ns) {
+        t.push_str(&format!(
+            " one-way={}/{} ms",
+            ms3(f as f64 / 1e6),
+            ms3(b as f64 / 1e6)
+        ));
+    }
+    if let Some(d) = st.reflector_saw_dscp {
+        let back = st
+            .reply_dscp
+            .map_or_else(|| "?".to_string(), |d| d.to_string());
+        t.push_str(&format!(" dscp_there={d} dscp_back={back}"));
+    }
+    t
+}
+
+/// The closing lines only STAMP gives.
+fn stamp_summary_lines(st: &StampSummary, s: &PingSummary, lines: &mut Vec<String>) {
+    let kind = match st.reflector {
+        ReflectorKind::Stateful => "stateful",
+        ReflectorKind::Stateless => "stateless",
+        ReflectorKind::Unknown => "unknown (no reply)",
+    };
+    let mut l = format!("reflector: {kind}, {} mode", st.mode);
+    if let Some(p) = &s.server_processing {
+        l.push_str(&format!(
+            "; processing min/avg/max = {:.1}/{:.1}/{:.1} us",
+            p.min_us, p.avg_us, p.max_us
+        ));
+    }
+    if let Some(ttl) = s.server_seen_ttl {
+        l.push_str(&format!("; saw your packets with TTL {ttl}"));
+    }
+    lines.push(l);
+    if s.lost > 0 && s.upstream_lost.is_none() {
+        lines.push(format!(
+            "loss by direction: could not tell ({} lost; {})",
+            s.lost,
+            if st.reflector == ReflectorKind::Stateful {
+                "the reflector's counter moved more than we sent, e.g. duplicates"
+            } else {
+                "a stateless reflector echoes our numbers"
+            }
+        ));
+    }
+    if let Some(ow) = &st.one_way {
+        if let (Some(f), Some(b)) = (&ow.forward, &ow.backward) {
+            lines.push(format!(
+                "one-way delay p50 forward/backward = {}/{} ms (both clocks marked synchronised)",
+                ms3(f.p50_ms),
+                ms3(b.p50_ms)
+            ));
+        }
+    }
+    if let Some(c) = &st.class_of_service {
+        let opt = |v: Option<u8>| v.map_or_else(|| "?".to_string(), |v| v.to_string());
+        lines.push(format!(
+            "dscp/ecn: sent {}/{}, arrived at reflector {}/{}, reply arrived {}/{}{}; {} replies remarked",
+            c.sent_dscp,
+            c.sent_ecn,
+            opt(c.reflector_saw_dscp),
+            opt(c.reflector_saw_ecn),
+            opt(c.reply_dscp),
+            opt(c.reply_ecn),
+            match c.reflector_used_requested_dscp {
+                Some(false) => " (reflector did not use the DSCP asked for)",
+                _ => "",
+            },
+            c.remarked_replies
+        ));
+    }
+    if st.ignored > 0 {
+        lines.push(format!(
+            "{} packets from the reflector ignored (not a STAMP reply, or a wrong HMAC)",
+            st.ignored
+        ));
     }
 }

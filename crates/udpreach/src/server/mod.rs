@@ -6,6 +6,7 @@ mod echo;
 mod legacy;
 mod mtu;
 mod nat;
+mod stamp;
 mod test_port;
 mod trace;
 
@@ -141,6 +142,37 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<u8> {
             }
         }
     }
+    let mut stamp_socks = Vec::new();
+    if let Some(stamp_at) = args.stamp {
+        let addrs = match stamp_at {
+            Some(a) => vec![a],
+            None => vec![
+                SocketAddr::new(
+                    IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    udpreach_wire::stamp::PORT,
+                ),
+                SocketAddr::new(
+                    IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                    udpreach_wire::stamp::PORT,
+                ),
+            ],
+        };
+        for addr in &addrs {
+            match stamp::bind(*addr) {
+                Ok(s) => stamp_socks.push((*addr, s)),
+                Err(e) if stamp_at.is_none() && addr.is_ipv6() => {
+                    tracing::warn!("IPv6 STAMP reflector not available on {addr}: {e}");
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => anyhow::bail!(
+                    "cannot listen on UDP {addr} for STAMP: {e} (ports below 1024 need root or CAP_NET_BIND_SERVICE; or give --stamp ADDR:PORT with a port above 1023)"
+                ),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot listen on UDP {addr} for STAMP"))
+                }
+            }
+            reserved.push(addr.port());
+        }
+    }
     let mut control_listeners = Vec::new();
     for (addr, _) in &echo_socks {
         let caddr = SocketAddr::new(addr.ip(), args.control.unwrap_or(addr.port()));
@@ -216,6 +248,47 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<u8> {
         source_ports,
     };
 
+    if !stamp_socks.is_empty() {
+        let policy = udpreach_engine::stamp::ReflectorPolicy {
+            key: state.key.as_ref().map(|k| k.stamp_hmac_key().to_vec()),
+            stateful: !args.stamp_stateless,
+            error_estimate: udpreach_wire::stamp::ErrorEstimate::new(
+                args.stamp_clock_synchronized,
+                args.stamp_ptp,
+                22,
+                1,
+            ),
+            source_ports: echo_policy.source_ports.clone(),
+            max_datagram: l.max_datagram,
+            max_sessions: udpreach_engine::stamp::DEFAULT_REFLECTOR_SESSIONS,
+            session_idle: udpreach_engine::stamp::DEFAULT_SESSION_IDLE,
+        };
+        let desc: Vec<String> = stamp_socks.iter().map(|(a, _)| a.to_string()).collect();
+        println!(
+            "udpreach server: STAMP reflector on UDP {} ({}, {} mode, {} timestamps{})",
+            desc.join(", "),
+            if policy.stateful {
+                "stateful"
+            } else {
+                "stateless"
+            },
+            if policy.key.is_some() {
+                "authenticated"
+            } else {
+                "open"
+            },
+            if args.stamp_ptp { "PTP" } else { "NTP" },
+            if args.stamp_clock_synchronized {
+                ", clock marked synchronised"
+            } else {
+                ""
+            },
+        );
+        for (addr, socks) in stamp_socks {
+            stamp::spawn(socks, addr, policy.clone(), budget.clone())
+                .context("cannot start the STAMP workers")?;
+        }
+    }
     let mut tasks = Vec::new();
     for (addr, socks) in echo_socks {
         echo::spawn(socks, addr, echo_policy.clone(), budget.clone())

@@ -1,0 +1,120 @@
+//! The STAMP reflector (`server --stamp`): answers RFC 8762 / 8972 test
+//! packets from any STAMP sender. What to answer is decided by the engine's
+//! [`StampReflector`] (source ports, size, the per-destination reply budget,
+//! authentication with the server's key, stateful numbering); the workers
+//! only move bytes, on blocking sockets like the echo port.
+
+use super::{echo, lock_budget};
+use crate::platform::{self, realtime_ns, UdpOptions};
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+use udpreach_engine::reply_budget::ReplyBudget;
+use udpreach_engine::stamp::{ReflectorPolicy, ReflectorRequest, StampReflector};
+
+/// How often the reflector logs what it answered and dropped (at info).
+const STATS_EVERY: Duration = Duration::from_secs(60);
+
+/// Binds the reflector's address: one socket per worker, each reporting
+/// the TTL and TOS its datagrams arrived with.
+pub fn bind(addr: SocketAddr) -> io::Result<Vec<UdpSocket>> {
+    echo::bind_workers(
+        addr,
+        UdpOptions {
+            recv_tos: true,
+            ..UdpOptions::default()
+        },
+    )
+}
+
+/// Starts the worker threads; they run until the process exits.
+pub fn spawn(
+    socks: Vec<UdpSocket>,
+    local: SocketAddr,
+    policy: ReflectorPolicy,
+    budget: Arc<Mutex<ReplyBudget>>,
+) -> io::Result<()> {
+    let reflector = Arc::new(Mutex::new(StampReflector::new(policy)));
+    for (i, sock) in socks.into_iter().enumerate() {
+        let reflector = reflector.clone();
+        let budget = budget.clone();
+        std::thread::Builder::new()
+            .name(format!("stamp-{i}"))
+            .spawn(move || serve(sock, local, &reflector, &budget))?;
+    }
+    Ok(())
+}
+
+fn serve(
+    sock: UdpSocket,
+    local: SocketAddr,
+    reflector: &Mutex<StampReflector>,
+    budget: &Mutex<ReplyBudget>,
+) {
+    let mut buf = vec![0u8; 65536];
+    let mut out = Vec::with_capacity(2048);
+    let mut next_stats = Instant::now() + STATS_EVERY;
+    loop {
+        let meta = match platform::recv_meta_wait(&sock, &mut buf) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!("stamp recv: {e}");
+                continue;
+            }
+        };
+        let req = ReflectorRequest {
+            from: meta.from,
+            ttl: meta.ttl,
+            tos: meta.tos,
+            rx_ns: meta
+                .kernel_rx
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or_else(realtime_ns, |d| d.as_nanos() as u64),
+        };
+        let now = Instant::now();
+        // Lock order: reflector, then budget (as for echo).
+        let mut r = reflector.lock().unwrap_or_else(|p| p.into_inner());
+        let answer = r.respond(
+            &buf[..meta.len],
+            &req,
+            realtime_ns(),
+            &mut lock_budget(budget),
+            now,
+            &mut out,
+        );
+        let stats = (now >= next_stats).then(|| {
+            let dropped = std::mem::take(&mut r.dropped);
+            (std::mem::take(&mut r.replies), dropped, r.sessions())
+        });
+        drop(r);
+        match answer {
+            Ok(a) => {
+                if let Err(e) =
+                    platform::send_from_with_tos(&sock, &out[..a.len], meta.from, meta.local, a.tos)
+                {
+                    tracing::debug!("stamp send to {}: {e}", meta.from);
+                }
+            }
+            Err(why) => {
+                tracing::trace!(from = %meta.from, len = meta.len, ?why, "stamp: dropped");
+            }
+        }
+        if let Some((replies, dropped, sessions)) = stats {
+            next_stats = now + STATS_EVERY;
+            if replies > 0 || !dropped.is_empty() {
+                let mut d: Vec<String> =
+                    dropped.iter().map(|(k, n)| format!("{k:?}={n}")).collect();
+                d.sort();
+                tracing::info!(
+                    stamp = %local,
+                    replies,
+                    sessions,
+                    "stamp reflector, last {} s: dropped {}",
+                    STATS_EVERY.as_secs(),
+                    if d.is_empty() { "none".to_string() } else { d.join(" ") }
+                );
+            }
+        }
+    }
+}
