@@ -53,15 +53,21 @@ pub const NTP_UNIX_OFFSET_SECS: u64 = 2_208_988_800;
 
 /// TLV types this implementation understands (IANA "STAMP TLV Types").
 pub mod tlv_type {
+    /// Extra Padding TLV (RFC 8972 §4.2).
     pub const EXTRA_PADDING: u8 = 1;
+    /// Class of Service TLV (RFC 8972 §4.4).
     pub const CLASS_OF_SERVICE: u8 = 4;
+    /// HMAC TLV (RFC 8972 §4.8), the last TLV in authenticated mode.
     pub const HMAC: u8 = 8;
 }
 
 /// TLV flags (RFC 8972 §4.1): Unrecognized, Malformed, Integrity failed.
 pub mod tlv_flag {
+    /// U flag: the reflector does not know this TLV's type.
     pub const UNRECOGNIZED: u8 = 0x80;
+    /// M flag: the TLV's length or value is malformed.
     pub const MALFORMED: u8 = 0x40;
+    /// I flag: the HMAC TLV did not verify.
     pub const INTEGRITY_FAILED: u8 = 0x20;
 }
 
@@ -71,11 +77,14 @@ pub const COS_VALUE_LEN: usize = 4;
 /// Unauthenticated ("open") or authenticated mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
+    /// Unauthenticated mode: 44-byte base packets, no HMAC.
     Open,
+    /// Authenticated mode: 112-byte base packets sealed with a truncated HMAC-SHA-256.
     Authenticated,
 }
 
 impl Mode {
+    /// Base packet length in this mode ([`OPEN_LEN`] or [`AUTH_LEN`]).
     pub fn base_len(self) -> usize {
         match self {
             Mode::Open => OPEN_LEN,
@@ -87,20 +96,32 @@ impl Mode {
 /// Byte offsets of one mode's fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layout {
+    /// Sequence number (4 bytes).
     pub seq: usize,
+    /// Transmit timestamp (8 bytes).
     pub timestamp: usize,
+    /// Error estimate (2 bytes).
     pub error_estimate: usize,
+    /// Session-sender identifier, SSID (2 bytes, RFC 8972 §3).
     pub ssid: usize,
+    /// Reflector's receive timestamp (8 bytes; reflector packets only).
     pub receive_timestamp: usize,
+    /// Sender's sequence number echoed (4 bytes; reflector packets only).
     pub sender_seq: usize,
+    /// Sender's timestamp echoed (8 bytes; reflector packets only).
     pub sender_timestamp: usize,
+    /// Sender's error estimate echoed (2 bytes; reflector packets only).
     pub sender_error_estimate: usize,
+    /// Sender TTL / hop limit (1 byte; reflector packets only).
     pub sender_ttl: usize,
+    /// Base HMAC (16 bytes), authenticated mode only.
     pub hmac: Option<usize>,
+    /// Start of the TLV area (the base packet length).
     pub tlvs: usize,
 }
 
 impl Layout {
+    /// The field offsets of `mode` (RFC 8762 §4.2-4.3, SSID per RFC 8972 §3).
     pub const fn of(mode: Mode) -> Layout {
         match mode {
             Mode::Open => Layout {
@@ -133,11 +154,19 @@ impl Layout {
     }
 }
 
+/// Why a STAMP packet could not be read or was rejected.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum StampError {
     #[error("STAMP packet of {len} bytes is shorter than the {need}-byte base packet")]
-    TooShort { len: usize, need: usize },
+    /// The packet is shorter than the mode's base packet.
+    TooShort {
+        /// The packet's length.
+        len: usize,
+        /// The base packet length the mode needs.
+        need: usize,
+    },
     #[error("STAMP packet's HMAC does not match")]
+    /// The base HMAC does not verify (authenticated mode).
     BadHmac,
 }
 
@@ -148,9 +177,12 @@ pub enum StampError {
 pub struct ErrorEstimate(pub u16);
 
 impl ErrorEstimate {
+    /// S bit: the clock is synchronised to UTC.
     pub const SYNCHRONIZED: u16 = 0x8000;
+    /// Z bit: timestamps are PTP (set) or NTP (clear) format.
     pub const PTP: u16 = 0x4000;
 
+    /// Builds an estimate from the S and Z bits, a 6-bit scale and a multiplier.
     pub fn new(synchronized: bool, ptp: bool, scale: u8, multiplier: u8) -> Self {
         let mut v = u16::from(scale & 0x3f) << 8 | u16::from(multiplier);
         if synchronized {
@@ -169,14 +201,17 @@ impl ErrorEstimate {
         Self::new(false, false, 22, 1)
     }
 
+    /// Whether the S bit (synchronised to UTC) is set.
     pub fn synchronized(self) -> bool {
         self.0 & Self::SYNCHRONIZED != 0
     }
 
+    /// Whether the Z bit (PTP timestamps) is set.
     pub fn ptp(self) -> bool {
         self.0 & Self::PTP != 0
     }
 
+    /// The timestamp format the Z bit selects.
     pub fn format(self) -> TimestampFormat {
         if self.ptp() {
             TimestampFormat::Ptp
@@ -233,9 +268,13 @@ impl TimestampFormat {
 /// The fields of a session-sender's test packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SenderPacket {
+    /// Sender's sequence number.
     pub seq: u32,
+    /// When the sender sent this packet (raw NTP or PTP timestamp).
     pub timestamp: u64,
+    /// The sender clock's error estimate.
     pub error_estimate: ErrorEstimate,
+    /// Session-sender identifier (RFC 8972 §3).
     pub ssid: u16,
 }
 
@@ -247,12 +286,17 @@ pub struct ReflectorPacket {
     pub seq: u32,
     /// When the reflector sent this packet.
     pub timestamp: u64,
+    /// The reflector clock's error estimate.
     pub error_estimate: ErrorEstimate,
+    /// Session-sender identifier, copied from the request.
     pub ssid: u16,
     /// When the reflector received the request.
     pub receive_timestamp: u64,
+    /// The request's sequence number, echoed.
     pub sender_seq: u32,
+    /// The request's timestamp, echoed.
     pub sender_timestamp: u64,
+    /// The request's error estimate, echoed.
     pub sender_error_estimate: ErrorEstimate,
     /// TTL or hop limit of the request as it arrived (0: unknown).
     pub sender_ttl: u8,
@@ -417,14 +461,20 @@ impl ReflectorPacket {
 /// (policy). RPE is left as the sender wrote it (0).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClassOfService {
+    /// DSCP the sender asks the reply to carry (6 bits).
     pub dscp1: u8,
+    /// ECN the sender asks the reply to carry (EC1, 2 bits).
     pub ecn1: u8,
+    /// DSCP the request arrived with at the reflector (6 bits).
     pub dscp2: u8,
+    /// ECN the request arrived with at the reflector (EC2, 2 bits).
     pub ecn2: u8,
+    /// RPD, reverse path DSCP: 1 if the reflector did not use DSCP1 (2 bits).
     pub rp: u8,
 }
 
 impl ClassOfService {
+    /// Reads the fields from the TLV's 4-byte value.
     pub fn decode(v: &[u8; COS_VALUE_LEN]) -> Self {
         ClassOfService {
             dscp1: v[0] >> 2,
@@ -435,6 +485,7 @@ impl ClassOfService {
         }
     }
 
+    /// Writes the fields into the TLV's 4-byte value (reserved bits zero).
     pub fn encode(&self) -> [u8; COS_VALUE_LEN] {
         let dscp2 = self.dscp2 & 0x3f;
         [
@@ -471,8 +522,11 @@ impl ClassOfService {
 pub struct Tlv<'a> {
     /// Offset of its header within the TLV area.
     pub at: usize,
+    /// Flags byte (U, M, I; RFC 8972 §4.1).
     pub flags: u8,
+    /// TLV type (see [`tlv_type`]).
     pub kind: u8,
+    /// The value, `length` bytes after the header.
     pub value: &'a [u8],
 }
 
@@ -514,6 +568,7 @@ pub struct Reflection {
     pub seq: u32,
     /// When the request arrived and when the reply leaves (Unix ns).
     pub receive_unix_ns: u64,
+    /// When the reply leaves the reflector (Unix ns).
     pub transmit_unix_ns: u64,
     /// The reflector clock's estimate; its Z bit picks NTP or PTP format.
     pub error_estimate: ErrorEstimate,
@@ -529,6 +584,7 @@ pub struct Reflection {
 /// What reflecting one request found out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Reflected {
+    /// The request's sender fields.
     pub sender: SenderPacket,
     /// DSCP and ECN the sender asked the reply to carry (CoS TLV).
     pub requested_tos: Option<(u8, u8)>,
