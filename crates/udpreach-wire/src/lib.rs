@@ -17,7 +17,6 @@ pub mod nat;
 pub mod portspec;
 pub mod probe;
 pub mod services;
-#[allow(missing_docs)] // documented on branch issue14, merged next
 pub mod stamp;
 pub mod trace;
 
