@@ -35,6 +35,7 @@
 //! [`ServerlessSweep::poll_transmit`] returns and reports replies, ICMP
 //! errors and the time.
 
+use crate::rate::TokenBucket;
 use crate::rto::RtoEstimator;
 use serde::Serialize;
 use std::cmp::Reverse;
@@ -355,8 +356,8 @@ pub struct ServerlessSweep {
     drops: u32,
     /// Arrival times of the latest ICMP answers, for the first interval estimate.
     answers: VecDeque<Instant>,
-    rate_tokens: f64,
-    rate_refill: Instant,
+    /// The probe rate cap, when there is one.
+    pacer: Option<TokenBucket>,
     start: Instant,
     progress: ServerlessProgress,
 }
@@ -383,7 +384,9 @@ impl ServerlessSweep {
         }
         let rto = RtoEstimator::new(cfg.rto_initial, cfg.rto_min, cfg.rto_max);
         ServerlessSweep {
-            rate_tokens: cfg.rate.map_or(0.0, |r| f64::from(r).min(64.0)),
+            pacer: cfg
+                .rate
+                .map(|r| TokenBucket::with_burst(r, f64::from(r).min(64.0), now)),
             cfg: ServerlessConfig {
                 attempts: cfg.attempts.max(1),
                 confirmations: cfg.confirmations.max(1),
@@ -412,7 +415,6 @@ impl ServerlessSweep {
             last_test: None,
             drops: 0,
             answers: VecDeque::new(),
-            rate_refill: now,
             start: now,
         }
     }
@@ -470,14 +472,9 @@ impl ServerlessSweep {
         }
     }
 
-    fn refill(&mut self, now: Instant) {
-        if let Some(rate) = self.cfg.rate {
-            let dt = now
-                .saturating_duration_since(self.rate_refill)
-                .as_secs_f64();
-            let burst = f64::from(rate).clamp(1.0, 64.0);
-            self.rate_tokens = (self.rate_tokens + dt * f64::from(rate)).min(burst);
-            self.rate_refill = now;
+    fn take_token(&mut self) {
+        if let Some(b) = &mut self.pacer {
+            b.take();
         }
     }
 
@@ -492,8 +489,7 @@ impl ServerlessSweep {
 
     /// The next probe to send now, if any. Call until it returns `None`.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<ServerlessTransmit> {
-        self.refill(now);
-        if self.cfg.rate.is_some() && self.rate_tokens < 1.0 {
+        if !self.pacer.as_mut().is_none_or(|b| b.has_token(now)) {
             return None;
         }
         let Some(pc) = self.pacing.clone() else {
@@ -546,9 +542,7 @@ impl ServerlessSweep {
                 t.deadline = Some(deadline);
                 self.timers.push(Reverse((deadline, port, TEST_TAG)));
             }
-            if self.cfg.rate.is_some() {
-                self.rate_tokens -= 1.0;
-            }
+            self.take_token();
             self.progress.canaries_sent += 1;
             return Some(ServerlessTransmit {
                 port,
@@ -595,9 +589,7 @@ impl ServerlessSweep {
     }
 
     fn send_probe(&mut self, port: u16, confirming: bool, now: Instant) -> ServerlessTransmit {
-        if self.cfg.rate.is_some() {
-            self.rate_tokens -= 1.0;
-        }
+        self.take_token();
         let paced = self.pacing.is_some();
         let attempt = {
             let p = self.port(port).expect("planned port");
@@ -633,9 +625,7 @@ impl ServerlessSweep {
         let port = self
             .canary_port
             .expect("confirming probes are only sent with a canary port");
-        if self.cfg.rate.is_some() {
-            self.rate_tokens -= 1.0;
-        }
+        self.take_token();
         let covers = std::mem::take(&mut self.batch);
         let timeout = if self.pacing.is_some() {
             self.paced_timeout()
@@ -1121,12 +1111,16 @@ impl ServerlessSweep {
         let mut at = |t: Instant| wake = Some(wake.map_or(t, |w: Instant| w.min(t)));
         let wants_plain = self.has_plain();
         let wants_confirm = self.canary.is_none() && !self.confirm_ready.is_empty();
-        let rate_ok = self.cfg.rate.is_none() || self.rate_tokens >= 1.0;
+        let rate_ok = self.pacer.as_ref().is_none_or(TokenBucket::had_token);
         if self.pacing.is_none() && rate_ok {
             // Work that may go out at once: call back now.
             let batch_due = self.canary.is_none() && !self.batch.is_empty();
             if batch_due || wants_confirm || (wants_plain && self.in_flight < self.cfg.window) {
-                at(self.rate_refill.max(self.start));
+                at(self
+                    .pacer
+                    .as_ref()
+                    .map_or(self.start, TokenBucket::refilled_at)
+                    .max(self.start));
             }
         }
         if let Some(pc) = &self.pacing {
@@ -1138,10 +1132,9 @@ impl ServerlessSweep {
                 }
             }
         }
-        if let Some(rate) = self.cfg.rate {
-            if (wants_plain || wants_confirm) && self.rate_tokens < 1.0 {
-                at(self.rate_refill
-                    + Duration::from_secs_f64((1.0 - self.rate_tokens) / f64::from(rate)));
+        if let Some(refill) = self.pacer.as_ref().and_then(TokenBucket::next_token_at) {
+            if wants_plain || wants_confirm {
+                at(refill);
             }
         }
         wake

@@ -16,6 +16,7 @@
 //! The server holds at most `max_open` of our ports at once; ports are closed
 //! as soon as they are decided so the window slides over the whole plan.
 
+use crate::rate::TokenBucket;
 use crate::rto::RtoEstimator;
 use crate::verdict::Verdict;
 use serde::Serialize;
@@ -164,8 +165,8 @@ pub struct Sweep {
     rto: RtoEstimator,
     in_flight: usize,
     progress: Progress,
-    tokens: f64,
-    last_refill: Instant,
+    /// The probe rate cap, when there is one.
+    pacer: Option<TokenBucket>,
 }
 
 /// Burst allowance for a probe rate: 10 ms worth (the timer granularity is
@@ -195,7 +196,9 @@ impl Sweep {
         let rto = RtoEstimator::new(cfg.rto_initial, cfg.rto_min, cfg.rto_max);
         let total = plan.ports().len();
         Sweep {
-            tokens: cfg.rate.map_or(0.0, burst_for),
+            pacer: cfg
+                .rate
+                .map(|rate| TokenBucket::with_burst(rate, burst_for(rate), now)),
             cfg: SweepConfig {
                 rounds: cfg.rounds.max(1),
                 attempts: cfg.attempts.max(1),
@@ -217,7 +220,6 @@ impl Sweep {
                 total,
                 ..Progress::default()
             },
-            last_refill: now,
         }
     }
 
@@ -308,17 +310,6 @@ impl Sweep {
         }
     }
 
-    fn refill(&mut self, now: Instant) {
-        if let Some(rate) = self.cfg.rate {
-            let dt = now
-                .saturating_duration_since(self.last_refill)
-                .as_secs_f64();
-            let burst = burst_for(rate);
-            self.tokens = (self.tokens + dt * f64::from(rate)).min(burst);
-            self.last_refill = now;
-        }
-    }
-
     /// Moves ports whose retransmission timer has expired back to the ready queue.
     pub fn poll_timers(&mut self, now: Instant) {
         while let Some(&Reverse((at, port))) = self.timers.peek() {
@@ -356,11 +347,11 @@ impl Sweep {
 
     /// The next probe to send now, if any (respects the rate cap).
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
-        self.refill(now);
+        let has_token = self.pacer.as_mut().is_none_or(|b| b.has_token(now));
         let timeout = self.timeout();
         loop {
             let port = *self.ready.front()?;
-            if self.cfg.rate.is_some() && self.tokens < 1.0 {
+            if !has_token {
                 return None;
             }
             if self.in_flight >= self.cfg.max_in_flight {
@@ -385,8 +376,8 @@ impl Sweep {
             let wait = timeout + timeout * sent / 2;
             self.timers.push(Reverse((now + wait, port)));
             self.progress.probes_sent += 1;
-            if self.cfg.rate.is_some() {
-                self.tokens -= 1.0;
+            if let Some(b) = &mut self.pacer {
+                b.take();
             }
             return Some(Transmit {
                 port,
@@ -511,10 +502,10 @@ impl Sweep {
     /// When the driver must call back at the latest.
     pub fn next_wakeup(&self) -> Option<Instant> {
         let timer = self.timers.peek().map(|Reverse((at, _))| *at);
-        if self.cfg.rate.is_some() && !self.ready.is_empty() && self.tokens < 1.0 {
-            let rate = f64::from(self.cfg.rate.unwrap_or(1));
-            let refill = self.last_refill + Duration::from_secs_f64((1.0 - self.tokens) / rate);
-            return Some(timer.map_or(refill, |t| t.min(refill)));
+        if let Some(refill) = self.pacer.as_ref().and_then(TokenBucket::next_token_at) {
+            if !self.ready.is_empty() {
+                return Some(timer.map_or(refill, |t| t.min(refill)));
+            }
         }
         timer
     }

@@ -28,7 +28,9 @@ pub const MAGIC: [u8; 4] = *b"UDPR";
 pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 64;
 /// Largest UDP payload over IPv4 (65535 - 20 IP - 8 UDP).
-pub const MAX_DATAGRAM: usize = 65507;
+pub const MAX_DATAGRAM: usize = crate::mtu::MAX_PAYLOAD_V4 as usize;
+/// Largest UDP payload over IPv6 (65535 - 8 UDP; the IPv6 header is not counted).
+pub const MAX_DATAGRAM_V6: usize = crate::mtu::MAX_PAYLOAD_V6 as usize;
 /// Flag: the datagram ends with a 16-byte authentication tag.
 pub const FLAG_AUTH: u16 = 0x0001;
 /// Flag (reply): the server filled in the stamp fields.

@@ -984,7 +984,7 @@ mod tests {
         assert_eq!(reqs.iter().filter(|(s, _)| s == &[65488]).count(), 3);
         // A large buffer: one request unless the server's cap says otherwise.
         assert_eq!(plan_requests(&sizes, 3, 8 << 20).len(), 1);
-        let big = [65527; 10];
+        let big = [udpreach_wire::mtu::MAX_PAYLOAD_V6; 10];
         let reqs = plan_requests(&big, 4, 8 << 20);
         assert!(reqs.iter().all(|(s, c)| {
             s.iter().map(|&x| u64::from(x) * u64::from(*c)).sum::<u64>() <= MAX_BYTES_PER_SEND

@@ -34,7 +34,7 @@ use udpreach_wire::auth::{DerivedKey, MIN_SEALED_LEN};
 use udpreach_wire::control::{ControlMsg, ErrorCode, MtuSendResult};
 use udpreach_wire::icmp::{IcmpOrigin, IcmpReason};
 use udpreach_wire::mtu::{self, ack_for, MAX_COUNT_PER_SIZE, MAX_LINGER_MS, MAX_SIZES_PER_SEND};
-use udpreach_wire::probe::{ProbeHeader, ProbeKind, ServerStamp, HEADER_LEN, MAGIC, MAX_DATAGRAM};
+use udpreach_wire::probe::{ProbeHeader, ProbeKind, ServerStamp, HEADER_LEN, MAGIC};
 
 /// Bytes one session may have the server send in MTU tests, in total.
 const SESSION_BUDGET: u64 = 64 << 20;
@@ -115,7 +115,7 @@ impl MtuPort {
     /// The `MtuOpened` answer.
     pub fn opened(&self, peer: IpAddr) -> ControlMsg {
         let route = errqueue::route_mtu(SocketAddr::new(peer, 9)).unwrap_or(0);
-        let max_size = if self.v6 { 65527 } else { MAX_DATAGRAM as u32 };
+        let max_size = mtu::max_payload(self.v6);
         ControlMsg::MtuOpened {
             port: self.port(),
             mtu: route,
@@ -139,7 +139,7 @@ impl MtuPort {
             message,
             fatal: false,
         };
-        let max_size = if self.v6 { 65527 } else { MAX_DATAGRAM as u32 };
+        let max_size = mtu::max_payload(self.v6);
         if let Err(e) = mtu::check_send_request(&sizes, count, max_size) {
             return error(ErrorCode::BadRequest, format!("mtu_send: {e}"));
         }
