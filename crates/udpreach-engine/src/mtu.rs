@@ -393,6 +393,7 @@ impl FragmentResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testkit::Rng;
 
     #[test]
     fn fragment_sizes_and_verdicts() {
@@ -426,17 +427,6 @@ mod tests {
         assert!(!r.dropped && !r.passes, "partial");
     }
 
-    /// Deterministic pseudo-random numbers (xorshift).
-    struct Rng(u64);
-    impl Rng {
-        fn chance(&mut self, percent: u64) -> bool {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % 100 < percent
-        }
-    }
-
     struct Path {
         hop_mtu: u32,
         /// The hop's frag-needed errors are filtered.
@@ -453,18 +443,18 @@ mod tests {
             probes_per_size: 3,
             sizes_per_round: 8,
         });
-        let mut rng = Rng(seed | 1);
+        let mut rng = Rng::new(seed | 1);
         while let Some(sizes) = s.next_round() {
             for &size in &sizes {
                 for _ in 0..s.probes_per_size() {
-                    if rng.chance(path.loss) {
+                    if rng.chance(path.loss as f64 / 100.0) {
                         continue;
                     }
                     if size <= path.hop_mtu {
-                        if !rng.chance(path.loss) {
+                        if !rng.chance(path.loss as f64 / 100.0) {
                             s.on_pass(size);
                         }
-                    } else if !path.black_hole && !rng.chance(path.loss) {
+                    } else if !path.black_hole && !rng.chance(path.loss as f64 / 100.0) {
                         s.on_too_big(size, Some(path.hop_mtu), Some(ROUTER.parse().unwrap()));
                     }
                 }

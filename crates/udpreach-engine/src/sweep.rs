@@ -561,17 +561,7 @@ impl Sweep {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A deterministic pseudo-random source for the simulations (xorshift).
-    struct Rng(u64);
-    impl Rng {
-        fn chance(&mut self, percent: u64) -> bool {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % 100 < percent
-        }
-    }
+    use crate::testkit::Rng;
 
     #[derive(Clone, Copy, PartialEq, Debug)]
     enum Path {
@@ -601,7 +591,7 @@ mod tests {
         };
         let mut sweep = Sweep::new(SweepPlan::new(&spec), cfg, t0);
         sweep.seed_rtt(Duration::from_millis(1));
-        let mut rng = Rng(seed | 1);
+        let mut rng = Rng::new(seed | 1);
         let mut arrivals = vec![0u32; 65536];
         let mut open = vec![false; 65536];
         let mut in_flight: Vec<(Instant, u16, u64)> = vec![];
@@ -624,16 +614,16 @@ mod tests {
                 assert!(open[t.port as usize], "probe to a closed port");
                 let p = path(t.port);
                 if p == Path::Rejected {
-                    if !rng.chance(loss_pct) {
+                    if !rng.chance(loss_pct as f64 / 100.0) {
                         icmp_in_flight.push((now + Duration::from_millis(1), t.port));
                     }
                     continue;
                 }
-                if p == Path::InboundDrop || rng.chance(loss_pct) {
+                if p == Path::InboundDrop || rng.chance(loss_pct as f64 / 100.0) {
                     continue;
                 }
                 arrivals[t.port as usize] += 1;
-                if p == Path::ReturnDrop || rng.chance(loss_pct) {
+                if p == Path::ReturnDrop || rng.chance(loss_pct as f64 / 100.0) {
                     continue;
                 }
                 in_flight.push((now + Duration::from_millis(1), t.port, t.seq));
@@ -680,18 +670,18 @@ mod tests {
 
     #[test]
     fn verdicts_are_right_under_loss() {
-        let mut rng = Rng(12345);
+        let mut rng = Rng::new(12345);
         let ports: Vec<(u16, Path)> = (1000..3000u16)
             .map(|p| {
-                let kind = if rng.chance(10) {
-                    if rng.chance(40) {
+                let kind = if rng.chance(10 as f64 / 100.0) {
+                    if rng.chance(40 as f64 / 100.0) {
                         Path::InboundDrop
-                    } else if rng.chance(60) {
+                    } else if rng.chance(60 as f64 / 100.0) {
                         Path::ReturnDrop
                     } else {
                         Path::Rejected
                     }
-                } else if rng.chance(1) {
+                } else if rng.chance(1 as f64 / 100.0) {
                     Path::InUse
                 } else {
                     Path::Open
