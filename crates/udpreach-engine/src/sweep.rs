@@ -16,6 +16,7 @@
 //! The server holds at most `max_open` of our ports at once; ports are closed
 //! as soon as they are decided so the window slides over the whole plan.
 
+use crate::engine::Engine;
 use crate::rate::TokenBucket;
 use crate::rto::RtoEstimator;
 use crate::verdict::Verdict;
@@ -62,6 +63,12 @@ pub struct SweepConfig {
     /// Probes awaiting a reply or their timeout at once. Bounds the burst of
     /// replies that must fit the client's receive buffer.
     pub max_in_flight: usize,
+    /// Ports per open request (arrival and close requests carry up to four
+    /// times as many); small enough that the first probes start early.
+    pub control_batch: usize,
+    /// Control requests awaiting their answer at once, so probing never
+    /// waits for the server to bind the next window.
+    pub control_pipeline: usize,
 }
 
 impl Default for SweepConfig {
@@ -76,6 +83,8 @@ impl Default for SweepConfig {
             max_open: 4096,
             rate: None,
             max_in_flight: 1024,
+            control_batch: 1024,
+            control_pipeline: 4,
         }
     }
 }
@@ -124,8 +133,57 @@ struct Entry {
 /// One probe to send: to `port`, carrying `seq` (round and attempt).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Transmit {
+    /// The port on the server to probe.
     pub port: u16,
+    /// The sequence number the probe carries.
     pub seq: u64,
+}
+
+/// What the sweep asks its driver to send: a probe, or a control request
+/// (each control request is answered by one [`SweepInput`] answer).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SweepTransmit {
+    /// A UDP probe.
+    Probe(Transmit),
+    /// Ask the server to open these ports; answered by [`SweepInput::Opened`].
+    Open(Vec<u16>),
+    /// Ask how many probes reached these ports; answered by
+    /// [`SweepInput::Arrivals`].
+    QueryArrivals(Vec<u16>),
+    /// Ask the server to close these ports; answered by [`SweepInput::Closed`].
+    Close(Vec<u16>),
+}
+
+/// What arrives for a [`Sweep`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum SweepInput {
+    /// A reply from `port` carrying `seq`.
+    Reply {
+        /// The server port it came from.
+        port: u16,
+        /// The sequence number it echoes.
+        seq: u64,
+    },
+    /// An ICMP error drawn by a probe to `port`.
+    Icmp {
+        /// The port the probe went to.
+        port: u16,
+        /// What the error says.
+        report: IcmpReport,
+    },
+    /// The answer to an open request: each port with how it went.
+    Opened(Vec<(u16, OpenStatus)>),
+    /// The answer to an arrivals query: how many probes reached each port.
+    Arrivals(Vec<(u16, u32)>),
+    /// The answer to a close request.
+    Closed,
+}
+
+/// What a [`Sweep`] reports as it goes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SweepEvent {
+    /// A port got its verdict.
+    Decided(PortResult),
 }
 
 /// Per-port result.
@@ -167,6 +225,9 @@ pub struct Sweep {
     progress: Progress,
     /// The probe rate cap, when there is one.
     pacer: Option<TokenBucket>,
+    /// Control requests sent and not yet answered.
+    control_outstanding: usize,
+    events: VecDeque<SweepEvent>,
 }
 
 /// Burst allowance for a probe rate: 10 ms worth (the timer granularity is
@@ -196,6 +257,8 @@ impl Sweep {
         let rto = RtoEstimator::new(cfg.rto_initial, cfg.rto_min, cfg.rto_max);
         let total = plan.ports().len();
         Sweep {
+            control_outstanding: 0,
+            events: VecDeque::new(),
             pacer: cfg
                 .rate
                 .map(|rate| TokenBucket::with_burst(rate, burst_for(rate), now)),
@@ -237,7 +300,7 @@ impl Sweep {
     }
 
     /// Up to `max` ports to ask the server to open now, within the window.
-    pub fn poll_open(&mut self, max: usize) -> Vec<u16> {
+    fn poll_open(&mut self, max: usize) -> Vec<u16> {
         let room = self.cfg.max_open.saturating_sub(self.held).min(max);
         let mut out = Vec::with_capacity(room);
         while out.len() < room && self.next_unopened < self.plan.ports.len() {
@@ -255,7 +318,7 @@ impl Sweep {
         out
     }
 
-    pub fn on_opened(&mut self, port: u16, status: OpenStatus) {
+    fn on_opened(&mut self, port: u16, status: OpenStatus) {
         let Some(e) = self.entry(port) else { return };
         if e.state != State::Opening {
             return;
@@ -308,10 +371,13 @@ impl Sweep {
             }
             _ => self.progress.other += 1,
         }
+        if let Some(r) = self.result_of(port) {
+            self.events.push_back(SweepEvent::Decided(r));
+        }
     }
 
     /// Moves ports whose retransmission timer has expired back to the ready queue.
-    pub fn poll_timers(&mut self, now: Instant) {
+    fn poll_timers(&mut self, now: Instant) {
         while let Some(&Reverse((at, port))) = self.timers.peek() {
             if at > now {
                 break;
@@ -346,7 +412,7 @@ impl Sweep {
     }
 
     /// The next probe to send now, if any (respects the rate cap).
-    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+    fn poll_probe(&mut self, now: Instant) -> Option<Transmit> {
         let has_token = self.pacer.as_mut().is_none_or(|b| b.has_token(now));
         let timeout = self.timeout();
         loop {
@@ -387,7 +453,7 @@ impl Sweep {
     }
 
     /// A reply came from `port` carrying `seq`.
-    pub fn on_reply(&mut self, port: u16, seq: u64, now: Instant) {
+    fn on_reply(&mut self, port: u16, seq: u64, now: Instant) {
         let Some(e) = self.entry(port) else { return };
         if e.state == State::Decided {
             return;
@@ -414,7 +480,7 @@ impl Sweep {
     /// early: the server is asked what arrived, and [`Self::on_arrivals`]
     /// decides. Frag-needed is no verdict on a port (probes are small), so
     /// it is kept for the record only.
-    pub fn on_icmp(&mut self, port: u16, report: IcmpReport) {
+    fn on_icmp(&mut self, port: u16, report: IcmpReport) {
         let Some(e) = self.entry(port) else { return };
         if e.state == State::Decided {
             return;
@@ -435,7 +501,7 @@ impl Sweep {
     }
 
     /// Up to `max` ports whose arrival counts the server should report.
-    pub fn poll_arrival_queries(&mut self, max: usize) -> Vec<u16> {
+    fn poll_arrival_queries(&mut self, max: usize) -> Vec<u16> {
         let mut out = Vec::new();
         while out.len() < max {
             let Some(port) = self.to_query.pop_front() else {
@@ -456,7 +522,7 @@ impl Sweep {
     }
 
     /// The server says `count` of our probes reached `port` so far.
-    pub fn on_arrivals(&mut self, port: u16, count: u32) {
+    fn on_arrivals(&mut self, port: u16, count: u32) {
         let rounds = self.cfg.rounds;
         let Some(e) = self.entry(port) else { return };
         let State::Querying { round, .. } = e.state else {
@@ -482,7 +548,7 @@ impl Sweep {
     }
 
     /// Up to `max` decided ports to close on the server.
-    pub fn poll_close(&mut self, max: usize) -> Vec<u16> {
+    fn poll_close(&mut self, max: usize) -> Vec<u16> {
         let mut out = Vec::new();
         while out.len() < max {
             let Some(port) = self.to_close.pop_front() else {
@@ -500,7 +566,7 @@ impl Sweep {
     }
 
     /// When the driver must call back at the latest.
-    pub fn next_wakeup(&self) -> Option<Instant> {
+    fn next_wakeup(&self) -> Option<Instant> {
         let timer = self.timers.peek().map(|Reverse((at, _))| *at);
         if let Some(refill) = self.pacer.as_ref().and_then(TokenBucket::next_token_at) {
             if !self.ready.is_empty() {
@@ -510,11 +576,7 @@ impl Sweep {
         timer
     }
 
-    pub fn has_ready(&self) -> bool {
-        !self.ready.is_empty()
-    }
-
-    pub fn is_done(&self) -> bool {
+    fn all_decided(&self) -> bool {
         self.progress.decided == self.progress.total
     }
 
@@ -544,17 +606,98 @@ impl Sweep {
         self.plan
             .ports
             .iter()
-            .filter_map(|&p| {
-                let e = self.entries[usize::from(p)]?;
-                Some(PortResult {
-                    port: p,
-                    verdict: e.verdict.unwrap_or(Verdict::NotTested),
-                    rtt_ms: e.rtt.map(|d| d.as_secs_f64() * 1e3),
-                    probes: e.probes_sent,
-                    icmp: e.icmp,
-                })
-            })
+            .filter_map(|&p| self.result_of(p))
             .collect()
+    }
+
+    fn result_of(&self, port: u16) -> Option<PortResult> {
+        let e = self.entries[usize::from(port)]?;
+        Some(PortResult {
+            port,
+            verdict: e.verdict.unwrap_or(Verdict::NotTested),
+            rtt_ms: e.rtt.map(|d| d.as_secs_f64() * 1e3),
+            probes: e.probes_sent,
+            icmp: e.icmp,
+        })
+    }
+
+    /// The next control request, if the pipeline has room for one: closes
+    /// first (they free the server's window), then arrival queries, then
+    /// opens.
+    fn poll_control(&mut self) -> Option<SweepTransmit> {
+        if self.control_outstanding >= self.cfg.control_pipeline {
+            return None;
+        }
+        let batch = self.cfg.control_batch.max(1);
+        let request = Some(self.poll_close(batch * 4))
+            .filter(|p| !p.is_empty())
+            .map(SweepTransmit::Close)
+            .or_else(|| {
+                Some(self.poll_arrival_queries(batch * 4))
+                    .filter(|p| !p.is_empty())
+                    .map(SweepTransmit::QueryArrivals)
+            })
+            .or_else(|| {
+                Some(self.poll_open(batch))
+                    .filter(|p| !p.is_empty())
+                    .map(SweepTransmit::Open)
+            })?;
+        self.control_outstanding += 1;
+        Some(request)
+    }
+}
+
+impl Engine for Sweep {
+    type Input = SweepInput;
+    type Transmit = SweepTransmit;
+    type Event = SweepEvent;
+
+    fn handle_input(&mut self, input: SweepInput, now: Instant) {
+        match input {
+            SweepInput::Reply { port, seq } => self.on_reply(port, seq, now),
+            SweepInput::Icmp { port, report } => self.on_icmp(port, report),
+            SweepInput::Opened(ports) => {
+                self.control_outstanding = self.control_outstanding.saturating_sub(1);
+                for (port, status) in ports {
+                    self.on_opened(port, status);
+                }
+            }
+            SweepInput::Arrivals(ports) => {
+                self.control_outstanding = self.control_outstanding.saturating_sub(1);
+                for (port, count) in ports {
+                    self.on_arrivals(port, count);
+                }
+            }
+            SweepInput::Closed => {
+                self.control_outstanding = self.control_outstanding.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Control requests first, so the server binds the next window while
+    /// the probes go out.
+    fn poll_transmit(&mut self, now: Instant) -> Option<SweepTransmit> {
+        if let Some(request) = self.poll_control() {
+            return Some(request);
+        }
+        self.poll_probe(now).map(SweepTransmit::Probe)
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.next_wakeup()
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.poll_timers(now);
+    }
+
+    fn poll_event(&mut self) -> Option<SweepEvent> {
+        self.events.pop_front()
+    }
+
+    /// Every port decided, closed on the server, and no request unanswered.
+    fn is_done(&self) -> bool {
+        self.all_decided() && self.held == 0 && self.control_outstanding == 0
     }
 }
 
@@ -610,7 +753,7 @@ mod tests {
                     sweep.on_opened(p, OpenStatus::Opened);
                 }
             }
-            while let Some(t) = sweep.poll_transmit(now) {
+            while let Some(t) = sweep.poll_probe(now) {
                 assert!(open[t.port as usize], "probe to a closed port");
                 let p = path(t.port);
                 if p == Path::Rejected {
@@ -648,12 +791,12 @@ mod tests {
                 sweep.on_arrivals(p, arrivals[p as usize]);
             }
             sweep.poll_timers(now);
-            if sweep.is_done() {
+            if sweep.all_decided() {
                 break;
             }
             now += Duration::from_millis(1);
         }
-        assert!(sweep.is_done(), "sweep did not finish");
+        assert!(sweep.all_decided(), "sweep did not finish");
         assert!(sweep.poll_close(100_000).len() <= 100);
         (sweep.results(), now - t0)
     }
@@ -727,7 +870,7 @@ mod tests {
         let mut sent = 0;
         let mut now = t0;
         while now < t0 + Duration::from_secs(2) {
-            while s.poll_transmit(now).is_some() {
+            while s.poll_probe(now).is_some() {
                 sent += 1;
             }
             now += Duration::from_millis(10);
@@ -748,15 +891,15 @@ mod tests {
         for p in s.poll_open(1000) {
             s.on_opened(p, OpenStatus::Opened);
         }
-        let first: Vec<Transmit> = std::iter::from_fn(|| s.poll_transmit(t0)).collect();
+        let first: Vec<Transmit> = std::iter::from_fn(|| s.poll_probe(t0)).collect();
         assert_eq!(first.len(), 10);
         s.on_reply(first[0].port, first[0].seq, t0);
         s.on_reply(first[1].port, first[1].seq, t0);
-        assert_eq!(std::iter::from_fn(|| s.poll_transmit(t0)).count(), 2);
+        assert_eq!(std::iter::from_fn(|| s.poll_probe(t0)).count(), 2);
         // Timeouts free their slots too (the ports go back to be retried).
         let later = t0 + Duration::from_secs(5);
         s.poll_timers(later);
-        assert_eq!(std::iter::from_fn(|| s.poll_transmit(later)).count(), 10);
+        assert_eq!(std::iter::from_fn(|| s.poll_probe(later)).count(), 10);
     }
 
     #[test]
@@ -788,9 +931,78 @@ mod tests {
         }
         s.on_reply(1, 0, Instant::now());
         s.abort();
-        assert!(s.is_done());
+        assert!(s.all_decided());
         let r = s.results();
         assert_eq!(r[0].verdict, Verdict::Reachable);
         assert!(r[1..].iter().all(|r| r.verdict == Verdict::NotTested));
+    }
+
+    /// The sweep through the one engine interface with a simulated server
+    /// over the test kit's lossy, duplicating, reordering link: control
+    /// requests are pipelined and answered, every port is decided and
+    /// closed, and lost probes never turn an open port into a blocked one.
+    #[test]
+    fn lossy_link_through_the_engine_interface() {
+        use crate::testkit::{Limits, LinkConfig, Sim};
+        let link = LinkConfig {
+            delay: Duration::from_millis(10),
+            jitter: Duration::from_millis(5),
+            loss: 0.2,
+            duplicate: 0.05,
+        };
+        let control = Duration::from_millis(10);
+        // Ports 1..=300; every tenth drops probes on the way in.
+        let spec = PortSpec::from_ports(1..=300);
+        let blocked = |port: u16| port % 10 == 0;
+        let mut sim = Sim::new(3);
+        let cfg = SweepConfig {
+            max_open: 64,
+            control_batch: 16,
+            ..SweepConfig::default()
+        };
+        let mut sweep = Sweep::new(SweepPlan::new(&spec), cfg, sim.now());
+        let mut arrivals = vec![0u32; 65536];
+        let mut open_requests = 0;
+        let out = sim.run(&mut sweep, Limits::default(), |sim, t| {
+            let now = sim.now();
+            match t {
+                SweepTransmit::Probe(p) => {
+                    if blocked(p.port) {
+                        return;
+                    }
+                    for up in link.arrivals(now, &mut sim.rng) {
+                        arrivals[usize::from(p.port)] += 1;
+                        for down in link.arrivals(up, &mut sim.rng) {
+                            let reply = SweepInput::Reply {
+                                port: p.port,
+                                seq: p.seq,
+                            };
+                            sim.deliver_at(down, reply);
+                        }
+                    }
+                }
+                SweepTransmit::Open(ports) => {
+                    open_requests += 1;
+                    let ok = ports.into_iter().map(|p| (p, OpenStatus::Opened));
+                    sim.deliver_after(control, SweepInput::Opened(ok.collect()));
+                }
+                SweepTransmit::QueryArrivals(ports) => {
+                    let counts = ports.into_iter().map(|p| (p, arrivals[usize::from(p)]));
+                    sim.deliver_after(control, SweepInput::Arrivals(counts.collect()));
+                }
+                SweepTransmit::Close(_) => sim.deliver_after(control, SweepInput::Closed),
+            }
+        });
+        assert!(out.done, "the sweep finished within the limits");
+        assert_eq!(out.events.len(), 300, "one verdict per port");
+        assert!(open_requests >= 300 / 16);
+        for r in sweep.results() {
+            let want = if blocked(r.port) {
+                Verdict::InboundBlocked
+            } else {
+                Verdict::Reachable
+            };
+            assert_eq!(r.verdict, want, "port {}", r.port);
+        }
     }
 }
