@@ -35,6 +35,7 @@
 //! [`ServerlessSweep::poll_transmit`] returns and reports replies, ICMP
 //! errors and the time.
 
+use crate::engine::Engine;
 use crate::rate::TokenBucket;
 use crate::rto::RtoEstimator;
 use serde::Serialize;
@@ -143,6 +144,33 @@ pub struct ServerlessTransmit {
     pub attempt: u32,
     /// A check of the ICMP limiter to a port known to be closed, not a test of the port.
     pub canary: bool,
+}
+
+/// What arrives for a [`ServerlessSweep`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum ServerlessInput {
+    /// A datagram of `bytes` from `port` of the target.
+    Reply {
+        /// The target port it came from.
+        port: u16,
+        /// Its size.
+        bytes: usize,
+    },
+    /// An ICMP error drawn by a probe to `port`.
+    Icmp {
+        /// The port the probe went to.
+        port: u16,
+        /// What the error says.
+        report: IcmpReport,
+    },
+}
+
+/// What a [`ServerlessSweep`] reports as it goes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ServerlessEvent {
+    /// The target's ICMP errors are rate limited: from now on the check
+    /// paces itself to the limiter (reported once).
+    RateLimited(IcmpRateLimit),
 }
 
 /// Per-port result.
@@ -358,6 +386,8 @@ pub struct ServerlessSweep {
     answers: VecDeque<Instant>,
     /// The probe rate cap, when there is one.
     pacer: Option<TokenBucket>,
+    /// The rate limit was reported as an event.
+    told_rate_limit: bool,
     start: Instant,
     progress: ServerlessProgress,
 }
@@ -384,6 +414,7 @@ impl ServerlessSweep {
         }
         let rto = RtoEstimator::new(cfg.rto_initial, cfg.rto_min, cfg.rto_max);
         ServerlessSweep {
+            told_rate_limit: false,
             pacer: cfg
                 .rate
                 .map(|r| TokenBucket::with_burst(r, f64::from(r).min(64.0), now)),
@@ -488,7 +519,7 @@ impl ServerlessSweep {
     }
 
     /// The next probe to send now, if any. Call until it returns `None`.
-    pub fn poll_transmit(&mut self, now: Instant) -> Option<ServerlessTransmit> {
+    fn poll_probe(&mut self, now: Instant) -> Option<ServerlessTransmit> {
         if !self.pacer.as_mut().is_none_or(|b| b.has_token(now)) {
             return None;
         }
@@ -707,7 +738,7 @@ impl ServerlessSweep {
     }
 
     /// Handles expired timers: silent probes and canaries due for a verdict.
-    pub fn poll_timers(&mut self, now: Instant) {
+    fn poll_timers(&mut self, now: Instant) {
         while let Some(&Reverse((at, port, tag))) = self.timers.peek() {
             if at > now {
                 break;
@@ -964,7 +995,7 @@ impl ServerlessSweep {
     }
 
     /// An ICMP error came back for a probe to `port`.
-    pub fn on_icmp(&mut self, port: u16, report: IcmpReport, now: Instant) {
+    fn on_icmp(&mut self, port: u16, report: IcmpReport, now: Instant) {
         if let Some(t) = &mut self.test {
             if Some(port) == self.canary_port && t.sent > 0 {
                 t.answered += 1;
@@ -1049,7 +1080,7 @@ impl ServerlessSweep {
     }
 
     /// A UDP datagram came back from `port`.
-    pub fn on_reply(&mut self, port: u16, bytes: usize, now: Instant) {
+    fn on_reply(&mut self, port: u16, bytes: usize, now: Instant) {
         let Some(p) = self.port(port).copied() else {
             return;
         };
@@ -1106,7 +1137,7 @@ impl ServerlessSweep {
     }
 
     /// When the driver must call back at the latest.
-    pub fn next_wakeup(&self) -> Option<Instant> {
+    fn next_wakeup(&self) -> Option<Instant> {
         let mut wake = self.timers.peek().map(|Reverse((at, _, _))| *at);
         let mut at = |t: Instant| wake = Some(wake.map_or(t, |w: Instant| w.min(t)));
         let wants_plain = self.has_plain();
@@ -1138,10 +1169,6 @@ impl ServerlessSweep {
             }
         }
         wake
-    }
-
-    pub fn is_done(&self) -> bool {
-        self.progress.decided == self.progress.total
     }
 
     pub fn progress(&self) -> &ServerlessProgress {
@@ -1200,6 +1227,44 @@ impl ServerlessSweep {
                 })
             })
             .collect()
+    }
+}
+
+impl Engine for ServerlessSweep {
+    type Input = ServerlessInput;
+    type Transmit = ServerlessTransmit;
+    type Event = ServerlessEvent;
+
+    fn handle_input(&mut self, input: ServerlessInput, now: Instant) {
+        match input {
+            ServerlessInput::Reply { port, bytes } => self.on_reply(port, bytes, now),
+            ServerlessInput::Icmp { port, report } => self.on_icmp(port, report, now),
+        }
+    }
+
+    fn poll_transmit(&mut self, now: Instant) -> Option<ServerlessTransmit> {
+        self.poll_probe(now)
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.next_wakeup()
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.poll_timers(now);
+    }
+
+    fn poll_event(&mut self) -> Option<ServerlessEvent> {
+        if self.told_rate_limit {
+            return None;
+        }
+        let limit = self.rate_limit()?;
+        self.told_rate_limit = true;
+        Some(ServerlessEvent::RateLimited(limit))
+    }
+
+    fn is_done(&self) -> bool {
+        self.progress.decided == self.progress.total
     }
 }
 
@@ -1306,7 +1371,7 @@ mod tests {
         for _ in 0..5_000_000 {
             // As the driver does: expire timers, then send.
             sweep.poll_timers(now);
-            while let Some(t) = sweep.poll_transmit(now) {
+            while let Some(t) = sweep.poll_probe(now) {
                 if rng.chance(loss as f64 / 100.0) {
                     continue;
                 }
@@ -1534,7 +1599,7 @@ mod tests {
             ServerlessConfig::default(),
             t0,
         );
-        let a = s.poll_transmit(t0).unwrap();
+        let a = s.poll_probe(t0).unwrap();
         assert_eq!((a.port, a.attempt, a.canary), (53, 1, false));
         s.on_reply(53, 40, t0 + Duration::from_millis(1));
         s.abort();
