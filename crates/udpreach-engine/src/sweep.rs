@@ -816,15 +816,15 @@ mod tests {
         let mut rng = Rng::new(12345);
         let ports: Vec<(u16, Path)> = (1000..3000u16)
             .map(|p| {
-                let kind = if rng.chance(10 as f64 / 100.0) {
-                    if rng.chance(40 as f64 / 100.0) {
+                let kind = if rng.chance(0.10) {
+                    if rng.chance(0.40) {
                         Path::InboundDrop
-                    } else if rng.chance(60 as f64 / 100.0) {
+                    } else if rng.chance(0.60) {
                         Path::ReturnDrop
                     } else {
                         Path::Rejected
                     }
-                } else if rng.chance(1 as f64 / 100.0) {
+                } else if rng.chance(0.01) {
                     Path::InUse
                 } else {
                     Path::Open
@@ -953,7 +953,7 @@ mod tests {
         let control = Duration::from_millis(10);
         // Ports 1..=300; every tenth drops probes on the way in.
         let spec = PortSpec::from_ports(1..=300);
-        let blocked = |port: u16| port % 10 == 0;
+        let blocked = |port: u16| port.is_multiple_of(10);
         let mut sim = Sim::new(3);
         let cfg = SweepConfig {
             max_open: 64,
