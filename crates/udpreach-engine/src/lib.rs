@@ -3,6 +3,8 @@
 //! and deliver events, so every behaviour can be tested in memory with
 //! simulated loss and time (the approach of quinn-proto).
 
+#![warn(missing_docs)]
+
 pub mod admission;
 pub mod engine;
 pub mod handshake;

@@ -21,9 +21,11 @@ const HISTORY: usize = 1 << 20;
 const MAX_CATCH_UP: Duration = Duration::from_millis(20);
 
 #[derive(Clone, Debug)]
+/// How a [`PingSession`] sends and waits.
 pub struct PingConfig {
     /// Probes to send; `None` runs until stopped.
     pub count: Option<u64>,
+    /// Time between sends (from the schedule's start, no drift).
     pub interval: Duration,
     /// A probe without a reply after this long is reported lost (a later reply is "late").
     pub timeout: Duration,
@@ -121,9 +123,13 @@ pub enum PingInput {
 pub enum PingEvent {
     /// The first answer to a probe.
     Reply {
+        /// The probe.
         seq: u64,
+        /// Time from its send (kernel timestamps when both exist).
         rtt: Duration,
+        /// Its local port, when each probe has its own (`--sport`).
         local_port: Option<u16>,
+        /// The server's stamp, when the reply carries one.
         stamp: Option<ServerStamp>,
     },
     /// Another answer to a probe already answered.
@@ -150,10 +156,13 @@ pub enum PingEvent {
     /// An ICMP error answered the probe (port unreachable, prohibited...):
     /// no reply will come. ping(8) prints these as "From X ... Unreachable".
     IcmpError {
+        /// The probe.
         seq: u64,
         /// Time from the send to the error.
         after: Duration,
+        /// What the error says.
         report: IcmpReport,
+        /// Its local port, when each probe has its own.
         local_port: Option<u16>,
     },
 }
@@ -162,25 +171,37 @@ pub enum PingEvent {
 #[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct IcmpTally {
     #[serde(flatten)]
+    /// Who reported what.
     pub report: IcmpReport,
+    /// Probes it answered.
     pub count: u64,
 }
 
 /// Server processing time (receive to send) over the replies that carried it.
 #[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct ProcessingSummary {
+    /// Smallest time the server held a probe, in microseconds.
     pub min_us: f64,
+    /// Mean time the server held a probe, in microseconds.
     pub avg_us: f64,
+    /// Largest time the server held a probe, in microseconds.
     pub max_us: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
+/// The statistics at the end of a ping run (also the JSON summary).
 pub struct PingSummary {
+    /// Probes sent (less those whose send failed).
     pub transmitted: u64,
+    /// Probes answered in time.
     pub received: u64,
+    /// Extra copies of replies.
     pub duplicates: u64,
+    /// Replies after their probe's timeout.
     pub late: u64,
+    /// Replies that came after a reply to a later probe.
     pub reordered: u64,
+    /// Sends that failed locally.
     pub send_errors: u64,
     /// Probes answered by an ICMP error (ping(8)'s "+N errors"); part of `lost`.
     pub errors: u64,
@@ -192,7 +213,9 @@ pub struct PingSummary {
     pub withheld: u64,
     /// Probes with neither a reply nor a late reply, less those withheld.
     pub lost: u64,
+    /// `lost` as a percentage of `transmitted`.
     pub loss_percent: f64,
+    /// Round-trip statistics of the replies in time.
     pub rtt: Option<RttSummary>,
     /// Lost on the way to the server, from the server's receive counter.
     pub upstream_lost: Option<u64>,
@@ -200,6 +223,7 @@ pub struct PingSummary {
     pub downstream_lost: Option<u64>,
     /// Lost after the last reply that carried a counter: direction unknown.
     pub direction_unknown: Option<u64>,
+    /// How long the server held probes (from its stamps).
     pub server_processing: Option<ProcessingSummary>,
     /// The source address the server saw in its latest reply.
     pub server_saw: Option<SocketAddr>,
@@ -209,6 +233,7 @@ pub struct PingSummary {
     pub port_translated: u64,
     /// Source ports (with `--sport`) whose probe got no reply.
     pub silent_source_ports: Vec<u16>,
+    /// Time from the start to the end of the run.
     pub elapsed_ms: f64,
     /// Which clock `rtt` (and each reply's rtt) was read from.
     pub rtt_clock: Option<RttClock>,
@@ -223,6 +248,7 @@ pub struct PingSummary {
     pub schedule_restarts: u64,
 }
 
+/// The ping state machine (see the module docs); driven through [`Engine`].
 pub struct PingSession {
     cfg: PingConfig,
     start: Instant,
@@ -267,6 +293,7 @@ pub struct PingSession {
 }
 
 impl PingSession {
+    /// A session starting at `now`.
     pub fn new(cfg: PingConfig, now: Instant) -> Self {
         PingSession {
             cfg,
@@ -599,10 +626,12 @@ impl PingSession {
         self.send_rate_pps().filter(|&r| r < asked * 0.9)
     }
 
+    /// Probes sent, less those whose send failed.
     pub fn transmitted(&self) -> u64 {
         self.next_seq - self.send_errors
     }
 
+    /// The statistics so far (final once the session is done).
     pub fn summary(&self) -> PingSummary {
         let transmitted = self.transmitted();
         let unanswered = transmitted.saturating_sub(self.received + self.late);

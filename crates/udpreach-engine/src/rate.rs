@@ -104,6 +104,7 @@ pub struct SourceLimiter<K> {
 const PURGE_EVERY: Duration = Duration::from_millis(100);
 
 impl<K: Hash + Eq + Clone> SourceLimiter<K> {
+    /// `rate_pps` per key, at most `capacity` keys remembered (idle full buckets are forgotten first).
     pub fn new(rate_pps: u32, capacity: usize) -> Self {
         SourceLimiter {
             buckets: HashMap::new(),
@@ -139,10 +140,12 @@ impl<K: Hash + Eq + Clone> SourceLimiter<K> {
         ok
     }
 
+    /// Keys remembered now.
     pub fn len(&self) -> usize {
         self.buckets.len()
     }
 
+    /// True when no key is remembered.
     pub fn is_empty(&self) -> bool {
         self.buckets.is_empty()
     }

@@ -34,25 +34,31 @@ pub struct SweepPlan {
 }
 
 impl SweepPlan {
+    /// The ports of `spec`, in probe order.
     pub fn new(spec: &PortSpec) -> Self {
         SweepPlan {
             ports: spec.iter().collect(),
         }
     }
 
+    /// The ports, in probe order.
     pub fn ports(&self) -> &[u16] {
         &self.ports
     }
 }
 
 #[derive(Clone, Debug)]
+/// How a [`Sweep`] probes.
 pub struct SweepConfig {
     /// Probes per round before asking the server what arrived.
     pub attempts: u32,
     /// Rounds before a silent port is declared blocked (>= 1).
     pub rounds: u32,
+    /// Retransmission timeout before the first RTT sample.
     pub rto_initial: Duration,
+    /// Smallest retransmission timeout.
     pub rto_min: Duration,
+    /// Largest retransmission timeout.
     pub rto_max: Duration,
     /// Fixed per-probe timeout instead of the adaptive one.
     pub fixed_timeout: Option<Duration>,
@@ -92,9 +98,13 @@ impl Default for SweepConfig {
 /// How the server answered a request to open a port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OpenStatus {
+    /// The server opened the port.
     Opened,
+    /// Something on the server already uses the port.
     InUse,
+    /// The server may not open the port.
     Denied,
+    /// Opening the port failed on the server.
     Failed,
 }
 
@@ -189,10 +199,14 @@ pub enum SweepEvent {
 /// Per-port result.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct PortResult {
+    /// The port.
     pub port: u16,
+    /// What the sweep concludes.
     pub verdict: Verdict,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// Round trip of the reply, for a reachable port.
     pub rtt_ms: Option<f64>,
+    /// Probes sent to the port.
     pub probes: u32,
     /// The ICMP error probes to this port drew, if any: `{from, reason}`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -200,15 +214,23 @@ pub struct PortResult {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+/// How far a sweep got, for the progress bar and the report.
 pub struct Progress {
+    /// Ports to check.
     pub total: usize,
+    /// Ports with a verdict.
     pub decided: usize,
+    /// Ports found reachable.
     pub reachable: usize,
+    /// Ports found blocked (either way) or rejected.
     pub blocked: usize,
+    /// Ports with another verdict.
     pub other: usize,
+    /// Probes sent.
     pub probes_sent: u64,
 }
 
+/// The port sweep against a udpreach server (see the module docs); driven through [`Engine`].
 pub struct Sweep {
     cfg: SweepConfig,
     plan: SweepPlan,
@@ -241,6 +263,7 @@ fn seq_of(round: u32, attempt: u32) -> u64 {
 }
 
 impl Sweep {
+    /// A sweep of `plan`, starting at `now`.
     pub fn new(plan: SweepPlan, cfg: SweepConfig, now: Instant) -> Self {
         let mut entries = vec![None; 65536];
         for &p in plan.ports() {
@@ -291,6 +314,7 @@ impl Sweep {
         self.rto.on_sample(rtt);
     }
 
+    /// The per-probe timeout now.
     pub fn timeout(&self) -> Duration {
         self.cfg.fixed_timeout.unwrap_or_else(|| self.rto.rto())
     }
@@ -580,10 +604,12 @@ impl Sweep {
         self.progress.decided == self.progress.total
     }
 
+    /// How far the sweep got.
     pub fn progress(&self) -> &Progress {
         &self.progress
     }
 
+    /// The verdict of `port`, once it has one.
     pub fn port_verdict(&self, port: u16) -> Option<Verdict> {
         self.entries[usize::from(port)].and_then(|e| e.verdict)
     }
@@ -602,6 +628,7 @@ impl Sweep {
         }
     }
 
+    /// Every port's result, in plan order.
     pub fn results(&self) -> Vec<PortResult> {
         self.plan
             .ports

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 #[derive(Clone, Debug)]
+/// How a [`super::ServerlessSweep`] probes.
 pub struct ServerlessConfig {
     /// Probes to a silent port before it is open|filtered (while no rate
     /// limiting has been seen).
@@ -10,8 +11,11 @@ pub struct ServerlessConfig {
     /// Canary-confirmed silences a port needs once rate limiting was seen
     /// (after two unanswered on-time probes).
     pub confirmations: u32,
+    /// Retransmission timeout before the first RTT sample.
     pub rto_initial: Duration,
+    /// Smallest retransmission timeout.
     pub rto_min: Duration,
+    /// Largest retransmission timeout (and silence timeout).
     pub rto_max: Duration,
     /// Fixed per-probe timeout instead of the adaptive one.
     pub fixed_timeout: Option<Duration>,

@@ -59,6 +59,7 @@ use udpreach_wire::PortSpec;
 /// One probe to send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServerlessTransmit {
+    /// The port to probe.
     pub port: u16,
     /// 1 for the first probe to the port, 2 for the first retry, ...
     pub attempt: u32,
@@ -96,10 +97,14 @@ pub enum ServerlessEvent {
 /// Per-port result.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct ServerlessResult {
+    /// The port.
     pub port: u16,
+    /// What the check concludes.
     pub verdict: ServerlessVerdict,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// Round trip of the first reply, for an open port.
     pub rtt_ms: Option<f64>,
+    /// Probes sent to the port.
     pub probes: u32,
     /// The ICMP error that decided the port: `{from, reason}`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -110,14 +115,23 @@ pub struct ServerlessResult {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+/// How far a serverless check got, for the progress bar and the report.
 pub struct ServerlessProgress {
+    /// Ports to check.
     pub total: usize,
+    /// Ports with a verdict.
     pub decided: usize,
+    /// Ports found open.
     pub open: usize,
+    /// Ports found closed.
     pub closed: usize,
+    /// Ports found filtered.
     pub filtered: usize,
+    /// Ports silent after every retry.
     pub open_filtered: usize,
+    /// Probes sent.
     pub probes_sent: u64,
+    /// Canaries sent.
     pub canaries_sent: u64,
 }
 
@@ -168,6 +182,7 @@ struct Port {
     reply_bytes: Option<usize>,
 }
 
+/// The serverless port check (see the module docs); driven through [`Engine`].
 pub struct ServerlessSweep {
     cfg: ServerlessConfig,
     target: IpAddr,
@@ -202,6 +217,7 @@ pub struct ServerlessSweep {
 }
 
 impl ServerlessSweep {
+    /// A check of every port of `spec` on `target`, starting at `now`.
     pub fn new(spec: &PortSpec, target: IpAddr, cfg: ServerlessConfig, now: Instant) -> Self {
         let plan: Vec<u16> = spec.iter().collect();
         let mut ports = vec![None; 65536];
@@ -695,6 +711,7 @@ impl ServerlessSweep {
         wake
     }
 
+    /// How far the check got.
     pub fn progress(&self) -> &ServerlessProgress {
         &self.progress
     }
@@ -712,6 +729,7 @@ impl ServerlessSweep {
         }
     }
 
+    /// Every port's result, in plan order.
     pub fn results(&self) -> Vec<ServerlessResult> {
         self.plan
             .iter()

@@ -22,6 +22,7 @@ pub enum ServerlessVerdict {
 }
 
 impl ServerlessVerdict {
+    /// Every verdict, in report order.
     pub const ALL: [ServerlessVerdict; 5] = [
         ServerlessVerdict::Open,
         ServerlessVerdict::Closed,
@@ -30,6 +31,7 @@ impl ServerlessVerdict {
         ServerlessVerdict::NotTested,
     ];
 
+    /// The verdict as the report prints it.
     pub fn as_str(self) -> &'static str {
         match self {
             ServerlessVerdict::Open => "open",
