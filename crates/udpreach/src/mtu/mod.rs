@@ -15,10 +15,10 @@
 //! UDP datagram of the family can carry.
 
 use crate::cli::MtuArgs;
+use crate::control_client::{ControlClient, Pending};
 use crate::platform::errqueue::{self, PmtuMode, QueuedError};
 use crate::platform::realtime_ns;
 use crate::platform::{canonical, AsyncUdp, Received, UdpOptions};
-use crate::ports::control::{ControlClient, Pending};
 use crate::report::documents::MtuMode;
 use crate::report::mtu::{Direction, MtuReport};
 use crate::report::OutputFormat;
@@ -266,7 +266,8 @@ async fn open_server(
         Ok(c) => c,
         Err(e) => {
             report.notice(&format!(
-                "{e:#}; measuring the round trip through the echo port instead"
+                "{:#}; measuring the round trip through the echo port instead",
+                anyhow::Error::from(e)
             ));
             return Ok(None);
         }

@@ -3,11 +3,11 @@
 pub mod payload;
 
 use crate::cli::PingArgs;
+use crate::control_client::{ControlClient, ControlError};
 use crate::platform::errqueue::QueuedError;
 use crate::platform::{
     canonical, realtime_ns, AsyncUdp, PreciseTimer, Received, ReceivedOrSent, UdpOptions,
 };
-use crate::ports::control::{AuthFailed, ControlClient};
 use crate::report::documents::{
     BehindSchedule, IgnoredReply, PingEvent as ReportedEvent, SendFailure, SkippedPort,
 };
@@ -115,14 +115,14 @@ async fn check_key(target: SocketAddr, key: &SharedKey) -> anyhow::Result<()> {
         let mut ctl = ControlClient::connect(target).await?;
         ctl.hello(Some(key)).await?;
         let _ = ctl.bye().await;
-        anyhow::Ok(())
+        Ok::<_, ControlError>(())
     };
     match tokio::time::timeout(KEY_CHECK_TIMEOUT, attempt).await {
         Ok(Ok(())) => {
             tracing::info!("key accepted by {target}");
             Ok(())
         }
-        Ok(Err(e)) if e.downcast_ref::<AuthFailed>().is_some() => Err(e),
+        Ok(Err(e @ ControlError::AuthFailed(_))) => Err(e.into()),
         Ok(Err(e)) => {
             eprintln!("udpreach: could not check the key with {target} over TCP ({e}); a server with another key will not answer");
             Ok(())
@@ -148,10 +148,10 @@ async fn key_required(target: SocketAddr) -> Option<String> {
         let mut ctl = ControlClient::connect(target).await?;
         ctl.hello(None).await?;
         let _ = ctl.bye().await;
-        anyhow::Ok(())
+        Ok::<_, ControlError>(())
     };
     match tokio::time::timeout(KEY_CHECK_TIMEOUT, attempt).await {
-        Ok(Err(e)) if e.downcast_ref::<AuthFailed>().is_some() => {
+        Ok(Err(e @ ControlError::AuthFailed(_))) => {
             tracing::debug!("keyless control check with {target}: {e}");
             Some(format!(
                 "{target} requires a key (--key-file or UDPREACH_KEY): it answers no probe without one"

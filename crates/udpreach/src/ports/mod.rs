@@ -5,17 +5,16 @@
 //! control channel are pipelined (a few in flight) so probing never waits
 //! for the server to bind the next window.
 
-pub(crate) mod control;
 mod serverless;
 
 use crate::cli::PortsArgs;
+use crate::control_client::{ControlClient, Pending};
 use crate::platform::errqueue::QueuedError;
 use crate::platform::{self, AsyncUdp, Received, UdpOptions};
 use crate::report::ports::PortsReport;
 use crate::report::OutputFormat;
 use crate::target::{resolve_async, unspecified_for, Family};
 use anyhow::Context;
-use control::{ControlClient, Pending};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};

@@ -1,6 +1,8 @@
-//! The client side of the control channel.
+//! The client side of the control channel, used by `ports`, `mtu` and
+//! `ping`'s key check. Its errors are typed ([`ControlError`]) so callers
+//! tell an authentication failure, a busy server and a lost connection apart
+//! without reading strings.
 
-use anyhow::{anyhow, bail, Context};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -43,18 +45,80 @@ pub struct Welcome {
     pub capabilities: Vec<String>,
 }
 
-/// The handshake failed because the keys differ or one side has none.
-/// A type of its own so `ping`'s key check can tell it from a network error.
-#[derive(Debug)]
-pub struct AuthFailed(pub String);
+/// Why the control channel failed. Each kind reads as one line (with its
+/// cause, when it has one, in anyhow's chain).
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The TCP connection could not be made.
+    #[error("cannot connect to the udpreach control port {server}: timed out after 5 s")]
+    ConnectTimeout {
+        /// The control address.
+        server: SocketAddr,
+    },
+    /// The TCP connection was refused or failed.
+    #[error("cannot connect to the udpreach control port {server} (is `udpreach server` running there?)")]
+    Connect {
+        /// The control address.
+        server: SocketAddr,
+        /// What the kernel said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The peer answered, but not as a udpreach server.
+    #[error("{0} is not a udpreach server (unexpected control greeting)")]
+    NotUdpreach(SocketAddr),
+    /// The handshake failed because the keys differ or one side has none.
+    #[error("authentication failed: {0}")]
+    AuthFailed(String),
+    /// The server is at its session or handshake cap.
+    #[error("{server}: {message}")]
+    Busy {
+        /// The control address.
+        server: SocketAddr,
+        /// The server's words.
+        message: String,
+    },
+    /// The server refused the session for another reason.
+    #[error("{server} refused the session ({code:?}): {message}")]
+    Refused {
+        /// The control address.
+        server: SocketAddr,
+        /// The server's error code.
+        code: ErrorCode,
+        /// The server's words.
+        message: String,
+    },
+    /// The connection went silent, closed or failed.
+    #[error("{what}")]
+    Lost {
+        /// What happened, in one line.
+        what: String,
+        /// The I/O error, when there was one.
+        #[source]
+        source: Option<std::io::Error>,
+    },
+    /// The server sent something the protocol does not allow here.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// A frame that does not decode.
+    #[error(transparent)]
+    Frame(#[from] udpreach_wire::control::ControlError),
+}
 
-impl std::fmt::Display for AuthFailed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "authentication failed: {}", self.0)
+impl ControlError {
+    fn lost(what: String) -> Self {
+        ControlError::Lost { what, source: None }
+    }
+
+    fn lost_by(what: String, source: std::io::Error) -> Self {
+        ControlError::Lost {
+            what,
+            source: Some(source),
+        }
     }
 }
 
-impl std::error::Error for AuthFailed {}
+type Result<T> = std::result::Result<T, ControlError>;
 
 pub struct ControlClient {
     stream: TcpStream,
@@ -69,12 +133,12 @@ pub struct ControlClient {
 }
 
 impl ControlClient {
-    pub async fn connect(server: SocketAddr) -> anyhow::Result<Self> {
+    pub async fn connect(server: SocketAddr) -> Result<Self> {
         let t0 = Instant::now();
         let stream = timeout(CONNECT_TIMEOUT, TcpStream::connect(server))
             .await
-            .map_err(|_| anyhow!("cannot connect to the udpreach control port {server}: timed out after 5 s"))?
-            .with_context(|| format!("cannot connect to the udpreach control port {server} (is `udpreach server` running there?)"))?;
+            .map_err(|_| ControlError::ConnectTimeout { server })?
+            .map_err(|source| ControlError::Connect { server, source })?;
         let _ = stream.set_nodelay(true);
         let sock = socket2::SockRef::from(&stream);
         let _ = sock.set_tcp_user_timeout(Some(TCP_GIVE_UP));
@@ -96,7 +160,7 @@ impl ControlClient {
 
     /// Opens the session; with a key, proves it and checks the server's proof
     /// (mutual authentication), and derives the session key for the probes.
-    pub async fn hello(&mut self, key: Option<&SharedKey>) -> anyhow::Result<Welcome> {
+    pub async fn hello(&mut self, key: Option<&SharedKey>) -> Result<Welcome> {
         let cn: Option<[u8; NONCE_LEN]> = key.map(|_| rand::random());
         let hello = ControlMsg::Hello {
             version: PROTOCOL_VERSION,
@@ -108,28 +172,24 @@ impl ControlClient {
         out.extend(hello.to_frame());
         self.write(&out).await?;
         let mut pre = [0u8; 8];
+        let server = self.server;
         timeout(ANSWER_TIMEOUT, self.stream.read_exact(&mut pre))
             .await
             .map_err(|_| {
-                anyhow!(
-                    "{}: no answer to hello for {} s",
-                    self.server,
+                ControlError::lost(format!(
+                    "{server}: no answer to hello for {} s",
                     ANSWER_TIMEOUT.as_secs()
-                )
+                ))
             })?
-            .with_context(|| {
-                format!(
-                    "{} closed the control connection without a udpreach greeting",
-                    self.server
+            .map_err(|e| {
+                ControlError::lost_by(
+                    format!("{server} closed the control connection without a udpreach greeting"),
+                    e,
                 )
             })?;
         if &pre != PREAMBLE {
-            bail!(
-                "{} is not a udpreach server (unexpected control greeting)",
-                self.server
-            );
+            return Err(ControlError::NotUdpreach(server));
         }
-        let server = self.server;
         let (token, max_open_ports, max_probe_rate, nonce, proof, capabilities) =
             match self.recv_answer().await? {
                 ControlMsg::Welcome {
@@ -154,10 +214,16 @@ impl ControlClient {
                     ..
                 } => {
                     let why = message.trim_start_matches("authentication failed: ");
-                    return Err(AuthFailed(format!("{server} refused the session: {why}")).into());
+                    return Err(ControlError::AuthFailed(format!(
+                        "{server} refused the session: {why}"
+                    )));
                 }
                 ControlMsg::Error { code, message, .. } => refused(server, code, &message)?,
-                other => bail!("protocol error: expected welcome, got {other:?}"),
+                other => {
+                    return Err(ControlError::Protocol(format!(
+                        "expected welcome, got {other:?}"
+                    )))
+                }
             };
         let session_key = match (key, cn) {
             (Some(key), Some(cn)) => Some(self.authenticate(key, &cn, nonce, proof).await?),
@@ -178,15 +244,14 @@ impl ControlClient {
         cn: &[u8; NONCE_LEN],
         nonce: Option<String>,
         proof: Option<String>,
-    ) -> anyhow::Result<DerivedKey> {
+    ) -> Result<DerivedKey> {
         let server = self.server;
         let sn = nonce.as_deref().and_then(auth::from_hex::<NONCE_LEN>);
         let proof = proof.as_deref().and_then(auth::from_hex::<PROOF_LEN>);
         let (Some(sn), Some(proof)) = (sn, proof) else {
-            return Err(AuthFailed(format!(
+            return Err(ControlError::AuthFailed(format!(
                 "{server} did not prove it holds the key (does it run without one?)"
-            ))
-            .into());
+            )));
         };
         if !key.verify_server_proof(cn, &sn, &proof) {
             // Say why we leave, so the server's log shows it too.
@@ -196,7 +261,9 @@ impl ControlClient {
                 fatal: true,
             };
             let _ = self.write(&bye.to_frame()).await;
-            return Err(AuthFailed(format!("{server} holds a different key")).into());
+            return Err(ControlError::AuthFailed(format!(
+                "{server} holds a different key"
+            )));
         }
         let ours = ControlMsg::Auth {
             proof: auth::to_hex(&key.client_proof(cn, &sn)),
@@ -210,37 +277,39 @@ impl ControlClient {
                 ..
             } => {
                 let why = message.trim_start_matches("authentication failed: ");
-                Err(AuthFailed(format!("{server}: {why}")).into())
+                Err(ControlError::AuthFailed(format!("{server}: {why}")))
             }
             ControlMsg::Error { code, message, .. } => refused(server, code, &message),
-            other => bail!("protocol error: expected auth_ok, got {other:?}"),
+            other => Err(ControlError::Protocol(format!(
+                "expected auth_ok, got {other:?}"
+            ))),
         }
     }
 
     /// Next message during the handshake, with the answer timeout.
-    async fn recv_answer(&mut self) -> anyhow::Result<ControlMsg> {
+    async fn recv_answer(&mut self) -> Result<ControlMsg> {
         let server = self.server;
-        timeout(ANSWER_TIMEOUT, self.recv())
-            .await
-            .map_err(|_| anyhow!("{server}: no answer during the handshake for 15 s"))?
+        timeout(ANSWER_TIMEOUT, self.recv()).await.map_err(|_| {
+            ControlError::lost(format!("{server}: no answer during the handshake for 15 s"))
+        })?
     }
 
     /// Writes, by the answer deadline: a peer that stops reading (or a
     /// path that silently drops everything) cannot block us forever.
-    async fn write(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+    async fn write(&mut self, bytes: &[u8]) -> Result<()> {
         let server = self.server;
         timeout(ANSWER_TIMEOUT, self.stream.write_all(bytes))
             .await
             .map_err(|_| {
-                anyhow!(
+                ControlError::lost(format!(
                     "{server} took no data for {} s (connection lost?)",
                     ANSWER_TIMEOUT.as_secs()
-                )
+                ))
             })?
-            .with_context(|| format!("cannot send to {server}"))
+            .map_err(|e| ControlError::lost_by(format!("cannot send to {server}"), e))
     }
 
-    pub async fn request(&mut self, msg: ControlMsg, kind: Pending) -> anyhow::Result<()> {
+    pub async fn request(&mut self, msg: ControlMsg, kind: Pending) -> Result<()> {
         self.write(&msg.to_frame()).await?;
         if self.pending.is_empty() {
             self.answer_due = Some(Instant::now() + ANSWER_TIMEOUT);
@@ -252,7 +321,7 @@ impl ControlClient {
     /// Next message from the server. Cancel-safe: bytes read are kept in
     /// `buf`, and the answer deadline is kept across calls: with requests
     /// pending, the server must send something every [`ANSWER_TIMEOUT`].
-    pub async fn recv(&mut self) -> anyhow::Result<ControlMsg> {
+    pub async fn recv(&mut self) -> Result<ControlMsg> {
         loop {
             if let Some((msg, used)) = decode_frame(&self.buf)? {
                 self.buf.drain(..used);
@@ -264,61 +333,68 @@ impl ControlClient {
                 (false, Some(due)) => timeout_at(due.into(), self.stream.read(&mut chunk))
                     .await
                     .map_err(|_| {
-                        anyhow!(
+                        ControlError::lost(format!(
                             "no answer from the server for {} s (connection lost?)",
                             ANSWER_TIMEOUT.as_secs()
-                        )
+                        ))
                     })?
                     .map_err(gone)?,
                 _ => self.stream.read(&mut chunk).await.map_err(gone)?,
             };
             if n == 0 {
-                bail!("server closed the connection");
+                return Err(ControlError::lost("server closed the connection".into()));
             }
             self.buf.extend_from_slice(&chunk[..n]);
         }
     }
 
     /// One request and its answer, for exchanges that are not pipelined.
-    pub async fn call(&mut self, msg: &ControlMsg, wait: Duration) -> anyhow::Result<ControlMsg> {
+    pub async fn call(&mut self, msg: &ControlMsg, wait: Duration) -> Result<ControlMsg> {
         self.write(&msg.to_frame()).await?;
         timeout(wait.min(ANSWER_TIMEOUT), self.recv())
             .await
             .map_err(|_| {
-                anyhow!(
+                ControlError::lost(format!(
                     "no answer from the server for {} s",
                     wait.min(ANSWER_TIMEOUT).as_secs()
-                )
+                ))
             })?
     }
 
-    pub async fn bye(&mut self) -> anyhow::Result<()> {
+    pub async fn bye(&mut self) -> Result<()> {
         self.write(&ControlMsg::Bye.to_frame()).await
     }
 }
 
 /// A read error, said plainly when the kernel gave up on the connection.
-fn gone(e: std::io::Error) -> anyhow::Error {
+fn gone(e: std::io::Error) -> ControlError {
     if e.kind() == std::io::ErrorKind::TimedOut {
-        anyhow!(
+        ControlError::lost(format!(
             "the server acknowledged nothing for {} s (connection lost?)",
             TCP_GIVE_UP.as_secs()
-        )
+        ))
     } else {
-        e.into()
+        ControlError::lost(e.to_string())
     }
 }
 
 /// The server refused the session: one line saying why, in the server's
 /// words where they are the message ("server busy (64 sessions)",
 /// "server refused: handshake slots full").
-fn refused<T>(server: SocketAddr, code: ErrorCode, message: &str) -> anyhow::Result<T> {
-    match code {
+fn refused<T>(server: SocketAddr, code: ErrorCode, message: &str) -> Result<T> {
+    let message = message.to_string();
+    Err(match code {
         ErrorCode::AuthFailed => {
             let why = message.trim_start_matches("authentication failed: ");
-            Err(AuthFailed(format!("{server} refused the session: {why}")).into())
+            ControlError::AuthFailed(format!("{server} refused the session: {why}"))
         }
-        ErrorCode::TooManySessions | ErrorCode::HandshakeSlotsFull => bail!("{server}: {message}"),
-        _ => bail!("{server} refused the session ({code:?}): {message}"),
-    }
+        ErrorCode::TooManySessions | ErrorCode::HandshakeSlotsFull => {
+            ControlError::Busy { server, message }
+        }
+        _ => ControlError::Refused {
+            server,
+            code,
+            message,
+        },
+    })
 }
