@@ -37,7 +37,7 @@ use udpreach_wire::mtu::{
     max_mtu, min_mtu, packet_size, parse_ack, payload_size, MAX_BYTES_PER_SEND, MAX_COUNT_PER_SIZE,
     MAX_LINGER_MS, MAX_SIZES_PER_SEND,
 };
-use udpreach_wire::probe::{ProbeHeader, ProbeKind, HEADER_LEN, MAGIC};
+use udpreach_wire::probe::{ProbeHeader, ProbeKind, HEADER_LEN};
 
 /// Sizes per round after the first: each round narrows the range ninefold.
 const SIZES_PER_ROUND: usize = 8;
@@ -338,11 +338,9 @@ impl Probing {
 
 /// The sequence number an ICMP error quotes, if the quote holds our header.
 fn quoted_seq(e: &QueuedError, token: u64) -> Option<u64> {
-    let q = &e.quoted;
-    if q.len() < 24 || q[..4] != MAGIC || q[8..16] != token.to_be_bytes() {
-        return None;
-    }
-    Some(u64::from_be_bytes(q[16..24].try_into().ok()?))
+    udpreach_wire::probe::parse_quoted(&e.quoted)
+        .filter(|q| !q.short && q.token == token)
+        .map(|q| q.seq)
 }
 
 /// Feeds a frag-needed / packet-too-big error for a probe to `dest` into the

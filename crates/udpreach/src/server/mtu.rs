@@ -34,7 +34,7 @@ use udpreach_wire::auth::{DerivedKey, MIN_SEALED_LEN};
 use udpreach_wire::control::{ControlMsg, ErrorCode, MtuSendResult};
 use udpreach_wire::icmp::{IcmpOrigin, IcmpReason};
 use udpreach_wire::mtu::{self, ack_for, MAX_COUNT_PER_SIZE, MAX_LINGER_MS, MAX_SIZES_PER_SEND};
-use udpreach_wire::probe::{ProbeHeader, ProbeKind, ServerStamp, HEADER_LEN, MAGIC};
+use udpreach_wire::probe::{ProbeHeader, ProbeKind, ServerStamp, HEADER_LEN};
 
 /// Bytes one session may have the server send in MTU tests, in total.
 const SESSION_BUDGET: u64 = 64 << 20;
@@ -220,9 +220,9 @@ impl MtuPort {
 /// MTU is too small for.
 fn attribute_errors(results: &mut [MtuSendResult], errors: &[QueuedError], v6: bool) {
     for e in errors {
-        let quoted_size = (e.quoted.len() >= 24 && e.quoted[..4] == MAGIC)
-            .then(|| u64::from_be_bytes(e.quoted[16..24].try_into().expect("8 bytes")))
-            .and_then(|s| u32::try_from(s).ok());
+        let quoted_size = udpreach_wire::probe::parse_quoted(&e.quoted)
+            .filter(|q| !q.short)
+            .and_then(|q| u32::try_from(q.seq).ok());
         let hint = e.error.reason().mtu();
         for r in results.iter_mut().filter(|r| r.icmp.is_none()) {
             let matches = match (quoted_size, hint) {
