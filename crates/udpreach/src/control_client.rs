@@ -175,12 +175,7 @@ impl ControlClient {
         let server = self.server;
         timeout(ANSWER_TIMEOUT, self.stream.read_exact(&mut pre))
             .await
-            .map_err(|_| {
-                ControlError::lost(format!(
-                    "{server}: no answer to hello for {} s",
-                    ANSWER_TIMEOUT.as_secs()
-                ))
-            })?
+            .map_err(|_| no_answer(&format!("{server}: no answer to hello"), ""))?
             .map_err(|e| {
                 ControlError::lost_by(
                     format!("{server} closed the control connection without a udpreach greeting"),
@@ -300,12 +295,7 @@ impl ControlClient {
         let server = self.server;
         timeout(ANSWER_TIMEOUT, self.stream.write_all(bytes))
             .await
-            .map_err(|_| {
-                ControlError::lost(format!(
-                    "{server} took no data for {} s (connection lost?)",
-                    ANSWER_TIMEOUT.as_secs()
-                ))
-            })?
+            .map_err(|_| no_answer(&format!("{server} took no data"), " (connection lost?)"))?
             .map_err(|e| ControlError::lost_by(format!("cannot send to {server}"), e))
     }
 
@@ -332,12 +322,7 @@ impl ControlClient {
             let n = match (self.pending.is_empty(), self.answer_due) {
                 (false, Some(due)) => timeout_at(due.into(), self.stream.read(&mut chunk))
                     .await
-                    .map_err(|_| {
-                        ControlError::lost(format!(
-                            "no answer from the server for {} s (connection lost?)",
-                            ANSWER_TIMEOUT.as_secs()
-                        ))
-                    })?
+                    .map_err(|_| no_answer("no answer from the server", " (connection lost?)"))?
                     .map_err(gone)?,
                 _ => self.stream.read(&mut chunk).await.map_err(gone)?,
             };
@@ -364,6 +349,11 @@ impl ControlClient {
     pub async fn bye(&mut self) -> Result<()> {
         self.write(&ControlMsg::Bye.to_frame()).await
     }
+}
+
+/// The answer timeout passed: "`what` for 15 s`hint`".
+fn no_answer(what: &str, hint: &str) -> ControlError {
+    ControlError::lost(format!("{what} for {} s{hint}", ANSWER_TIMEOUT.as_secs()))
 }
 
 /// A read error, said plainly when the kernel gave up on the connection.

@@ -549,15 +549,9 @@ impl ServerlessSweep {
                 return;
             }
         }
-        let Some(p) = self.port(port).copied() else {
+        let Some(p) = self.answered(port) else {
             return;
         };
-        if p.state == State::Decided {
-            return;
-        }
-        if p.state == State::InFlight {
-            self.in_flight -= 1;
-        }
         self.note_answer(now);
         if p.state == State::InFlight && p.paced && !p.confirming {
             self.paced_answer(p.last_sent.unwrap_or(now), p.paced_silences > 0, now);
@@ -567,13 +561,7 @@ impl ServerlessSweep {
             self.drops += 1;
             self.rate_limited(now, p.last_sent.unwrap_or(now));
         }
-        let rtt = p
-            .last_sent
-            .filter(|_| p.sent == 1)
-            .map(|s| now.saturating_duration_since(s));
-        if let Some(r) = rtt {
-            self.rtt_sample(r);
-        }
+        let rtt = self.first_try_rtt(&p, now);
         let verdict = match port_finding(&report, self.target) {
             PortFinding::Closed => ServerlessVerdict::Closed,
             PortFinding::Filtered => ServerlessVerdict::Filtered,
@@ -619,23 +607,22 @@ impl ServerlessSweep {
         }
     }
 
-    /// A UDP datagram came back from `port`.
-    fn on_reply(&mut self, port: u16, bytes: usize, now: Instant) {
-        let Some(p) = self.port(port).copied() else {
-            return;
-        };
+    /// The state of `port` as an answer found it (the probe in flight no
+    /// longer is); `None` when it is not planned or already decided.
+    fn answered(&mut self, port: u16) -> Option<Port> {
+        let p = self.port(port).copied()?;
         if p.state == State::Decided {
-            return;
+            return None;
         }
         if p.state == State::InFlight {
             self.in_flight -= 1;
-            if p.paced && !p.confirming {
-                // A reply cost the limiter nothing: the next probe may go now.
-                if let Some(pc) = &mut self.pacing {
-                    pc.out = pc.out.saturating_sub(1);
-                }
-            }
         }
+        Some(p)
+    }
+
+    /// The round trip of an answer to the port's first probe (a sample for
+    /// the RTO); `None` after a retry, whose answer is ambiguous.
+    fn first_try_rtt(&mut self, p: &Port, now: Instant) -> Option<Duration> {
         let rtt = p
             .last_sent
             .filter(|_| p.sent == 1)
@@ -643,6 +630,21 @@ impl ServerlessSweep {
         if let Some(r) = rtt {
             self.rtt_sample(r);
         }
+        rtt
+    }
+
+    /// A UDP datagram came back from `port`.
+    fn on_reply(&mut self, port: u16, bytes: usize, now: Instant) {
+        let Some(p) = self.answered(port) else {
+            return;
+        };
+        if p.state == State::InFlight && p.paced && !p.confirming {
+            // A reply cost the limiter nothing: the next probe may go now.
+            if let Some(pc) = &mut self.pacing {
+                pc.out = pc.out.saturating_sub(1);
+            }
+        }
+        let rtt = self.first_try_rtt(&p, now);
         if let Some(e) = self.port(port) {
             e.reply_bytes = Some(bytes);
         }
