@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod admission;
+pub mod client_handshake;
 pub mod engine;
 pub mod handshake;
 pub mod mtu;

@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at};
-use udpreach_wire::auth::{self, DerivedKey, SharedKey, NONCE_LEN, PROOF_LEN};
-use udpreach_wire::control::{
-    decode_frame, ControlMsg, ErrorCode, CAPABILITIES, PREAMBLE, PROTOCOL_VERSION,
-};
+pub use udpreach_engine::client_handshake::Welcome;
+use udpreach_engine::client_handshake::{ClientHandshake, HandshakeEvent, HandshakeFailure};
+use udpreach_engine::Engine;
+use udpreach_wire::auth::{SharedKey, NONCE_LEN};
+use udpreach_wire::control::{decode_frame, ControlMsg, ErrorCode, PREAMBLE};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the server may go without answering while a request is pending
@@ -32,17 +33,6 @@ pub enum Pending {
     Close,
     /// An `MtuSend` (udpreach mtu).
     MtuSend,
-}
-
-pub struct Welcome {
-    pub token: u64,
-    pub max_open_ports: u32,
-    /// The server's probe-rate cap for this session (0: none announced).
-    pub max_probe_rate: u32,
-    /// With a key: tags this session's probes and replies.
-    pub session_key: Option<DerivedKey>,
-    /// What the server can do (e.g. "mtu").
-    pub capabilities: Vec<String>,
 }
 
 /// Why the control channel failed. Each kind reads as one line (with its
@@ -160,19 +150,19 @@ impl ControlClient {
 
     /// Opens the session; with a key, proves it and checks the server's proof
     /// (mutual authentication), and derives the session key for the probes.
+    /// The protocol is the engine's [`ClientHandshake`]; this moves its
+    /// messages and keeps the answer timeout.
     pub async fn hello(&mut self, key: Option<&SharedKey>) -> Result<Welcome> {
-        let cn: Option<[u8; NONCE_LEN]> = key.map(|_| rand::random());
-        let hello = ControlMsg::Hello {
-            version: PROTOCOL_VERSION,
-            capabilities: CAPABILITIES.iter().map(|s| s.to_string()).collect(),
-            software: format!("udpreach {}", env!("CARGO_PKG_VERSION")),
-            nonce: cn.map(|c| auth::to_hex(&c)),
-        };
+        let server = self.server;
+        let nonce: [u8; NONCE_LEN] = rand::random();
+        let software = format!("udpreach {}", env!("CARGO_PKG_VERSION"));
+        let mut handshake = ClientHandshake::new(key.cloned(), nonce, software);
         let mut out = PREAMBLE.to_vec();
-        out.extend(hello.to_frame());
+        while let Some(msg) = handshake.poll_transmit(Instant::now()) {
+            out.extend(msg.to_frame());
+        }
         self.write(&out).await?;
         let mut pre = [0u8; 8];
-        let server = self.server;
         timeout(ANSWER_TIMEOUT, self.stream.read_exact(&mut pre))
             .await
             .map_err(|_| no_answer(&format!("{server}: no answer to hello"), ""))?
@@ -185,99 +175,22 @@ impl ControlClient {
         if &pre != PREAMBLE {
             return Err(ControlError::NotUdpreach(server));
         }
-        let (token, max_open_ports, max_probe_rate, nonce, proof, capabilities) =
-            match self.recv_answer().await? {
-                ControlMsg::Welcome {
-                    token,
-                    max_open_ports,
-                    max_probe_rate,
-                    nonce,
-                    proof,
-                    capabilities,
-                    ..
-                } => (
-                    token,
-                    max_open_ports,
-                    max_probe_rate,
-                    nonce,
-                    proof,
-                    capabilities,
-                ),
-                ControlMsg::Error {
-                    code: ErrorCode::AuthFailed,
-                    message,
-                    ..
-                } => {
-                    let why = message.trim_start_matches("authentication failed: ");
-                    return Err(ControlError::AuthFailed(format!(
-                        "{server} refused the session: {why}"
-                    )));
+        loop {
+            let msg = self.recv_answer().await?;
+            handshake.handle_input(msg, Instant::now());
+            while let Some(msg) = handshake.poll_transmit(Instant::now()) {
+                // A farewell after a failed check may not get through; the
+                // failure is what counts.
+                let sent = self.write(&msg.to_frame()).await;
+                if !matches!(msg, ControlMsg::Error { .. }) {
+                    sent?;
                 }
-                ControlMsg::Error { code, message, .. } => refused(server, code, &message)?,
-                other => {
-                    return Err(ControlError::Protocol(format!(
-                        "expected welcome, got {other:?}"
-                    )))
-                }
-            };
-        let session_key = match (key, cn) {
-            (Some(key), Some(cn)) => Some(self.authenticate(key, &cn, nonce, proof).await?),
-            _ => None,
-        };
-        Ok(Welcome {
-            token,
-            max_open_ports,
-            max_probe_rate,
-            session_key,
-            capabilities,
-        })
-    }
-
-    async fn authenticate(
-        &mut self,
-        key: &SharedKey,
-        cn: &[u8; NONCE_LEN],
-        nonce: Option<String>,
-        proof: Option<String>,
-    ) -> Result<DerivedKey> {
-        let server = self.server;
-        let sn = nonce.as_deref().and_then(auth::from_hex::<NONCE_LEN>);
-        let proof = proof.as_deref().and_then(auth::from_hex::<PROOF_LEN>);
-        let (Some(sn), Some(proof)) = (sn, proof) else {
-            return Err(ControlError::AuthFailed(format!(
-                "{server} did not prove it holds the key (does it run without one?)"
-            )));
-        };
-        if !key.verify_server_proof(cn, &sn, &proof) {
-            // Say why we leave, so the server's log shows it too.
-            let bye = ControlMsg::Error {
-                code: ErrorCode::AuthFailed,
-                message: "the server's proof does not match the client's key".into(),
-                fatal: true,
-            };
-            let _ = self.write(&bye.to_frame()).await;
-            return Err(ControlError::AuthFailed(format!(
-                "{server} holds a different key"
-            )));
-        }
-        let ours = ControlMsg::Auth {
-            proof: auth::to_hex(&key.client_proof(cn, &sn)),
-        };
-        self.write(&ours.to_frame()).await?;
-        match self.recv_answer().await? {
-            ControlMsg::AuthOk => Ok(key.session_key(cn, &sn)),
-            ControlMsg::Error {
-                code: ErrorCode::AuthFailed,
-                message,
-                ..
-            } => {
-                let why = message.trim_start_matches("authentication failed: ");
-                Err(ControlError::AuthFailed(format!("{server}: {why}")))
             }
-            ControlMsg::Error { code, message, .. } => refused(server, code, &message),
-            other => Err(ControlError::Protocol(format!(
-                "expected auth_ok, got {other:?}"
-            ))),
+            match handshake.poll_event() {
+                Some(HandshakeEvent::Welcome(w)) => return Ok(w),
+                Some(HandshakeEvent::Failed(why)) => return Err(failure(server, why)),
+                None => {}
+            }
         }
     }
 
@@ -368,23 +281,27 @@ fn gone(e: std::io::Error) -> ControlError {
     }
 }
 
-/// The server refused the session: one line saying why, in the server's
-/// words where they are the message ("server busy (64 sessions)",
-/// "server refused: handshake slots full").
-fn refused<T>(server: SocketAddr, code: ErrorCode, message: &str) -> Result<T> {
-    let message = message.to_string();
-    Err(match code {
-        ErrorCode::AuthFailed => {
-            let why = message.trim_start_matches("authentication failed: ");
+/// A failed handshake as one line saying why, in the server's words where
+/// they are the message ("server busy (64 sessions)", "server refused:
+/// handshake slots full").
+fn failure(server: SocketAddr, why: HandshakeFailure) -> ControlError {
+    match why {
+        HandshakeFailure::AuthRefused(why) => {
             ControlError::AuthFailed(format!("{server} refused the session: {why}"))
         }
-        ErrorCode::TooManySessions | ErrorCode::HandshakeSlotsFull => {
-            ControlError::Busy { server, message }
+        HandshakeFailure::AuthRejected(why) => ControlError::AuthFailed(format!("{server}: {why}")),
+        HandshakeFailure::NoServerProof => ControlError::AuthFailed(format!(
+            "{server} did not prove it holds the key (does it run without one?)"
+        )),
+        HandshakeFailure::WrongServerKey => {
+            ControlError::AuthFailed(format!("{server} holds a different key"))
         }
-        _ => ControlError::Refused {
+        HandshakeFailure::Busy(message) => ControlError::Busy { server, message },
+        HandshakeFailure::Refused { code, message } => ControlError::Refused {
             server,
             code,
             message,
         },
-    })
+        HandshakeFailure::Protocol(what) => ControlError::Protocol(what),
+    }
 }
