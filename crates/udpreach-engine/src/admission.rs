@@ -16,8 +16,11 @@ use std::time::{Duration, Instant};
 /// What one source may hold at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Shares {
+    /// Handshakes in progress one source may hold.
     pub handshakes_per_source: usize,
+    /// Established sessions one source may hold.
     pub sessions_per_source: usize,
+    /// Ports open on the server one source may hold, over all its sessions.
     pub ports_per_source: usize,
 }
 
@@ -55,7 +58,9 @@ pub type HandshakeId = u64;
 /// connection, telling it "handshake slots full").
 #[derive(Debug, PartialEq, Eq)]
 pub struct HandshakeSlot<T> {
+    /// The slot taken.
     pub id: HandshakeId,
+    /// The oldest handshake of the same source, evicted to make room (its driver closes it).
     pub evicted: Option<T>,
 }
 
@@ -63,9 +68,15 @@ pub struct HandshakeSlot<T> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SessionRefusal {
     /// Every session slot is taken.
-    Full { max: usize },
+    Full {
+        /// The server's session cap.
+        max: usize,
+    },
     /// This source already holds its share.
-    SourceShare { per_source: usize },
+    SourceShare {
+        /// Sessions one source may hold.
+        per_source: usize,
+    },
 }
 
 impl std::fmt::Display for SessionRefusal {
@@ -109,6 +120,7 @@ pub struct Admission<T> {
 }
 
 impl<T> Admission<T> {
+    /// Admission control with these server-wide caps; the per-source shares are derived from them.
     pub fn new(
         max_handshakes: usize,
         max_sessions: usize,
@@ -128,6 +140,7 @@ impl<T> Admission<T> {
         }
     }
 
+    /// What one source may hold at once.
     pub fn shares(&self) -> Shares {
         self.shares
     }
@@ -183,6 +196,7 @@ impl<T> Admission<T> {
         }
     }
 
+    /// Handshakes in progress now.
     pub fn pending_handshakes(&self) -> usize {
         self.pending.len()
     }
@@ -204,6 +218,7 @@ impl<T> Admission<T> {
         Ok(())
     }
 
+    /// Releases the session slot of `ip`.
     pub fn close_session(&mut self, ip: IpAddr) {
         let h = self.held(ip);
         if h.sessions > 0 {
@@ -213,6 +228,7 @@ impl<T> Admission<T> {
         self.forget_if_empty(ip);
     }
 
+    /// Established sessions now.
     pub fn sessions(&self) -> usize {
         self.sessions
     }
@@ -228,6 +244,7 @@ impl<T> Admission<T> {
         true
     }
 
+    /// Returns `n` ports of `ip` (closed or with their session).
     pub fn release_ports(&mut self, ip: IpAddr, n: usize) {
         let h = self.held(ip);
         let n = n.min(h.ports);
@@ -236,6 +253,7 @@ impl<T> Admission<T> {
         self.forget_if_empty(ip);
     }
 
+    /// Ports open now over all sessions.
     pub fn open_ports(&self) -> usize {
         self.ports
     }
@@ -259,6 +277,7 @@ pub struct MessageDeadline {
 }
 
 impl MessageDeadline {
+    /// Starts counting at `now`: a message must start within `idle` and be whole within `whole` of its start.
     pub fn new(idle: Duration, whole: Duration, now: Instant) -> Self {
         MessageDeadline {
             idle,
@@ -286,6 +305,7 @@ impl MessageDeadline {
         }
     }
 
+    /// When the connection is closed unless a whole message arrives first.
     pub fn deadline(&self) -> Instant {
         match self.started {
             Some(t) => t + self.whole,

@@ -12,8 +12,11 @@ use udpreach_wire::control::{ControlMsg, ErrorCode, CAPABILITIES, PROTOCOL_VERSI
 /// What the server announces in `Welcome`.
 #[derive(Clone, Debug)]
 pub struct WelcomeTerms {
+    /// Ports a session may hold open at once.
     pub max_open_ports: u32,
+    /// Probes per second the server answers per session.
     pub max_probe_rate: u32,
+    /// Server software name and version.
     pub software: String,
 }
 
@@ -24,12 +27,16 @@ pub enum Step {
     Reply(ControlMsg),
     /// Take a session slot, then send `reply`; the session is established.
     Admit {
+        /// The `Welcome` to send.
         reply: ControlMsg,
+        /// The key authenticating the session's probes, when the server has one.
         session_key: Option<DerivedKey>,
     },
     /// Send `reply` (when there is one) and close: the session is refused.
     Refuse {
+        /// What to tell the client, when it may be told anything.
         reply: Option<ControlMsg>,
+        /// Why, for the server's log.
         reason: String,
     },
 }
@@ -43,6 +50,7 @@ enum State {
     Done,
 }
 
+/// The server side of the control handshake (hello, challenge, proof, welcome) for one connection.
 pub struct Handshake {
     token: u64,
     key: Option<SharedKey>,

@@ -31,11 +31,13 @@ const COMMON_MTUS: [u32; 12] = [
 const MAX_ROUNDS: u32 = 40;
 
 #[derive(Clone, Debug)]
+/// How an [`MtuSearch`] probes.
 pub struct MtuSearchConfig {
     /// Smallest size worth probing (it must hold the probe header).
     pub min_mtu: u32,
     /// Largest size that can be sent at all (the sending interface's MTU).
     pub max_mtu: u32,
+    /// Probes per size and round: one that crosses is enough, all lost is silence.
     pub probes_per_size: u32,
     /// Sizes probed per round after the first.
     pub sizes_per_round: usize,
@@ -47,7 +49,9 @@ pub struct MtuSearchConfig {
 pub enum MtuEvidence {
     /// A frag-needed / packet-too-big error named the limit (and who sent it).
     Icmp {
+        /// The host that sent the error, when known.
         from: Option<IpAddr>,
+        /// The MTU the error named, when it named one.
         mtu: Option<u32>,
     },
     /// Larger probes vanished without any ICMP error: a PMTU black hole.
@@ -66,8 +70,11 @@ pub enum MtuEvidence {
 pub struct MtuResult {
     /// Largest IP packet that crossed with DF set; `None`: nothing crossed.
     pub mtu: Option<u32>,
+    /// How the limit was found; `None` when nothing crossed.
     pub evidence: Option<MtuEvidence>,
+    /// Rounds the search took.
     pub rounds: u32,
+    /// Probes it sent.
     pub probes: u64,
 }
 
@@ -78,6 +85,7 @@ struct Failure {
     icmp: bool,
 }
 
+/// The path MTU search for one direction: which sizes to probe each round and what their fate says.
 pub struct MtuSearch {
     cfg: MtuSearchConfig,
     /// Largest size seen to arrive.
@@ -103,6 +111,7 @@ pub struct MtuSearch {
 }
 
 impl MtuSearch {
+    /// A search between `cfg.min_mtu` and `cfg.max_mtu`.
     pub fn new(cfg: MtuSearchConfig) -> Self {
         let cfg = MtuSearchConfig {
             max_mtu: cfg.max_mtu.max(cfg.min_mtu),
@@ -128,6 +137,7 @@ impl MtuSearch {
         }
     }
 
+    /// Copies of each size sent per round.
     pub fn probes_per_size(&self) -> u32 {
         self.cfg.probes_per_size
     }
@@ -320,10 +330,12 @@ impl MtuSearch {
         }
     }
 
+    /// True once the limit is found (or the rounds are spent).
     pub fn is_done(&self) -> bool {
         self.done
     }
 
+    /// The answer so far (final once [`Self::is_done`]).
     pub fn result(&self) -> MtuResult {
         let limit = self.confirmed_limit();
         let evidence = self.passed.map(|p| {
@@ -368,18 +380,23 @@ pub struct FragmentResult {
     pub passes: bool,
     /// True when none arrived: fragments are dropped on the way.
     pub dropped: bool,
+    /// Each size sent, with how many copies arrived.
     pub sizes: Vec<FragmentSize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+/// One size of the fragmentation test and its fate.
 pub struct FragmentSize {
     /// UDP payload bytes.
     pub size: u32,
+    /// Copies sent.
     pub sent: u32,
+    /// Copies that arrived at the far end.
     pub arrived: u32,
 }
 
 impl FragmentResult {
+    /// The result from each size's counts.
     pub fn from_counts(sizes: Vec<FragmentSize>) -> Self {
         let arrived = sizes.iter().filter(|s| s.arrived > 0).count();
         FragmentResult {
@@ -393,6 +410,7 @@ impl FragmentResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testkit::Rng;
 
     #[test]
     fn fragment_sizes_and_verdicts() {
@@ -426,17 +444,6 @@ mod tests {
         assert!(!r.dropped && !r.passes, "partial");
     }
 
-    /// Deterministic pseudo-random numbers (xorshift).
-    struct Rng(u64);
-    impl Rng {
-        fn chance(&mut self, percent: u64) -> bool {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % 100 < percent
-        }
-    }
-
     struct Path {
         hop_mtu: u32,
         /// The hop's frag-needed errors are filtered.
@@ -453,18 +460,18 @@ mod tests {
             probes_per_size: 3,
             sizes_per_round: 8,
         });
-        let mut rng = Rng(seed | 1);
+        let mut rng = Rng::new(seed | 1);
         while let Some(sizes) = s.next_round() {
             for &size in &sizes {
                 for _ in 0..s.probes_per_size() {
-                    if rng.chance(path.loss) {
+                    if rng.chance(path.loss as f64 / 100.0) {
                         continue;
                     }
                     if size <= path.hop_mtu {
-                        if !rng.chance(path.loss) {
+                        if !rng.chance(path.loss as f64 / 100.0) {
                             s.on_pass(size);
                         }
-                    } else if !path.black_hole && !rng.chance(path.loss) {
+                    } else if !path.black_hole && !rng.chance(path.loss as f64 / 100.0) {
                         s.on_too_big(size, Some(path.hop_mtu), Some(ROUTER.parse().unwrap()));
                     }
                 }

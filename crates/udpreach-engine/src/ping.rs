@@ -1,6 +1,7 @@
 //! The ping state machine: when to send, which reply answers which probe,
 //! what timed out, and the statistics at the end.
 
+use crate::engine::Engine;
 use crate::stats::{RttStats, RttSummary};
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -20,9 +21,11 @@ const HISTORY: usize = 1 << 20;
 const MAX_CATCH_UP: Duration = Duration::from_millis(20);
 
 #[derive(Clone, Debug)]
+/// How a [`PingSession`] sends and waits.
 pub struct PingConfig {
     /// Probes to send; `None` runs until stopped.
     pub count: Option<u64>,
+    /// Time between sends (from the schedule's start, no drift).
     pub interval: Duration,
     /// A probe without a reply after this long is reported lost (a later reply is "late").
     pub timeout: Duration,
@@ -66,34 +69,100 @@ pub enum RttClock {
     Mixed,
 }
 
+/// What the driver tells a [`PingSession`] (the `now` passed with it is
+/// when it happened: the send, or the read of the datagram).
+#[derive(Clone, Debug, PartialEq)]
+pub enum PingInput {
+    /// Probe `seq` (from `poll_transmit`) left from `local_port`; the
+    /// realtime clock (ns) read just before the send call is
+    /// `send_call_ns`: a kernel transmit timestamp earlier than it belongs
+    /// to another datagram.
+    Sent {
+        /// The probe.
+        seq: u64,
+        /// The local port, when each probe has its own (`--sport`).
+        local_port: Option<u16>,
+        /// Realtime clock before the send call.
+        send_call_ns: Option<u64>,
+    },
+    /// The send of `seq` failed locally (for example, no route): counted,
+    /// never awaited.
+    SendFailed {
+        /// The probe.
+        seq: u64,
+    },
+    /// The kernel's software transmit timestamp of `seq` (realtime, ns).
+    TxTimestamp {
+        /// The probe.
+        seq: u64,
+        /// Kernel transmit time.
+        kernel_tx_ns: u64,
+    },
+    /// A reply for `seq`, which the kernel timestamped at `kernel_rx_ns`
+    /// (realtime) when it could.
+    Reply {
+        /// The probe the reply names.
+        seq: u64,
+        /// Kernel receive time.
+        kernel_rx_ns: Option<u64>,
+        /// The server's stamp, when the reply carries one.
+        stamp: Option<ServerStamp>,
+    },
+    /// An ICMP error for `seq`, or, when too little was quoted to name the
+    /// probe (`None`), for the latest probe still in flight.
+    IcmpError {
+        /// The probe named by the quoted datagram.
+        seq: Option<u64>,
+        /// What the error says.
+        report: IcmpReport,
+    },
+}
+
 /// Something the user should see, as it happens.
 #[derive(Clone, Debug, PartialEq)]
 pub enum PingEvent {
+    /// The first answer to a probe.
     Reply {
+        /// The probe.
         seq: u64,
+        /// Time from its send (kernel timestamps when both exist).
         rtt: Duration,
+        /// Its local port, when each probe has its own (`--sport`).
         local_port: Option<u16>,
+        /// The server's stamp, when the reply carries one.
         stamp: Option<ServerStamp>,
     },
+    /// Another answer to a probe already answered.
     Duplicate {
+        /// The probe.
         seq: u64,
+        /// Time from its send.
         rtt: Duration,
     },
+    /// An answer after the probe's timeout (or ICMP error).
     Late {
+        /// The probe.
         seq: u64,
+        /// Time from its send.
         rtt: Duration,
     },
+    /// No answer within the timeout.
     Timeout {
+        /// The probe.
         seq: u64,
+        /// Its local port, when each probe has its own.
         local_port: Option<u16>,
     },
     /// An ICMP error answered the probe (port unreachable, prohibited...):
     /// no reply will come. ping(8) prints these as "From X ... Unreachable".
     IcmpError {
+        /// The probe.
         seq: u64,
         /// Time from the send to the error.
         after: Duration,
+        /// What the error says.
         report: IcmpReport,
+        /// Its local port, when each probe has its own.
         local_port: Option<u16>,
     },
 }
@@ -102,25 +171,37 @@ pub enum PingEvent {
 #[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct IcmpTally {
     #[serde(flatten)]
+    /// Who reported what.
     pub report: IcmpReport,
+    /// Probes it answered.
     pub count: u64,
 }
 
 /// Server processing time (receive to send) over the replies that carried it.
 #[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct ProcessingSummary {
+    /// Smallest time the server held a probe, in microseconds.
     pub min_us: f64,
+    /// Mean time the server held a probe, in microseconds.
     pub avg_us: f64,
+    /// Largest time the server held a probe, in microseconds.
     pub max_us: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
+/// The statistics at the end of a ping run (also the JSON summary).
 pub struct PingSummary {
+    /// Probes sent (less those whose send failed).
     pub transmitted: u64,
+    /// Probes answered in time.
     pub received: u64,
+    /// Extra copies of replies.
     pub duplicates: u64,
+    /// Replies after their probe's timeout.
     pub late: u64,
+    /// Replies that came after a reply to a later probe.
     pub reordered: u64,
+    /// Sends that failed locally.
     pub send_errors: u64,
     /// Probes answered by an ICMP error (ping(8)'s "+N errors"); part of `lost`.
     pub errors: u64,
@@ -132,7 +213,9 @@ pub struct PingSummary {
     pub withheld: u64,
     /// Probes with neither a reply nor a late reply, less those withheld.
     pub lost: u64,
+    /// `lost` as a percentage of `transmitted`.
     pub loss_percent: f64,
+    /// Round-trip statistics of the replies in time.
     pub rtt: Option<RttSummary>,
     /// Lost on the way to the server, from the server's receive counter.
     pub upstream_lost: Option<u64>,
@@ -140,6 +223,7 @@ pub struct PingSummary {
     pub downstream_lost: Option<u64>,
     /// Lost after the last reply that carried a counter: direction unknown.
     pub direction_unknown: Option<u64>,
+    /// How long the server held probes (from its stamps).
     pub server_processing: Option<ProcessingSummary>,
     /// The source address the server saw in its latest reply.
     pub server_saw: Option<SocketAddr>,
@@ -149,6 +233,7 @@ pub struct PingSummary {
     pub port_translated: u64,
     /// Source ports (with `--sport`) whose probe got no reply.
     pub silent_source_ports: Vec<u16>,
+    /// Time from the start to the end of the run.
     pub elapsed_ms: f64,
     /// Which clock `rtt` (and each reply's rtt) was read from.
     pub rtt_clock: Option<RttClock>,
@@ -163,6 +248,7 @@ pub struct PingSummary {
     pub schedule_restarts: u64,
 }
 
+/// The ping state machine (see the module docs); driven through [`Engine`].
 pub struct PingSession {
     cfg: PingConfig,
     start: Instant,
@@ -203,9 +289,11 @@ pub struct PingSession {
     server_seen_ttl: Option<u8>,
     port_translated: u64,
     finished_at: Option<Instant>,
+    events: VecDeque<PingEvent>,
 }
 
 impl PingSession {
+    /// A session starting at `now`.
     pub fn new(cfg: PingConfig, now: Instant) -> Self {
         PingSession {
             cfg,
@@ -240,6 +328,7 @@ impl PingSession {
             server_seen_ttl: None,
             port_translated: 0,
             finished_at: None,
+            events: VecDeque::new(),
         }
     }
 
@@ -259,7 +348,7 @@ impl PingSession {
     }
 
     /// The sequence number to send now, if one is due.
-    pub fn poll_send(&mut self, now: Instant) -> Option<u64> {
+    pub(crate) fn poll_send(&mut self, now: Instant) -> Option<u64> {
         if !self.sending_allowed(now) {
             self.next_send = None;
             return None;
@@ -302,7 +391,7 @@ impl PingSession {
     }
 
     /// Records when the datagram actually left (the driver's timestamp) and from which port.
-    pub fn on_sent(&mut self, seq: u64, sent_at: Instant, local_port: Option<u16>) {
+    pub(crate) fn on_sent(&mut self, seq: u64, sent_at: Instant, local_port: Option<u16>) {
         if let Some(p) = self.probe_mut(seq) {
             p.sent_at = sent_at;
             p.local_port = local_port;
@@ -312,21 +401,21 @@ impl PingSession {
 
     /// The realtime clock (ns) read just before the send call: a kernel
     /// transmit timestamp earlier than this belongs to another datagram.
-    pub fn on_send_call(&mut self, seq: u64, realtime_ns: u64) {
+    pub(crate) fn on_send_call(&mut self, seq: u64, realtime_ns: u64) {
         if let Some(p) = self.probe_mut(seq) {
             p.send_call_ns = Some(realtime_ns);
         }
     }
 
     /// The kernel's software transmit timestamp of `seq` (realtime, ns).
-    pub fn on_tx_timestamp(&mut self, seq: u64, kernel_tx_ns: u64) {
+    pub(crate) fn on_tx_timestamp(&mut self, seq: u64, kernel_tx_ns: u64) {
         if let Some(p) = self.probe_mut(seq) {
             p.kernel_tx_ns = Some(kernel_tx_ns);
         }
     }
 
     /// The send failed locally (for example, no route); counted, never awaited.
-    pub fn on_send_failed(&mut self, seq: u64) {
+    pub(crate) fn on_send_failed(&mut self, seq: u64) {
         if let Some(p) = self.probe_mut(seq) {
             p.state = ProbeState::SendFailed;
             self.send_errors += 1;
@@ -335,7 +424,8 @@ impl PingSession {
 
     /// A reply for `seq` arrived at `now`. Returns what to tell the user, or
     /// `None` for a seq we never sent (or forgot).
-    pub fn on_reply(
+    #[cfg(test)]
+    pub(crate) fn on_reply(
         &mut self,
         seq: u64,
         now: Instant,
@@ -351,7 +441,7 @@ impl PingSession {
     /// clocks disagree, say the realtime clock was stepped); otherwise our
     /// own send call to our read. So an RTT is never shorter than what the
     /// datagrams took between the two kernel timestamps.
-    pub fn on_reply_timed(
+    pub(crate) fn on_reply_timed(
         &mut self,
         seq: u64,
         now: Instant,
@@ -442,7 +532,7 @@ impl PingSession {
 
     /// An ICMP error for `seq` arrived at `now`. Returns the event to show, or
     /// `None` when the probe was already answered (or never sent).
-    pub fn on_icmp_error(
+    pub(crate) fn on_icmp_error(
         &mut self,
         seq: u64,
         report: IcmpReport,
@@ -472,12 +562,12 @@ impl PingSession {
 
     /// The most recently sent probe still awaiting an answer: where an ICMP
     /// error that quotes too little of the datagram to name its probe belongs.
-    pub fn latest_waiting(&self) -> Option<u64> {
+    pub(crate) fn latest_waiting(&self) -> Option<u64> {
         self.waiting.back().copied()
     }
 
     /// Probes whose timeout has passed by `now`.
-    pub fn poll_timeouts(&mut self, now: Instant) -> Vec<PingEvent> {
+    pub(crate) fn poll_timeouts(&mut self, now: Instant) -> Vec<PingEvent> {
         let mut out = Vec::new();
         let timeout = self.cfg.timeout;
         while let Some(&seq) = self.waiting.front() {
@@ -497,7 +587,7 @@ impl PingSession {
     }
 
     /// When the driver must call back at the latest (next send, timeout or deadline).
-    pub fn next_wakeup(&self) -> Option<Instant> {
+    pub(crate) fn next_wakeup(&self) -> Option<Instant> {
         let timeout = self
             .waiting
             .front()
@@ -516,8 +606,8 @@ impl PingSession {
         self.finished_at.get_or_insert(now);
     }
 
-    /// True when nothing is left to send or await.
-    pub fn is_done(&mut self, now: Instant) -> bool {
+    /// True when nothing is left to send or await (and from then on).
+    pub(crate) fn check_done(&mut self, now: Instant) -> bool {
         let done = self.stopped
             || self.deadline().is_some_and(|d| now >= d)
             || (!self.sending_allowed(now) && self.waiting.is_empty());
@@ -541,10 +631,12 @@ impl PingSession {
         self.send_rate_pps().filter(|&r| r < asked * 0.9)
     }
 
+    /// Probes sent, less those whose send failed.
     pub fn transmitted(&self) -> u64 {
         self.next_seq - self.send_errors
     }
 
+    /// The statistics so far (final once the session is done).
     pub fn summary(&self) -> PingSummary {
         let transmitted = self.transmitted();
         let unanswered = transmitted.saturating_sub(self.received + self.late);
@@ -626,6 +718,72 @@ impl PingSession {
     }
 }
 
+impl Engine for PingSession {
+    type Input = PingInput;
+    /// The sequence number of the probe to send.
+    type Transmit = u64;
+    type Event = PingEvent;
+
+    fn handle_input(&mut self, input: PingInput, now: Instant) {
+        let event = match input {
+            PingInput::Sent {
+                seq,
+                local_port,
+                send_call_ns,
+            } => {
+                self.on_sent(seq, now, local_port);
+                if let Some(ns) = send_call_ns {
+                    self.on_send_call(seq, ns);
+                }
+                None
+            }
+            PingInput::SendFailed { seq } => {
+                self.on_send_failed(seq);
+                None
+            }
+            PingInput::TxTimestamp { seq, kernel_tx_ns } => {
+                self.on_tx_timestamp(seq, kernel_tx_ns);
+                None
+            }
+            PingInput::Reply {
+                seq,
+                kernel_rx_ns,
+                stamp,
+            } => self.on_reply_timed(seq, now, kernel_rx_ns, stamp),
+            PingInput::IcmpError { seq, report } => seq
+                .or_else(|| self.latest_waiting())
+                .and_then(|seq| self.on_icmp_error(seq, report, now)),
+        };
+        self.events.extend(event);
+        self.check_done(now);
+    }
+
+    fn poll_transmit(&mut self, now: Instant) -> Option<u64> {
+        self.poll_send(now)
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        if self.finished_at.is_some() {
+            return None;
+        }
+        self.next_wakeup()
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        let timeouts = self.poll_timeouts(now);
+        self.events.extend(timeouts);
+        self.check_done(now);
+    }
+
+    fn poll_event(&mut self) -> Option<PingEvent> {
+        self.events.pop_front()
+    }
+
+    fn is_done(&self) -> bool {
+        self.finished_at.is_some()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -674,7 +832,7 @@ mod tests {
                 }
             }
             s.poll_timeouts(now);
-            if s.is_done(now) {
+            if s.check_done(now) {
                 break;
             }
             now += ms(1);
@@ -722,7 +880,7 @@ mod tests {
                 s.on_reply(seq, now, Some(stamp(c)));
             }
             s.poll_timeouts(now);
-            if s.is_done(now) && pending.is_empty() {
+            if s.check_done(now) && pending.is_empty() {
                 break;
             }
             now += ms(1);
@@ -803,7 +961,7 @@ mod tests {
             s.on_reply(2, now, None),
             Some(PingEvent::Late { seq: 2, .. })
         ));
-        assert!(s.is_done(now));
+        assert!(s.check_done(now));
         let r = s.summary();
         assert_eq!(
             (r.received, r.late, r.duplicates, r.reordered, r.lost),
@@ -823,7 +981,7 @@ mod tests {
         let mut s = PingSession::new(cfg, t0);
         let mut n = 0;
         let mut now = t0;
-        while !s.is_done(now) {
+        while !s.check_done(now) {
             if let Some(seq) = s.poll_send(now) {
                 s.on_sent(seq, now, None);
                 n += 1;
@@ -843,7 +1001,7 @@ mod tests {
         assert!(s.poll_send(t0).is_some());
         s.stop(t0);
         assert!(s.poll_send(t0 + ms(20)).is_none());
-        assert!(s.is_done(t0));
+        assert!(s.check_done(t0));
     }
 
     #[test]
@@ -882,7 +1040,7 @@ mod tests {
             s.poll_timeouts(now).is_empty(),
             "errored probes never time out"
         );
-        assert!(s.is_done(now));
+        assert!(s.check_done(now));
         let r = s.summary();
         assert_eq!((r.transmitted, r.received, r.errors, r.lost), (3, 1, 2, 2));
         assert_eq!(r.icmp_errors.len(), 1);
@@ -933,7 +1091,7 @@ mod tests {
                     stall_at = None;
                 }
             }
-            if s.is_done(now) {
+            if s.check_done(now) {
                 break;
             }
             let Some(wake) = s.next_wakeup() else { break };
@@ -1061,5 +1219,63 @@ mod tests {
         assert_eq!(sum.rtt_clock, Some(RttClock::Mixed));
         assert_eq!(sum.rtt_user.unwrap().min_ms, 0.3);
         assert!((sum.rtt.unwrap().min_ms - 0.04).abs() < 1e-9);
+    }
+
+    /// The session through the one engine interface, over the test kit's
+    /// lossy, duplicating, reordering link in virtual time: every probe is
+    /// counted exactly once as received or lost, and every extra copy as a
+    /// duplicate.
+    #[test]
+    fn lossy_reordering_link_through_the_engine_interface() {
+        use crate::testkit::{Limits, LinkConfig, Sim};
+        let link = LinkConfig {
+            delay: ms(20),
+            jitter: ms(30),
+            loss: 0.1,
+            duplicate: 0.05,
+        };
+        let mut sim = Sim::new(7);
+        let cfg = PingConfig {
+            count: Some(200),
+            interval: ms(10),
+            timeout: ms(500),
+            deadline: None,
+        };
+        let mut s = PingSession::new(cfg, sim.now());
+        let mut copies: std::collections::HashMap<u64, u64> = Default::default();
+        let out = sim.run(&mut s, Limits::default(), |sim, seq| {
+            let now = sim.now();
+            let sent = PingInput::Sent {
+                seq,
+                local_port: None,
+                send_call_ns: None,
+            };
+            sim.deliver_at(now, sent);
+            for up in link.arrivals(now, &mut sim.rng) {
+                for down in link.arrivals(up, &mut sim.rng) {
+                    *copies.entry(seq).or_default() += 1;
+                    let reply = PingInput::Reply {
+                        seq,
+                        kernel_rx_ns: None,
+                        stamp: None,
+                    };
+                    sim.deliver_at(down, reply);
+                }
+            }
+        });
+        assert!(out.done);
+        let r = s.summary();
+        let answered = copies.len() as u64;
+        let extra: u64 = copies.values().map(|c| c - 1).sum();
+        assert_eq!(r.transmitted, 200);
+        assert_eq!((r.received, r.lost), (answered, 200 - answered));
+        assert_eq!(r.duplicates, extra);
+        assert!(extra > 0 && answered < 200, "the link lost and duplicated");
+        let timeouts = out
+            .events
+            .iter()
+            .filter(|e| matches!(e, PingEvent::Timeout { .. }))
+            .count() as u64;
+        assert_eq!(timeouts, 200 - answered);
     }
 }

@@ -32,17 +32,55 @@ impl TokenBucket {
         }
     }
 
+    /// A full bucket holding at most `burst` tokens (at least one): the
+    /// pacing of a sender, whose burst is a few timer ticks' worth.
+    pub fn with_burst(rate_pps: u32, burst: f64, now: Instant) -> Self {
+        let burst = burst.max(1.0);
+        TokenBucket {
+            rate: f64::from(rate_pps.max(1)),
+            burst,
+            tokens: burst,
+            last: now,
+        }
+    }
+
     /// Takes one token if there is one.
     pub fn try_take(&mut self, now: Instant) -> bool {
-        let dt = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now.max(self.last);
-        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.has_token(now) {
+            self.take();
             true
         } else {
             false
         }
+    }
+
+    /// Adds the tokens earned up to `now`; true when one can be taken.
+    pub fn has_token(&mut self, now: Instant) -> bool {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now.max(self.last);
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        self.tokens >= 1.0
+    }
+
+    /// True when a token was there at the last refill (no clock read).
+    pub fn had_token(&self) -> bool {
+        self.tokens >= 1.0
+    }
+
+    /// Spends one token (after [`Self::has_token`] said there is one).
+    pub fn take(&mut self) {
+        self.tokens -= 1.0;
+    }
+
+    /// The instant of the last refill.
+    pub fn refilled_at(&self) -> Instant {
+        self.last
+    }
+
+    /// When the next whole token is there, or `None` if one is there now.
+    pub fn next_token_at(&self) -> Option<Instant> {
+        (self.tokens < 1.0)
+            .then(|| self.last + Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
     }
 
     /// True when the bucket has been idle long enough to be full again, i.e.
@@ -66,6 +104,7 @@ pub struct SourceLimiter<K> {
 const PURGE_EVERY: Duration = Duration::from_millis(100);
 
 impl<K: Hash + Eq + Clone> SourceLimiter<K> {
+    /// `rate_pps` per key, at most `capacity` keys remembered (idle full buckets are forgotten first).
     pub fn new(rate_pps: u32, capacity: usize) -> Self {
         SourceLimiter {
             buckets: HashMap::new(),
@@ -101,10 +140,12 @@ impl<K: Hash + Eq + Clone> SourceLimiter<K> {
         ok
     }
 
+    /// Keys remembered now.
     pub fn len(&self) -> usize {
         self.buckets.len()
     }
 
+    /// True when no key is remembered.
     pub fn is_empty(&self) -> bool {
         self.buckets.is_empty()
     }

@@ -11,6 +11,7 @@ pub const WINDOW: u64 = 1024;
 const WORDS: usize = (WINDOW / 64) as usize;
 
 #[derive(Clone, Debug, Default)]
+/// A sliding window of sequence numbers already accepted, so a captured probe replayed later is refused.
 pub struct ReplayWindow {
     /// Highest sequence number accepted so far (valid when `started`).
     top: u64,
@@ -20,6 +21,7 @@ pub struct ReplayWindow {
 }
 
 impl ReplayWindow {
+    /// An empty window: the first sequence number starts it.
     pub fn new() -> Self {
         Self::default()
     }

@@ -86,10 +86,12 @@ pub struct ReplyBudget {
 }
 
 impl ReplyBudget {
+    /// A budget with the default capacity.
     pub fn new(rates: BudgetRates) -> Self {
         Self::with_capacity(rates, MAX_DESTINATIONS)
     }
 
+    /// A budget remembering at most `capacity` destinations.
     pub fn with_capacity(rates: BudgetRates, capacity: usize) -> Self {
         ReplyBudget {
             rates,
@@ -99,6 +101,7 @@ impl ReplyBudget {
         }
     }
 
+    /// The rates it enforces.
     pub fn rates(&self) -> BudgetRates {
         self.rates
     }
@@ -108,6 +111,7 @@ impl ReplyBudget {
         self.entries.len()
     }
 
+    /// True when no destination has an entry.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

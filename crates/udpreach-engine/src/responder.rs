@@ -63,15 +63,19 @@ pub enum DropReason {
 pub enum Answer {
     /// Send the first `len` bytes of the (rewritten) datagram back to its source.
     Reply {
+        /// Bytes of the datagram to send back.
         len: usize,
     },
+    /// Do not answer, for this reason.
     Drop(DropReason),
 }
 
 /// What the server knows about a received datagram besides its bytes.
 #[derive(Clone, Copy, Debug)]
 pub struct Received {
+    /// Where the datagram came from.
     pub from: SocketAddr,
+    /// Its TTL or hop limit on arrival, when the kernel said.
     pub ttl: Option<u8>,
     /// Receive time, ns since the Unix epoch.
     pub rx_ns: u64,
@@ -80,11 +84,14 @@ pub struct Received {
 /// Tallies of answers, for the server's periodic log line.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AnswerCounts {
+    /// Datagrams answered.
     pub replies: u64,
+    /// Datagrams not answered, by reason.
     pub dropped: HashMap<DropReason, u64>,
 }
 
 impl AnswerCounts {
+    /// Counts one answer.
     pub fn record(&mut self, a: Answer) {
         match a {
             Answer::Reply { .. } => self.replies += 1,
@@ -92,6 +99,7 @@ impl AnswerCounts {
         }
     }
 
+    /// Datagrams not answered, for any reason.
     pub fn dropped_total(&self) -> u64 {
         self.dropped.values().sum()
     }
@@ -132,6 +140,7 @@ pub struct SourcePorts {
 }
 
 impl SourcePorts {
+    /// True when probes to `port` are not answered for this source.
     pub fn refused(&self, port: u16) -> bool {
         matches!(port, 0 | 7 | 19) || self.own.contains(&port) || (port < 1024 && !self.allow_low)
     }
@@ -179,6 +188,7 @@ struct Echoed {
     repeats: u32,
 }
 
+/// Decides the echo port's answers: who is answered, how much, how often.
 pub struct EchoResponder {
     policy: EchoPolicy,
     plain: SourceLimiter<IpAddr>,
@@ -186,10 +196,12 @@ pub struct EchoResponder {
     /// The last datagram echoed to each address (loop detection).
     echoed: HashMap<SocketAddr, Echoed>,
     hasher: RandomState,
+    /// What it answered and refused.
     pub counts: AnswerCounts,
 }
 
 impl EchoResponder {
+    /// A responder with this policy.
     pub fn new(policy: EchoPolicy) -> Self {
         EchoResponder {
             plain: SourceLimiter::new(policy.plain_echo_rate, MAX_LIMITED_SOURCES),
@@ -201,6 +213,7 @@ impl EchoResponder {
         }
     }
 
+    /// The policy it applies.
     pub fn policy(&self) -> &EchoPolicy {
         &self.policy
     }
@@ -445,10 +458,12 @@ pub struct PortResponder {
     window: ReplayWindow,
     arrivals: u32,
     withheld: u32,
+    /// What it answered and refused.
     pub counts: AnswerCounts,
 }
 
 impl PortResponder {
+    /// A responder for the session with `token` and `key`, answering only `client`.
     pub fn new(token: u64, key: Option<DerivedKey>, client: IpAddr) -> Self {
         PortResponder {
             token,

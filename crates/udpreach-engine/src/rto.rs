@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 #[derive(Clone, Debug)]
+/// Retransmission timeout from RTT samples, as TCP computes it (RFC 6298).
 pub struct RtoEstimator {
     srtt: Option<Duration>,
     rttvar: Duration,
@@ -12,6 +13,7 @@ pub struct RtoEstimator {
 }
 
 impl RtoEstimator {
+    /// An estimator starting at `initial`, kept within `min..=max`.
     pub fn new(initial: Duration, min: Duration, max: Duration) -> Self {
         RtoEstimator {
             srtt: None,
@@ -38,10 +40,12 @@ impl RtoEstimator {
         }
     }
 
+    /// The smoothed RTT, once there is a sample.
     pub fn srtt(&self) -> Option<Duration> {
         self.srtt
     }
 
+    /// The current retransmission timeout.
     pub fn rto(&self) -> Duration {
         let raw = match self.srtt {
             None => self.initial,

@@ -22,6 +22,7 @@ pub enum EchoAction {
     Drop,
 }
 
+/// What the echo port does with `datagram`.
 pub fn classify_echo(datagram: &[u8]) -> EchoAction {
     if probe::looks_like_short_probe(datagram) {
         return EchoAction::ShortProbe;
@@ -63,18 +64,21 @@ pub fn stamp_reply(
 /// Why a port may not be opened for a client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PortDenial {
+    /// The port is outside the server's allowed ports.
     NotAllowed,
 }
 
 /// Which ports clients may ask the server to open.
 #[derive(Clone, Debug)]
 pub struct PortPolicy {
+    /// Ports clients may ask to open.
     pub allowed: PortSpec,
     /// Ports the server itself uses (control, echo): never handed out.
     pub reserved: Vec<u16>,
 }
 
 impl PortPolicy {
+    /// Whether `port` may be opened.
     pub fn check(&self, port: u16) -> Result<(), PortDenial> {
         if self.reserved.contains(&port) || !self.allowed.contains(port) {
             return Err(PortDenial::NotAllowed);
@@ -100,8 +104,11 @@ pub const DEFAULT_MAX_DATAGRAM: usize = 65535;
 /// Server-wide caps, with defaults sized for the open-files limit.
 #[derive(Clone, Debug)]
 pub struct ServerLimits {
+    /// Sessions at once.
     pub max_sessions: usize,
+    /// Ports one session may hold open.
     pub max_ports_per_session: usize,
+    /// Ports open at once over all sessions.
     pub max_total_ports: usize,
     /// A control connection silent this long is closed, with its ports.
     pub idle_timeout: Duration,

@@ -434,7 +434,8 @@ impl StampSender {
     }
 
     fn refresh_done(&mut self, now: Instant) {
-        self.done = self.session.is_done(now);
+        self.session.check_done(now);
+        self.done = self.session.is_done();
     }
 
     /// Ping's statistics, with the loss split left unknown when the

@@ -24,16 +24,25 @@ pub struct RttStats {
 /// A snapshot of [`RttStats`] for reports.
 #[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct RttSummary {
+    /// Samples.
     pub count: u64,
+    /// Smallest RTT.
     pub min_ms: f64,
+    /// Mean RTT.
     pub avg_ms: f64,
+    /// Largest RTT.
     pub max_ms: f64,
+    /// Mean deviation, as ping(8) prints it.
     pub mdev_ms: f64,
+    /// Median RTT.
     pub p50_ms: f64,
+    /// 90th percentile RTT.
     pub p90_ms: f64,
+    /// 99th percentile RTT.
     pub p99_ms: f64,
     /// Mean absolute difference of consecutive RTTs (IPDV, RFC 3393).
     pub ipdv_ms: f64,
+    /// RFC 3550 smoothed jitter, as iperf3 reports it.
     pub jitter_rfc3550_ms: f64,
 }
 
@@ -48,6 +57,7 @@ fn ms(ns: f64) -> f64 {
 }
 
 impl RttStats {
+    /// No samples yet.
     pub fn new() -> Self {
         RttStats {
             // 1 ns .. 1 hour with 3 significant digits: ample for RTTs.
@@ -64,6 +74,7 @@ impl RttStats {
         }
     }
 
+    /// Adds one sample.
     pub fn record(&mut self, rtt: Duration) {
         let ns = rtt.as_nanos().min(u128::from(u64::MAX)) as u64;
         self.hist.saturating_record(ns.max(1));
@@ -81,10 +92,12 @@ impl RttStats {
         self.last = Some(rtt);
     }
 
+    /// Samples recorded.
     pub fn count(&self) -> u64 {
         self.count
     }
 
+    /// The statistics, once there is a sample.
     pub fn summary(&self) -> Option<RttSummary> {
         if self.count == 0 {
             return None;

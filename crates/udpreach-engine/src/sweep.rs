@@ -16,6 +16,8 @@
 //! The server holds at most `max_open` of our ports at once; ports are closed
 //! as soon as they are decided so the window slides over the whole plan.
 
+use crate::engine::Engine;
+use crate::rate::TokenBucket;
 use crate::rto::RtoEstimator;
 use crate::verdict::Verdict;
 use serde::Serialize;
@@ -32,25 +34,31 @@ pub struct SweepPlan {
 }
 
 impl SweepPlan {
+    /// The ports of `spec`, in probe order.
     pub fn new(spec: &PortSpec) -> Self {
         SweepPlan {
             ports: spec.iter().collect(),
         }
     }
 
+    /// The ports, in probe order.
     pub fn ports(&self) -> &[u16] {
         &self.ports
     }
 }
 
 #[derive(Clone, Debug)]
+/// How a [`Sweep`] probes.
 pub struct SweepConfig {
     /// Probes per round before asking the server what arrived.
     pub attempts: u32,
     /// Rounds before a silent port is declared blocked (>= 1).
     pub rounds: u32,
+    /// Retransmission timeout before the first RTT sample.
     pub rto_initial: Duration,
+    /// Smallest retransmission timeout.
     pub rto_min: Duration,
+    /// Largest retransmission timeout.
     pub rto_max: Duration,
     /// Fixed per-probe timeout instead of the adaptive one.
     pub fixed_timeout: Option<Duration>,
@@ -61,6 +69,12 @@ pub struct SweepConfig {
     /// Probes awaiting a reply or their timeout at once. Bounds the burst of
     /// replies that must fit the client's receive buffer.
     pub max_in_flight: usize,
+    /// Ports per open request (arrival and close requests carry up to four
+    /// times as many); small enough that the first probes start early.
+    pub control_batch: usize,
+    /// Control requests awaiting their answer at once, so probing never
+    /// waits for the server to bind the next window.
+    pub control_pipeline: usize,
 }
 
 impl Default for SweepConfig {
@@ -75,6 +89,8 @@ impl Default for SweepConfig {
             max_open: 4096,
             rate: None,
             max_in_flight: 1024,
+            control_batch: 1024,
+            control_pipeline: 4,
         }
     }
 }
@@ -82,9 +98,13 @@ impl Default for SweepConfig {
 /// How the server answered a request to open a port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OpenStatus {
+    /// The server opened the port.
     Opened,
+    /// Something on the server already uses the port.
     InUse,
+    /// The server may not open the port.
     Denied,
+    /// Opening the port failed on the server.
     Failed,
 }
 
@@ -123,17 +143,70 @@ struct Entry {
 /// One probe to send: to `port`, carrying `seq` (round and attempt).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Transmit {
+    /// The port on the server to probe.
     pub port: u16,
+    /// The sequence number the probe carries.
     pub seq: u64,
+}
+
+/// What the sweep asks its driver to send: a probe, or a control request
+/// (each control request is answered by one [`SweepInput`] answer).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SweepTransmit {
+    /// A UDP probe.
+    Probe(Transmit),
+    /// Ask the server to open these ports; answered by [`SweepInput::Opened`].
+    Open(Vec<u16>),
+    /// Ask how many probes reached these ports; answered by
+    /// [`SweepInput::Arrivals`].
+    QueryArrivals(Vec<u16>),
+    /// Ask the server to close these ports; answered by [`SweepInput::Closed`].
+    Close(Vec<u16>),
+}
+
+/// What arrives for a [`Sweep`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum SweepInput {
+    /// A reply from `port` carrying `seq`.
+    Reply {
+        /// The server port it came from.
+        port: u16,
+        /// The sequence number it echoes.
+        seq: u64,
+    },
+    /// An ICMP error drawn by a probe to `port`.
+    Icmp {
+        /// The port the probe went to.
+        port: u16,
+        /// What the error says.
+        report: IcmpReport,
+    },
+    /// The answer to an open request: each port with how it went.
+    Opened(Vec<(u16, OpenStatus)>),
+    /// The answer to an arrivals query: how many probes reached each port.
+    Arrivals(Vec<(u16, u32)>),
+    /// The answer to a close request.
+    Closed,
+}
+
+/// What a [`Sweep`] reports as it goes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SweepEvent {
+    /// A port got its verdict.
+    Decided(PortResult),
 }
 
 /// Per-port result.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct PortResult {
+    /// The port.
     pub port: u16,
+    /// What the sweep concludes.
     pub verdict: Verdict,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// Round trip of the reply, for a reachable port.
     pub rtt_ms: Option<f64>,
+    /// Probes sent to the port.
     pub probes: u32,
     /// The ICMP error probes to this port drew, if any: `{from, reason}`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -141,15 +214,23 @@ pub struct PortResult {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+/// How far a sweep got, for the progress bar and the report.
 pub struct Progress {
+    /// Ports to check.
     pub total: usize,
+    /// Ports with a verdict.
     pub decided: usize,
+    /// Ports found reachable.
     pub reachable: usize,
+    /// Ports found blocked (either way) or rejected.
     pub blocked: usize,
+    /// Ports with another verdict.
     pub other: usize,
+    /// Probes sent.
     pub probes_sent: u64,
 }
 
+/// The port sweep against a udpreach server (see the module docs); driven through [`Engine`].
 pub struct Sweep {
     cfg: SweepConfig,
     plan: SweepPlan,
@@ -164,8 +245,11 @@ pub struct Sweep {
     rto: RtoEstimator,
     in_flight: usize,
     progress: Progress,
-    tokens: f64,
-    last_refill: Instant,
+    /// The probe rate cap, when there is one.
+    pacer: Option<TokenBucket>,
+    /// Control requests sent and not yet answered.
+    control_outstanding: usize,
+    events: VecDeque<SweepEvent>,
 }
 
 /// Burst allowance for a probe rate: 10 ms worth (the timer granularity is
@@ -179,6 +263,7 @@ fn seq_of(round: u32, attempt: u32) -> u64 {
 }
 
 impl Sweep {
+    /// A sweep of `plan`, starting at `now`.
     pub fn new(plan: SweepPlan, cfg: SweepConfig, now: Instant) -> Self {
         let mut entries = vec![None; 65536];
         for &p in plan.ports() {
@@ -195,7 +280,11 @@ impl Sweep {
         let rto = RtoEstimator::new(cfg.rto_initial, cfg.rto_min, cfg.rto_max);
         let total = plan.ports().len();
         Sweep {
-            tokens: cfg.rate.map_or(0.0, burst_for),
+            control_outstanding: 0,
+            events: VecDeque::new(),
+            pacer: cfg
+                .rate
+                .map(|rate| TokenBucket::with_burst(rate, burst_for(rate), now)),
             cfg: SweepConfig {
                 rounds: cfg.rounds.max(1),
                 attempts: cfg.attempts.max(1),
@@ -217,7 +306,6 @@ impl Sweep {
                 total,
                 ..Progress::default()
             },
-            last_refill: now,
         }
     }
 
@@ -226,6 +314,7 @@ impl Sweep {
         self.rto.on_sample(rtt);
     }
 
+    /// The per-probe timeout now.
     pub fn timeout(&self) -> Duration {
         self.cfg.fixed_timeout.unwrap_or_else(|| self.rto.rto())
     }
@@ -235,7 +324,7 @@ impl Sweep {
     }
 
     /// Up to `max` ports to ask the server to open now, within the window.
-    pub fn poll_open(&mut self, max: usize) -> Vec<u16> {
+    fn poll_open(&mut self, max: usize) -> Vec<u16> {
         let room = self.cfg.max_open.saturating_sub(self.held).min(max);
         let mut out = Vec::with_capacity(room);
         while out.len() < room && self.next_unopened < self.plan.ports.len() {
@@ -253,7 +342,7 @@ impl Sweep {
         out
     }
 
-    pub fn on_opened(&mut self, port: u16, status: OpenStatus) {
+    fn on_opened(&mut self, port: u16, status: OpenStatus) {
         let Some(e) = self.entry(port) else { return };
         if e.state != State::Opening {
             return;
@@ -306,21 +395,13 @@ impl Sweep {
             }
             _ => self.progress.other += 1,
         }
-    }
-
-    fn refill(&mut self, now: Instant) {
-        if let Some(rate) = self.cfg.rate {
-            let dt = now
-                .saturating_duration_since(self.last_refill)
-                .as_secs_f64();
-            let burst = burst_for(rate);
-            self.tokens = (self.tokens + dt * f64::from(rate)).min(burst);
-            self.last_refill = now;
+        if let Some(r) = self.result_of(port) {
+            self.events.push_back(SweepEvent::Decided(r));
         }
     }
 
     /// Moves ports whose retransmission timer has expired back to the ready queue.
-    pub fn poll_timers(&mut self, now: Instant) {
+    fn poll_timers(&mut self, now: Instant) {
         while let Some(&Reverse((at, port))) = self.timers.peek() {
             if at > now {
                 break;
@@ -355,12 +436,12 @@ impl Sweep {
     }
 
     /// The next probe to send now, if any (respects the rate cap).
-    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
-        self.refill(now);
+    fn poll_probe(&mut self, now: Instant) -> Option<Transmit> {
+        let has_token = self.pacer.as_mut().is_none_or(|b| b.has_token(now));
         let timeout = self.timeout();
         loop {
             let port = *self.ready.front()?;
-            if self.cfg.rate.is_some() && self.tokens < 1.0 {
+            if !has_token {
                 return None;
             }
             if self.in_flight >= self.cfg.max_in_flight {
@@ -385,8 +466,8 @@ impl Sweep {
             let wait = timeout + timeout * sent / 2;
             self.timers.push(Reverse((now + wait, port)));
             self.progress.probes_sent += 1;
-            if self.cfg.rate.is_some() {
-                self.tokens -= 1.0;
+            if let Some(b) = &mut self.pacer {
+                b.take();
             }
             return Some(Transmit {
                 port,
@@ -396,7 +477,7 @@ impl Sweep {
     }
 
     /// A reply came from `port` carrying `seq`.
-    pub fn on_reply(&mut self, port: u16, seq: u64, now: Instant) {
+    fn on_reply(&mut self, port: u16, seq: u64, now: Instant) {
         let Some(e) = self.entry(port) else { return };
         if e.state == State::Decided {
             return;
@@ -423,7 +504,7 @@ impl Sweep {
     /// early: the server is asked what arrived, and [`Self::on_arrivals`]
     /// decides. Frag-needed is no verdict on a port (probes are small), so
     /// it is kept for the record only.
-    pub fn on_icmp(&mut self, port: u16, report: IcmpReport) {
+    fn on_icmp(&mut self, port: u16, report: IcmpReport) {
         let Some(e) = self.entry(port) else { return };
         if e.state == State::Decided {
             return;
@@ -444,7 +525,7 @@ impl Sweep {
     }
 
     /// Up to `max` ports whose arrival counts the server should report.
-    pub fn poll_arrival_queries(&mut self, max: usize) -> Vec<u16> {
+    fn poll_arrival_queries(&mut self, max: usize) -> Vec<u16> {
         let mut out = Vec::new();
         while out.len() < max {
             let Some(port) = self.to_query.pop_front() else {
@@ -465,7 +546,7 @@ impl Sweep {
     }
 
     /// The server says `count` of our probes reached `port` so far.
-    pub fn on_arrivals(&mut self, port: u16, count: u32) {
+    fn on_arrivals(&mut self, port: u16, count: u32) {
         let rounds = self.cfg.rounds;
         let Some(e) = self.entry(port) else { return };
         let State::Querying { round, .. } = e.state else {
@@ -491,7 +572,7 @@ impl Sweep {
     }
 
     /// Up to `max` decided ports to close on the server.
-    pub fn poll_close(&mut self, max: usize) -> Vec<u16> {
+    fn poll_close(&mut self, max: usize) -> Vec<u16> {
         let mut out = Vec::new();
         while out.len() < max {
             let Some(port) = self.to_close.pop_front() else {
@@ -509,28 +590,26 @@ impl Sweep {
     }
 
     /// When the driver must call back at the latest.
-    pub fn next_wakeup(&self) -> Option<Instant> {
+    fn next_wakeup(&self) -> Option<Instant> {
         let timer = self.timers.peek().map(|Reverse((at, _))| *at);
-        if self.cfg.rate.is_some() && !self.ready.is_empty() && self.tokens < 1.0 {
-            let rate = f64::from(self.cfg.rate.unwrap_or(1));
-            let refill = self.last_refill + Duration::from_secs_f64((1.0 - self.tokens) / rate);
-            return Some(timer.map_or(refill, |t| t.min(refill)));
+        if let Some(refill) = self.pacer.as_ref().and_then(TokenBucket::next_token_at) {
+            if !self.ready.is_empty() {
+                return Some(timer.map_or(refill, |t| t.min(refill)));
+            }
         }
         timer
     }
 
-    pub fn has_ready(&self) -> bool {
-        !self.ready.is_empty()
-    }
-
-    pub fn is_done(&self) -> bool {
+    fn all_decided(&self) -> bool {
         self.progress.decided == self.progress.total
     }
 
+    /// How far the sweep got.
     pub fn progress(&self) -> &Progress {
         &self.progress
     }
 
+    /// The verdict of `port`, once it has one.
     pub fn port_verdict(&self, port: u16) -> Option<Verdict> {
         self.entries[usize::from(port)].and_then(|e| e.verdict)
     }
@@ -549,38 +628,110 @@ impl Sweep {
         }
     }
 
+    /// Every port's result, in plan order.
     pub fn results(&self) -> Vec<PortResult> {
         self.plan
             .ports
             .iter()
-            .filter_map(|&p| {
-                let e = self.entries[usize::from(p)]?;
-                Some(PortResult {
-                    port: p,
-                    verdict: e.verdict.unwrap_or(Verdict::NotTested),
-                    rtt_ms: e.rtt.map(|d| d.as_secs_f64() * 1e3),
-                    probes: e.probes_sent,
-                    icmp: e.icmp,
-                })
-            })
+            .filter_map(|&p| self.result_of(p))
             .collect()
+    }
+
+    fn result_of(&self, port: u16) -> Option<PortResult> {
+        let e = self.entries[usize::from(port)]?;
+        Some(PortResult {
+            port,
+            verdict: e.verdict.unwrap_or(Verdict::NotTested),
+            rtt_ms: e.rtt.map(|d| d.as_secs_f64() * 1e3),
+            probes: e.probes_sent,
+            icmp: e.icmp,
+        })
+    }
+
+    /// The next control request, if the pipeline has room for one: closes
+    /// first (they free the server's window), then arrival queries, then
+    /// opens.
+    fn poll_control(&mut self) -> Option<SweepTransmit> {
+        if self.control_outstanding >= self.cfg.control_pipeline {
+            return None;
+        }
+        let batch = self.cfg.control_batch.max(1);
+        let request = Some(self.poll_close(batch * 4))
+            .filter(|p| !p.is_empty())
+            .map(SweepTransmit::Close)
+            .or_else(|| {
+                Some(self.poll_arrival_queries(batch * 4))
+                    .filter(|p| !p.is_empty())
+                    .map(SweepTransmit::QueryArrivals)
+            })
+            .or_else(|| {
+                Some(self.poll_open(batch))
+                    .filter(|p| !p.is_empty())
+                    .map(SweepTransmit::Open)
+            })?;
+        self.control_outstanding += 1;
+        Some(request)
+    }
+}
+
+impl Engine for Sweep {
+    type Input = SweepInput;
+    type Transmit = SweepTransmit;
+    type Event = SweepEvent;
+
+    fn handle_input(&mut self, input: SweepInput, now: Instant) {
+        match input {
+            SweepInput::Reply { port, seq } => self.on_reply(port, seq, now),
+            SweepInput::Icmp { port, report } => self.on_icmp(port, report),
+            SweepInput::Opened(ports) => {
+                self.control_outstanding = self.control_outstanding.saturating_sub(1);
+                for (port, status) in ports {
+                    self.on_opened(port, status);
+                }
+            }
+            SweepInput::Arrivals(ports) => {
+                self.control_outstanding = self.control_outstanding.saturating_sub(1);
+                for (port, count) in ports {
+                    self.on_arrivals(port, count);
+                }
+            }
+            SweepInput::Closed => {
+                self.control_outstanding = self.control_outstanding.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Control requests first, so the server binds the next window while
+    /// the probes go out.
+    fn poll_transmit(&mut self, now: Instant) -> Option<SweepTransmit> {
+        if let Some(request) = self.poll_control() {
+            return Some(request);
+        }
+        self.poll_probe(now).map(SweepTransmit::Probe)
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.next_wakeup()
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.poll_timers(now);
+    }
+
+    fn poll_event(&mut self) -> Option<SweepEvent> {
+        self.events.pop_front()
+    }
+
+    /// Every port decided, closed on the server, and no request unanswered.
+    fn is_done(&self) -> bool {
+        self.all_decided() && self.held == 0 && self.control_outstanding == 0
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A deterministic pseudo-random source for the simulations (xorshift).
-    struct Rng(u64);
-    impl Rng {
-        fn chance(&mut self, percent: u64) -> bool {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % 100 < percent
-        }
-    }
+    use crate::testkit::Rng;
 
     #[derive(Clone, Copy, PartialEq, Debug)]
     enum Path {
@@ -610,7 +761,7 @@ mod tests {
         };
         let mut sweep = Sweep::new(SweepPlan::new(&spec), cfg, t0);
         sweep.seed_rtt(Duration::from_millis(1));
-        let mut rng = Rng(seed | 1);
+        let mut rng = Rng::new(seed | 1);
         let mut arrivals = vec![0u32; 65536];
         let mut open = vec![false; 65536];
         let mut in_flight: Vec<(Instant, u16, u64)> = vec![];
@@ -629,20 +780,20 @@ mod tests {
                     sweep.on_opened(p, OpenStatus::Opened);
                 }
             }
-            while let Some(t) = sweep.poll_transmit(now) {
+            while let Some(t) = sweep.poll_probe(now) {
                 assert!(open[t.port as usize], "probe to a closed port");
                 let p = path(t.port);
                 if p == Path::Rejected {
-                    if !rng.chance(loss_pct) {
+                    if !rng.chance(loss_pct as f64 / 100.0) {
                         icmp_in_flight.push((now + Duration::from_millis(1), t.port));
                     }
                     continue;
                 }
-                if p == Path::InboundDrop || rng.chance(loss_pct) {
+                if p == Path::InboundDrop || rng.chance(loss_pct as f64 / 100.0) {
                     continue;
                 }
                 arrivals[t.port as usize] += 1;
-                if p == Path::ReturnDrop || rng.chance(loss_pct) {
+                if p == Path::ReturnDrop || rng.chance(loss_pct as f64 / 100.0) {
                     continue;
                 }
                 in_flight.push((now + Duration::from_millis(1), t.port, t.seq));
@@ -667,12 +818,12 @@ mod tests {
                 sweep.on_arrivals(p, arrivals[p as usize]);
             }
             sweep.poll_timers(now);
-            if sweep.is_done() {
+            if sweep.all_decided() {
                 break;
             }
             now += Duration::from_millis(1);
         }
-        assert!(sweep.is_done(), "sweep did not finish");
+        assert!(sweep.all_decided(), "sweep did not finish");
         assert!(sweep.poll_close(100_000).len() <= 100);
         (sweep.results(), now - t0)
     }
@@ -689,18 +840,18 @@ mod tests {
 
     #[test]
     fn verdicts_are_right_under_loss() {
-        let mut rng = Rng(12345);
+        let mut rng = Rng::new(12345);
         let ports: Vec<(u16, Path)> = (1000..3000u16)
             .map(|p| {
-                let kind = if rng.chance(10) {
-                    if rng.chance(40) {
+                let kind = if rng.chance(0.10) {
+                    if rng.chance(0.40) {
                         Path::InboundDrop
-                    } else if rng.chance(60) {
+                    } else if rng.chance(0.60) {
                         Path::ReturnDrop
                     } else {
                         Path::Rejected
                     }
-                } else if rng.chance(1) {
+                } else if rng.chance(0.01) {
                     Path::InUse
                 } else {
                     Path::Open
@@ -746,7 +897,7 @@ mod tests {
         let mut sent = 0;
         let mut now = t0;
         while now < t0 + Duration::from_secs(2) {
-            while s.poll_transmit(now).is_some() {
+            while s.poll_probe(now).is_some() {
                 sent += 1;
             }
             now += Duration::from_millis(10);
@@ -767,15 +918,15 @@ mod tests {
         for p in s.poll_open(1000) {
             s.on_opened(p, OpenStatus::Opened);
         }
-        let first: Vec<Transmit> = std::iter::from_fn(|| s.poll_transmit(t0)).collect();
+        let first: Vec<Transmit> = std::iter::from_fn(|| s.poll_probe(t0)).collect();
         assert_eq!(first.len(), 10);
         s.on_reply(first[0].port, first[0].seq, t0);
         s.on_reply(first[1].port, first[1].seq, t0);
-        assert_eq!(std::iter::from_fn(|| s.poll_transmit(t0)).count(), 2);
+        assert_eq!(std::iter::from_fn(|| s.poll_probe(t0)).count(), 2);
         // Timeouts free their slots too (the ports go back to be retried).
         let later = t0 + Duration::from_secs(5);
         s.poll_timers(later);
-        assert_eq!(std::iter::from_fn(|| s.poll_transmit(later)).count(), 10);
+        assert_eq!(std::iter::from_fn(|| s.poll_probe(later)).count(), 10);
     }
 
     #[test]
@@ -807,9 +958,78 @@ mod tests {
         }
         s.on_reply(1, 0, Instant::now());
         s.abort();
-        assert!(s.is_done());
+        assert!(s.all_decided());
         let r = s.results();
         assert_eq!(r[0].verdict, Verdict::Reachable);
         assert!(r[1..].iter().all(|r| r.verdict == Verdict::NotTested));
+    }
+
+    /// The sweep through the one engine interface with a simulated server
+    /// over the test kit's lossy, duplicating, reordering link: control
+    /// requests are pipelined and answered, every port is decided and
+    /// closed, and lost probes never turn an open port into a blocked one.
+    #[test]
+    fn lossy_link_through_the_engine_interface() {
+        use crate::testkit::{Limits, LinkConfig, Sim};
+        let link = LinkConfig {
+            delay: Duration::from_millis(10),
+            jitter: Duration::from_millis(5),
+            loss: 0.2,
+            duplicate: 0.05,
+        };
+        let control = Duration::from_millis(10);
+        // Ports 1..=300; every tenth drops probes on the way in.
+        let spec = PortSpec::from_ports(1..=300);
+        let blocked = |port: u16| port.is_multiple_of(10);
+        let mut sim = Sim::new(3);
+        let cfg = SweepConfig {
+            max_open: 64,
+            control_batch: 16,
+            ..SweepConfig::default()
+        };
+        let mut sweep = Sweep::new(SweepPlan::new(&spec), cfg, sim.now());
+        let mut arrivals = vec![0u32; 65536];
+        let mut open_requests = 0;
+        let out = sim.run(&mut sweep, Limits::default(), |sim, t| {
+            let now = sim.now();
+            match t {
+                SweepTransmit::Probe(p) => {
+                    if blocked(p.port) {
+                        return;
+                    }
+                    for up in link.arrivals(now, &mut sim.rng) {
+                        arrivals[usize::from(p.port)] += 1;
+                        for down in link.arrivals(up, &mut sim.rng) {
+                            let reply = SweepInput::Reply {
+                                port: p.port,
+                                seq: p.seq,
+                            };
+                            sim.deliver_at(down, reply);
+                        }
+                    }
+                }
+                SweepTransmit::Open(ports) => {
+                    open_requests += 1;
+                    let ok = ports.into_iter().map(|p| (p, OpenStatus::Opened));
+                    sim.deliver_after(control, SweepInput::Opened(ok.collect()));
+                }
+                SweepTransmit::QueryArrivals(ports) => {
+                    let counts = ports.into_iter().map(|p| (p, arrivals[usize::from(p)]));
+                    sim.deliver_after(control, SweepInput::Arrivals(counts.collect()));
+                }
+                SweepTransmit::Close(_) => sim.deliver_after(control, SweepInput::Closed),
+            }
+        });
+        assert!(out.done, "the sweep finished within the limits");
+        assert_eq!(out.events.len(), 300, "one verdict per port");
+        assert!(open_requests >= 300 / 16);
+        for r in sweep.results() {
+            let want = if blocked(r.port) {
+                Verdict::InboundBlocked
+            } else {
+                Verdict::Reachable
+            };
+            assert_eq!(r.verdict, want, "port {}", r.port);
+        }
     }
 }

@@ -25,10 +25,12 @@ use std::time::{Duration, Instant};
 pub struct Rng(u64);
 
 impl Rng {
+    /// A source seeded with `seed`.
     pub fn new(seed: u64) -> Self {
         Rng(seed)
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
@@ -73,6 +75,7 @@ pub struct LinkConfig {
 }
 
 impl LinkConfig {
+    /// A link that delivers everything after `delay`.
     pub fn perfect(delay: Duration) -> Self {
         LinkConfig {
             delay,
@@ -80,6 +83,7 @@ impl LinkConfig {
         }
     }
 
+    /// A link that loses a share `loss` of datagrams, delivering the rest after `delay`.
     pub fn lossy(delay: Duration, loss: f64) -> Self {
         LinkConfig {
             delay,
@@ -130,12 +134,14 @@ pub struct Outcome<Ev> {
     /// True when the engine said it was done; false when a limit stopped it,
     /// or nothing (no input, no timeout) could make progress.
     pub done: bool,
+    /// Driver iterations taken.
     pub steps: u64,
 }
 
 /// The simulated world an engine runs in: a virtual clock, a random source
 /// and inputs scheduled to arrive at given instants.
 pub struct Sim<In> {
+    /// The run's random source (use it in the network closure too).
     pub rng: Rng,
     start: Instant,
     now: Instant,
@@ -145,6 +151,7 @@ pub struct Sim<In> {
 }
 
 impl<In> Sim<In> {
+    /// A world with the seed `seed`, its clock at an arbitrary start.
     pub fn new(seed: u64) -> Self {
         let start = Instant::now();
         Sim {

@@ -7,6 +7,7 @@ use std::fmt;
     Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, schemars::JsonSchema,
 )]
 #[serde(rename_all = "snake_case")]
+/// What a sweep against a udpreach server concludes about one port.
 pub enum Verdict {
     /// A probe went there and its reply came back.
     Reachable,
@@ -28,6 +29,7 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// Every verdict, in report order.
     pub const ALL: [Verdict; 8] = [
         Verdict::Reachable,
         Verdict::InboundBlocked,
@@ -39,6 +41,7 @@ impl Verdict {
         Verdict::NotTested,
     ];
 
+    /// The verdict as the report prints it.
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Reachable => "reachable",
@@ -52,6 +55,7 @@ impl Verdict {
         }
     }
 
+    /// One line saying what the verdict means.
     pub fn describe(self) -> &'static str {
         match self {
             Verdict::Reachable => "reachable",

@@ -31,7 +31,9 @@ pub const VERSION: u8 = 1;
 /// Length of the probe header; a datagram is at least this long.
 pub const HEADER_LEN: usize = 64;
 /// Largest UDP payload over IPv4 (65535 - 20 IP - 8 UDP).
-pub const MAX_DATAGRAM: usize = 65507;
+pub const MAX_DATAGRAM: usize = crate::mtu::MAX_PAYLOAD_V4 as usize;
+/// Largest UDP payload over IPv6 (65535 - 8 UDP; the IPv6 header is not counted).
+pub const MAX_DATAGRAM_V6: usize = crate::mtu::MAX_PAYLOAD_V6 as usize;
 /// Flag: the datagram ends with a 16-byte authentication tag.
 pub const FLAG_AUTH: u16 = 0x0001;
 /// Flag (reply): the server filled in the stamp fields.
@@ -178,6 +180,47 @@ pub fn looks_like_short_reply(buf: &[u8]) -> bool {
     (SHORT_MIN_LEN..HEADER_LEN).contains(&buf.len()) && buf[..4] == SHORT_REPLY_MAGIC
 }
 
+/// The start of one of our probes as an ICMP error quotes it (a router may
+/// quote as little as the first 8 bytes after the UDP header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuotedProbe {
+    /// A short probe (see [`SHORT_MAGIC`]): only the low 32 bits of its
+    /// sequence number are there.
+    pub short: bool,
+    /// The session or run token.
+    pub token: u64,
+    /// The sequence number (an MTU probe carries its size here).
+    pub seq: u64,
+}
+
+/// Quoted bytes that name a full-header probe's token and sequence number.
+pub const QUOTED_HEADER_LEN: usize = 24;
+
+/// The probe an ICMP error's quoted datagram (UDP payload) starts with;
+/// `None` when too little was quoted or it is not a udpreach probe. The one
+/// parser of quoted probes: ping, mtu and the server's MTU port use it.
+pub fn parse_quoted(quoted: &[u8]) -> Option<QuotedProbe> {
+    let u64_at = |at: usize| Some(u64::from_be_bytes(quoted.get(at..at + 8)?.try_into().ok()?));
+    let magic = quoted.get(..4)?;
+    if magic == MAGIC {
+        quoted.get(..QUOTED_HEADER_LEN)?;
+        Some(QuotedProbe {
+            short: false,
+            token: u64_at(8)?,
+            seq: u64_at(16)?,
+        })
+    } else if magic == SHORT_MAGIC {
+        let seq = quoted.get(12..SHORT_MIN_LEN)?;
+        Some(QuotedProbe {
+            short: true,
+            token: u64_at(4)?,
+            seq: u64::from(u32::from_be_bytes(seq.try_into().ok()?)),
+        })
+    } else {
+        None
+    }
+}
+
 /// True when `buf` starts like a udpreach probe (cheap pre-check for the server).
 pub fn looks_like_probe(buf: &[u8]) -> bool {
     buf.len() >= HEADER_LEN && buf[..4] == MAGIC
@@ -289,6 +332,25 @@ pub fn restamp_tx(buf: &mut [u8], tx_ns: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quoted_probes_are_parsed_once_here() {
+        let mut full = [0u8; HEADER_LEN];
+        ProbeHeader::request(ProbeKind::MtuProbe, 7, 1400)
+            .encode(&mut full)
+            .unwrap();
+        let q = parse_quoted(&full[..QUOTED_HEADER_LEN]).unwrap();
+        assert_eq!((q.short, q.token, q.seq), (false, 7, 1400));
+        assert_eq!(parse_quoted(&full[..QUOTED_HEADER_LEN - 1]), None);
+        let mut short = [0u8; SHORT_MIN_LEN];
+        short[..4].copy_from_slice(&SHORT_MAGIC);
+        short[4..12].copy_from_slice(&9u64.to_be_bytes());
+        short[12..16].copy_from_slice(&5u32.to_be_bytes());
+        let q = parse_quoted(&short).unwrap();
+        assert_eq!((q.short, q.token, q.seq), (true, 9, 5));
+        assert_eq!(parse_quoted(&short[..8]), None);
+        assert_eq!(parse_quoted(b"nope, not ours at all"), None);
+    }
     use proptest::prelude::*;
 
     #[test]

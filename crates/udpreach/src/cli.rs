@@ -726,7 +726,7 @@ where
 }
 
 pub const MIN_SIZE: usize = 16;
-pub const MAX_SIZE_V6: usize = 65527;
+pub const MAX_SIZE_V6: usize = udpreach_wire::probe::MAX_DATAGRAM_V6;
 
 fn parse_size(s: &str) -> Result<usize, String> {
     let n: usize = s
@@ -735,7 +735,8 @@ fn parse_size(s: &str) -> Result<usize, String> {
         .map_err(|_| format!("invalid size '{s}': expected a number of bytes"))?;
     if !(MIN_SIZE..=MAX_SIZE_V6).contains(&n) {
         return Err(format!(
-            "invalid size '{s}': must be {MIN_SIZE}..=65507 bytes (65527 over IPv6)"
+            "invalid size '{s}': must be {MIN_SIZE}..={} bytes ({MAX_SIZE_V6} over IPv6)",
+            udpreach_wire::probe::MAX_DATAGRAM
         ));
     }
     Ok(n)

@@ -4,6 +4,7 @@
 //! driver, map the outcome to an exit code (0/1 by result, 2 for errors).
 
 mod cli;
+mod control_client;
 mod mtu;
 mod nat;
 mod ping;

@@ -15,10 +15,10 @@
 //! UDP datagram of the family can carry.
 
 use crate::cli::MtuArgs;
+use crate::control_client::{ControlClient, Pending};
 use crate::platform::errqueue::{self, PmtuMode, QueuedError};
 use crate::platform::realtime_ns;
 use crate::platform::{canonical, AsyncUdp, Received, UdpOptions};
-use crate::ports::control::{ControlClient, Pending};
 use crate::report::documents::MtuMode;
 use crate::report::mtu::{Direction, MtuReport};
 use crate::report::OutputFormat;
@@ -37,7 +37,7 @@ use udpreach_wire::mtu::{
     max_mtu, min_mtu, packet_size, parse_ack, payload_size, MAX_BYTES_PER_SEND, MAX_COUNT_PER_SIZE,
     MAX_LINGER_MS, MAX_SIZES_PER_SEND,
 };
-use udpreach_wire::probe::{ProbeHeader, ProbeKind, HEADER_LEN, MAGIC};
+use udpreach_wire::probe::{ProbeHeader, ProbeKind, HEADER_LEN};
 
 /// Sizes per round after the first: each round narrows the range ninefold.
 const SIZES_PER_ROUND: usize = 8;
@@ -266,7 +266,8 @@ async fn open_server(
         Ok(c) => c,
         Err(e) => {
             report.notice(&format!(
-                "{e:#}; measuring the round trip through the echo port instead"
+                "{:#}; measuring the round trip through the echo port instead",
+                anyhow::Error::from(e)
             ));
             return Ok(None);
         }
@@ -337,11 +338,9 @@ impl Probing {
 
 /// The sequence number an ICMP error quotes, if the quote holds our header.
 fn quoted_seq(e: &QueuedError, token: u64) -> Option<u64> {
-    let q = &e.quoted;
-    if q.len() < 24 || q[..4] != MAGIC || q[8..16] != token.to_be_bytes() {
-        return None;
-    }
-    Some(u64::from_be_bytes(q[16..24].try_into().ok()?))
+    udpreach_wire::probe::parse_quoted(&e.quoted)
+        .filter(|q| !q.short && q.token == token)
+        .map(|q| q.seq)
 }
 
 /// Feeds a frag-needed / packet-too-big error for a probe to `dest` into the
@@ -984,7 +983,7 @@ mod tests {
         assert_eq!(reqs.iter().filter(|(s, _)| s == &[65488]).count(), 3);
         // A large buffer: one request unless the server's cap says otherwise.
         assert_eq!(plan_requests(&sizes, 3, 8 << 20).len(), 1);
-        let big = [65527; 10];
+        let big = [udpreach_wire::mtu::MAX_PAYLOAD_V6; 10];
         let reqs = plan_requests(&big, 4, 8 << 20);
         assert!(reqs.iter().all(|(s, c)| {
             s.iter().map(|&x| u64::from(x) * u64::from(*c)).sum::<u64>() <= MAX_BYTES_PER_SEND

@@ -8,8 +8,8 @@
 //! The two idle-timeout searches (one exchange, active flow) run at once.
 
 use crate::cli::NatArgs;
+use crate::control_client::ControlClient;
 use crate::platform::{AsyncUdp, Received, UdpOptions};
-use crate::ports::control::ControlClient;
 use crate::report::nat::{
     conclusion, keepalive, IdleTimeouts, MappingObserved, NatDocument, NatEvent, NatReport,
     NatStart, NotMeasured, PortTimeouts,

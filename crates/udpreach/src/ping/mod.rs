@@ -4,11 +4,11 @@ pub mod payload;
 mod stamp;
 
 use crate::cli::PingArgs;
+use crate::control_client::{ControlClient, ControlError};
 use crate::platform::errqueue::QueuedError;
 use crate::platform::{
     canonical, realtime_ns, AsyncUdp, PreciseTimer, Received, ReceivedOrSent, UdpOptions,
 };
-use crate::ports::control::{AuthFailed, ControlClient};
 use crate::report::documents::{
     BehindSchedule, IgnoredReply, PingEvent as ReportedEvent, SendFailure, SkippedPort,
 };
@@ -24,7 +24,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use udpreach_engine::ping::{PingConfig, PingEvent, PingSession};
+use udpreach_engine::ping::{PingConfig, PingEvent, PingInput, PingSession};
+use udpreach_engine::Engine;
 use udpreach_wire::auth::{SharedKey, MIN_SEALED_LEN};
 use udpreach_wire::icmp::IcmpOrigin;
 
@@ -118,14 +119,14 @@ async fn check_key(target: SocketAddr, key: &SharedKey) -> anyhow::Result<()> {
         let mut ctl = ControlClient::connect(target).await?;
         ctl.hello(Some(key)).await?;
         let _ = ctl.bye().await;
-        anyhow::Ok(())
+        Ok::<_, ControlError>(())
     };
     match tokio::time::timeout(KEY_CHECK_TIMEOUT, attempt).await {
         Ok(Ok(())) => {
             tracing::info!("key accepted by {target}");
             Ok(())
         }
-        Ok(Err(e)) if e.downcast_ref::<AuthFailed>().is_some() => Err(e),
+        Ok(Err(e @ ControlError::AuthFailed(_))) => Err(e.into()),
         Ok(Err(e)) => {
             eprintln!("udpreach: could not check the key with {target} over TCP ({e}); a server with another key will not answer");
             Ok(())
@@ -151,10 +152,10 @@ async fn key_required(target: SocketAddr) -> Option<String> {
         let mut ctl = ControlClient::connect(target).await?;
         ctl.hello(None).await?;
         let _ = ctl.bye().await;
-        anyhow::Ok(())
+        Ok::<_, ControlError>(())
     };
     match tokio::time::timeout(KEY_CHECK_TIMEOUT, attempt).await {
-        Ok(Err(e)) if e.downcast_ref::<AuthFailed>().is_some() => {
+        Ok(Err(e @ ControlError::AuthFailed(_))) => {
             tracing::debug!("keyless control check with {target}: {e}");
             Some(format!(
                 "{target} requires a key (--key-file or UDPREACH_KEY): it answers no probe without one"
@@ -308,7 +309,7 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
 
     loop {
         let now = Instant::now();
-        while let Some(seq) = session.poll_send(now) {
+        while let Some(seq) = session.poll_transmit(now) {
             builder.build(seq, realtime_ns(), &mut packet);
             let sender = match &sport_list {
                 None => fixed.as_mut().expect("fixed socket"),
@@ -332,7 +333,7 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
                             sport_socks.get_mut(&seq).expect("just inserted")
                         }
                         Err(e) => {
-                            session.on_send_failed(seq);
+                            session.handle_input(PingInput::SendFailed { seq }, now);
                             skipped.push(port);
                             report.event(ReportedEvent::Skipped(SkippedPort {
                                 seq,
@@ -350,8 +351,12 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
                 Ok(_) => {
                     locals.insert(seq, sender.local);
                     let lp = sport_list.as_ref().map(|_| sender.local.port());
-                    session.on_sent(seq, sent_at, lp);
-                    session.on_send_call(seq, send_call_ns);
+                    let sent = PingInput::Sent {
+                        seq,
+                        local_port: lp,
+                        send_call_ns: Some(send_call_ns),
+                    };
+                    session.handle_input(sent, sent_at);
                     tx_ids.insert((sender.local, sender.sends), seq);
                     tx_id_order.push_back((sender.local, sender.sends));
                     if tx_id_order.len() > MAX_TX_IDS {
@@ -362,7 +367,7 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
                     sender.sends = sender.sends.wrapping_add(1);
                 }
                 Err(e) => {
-                    session.on_send_failed(seq);
+                    session.handle_input(PingInput::SendFailed { seq }, sent_at);
                     report.event(ReportedEvent::SendError(SendFailure {
                         seq,
                         error: e.to_string(),
@@ -370,7 +375,8 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
                 }
             }
         }
-        for ev in session.poll_timeouts(Instant::now()) {
+        session.handle_timeout(Instant::now());
+        while let Some(ev) = session.poll_event() {
             if let PingEvent::Timeout { seq, .. } = ev {
                 report.timeout(locals.get(&seq).copied(), seq, args.timeout);
                 locals.remove(&seq);
@@ -387,11 +393,11 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
             sport_expiry.pop_front();
             sport_socks.remove(&seq);
         }
-        if session.is_done(Instant::now()) {
+        if session.is_done() {
             break;
         }
         let wake = session
-            .next_wakeup()
+            .poll_timeout()
             .unwrap_or_else(|| Instant::now() + args.interval);
         let wake = sport_expiry.front().map_or(wake, |&(at, _)| wake.min(at));
         tokio::select! {
@@ -456,7 +462,11 @@ fn handle_incoming(
         Arrival::Icmp(e) => return handle_icmp(msg, e, target, builder, session, report),
         Arrival::Sent { id } => {
             if let (Some(seq), Some(ns)) = (tx_ids.remove(&(msg.local, *id)), msg.kernel_ns) {
-                session.on_tx_timestamp(seq, ns);
+                let stamp = PingInput::TxTimestamp {
+                    seq,
+                    kernel_tx_ns: ns,
+                };
+                session.handle_input(stamp, msg.at);
             }
             return;
         }
@@ -478,15 +488,31 @@ fn handle_incoming(
         }
         Reply::Foreign => return,
     };
-    let Some(ev) = session.on_reply_timed(seq, msg.at, msg.kernel_ns, stamp) else {
-        return;
+    let reply = PingInput::Reply {
+        seq,
+        kernel_rx_ns: msg.kernel_ns,
+        stamp,
     };
+    session.handle_input(reply, msg.at);
     let bytes = data.len();
+    // A reply's event comes out at once (none for a probe never sent).
+    while let Some(ev) = session.poll_event() {
+        report_reply(report, msg.local, ev, bytes, ttl);
+    }
+}
+
+fn report_reply(
+    report: &PingReport,
+    local: SocketAddr,
+    ev: PingEvent,
+    bytes: usize,
+    ttl: Option<u8>,
+) {
     match ev {
         PingEvent::Reply {
             seq, rtt, stamp, ..
         } => report.reply(
-            msg.local,
+            local,
             seq,
             bytes,
             rtt,
@@ -495,10 +521,10 @@ fn handle_incoming(
             ReplyKind::Reply,
         ),
         PingEvent::Late { seq, rtt } => {
-            report.reply(msg.local, seq, bytes, rtt, ttl, None, ReplyKind::Late)
+            report.reply(local, seq, bytes, rtt, ttl, None, ReplyKind::Late)
         }
         PingEvent::Duplicate { seq, rtt } => {
-            report.reply(msg.local, seq, bytes, rtt, ttl, None, ReplyKind::Duplicate)
+            report.reply(local, seq, bytes, rtt, ttl, None, ReplyKind::Duplicate)
         }
         PingEvent::Timeout { .. } | PingEvent::IcmpError { .. } => {}
     }
@@ -521,19 +547,20 @@ fn handle_icmp(
     if e.dest.is_some_and(|d| canonical(d) != canonical(target)) {
         return;
     }
-    let Some(seq) = builder
-        .seq_of_quote(&e.quoted)
-        .or_else(|| session.latest_waiting())
-    else {
-        return;
+    let error = PingInput::IcmpError {
+        seq: builder.seq_of_quote(&e.quoted),
+        report: e.error.report(),
     };
-    if let Some(PingEvent::IcmpError {
-        seq,
-        after,
-        report: r,
-        ..
-    }) = session.on_icmp_error(seq, e.error.report(), msg.at)
-    {
-        report.icmp_error(msg.local, seq, after, &r);
+    session.handle_input(error, msg.at);
+    while let Some(ev) = session.poll_event() {
+        if let PingEvent::IcmpError {
+            seq,
+            after,
+            report: r,
+            ..
+        } = ev
+        {
+            report.icmp_error(msg.local, seq, after, &r);
+        }
     }
 }

@@ -79,21 +79,9 @@ impl PayloadBuilder {
     /// The seq of one of our probes from the start of it that an ICMP error
     /// quoted; `None` when too little was quoted or it is not ours.
     pub fn seq_of_quote(&self, quoted: &[u8]) -> Option<u64> {
-        let u64_at = |at: usize| -> Option<u64> {
-            Some(u64::from_be_bytes(quoted.get(at..at + 8)?.try_into().ok()?))
-        };
-        if self.has_header() {
-            if quoted.get(..4)? != udpreach_wire::probe::MAGIC || u64_at(8)? != self.token {
-                return None;
-            }
-            u64_at(16)
-        } else {
-            if quoted.get(..4)? != SHORT_MAGIC || u64_at(4)? != self.token {
-                return None;
-            }
-            let seq = quoted.get(12..16)?;
-            Some(u64::from(u32::from_be_bytes(seq.try_into().ok()?)))
-        }
+        udpreach_wire::probe::parse_quoted(quoted)
+            .filter(|q| q.short != self.has_header() && q.token == self.token)
+            .map(|q| q.seq)
     }
 
     pub fn check(&self, data: &[u8]) -> Reply {

@@ -5,29 +5,26 @@
 //! control channel are pipelined (a few in flight) so probing never waits
 //! for the server to bind the next window.
 
-pub(crate) mod control;
 mod serverless;
 
 use crate::cli::PortsArgs;
+use crate::control_client::{ControlClient, Pending};
 use crate::platform::errqueue::QueuedError;
 use crate::platform::{self, AsyncUdp, Received, UdpOptions};
 use crate::report::ports::PortsReport;
 use crate::report::OutputFormat;
 use crate::target::{resolve_async, unspecified_for, Family};
 use anyhow::Context;
-use control::{ControlClient, Pending};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
-use udpreach_engine::sweep::{OpenStatus, Sweep, SweepConfig, SweepPlan};
+use udpreach_engine::sweep::{
+    OpenStatus, Sweep, SweepConfig, SweepInput, SweepPlan, SweepTransmit,
+};
+use udpreach_engine::Engine;
 use udpreach_wire::auth::{DerivedKey, MIN_SEALED_LEN};
 use udpreach_wire::control::ControlMsg;
 use udpreach_wire::probe::{ProbeHeader, ProbeKind, HEADER_LEN};
-
-/// Ports per Open/Arrivals/Close request; small enough that the first probes start early.
-const BATCH: usize = 1024;
-/// Control requests in flight at once.
-const PIPELINE: usize = 4;
 
 /// How the sweep ended.
 enum Ending {
@@ -103,12 +100,8 @@ pub async fn run(args: PortsArgs) -> anyhow::Result<u8> {
     let mut last_bar = Instant::now();
     let token = welcome.token;
 
-    let ending = loop {
+    let ending = 'sweep: loop {
         let now = Instant::now();
-        // Control requests first, so the server binds the next window while we probe.
-        if let Err(e) = issue_requests(&mut sweep, &mut ctl).await {
-            break Ending::ControlLost(e.to_string());
-        }
         // Replies already queued must count before any timer is judged expired.
         let accept = ReplyFilter {
             token,
@@ -116,30 +109,37 @@ pub async fn run(args: PortsArgs) -> anyhow::Result<u8> {
             key: session_key.as_ref(),
         };
         unauthenticated_replies += drain_replies(&udp, &mut rbuf, &mut sweep, &accept);
-        sweep.poll_timers(now);
+        sweep.handle_timeout(now);
         while let Some(t) = sweep.poll_transmit(Instant::now()) {
-            ProbeHeader::request(ProbeKind::PortProbe, token, t.seq)
-                .encode(&mut probe)
-                .expect("header fits");
-            if let Some(k) = &session_key {
-                k.seal(&mut probe).expect("probe is long enough for a tag");
-            }
-            let mut to = server;
-            to.set_port(t.port);
-            if let Err(e) = udp.send_to(&probe, to).await {
-                tracing::debug!("probe to {to}: {e}");
+            let (msg, pending) = match t {
+                SweepTransmit::Probe(t) => {
+                    ProbeHeader::request(ProbeKind::PortProbe, token, t.seq)
+                        .encode(&mut probe)
+                        .expect("header fits");
+                    if let Some(k) = &session_key {
+                        k.seal(&mut probe).expect("probe is long enough for a tag");
+                    }
+                    let mut to = server;
+                    to.set_port(t.port);
+                    if let Err(e) = udp.send_to(&probe, to).await {
+                        tracing::debug!("probe to {to}: {e}");
+                    }
+                    continue;
+                }
+                SweepTransmit::Open(ports) => (ControlMsg::Open { ports }, Pending::Open),
+                SweepTransmit::QueryArrivals(ports) => {
+                    (ControlMsg::Arrivals { ports }, Pending::Arrivals)
+                }
+                SweepTransmit::Close(ports) => (ControlMsg::Close { ports }, Pending::Close),
+            };
+            if let Err(e) = ctl.request(msg, pending).await {
+                break 'sweep Ending::ControlLost(e.to_string());
             }
         }
-        if sweep.is_done() && ctl.pending.is_empty() {
-            // Everything decided; close what is still open before leaving.
-            let rest = sweep.poll_close(usize::MAX);
-            if rest.is_empty() {
-                break Ending::Complete;
-            }
-            let _ = ctl
-                .request(ControlMsg::Close { ports: rest }, Pending::Close)
-                .await;
-            continue;
+        // Verdicts are read at the end, from `results()`.
+        while sweep.poll_event().is_some() {}
+        if sweep.is_done() {
+            break Ending::Complete;
         }
         if let Some(b) = &bar {
             if last_bar.elapsed() > Duration::from_millis(100) {
@@ -148,15 +148,16 @@ pub async fn run(args: PortsArgs) -> anyhow::Result<u8> {
             }
         }
         let wake = sweep
-            .next_wakeup()
+            .poll_timeout()
             .unwrap_or_else(|| Instant::now() + Duration::from_millis(200));
         tokio::select! {
             biased;
             _ = sigint.recv() => break Ending::Interrupted,
             _ = sigterm.recv() => break Ending::Interrupted,
             msg = ctl.recv() => match msg {
-                Ok(m) => if let Err(e) = apply_control(&mut sweep, &mut ctl, m) {
-                    break Ending::ControlLost(e.to_string());
+                Ok(m) => match control_answer(&mut ctl, m) {
+                    Ok(input) => sweep.handle_input(input, Instant::now()),
+                    Err(e) => break Ending::ControlLost(e.to_string()),
                 },
                 Err(e) => break Ending::ControlLost(e.to_string()),
             },
@@ -223,7 +224,11 @@ fn on_icmp(sweep: &mut Sweep, server: std::net::SocketAddr, e: &QueuedError) {
     }
     if let Some(dest) = e.dest {
         if dest.ip() == server.ip() {
-            sweep.on_icmp(dest.port(), e.error.report());
+            let icmp = SweepInput::Icmp {
+                port: dest.port(),
+                report: e.error.report(),
+            };
+            sweep.handle_input(icmp, Instant::now());
         }
     }
 }
@@ -264,44 +269,19 @@ impl ReplyFilter<'_> {
                 return false;
             }
         }
-        sweep.on_reply(from.port(), h.seq, Instant::now());
+        let reply = SweepInput::Reply {
+            port: from.port(),
+            seq: h.seq,
+        };
+        sweep.handle_input(reply, Instant::now());
         true
     }
 }
 
-async fn issue_requests(sweep: &mut Sweep, ctl: &mut ControlClient) -> anyhow::Result<()> {
-    if ctl.pending.len() < PIPELINE {
-        let closes = sweep.poll_close(BATCH * 4);
-        if !closes.is_empty() {
-            ctl.request(ControlMsg::Close { ports: closes }, Pending::Close)
-                .await?;
-        }
-    }
-    if ctl.pending.len() < PIPELINE {
-        let queries = sweep.poll_arrival_queries(BATCH * 4);
-        if !queries.is_empty() {
-            ctl.request(ControlMsg::Arrivals { ports: queries }, Pending::Arrivals)
-                .await?;
-        }
-    }
-    while ctl.pending.len() < PIPELINE {
-        let opens = sweep.poll_open(BATCH);
-        if opens.is_empty() {
-            break;
-        }
-        ctl.request(ControlMsg::Open { ports: opens }, Pending::Open)
-            .await?;
-    }
-    Ok(())
-}
-
-fn apply_control(
-    sweep: &mut Sweep,
-    ctl: &mut ControlClient,
-    msg: ControlMsg,
-) -> anyhow::Result<()> {
+/// The sweep's input for a control answer, checked against the request it answers.
+fn control_answer(ctl: &mut ControlClient, msg: ControlMsg) -> anyhow::Result<SweepInput> {
     let expected = ctl.pending.pop_front();
-    match (expected, msg) {
+    Ok(match (expected, msg) {
         (
             Some(Pending::Open),
             ControlMsg::Opened {
@@ -310,28 +290,24 @@ fn apply_control(
                 denied,
                 failed,
             },
-        ) => {
-            for (list, status) in [
+        ) => SweepInput::Opened(
+            [
                 (opened, OpenStatus::Opened),
                 (in_use, OpenStatus::InUse),
                 (denied, OpenStatus::Denied),
                 (failed, OpenStatus::Failed),
-            ] {
-                for p in list {
-                    sweep.on_opened(p, status);
-                }
-            }
-        }
+            ]
+            .into_iter()
+            .flat_map(|(list, status)| list.into_iter().map(move |p| (p, status)))
+            .collect(),
+        ),
         (Some(Pending::Arrivals), ControlMsg::ArrivalCounts { ports, counts }) => {
-            for (p, c) in ports.into_iter().zip(counts) {
-                sweep.on_arrivals(p, c);
-            }
+            SweepInput::Arrivals(ports.into_iter().zip(counts).collect())
         }
-        (Some(Pending::Close), ControlMsg::Closed { .. }) => {}
+        (Some(Pending::Close), ControlMsg::Closed { .. }) => SweepInput::Closed,
         (_, ControlMsg::Error { code, message, .. }) => {
             anyhow::bail!("server error ({code:?}): {message}")
         }
         (exp, other) => anyhow::bail!("protocol error: got {other:?} while waiting for {exp:?}"),
-    }
-    Ok(())
+    })
 }

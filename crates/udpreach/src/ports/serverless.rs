@@ -17,7 +17,10 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
-use udpreach_engine::serverless::{ServerlessConfig, ServerlessSweep, ServerlessVerdict};
+use udpreach_engine::serverless::{
+    ServerlessConfig, ServerlessEvent, ServerlessInput, ServerlessSweep, ServerlessVerdict,
+};
+use udpreach_engine::Engine;
 use udpreach_wire::icmp::IcmpOrigin;
 use udpreach_wire::services;
 
@@ -55,10 +58,9 @@ pub async fn run(args: PortsArgs) -> anyhow::Result<u8> {
         signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let mut rbuf = vec![0u8; 65536];
     let mut last_bar = Instant::now();
-    let mut told_rate_limit = false;
 
     let interrupted = loop {
-        sweep.poll_timers(Instant::now());
+        sweep.handle_timeout(Instant::now());
         while let Some(t) = sweep.poll_transmit(Instant::now()) {
             // Vary request ids per attempt so a late answer is not mistaken
             // for a fresh one by the service (DNS, SNMP).
@@ -71,14 +73,11 @@ pub async fn run(args: PortsArgs) -> anyhow::Result<u8> {
         if sweep.is_done() {
             break false;
         }
-        if !told_rate_limit {
-            if let Some(rl) = sweep.rate_limit() {
-                told_rate_limit = true;
-                if let Some(b) = &bar {
-                    b.suspend(|| report.rate_limit_notice(&rl));
-                } else {
-                    report.rate_limit_notice(&rl);
-                }
+        while let Some(ServerlessEvent::RateLimited(rl)) = sweep.poll_event() {
+            if let Some(b) = &bar {
+                b.suspend(|| report.rate_limit_notice(&rl));
+            } else {
+                report.rate_limit_notice(&rl);
             }
         }
         if let Some(b) = &bar {
@@ -88,7 +87,7 @@ pub async fn run(args: PortsArgs) -> anyhow::Result<u8> {
             }
         }
         let wake = sweep
-            .next_wakeup()
+            .poll_timeout()
             .unwrap_or_else(|| Instant::now() + Duration::from_millis(200));
         tokio::select! {
             biased;
@@ -131,7 +130,11 @@ fn on_received(sweep: &mut ServerlessSweep, target: SocketAddr, got: Received) {
     match got {
         // Any datagram from the port we probed: something there answers.
         Received::Datagram(meta) if meta.from.ip() == target.ip() => {
-            sweep.on_reply(meta.from.port(), meta.len, now);
+            let reply = ServerlessInput::Reply {
+                port: meta.from.port(),
+                bytes: meta.len,
+            };
+            sweep.handle_input(reply, now);
         }
         Received::Datagram(_) => {}
         Received::Error(e) => on_icmp(sweep, target, &e, now),
@@ -144,7 +147,11 @@ fn on_icmp(sweep: &mut ServerlessSweep, target: SocketAddr, e: &QueuedError, now
     }
     if let Some(dest) = e.dest {
         if dest.ip() == target.ip() {
-            sweep.on_icmp(dest.port(), e.error.report(), now);
+            let icmp = ServerlessInput::Icmp {
+                port: dest.port(),
+                report: e.error.report(),
+            };
+            sweep.handle_input(icmp, now);
         }
     }
 }

@@ -34,7 +34,7 @@ use udpreach_wire::auth::{DerivedKey, MIN_SEALED_LEN};
 use udpreach_wire::control::{ControlMsg, ErrorCode, MtuSendResult};
 use udpreach_wire::icmp::{IcmpOrigin, IcmpReason};
 use udpreach_wire::mtu::{self, ack_for, MAX_COUNT_PER_SIZE, MAX_LINGER_MS, MAX_SIZES_PER_SEND};
-use udpreach_wire::probe::{ProbeHeader, ProbeKind, ServerStamp, HEADER_LEN, MAGIC, MAX_DATAGRAM};
+use udpreach_wire::probe::{ProbeHeader, ProbeKind, ServerStamp, HEADER_LEN};
 
 /// Bytes one session may have the server send in MTU tests, in total.
 const SESSION_BUDGET: u64 = 64 << 20;
@@ -115,7 +115,7 @@ impl MtuPort {
     /// The `MtuOpened` answer.
     pub fn opened(&self, peer: IpAddr) -> ControlMsg {
         let route = errqueue::route_mtu(SocketAddr::new(peer, 9)).unwrap_or(0);
-        let max_size = if self.v6 { 65527 } else { MAX_DATAGRAM as u32 };
+        let max_size = mtu::max_payload(self.v6);
         ControlMsg::MtuOpened {
             port: self.port(),
             mtu: route,
@@ -139,7 +139,7 @@ impl MtuPort {
             message,
             fatal: false,
         };
-        let max_size = if self.v6 { 65527 } else { MAX_DATAGRAM as u32 };
+        let max_size = mtu::max_payload(self.v6);
         if let Err(e) = mtu::check_send_request(&sizes, count, max_size) {
             return error(ErrorCode::BadRequest, format!("mtu_send: {e}"));
         }
@@ -220,9 +220,9 @@ impl MtuPort {
 /// MTU is too small for.
 fn attribute_errors(results: &mut [MtuSendResult], errors: &[QueuedError], v6: bool) {
     for e in errors {
-        let quoted_size = (e.quoted.len() >= 24 && e.quoted[..4] == MAGIC)
-            .then(|| u64::from_be_bytes(e.quoted[16..24].try_into().expect("8 bytes")))
-            .and_then(|s| u32::try_from(s).ok());
+        let quoted_size = udpreach_wire::probe::parse_quoted(&e.quoted)
+            .filter(|q| !q.short)
+            .and_then(|q| u32::try_from(q.seq).ok());
         let hint = e.error.reason().mtu();
         for r in results.iter_mut().filter(|r| r.icmp.is_none()) {
             let matches = match (quoted_size, hint) {

@@ -10,8 +10,8 @@
 //! errors they drew.
 
 use crate::cli::TraceArgs;
+use crate::control_client::{ControlClient, Pending};
 use crate::platform::{AsyncUdp, Received, UdpOptions};
-use crate::ports::control::{ControlClient, Pending};
 use crate::report::trace::{
     Direction, DirectionReport, TraceDocument, TraceMode, TraceReport, TraceStart,
 };
