@@ -4,6 +4,7 @@
 //! driver, map the outcome to an exit code (0/1 by result, 2 for errors).
 
 mod cli;
+mod monitor;
 mod mtu;
 mod ping;
 mod platform;
@@ -94,6 +95,7 @@ fn main() -> ExitCode {
             Command::Ping(a) => ping::run(a).await,
             Command::Ports(a) => ports::run(a).await,
             Command::Mtu(a) => mtu::run(a).await,
+            Command::Monitor(a) => monitor::run(a).await,
             Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
         }
     });

@@ -204,7 +204,12 @@ pub async fn run(args: PortsArgs) -> anyhow::Result<u8> {
 
 /// Reads what the socket holds now (bounded, so sends and timers get their
 /// turn); returns how many replies failed authentication.
-fn drain_replies(udp: &AsyncUdp, rbuf: &mut [u8], sweep: &mut Sweep, accept: &ReplyFilter) -> u64 {
+pub(crate) fn drain_replies(
+    udp: &AsyncUdp,
+    rbuf: &mut [u8],
+    sweep: &mut Sweep,
+    accept: &ReplyFilter,
+) -> u64 {
     let mut rejected = 0;
     for _ in 0..8192 {
         match udp.try_recv_any(rbuf) {
@@ -229,15 +234,15 @@ fn on_icmp(sweep: &mut Sweep, server: std::net::SocketAddr, e: &QueuedError) {
 }
 
 /// Which datagrams on the probe socket count as replies.
-struct ReplyFilter<'a> {
-    token: u64,
-    server: std::net::SocketAddr,
-    key: Option<&'a DerivedKey>,
+pub(crate) struct ReplyFilter<'a> {
+    pub(crate) token: u64,
+    pub(crate) server: std::net::SocketAddr,
+    pub(crate) key: Option<&'a DerivedKey>,
 }
 
 impl ReplyFilter<'_> {
     /// Feeds a datagram or an ICMP error to the sweep; false as for [`Self::apply`].
-    fn received(&self, sweep: &mut Sweep, buf: &[u8], got: Received) -> bool {
+    pub(crate) fn received(&self, sweep: &mut Sweep, buf: &[u8], got: Received) -> bool {
         match got {
             Received::Datagram(meta) => self.apply(sweep, &buf[..meta.len], meta.from),
             Received::Error(e) => {
@@ -269,7 +274,10 @@ impl ReplyFilter<'_> {
     }
 }
 
-async fn issue_requests(sweep: &mut Sweep, ctl: &mut ControlClient) -> anyhow::Result<()> {
+pub(crate) async fn issue_requests(
+    sweep: &mut Sweep,
+    ctl: &mut ControlClient,
+) -> anyhow::Result<()> {
     if ctl.pending.len() < PIPELINE {
         let closes = sweep.poll_close(BATCH * 4);
         if !closes.is_empty() {
@@ -295,7 +303,7 @@ async fn issue_requests(sweep: &mut Sweep, ctl: &mut ControlClient) -> anyhow::R
     Ok(())
 }
 
-fn apply_control(
+pub(crate) fn apply_control(
     sweep: &mut Sweep,
     ctl: &mut ControlClient,
     msg: ControlMsg,

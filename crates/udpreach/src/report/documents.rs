@@ -359,6 +359,7 @@ fn schemas() -> Vec<(&'static str, String)> {
         one::<ServerlessLine>("ports-no-server-lines.json"),
         one::<MtuDocument>("mtu.json"),
         one::<MtuLine>("mtu-lines.json"),
+        one::<crate::monitor::results::MonitorResult>("monitor-lines.json"),
     ]
 }
 
