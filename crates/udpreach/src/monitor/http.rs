@@ -32,8 +32,6 @@ pub const MAX_PROBES: usize = 16;
 /// Longest target name accepted in `/probe`.
 pub const MAX_TARGET_LEN: usize = 255;
 
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
 /// What the endpoint serves; `modules` changes on reload.
 pub struct Endpoint {
     pub metrics: Metrics,
@@ -104,9 +102,12 @@ async fn route(req: Request<Incoming>, ep: &Endpoint) -> Response<Full<Bytes>> {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET");
     }
     match req.uri().path() {
-        "/metrics" => text(StatusCode::OK, OPENMETRICS, ep.metrics.encode()),
+        "/metrics" => exposition(&ep.metrics, &req),
         "/health" | "/-/healthy" => plain(StatusCode::OK, "ok"),
-        "/probe" => probe(req.uri().query().unwrap_or(""), ep).await,
+        "/probe" => {
+            let om = wants_openmetrics(&req);
+            probe(req.uri().query().unwrap_or(""), ep, om).await
+        }
         "/" => plain(
             StatusCode::OK,
             "udpreach monitor: /metrics, /probe?target=HOST[:PORT]&module=NAME, /health",
@@ -115,7 +116,24 @@ async fn route(req: Request<Incoming>, ep: &Endpoint) -> Response<Full<Bytes>> {
     }
 }
 
-async fn probe(query: &str, ep: &Endpoint) -> Response<Full<Bytes>> {
+/// Prometheus asks for OpenMetrics in its Accept header; anything else
+/// (curl, promtool) gets the Prometheus text format.
+fn wants_openmetrics(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get_all(hyper::header::ACCEPT)
+        .iter()
+        .any(|v| {
+            v.to_str()
+                .is_ok_and(|s| s.contains("application/openmetrics-text"))
+        })
+}
+
+fn exposition(m: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let (body, ctype) = m.encode_as(wants_openmetrics(req));
+    text(StatusCode::OK, ctype, body)
+}
+
+async fn probe(query: &str, ep: &Endpoint, openmetrics: bool) -> Response<Full<Bytes>> {
     let mut target = None;
     let mut module = None;
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
@@ -185,5 +203,6 @@ async fn probe(query: &str, ep: &Endpoint) -> Response<Full<Bytes>> {
             checks::ports(t, tm, ResultSink::none(), false).await;
         }
     }
-    text(StatusCode::OK, OPENMETRICS, metrics.encode())
+    let (body, ctype) = metrics.encode_as(openmetrics);
+    text(StatusCode::OK, ctype, body)
 }

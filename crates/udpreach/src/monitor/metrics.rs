@@ -3,6 +3,7 @@
 //! Cardinality is bounded: per target a fixed set of series (3 directions,
 //! 8 verdicts, 2 checks, 1 seen address), never one per port or per probe.
 
+use prometheus_client::encoding::prometheus_text;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -12,6 +13,8 @@ use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use udpreach_engine::Verdict;
+
+pub const OPENMETRICS_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// A series' labels: `target`, `group`, the user's labels, then the
 /// metric's own (`direction`, `verdict`, `check`, `address`).
@@ -168,11 +171,25 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus / OpenMetrics text exposition.
-    pub fn encode(&self) -> String {
+    /// The exposition: OpenMetrics text when `openmetrics` (what Prometheus
+    /// asks for), else the Prometheus text format 0.0.4 (curl, promtool).
+    /// Returns the body and its content type.
+    pub fn encode_as(&self, openmetrics: bool) -> (String, &'static str) {
         let mut out = String::new();
-        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
-        out
+        if openmetrics {
+            encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+            (out, OPENMETRICS_TYPE)
+        } else {
+            prometheus_text::encode(&mut out, &self.registry)
+                .expect("writing to a String cannot fail");
+            (out, prometheus_text::CONTENT_TYPE)
+        }
+    }
+
+    /// The Prometheus text format 0.0.4.
+    #[cfg(test)]
+    pub fn encode(&self) -> String {
+        self.encode_as(false).0
     }
 
     pub fn target(&self, base: Labels) -> TargetMetrics {
@@ -330,8 +347,8 @@ mod tests {
         t.check("ping", true, Some(0.0002));
         let text = m.encode();
         for needle in [
-            "udpreach_rtt_seconds_bucket{target=\"a\",group=\"g\",le=\"5e-5\"} 0",
-            "udpreach_rtt_seconds_bucket{target=\"a\",group=\"g\",le=\"10.0\"} 1",
+            "udpreach_rtt_seconds_bucket{target=\"a\",group=\"g\",le=\"5e-05\"} 0",
+            "udpreach_rtt_seconds_bucket{target=\"a\",group=\"g\",le=\"10\"} 1",
             "udpreach_probes_sent_total{target=\"a\",group=\"g\"} 0",
             "udpreach_lost_total{target=\"a\",group=\"g\",direction=\"downstream\"} 0",
             "udpreach_ports{target=\"a\",group=\"g\",verdict=\"reachable\"} 3",
