@@ -370,3 +370,115 @@ fn prometheus_scrapes_the_agent_and_sees_downstream_loss() {
     let up_series = prom_query(lab.client(), "up{job=\"udpreach\"}");
     assert_eq!(up_series, Some(1.0));
 }
+
+/// A tool CI installs (.ci/run); outside CI a missing one skips the check.
+fn tool(name: &str) -> bool {
+    let found = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI needs {name} (.ci/run installs it)"
+        );
+        eprintln!("note: skipping: {name} is not installed");
+    }
+    found
+}
+
+fn contrib(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../contrib")
+        .join(path)
+}
+
+fn check_ok(argv: &[&str], dir: &std::path::Path) {
+    let o = std::process::Command::new(argv[0])
+        .args(&argv[1..])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{argv:?}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// The fleet files in contrib/ are valid: Prometheus config and rules by
+/// promtool, every YAML file parsed by yamllint, the dashboard as JSON.
+#[test]
+fn contrib_files_check() {
+    let dir = contrib("");
+    if tool("promtool") {
+        check_ok(&["promtool", "check", "config", "prometheus.yml"], &dir);
+        check_ok(&["promtool", "check", "rules", "udpreach-alerts.yml"], &dir);
+    }
+    if tool("yamllint") {
+        check_ok(
+            &[
+                "yamllint",
+                "-d",
+                "{extends: relaxed, rules: {line-length: disable}}",
+                "prometheus.yml",
+                "udpreach-alerts.yml",
+                "kubernetes/udpreach.yaml",
+            ],
+            &dir,
+        );
+    }
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(contrib("grafana-dashboard.json")).unwrap())
+            .unwrap();
+    let exprs = dash["panels"].to_string();
+    for metric in [
+        "udpreach_rtt_seconds_bucket",
+        "udpreach_lost_total",
+        "udpreach_ports",
+    ] {
+        assert!(exprs.contains(metric), "dashboard lacks {metric}");
+    }
+}
+
+/// A NAT appearing on the path (masquerade added on the router) changes the
+/// address the server sees: `udpreach_nat_changes_total` counts it and the
+/// info series names the new address.
+#[test]
+fn nat_change_counts() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::routed();
+    let _server = start_server(lab.server(), &[]);
+    let server = lab.server().ip4().to_string();
+    let agent = start_agent(
+        lab.client(),
+        &[server.clone(), "--interval".into(), "50ms".into()],
+    );
+    let base = format!("target=\"{server}\",group=\"cli\"");
+    let seen = format!(
+        "udpreach_server_seen_address_info{{{base},address=\"{}:",
+        lab.client().ip4()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || metrics(lab.client())
+            .contains(&seen)),
+        "no seen address:\n{}",
+        metrics(lab.client())
+    );
+    let router = lab.router();
+    router.snat_forward_masquerade(&router.iface_toward(lab.server()).name);
+    let changes = format!("udpreach_nat_changes_total{{{base}}}");
+    let natted = format!("udpreach_server_seen_address_info{{{base},address=\"198.18.2.254:");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let m = metrics(lab.client());
+            sample(&m, &changes).is_some_and(|v| v >= 1.0) && m.contains(&natted)
+        }),
+        "NAT change not counted:\n{}\n{}",
+        metrics(lab.client()),
+        agent.stderr_so_far()
+    );
+}

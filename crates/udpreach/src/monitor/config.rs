@@ -21,6 +21,8 @@ pub const MAX_LABELS: usize = 16;
 pub const MIN_PING_INTERVAL: Duration = Duration::from_millis(10);
 /// Most probes one `/probe` ping module may send.
 pub const MAX_PROBE_COUNT: u64 = 100;
+/// How often `discover` names are resolved again.
+pub const DISCOVER_EVERY: Duration = Duration::from_secs(30);
 /// Label names the monitor sets itself; user labels may not take them.
 pub const RESERVED_LABELS: [&str; 6] = [
     "target",
@@ -43,6 +45,10 @@ pub struct Config {
 pub struct Group {
     pub name: String,
     pub targets: Vec<String>,
+    /// `HOST:PORT` whose DNS records are the targets (every address, this
+    /// host's own left out), re-resolved every [`DISCOVER_EVERY`]: a
+    /// Kubernetes headless Service makes a full mesh.
+    pub discover: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub key_file: Option<PathBuf>,
     pub ping: Option<PingCheck>,
@@ -106,7 +112,9 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawGroup {
     name: String,
+    #[serde(default)]
     targets: Vec<String>,
+    discover: Option<String>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
     key_file: Option<PathBuf>,
@@ -290,8 +298,15 @@ impl Config {
                     format!("'{}' is empty or used twice", g.name),
                 ));
             }
-            if g.targets.is_empty() {
-                return Err(err(&format!("{key}.targets"), "no target"));
+            if g.targets.is_empty() && g.discover.is_none() {
+                return Err(err(
+                    &format!("{key}.targets"),
+                    "no target (and no discover)",
+                ));
+            }
+            if let Some(d) = &g.discover {
+                crate::target::split_host_port(d, crate::cli::DEFAULT_PORT)
+                    .map_err(|e| err(&format!("{key}.discover"), e))?;
             }
             for t in &g.targets {
                 crate::target::split_host_port(t, crate::cli::DEFAULT_PORT)
@@ -329,9 +344,17 @@ impl Config {
             if ping.is_none() && ports.is_none() {
                 return Err(err(&key, "no check: add [group.ping] and/or [group.ports]"));
             }
+            let mut seen = std::collections::BTreeSet::new();
+            if let Some(t) = g.targets.iter().find(|t| !seen.insert(*t)) {
+                return Err(err(
+                    &format!("{key}.targets"),
+                    format!("'{t}' is listed twice"),
+                ));
+            }
             groups.push(Group {
                 name: g.name,
                 targets: g.targets,
+                discover: g.discover,
                 labels: g.labels,
                 key_file: g.key_file,
                 ping,
@@ -434,6 +457,7 @@ impl Config {
             groups: vec![Group {
                 name: "cli".into(),
                 targets,
+                discover: None,
                 labels: BTreeMap::new(),
                 key_file: None,
                 ping: Some(ping),
@@ -486,6 +510,21 @@ mod tests {
         assert!(e.contains("module.x.count"), "{e}");
         let e = error_of("[[group]]\nname='a'\ntargets=[]\n[group.ping]\n");
         assert!(e.contains("group[0].targets"), "{e}");
+    }
+
+    /// The monitor.toml inside the Kubernetes ConfigMap is a valid config.
+    #[test]
+    fn the_kubernetes_config_parses() {
+        let yaml = include_str!("../../../../contrib/kubernetes/udpreach.yaml");
+        let start = yaml.find("monitor.toml: |").unwrap();
+        let toml: String = yaml[start..]
+            .lines()
+            .skip(1)
+            .take_while(|l| l.starts_with("    "))
+            .map(|l| format!("{}\n", &l[4..]))
+            .collect();
+        let c = Config::parse(&toml).unwrap();
+        assert!(c.groups[0].discover.is_some());
     }
 
     #[test]

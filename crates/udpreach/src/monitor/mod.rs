@@ -149,6 +149,46 @@ impl Agent {
     }
 }
 
+/// This host's own address? (Binding to it works only then.)
+fn is_local(ip: std::net::IpAddr) -> bool {
+    std::net::UdpSocket::bind((ip, 0)).is_ok()
+}
+
+/// The configuration with each `discover` group's DNS answer added to its
+/// targets (this host's own addresses left out, sorted, so an unchanged
+/// answer changes nothing). A name that does not resolve adds nothing.
+async fn discovered(cfg: &Config) -> Config {
+    let mut out = cfg.clone();
+    for g in &mut out.groups {
+        let Some(name) = &g.discover else { continue };
+        let Ok((host, port)) = crate::target::split_host_port(name, crate::cli::DEFAULT_PORT)
+        else {
+            continue;
+        };
+        let query = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let answer = tokio::net::lookup_host(query).await;
+        match answer {
+            Ok(addrs) => {
+                let mut found: Vec<String> = addrs
+                    .filter(|a| !is_local(a.ip()))
+                    .map(|a| a.to_string())
+                    .filter(|a| !g.targets.contains(a))
+                    .collect();
+                found.sort();
+                found.dedup();
+                found.truncate(config::MAX_TARGETS);
+                g.targets.extend(found);
+            }
+            Err(e) => tracing::warn!("monitor: discover {name}: {e}"),
+        };
+    }
+    out
+}
+
 fn load(args: &MonitorArgs) -> anyhow::Result<Config> {
     match &args.config {
         Some(path) => Ok(Config::load(path)?),
@@ -195,8 +235,11 @@ pub async fn run(args: MonitorArgs) -> anyhow::Result<u8> {
         sink,
         running: HashMap::new(),
     };
-    agent.apply(&cfg)?;
+    agent.apply(&discovered(&cfg).await)?;
     metrics.reload_success.set(1);
+    let mut rediscover = tokio::time::interval(config::DISCOVER_EVERY);
+    rediscover.tick().await;
+    let mut discovering = cfg.groups.iter().any(|g| g.discover.is_some());
     let endpoint = http::Endpoint::new(metrics.clone(), cfg.modules.clone());
     eprintln!(
         "udpreach: monitor: {} targets, metrics on http://{}/metrics",
@@ -213,6 +256,11 @@ pub async fn run(args: MonitorArgs) -> anyhow::Result<u8> {
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            _ = rediscover.tick(), if discovering => {
+                if let Err(e) = agent.apply(&discovered(&cfg).await) {
+                    tracing::warn!("monitor: discover: {e:#}");
+                }
+            }
             _ = sighup.recv() => {
                 let Some(path) = &args.config else {
                     eprintln!("udpreach: monitor: SIGHUP: no --config file to reload");
@@ -222,15 +270,19 @@ pub async fn run(args: MonitorArgs) -> anyhow::Result<u8> {
                     .map_err(anyhow::Error::from)
                     .and_then(|new| Agent::keys(&new).map(|_| new));
                 match applied {
-                    Ok(new) => {
+                    Ok(mut new) => {
+                        if let Some(l) = args.listen {
+                            new.listen = l;
+                        }
                         if new.listen != cfg.listen {
                             eprintln!("udpreach: monitor: reload: 'listen' changes need a restart; still on {}", cfg.listen);
                         }
-                        match agent.apply(&new) {
+                        match agent.apply(&discovered(&new).await) {
                             Ok((kept, started, stopped)) => {
                                 metrics.reload_success.set(1);
                                 *endpoint.modules.lock().expect("not poisoned") = new.modules.clone();
                                 eprintln!("udpreach: monitor: reloaded '{}': {kept} targets kept, {started} started, {stopped} stopped", path.display());
+                                discovering = new.groups.iter().any(|g| g.discover.is_some());
                                 cfg = new;
                             }
                             Err(e) => {
