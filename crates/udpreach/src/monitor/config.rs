@@ -274,7 +274,7 @@ impl Config {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
-                .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+                .map(|s| 1 + text[..s.start.min(text.len())].matches('\n').count());
             let msg = e.message().replace('\n', " ");
             match line {
                 Some(l) => ConfigError(format!("line {l}: {msg}")),
