@@ -343,7 +343,7 @@ fn prometheus_scrapes_the_agent_and_sees_downstream_loss() {
     let sent = format!("udpreach_probes_sent_total{{target=\"{server}\"}}");
     assert!(
         wait_until(Duration::from_secs(30), || prom_query(lab.client(), &sent)
-            .is_some_and(|v| v >= 300.0)),
+            .is_some_and(|v| v >= 500.0)),
         "Prometheus has no {sent}"
     );
     let down = prom_query(
@@ -356,8 +356,13 @@ fn prometheus_scrapes_the_agent_and_sees_downstream_loss() {
         &format!("udpreach_lost_total{{direction=\"upstream\",target=\"{server}\"}} / ignoring(direction) udpreach_probes_sent_total"),
     )
     .expect("upstream loss ratio");
-    // 300+ probes at 20%: the standard deviation is under 2.5 points.
-    assert!((0.10..=0.30).contains(&down), "downstream loss {down}");
+    // 500 probes at 20%, loss counted per finished window of 100 probes (the
+    // last one still open): expected 0.16..0.20, standard deviation ~2 points.
+    assert!(
+        (0.10..=0.30).contains(&down),
+        "downstream loss {down}:\n{}",
+        metrics(lab.client())
+    );
     assert!(up <= 0.03, "upstream loss {up}");
     let hist = prom_query(
         lab.client(),

@@ -13,7 +13,7 @@ use crate::ports::control::ControlClient;
 use crate::ports::{apply_control, drain_replies, issue_requests, ReplyFilter};
 use crate::target::{resolve_async, unspecified_for, Family};
 use anyhow::Context;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use udpreach_engine::ping::{PingConfig, PingEvent, PingSession};
@@ -59,16 +59,49 @@ async fn resolve(name: &str, m: &TargetMetrics, retry: bool, check: &str) -> Opt
     }
 }
 
-/// The session's counters as last copied to metrics (counters only go up).
-#[derive(Default)]
-struct Published {
+/// A continuous check runs its probes in windows of about this long: one
+/// [`PingSession`] per window, so memory and the cost of a summary stay
+/// flat however long the agent runs. Windows overlap (the next starts on
+/// schedule while the last one's final probes wait for their timeout).
+pub const WINDOW: Duration = Duration::from_secs(30);
+/// Probes per window, whatever the interval.
+pub const WINDOW_PROBES: (u64, u64) = (10, 100);
+
+/// Counters summed over a target's windows.
+#[derive(Clone, Copy, Default)]
+struct Totals {
     sent: u64,
     received: u64,
     duplicates: u64,
     late: u64,
     reordered: u64,
     withheld: u64,
+    /// upstream, downstream, unknown.
     lost: [u64; 3],
+}
+
+impl Totals {
+    /// Adds a window's counters; its loss only once the window is over
+    /// (`finished`): a probe in flight is not lost, and which way a loss
+    /// went is known only after later replies carry the server's counter.
+    fn add(&mut self, s: &udpreach_engine::PingSummary, finished: bool) {
+        self.sent += s.transmitted;
+        self.received += s.received;
+        self.duplicates += s.duplicates;
+        self.late += s.late;
+        self.reordered += s.reordered;
+        if finished {
+            self.withheld += s.withheld;
+            let up = s.upstream_lost.unwrap_or(0);
+            let down = s.downstream_lost.unwrap_or(0);
+            let unknown = s
+                .direction_unknown
+                .unwrap_or_else(|| s.lost.saturating_sub(up + down));
+            self.lost[0] += up;
+            self.lost[1] += down;
+            self.lost[2] += unknown;
+        }
+    }
 }
 
 fn bump(counter: &prometheus_client::metrics::counter::Counter, last: &mut u64, now: u64) {
@@ -78,37 +111,35 @@ fn bump(counter: &prometheus_client::metrics::counter::Counter, last: &mut u64, 
     }
 }
 
-fn publish(session: &PingSession, m: &TargetMetrics, p: &mut Published) {
-    let s = session.summary();
+/// Copies `now` to the target's counters (which only go up) past `published`.
+fn publish(now: &Totals, m: &TargetMetrics, published: &mut Totals) {
     let fam = m.metrics();
     let b = m.base();
-    bump(&fam.sent.get_or_create(b), &mut p.sent, s.transmitted);
-    bump(&fam.replies.get_or_create(b), &mut p.received, s.received);
+    bump(&fam.sent.get_or_create(b), &mut published.sent, now.sent);
+    bump(
+        &fam.replies.get_or_create(b),
+        &mut published.received,
+        now.received,
+    );
     bump(
         &fam.duplicates.get_or_create(b),
-        &mut p.duplicates,
-        s.duplicates,
+        &mut published.duplicates,
+        now.duplicates,
     );
-    bump(&fam.late.get_or_create(b), &mut p.late, s.late);
+    bump(&fam.late.get_or_create(b), &mut published.late, now.late);
     bump(
         &fam.reordered.get_or_create(b),
-        &mut p.reordered,
-        s.reordered,
+        &mut published.reordered,
+        now.reordered,
     );
-    bump(&fam.withheld.get_or_create(b), &mut p.withheld, s.withheld);
-    let up = s.upstream_lost.unwrap_or(0);
-    let down = s.downstream_lost.unwrap_or(0);
-    let unknown = s
-        .direction_unknown
-        .unwrap_or_else(|| s.lost.saturating_sub(up + down));
-    for (i, n) in [up, down, unknown].into_iter().enumerate() {
-        let c = fam
-            .lost
-            .get_or_create(&m.with("direction", super::metrics::DIRECTIONS[i]));
-        bump(&c, &mut p.lost[i], n);
-    }
-    if let Some(addr) = s.server_saw {
-        m.set_seen_address(addr.to_string());
+    bump(
+        &fam.withheld.get_or_create(b),
+        &mut published.withheld,
+        now.withheld,
+    );
+    for (i, d) in super::metrics::DIRECTIONS.iter().enumerate() {
+        let c = fam.lost.get_or_create(&m.with("direction", d));
+        bump(&c, &mut published.lost[i], now.lost[i]);
     }
 }
 
@@ -122,6 +153,21 @@ pub async fn ping(t: PingTarget, m: TargetMetrics, sink: ResultSink) {
         tracing::warn!("monitor: ping {}: {e:#}", t.name);
         m.check("ping", false, None);
     }
+}
+
+/// One window: a session and its own token (so replies find their window).
+struct Window {
+    session: PingSession,
+    builder: PayloadBuilder,
+    /// Probes this window sends.
+    count: u64,
+    /// Seq numbers continue across windows in what the results stream shows.
+    first_seq: u64,
+}
+
+fn probes_per_window(interval: Duration) -> u64 {
+    let n = (WINDOW.as_secs_f64() / interval.as_secs_f64()).ceil() as u64;
+    n.clamp(WINDOW_PROBES.0, WINDOW_PROBES.1)
 }
 
 async fn ping_resolved(
@@ -148,83 +194,143 @@ async fn ping_resolved(
     };
     let sock = AsyncUdp::bind(unspecified_for(&target, 0), &opts)
         .with_context(|| format!("cannot open a UDP socket towards {target}"))?;
-    let token: u64 = rand::random();
-    let builder = PayloadBuilder {
-        token,
-        size,
-        key: t.key.as_ref().map(|k| k.ping_key(token)),
-    };
-    let cfg = PingConfig {
-        count: t.count,
-        interval: t.check.interval,
-        timeout: t.check.timeout,
-        deadline: None,
+    let per_window = t
+        .count
+        .unwrap_or_else(|| probes_per_window(t.check.interval));
+    let new_window = |first_seq: u64, now: Instant| {
+        let token: u64 = rand::random();
+        let cfg = PingConfig {
+            count: Some(per_window),
+            interval: t.check.interval,
+            timeout: t.check.timeout,
+            deadline: None,
+        };
+        Window {
+            session: PingSession::new(cfg, now),
+            builder: PayloadBuilder {
+                token,
+                size,
+                key: t.key.as_ref().map(|k| k.ping_key(token)),
+            },
+            count: per_window,
+            first_seq,
+        }
     };
     let started = Instant::now();
-    let mut session = PingSession::new(cfg, started);
-    let mut published = Published::default();
+    // Oldest first; the last one is sending, the others wait for their last replies.
+    let mut windows: VecDeque<Window> = VecDeque::from([new_window(0, started)]);
+    // The next window starts one interval after the current one's last probe.
+    let mut next_window_at: Option<Instant> = None;
+    let mut sent_in_window = 0u64;
+    let mut finished = Totals::default();
+    let mut published = Totals::default();
     let mut packet = Vec::with_capacity(size);
     let mut buf = vec![0u8; size.max(2048) + 1];
-    let mut next_publish = Instant::now() + PUBLISH_EVERY;
+    let mut next_publish = started + PUBLISH_EVERY;
     loop {
         let now = Instant::now();
-        while let Some(seq) = session.poll_send(now) {
-            builder.build(seq, realtime_ns(), &mut packet);
-            let sent_at = Instant::now();
-            match sock.send_to(&packet, target).await {
-                Ok(_) => session.on_sent(seq, sent_at, None),
-                Err(e) => {
-                    tracing::debug!("monitor: ping {}: send: {e}", t.name);
-                    session.on_send_failed(seq);
+        if t.count.is_none() && next_window_at.is_some_and(|at| now >= at) {
+            let first = windows.back().map_or(0, |w| w.first_seq + w.count);
+            windows.push_back(new_window(first, now));
+            sent_in_window = 0;
+            next_window_at = None;
+        }
+        if let Some(w) = windows.back_mut() {
+            while let Some(seq) = w.session.poll_send(now) {
+                sent_in_window += 1;
+                if sent_in_window == w.count {
+                    next_window_at = Some(now + t.check.interval);
+                }
+                w.builder.build(seq, realtime_ns(), &mut packet);
+                let sent_at = Instant::now();
+                match sock.send_to(&packet, target).await {
+                    Ok(_) => w.session.on_sent(seq, sent_at, None),
+                    Err(e) => {
+                        tracing::debug!("monitor: ping {}: send: {e}", t.name);
+                        w.session.on_send_failed(seq);
+                    }
                 }
             }
         }
-        for ev in session.poll_timeouts(Instant::now()) {
-            if let PingEvent::Timeout { seq, .. } = ev {
-                m.check("ping", false, None);
-                sink.ping(PingResult::new(
-                    &t.name,
-                    &t.group,
-                    seq,
-                    Outcome::Timeout,
-                    None,
-                ));
+        for w in windows.iter_mut() {
+            for ev in w.session.poll_timeouts(Instant::now()) {
+                if let PingEvent::Timeout { seq, .. } = ev {
+                    m.check("ping", false, None);
+                    sink.ping(PingResult::new(
+                        &t.name,
+                        &t.group,
+                        w.first_seq + seq,
+                        Outcome::Timeout,
+                        None,
+                    ));
+                }
             }
         }
-        if session.is_done(Instant::now()) {
-            publish(&session, m, &mut published);
-            if t.count.is_some() {
-                // A one-shot check (`/probe`) succeeds when any probe was answered.
-                let s = session.summary();
-                m.check(
-                    "ping",
-                    s.received > 0,
-                    Some(started.elapsed().as_secs_f64()),
-                );
+        // Windows done (every probe answered or timed out) fold into the totals.
+        while windows.len() > 1 || t.count.is_some() {
+            let Some(w) = windows.front_mut() else { break };
+            if !w.session.is_done(Instant::now()) {
+                break;
             }
+            let s = w.session.summary();
+            tracing::debug!(
+                "monitor: ping {}: window from seq {} done: {} sent, {} replies, {} lost",
+                t.name,
+                w.first_seq,
+                s.transmitted,
+                s.received,
+                s.lost
+            );
+            finished.add(&s, true);
+            windows.pop_front();
+        }
+        if windows.is_empty() {
+            // A one-shot check (`/probe`): it succeeds when any probe was answered.
+            publish(&finished, m, &mut published);
+            m.check(
+                "ping",
+                finished.received > 0,
+                Some(started.elapsed().as_secs_f64()),
+            );
             return Ok(());
         }
         if Instant::now() >= next_publish {
-            publish(&session, m, &mut published);
+            let mut now_totals = finished;
+            let mut seen = None;
+            for w in &windows {
+                let s = w.session.summary();
+                // The newest window that got a stamped reply knows best.
+                seen = s.server_saw.or(seen);
+                now_totals.add(&s, false);
+            }
+            if let Some(addr) = seen {
+                m.set_seen_address(addr.to_string());
+            }
+            publish(&now_totals, m, &mut published);
             next_publish = Instant::now() + PUBLISH_EVERY;
         }
-        let wake = session
-            .next_wakeup()
-            .unwrap_or_else(|| Instant::now() + t.check.interval)
-            .min(next_publish);
+        let mut wake = next_publish;
+        if let (None, Some(at)) = (t.count, next_window_at) {
+            wake = wake.min(at);
+        }
+        for w in &windows {
+            if let Some(at) = w.session.next_wakeup() {
+                wake = wake.min(at);
+            }
+        }
         tokio::select! {
             r = sock.recv_any(&mut buf) => match r {
                 Ok(Received::Datagram(meta)) => {
                     if canonical(meta.from) != canonical(target) {
                         continue;
                     }
-                    let (seq, stamp) = match builder.check(&buf[..meta.len]) {
-                        Reply::Stamped { seq, stamp } => (seq, Some(stamp)),
-                        Reply::Plain { seq } => (seq, None),
-                        _ => continue,
-                    };
-                    let at = Instant::now();
-                    let Some(ev) = session.on_reply_timed(seq, at, None, stamp) else { continue };
+                    let data = &buf[..meta.len];
+                    let Some((w, seq, stamp)) = windows.iter_mut().find_map(|w| match w.builder.check(data) {
+                        Reply::Stamped { seq, stamp } => Some((w, seq, Some(stamp))),
+                        Reply::Plain { seq } => Some((w, seq, None)),
+                        _ => None,
+                    }) else { continue };
+                    let Some(ev) = w.session.on_reply_timed(seq, Instant::now(), None, stamp) else { continue };
                     let (outcome, rtt) = match ev {
                         PingEvent::Reply { rtt, .. } => {
                             m.metrics().rtt.get_or_create(m.base()).observe(rtt.as_secs_f64());
@@ -235,7 +341,7 @@ async fn ping_resolved(
                         PingEvent::Duplicate { rtt, .. } => (Outcome::Duplicate, rtt),
                         _ => continue,
                     };
-                    sink.ping(PingResult::new(&t.name, &t.group, seq, outcome, Some(rtt)));
+                    sink.ping(PingResult::new(&t.name, &t.group, w.first_seq + seq, outcome, Some(rtt)));
                 }
                 Ok(Received::Error(e)) => {
                     if e.error.origin == IcmpOrigin::Local
@@ -243,10 +349,15 @@ async fn ping_resolved(
                     {
                         continue;
                     }
-                    let Some(seq) = builder.seq_of_quote(&e.quoted).or_else(|| session.latest_waiting()) else { continue };
-                    if session.on_icmp_error(seq, e.error.report(), Instant::now()).is_some() {
+                    let found = windows
+                        .iter()
+                        .position(|w| w.builder.seq_of_quote(&e.quoted).is_some())
+                        .unwrap_or(windows.len() - 1);
+                    let w = &mut windows[found];
+                    let Some(seq) = w.builder.seq_of_quote(&e.quoted).or_else(|| w.session.latest_waiting()) else { continue };
+                    if w.session.on_icmp_error(seq, e.error.report(), Instant::now()).is_some() {
                         m.check("ping", false, None);
-                        sink.ping(PingResult::new(&t.name, &t.group, seq, Outcome::IcmpError, None));
+                        sink.ping(PingResult::new(&t.name, &t.group, w.first_seq + seq, Outcome::IcmpError, None));
                     }
                 }
                 Err(e) => tracing::debug!("monitor: ping {}: receive: {e}", t.name),
