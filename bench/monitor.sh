@@ -63,7 +63,7 @@ printf '%-44s %8s %9s %9s\n' "agent ($N targets, 1 probe/s each, ${SECS}s)" 'CPU
 measure "$(pgrep -P $MON || echo $MON)" "udpreach monitor" &
 MP=$!
 wait $MP
-inc sh -c 'exec 3<>/dev/tcp/127.0.0.1/9464; printf "GET /metrics HTTP/1.0\r\n\r\n" >&3; cat <&3' > "$WORK/metrics.txt" || true
+inc bash -c 'exec 3<>/dev/tcp/127.0.0.1/9464; printf "GET /metrics HTTP/1.0\r\n\r\n" >&3; cat <&3' > "$WORK/metrics.txt" || true
 sent=$(grep -h '^udpreach_probes_sent_total' "$WORK/metrics.txt" | awk '{s+=$2} END {print s+0}')
 repl=$(grep -h '^udpreach_replies_total' "$WORK/metrics.txt" | awk '{s+=$2} END {print s+0}')
 echo "  udpreach: probes sent $sent, replies $repl"
@@ -94,5 +94,5 @@ inc prometheus --config.file="$WORK/prom-blackbox.yml" --storage.tsdb.path="$WOR
   --web.listen-address=127.0.0.1:9090 --log.level=error & P2=$!; PIDS+=($P2)
 sleep 5
 measure "$(pgrep -P $BB || echo $BB)" "blackbox_exporter icmp (/probe each 1s)"
-inc sh -c 'exec 3<>/dev/tcp/127.0.0.1/9090; printf "GET /api/v1/query?query=sum(probe_success) HTTP/1.0\r\n\r\n" >&3; cat <&3' | tail -1 | python3 -c "import json,sys; print('  blackbox: targets with probe_success=1 now:', json.load(sys.stdin)['data']['result'][0]['value'][1])" || true
+inc bash -c 'exec 3<>/dev/tcp/127.0.0.1/9090; printf "GET /api/v1/query?query=sum(probe_success) HTTP/1.0\r\n\r\n" >&3; cat <&3' | tail -1 | python3 -c "import json,sys; print('  blackbox: targets with probe_success=1 now:', json.load(sys.stdin)['data']['result'][0]['value'][1])" || true
 kill $BB $P2 2>/dev/null || true

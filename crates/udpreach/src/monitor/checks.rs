@@ -24,7 +24,7 @@ use udpreach_wire::icmp::IcmpOrigin;
 use udpreach_wire::probe::{ProbeHeader, ProbeKind, HEADER_LEN};
 
 /// How often a running ping check copies its session's counters to metrics.
-pub const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+pub const PUBLISH_EVERY: Duration = Duration::from_secs(2);
 /// How long a target that does not resolve waits before trying again.
 pub const RESOLVE_RETRY: Duration = Duration::from_secs(10);
 

@@ -210,6 +210,7 @@ fn load(args: &MonitorArgs) -> anyhow::Result<Config> {
 pub async fn run(args: MonitorArgs) -> anyhow::Result<u8> {
     // One socket per target and check.
     crate::platform::raise_nofile_limit();
+    crate::platform::fixed_mmap_threshold();
     let mut cfg = load(&args)?;
     if let (Some(l), Some(_)) = (args.listen, &args.config) {
         cfg.listen = l;
