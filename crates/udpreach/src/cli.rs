@@ -63,6 +63,13 @@ Exit codes:
   1 some traced port does not pass (dropped, rejected or no answer) some way
   2 usage, connection or protocol error";
 
+const MONITOR_EXIT_CODES: &str = "\
+Exit codes:
+  0 clean shutdown (SIGINT/SIGTERM); unreachable targets are metrics, not errors
+  2 usage or configuration error (one line naming the key), the HTTP address taken
+SIGHUP re-reads --config: unchanged targets keep their counters; a bad file
+keeps the old configuration running (udpreach_config_last_reload_successful 0).";
+
 const SERVER_EXIT_CODES: &str = "\
 Exit codes:
   0 clean shutdown (SIGINT/SIGTERM)
@@ -110,6 +117,9 @@ pub enum Command {
     /// Find the hop that drops or rejects UDP to a port, in each direction (TTL-limited
     /// probes both ways against a udpreach server, or upstream only with --no-server).
     Trace(TraceArgs),
+    /// Probe many targets continuously and export metrics to Prometheus
+    /// (/metrics, /probe?target=..&module=.., /health).
+    Monitor(MonitorArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
     #[command(hide = true)]
     Completions {
@@ -119,7 +129,7 @@ pub enum Command {
     /// Print the man page (roff) on stdout: udpreach(1), or with COMMAND udpreach-COMMAND(1).
     #[command(hide = true)]
     Man {
-        #[arg(value_name = "COMMAND", value_parser = ["server", "ping", "ports", "mtu", "nat", "trace"])]
+        #[arg(value_name = "COMMAND", value_parser = ["server", "ping", "ports", "mtu", "nat", "trace", "monitor"])]
         command: Option<String>,
     },
 }
@@ -490,6 +500,40 @@ pub struct TraceArgs {
     pub json_lines: bool,
 }
 
+#[derive(Args, Debug)]
+#[command(after_help = MONITOR_EXIT_CODES)]
+pub struct MonitorArgs {
+    /// Targets to ping (quick start without a file): HOST or HOST:PORT, default port 4000.
+    #[arg(
+        value_name = "HOST[:PORT]",
+        required_unless_present = "config",
+        conflicts_with = "config"
+    )]
+    pub targets: Vec<String>,
+    /// TOML configuration: groups of targets, checks, labels, /probe modules
+    /// (see contrib/monitor.toml). SIGHUP re-reads it.
+    #[arg(short = 'c', long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// HTTP address of /metrics, /probe and /health [default: 127.0.0.1:9464, or the file's `listen`].
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_listen, help_heading = LISTEN)]
+    pub listen: Option<SocketAddr>,
+    /// Time between ping probes to each target: 10ms..=1h.
+    #[arg(short = 'i', long, value_name = "INTERVAL", default_value = "1s", value_parser = duration_in("interval", "10ms", "1h"), allow_negative_numbers = true, conflicts_with = "config", help_heading = PROBES)]
+    pub interval: Duration,
+    /// Per-probe timeout, 1ms..=1m: a reply after it is late, not lost.
+    #[arg(short = 'W', long, value_name = "DURATION", default_value = "1s", value_parser = duration_in("timeout", "1ms", "1m"), allow_negative_numbers = true, conflicts_with = "config", help_heading = PROBES)]
+    pub timeout: Duration,
+    /// UDP payload size in bytes [default: 64; with a key 80].
+    #[arg(short = 's', long = "size", value_name = "BYTES", value_parser = parse_size, allow_negative_numbers = true, conflicts_with = "config", help_heading = PROBES)]
+    pub size: Option<usize>,
+    /// DSCP code point 0..=63 for outgoing probes.
+    #[arg(long, value_name = "DSCP", value_parser = number_in("DSCP", 0u8, 63), allow_negative_numbers = true, conflicts_with = "config", help_heading = PATH)]
+    pub dscp: Option<u8>,
+    /// Also write one JSON object per result to PATH (`-` or no value: stdout).
+    #[arg(long = "json-lines", value_name = "PATH", num_args = 0..=1, default_missing_value = "-", help_heading = OUTPUT)]
+    pub json_lines: Option<PathBuf>,
+}
+
 impl ServerArgs {
     /// The echo addresses: --listen, else the defaults.
     pub fn listens(&self) -> Vec<SocketAddr> {
@@ -746,7 +790,8 @@ fn parse_size(s: &str) -> Result<usize, String> {
 pub fn man_page(command: Option<&str>, out: &mut dyn std::io::Write) -> std::io::Result<()> {
     use clap::CommandFactory;
     let cli = Cli::command();
-    const PAGES: [(&str, &str); 6] = [
+    const PAGES: [(&str, &str); 7] = [
+        ("monitor", "udpreach-monitor"),
         ("server", "udpreach-server"),
         ("ping", "udpreach-ping"),
         ("ports", "udpreach-ports"),

@@ -5,6 +5,7 @@
 
 mod cli;
 mod control_client;
+mod monitor;
 mod mtu;
 mod nat;
 mod ping;
@@ -105,6 +106,7 @@ fn main() -> ExitCode {
             Command::Mtu(a) => mtu::run(a).await,
             Command::Nat(a) => nat::run(a).await,
             Command::Trace(a) => trace::run(a).await,
+            Command::Monitor(a) => monitor::run(a).await,
             Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
         }
     });

@@ -524,6 +524,18 @@ pub fn default_sigpipe() {
     }
 }
 
+/// Makes glibc serve every allocation of 128 KiB or more with its own
+/// mmap, always (no dynamic threshold): the monitor creates and drops many
+/// large, mostly untouched buffers (RTT histograms), which as fresh
+/// mappings cost only the pages written.
+pub fn fixed_mmap_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator tunable; no pointers involved.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
 /// Raises the soft open-files limit to the hard limit; returns the soft limit now in force.
 pub fn raise_nofile_limit() -> u64 {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};

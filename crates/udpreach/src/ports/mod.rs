@@ -27,7 +27,7 @@ use udpreach_wire::control::ControlMsg;
 use udpreach_wire::probe::{ProbeHeader, ProbeKind, HEADER_LEN};
 
 /// How the sweep ended.
-enum Ending {
+pub(crate) enum Ending {
     Complete,
     Interrupted,
     ControlLost(String),
@@ -89,87 +89,28 @@ pub async fn run(args: PortsArgs) -> anyhow::Result<u8> {
     let mut sigterm =
         signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let session_key = welcome.session_key.clone();
-    let probe_len = if session_key.is_some() {
-        MIN_SEALED_LEN
-    } else {
-        HEADER_LEN
+    let io = SweepIo {
+        udp: &udp,
+        server,
+        token: welcome.token,
+        key: session_key.as_ref(),
     };
-    let mut probe = vec![0u8; probe_len];
-    let mut unauthenticated_replies = 0u64;
-    let mut rbuf = vec![0u8; 2048];
     let mut last_bar = Instant::now();
-    let token = welcome.token;
-
-    let ending = 'sweep: loop {
-        let now = Instant::now();
-        // Replies already queued must count before any timer is judged expired.
-        let accept = ReplyFilter {
-            token,
-            server,
-            key: session_key.as_ref(),
-        };
-        unauthenticated_replies += drain_replies(&udp, &mut rbuf, &mut sweep, &accept);
-        sweep.handle_timeout(now);
-        while let Some(t) = sweep.poll_transmit(Instant::now()) {
-            let (msg, pending) = match t {
-                SweepTransmit::Probe(t) => {
-                    ProbeHeader::request(ProbeKind::PortProbe, token, t.seq)
-                        .encode(&mut probe)
-                        .expect("header fits");
-                    if let Some(k) = &session_key {
-                        k.seal(&mut probe).expect("probe is long enough for a tag");
-                    }
-                    let mut to = server;
-                    to.set_port(t.port);
-                    if let Err(e) = udp.send_to(&probe, to).await {
-                        tracing::debug!("probe to {to}: {e}");
-                    }
-                    continue;
-                }
-                SweepTransmit::Open(ports) => (ControlMsg::Open { ports }, Pending::Open),
-                SweepTransmit::QueryArrivals(ports) => {
-                    (ControlMsg::Arrivals { ports }, Pending::Arrivals)
-                }
-                SweepTransmit::Close(ports) => (ControlMsg::Close { ports }, Pending::Close),
-            };
-            if let Err(e) = ctl.request(msg, pending).await {
-                break 'sweep Ending::ControlLost(e.to_string());
-            }
+    let stop = async {
+        tokio::select! {
+            _ = sigint.recv() => {}
+            _ = sigterm.recv() => {}
         }
-        // Verdicts are read at the end, from `results()`.
-        while sweep.poll_event().is_some() {}
-        if sweep.is_done() {
-            break Ending::Complete;
-        }
+    };
+    let (ending, unauthenticated_replies) = drive(&mut sweep, &mut ctl, &io, stop, |sweep| {
         if let Some(b) = &bar {
             if last_bar.elapsed() > Duration::from_millis(100) {
                 report.update_bar(b, sweep.progress());
                 last_bar = Instant::now();
             }
         }
-        let wake = sweep
-            .poll_timeout()
-            .unwrap_or_else(|| Instant::now() + Duration::from_millis(200));
-        tokio::select! {
-            biased;
-            _ = sigint.recv() => break Ending::Interrupted,
-            _ = sigterm.recv() => break Ending::Interrupted,
-            msg = ctl.recv() => match msg {
-                Ok(m) => match control_answer(&mut ctl, m) {
-                    Ok(input) => sweep.handle_input(input, Instant::now()),
-                    Err(e) => break Ending::ControlLost(e.to_string()),
-                },
-                Err(e) => break Ending::ControlLost(e.to_string()),
-            },
-            r = udp.recv_any(&mut rbuf) => {
-                let accept = ReplyFilter { token, server, key: session_key.as_ref() };
-                if let Ok(got) = r {
-                    unauthenticated_replies += u64::from(!accept.received(&mut sweep, &rbuf, got));
-                }
-            },
-            _ = tokio::time::sleep_until(wake.into()) => {}
-        }
-    };
+    })
+    .await;
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
@@ -203,9 +144,111 @@ pub async fn run(args: PortsArgs) -> anyhow::Result<u8> {
     Ok(code.unwrap_or(if all_ok { 0 } else { 1 }))
 }
 
+/// Where a sweep's probes go and what authenticates them.
+pub(crate) struct SweepIo<'a> {
+    pub udp: &'a AsyncUdp,
+    /// The server's control address (probes go to its IP, each to its port).
+    pub server: std::net::SocketAddr,
+    pub token: u64,
+    pub key: Option<&'a DerivedKey>,
+}
+
+/// The sweep's driver loop, the one every caller (`ports`, `monitor`) runs:
+/// the engine's transmits go out (probes on UDP, requests on the control
+/// channel), replies and control answers go in, until the engine is done,
+/// `stop` completes or the control connection is lost. `tick` runs once per
+/// turn (progress display). Returns how it ended and how many replies failed
+/// authentication.
+pub(crate) async fn drive(
+    sweep: &mut Sweep,
+    ctl: &mut ControlClient,
+    io: &SweepIo<'_>,
+    stop: impl std::future::Future<Output = ()>,
+    mut tick: impl FnMut(&Sweep),
+) -> (Ending, u64) {
+    let probe_len = if io.key.is_some() {
+        MIN_SEALED_LEN
+    } else {
+        HEADER_LEN
+    };
+    let mut probe = vec![0u8; probe_len];
+    let mut unauthenticated_replies = 0u64;
+    let mut rbuf = vec![0u8; 2048];
+    let accept = ReplyFilter {
+        token: io.token,
+        server: io.server,
+        key: io.key,
+    };
+    tokio::pin!(stop);
+    let ending = 'sweep: loop {
+        let now = Instant::now();
+        // Replies already queued must count before any timer is judged expired.
+        unauthenticated_replies += drain_replies(io.udp, &mut rbuf, sweep, &accept);
+        sweep.handle_timeout(now);
+        while let Some(t) = sweep.poll_transmit(Instant::now()) {
+            let (msg, pending) = match t {
+                SweepTransmit::Probe(t) => {
+                    ProbeHeader::request(ProbeKind::PortProbe, io.token, t.seq)
+                        .encode(&mut probe)
+                        .expect("header fits");
+                    if let Some(k) = io.key {
+                        k.seal(&mut probe).expect("probe is long enough for a tag");
+                    }
+                    let mut to = io.server;
+                    to.set_port(t.port);
+                    if let Err(e) = io.udp.send_to(&probe, to).await {
+                        tracing::debug!("probe to {to}: {e}");
+                    }
+                    continue;
+                }
+                SweepTransmit::Open(ports) => (ControlMsg::Open { ports }, Pending::Open),
+                SweepTransmit::QueryArrivals(ports) => {
+                    (ControlMsg::Arrivals { ports }, Pending::Arrivals)
+                }
+                SweepTransmit::Close(ports) => (ControlMsg::Close { ports }, Pending::Close),
+            };
+            if let Err(e) = ctl.request(msg, pending).await {
+                break 'sweep Ending::ControlLost(e.to_string());
+            }
+        }
+        // Verdicts are read at the end, from `results()`.
+        while sweep.poll_event().is_some() {}
+        if sweep.is_done() {
+            break Ending::Complete;
+        }
+        tick(sweep);
+        let wake = sweep
+            .poll_timeout()
+            .unwrap_or_else(|| Instant::now() + Duration::from_millis(200));
+        tokio::select! {
+            biased;
+            _ = &mut stop => break Ending::Interrupted,
+            msg = ctl.recv() => match msg {
+                Ok(m) => match control_answer(ctl, m) {
+                    Ok(input) => sweep.handle_input(input, Instant::now()),
+                    Err(e) => break Ending::ControlLost(e.to_string()),
+                },
+                Err(e) => break Ending::ControlLost(e.to_string()),
+            },
+            r = io.udp.recv_any(&mut rbuf) => {
+                if let Ok(got) = r {
+                    unauthenticated_replies += u64::from(!accept.received(sweep, &rbuf, got));
+                }
+            },
+            _ = tokio::time::sleep_until(wake.into()) => {}
+        }
+    };
+    (ending, unauthenticated_replies)
+}
+
 /// Reads what the socket holds now (bounded, so sends and timers get their
 /// turn); returns how many replies failed authentication.
-fn drain_replies(udp: &AsyncUdp, rbuf: &mut [u8], sweep: &mut Sweep, accept: &ReplyFilter) -> u64 {
+pub(crate) fn drain_replies(
+    udp: &AsyncUdp,
+    rbuf: &mut [u8],
+    sweep: &mut Sweep,
+    accept: &ReplyFilter,
+) -> u64 {
     let mut rejected = 0;
     for _ in 0..8192 {
         match udp.try_recv_any(rbuf) {
@@ -234,15 +277,15 @@ fn on_icmp(sweep: &mut Sweep, server: std::net::SocketAddr, e: &QueuedError) {
 }
 
 /// Which datagrams on the probe socket count as replies.
-struct ReplyFilter<'a> {
-    token: u64,
-    server: std::net::SocketAddr,
-    key: Option<&'a DerivedKey>,
+pub(crate) struct ReplyFilter<'a> {
+    pub(crate) token: u64,
+    pub(crate) server: std::net::SocketAddr,
+    pub(crate) key: Option<&'a DerivedKey>,
 }
 
 impl ReplyFilter<'_> {
     /// Feeds a datagram or an ICMP error to the sweep; false as for [`Self::apply`].
-    fn received(&self, sweep: &mut Sweep, buf: &[u8], got: Received) -> bool {
+    pub(crate) fn received(&self, sweep: &mut Sweep, buf: &[u8], got: Received) -> bool {
         match got {
             Received::Datagram(meta) => self.apply(sweep, &buf[..meta.len], meta.from),
             Received::Error(e) => {

@@ -373,6 +373,7 @@ fn schemas() -> Vec<(&'static str, String)> {
         one::<super::nat::NatLine>("nat-lines.json"),
         one::<super::trace::TraceDocument>("trace.json"),
         one::<super::trace::TraceLine>("trace-lines.json"),
+        one::<crate::monitor::results::MonitorResult>("monitor-lines.json"),
     ]
 }
 
