@@ -10,7 +10,6 @@ pub mod client_handshake;
 pub mod engine;
 pub mod handshake;
 pub mod mtu;
-#[allow(missing_docs)] // being documented now; the allow goes with it
 pub mod nat;
 pub mod ping;
 pub mod rate;
@@ -20,11 +19,9 @@ pub mod responder;
 pub mod rto;
 pub mod server;
 pub mod serverless;
-#[allow(missing_docs)] // being documented now; the allow goes with it
 pub mod stamp;
 pub mod stats;
 pub mod sweep;
-#[allow(missing_docs)] // being documented now; the allow goes with it
 pub mod trace;
 pub mod verdict;
 

@@ -44,8 +44,10 @@ pub enum FlowKind {
     ActiveFlow,
 }
 
+/// How an [`IdleSearch`] runs.
 #[derive(Clone, Debug)]
 pub struct IdleSearchConfig {
+    /// Which traffic each flow carries before it goes silent.
     pub kind: FlowKind,
     /// Longest gap tested.
     pub max_idle: Duration,
@@ -74,6 +76,9 @@ pub struct IdleSearchConfig {
 }
 
 impl IdleSearchConfig {
+    /// The defaults for `kind` up to `max_idle`: gaps from 1 s, 8 gaps per
+    /// round, 3 flows per gap, 1 s grace, 500 ms retransmission, 4 opening
+    /// tries, 3 s of activity, at most 400 flows, parallel rounds.
     pub fn new(kind: FlowKind, max_idle: Duration) -> Self {
         IdleSearchConfig {
             kind,
@@ -102,41 +107,68 @@ impl IdleSearchConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IdleInput {
     /// The server's reply to one of the flow's requests.
-    Reply { flow: u32 },
+    Reply {
+        /// The flow whose socket received it.
+        flow: u32,
+    },
     /// The server's datagram sent after the idle gap.
-    Arrived { flow: u32 },
+    Arrived {
+        /// The flow whose socket received it.
+        flow: u32,
+    },
 }
 
+/// What the driver must do for the search: send on a flow's socket, ask
+/// the server (over the control channel), or close a socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IdleTransmit {
     /// Send one request on the flow's socket (open the socket first time).
-    Request { flow: u32 },
+    Request {
+        /// The flow to send on.
+        flow: u32,
+    },
     /// Ask the server to send to the flow `gap` after its last reply to it.
-    Schedule { flow: u32, gap: Duration },
+    Schedule {
+        /// The flow the server is to send to.
+        flow: u32,
+        /// How long after its last reply to the flow the server sends.
+        gap: Duration,
+    },
     /// The flow is finished: close its socket.
-    Close { flow: u32 },
+    Close {
+        /// The flow whose socket to close.
+        flow: u32,
+    },
 }
 
+/// Progress of the search, and its answer.
 #[derive(Clone, Debug, PartialEq)]
 pub enum IdleEvent {
     /// A round started with these gaps; `deadline` is when its longest gap
     /// ends (for a progress display).
     Round {
+        /// The round's number, from 1.
         round: u32,
+        /// The gaps tested in this round.
         gaps: Vec<Duration>,
+        /// When the round's longest gap (and its grace) ends.
         deadline: Instant,
     },
     /// Every flow of a gap is decided.
     Gap {
+        /// The gap.
         gap: Duration,
+        /// Whether the server's datagram arrived on at least one of its flows.
         survived: bool,
     },
+    /// The search is over, with its answer.
     Done(IdleResult),
 }
 
 /// The answer for one kind of flow.
 #[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct IdleResult {
+    /// The kind of flow tested.
     pub kind: FlowKind,
     /// Longest gap after which the server's datagram arrived (s); null when
     /// none did.
@@ -144,8 +176,11 @@ pub struct IdleResult {
     /// Shortest gap after which no datagram arrived on any of its flows (s);
     /// null when none expired (up to `max_idle_s`).
     pub expired_s: Option<f64>,
+    /// Longest gap tested (s).
     pub max_idle_s: f64,
+    /// Rounds run.
     pub rounds: u32,
+    /// Flows (sockets) opened.
     pub flows: u32,
     /// Why the answer is incomplete, when it is.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -178,6 +213,7 @@ struct GapStat {
     live: u32,
 }
 
+/// The idle-timeout search for one kind of flow (see the module docs).
 pub struct IdleSearch {
     cfg: IdleSearchConfig,
     flows: HashMap<u32, Flow>,
@@ -192,6 +228,7 @@ pub struct IdleSearch {
 }
 
 impl IdleSearch {
+    /// A search configured by `cfg`; nothing is sent before it is polled.
     pub fn new(cfg: IdleSearchConfig) -> Self {
         IdleSearch {
             next_flow: cfg.first_flow,
@@ -207,10 +244,12 @@ impl IdleSearch {
         }
     }
 
+    /// The answer, once the search is done.
     pub fn result(&self) -> Option<&IdleResult> {
         self.result.as_ref()
     }
 
+    /// The kind of flow this search tests.
     pub fn kind(&self) -> FlowKind {
         self.cfg.kind
     }
@@ -589,9 +628,13 @@ pub mod simulated {
     use super::*;
     use crate::testkit::{Limits, LinkConfig, Outcome, Sim};
 
+    /// The simulated NAT (see the module docs).
     #[derive(Clone, Copy, Debug)]
     pub struct SimNat {
+        /// Binding lifetime after the last packet of a flow that is not yet active.
         pub one_exchange: Duration,
+        /// Binding lifetime after the last packet once the flow is active (more
+        /// than 2 s of traffic).
         pub active_flow: Duration,
         /// Each way, for every datagram.
         pub link: LinkConfig,
@@ -800,8 +843,11 @@ mod tests {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Behaviour {
+    /// The same for every remote address and port.
     EndpointIndependent,
+    /// Depends on the remote address only.
     AddressDependent,
+    /// Depends on the remote address and port.
     AddressAndPortDependent,
     /// Not port-dependent; without a second server address (`server
     /// --alt-address`) endpoint-independent cannot be told from
@@ -810,6 +856,7 @@ pub enum Behaviour {
 }
 
 impl Behaviour {
+    /// The behaviour in words, for display.
     pub fn text(self) -> &'static str {
         match self {
             Behaviour::EndpointIndependent => "endpoint-independent",

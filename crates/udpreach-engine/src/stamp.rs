@@ -32,13 +32,16 @@ use udpreach_wire::ServerStamp;
 /// elsewhere is what tells a stateful reflector from a stateless one.
 pub const FIRST_SEQ: u32 = 1 << 20;
 
+/// How a [`StampSender`] runs.
 #[derive(Clone, Debug)]
 pub struct StampSenderConfig {
+    /// Count, interval, timeout and deadline, as for ping.
     pub ping: PingConfig,
     /// HMAC key: authenticated mode.
     pub key: Option<Vec<u8>>,
     /// Session-sender identifier (RFC 8972).
     pub ssid: u16,
+    /// The timestamp format we write (NTP or PTP).
     pub format: TimestampFormat,
     /// Whether our clock is synchronised to UTC (the S bit we send).
     pub synchronized: bool,
@@ -83,13 +86,27 @@ pub fn padded_len(key: bool, class_of_service: bool, size: usize) -> Result<usiz
 #[derive(Clone, Debug)]
 pub enum StampInput {
     /// The send of `seq` failed locally.
-    SendFailed { seq: u64 },
+    SendFailed {
+        /// The packet's ping sequence number.
+        seq: u64,
+    },
     /// The realtime clock just before the send call of `seq`.
-    SendCall { seq: u64, realtime_ns: u64 },
+    SendCall {
+        /// The packet's ping sequence number.
+        seq: u64,
+        /// The realtime clock (Unix ns).
+        realtime_ns: u64,
+    },
     /// The kernel's transmit timestamp of `seq` (realtime ns).
-    TxTimestamp { seq: u64, kernel_ns: u64 },
+    TxTimestamp {
+        /// The packet's ping sequence number.
+        seq: u64,
+        /// The kernel's timestamp (Unix ns).
+        kernel_ns: u64,
+    },
     /// A datagram from the reflector's address.
     Reply {
+        /// The datagram's bytes.
         data: Vec<u8>,
         /// The kernel's receive timestamp (realtime ns).
         kernel_rx_ns: Option<u64>,
@@ -98,7 +115,9 @@ pub enum StampInput {
     },
     /// An ICMP error for `seq` (or for the latest packet in flight).
     Icmp {
+        /// The packet's ping sequence number, when the driver could tell.
         seq: Option<u64>,
+        /// The ICMP error.
         report: IcmpReport,
     },
     /// Stop (Ctrl+C): nothing more is sent or awaited.
@@ -108,7 +127,9 @@ pub enum StampInput {
 /// A test packet to send.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StampTransmit {
+    /// The packet's ping sequence number.
     pub seq: u64,
+    /// The UDP payload.
     pub data: Vec<u8>,
 }
 
@@ -123,20 +144,26 @@ pub struct StampReplyInfo {
     pub reflector_processing_ns: u64,
     /// One-way delays, when both clocks say they are synchronised.
     pub forward_ns: Option<u64>,
+    /// Reflector-to-sender delay (same condition as `forward_ns`).
     pub backward_ns: Option<u64>,
     /// DSCP / ECN our packet arrived at the reflector with (CoS TLV).
     pub reflector_saw_dscp: Option<u8>,
+    /// ECN our packet arrived at the reflector with (CoS TLV).
     pub reflector_saw_ecn: Option<u8>,
     /// DSCP / ECN the reply arrived here with.
     pub reply_dscp: Option<u8>,
+    /// ECN the reply arrived here with.
     pub reply_ecn: Option<u8>,
 }
 
+/// What the sender reports.
 #[derive(Clone, Debug, PartialEq)]
 pub enum StampEvent {
     /// A reply, late reply or duplicate, with what the reflector wrote.
     Reply {
+        /// The reply as ping reports it.
         event: PingEvent,
+        /// What the reflector wrote.
         info: StampReplyInfo,
     },
     /// A timeout or an ICMP error (as ping reports them).
@@ -144,7 +171,9 @@ pub enum StampEvent {
     /// A packet from the reflector's address that is no STAMP reply to us:
     /// too short, or (authenticated mode) a wrong HMAC.
     Ignored {
+        /// The ping sequence number it claimed to answer, if it could be read.
         seq: Option<u64>,
+        /// Whether it was dropped for a wrong HMAC.
         unauthenticated: bool,
     },
 }
@@ -166,14 +195,17 @@ pub enum ReflectorKind {
 pub struct ClassOfServiceSeen {
     /// What we sent and asked the reply to carry.
     pub sent_dscp: u8,
+    /// The ECN we sent.
     pub sent_ecn: u8,
     /// What arrived at the reflector (null: no reply carried the TLV back).
     pub reflector_saw_dscp: Option<u8>,
+    /// The ECN that arrived at the reflector.
     pub reflector_saw_ecn: Option<u8>,
     /// Whether the reflector said it used the DSCP we asked for (RP = 0).
     pub reflector_used_requested_dscp: Option<bool>,
     /// What the reply arrived here with.
     pub reply_dscp: Option<u8>,
+    /// The ECN the reply arrived here with.
     pub reply_ecn: Option<u8>,
     /// Replies whose arrival DSCP at either end differed from what was sent.
     pub remarked_replies: u64,
@@ -182,7 +214,9 @@ pub struct ClassOfServiceSeen {
 /// One-way delays (only when both clocks are marked synchronised).
 #[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct OneWayDelays {
+    /// Sender to reflector.
     pub forward: Option<RttSummary>,
+    /// Reflector to sender.
     pub backward: Option<RttSummary>,
 }
 
@@ -191,6 +225,7 @@ pub struct OneWayDelays {
 pub struct StampSummary {
     /// `open` or `authenticated`.
     pub mode: &'static str,
+    /// Whether the reflector is stateful, as its replies told.
     pub reflector: ReflectorKind,
     /// Whether the reflector marked its clock synchronised (S bit).
     pub reflector_clock_synchronized: Option<bool>,
@@ -203,6 +238,7 @@ pub struct StampSummary {
     pub ignored: u64,
 }
 
+/// The STAMP session-sender (see the module docs).
 pub struct StampSender {
     cfg: StampSenderConfig,
     start: Instant,
@@ -227,6 +263,7 @@ pub struct StampSender {
 const SENT_HISTORY: usize = 1 << 16;
 
 impl StampSender {
+    /// A session configured by `cfg`, starting at `now`.
     pub fn new(cfg: StampSenderConfig, now: Instant) -> Self {
         let cos = cfg.class_of_service.map(|tos| ClassOfServiceSeen {
             sent_dscp: tos >> 2,
@@ -455,6 +492,7 @@ impl StampSender {
         s
     }
 
+    /// What STAMP adds to ping's summary.
     pub fn stamp_summary(&self) -> StampSummary {
         let both_sync = self.cfg.synchronized && self.reflector_sync == Some(true);
         StampSummary {
@@ -565,6 +603,7 @@ pub struct ReflectorSessions {
 }
 
 impl ReflectorSessions {
+    /// At most `capacity` sessions (at least 1), each forgotten after `idle`.
     pub fn new(capacity: usize, idle: Duration) -> Self {
         ReflectorSessions {
             capacity: capacity.max(1),
@@ -602,10 +641,12 @@ impl ReflectorSessions {
         0
     }
 
+    /// Sessions remembered now.
     pub fn len(&self) -> usize {
         self.sessions.len()
     }
 
+    /// Whether no session is remembered.
     pub fn is_empty(&self) -> bool {
         self.sessions.is_empty()
     }
@@ -627,6 +668,7 @@ pub struct ReflectorPolicy {
     pub max_datagram: usize,
     /// Stateful sessions remembered at most, and for how long without a packet.
     pub max_sessions: usize,
+    /// How long a stateful session is remembered without a packet.
     pub session_idle: Duration,
 }
 
@@ -665,20 +707,27 @@ pub struct ReflectorAnswer {
 pub struct StampReflector {
     policy: ReflectorPolicy,
     sessions: ReflectorSessions,
+    /// Requests answered.
     pub replies: u64,
+    /// Requests not answered, by reason.
     pub dropped: std::collections::HashMap<ReflectorDrop, u64>,
 }
 
 /// What arrived: from where, with which TTL and TOS, and when (Unix ns).
 #[derive(Clone, Copy, Debug)]
 pub struct ReflectorRequest {
+    /// The sender's address.
     pub from: SocketAddr,
+    /// The TTL / hop limit it arrived with, if known.
     pub ttl: Option<u8>,
+    /// The TOS / traffic class it arrived with, if known.
     pub tos: Option<u8>,
+    /// When it arrived (Unix ns).
     pub rx_ns: u64,
 }
 
 impl StampReflector {
+    /// A reflector answering by `policy`.
     pub fn new(policy: ReflectorPolicy) -> Self {
         StampReflector {
             sessions: ReflectorSessions::new(policy.max_sessions, policy.session_idle),
@@ -688,6 +737,7 @@ impl StampReflector {
         }
     }
 
+    /// The policy it answers by.
     pub fn policy(&self) -> &ReflectorPolicy {
         &self.policy
     }

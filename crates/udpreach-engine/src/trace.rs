@@ -52,14 +52,18 @@ impl Default for TraceConfig {
     }
 }
 
+/// Shortest automatic wait per attempt.
 pub const MIN_WAIT: Duration = Duration::from_millis(150);
+/// Longest automatic wait per attempt.
 pub const MAX_WAIT: Duration = Duration::from_secs(2);
 const FIRST_WAIT: Duration = Duration::from_secs(1);
 
 /// One probe to send: the driver sets the TTL and sends from the port's socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TraceTransmit {
+    /// The destination port.
     pub port: u16,
+    /// The TTL / hop limit to send with.
     pub ttl: u8,
     /// 0 for the first send of this TTL.
     pub attempt: u8,
@@ -72,35 +76,58 @@ pub enum TraceInput {
     /// An ICMP error (time exceeded from a hop, unreachable from a hop or
     /// the destination).
     Icmp {
+        /// The probe's destination port.
         port: u16,
+        /// The probe's TTL.
         ttl: u8,
+        /// The probe's attempt (0 for the first send).
         attempt: u8,
+        /// The ICMP error.
         error: IcmpError,
     },
     /// The far end confirmed that the probe with this TTL arrived.
-    Arrived { port: u16, ttl: u8, attempt: u8 },
+    Arrived {
+        /// The probe's destination port.
+        port: u16,
+        /// The probe's TTL.
+        ttl: u8,
+        /// The probe's attempt (0 for the first send).
+        attempt: u8,
+    },
 }
 
 /// What one TTL of one port drew.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HopAnswer {
+    /// A hop said the TTL ran out.
     TimeExceeded {
+        /// The hop's address, if known.
         from: Option<IpAddr>,
+        /// Time from the send to the answer, if known.
         rtt: Option<Duration>,
     },
     /// An ICMP error other than time exceeded (unreachable, frag needed...).
     Error {
+        /// The sender's address, if known.
         from: Option<IpAddr>,
+        /// What the error means.
         reason: IcmpReason,
+        /// The ICMP type.
         icmp_type: u8,
+        /// The ICMP code.
         code: u8,
+        /// Time from the send to the answer, if known.
         rtt: Option<Duration>,
     },
     /// The probe reached the far end.
-    Arrived { rtt: Option<Duration> },
+    Arrived {
+        /// Time from the send to the confirmation, if known.
+        rtt: Option<Duration>,
+    },
 }
 
 impl HopAnswer {
+    /// Who sent the ICMP error (`None` for an arrival, or when unknown).
     pub fn from(&self) -> Option<IpAddr> {
         match self {
             HopAnswer::TimeExceeded { from, .. } | HopAnswer::Error { from, .. } => *from,
@@ -108,6 +135,7 @@ impl HopAnswer {
         }
     }
 
+    /// The answer's round-trip time, if known.
     pub fn rtt(&self) -> Option<Duration> {
         match self {
             HopAnswer::TimeExceeded { rtt, .. }
@@ -137,15 +165,20 @@ impl HopAnswer {
 /// Reported as answers come in.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TraceEvent {
+    /// The probe's destination port.
     pub port: u16,
+    /// The probe's TTL.
     pub ttl: u8,
+    /// What it drew.
     pub answer: HopAnswer,
 }
 
 /// Every answer one port drew, by TTL (silent TTLs are absent).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PortTrace {
+    /// The destination port.
     pub port: u16,
+    /// The answer each TTL drew.
     pub hops: BTreeMap<u8, HopAnswer>,
     /// Probes sent for this port.
     pub sent: u32,
@@ -241,6 +274,7 @@ impl TraceProbing {
         &self.results
     }
 
+    /// The answers, one per port in the order given.
     pub fn into_results(self) -> Vec<PortTrace> {
         self.results
     }
@@ -426,6 +460,7 @@ pub enum VerdictKind {
 }
 
 impl VerdictKind {
+    /// The verdict's name in snake case.
     pub fn as_str(self) -> &'static str {
         match self {
             VerdictKind::Passes => "passes",
@@ -439,6 +474,7 @@ impl VerdictKind {
 /// [`analyse`]'s result.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Analysis {
+    /// The verdict.
     pub kind: VerdictKind,
     /// Passes: the TTL at which the port arrived (hop count to the far end).
     pub reached_at: Option<u8>,
