@@ -17,6 +17,7 @@ pub mod server;
 pub mod serverless;
 pub mod stats;
 pub mod sweep;
+pub mod sweep_window;
 pub mod verdict;
 
 /// Seeded RNG, lossy links and a virtual-time driver for engine tests.

@@ -24,6 +24,8 @@ const MAX_FRAME: usize = 65_536 + 64;
 const RECV_BATCH: usize = 64;
 /// How often an idle thread checks whether it should stop.
 const STOP_CHECK: Duration = Duration::from_millis(20);
+/// Pause before sending again when the far interface's backlog was full.
+const CONGESTION_BACKOFF: Duration = Duration::from_micros(50);
 /// A frame sent later than this after its scheduled departure counts as late.
 pub const LATE_THRESHOLD: Duration = Duration::from_micros(200);
 
@@ -48,6 +50,7 @@ struct Counters {
     dropped_held: AtomicU64,
     dropped_oversize: AtomicU64,
     send_errors: AtomicU64,
+    send_retries: AtomicU64,
     checksums_completed: AtomicU64,
     reordered: AtomicU64,
     late: AtomicU64,
@@ -66,7 +69,10 @@ pub struct DirectionStats {
     /// Dropped because [`MAX_HELD_FRAMES`] were held.
     pub dropped_held: u64,
     pub dropped_oversize: u64,
+    /// Frames that failed to send for good.
     pub send_errors: u64,
+    /// Sends retried because the far interface's backlog was full.
+    pub send_retries: u64,
     pub checksums_completed: u64,
     /// Frames sent before one that arrived earlier.
     pub reordered: u64,
@@ -90,6 +96,7 @@ impl Counters {
             dropped_held: get(&self.dropped_held),
             dropped_oversize: get(&self.dropped_oversize),
             send_errors: get(&self.send_errors),
+            send_retries: get(&self.send_retries),
             checksums_completed: get(&self.checksums_completed),
             reordered: get(&self.reordered),
             late: get(&self.late),
@@ -195,11 +202,21 @@ fn forward(
     while !stop.load(Ordering::Relaxed) {
         // Everything due goes out first.
         let now = Instant::now();
+        let mut congested = false;
         while held.peek().is_some_and(|Reverse((t, _, _))| *t <= now) {
             let Reverse((due, seq, frame)) = held.pop().expect("peeked");
             match to.send(&frame) {
                 Ok(()) => {
                     c.frames_out.fetch_add(1, Ordering::Relaxed);
+                }
+                // The far veth's backlog is full (ENOBUFS) or the socket
+                // buffer is: not the emulated network's loss, so keep the
+                // frame and try again shortly (it shows up as lateness).
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOBUFS | libc::EAGAIN)) => {
+                    c.send_retries.fetch_add(1, Ordering::Relaxed);
+                    held.push(Reverse((due, seq, frame)));
+                    congested = true;
+                    break;
                 }
                 Err(_) => {
                     c.send_errors.fetch_add(1, Ordering::Relaxed);
@@ -251,6 +268,10 @@ fn forward(
             };
         }
         if got > 0 {
+            continue;
+        }
+        if congested {
+            std::thread::sleep(CONGESTION_BACKOFF);
             continue;
         }
         // Idle: sleep until the next departure or a frame arrives.

@@ -109,3 +109,68 @@ fn ping_at_50ms_with_jitter_counts_reordering_and_loses_nothing() {
         "reordering not counted: {s} {emulated:?}"
     );
 }
+
+/// A deterministic pick of ports for the blocked sets (xorshift): `percent`
+/// of `ports`, half blocked inbound, half on the return path.
+fn pick(ports: &[u16], percent: u64, seed: u64) -> (Vec<u16>, Vec<u16>) {
+    let mut x = seed;
+    let (mut inbound, mut ret) = (vec![], vec![]);
+    for &p in ports {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        if x % 100 < percent {
+            if x % 2 == 0 {
+                inbound.push(p)
+            } else {
+                ret.push(p)
+            }
+        }
+    }
+    (inbound, ret)
+}
+
+#[test]
+fn sweep_at_50ms_rtt_with_jitter_reordering_loss_and_blocked_ports_is_exact() {
+    if !require_root() {
+        return;
+    }
+    // 50 ms RTT, +-5 ms jitter each way (reordering), 2 % loss each way.
+    let l = Link::emulate(ms(25), ms(5), 0.02, 0);
+    let lab = Lab::emulated(l, l);
+    let _server = start_server(lab.server(), &[]);
+    let ports: Vec<u16> = (20000..23000).collect();
+    let (inbound, ret) = pick(&ports, 10, 0x5eed);
+    lab.server().drop_udp_dport_in(&inbound);
+    lab.client().drop_udp_sport_in(&ret);
+    let o = udpreach(
+        lab.client(),
+        &["ports", "--json", "198.18.0.2", "20000-22999"],
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("bad JSON ({e}): {}\nstderr: {}", stdout(&o), stderr(&o)));
+    assert_eq!(code(&o), 1, "some ports blocked: exit 1: {}", stderr(&o));
+    let mut wrong = vec![];
+    for p in doc["ports"].as_array().unwrap() {
+        let port = p["port"].as_u64().unwrap() as u16;
+        let want = if inbound.contains(&port) {
+            "inbound_blocked"
+        } else if ret.contains(&port) {
+            "return_blocked"
+        } else {
+            "reachable"
+        };
+        if p["verdict"] != want {
+            wrong.push((port, p["verdict"].clone(), want));
+        }
+    }
+    assert!(wrong.is_empty(), "wrong verdicts: {wrong:?}");
+    assert_eq!(doc["counts"]["inbound_blocked"], inbound.len());
+    assert_eq!(doc["counts"]["return_blocked"], ret.len());
+    assert_eq!(doc["total"], ports.len());
+    eprintln!(
+        "3000 ports at 50 ms RTT: {} ms, emulator {:?}",
+        doc["elapsed_ms"],
+        lab.emulator_stats()
+    );
+}
