@@ -2,7 +2,7 @@
 # `udpreach ports` at a given RTT through the lab's link emulator
 # (crates/udpreach-lab-link), with blocked ports and loss, checked port by
 # port; then, on the same link, the seed's serial algorithm
-# (bench/seed_client.py) on 20 ports, two of them blocked.
+# (bench/seed_client.py) and `nmap -sU` on 20 ports, two of them blocked.
 #
 # Usage: bench/sweep_rtt.sh RTT_MS PORTS [LOSS_PCT [BLOCKED_PCT [JITTER_MS [SEED]]]]
 #   RTT_MS 0 = plain veth (no emulator; loss with nftables), else the
@@ -10,7 +10,7 @@
 #   each way. PORTS: a udpreach port spec, e.g. 20000-22999 or 1024-65535.
 #   BLOCKED_PCT of the ports blocked, half inbound (dropped at the server's
 #   input), half return (replies dropped at the client's input).
-#   SEED_PORTS=0 skips the seed algorithm's run.
+#   SEED_PORTS=0 skips the seed algorithm's and nmap's runs.
 source "$(dirname "$0")/lib.sh"
 need nft python3
 RTT=${1:?RTT_MS}; PORTS=${2:?PORTS}; LOSS=${3:-0}; BLOCKED=${4:-0}; JITTER=${5:-0}; SEED=${6:-1}
@@ -76,12 +76,25 @@ if [ "${SEED_PORTS:-20}" != 0 ]; then
   ins nft flush ruleset
   inc nft flush ruleset
   ins nft -f - <<'NFT'
-table inet seed { chain input { type filter hook input priority 0; policy accept; udp dport { 30005, 30015 } drop; } }
+table inet seed {
+  chain input { type filter hook input priority 0; policy accept; udp dport { 30005, 30015 } drop; }
+}
 NFT
   t0=$(date +%s.%N)
   inc python3 "$ROOT/bench/seed_client.py" 198.18.0.2 4000 30000-30019 > "$sets/c.txt" || true
   t1=$(date +%s.%N)
   python3 -c "import sys; n=20; t=float(sys.argv[2])-float(sys.argv[1]); print(f'seed algorithm, 20 ports (2 blocked), same link: {t:.2f} s = {t/n*1000:.0f} ms per port; unreachable reported: {sys.argv[3]}')" "$t0" "$t1" "$(grep -c unreachable "$sets/c.txt" || true)"
+  if command -v nmap >/dev/null; then
+    # nmap -sU on the same 20 ports (closed: the kernel answers port
+    # unreachable, unlimited here; the 2 blocked ones stay silent).
+    ins sysctl -qw net.ipv4.icmp_ratelimit=0 net.ipv4.icmp_msgs_per_sec=1000000 net.ipv4.icmp_msgs_burst=1000000
+    t0=$(date +%s.%N)
+    inc nmap -sU -n -Pn -p 30000-30019 198.18.0.2 > "$sets/n.txt" 2>&1 || true
+    t1=$(date +%s.%N)
+    python3 -c "import sys; n=20; t=float(sys.argv[2])-float(sys.argv[1]); print(f'nmap -sU, same 20 ports, same link: {t:.2f} s = {t/n*1000:.0f} ms per port; open|filtered: {sys.argv[3]}')" "$t0" "$t1" "$(grep -c 'open|filtered' "$sets/n.txt" || true)"
+  else
+    echo "nmap -sU: not installed (apt-get install nmap), skipped"
+  fi
 fi
 if [ "$RTT" != 0 ]; then
   stop_emulator
