@@ -15,7 +15,6 @@
 //! Accuracy (measured, see docs/PERFORMANCE.md "Link emulator"): frames
 //! leave within tens of microseconds of their scheduled time at 10k pps.
 
-pub mod checksum;
 pub mod model;
 pub mod packet_socket;
 pub mod relay;

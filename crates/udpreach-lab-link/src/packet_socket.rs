@@ -11,14 +11,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 /// than being dropped before the emulator sees it.
 const SOCKET_BUFFER_BYTES: libc::c_int = 32 << 20;
 
-/// One received frame.
-pub struct Received {
-    pub len: usize,
-    /// The sender left the UDP/TCP checksum to "hardware" (veth offload):
-    /// the field holds only the pseudo-header sum and must be completed
-    /// before the frame goes out on another interface.
-    pub checksum_pending: bool,
-}
+/// Length of the `struct virtio_net_hdr` before every frame.
+pub const VNET_HEADER_LEN: usize = 10;
 
 pub struct PacketSocket {
     fd: OwnedFd,
@@ -50,7 +44,10 @@ impl PacketSocket {
             let fd = OwnedFd::from_raw_fd(raw);
             let one: libc::c_int = 1;
             set_opt(&fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, one)?;
-            set_opt(&fd, libc::SOL_PACKET, libc::PACKET_AUXDATA, one)?;
+            // Frames come with a virtio-net header (GSO and checksum-offload
+            // state) and go out with it: a TCP super-frame is segmented and
+            // a checksum left to offload completed by the kernel on output.
+            set_opt(&fd, libc::SOL_PACKET, libc::PACKET_VNET_HDR, one)?;
             set_opt(
                 &fd,
                 libc::SOL_SOCKET,
@@ -79,49 +76,30 @@ impl PacketSocket {
         }
     }
 
-    /// Receives one frame into `buf`; `None` when nothing is waiting.
-    pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<Received>> {
-        // SAFETY: msghdr points at `buf` and a local control buffer, both
-        // live for the call; the cmsg walk uses the libc macros.
-        unsafe {
-            let mut iov = libc::iovec {
-                iov_base: buf.as_mut_ptr().cast(),
-                iov_len: buf.len(),
+    /// Receives one frame, preceded by its [`VNET_HEADER_LEN`]-byte
+    /// virtio-net header, into `buf`; the length of both, or `None` when
+    /// nothing is waiting. A length above `buf.len()` means truncated.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        // SAFETY: the pointer and length describe `buf`.
+        let n = unsafe {
+            libc::recv(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_TRUNC,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(None),
+                _ => Err(e),
             };
-            let mut control = [0u64; 16];
-            let mut msg: libc::msghdr = zeroed();
-            msg.msg_iov = &mut iov;
-            msg.msg_iovlen = 1;
-            msg.msg_control = control.as_mut_ptr().cast();
-            msg.msg_controllen = size_of::<[u64; 16]>() as _;
-            let n = libc::recvmsg(self.fd.as_raw_fd(), &mut msg, libc::MSG_TRUNC);
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                return match e.kind() {
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(None),
-                    _ => Err(e),
-                };
-            }
-            let mut checksum_pending = false;
-            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-            while !cmsg.is_null() {
-                if (*cmsg).cmsg_level == libc::SOL_PACKET
-                    && (*cmsg).cmsg_type == libc::PACKET_AUXDATA
-                {
-                    let aux: libc::tpacket_auxdata =
-                        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
-                    checksum_pending = aux.tp_status & libc::TP_STATUS_CSUMNOTREADY != 0;
-                }
-                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-            }
-            Ok(Some(Received {
-                len: n as usize,
-                checksum_pending,
-            }))
         }
+        Ok(Some(n as usize))
     }
 
-    /// Sends one whole Ethernet frame out of the interface.
+    /// Sends one frame, preceded by its virtio-net header, out of the interface.
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
         // SAFETY: the pointer and length describe `frame`.
         let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };

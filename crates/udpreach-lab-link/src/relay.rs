@@ -2,9 +2,8 @@
 //! interface, asks the [`Direction`] model when each leaves, holds it until
 //! then and writes it out of the other interface.
 
-use crate::checksum;
 use crate::model::{Direction, DirectionConfig, Drop};
-use crate::packet_socket::{self, PacketSocket};
+use crate::packet_socket::{self, PacketSocket, VNET_HEADER_LEN};
 use nix::poll::{ppoll, PollFd, PollFlags};
 use nix::sys::time::TimeSpec;
 use std::cmp::Reverse;
@@ -19,7 +18,7 @@ use std::time::{Duration, Instant};
 /// and counted, so a runaway sender cannot exhaust memory.
 pub const MAX_HELD_FRAMES: usize = 1 << 20;
 /// Largest frame relayed (a 64 KiB datagram plus headers).
-const MAX_FRAME: usize = 65_536 + 64;
+const MAX_FRAME: usize = VNET_HEADER_LEN + 65_536 + 64;
 /// Frames read in one go before due frames are sent again.
 const RECV_BATCH: usize = 64;
 /// How often an idle thread checks whether it should stop.
@@ -51,7 +50,6 @@ struct Counters {
     dropped_oversize: AtomicU64,
     send_errors: AtomicU64,
     send_retries: AtomicU64,
-    checksums_completed: AtomicU64,
     reordered: AtomicU64,
     late: AtomicU64,
     lateness_sum_ns: AtomicU64,
@@ -73,7 +71,6 @@ pub struct DirectionStats {
     pub send_errors: u64,
     /// Sends retried because the far interface's backlog was full.
     pub send_retries: u64,
-    pub checksums_completed: u64,
     /// Frames sent before one that arrived earlier.
     pub reordered: u64,
     /// Frames sent more than [`LATE_THRESHOLD`] after their departure time.
@@ -97,7 +94,6 @@ impl Counters {
             dropped_oversize: get(&self.dropped_oversize),
             send_errors: get(&self.send_errors),
             send_retries: get(&self.send_retries),
-            checksums_completed: get(&self.checksums_completed),
             reordered: get(&self.reordered),
             late: get(&self.late),
             lateness_mean_us: get(&self.lateness_sum_ns) / out.max(1) / 1000,
@@ -239,17 +235,17 @@ fn forward(
         // Then whatever arrived.
         let mut got = 0;
         while got < RECV_BATCH {
-            let Some(r) = from.recv(&mut buf)? else {
+            let Some(len) = from.recv(&mut buf)? else {
                 break;
             };
             got += 1;
             let arrived = Instant::now();
             c.frames_in.fetch_add(1, Ordering::Relaxed);
-            if r.len > buf.len() {
+            if len > buf.len() || len <= VNET_HEADER_LEN {
                 c.dropped_oversize.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            match dir.admit(arrived, r.len) {
+            match dir.admit(arrived, len - VNET_HEADER_LEN) {
                 Err(Drop::Random) => c.dropped_random.fetch_add(1, Ordering::Relaxed),
                 Err(Drop::Burst) => c.dropped_burst.fetch_add(1, Ordering::Relaxed),
                 Err(Drop::Queue) => c.dropped_queue.fetch_add(1, Ordering::Relaxed),
@@ -257,10 +253,7 @@ fn forward(
                     c.dropped_held.fetch_add(1, Ordering::Relaxed)
                 }
                 Ok(departure) => {
-                    let mut frame = buf[..r.len].to_vec();
-                    if r.checksum_pending && checksum::complete(&mut frame) {
-                        c.checksums_completed.fetch_add(1, Ordering::Relaxed);
-                    }
+                    let frame = buf[..len].to_vec();
                     held.push(Reverse((departure, arrivals, frame)));
                     arrivals += 1;
                     0
