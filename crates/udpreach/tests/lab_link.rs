@@ -120,7 +120,7 @@ fn pick(ports: &[u16], percent: u64, seed: u64) -> (Vec<u16>, Vec<u16>) {
         x ^= x >> 7;
         x ^= x << 17;
         if x % 100 < percent {
-            if x % 2 == 0 {
+            if x.is_multiple_of(2) {
                 inbound.push(p)
             } else {
                 ret.push(p)

@@ -856,6 +856,8 @@ pub struct Lab {
 
 /// What one direction of an emulated link does (see [`Lab::emulated`]).
 pub use udpreach_lab_link::DirectionConfig as Link;
+// Not every test file that includes the lab uses these.
+#[allow(unused_imports)]
 pub use udpreach_lab_link::{GilbertElliott, RelayStats};
 
 impl Lab {
