@@ -31,15 +31,15 @@ sleep 0.5
 inc "$BIN" ping -i 100us -c 20000 -q --json 198.18.0.2 > /tmp/ua.$$.json || true
 stop_emulator
 python3 - /tmp/ua.$$.json "$LINK_STATS" <<PY
-import json, sys
-s = json.load(open(sys.argv[1]))["summary"]; e = json.load(open(sys.argv[2]))
-r = s["rtt"]
-print(f"(a) 10 ms RTT, 10k pps: sent {s[\"transmitted\"]} at {s[\"send_rate_pps\"]:.0f}/s, received {s[\"received\"]}; "
-      f"RTT min {r[\"min_ms\"]:.3f} p50 {r[\"p50_ms\"]:.3f} p90 {r[\"p90_ms\"]:.3f} p99 {r[\"p99_ms\"]:.3f} max {r[\"max_ms\"]:.3f} ms")
-for d in ("a_to_b", "b_to_a"):
-    x = e[d]
-    print(f"    emulator {d}: lateness mean {x[\"lateness_mean_us\"]} us, max {x[\"lateness_max_us\"]} us, "
-          f"{x[\"late\"]} of {x[\"frames_out\"]} later than 200 us, {x[\"send_retries\"]} send retries, {x[\"send_errors\"]} send errors")
+import json, sys, types
+ns = lambda f: json.load(open(f), object_hook=lambda d: types.SimpleNamespace(**d))
+s = ns(sys.argv[1]).summary; e = ns(sys.argv[2])
+r = s.rtt
+print(f"(a) 10 ms RTT, 10k pps: sent {s.transmitted} at {s.send_rate_pps:.0f}/s, received {s.received}; "
+      f"RTT min {r.min_ms:.3f} p50 {r.p50_ms:.3f} p90 {r.p90_ms:.3f} p99 {r.p99_ms:.3f} max {r.max_ms:.3f} ms")
+for d, x in (("a_to_b", e.a_to_b), ("b_to_a", e.b_to_a)):
+    print(f"    emulator {d}: lateness mean {x.lateness_mean_us} us, max {x.lateness_max_us} us, "
+          f"{x.late} of {x.frames_out} later than 200 us, {x.send_retries} send retries, {x.send_errors} send errors")
 PY
 rm -f /tmp/ua.$$.json'
 
@@ -50,11 +50,11 @@ sleep 0.5
 inc "$BIN" ping -i 1ms -c 4000 -q --json 198.18.0.2 > /tmp/ub.$$.json || true
 stop_emulator
 python3 - /tmp/ub.$$.json "$LINK_STATS" <<PY
-import json, sys
-s = json.load(open(sys.argv[1]))["summary"]; e = json.load(open(sys.argv[2]))
-x = e["a_to_b"]
-print(f"(b) 10 % loss up: ping lost {s[\"lost\"]} of {s[\"transmitted\"]} ({100*s[\"lost\"]/s[\"transmitted\"]:.2f} %), "
-      f"emulator dropped {x[\"dropped_random\"]} of {x[\"frames_in\"]} frames ({100*x[\"dropped_random\"]/max(1,x[\"frames_in\"]):.2f} %)")
+import json, sys, types
+ns = lambda f: json.load(open(f), object_hook=lambda d: types.SimpleNamespace(**d))
+s = ns(sys.argv[1]).summary; x = ns(sys.argv[2]).a_to_b
+print(f"(b) 10 % loss up: ping lost {s.lost} of {s.transmitted} ({100*s.lost/s.transmitted:.2f} %), "
+      f"emulator dropped {x.dropped_random} of {x.frames_in} frames ({100*x.dropped_random/max(1,x.frames_in):.2f} %)")
 PY
 rm -f /tmp/ub.$$.json'
 
@@ -63,7 +63,7 @@ setup_pair
 bg_ins "$BIN" server --listen 198.18.0.2:4000 --plain-echo-rate 1000000
 sleep 0.5
 u=$(inc "$LOAD" 198.18.0.2:4000 4 32 3 64)
-python3 -c "import json,sys; print(f\"(c) plain veth:           {json.loads(sys.argv[1])[\"pps\"]:9.0f} echoes/s\")" "$u"'
+python3 -c "import json,sys,types; pps=json.loads(sys.argv[1], object_hook=lambda d: types.SimpleNamespace(**d)).pps; print(f\"(c) plain veth:           {pps:9.0f} echoes/s\")" "$u"'
 
 scenario '
 setup_emulated "" ""
@@ -71,4 +71,4 @@ bg_ins "$BIN" server --listen 198.18.0.2:4000 --plain-echo-rate 1000000
 sleep 0.5
 u=$(inc "$LOAD" 198.18.0.2:4000 4 32 3 64)
 stop_emulator
-python3 -c "import json,sys; e=json.load(open(sys.argv[2])); print(f\"    through the emulator: {json.loads(sys.argv[1])[\"pps\"]:9.0f} echoes/s (each 2 frames relayed; send retries {e[\"a_to_b\"][\"send_retries\"]+e[\"b_to_a\"][\"send_retries\"]}, errors {e[\"a_to_b\"][\"send_errors\"]+e[\"b_to_a\"][\"send_errors\"]})\")" "$u" "$LINK_STATS"'
+python3 -c "import json,sys,types; ns=lambda t: json.loads(t, object_hook=lambda d: types.SimpleNamespace(**d)); u=ns(sys.argv[1]); e=ns(open(sys.argv[2]).read()); print(f\"    through the emulator: {u.pps:9.0f} echoes/s (each 2 frames relayed; send retries {e.a_to_b.send_retries+e.b_to_a.send_retries}, errors {e.a_to_b.send_errors+e.b_to_a.send_errors})\")" "$u" "$LINK_STATS"'
