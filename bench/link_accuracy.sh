@@ -15,7 +15,7 @@ need python3
 build_release
 build_link
 (cd "$ROOT" && cargo build --release -q -p udpreach --example echo_load)
-LOAD=$ROOT/target/release/examples/echo_load
+export LOAD=$ROOT/target/release/examples/echo_load
 machine
 here=$(cd "$(dirname "$0")" && pwd)
 
