@@ -22,6 +22,7 @@ pub mod serverless;
 pub mod stamp;
 pub mod stats;
 pub mod sweep;
+pub mod sweep_window;
 pub mod trace;
 pub mod verdict;
 

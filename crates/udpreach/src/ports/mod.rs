@@ -69,6 +69,21 @@ pub async fn run(args: PortsArgs) -> anyhow::Result<u8> {
         },
         ..SweepConfig::default()
     };
+    // Probes in flight: the path's bandwidth-delay product (the handshake's
+    // round trip times the probe rate), within what the receive buffer holds.
+    let cfg = SweepConfig {
+        max_in_flight: udpreach_engine::sweep_window::max_in_flight(
+            ctl.handshake_rtt,
+            cfg.rate,
+            udp.recv_buffer_size().unwrap_or(0),
+        ),
+        ..cfg
+    };
+    tracing::debug!(
+        "sweep window: {} probes in flight (handshake RTT {:?})",
+        cfg.max_in_flight,
+        ctl.handshake_rtt
+    );
     let started = Instant::now();
     let mut sweep = Sweep::new(SweepPlan::new(&spec), cfg, started);
     sweep.seed_rtt(ctl.handshake_rtt);

@@ -39,6 +39,12 @@
 //!   fd00:2::fe) <-veth-> (`s-r`: 198.18.2.2/24, fd00:2::2/64) `server`.
 //!   The router forwards IPv4 and IPv6; client and server route by default
 //!   through it.
+//! * [`Lab::emulated`]: like [`Lab::pair`] (same addresses, one subnet), but
+//!   `client` (`c-m`) <-veth-> `middle` (`m-c`, `m-s`, no addresses) <-veth->
+//!   `server` (`s-m`), with the link emulator (crate `udpreach-lab-link`)
+//!   relaying frames in the middle: delay, jitter, loss, burst loss and a
+//!   rate cap per direction (this kernel has no netem). Build the
+//!   per-direction settings with [`Link::emulate`].
 //!
 //! Interface names are fixed (they live inside the namespaces, so parallel
 //! labs never collide); namespace names are `ur<pid>x<counter>-<role>`.
@@ -958,8 +964,17 @@ pub struct Lab {
     router: Option<Host>,
     /// Lab::chain(): r1 (client side) and r2 (server side).
     chain: Vec<Host>,
+    /// The middle namespace of [`Lab::emulated`] and its link emulator.
+    middle: Option<Host>,
+    emulator: Option<udpreach_lab_link::Relay>,
     procs: Registry,
 }
+
+/// What one direction of an emulated link does (see [`Lab::emulated`]).
+pub use udpreach_lab_link::DirectionConfig as Link;
+// Not every test file that includes the lab uses these.
+#[allow(unused_imports)]
+pub use udpreach_lab_link::{GilbertElliott, RelayStats};
 
 impl Lab {
     /// Two namespaces, `client` (198.18.0.1, fd00::1, iface `c-s`) and
@@ -1093,6 +1108,96 @@ impl Lab {
         lab
     }
 
+    /// Like [`Lab::pair`] (client 198.18.0.1 / fd00::1, server 198.18.0.2 /
+    /// fd00::2, one subnet) with a `middle` namespace on the link where the
+    /// link emulator relays every frame: `up` is what client-to-server
+    /// frames go through, `down` the other way. E.g. 50 ms RTT with +-5 ms
+    /// jitter and 2 % loss each way:
+    /// `let l = Link::emulate(ms(25), ms(5), 0.02, 0); Lab::emulated(l, l)`.
+    pub fn emulated(up: Link, down: Link) -> Lab {
+        Lab::emulated_seeded(up, down, 1)
+    }
+
+    /// [`Lab::emulated`] with the emulator's loss/jitter draws seeded.
+    pub fn emulated_seeded(up: Link, down: Link, seed: u64) -> Lab {
+        let mut lab = Lab::empty();
+        let c = lab.add_ns("client", false);
+        let m = lab.add_ns("middle", false);
+        let s = lab.add_ns("server", false);
+        // The middle only relays frames: no addresses, no IPv6 of its own.
+        plumb_ok(&[
+            "ip",
+            "netns",
+            "exec",
+            &m,
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+        ]);
+        let mut ifaces = Vec::new();
+        for (ns, end, mid, v4, v6) in [
+            (&c, "c-m", "m-c", "198.18.0.1", "fd00::1"),
+            (&s, "s-m", "m-s", "198.18.0.2", "fd00::2"),
+        ] {
+            plumb_ok(&[
+                "ip", "link", "add", end, "netns", ns, "type", "veth", "peer", "name", mid,
+                "netns", &m,
+            ]);
+            plumb_ok(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{v4}/24"),
+                "dev",
+                end,
+            ]);
+            plumb_ok(&[
+                "ip",
+                "-n",
+                ns,
+                "-6",
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                end,
+                "nodad",
+            ]);
+            plumb_ok(&["ip", "-n", ns, "link", "set", "dev", end, "up"]);
+            plumb_ok(&["ip", "-n", &m, "link", "set", "dev", mid, "up"]);
+            ifaces.push(Iface {
+                name: end.into(),
+                ip4: v4.parse().unwrap(),
+                ip6: v6.parse().unwrap(),
+                peer_ns: m.clone(),
+                peer_iface: mid.into(),
+            });
+        }
+        let middle = lab.host(m, "middle", Vec::new());
+        let cfg = udpreach_lab_link::RelayConfig {
+            a: "m-c".into(),
+            b: "m-s".into(),
+            a_to_b: up,
+            b_to_a: down,
+            seed,
+        };
+        let relay = middle
+            .enter(move || udpreach_lab_link::Relay::start(&cfg))
+            .unwrap_or_else(|e| panic!("lab setup: link emulator: {e}"));
+        lab.emulator = Some(relay);
+        lab.middle = Some(middle);
+        let server_iface = ifaces.pop().unwrap();
+        let client_iface = ifaces.pop().unwrap();
+        lab.client = Some(lab.host(c, "client", vec![client_iface]));
+        lab.server = Some(lab.host(s, "server", vec![server_iface]));
+        lab.wait_ready();
+        lab
+    }
+
     /// Lab::chain()'s router next to the client.
     pub fn r1(&self) -> &Host {
         self.chain
@@ -1105,6 +1210,22 @@ impl Lab {
         self.chain
             .get(1)
             .expect("this lab has no r2: use Lab::chain()")
+    }
+
+    /// The middle namespace of [`Lab::emulated`].
+    pub fn middle(&self) -> &Host {
+        self.middle
+            .as_ref()
+            .expect("this lab has no middle: use Lab::emulated()")
+    }
+
+    /// Counters of the link emulator of [`Lab::emulated`] so far
+    /// (`a_to_b` is client to server).
+    pub fn emulator_stats(&self) -> RelayStats {
+        self.emulator
+            .as_ref()
+            .expect("this lab has no link emulator: use Lab::emulated()")
+            .stats()
     }
 
     /// The client namespace.
@@ -1165,6 +1286,8 @@ impl Lab {
             server: None,
             router: None,
             chain: Vec::new(),
+            middle: None,
+            emulator: None,
             procs: Arc::default(),
         }
     }
@@ -1272,6 +1395,8 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        // 0. The link emulator's threads (in this process).
+        drop(self.emulator.take());
         // 1. Our own processes, whole process groups.
         let procs: Vec<Arc<ProcInner>> = lock(&self.procs).drain(..).collect();
         for p in &procs {

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# `udpreach ports` at a given RTT through the lab's link emulator
+# (crates/udpreach-lab-link), with blocked ports and loss, checked port by
+# port; then, on the same link, the seed's serial algorithm
+# (bench/seed_client.py) and `nmap -sU` on 20 ports, two of them blocked.
+#
+# Usage: bench/sweep_rtt.sh RTT_MS PORTS [LOSS_PCT [BLOCKED_PCT [JITTER_MS [SEED]]]]
+#   RTT_MS 0 = plain veth (no emulator; loss with nftables), else the
+#   emulator with RTT_MS/2 each way, +-JITTER_MS (reordering), LOSS_PCT loss
+#   each way. PORTS: a udpreach port spec, e.g. 20000-22999 or 1024-65535.
+#   BLOCKED_PCT of the ports blocked, half inbound (dropped at the server's
+#   input), half return (replies dropped at the client's input).
+#   SEED_PORTS=0 skips the seed algorithm's and nmap's runs.
+source "$(dirname "$0")/lib.sh"
+need nft python3
+RTT=${1:?RTT_MS}; PORTS=${2:?PORTS}; LOSS=${3:-0}; BLOCKED=${4:-0}; JITTER=${5:-0}; SEED=${6:-1}
+build_release
+build_link
+if [ "$RTT" = 0 ]; then
+  setup_pair
+else
+  half=$(python3 -c "print($RTT / 2)")
+  spec="delay=${half}ms,jitter=${JITTER}ms,loss=${LOSS}%"
+  setup_emulated "$spec" "$spec"
+fi
+machine
+bg_ins "$BIN" server --listen 198.18.0.2:4000 --allow-ports 1024-65535
+sleep 0.5
+
+sets=$(mktemp -d)
+python3 - "$SEED" "$sets" "$PORTS" "$BLOCKED" "$([ "$RTT" = 0 ] && echo "$LOSS" || echo 0)" <<'PY'
+import random, sys
+seed, d, spec, blocked_pct, nft_loss = int(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
+ports = []
+for part in spec.split(","):
+    a, _, b = part.partition("-")
+    ports += range(int(a), int(b or a) + 1)
+ports = [p for p in ports if p != 4000]
+rnd = random.Random(seed)
+blocked = rnd.sample(ports, int(len(ports) * blocked_pct / 100))
+inbound, ret = blocked[::2], blocked[1::2]
+open(f"{d}/inbound", "w").write("\n".join(map(str, sorted(inbound))))
+open(f"{d}/return", "w").write("\n".join(map(str, sorted(ret))))
+def ruleset(name, key, ports):
+    elements = f" set {name} {{ type inet_service; elements = {{ {', '.join(map(str, ports))} }} }}\n" if ports else ""
+    match = f"  udp {key} @{name} drop\n" if ports else ""
+    loss = f"  meta l4proto udp numgen random mod 100 < {int(nft_loss)} drop\n" if nft_loss else ""
+    return (f"table inet bench {{\n{elements}"
+            f" chain input {{ type filter hook input priority 0; policy accept;\n{match}{loss} }}\n}}\n")
+open(f"{d}/server.nft", "w").write(ruleset("inb", "dport", inbound))
+open(f"{d}/client.nft", "w").write(ruleset("ret", "sport", ret))
+PY
+ins nft -f "$sets/server.nft"
+inc nft -f "$sets/client.nft"
+
+t0=$(date +%s.%N)
+inc "$BIN" ports 198.18.0.2 "$PORTS" --json > "$sets/a.json" || true
+t1=$(date +%s.%N)
+python3 - "$sets" "$t0" "$t1" "$RTT" "$JITTER" "$LOSS" "$BLOCKED" <<'PY'
+import json, sys
+d, t0, t1 = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+rtt, jitter, loss, blocked = sys.argv[4:8]
+doc = json.load(open(f"{d}/a.json"))
+inbound = set(map(int, open(f"{d}/inbound").read().split()))
+ret = set(map(int, open(f"{d}/return").read().split()))
+want = lambda p: "denied_by_server" if p == 4000 else "inbound_blocked" if p in inbound else "return_blocked" if p in ret else "reachable"
+wrong = [(p["port"], p["verdict"], want(p["port"])) for p in doc["ports"] if p["verdict"] != want(p["port"])]
+link = f"RTT {rtt} ms +-{jitter} ms" if rtt != "0" else "plain veth"
+print(f"udpreach ports, {doc['total']} ports, {link}, {loss}% loss each way, {blocked}% blocked "
+      f"({len(inbound)} inbound, {len(ret)} return): sweep {doc['elapsed_ms']/1000:.2f} s (wall {t1 - t0:.2f} s), "
+      f"probes {doc['probes_sent']}, wrong verdicts {len(wrong)} {wrong[:5]}")
+PY
+
+if [ "${SEED_PORTS:-20}" != 0 ]; then
+  # The seed algorithm on 20 ports of the same link, 2 of them blocked inbound.
+  ins nft flush ruleset
+  inc nft flush ruleset
+  ins nft -f - <<'NFT'
+table inet seed {
+  chain input { type filter hook input priority 0; policy accept; udp dport { 30005, 30015 } drop; }
+}
+NFT
+  t0=$(date +%s.%N)
+  inc python3 "$ROOT/bench/seed_client.py" 198.18.0.2 4000 30000-30019 > "$sets/c.txt" || true
+  t1=$(date +%s.%N)
+  python3 -c "import sys; n=20; t=float(sys.argv[2])-float(sys.argv[1]); print(f'seed algorithm, 20 ports (2 blocked), same link: {t:.2f} s = {t/n*1000:.0f} ms per port; unreachable reported: {sys.argv[3]}')" "$t0" "$t1" "$(grep -c unreachable "$sets/c.txt" || true)"
+  if command -v nmap >/dev/null; then
+    # nmap -sU on the same 20 ports (closed: the kernel answers port
+    # unreachable, unlimited here; the 2 blocked ones stay silent).
+    ins sysctl -qw net.ipv4.icmp_ratelimit=0 net.ipv4.icmp_msgs_per_sec=1000000 net.ipv4.icmp_msgs_burst=1000000
+    t0=$(date +%s.%N)
+    inc nmap -sU -n -Pn -p 30000-30019 198.18.0.2 > "$sets/n.txt" 2>&1 || true
+    t1=$(date +%s.%N)
+    python3 -c "import sys; n=20; t=float(sys.argv[2])-float(sys.argv[1]); print(f'nmap -sU, same 20 ports, same link: {t:.2f} s = {t/n*1000:.0f} ms per port; open|filtered: {sys.argv[3]}')" "$t0" "$t1" "$(grep -c 'open|filtered' "$sets/n.txt" || true)"
+  else
+    echo "nmap -sU: not installed (apt-get install nmap), skipped"
+  fi
+fi
+if [ "$RTT" != 0 ]; then
+  stop_emulator
+  python3 - "$LINK_STATS" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+for d in ("a_to_b", "b_to_a"):
+    x = s[d]
+    print(f"emulator {d}: {x['frames_in']} in, {x['frames_out']} out, dropped {x['dropped_random']} random, "
+          f"{x['send_retries']} send retries, {x['send_errors']} send errors, {x['reordered']} reordered, "
+          f"lateness mean {x['lateness_mean_us']} us max {x['lateness_max_us']} us, late (>200 us) {x['late']}")
+PY
+fi
+rm -rf "$sets"

@@ -1,0 +1,176 @@
+//! The lab's link emulator (`Lab::emulated`, crate `udpreach-lab-link`):
+//! its self-test (delay and loss within the stated accuracy) and ping
+//! across it at 50 ms RTT with jitter and reordering.
+
+mod lab;
+mod util;
+
+use lab::{require_root, Lab, Link};
+use std::time::Duration;
+use util::*;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Stated accuracy of the emulator's delay (docs/PERFORMANCE.md "Link
+/// emulator"): the median RTT through it is within this of the configured
+/// RTT (the veths and the echo themselves add tens of microseconds).
+const DELAY_TOLERANCE_MS: f64 = 1.0;
+
+#[test]
+fn emulator_delay_and_loss_are_within_the_stated_accuracy() {
+    if !require_root() {
+        return;
+    }
+    // 25 ms each way, 10 % loss client to server only.
+    let lab = Lab::emulated(
+        Link::emulate(ms(25), ms(0), 0.10, 0),
+        Link::emulate(ms(25), ms(0), 0.0, 0),
+    );
+    let _server = start_server(lab.server(), &[]);
+    let target = lab.server().ip4().to_string();
+    let o = udpreach(
+        lab.client(),
+        &[
+            "ping",
+            "-c",
+            "400",
+            "-i",
+            "2ms",
+            "-q",
+            "--json-lines",
+            &target,
+        ],
+    );
+    assert!(matches!(code(&o), 0 | 1), "{}", stderr(&o));
+    let s = summary(&o);
+    let p50 = s["rtt"]["p50_ms"].as_f64().unwrap();
+    let min = s["rtt"]["min_ms"].as_f64().unwrap();
+    assert!(min >= 50.0, "an RTT below the emulated 50 ms: {s}");
+    assert!(
+        (p50 - 50.0).abs() <= DELAY_TOLERANCE_MS,
+        "median RTT {p50} ms, configured 50 ms: {s}"
+    );
+    // Loss: what the emulator dropped is what ping saw lost, all upstream.
+    let stats = lab.emulator_stats();
+    let dropped = stats.a_to_b.dropped_random;
+    assert_eq!(s["lost"].as_u64().unwrap(), dropped, "{s} {stats:?}");
+    // 10 % of 400 (+ the handshake): binomial sd is 6, allow 5 sd.
+    assert!((10..=70).contains(&dropped), "{dropped} of 400 dropped");
+    assert_eq!(stats.b_to_a.dropped_random, 0);
+    assert_eq!(stats.a_to_b.send_errors + stats.b_to_a.send_errors, 0);
+}
+
+#[test]
+fn ping_at_50ms_with_jitter_counts_reordering_and_loses_nothing() {
+    if !require_root() {
+        return;
+    }
+    // +-5 ms jitter each way, reordering: probes 1 ms apart overtake each other.
+    let l = Link::emulate(ms(25), ms(5), 0.0, 0);
+    let lab = Lab::emulated(l, l);
+    let _server = start_server(lab.server(), &[]);
+    let target = lab.server().ip4().to_string();
+    let o = udpreach(
+        lab.client(),
+        &[
+            "ping",
+            "-c",
+            "500",
+            "-i",
+            "1ms",
+            "-q",
+            "--json-lines",
+            &target,
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let s = summary(&o);
+    assert_eq!(s["received"], 500, "a late reply counted as lost: {s}");
+    assert_eq!(s["lost"], 0, "{s}");
+    let p50 = s["rtt"]["p50_ms"].as_f64().unwrap();
+    let (min, max) = (
+        s["rtt"]["min_ms"].as_f64().unwrap(),
+        s["rtt"]["max_ms"].as_f64().unwrap(),
+    );
+    assert!(
+        (p50 - 50.0).abs() <= 1.5,
+        "median RTT {p50} ms, configured 50 ms +- 10 ms: {s}"
+    );
+    // Never faster than the shortest emulated path. No upper bound on the
+    // worst case: on a loaded machine a late wake-up of any process on the
+    // path shows up there (the emulator counts its own: `late`).
+    assert!(min >= 40.0 && max > min, "{s}");
+    let reordered = s["reordered"].as_u64().unwrap();
+    let emulated = lab.emulator_stats();
+    assert!(
+        reordered > 0 && emulated.b_to_a.reordered > 0,
+        "reordering not counted: {s} {emulated:?}"
+    );
+}
+
+/// A deterministic pick of ports for the blocked sets (xorshift): `percent`
+/// of `ports`, half blocked inbound, half on the return path.
+fn pick(ports: &[u16], percent: u64, seed: u64) -> (Vec<u16>, Vec<u16>) {
+    let mut x = seed;
+    let (mut inbound, mut ret) = (vec![], vec![]);
+    for &p in ports {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        if x % 100 < percent {
+            if x.is_multiple_of(2) {
+                inbound.push(p)
+            } else {
+                ret.push(p)
+            }
+        }
+    }
+    (inbound, ret)
+}
+
+#[test]
+fn sweep_at_50ms_rtt_with_jitter_reordering_loss_and_blocked_ports_is_exact() {
+    if !require_root() {
+        return;
+    }
+    // 50 ms RTT, +-5 ms jitter each way (reordering), 2 % loss each way.
+    let l = Link::emulate(ms(25), ms(5), 0.02, 0);
+    let lab = Lab::emulated(l, l);
+    let _server = start_server(lab.server(), &[]);
+    let ports: Vec<u16> = (20000..23000).collect();
+    let (inbound, ret) = pick(&ports, 10, 0x5eed);
+    lab.server().drop_udp_dport_in(&inbound);
+    lab.client().drop_udp_sport_in(&ret);
+    let o = udpreach(
+        lab.client(),
+        &["ports", "--json", "198.18.0.2", "20000-22999"],
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("bad JSON ({e}): {}\nstderr: {}", stdout(&o), stderr(&o)));
+    assert_eq!(code(&o), 1, "some ports blocked: exit 1: {}", stderr(&o));
+    let mut wrong = vec![];
+    for p in doc["ports"].as_array().unwrap() {
+        let port = p["port"].as_u64().unwrap() as u16;
+        let want = if inbound.contains(&port) {
+            "inbound_blocked"
+        } else if ret.contains(&port) {
+            "return_blocked"
+        } else {
+            "reachable"
+        };
+        if p["verdict"] != want {
+            wrong.push((port, p["verdict"].clone(), want));
+        }
+    }
+    assert!(wrong.is_empty(), "wrong verdicts: {wrong:?}");
+    assert_eq!(doc["counts"]["inbound_blocked"], inbound.len());
+    assert_eq!(doc["counts"]["return_blocked"], ret.len());
+    assert_eq!(doc["total"], ports.len());
+    eprintln!(
+        "3000 ports at 50 ms RTT: {} ms, emulator {:?}",
+        doc["elapsed_ms"],
+        lab.emulator_stats()
+    );
+}
