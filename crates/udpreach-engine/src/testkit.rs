@@ -4,7 +4,7 @@
 //! simulated network. Built for the engine's own unit tests and, with the
 //! `testkit` feature, for other crates' tests.
 //!
-//! ```ignore
+//! ```text
 //! let mut sim = Sim::new(seed);
 //! let up = LinkConfig::lossy(Duration::from_millis(25), 0.05);
 //! let outcome = sim.run(&mut engine, Limits::default(), |sim, transmit| {
