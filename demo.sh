@@ -33,7 +33,7 @@ meaning() {
     ping:0) echo "at least one reply" ;;
     ping:1) echo "no reply at all" ;;
     ports:0) echo "every requested port is reachable" ;;
-    ports:1) echo "some requested port is not reachable; the lines above say which and why (denied_by_server: outside the server's --allow-ports, 1024-65535 by default, or one of its own ports)" ;;
+    ports:1) echo "some requested port is not reachable; the lines above say which and why (denied_by_server: outside the server's --allow-ports (by default 1024-65535 less the host's ephemeral range) or one of its own ports)" ;;
     *:2) echo "usage or local error, see the message above" ;;
     *) echo "see udpreach $1 --help" ;;
   esac
