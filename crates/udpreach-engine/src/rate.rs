@@ -96,12 +96,34 @@ pub struct SourceLimiter<K> {
     buckets: HashMap<K, TokenBucket>,
     rate_pps: u32,
     capacity: usize,
-    last_purge: Option<Instant>,
+    purge: PurgeThrottle,
 }
 
-/// How often a full table is swept for forgettable buckets (bounds the work a
+/// How often a full table is swept for forgettable entries (bounds the work a
 /// flood of new sources can cause).
-const PURGE_EVERY: Duration = Duration::from_millis(100);
+pub const PURGE_EVERY: Duration = Duration::from_millis(100);
+
+/// When a bounded per-source table may sweep itself for forgettable
+/// entries: at most once every [`PURGE_EVERY`], so a flood of new sources
+/// against a full table costs one sweep per interval, not one per datagram.
+/// Shared by [`SourceLimiter`] and the reply budget's table.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PurgeThrottle {
+    last: Option<Instant>,
+}
+
+impl PurgeThrottle {
+    /// True (and the sweep counted as done now) when a sweep is due.
+    pub fn due(&mut self, now: Instant) -> bool {
+        let due = self
+            .last
+            .is_none_or(|t| now.saturating_duration_since(t) >= PURGE_EVERY);
+        if due {
+            self.last = Some(now);
+        }
+        due
+    }
+}
 
 impl<K: Hash + Eq + Clone> SourceLimiter<K> {
     /// `rate_pps` per key, at most `capacity` keys remembered (idle full buckets are forgotten first).
@@ -110,7 +132,7 @@ impl<K: Hash + Eq + Clone> SourceLimiter<K> {
             buckets: HashMap::new(),
             rate_pps,
             capacity: capacity.max(1),
-            last_purge: None,
+            purge: PurgeThrottle::default(),
         }
     }
 
@@ -122,13 +144,9 @@ impl<K: Hash + Eq + Clone> SourceLimiter<K> {
             return b.try_take(now);
         }
         if self.buckets.len() >= self.capacity {
-            let due = self
-                .last_purge
-                .is_none_or(|t| now.saturating_duration_since(t) >= PURGE_EVERY);
-            if !due {
+            if !self.purge.due(now) {
                 return false;
             }
-            self.last_purge = Some(now);
             self.buckets.retain(|_, b| !b.is_full_at(now));
             if self.buckets.len() >= self.capacity {
                 return false;

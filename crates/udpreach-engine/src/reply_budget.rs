@@ -13,9 +13,10 @@
 //! full of addresses still being limited, new addresses get nothing (fails
 //! closed). Entries with a session are never forgotten while it lasts.
 
+use crate::rate::PurgeThrottle;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Default replies per second to one address without a session.
 pub const DEFAULT_BUDGET_PPS: u32 = 1000;
@@ -27,8 +28,6 @@ pub const DEFAULT_BUDGET_BYTES: u64 = 2 << 20;
 pub const DEFAULT_SESSION_BYTES: u64 = 16 << 20;
 /// Most addresses with a budget entry at once.
 pub const MAX_DESTINATIONS: usize = 16_384;
-/// How often a full table is swept for forgettable entries.
-const PURGE_EVERY: Duration = Duration::from_millis(100);
 
 /// Rates of the budget (`udpreach server --reply-budget`, `--reply-budget-bytes`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,7 +81,7 @@ pub struct ReplyBudget {
     rates: BudgetRates,
     capacity: usize,
     entries: HashMap<IpAddr, Entry>,
-    last_purge: Option<Instant>,
+    purge: PurgeThrottle,
 }
 
 impl ReplyBudget {
@@ -97,7 +96,7 @@ impl ReplyBudget {
             rates,
             capacity: capacity.max(1),
             entries: HashMap::new(),
-            last_purge: None,
+            purge: PurgeThrottle::default(),
         }
     }
 
@@ -174,18 +173,14 @@ impl ReplyBudget {
     }
 
     /// True when there is room for one more entry (after forgetting full,
-    /// session-less ones, at most every [`PURGE_EVERY`]).
+    /// session-less ones, at most every [`crate::rate::PURGE_EVERY`]).
     fn make_room(&mut self, now: Instant) -> bool {
         if self.entries.len() < self.capacity {
             return true;
         }
-        let due = self
-            .last_purge
-            .is_none_or(|t| now.saturating_duration_since(t) >= PURGE_EVERY);
-        if !due {
+        if !self.purge.due(now) {
             return false;
         }
-        self.last_purge = Some(now);
         let (pps, bps) = self.limits(0);
         self.entries.retain(|_, e| {
             let dt = now.saturating_duration_since(e.last).as_secs_f64();
@@ -199,6 +194,7 @@ impl ReplyBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn ip(n: u32) -> IpAddr {
         IpAddr::V4(std::net::Ipv4Addr::from(0xC612_0000 + n))
