@@ -229,9 +229,35 @@ pub struct KeyArgs {
 }
 
 /// Default probe size without a key; with one, [`udpreach_wire::auth::MIN_SEALED_LEN`].
+/// The output flags every reporting command shares; each command words
+/// their help for what it prints (`mut_arg` on the command).
+#[derive(Args, Debug, Clone, Copy)]
+pub struct OutputArgs {
+    /// Print less.
+    #[arg(short = 'q', long, help_heading = OUTPUT)]
+    pub quiet: bool,
+    /// One JSON document at the end.
+    #[arg(long, conflicts_with = "json_lines", help_heading = OUTPUT)]
+    pub json: bool,
+    /// One JSON object per line as it happens.
+    #[arg(long = "json-lines", help_heading = OUTPUT)]
+    pub json_lines: bool,
+}
+
+impl OutputArgs {
+    pub fn format(&self) -> crate::report::OutputFormat {
+        crate::report::OutputFormat::from_flags(self.json, self.json_lines)
+    }
+}
+
 pub const DEFAULT_PING_SIZE: usize = 64;
 
 #[derive(Args, Debug)]
+#[command(
+    mut_arg("quiet", |a| a.help("Print only the summary")),
+    mut_arg("json", |a| a.help("One JSON document at the end: start, events and summary (-q: no events)")),
+    mut_arg("json_lines", |a| a.help("One JSON object per line as it happens: start, each event, summary (-q: the summary only)"))
+)]
 #[command(after_help = PING_EXIT_CODES)]
 pub struct PingArgs {
     /// Target: HOST, HOST:PORT, [IPv6]:PORT or an IPv6 literal (zone ids as fe80::1%eth0). Default port 4000.
@@ -271,15 +297,8 @@ pub struct PingArgs {
     /// Set Don't Fragment: oversize probes fail instead of being fragmented.
     #[arg(long, help_heading = PATH)]
     pub df: bool,
-    /// Print only the summary.
-    #[arg(short = 'q', long, help_heading = OUTPUT)]
-    pub quiet: bool,
-    /// One JSON document at the end: start, events and summary (-q: no events).
-    #[arg(long, conflicts_with = "json_lines", help_heading = OUTPUT)]
-    pub json: bool,
-    /// One JSON object per line as it happens: start, each event, summary (-q: the summary only).
-    #[arg(long = "json-lines", help_heading = OUTPUT)]
-    pub json_lines: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// Be a STAMP session-sender (RFC 8762/8972) against any STAMP reflector (a router,
     /// stamp-suite, `udpreach server --stamp`); the default port becomes 862. --dscp adds the
     /// Class of Service TLV; with a key, authenticated mode (the key is the HMAC key).
@@ -315,6 +334,11 @@ impl PingArgs {
 pub const MAX_COUNT: u64 = 100_000_000;
 
 #[derive(Args, Debug)]
+#[command(
+    mut_arg("quiet", |a| a.help("No progress bar and only the result lines")),
+    mut_arg("json", |a| a.help("One JSON document at the end with every port's verdict")),
+    mut_arg("json_lines", |a| a.help("One JSON object per line: start, one per port, summary (-q: the summary only)"))
+)]
 #[command(after_help = PORTS_EXIT_CODES)]
 pub struct PortsArgs {
     /// Server: HOST or HOST:CONTROL_PORT (default control port 4000).
@@ -352,20 +376,18 @@ pub struct PortsArgs {
     /// Print every port, not just grouped ranges.
     #[arg(short = 'l', long = "list", help_heading = OUTPUT)]
     pub list: bool,
-    /// No progress bar and only the result lines.
-    #[arg(short = 'q', long, help_heading = OUTPUT)]
-    pub quiet: bool,
-    /// One JSON document at the end with every port's verdict.
-    #[arg(long, conflicts_with = "json_lines", help_heading = OUTPUT)]
-    pub json: bool,
-    /// One JSON object per line: start, one per port, summary (-q: the summary only).
-    #[arg(long = "json-lines", help_heading = OUTPUT)]
-    pub json_lines: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
     #[command(flatten)]
     pub key: KeyArgs,
 }
 
 #[derive(Args, Debug)]
+#[command(
+    mut_arg("quiet", |a| a.help("Only the result lines")),
+    mut_arg("json", |a| a.help("One JSON document at the end")),
+    mut_arg("json_lines", |a| a.help("One JSON object per line: start, notices, summary (-q: the summary only)"))
+)]
 #[command(after_help = MTU_EXIT_CODES)]
 pub struct MtuArgs {
     /// A udpreach server (HOST or HOST:PORT, default port 4000), or with --echo any UDP
@@ -394,20 +416,18 @@ pub struct MtuArgs {
     /// Skip the test of fragmented datagrams.
     #[arg(long, help_heading = PROBES)]
     pub no_fragments: bool,
-    /// Only the result lines.
-    #[arg(short = 'q', long, help_heading = OUTPUT)]
-    pub quiet: bool,
-    /// One JSON document at the end.
-    #[arg(long, conflicts_with = "json_lines", help_heading = OUTPUT)]
-    pub json: bool,
-    /// One JSON object per line: start, notices, summary (-q: the summary only).
-    #[arg(long = "json-lines", help_heading = OUTPUT)]
-    pub json_lines: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
     #[command(flatten)]
     pub key: KeyArgs,
 }
 
 #[derive(Args, Debug)]
+#[command(
+    mut_arg("quiet", |a| a.help("Only the conclusion line")),
+    mut_arg("json", |a| a.help("One JSON document at the end")),
+    mut_arg("json_lines", |a| a.help("One JSON object per line: start, search rounds and gaps, summary"))
+)]
 #[command(after_help = NAT_EXIT_CODES)]
 pub struct NatArgs {
     /// A udpreach server (HOST or HOST:PORT, default port 4000) with the "nat" capability.
@@ -434,20 +454,18 @@ pub struct NatArgs {
     /// Benchmarks only: search one gap at a time (doubling, then bisecting), as a script would.
     #[arg(long, hide = true)]
     pub serial: bool,
-    /// Only the conclusion line.
-    #[arg(short = 'q', long, help_heading = OUTPUT)]
-    pub quiet: bool,
-    /// One JSON document at the end.
-    #[arg(long, conflicts_with = "json_lines", help_heading = OUTPUT)]
-    pub json: bool,
-    /// One JSON object per line: start, search rounds and gaps, summary.
-    #[arg(long = "json-lines", help_heading = OUTPUT)]
-    pub json_lines: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
     #[command(flatten)]
     pub key: KeyArgs,
 }
 
 #[derive(Args, Debug)]
+#[command(
+    mut_arg("quiet", |a| a.help("Only the verdict lines, no hop lists")),
+    mut_arg("json", |a| a.help("One JSON document at the end")),
+    mut_arg("json_lines", |a| a.help("One JSON object per line: start, one per port and direction, summary"))
+)]
 #[command(after_help = TRACE_EXIT_CODES)]
 pub struct TraceArgs {
     /// A udpreach server (HOST or HOST:CONTROL_PORT, default 4000), or with --no-server any host.
@@ -489,15 +507,8 @@ pub struct TraceArgs {
     /// Fixed wait per attempt, 1ms..=5s [default: 4x the slowest answer, 150ms..=2s].
     #[arg(long, value_name = "DURATION", value_parser = duration_in("timeout", "1ms", "5s"), allow_negative_numbers = true, help_heading = PROBES)]
     pub timeout: Option<Duration>,
-    /// Only the verdict lines, no hop lists.
-    #[arg(short = 'q', long, help_heading = OUTPUT)]
-    pub quiet: bool,
-    /// One JSON document at the end.
-    #[arg(long, conflicts_with = "json_lines", help_heading = OUTPUT)]
-    pub json: bool,
-    /// One JSON object per line: start, one per port and direction, summary.
-    #[arg(long = "json-lines", help_heading = OUTPUT)]
-    pub json_lines: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Args, Debug)]

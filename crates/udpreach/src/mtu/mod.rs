@@ -21,7 +21,6 @@ use crate::platform::realtime_ns;
 use crate::platform::{canonical, AsyncUdp, Received, UdpOptions};
 use crate::report::documents::MtuMode;
 use crate::report::mtu::{Direction, MtuReport};
-use crate::report::OutputFormat;
 use crate::target::{resolve_async, unspecified_for, Family};
 use anyhow::{bail, Context};
 use std::collections::VecDeque;
@@ -97,8 +96,8 @@ pub async fn run(args: MtuArgs) -> anyhow::Result<u8> {
     udp.set_pmtu_mode(PmtuMode::Probe)
         .context("cannot set Don't Fragment on the probe socket")?;
     let report = MtuReport {
-        format: OutputFormat::from_flags(args.json, args.json_lines),
-        quiet: args.quiet,
+        format: args.output.format(),
+        quiet: args.output.quiet,
         target_name: args.target.clone(),
         target,
     };

@@ -13,7 +13,6 @@ use crate::report::documents::{
     BehindSchedule, IgnoredReply, PingEvent as ReportedEvent, SendFailure, SkippedPort,
 };
 use crate::report::ping::{PingReport, ReplyKind};
-use crate::report::OutputFormat;
 use crate::target::{resolve_async, unspecified_for, Family};
 use anyhow::{bail, Context};
 use payload::{PayloadBuilder, Reply};
@@ -245,8 +244,8 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
         key: key.as_ref().map(|k| k.ping_key(token)),
     };
     let report = PingReport::new(
-        OutputFormat::from_flags(args.json, args.json_lines),
-        args.quiet,
+        args.output.format(),
+        args.output.quiet,
         args.target.clone(),
         target,
     );

@@ -9,7 +9,6 @@ use crate::report::documents::{
     BehindSchedule, IgnoredReply, PingEvent as ReportedEvent, SendFailure,
 };
 use crate::report::ping::{PingReport, ReplyKind};
-use crate::report::OutputFormat;
 use crate::target::{resolve, unspecified_for, Family};
 use anyhow::{bail, Context};
 use std::collections::{HashMap, VecDeque};
@@ -74,8 +73,8 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
     let _reader = ReaderGuard(reader);
 
     let report = PingReport::new(
-        OutputFormat::from_flags(args.json, args.json_lines),
-        args.quiet,
+        args.output.format(),
+        args.output.quiet,
         args.target.clone(),
         target,
     );

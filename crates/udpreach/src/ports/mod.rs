@@ -12,7 +12,6 @@ use crate::control_client::{ControlClient, Pending};
 use crate::platform::errqueue::QueuedError;
 use crate::platform::{self, AsyncUdp, Received, UdpOptions};
 use crate::report::ports::PortsReport;
-use crate::report::OutputFormat;
 use crate::target::{resolve_async, unspecified_for, Family};
 use anyhow::Context;
 use std::io::IsTerminal;
@@ -89,14 +88,14 @@ pub async fn run(args: PortsArgs) -> anyhow::Result<u8> {
     sweep.seed_rtt(ctl.handshake_rtt);
 
     let report = PortsReport {
-        format: OutputFormat::from_flags(args.json, args.json_lines),
-        quiet: args.quiet,
+        format: args.output.format(),
+        quiet: args.output.quiet,
         list: args.list,
         target_name: args.target.clone(),
         server,
     };
     report.start(spec.len());
-    let bar = (!report.format.is_json() && !args.quiet && std::io::stderr().is_terminal())
+    let bar = (!report.format.is_json() && !args.output.quiet && std::io::stderr().is_terminal())
         .then(|| report.progress_bar(spec.len() as u64));
 
     let mut sigint =

@@ -15,7 +15,6 @@ use crate::platform::{AsyncUdp, Received, UdpOptions};
 use crate::report::trace::{
     Direction, DirectionReport, TraceDocument, TraceMode, TraceReport, TraceStart,
 };
-use crate::report::OutputFormat;
 use crate::target::{resolve_async, unspecified_for, Family};
 use anyhow::{bail, Context};
 use std::collections::{BTreeMap, BTreeSet};
@@ -68,10 +67,10 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
             MAX_PORTS_PER_REQUEST - 1
         );
     }
-    let format = OutputFormat::from_flags(args.json, args.json_lines);
+    let format = args.output.format();
     let report = TraceReport {
         format,
-        quiet: args.quiet,
+        quiet: args.output.quiet,
     };
     let cfg = TraceConfig {
         max_hops: args.max_hops,
