@@ -262,9 +262,14 @@ pub struct PingArgs {
     /// Send one probe from each local source port: PORT or START-END (the seed's SRC_PORT_RANGE).
     #[arg(long = "sport", value_name = "PORT|RANGE", value_parser = parse_spec, help_heading = PATH)]
     pub sport: Option<PortSpec>,
-    /// DSCP code point 0..=63 for outgoing probes.
+    /// DSCP code point 0..=63 for outgoing probes; a udpreach server marks its replies the same
+    /// and reports what arrived, so the summary shows the DSCP each way.
     #[arg(long, value_name = "DSCP", value_parser = number_in("DSCP", 0u8, 63), allow_negative_numbers = true, help_heading = PATH)]
     pub dscp: Option<u8>,
+    /// ECN codepoint for outgoing probes (ect0, ect1, ce, not-ect); like --dscp, the server
+    /// marks its replies the same and the summary shows the ECN each way.
+    #[arg(long, value_name = "ECN", value_parser = parse_ecn_arg, help_heading = PATH)]
+    pub ecn: Option<u8>,
     /// TTL / hop limit for outgoing probes (1..=255).
     #[arg(long, value_name = "TTL", value_parser = number_in("TTL", 1u32, 255), allow_negative_numbers = true, help_heading = PATH)]
     pub ttl: Option<u32>,
@@ -714,6 +719,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(bad());
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_ecn_arg(s: &str) -> Result<u8, String> {
+    udpreach_wire::probe::parse_ecn(s)
+        .ok_or_else(|| format!("invalid ECN '{s}': use ect0, ect1, ce or not-ect"))
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
