@@ -8,11 +8,21 @@
 //! Every probe of one port is sent from one socket to one address, so the
 //! 5-tuple is the same for every TTL (Paris-traceroute style: ECMP keeps
 //! one path per port).
+//!
+//! In a keyed session every trace datagram (probe, ack, downstream probe)
+//! is [`KEYED_PROBE_LEN`] bytes: the probe and a tag over it with the
+//! session key ([`TraceProbe::to_datagram`]), so neither side confirms a
+//! probe it cannot authenticate; the session key is new each session, and
+//! within one the server takes each (TTL, attempt) once ([`TraceProbe::replay_seq`]).
+
+use crate::auth::{DerivedKey, TAG_LEN};
 
 /// The first bytes of every trace probe and ack.
 pub const MAGIC: &[u8; 4] = b"URTR";
 /// Bytes of every trace probe and ack (acks are never larger than probes).
 pub const PROBE_LEN: usize = 32;
+/// Bytes of a trace datagram in a keyed session: the probe, then its tag.
+pub const KEYED_PROBE_LEN: usize = PROBE_LEN + TAG_LEN;
 /// Most TTLs a trace may probe (`--max-hops`).
 pub const MAX_HOPS: u8 = 64;
 /// Most attempts per TTL.
@@ -79,6 +89,38 @@ impl TraceProbe {
         b[15] = self.attempt;
         b[16] = self.kind.byte();
         b
+    }
+
+    /// The datagram to send: the probe, tagged with `key` in a keyed session.
+    pub fn to_datagram(&self, key: Option<&DerivedKey>) -> Vec<u8> {
+        let mut b = self.encode().to_vec();
+        if let Some(k) = key {
+            let tag = k.tag(&b);
+            b.extend_from_slice(&tag);
+        }
+        b
+    }
+
+    /// A received trace datagram: exactly [`PROBE_LEN`] bytes without a key;
+    /// with one, [`KEYED_PROBE_LEN`] bytes whose tag verifies. `None` for
+    /// anything else (an untagged probe in a keyed session, a forged tag).
+    pub fn from_datagram(b: &[u8], key: Option<&DerivedKey>) -> Option<TraceProbe> {
+        match key {
+            None if b.len() == PROBE_LEN => Self::decode(b),
+            Some(k) if b.len() == KEYED_PROBE_LEN => {
+                let (body, tag) = b.split_at(PROBE_LEN);
+                k.verify_tag(body, tag)
+                    .then(|| Self::decode(body))
+                    .flatten()
+            }
+            _ => None,
+        }
+    }
+
+    /// A number unique to this probe within its port's trace (TTL and
+    /// attempt), for a replay window: the same probe twice is one arrival.
+    pub fn replay_seq(&self) -> u64 {
+        u64::from(self.ttl) * u64::from(MAX_ATTEMPTS + 1) + u64::from(self.attempt)
     }
 
     /// Parses a probe, or the start of one quoted in an ICMP error (at least
@@ -152,6 +194,51 @@ mod tests {
         assert_eq!(TraceProbe::decode(&bad), None);
         bad[0] = b'X';
         assert_eq!(TraceProbe::decode(&bad), None);
+    }
+
+    #[test]
+    fn keyed_datagrams_need_their_tag() {
+        let key = crate::auth::SharedKey::new(b"k".to_vec())
+            .unwrap()
+            .session_key(&[1; 32], &[2; 32]);
+        let other = crate::auth::SharedKey::new(b"x".to_vec())
+            .unwrap()
+            .session_key(&[1; 32], &[2; 32]);
+        let p = TraceProbe {
+            token: 9,
+            port: 5060,
+            ttl: 3,
+            attempt: 1,
+            kind: TraceKind::Up,
+        };
+        let plain = p.to_datagram(None);
+        assert_eq!(plain.len(), PROBE_LEN);
+        assert_eq!(TraceProbe::from_datagram(&plain, None), Some(p));
+        assert_eq!(
+            TraceProbe::from_datagram(&plain, Some(&key)),
+            None,
+            "untagged"
+        );
+        let keyed = p.to_datagram(Some(&key));
+        assert_eq!(keyed.len(), KEYED_PROBE_LEN);
+        assert_eq!(TraceProbe::from_datagram(&keyed, Some(&key)), Some(p));
+        assert_eq!(TraceProbe::from_datagram(&keyed, Some(&other)), None);
+        assert_eq!(TraceProbe::from_datagram(&keyed, None), None);
+        let mut forged = keyed.clone();
+        forged[14] = 2;
+        assert_eq!(TraceProbe::from_datagram(&forged, Some(&key)), None);
+        // Quotes are parsed from the probe's start, tag or not.
+        assert_eq!(TraceProbe::decode(&keyed[..17]), Some(p));
+        let seqs: std::collections::BTreeSet<u64> = (0..=127u8)
+            .flat_map(|ttl| (0..MAX_ATTEMPTS).map(move |attempt| TraceProbe { ttl, attempt, ..p }))
+            .map(|q| q.replay_seq())
+            .collect();
+        assert_eq!(
+            seqs.len(),
+            128 * usize::from(MAX_ATTEMPTS),
+            "one number per probe"
+        );
+        assert!(*seqs.last().unwrap() < 1024, "within a replay window");
     }
 
     #[test]

@@ -503,6 +503,9 @@ pub struct TraceArgs {
     /// One JSON object per line: start, one per port and direction, summary.
     #[arg(long = "json-lines", help_heading = OUTPUT)]
     pub json_lines: bool,
+    /// With a server that has a key: every trace datagram is tagged with the session key.
+    #[command(flatten)]
+    pub key: KeyArgs,
 }
 
 #[derive(Args, Debug)]

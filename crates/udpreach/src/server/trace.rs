@@ -16,8 +16,11 @@
 //! bounded (`udpreach_wire::trace::check_send`: ports, TTLs, attempts), a
 //! session may make [`MAX_SENDS_PER_SESSION`] of them, every datagram draws
 //! on the per-destination reply budget, and trace ports count against the
-//! session's and the source's test-port shares. Authenticated sessions are
-//! refused trace ports (the probes carry no tag yet).
+//! session's and the source's test-port shares. In an authenticated session
+//! every trace datagram carries a tag with the session key
+//! (`TraceProbe::to_datagram`): untagged or forged probes are neither
+//! counted nor acked, and a port takes each (TTL, attempt) once, so a
+//! replayed probe is not acked again.
 
 use super::lock_budget;
 use super::test_port::SessionPorts;
@@ -28,13 +31,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use udpreach_engine::replay::ReplayWindow;
 use udpreach_engine::trace::{TraceConfig, TraceInput, TraceProbing};
 use udpreach_engine::Engine;
 use udpreach_wire::control::{ControlMsg, ErrorCode, TraceArrival, TraceHopError, TraceSendResult};
 use udpreach_wire::icmp::IcmpError;
-use udpreach_wire::trace::{
-    check_send, TraceKind, TraceProbe, MAX_SENDS_PER_SESSION, MAX_WAIT_MS, PROBE_LEN,
-};
+use udpreach_wire::trace::{check_send, TraceKind, TraceProbe, MAX_SENDS_PER_SESSION, MAX_WAIT_MS};
 
 /// ICMP errors waiting for a `TraceSend` to read them (the rest are dropped).
 const ERROR_QUEUE: usize = 4096;
@@ -50,6 +52,8 @@ struct Seen {
     ttl_left: Option<u8>,
     /// Where the session's probes to this port came from.
     client: Option<SocketAddr>,
+    /// (TTL, attempt) pairs taken: a probe seen before is not acked again.
+    taken: ReplayWindow,
 }
 
 struct TracePort {
@@ -222,10 +226,6 @@ impl TraceSession {
                 let (Some(p), Some(&to)) = (self.ports.get(&t.port), dests.get(&t.port)) else {
                     continue;
                 };
-                if !lock_budget(&self.session.budget).allow(to.ip(), PROBE_LEN, Instant::now()) {
-                    withheld += 1;
-                    continue;
-                }
                 let probe = TraceProbe {
                     token: self.session.token,
                     port: t.port,
@@ -233,7 +233,11 @@ impl TraceSession {
                     attempt: t.attempt,
                     kind: TraceKind::Down,
                 }
-                .encode();
+                .to_datagram(self.session.key.as_ref());
+                if !lock_budget(&self.session.budget).allow(to.ip(), probe.len(), Instant::now()) {
+                    withheld += 1;
+                    continue;
+                }
                 if p.sock.set_ttl(u32::from(t.ttl)).is_ok()
                     && p.sock.send_to(&probe, to).await.is_ok()
                 {
@@ -301,10 +305,11 @@ async fn serve(
         match sock.recv_any(&mut buf).await {
             Ok(Received::Datagram(meta)) => {
                 let data = &buf[..meta.len];
-                if meta.from.ip() != session.client || data.len() != PROBE_LEN {
+                if meta.from.ip() != session.client {
                     continue;
                 }
-                let Some(p) = TraceProbe::decode(data) else {
+                // Untagged or forged in a keyed session: not counted, not acked.
+                let Some(p) = TraceProbe::from_datagram(data, session.key.as_ref()) else {
                     continue;
                 };
                 if p.token != session.token
@@ -316,6 +321,9 @@ async fn serve(
                 }
                 {
                     let mut s = lock(&seen);
+                    if !s.taken.accept(p.replay_seq()) {
+                        continue;
+                    }
                     if s.ttls == 0 {
                         s.ttl_left = meta.ttl;
                     }
@@ -328,12 +336,12 @@ async fn serve(
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .try_take(now);
-                if rate_ok && lock_budget(&session.budget).allow(meta.from.ip(), PROBE_LEN, now) {
-                    let ack = TraceProbe {
-                        kind: TraceKind::Ack,
-                        ..p
-                    }
-                    .encode();
+                let ack = TraceProbe {
+                    kind: TraceKind::Ack,
+                    ..p
+                }
+                .to_datagram(session.key.as_ref());
+                if rate_ok && lock_budget(&session.budget).allow(meta.from.ip(), ack.len(), now) {
                     let _ = sock.try_send_to(&ack, meta.from);
                 }
             }

@@ -81,13 +81,21 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
     };
     let ip = target.ip();
 
+    if args.no_server && args.key.key_file.is_some() {
+        bail!("--key-file needs a udpreach server: --no-server probes carry no tag");
+    }
+    let key = if args.no_server {
+        None
+    } else {
+        crate::shared_key::load(&args.key)?
+    };
     // The server opens the traced ports and the control port.
-    let (mut ctl, token, control_port) = if args.no_server {
+    let (mut ctl, token, control_port, session_key) = if args.no_server {
         let control = args.control_port.unwrap_or(NO_SERVER_CONTROL_PORT);
-        (None, rand::random::<u64>(), control)
+        (None, rand::random::<u64>(), control, None)
     } else {
         let mut ctl = ControlClient::connect(target).await?;
-        let welcome = ctl.hello(None).await?;
+        let welcome = ctl.hello(key.as_ref()).await?;
         if !welcome.capabilities.iter().any(|c| c == "trace") {
             bail!("the server at {target} cannot trace (no \"trace\" capability); use --no-server");
         }
@@ -113,7 +121,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
             other => bail!("unexpected answer to trace_open: {other:?}"),
         };
         let control = *bound.last().expect("asked for the control port");
-        (Some(ctl), welcome.token, control)
+        (Some(ctl), welcome.token, control, welcome.session_key)
     };
     let mut ports = traced.clone();
     if !ports.contains(&control_port) {
@@ -185,14 +193,15 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
             AsyncUdp::bind(unspecified_for(&target, 0), &opts)
                 .context("cannot open a UDP probe socket")?,
         );
-        let (s2, tx) = (s.clone(), tx.clone());
+        let (s2, tx, key) = (s.clone(), tx.clone(), session_key.clone());
         readers.push(tokio::spawn(async move {
             let mut buf = vec![0u8; 2048];
             loop {
                 let got = match s2.recv_any(&mut buf).await {
                     Ok(Received::Error(e)) => Got::Error(e),
                     Ok(Received::Datagram(m)) if m.from.ip() == ip => {
-                        match TraceProbe::decode(&buf[..m.len]) {
+                        // Keyed session: only datagrams with the session's tag.
+                        match TraceProbe::from_datagram(&buf[..m.len], key.as_ref()) {
                             Some(p) if m.from.port() == p.port => Got::Probe(p),
                             _ => continue,
                         }
@@ -233,7 +242,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
                 attempt: t.attempt,
                 kind: TraceKind::Up,
             }
-            .encode();
+            .to_datagram(session_key.as_ref());
             socks[i]
                 .set_ttl(u32::from(t.ttl))
                 .context("cannot set the probe TTL")?;
