@@ -31,6 +31,17 @@ pub const MAX_ATTEMPTS: u8 = 3;
 pub const MAX_PORTS_PER_REQUEST: usize = 128;
 /// Most `TraceSend` requests one session may make.
 pub const MAX_SENDS_PER_SESSION: u32 = 64;
+/// The TTL field of a locator: an upstream probe sent bare, with the
+/// socket's usual TTL, only to tell the server where downstream probes
+/// should go when the padded probes (`--size`) cannot reach it. Never
+/// counted as an arrival nor acked (older servers ignore TTL 0 in their
+/// arrivals too).
+pub const LOCATOR_TTL: u8 = 0;
+/// Largest trace datagram (`trace --size`; the largest UDP payload over IPv4).
+pub const MAX_SIZE: usize = crate::probe::MAX_DATAGRAM;
+/// Most bytes one `TraceSend` with a `size` may ask for, all its probes
+/// together (as an MTU request: at most 1 MiB).
+pub const MAX_PADDED_BYTES_PER_SEND: u64 = 1 << 20;
 /// Longest a server waits for ICMP errors after its last downstream probe.
 pub const MAX_WAIT_MS: u32 = 5_000;
 
@@ -91,25 +102,31 @@ impl TraceProbe {
         b
     }
 
-    /// The datagram to send: the probe, tagged with `key` in a keyed session.
-    pub fn to_datagram(&self, key: Option<&DerivedKey>) -> Vec<u8> {
+    /// The datagram to send: the probe, tagged with `key` in a keyed
+    /// session, then zeros up to `size` bytes (`trace --size`: probes
+    /// large enough to meet a hop's smaller MTU).
+    pub fn to_datagram(&self, key: Option<&DerivedKey>, size: usize) -> Vec<u8> {
         let mut b = self.encode().to_vec();
         if let Some(k) = key {
             let tag = k.tag(&b);
             b.extend_from_slice(&tag);
         }
+        if size > b.len() {
+            b.resize(size, 0);
+        }
         b
     }
 
-    /// A received trace datagram: exactly [`PROBE_LEN`] bytes without a key;
-    /// with one, [`KEYED_PROBE_LEN`] bytes whose tag verifies. `None` for
-    /// anything else (an untagged probe in a keyed session, a forged tag).
+    /// A received trace datagram: at least [`PROBE_LEN`] bytes without a
+    /// key; with one, at least [`KEYED_PROBE_LEN`] bytes whose tag verifies
+    /// (any padding after it is not covered). `None` for anything else (an
+    /// untagged probe in a keyed session, a forged tag).
     pub fn from_datagram(b: &[u8], key: Option<&DerivedKey>) -> Option<TraceProbe> {
         match key {
-            None if b.len() == PROBE_LEN => Self::decode(b),
-            Some(k) if b.len() == KEYED_PROBE_LEN => {
-                let (body, tag) = b.split_at(PROBE_LEN);
-                k.verify_tag(body, tag)
+            None if b.len() >= PROBE_LEN => Self::decode(b),
+            Some(k) if b.len() >= KEYED_PROBE_LEN => {
+                let (body, rest) = b.split_at(PROBE_LEN);
+                k.verify_tag(body, &rest[..TAG_LEN])
                     .then(|| Self::decode(body))
                     .flatten()
             }
@@ -151,6 +168,29 @@ pub enum TraceRequestError {
     /// Too many ports in one request.
     #[error("{0} ports (at most {MAX_PORTS_PER_REQUEST} per request)")]
     Ports(usize),
+    /// Padded probes over [`MAX_SIZE`] bytes.
+    #[error("size {0} is over {MAX_SIZE} bytes")]
+    Size(usize),
+    /// Padded probes adding up to more than [`MAX_PADDED_BYTES_PER_SEND`].
+    #[error("{0} bytes of probes (ports x max_hops x attempts x size; at most {MAX_PADDED_BYTES_PER_SEND})")]
+    Bytes(u64),
+}
+
+/// Checks the bytes a `TraceSend` of probes padded to `size` would send.
+pub fn check_size(
+    ports: usize,
+    max_hops: u8,
+    attempts: u8,
+    size: usize,
+) -> Result<(), TraceRequestError> {
+    if size > MAX_SIZE {
+        return Err(TraceRequestError::Size(size));
+    }
+    let bytes = ports as u64 * u64::from(max_hops) * u64::from(attempts) * size as u64;
+    if size > KEYED_PROBE_LEN && bytes > MAX_PADDED_BYTES_PER_SEND {
+        return Err(TraceRequestError::Bytes(bytes));
+    }
+    Ok(())
 }
 
 /// Checks a `TraceSend`'s numbers against the limits above.
@@ -211,7 +251,7 @@ mod tests {
             attempt: 1,
             kind: TraceKind::Up,
         };
-        let plain = p.to_datagram(None);
+        let plain = p.to_datagram(None, 0);
         assert_eq!(plain.len(), PROBE_LEN);
         assert_eq!(TraceProbe::from_datagram(&plain, None), Some(p));
         assert_eq!(
@@ -219,7 +259,7 @@ mod tests {
             None,
             "untagged"
         );
-        let keyed = p.to_datagram(Some(&key));
+        let keyed = p.to_datagram(Some(&key), 0);
         assert_eq!(keyed.len(), KEYED_PROBE_LEN);
         assert_eq!(TraceProbe::from_datagram(&keyed, Some(&key)), Some(p));
         assert_eq!(TraceProbe::from_datagram(&keyed, Some(&other)), None);
@@ -227,6 +267,10 @@ mod tests {
         let mut forged = keyed.clone();
         forged[14] = 2;
         assert_eq!(TraceProbe::from_datagram(&forged, Some(&key)), None);
+        let padded = p.to_datagram(Some(&key), 1400);
+        assert_eq!(padded.len(), 1400);
+        assert_eq!(TraceProbe::from_datagram(&padded, Some(&key)), Some(p));
+        assert_eq!(p.to_datagram(None, 10).len(), PROBE_LEN, "never shorter");
         // Quotes are parsed from the probe's start, tag or not.
         assert_eq!(TraceProbe::decode(&keyed[..17]), Some(p));
         let seqs: std::collections::BTreeSet<u64> = (0..=127u8)
@@ -249,6 +293,19 @@ mod tests {
         assert_eq!(check_send(1, 30, 4), Err(TraceRequestError::Attempts(4)));
         assert_eq!(check_send(129, 30, 2), Err(TraceRequestError::Ports(129)));
         assert_eq!(max_datagrams_per_send(), 128 * 64 * 3);
+        assert!(check_size(10, 30, 2, 1400).is_ok());
+        assert!(
+            check_size(128, 64, 3, KEYED_PROBE_LEN).is_ok(),
+            "bare probes"
+        );
+        assert_eq!(
+            check_size(128, 64, 3, 1400),
+            Err(TraceRequestError::Bytes(128 * 64 * 3 * 1400))
+        );
+        assert_eq!(
+            check_size(1, 1, 1, 70_000),
+            Err(TraceRequestError::Size(70_000))
+        );
     }
 }
 

@@ -482,6 +482,11 @@ pub struct TraceArgs {
     /// it was rewritten.
     #[arg(long, value_name = "DSCP", value_parser = number_in("DSCP", 0u8, 63), allow_negative_numbers = true, help_heading = PATH)]
     pub dscp: Option<u8>,
+    /// UDP payload bytes per probe, 32..=65507, sent with Don't Fragment (both ways): a hop
+    /// whose next link is smaller answers frag-needed / packet too big, shown as its MTU
+    /// [default: 32, the bare probe; 48 with a key].
+    #[arg(long, value_name = "BYTES", value_parser = number_in("size", 32u16, 65507), allow_negative_numbers = true, help_heading = PROBES)]
+    pub size: Option<u16>,
     /// Highest TTL / hop limit probed, 1..=64.
     #[arg(short = 'm', long = "max-hops", value_name = "N", default_value_t = 30, value_parser = number_in("max hops", 1u8, udpreach_wire::trace::MAX_HOPS), allow_negative_numbers = true, help_heading = PROBES)]
     pub max_hops: u8,

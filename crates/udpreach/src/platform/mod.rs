@@ -462,6 +462,16 @@ impl AsyncUdp {
         }
     }
 
+    /// TOS byte / traffic class (DSCP and ECN) of later sends.
+    pub fn set_tos(&self, tos: u8) -> io::Result<()> {
+        let sock = socket2::SockRef::from(self.inner.get_ref());
+        if self.local_addr()?.is_ipv6() {
+            sock.set_tclass_v6(u32::from(tos))
+        } else {
+            sock.set_tos_v4(u32::from(tos))
+        }
+    }
+
     /// Changes how Don't Fragment is handled for later sends.
     pub fn set_pmtu_mode(&self, mode: PmtuMode) -> io::Result<()> {
         let v6 = self.local_addr()?.is_ipv6();

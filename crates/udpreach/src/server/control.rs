@@ -434,14 +434,8 @@ impl Session {
                         fatal: false,
                     },
                 },
-                ControlMsg::TraceSend {
-                    ports,
-                    max_hops,
-                    attempts,
-                    wait_ms,
-                    rate,
-                } => match self.trace.as_mut() {
-                    Some(t) => t.send(ports, max_hops, attempts, wait_ms, rate).await,
+                msg @ ControlMsg::TraceSend { .. } => match self.trace.as_mut() {
+                    Some(t) => t.send(msg).await,
                     None => ControlMsg::Error {
                         code: ErrorCode::Unexpected,
                         message: "trace_send before trace_open".into(),

@@ -24,6 +24,7 @@
 
 use super::lock_budget;
 use super::test_port::SessionPorts;
+use crate::platform::errqueue::PmtuMode;
 use crate::platform::{AsyncUdp, Received, UdpOptions};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -36,7 +37,10 @@ use udpreach_engine::trace::{TraceConfig, TraceInput, TraceProbing};
 use udpreach_engine::Engine;
 use udpreach_wire::control::{ControlMsg, ErrorCode, TraceArrival, TraceHopError, TraceSendResult};
 use udpreach_wire::icmp::IcmpError;
-use udpreach_wire::trace::{check_send, TraceKind, TraceProbe, MAX_SENDS_PER_SESSION, MAX_WAIT_MS};
+use udpreach_wire::trace::{
+    check_send, check_size, parse_raw_icmp4, parse_raw_icmp6, QuotedHeader, TraceKind, TraceProbe,
+    LOCATOR_TTL, MAX_SENDS_PER_SESSION, MAX_WAIT_MS,
+};
 
 /// ICMP errors waiting for a `TraceSend` to read them (the rest are dropped).
 const ERROR_QUEUE: usize = 4096;
@@ -160,15 +164,23 @@ impl TraceSession {
     }
 
     /// Handles one `TraceSend`: traces downstream from each port, reports.
-    pub async fn send(
-        &mut self,
-        ports: Vec<u16>,
-        max_hops: u8,
-        attempts: u8,
-        wait_ms: u32,
-        rate: u32,
-    ) -> ControlMsg {
-        if let Err(e) = check_send(ports.len(), max_hops, attempts) {
+    pub async fn send(&mut self, msg: ControlMsg) -> ControlMsg {
+        let ControlMsg::TraceSend {
+            ports,
+            max_hops,
+            attempts,
+            wait_ms,
+            rate,
+            tos,
+            size,
+        } = msg
+        else {
+            return error(ErrorCode::BadRequest, "not a trace_send".into());
+        };
+        let padded = size.map_or(0, usize::from);
+        if let Err(e) = check_send(ports.len(), max_hops, attempts)
+            .and_then(|()| check_size(ports.len(), max_hops, attempts, padded))
+        {
             return error(ErrorCode::BadRequest, format!("trace_send: {e}"));
         }
         if self.sends >= MAX_SENDS_PER_SESSION {
@@ -218,6 +230,21 @@ impl TraceSession {
         let traced: Vec<u16> = dests.keys().copied().collect();
         let started = Instant::now();
         let mut engine = TraceProbing::new(&traced, cfg, started);
+        // Padded probes go with DF; and the TOS asked for.
+        for &port in &traced {
+            let Some(p) = self.ports.get(&port) else {
+                continue;
+            };
+            if size.is_some() {
+                let _ = p.sock.set_pmtu_mode(PmtuMode::Probe);
+            }
+            if let Some(tos) = tos {
+                let _ = p.sock.set_tos(tos);
+            }
+        }
+        // The headers the hops quote (DSCP/ECN per hop), when we may open a
+        // raw ICMP socket; without one the hops are reported without them.
+        let quoted = QuotedReader::start(&dests, self.session.token);
         let mut first_errors: BTreeMap<(u16, u8), IcmpError> = BTreeMap::new();
         let mut sent: HashMap<u16, u32> = HashMap::new();
         let mut withheld = 0u32;
@@ -233,7 +260,7 @@ impl TraceSession {
                     attempt: t.attempt,
                     kind: TraceKind::Down,
                 }
-                .to_datagram(self.session.key.as_ref());
+                .to_datagram(self.session.key.as_ref(), padded);
                 if !lock_budget(&self.session.budget).allow(to.ip(), probe.len(), Instant::now()) {
                     withheld += 1;
                     continue;
@@ -261,9 +288,13 @@ impl TraceSession {
             }
         }
         for p in self.ports.values() {
-            // Back to the default TTL for acks.
+            // Back to the defaults for acks.
             let _ = p.sock.set_ttl(64);
+            if tos.is_some() {
+                let _ = p.sock.set_tos(0);
+            }
         }
+        let quoted = quoted.finish().await;
         let traces = engine.into_results();
         for r in &mut results {
             r.sent = sent.get(&r.port).copied().unwrap_or(0);
@@ -273,10 +304,13 @@ impl TraceSession {
                     .iter()
                     .filter_map(|(&ttl, a)| {
                         let icmp = *first_errors.get(&(r.port, ttl))?;
+                        let q = quoted.get(&(r.port, ttl));
                         Some(TraceHopError {
                             ttl,
                             icmp,
                             rtt_us: a.rtt().map_or(0, |d| d.as_micros() as u64),
+                            dscp: q.map(|q| q.dscp),
+                            ecn: q.map(|q| q.ecn),
                         })
                     })
                     .collect();
@@ -288,6 +322,101 @@ impl TraceSession {
             }
         }
         ControlMsg::TraceSent { results }
+    }
+}
+
+/// Reads, during one `TraceSend`, the IP headers hops quote in the ICMP
+/// errors our downstream probes draw (a raw ICMP socket gets the whole
+/// error; the error queue only the quoted payload): the DSCP/ECN each probe
+/// had at each hop. Only errors about this session's downstream probes to
+/// the traced destinations are kept, at most one per (port, TTL).
+struct QuotedReader {
+    task: Option<JoinHandle<BTreeMap<(u16, u8), QuotedHeader>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl QuotedReader {
+    fn start(dests: &BTreeMap<u16, SocketAddr>, token: u64) -> Self {
+        let Some(v6) = dests.values().next().map(|d| d.is_ipv6()) else {
+            return QuotedReader {
+                task: None,
+                stop: None,
+            };
+        };
+        let raw = match crate::platform::raw_icmp_socket(v6) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!("no raw ICMP socket (downstream DSCP per hop not reported): {e}");
+                return QuotedReader {
+                    task: None,
+                    stop: None,
+                };
+            }
+        };
+        let ports: HashMap<u16, u16> = dests.iter().map(|(&p, d)| (p, d.port())).collect();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut found = BTreeMap::new();
+            let mut buf = vec![0u8; 2048];
+            let keep = |b: &[u8], found: &mut BTreeMap<(u16, u8), QuotedHeader>| {
+                let parsed = if v6 {
+                    parse_raw_icmp6(b)
+                } else {
+                    parse_raw_icmp4(b)
+                };
+                let Some((q, payload)) = parsed else { return };
+                let Some(p) = TraceProbe::decode(payload) else {
+                    return;
+                };
+                let ours = p.token == token
+                    && p.kind == TraceKind::Down
+                    && ports.get(&p.port) == Some(&q.dport);
+                if ours && found.len() < ERROR_QUEUE {
+                    found.entry((p.port, p.ttl)).or_insert(q);
+                }
+            };
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    got = raw.recv_any(&mut buf) => {
+                        if let Ok(Received::Datagram(m)) = got {
+                            keep(&buf[..m.len], &mut found);
+                        }
+                    }
+                }
+            }
+            // What arrived with the errors the engine already saw.
+            for _ in 0..ERROR_QUEUE {
+                match raw.try_recv_any(&mut buf) {
+                    Ok(Received::Datagram(m)) => keep(&buf[..m.len], &mut found),
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            found
+        });
+        QuotedReader {
+            task: Some(task),
+            stop: Some(stop),
+        }
+    }
+
+    async fn finish(mut self) -> BTreeMap<(u16, u8), QuotedHeader> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(t) => t.await.unwrap_or_default(),
+            None => BTreeMap::new(),
+        }
+    }
+}
+
+impl Drop for QuotedReader {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
     }
 }
 
@@ -319,6 +448,11 @@ async fn serve(
                 {
                     continue;
                 }
+                if p.ttl == LOCATOR_TTL {
+                    // Where downstream probes go; nothing else.
+                    lock(&seen).client = Some(meta.from);
+                    continue;
+                }
                 {
                     let mut s = lock(&seen);
                     if !s.taken.accept(p.replay_seq()) {
@@ -340,7 +474,7 @@ async fn serve(
                     kind: TraceKind::Ack,
                     ..p
                 }
-                .to_datagram(session.key.as_ref());
+                .to_datagram(session.key.as_ref(), 0);
                 if rate_ok && lock_budget(&session.budget).allow(meta.from.ip(), ack.len(), now) {
                     let _ = sock.try_send_to(&ack, meta.from);
                 }
