@@ -80,6 +80,9 @@ pub struct Received {
     pub ttl: Option<u8>,
     /// Receive time, ns since the Unix epoch.
     pub rx_ns: u64,
+    /// Its TOS byte / traffic class on arrival, when the kernel said: an
+    /// echo reply reports it ([`probe::FLAG_TOS_SEEN`]).
+    pub tos: Option<u8>,
 }
 
 /// Tallies of answers, for the server's periodic log line.
@@ -298,6 +301,9 @@ impl EchoResponder {
                 }
                 let (count, withheld) = (f.count, f.withheld);
                 stamp_reply(buf, rx.from, rx.ttl, rx.rx_ns, count, withheld as u8);
+                if let Some(tos) = rx.tos {
+                    probe::set_seen_tos(buf, tos);
+                }
                 probe::restamp_tx(buf, tx_ns);
                 Answer::Reply { len }
             }
@@ -401,6 +407,9 @@ impl EchoResponder {
         }
         let (count, withheld) = (flow.count, flow.withheld);
         stamp_reply(buf, rx.from, rx.ttl, rx.rx_ns, count, withheld as u8);
+        if let Some(tos) = rx.tos {
+            probe::set_seen_tos(buf, tos);
+        }
         probe::restamp_tx(buf, tx_ns);
         if derived.seal(buf).is_err() {
             return Answer::Drop(DropReason::Unauthenticated);
@@ -669,6 +678,7 @@ mod tests {
             from: SocketAddr::new("198.18.0.1".parse().unwrap(), 40_000 + port),
             ttl: Some(64),
             rx_ns: NOW_NS,
+            tos: None,
         }
     }
 
@@ -688,6 +698,38 @@ mod tests {
             k.seal(&mut b).unwrap();
         }
         b
+    }
+
+    #[test]
+    fn echo_replies_report_the_tos_their_request_arrived_with() {
+        let t0 = Instant::now();
+        let mut budget = budget();
+        let key = SharedKey::new(b"marks".to_vec()).unwrap();
+        for keyed in [false, true] {
+            let mut r = EchoResponder::new(policy(keyed.then_some("marks")));
+            let mut d = vec![0u8; 96];
+            let mut h = ProbeHeader::request(ProbeKind::EchoRequest, 3, 1);
+            h.flags = probe::FLAG_MARK_REPLY | (u16::from(46u8 << 2) << 8);
+            h.encode(&mut d).unwrap();
+            let pk = key.ping_key(3);
+            if keyed {
+                auth::set_sent_ns(&mut d, NOW_NS);
+                pk.seal(&mut d).unwrap();
+            }
+            assert_eq!(probe::reply_tos_asked(&d), Some(46 << 2));
+            let arrived = Received {
+                tos: Some(10 << 2 | 1),
+                ..rx(1)
+            };
+            let a = r.respond(&mut d, &arrived, NOW_NS, &mut budget, t0);
+            assert_eq!(a, Answer::Reply { len: d.len() }, "keyed={keyed}");
+            let reply = ProbeHeader::decode(&d).unwrap();
+            assert_eq!(reply.kind, ProbeKind::EchoReply);
+            assert_eq!(reply.seen_tos(), Some(10 << 2 | 1), "keyed={keyed}");
+            if keyed {
+                pk.verify(&d).expect("the tag covers the reported TOS");
+            }
+        }
     }
 
     #[test]

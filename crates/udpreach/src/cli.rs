@@ -288,9 +288,14 @@ pub struct PingArgs {
     /// Send one probe from each local source port: PORT or START-END (the seed's SRC_PORT_RANGE).
     #[arg(long = "sport", value_name = "PORT|RANGE", value_parser = parse_spec, help_heading = PATH)]
     pub sport: Option<PortSpec>,
-    /// DSCP code point 0..=63 for outgoing probes.
+    /// DSCP code point 0..=63 for outgoing probes; a udpreach server marks its replies the same
+    /// and reports what arrived, so the summary shows the DSCP each way.
     #[arg(long, value_name = "DSCP", value_parser = number_in("DSCP", 0u8, 63), allow_negative_numbers = true, help_heading = PATH)]
     pub dscp: Option<u8>,
+    /// ECN codepoint for outgoing probes (ect0, ect1, ce, not-ect); like --dscp, the server
+    /// marks its replies the same and the summary shows the ECN each way.
+    #[arg(long, value_name = "ECN", value_parser = parse_ecn_arg, help_heading = PATH)]
+    pub ecn: Option<u8>,
     /// TTL / hop limit for outgoing probes (1..=255).
     #[arg(long, value_name = "TTL", value_parser = number_in("TTL", 1u32, 255), allow_negative_numbers = true, help_heading = PATH)]
     pub ttl: Option<u32>,
@@ -495,6 +500,11 @@ pub struct TraceArgs {
     /// it was rewritten.
     #[arg(long, value_name = "DSCP", value_parser = number_in("DSCP", 0u8, 63), allow_negative_numbers = true, help_heading = PATH)]
     pub dscp: Option<u8>,
+    /// UDP payload bytes per probe, 32..=65507, sent with Don't Fragment (both ways): a hop
+    /// whose next link is smaller answers frag-needed / packet too big, shown as its MTU
+    /// [default: 32, the bare probe; 48 with a key].
+    #[arg(long, value_name = "BYTES", value_parser = number_in("size", 32u16, 65507), allow_negative_numbers = true, help_heading = PROBES)]
+    pub size: Option<u16>,
     /// Highest TTL / hop limit probed, 1..=64.
     #[arg(short = 'm', long = "max-hops", value_name = "N", default_value_t = 30, value_parser = number_in("max hops", 1u8, udpreach_wire::trace::MAX_HOPS), allow_negative_numbers = true, help_heading = PROBES)]
     pub max_hops: u8,
@@ -509,6 +519,9 @@ pub struct TraceArgs {
     pub timeout: Option<Duration>,
     #[command(flatten)]
     pub output: OutputArgs,
+    /// With a server that has a key: every trace datagram is tagged with the session key.
+    #[command(flatten)]
+    pub key: KeyArgs,
 }
 
 #[derive(Args, Debug)]
@@ -725,6 +738,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(bad());
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_ecn_arg(s: &str) -> Result<u8, String> {
+    udpreach_wire::probe::parse_ecn(s)
+        .ok_or_else(|| format!("invalid ECN '{s}': use ect0, ect1, ce or not-ect"))
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {

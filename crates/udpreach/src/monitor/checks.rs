@@ -245,6 +245,7 @@ async fn ping_resolved(
                 token,
                 size,
                 key: t.key.as_ref().map(|k| k.ping_key(token)),
+                mark: None,
             },
             count: per_window,
             first_seq,
@@ -358,7 +359,7 @@ async fn ping_resolved(
                     }
                     let data = &buf[..meta.len];
                     let Some((w, seq, stamp)) = windows.iter_mut().find_map(|w| match w.builder.check(data) {
-                        Reply::Stamped { seq, stamp } => Some((w, seq, Some(stamp))),
+                        Reply::Stamped { seq, stamp, .. } => Some((w, seq, Some(stamp))),
                         Reply::Plain { seq } => Some((w, seq, None)),
                         _ => None,
                     }) else { continue };

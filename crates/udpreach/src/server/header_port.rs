@@ -41,6 +41,7 @@ pub(super) async fn serve(
                     from: canonical(meta.from),
                     ttl: meta.ttl,
                     rx_ns: realtime_ns(),
+                    tos: meta.tos,
                 };
                 let answer = {
                     // A poisoned lock only means another port's task panicked
