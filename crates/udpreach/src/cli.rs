@@ -489,6 +489,11 @@ pub struct TraceArgs {
     /// Fixed wait per attempt, 1ms..=5s [default: 4x the slowest answer, 150ms..=2s].
     #[arg(long, value_name = "DURATION", value_parser = duration_in("timeout", "1ms", "5s"), allow_negative_numbers = true, help_heading = PROBES)]
     pub timeout: Option<Duration>,
+    /// How long hops that rate-limit their ICMP errors are still probed, paced to their
+    /// limit (Linux routers allow one a second by default), 0s..=10m; what is missing
+    /// then makes a verdict ambiguous.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration_in("patience", "0s", "10m"), allow_negative_numbers = true, help_heading = PROBES)]
+    pub patience: Duration,
     /// Only the verdict lines, no hop lists.
     #[arg(short = 'q', long, help_heading = OUTPUT)]
     pub quiet: bool,

@@ -419,3 +419,47 @@ fn dscp_rewritten_by_r1_is_reported_between_hop_1_and_hop_2() {
         assert_eq!(changes[0]["to"], 0);
     }
 }
+
+/// Both routers back to the kernel's ICMP defaults (one error a second per
+/// peer after a burst of six, IPv6 a quarter second for a /64): r2 drops
+/// 8 of 12 ports. Every drop is placed at r2 (paced to the limiters, path
+/// evidence shared across ports), and a verdict without enough evidence
+/// says so; none names a wrong hop.
+#[test]
+fn default_icmp_rate_limits_on_the_routers_place_every_drop() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::chain();
+    for r in [lab.r1(), lab.r2()] {
+        r.sysctl("net.ipv4.icmp_ratelimit", "1000");
+        r.sysctl("net.ipv4.icmp_ratemask", "6168");
+        r.sysctl("net.ipv4.icmp_msgs_per_sec", "1000");
+        r.sysctl("net.ipv4.icmp_msgs_burst", "50");
+        r.sysctl("net.ipv6.icmp.ratelimit", "1000");
+    }
+    lab.r2().nft(
+        "table inet t {\n chain f { type filter hook forward priority 0; udp dport 5060-5067 drop; }\n}",
+    );
+    let _srv = start_server(lab.server(), &[]);
+    for v6 in [false, true] {
+        let target = server_addr(&lab, v6);
+        let (rc, doc) = trace_json(lab.client(), &[&target, "-p", "5060-5071"]);
+        assert_eq!(rc, 1, "{doc:#}");
+        let r2 = if v6 { "fd00:4::2" } else { "198.18.4.2" };
+        for port in 5060..5072u16 {
+            let up = result(&doc, port, "upstream");
+            if port >= 5068 {
+                assert_eq!(up["verdict"], "passes", "{port}: {up:#}");
+                continue;
+            }
+            assert_eq!(up["verdict"], "dropped_after", "{port}: {up:#}");
+            assert_eq!(up["last_hop"]["address"], r2, "{port}: {up:#}");
+            assert!(up["ambiguous"].is_null(), "{port}: {up:#}");
+        }
+        for port in 5060..5072u16 {
+            let down = result(&doc, port, "downstream");
+            assert_eq!(down["verdict"], "passes", "{port}: {down:#}");
+        }
+    }
+}

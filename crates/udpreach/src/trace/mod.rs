@@ -33,7 +33,10 @@ use udpreach_wire::trace::{
 /// Control port traced with --no-server when none is named (traceroute's first port).
 pub const NO_SERVER_CONTROL_PORT: u16 = 33434;
 /// Longest a whole upstream pass may take, whatever the engine asks.
-const UPSTREAM_DEADLINE: Duration = Duration::from_secs(120);
+const UPSTREAM_DEADLINE: Duration = Duration::from_secs(660);
+/// How often a long upstream pass asks the server what arrived (which also
+/// keeps the control session from going idle).
+const ARRIVALS_POLL: Duration = Duration::from_secs(5);
 
 /// What a probe socket received.
 struct Incoming {
@@ -73,11 +76,13 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
         format,
         quiet: args.quiet,
     };
-    let cfg = TraceConfig {
+    let mut cfg = TraceConfig {
         max_hops: args.max_hops,
         attempts: args.attempts,
         rate_pps: args.rate,
         wait: args.timeout,
+        patience: args.patience,
+        canary: None,
     };
     let ip = target.ip();
 
@@ -119,6 +124,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
     if !ports.contains(&control_port) {
         ports.push(control_port);
     }
+    cfg.canary = Some(control_port);
     let start = TraceStart {
         target: args.target.clone(),
         address: ip.to_string(),
@@ -221,7 +227,14 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
     // Upstream.
     let mut engine = TraceProbing::new(&ports, cfg.clone(), Instant::now());
     let up_started = Instant::now();
+    let mut next_poll = up_started + ARRIVALS_POLL;
     while !engine.is_done() && up_started.elapsed() < UPSTREAM_DEADLINE {
+        if let Some(c) = ctl.as_mut().filter(|_| Instant::now() >= next_poll) {
+            // A long (paced) trace: what arrived so far settles lost acks,
+            // and the session does not go idle.
+            arrivals(c, &ports, &mut engine).await?;
+            next_poll = Instant::now() + ARRIVALS_POLL;
+        }
         while let Some(t) = engine.poll_transmit(Instant::now()) {
             let Some(i) = ports.iter().position(|&p| p == t.port) else {
                 continue;
@@ -248,6 +261,11 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
         let wake = engine
             .poll_timeout()
             .unwrap_or_else(|| Instant::now() + Duration::from_millis(50));
+        let wake = if ctl.is_some() {
+            wake.min(next_poll)
+        } else {
+            wake
+        };
         tokio::select! {
             got = rx.recv() => match got {
                 Some(inc) => {
@@ -262,31 +280,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
     }
     // The server's count of what arrived settles acks that were lost.
     if let Some(c) = ctl.as_mut() {
-        match c
-            .call(
-                &ControlMsg::TraceArrivals {
-                    ports: ports.clone(),
-                },
-                Duration::from_secs(15),
-            )
-            .await?
-        {
-            ControlMsg::TraceArrived { arrivals } => {
-                for a in arrivals {
-                    for ttl in a.ttls {
-                        engine.handle_input(
-                            TraceInput::Arrived {
-                                port: a.port,
-                                ttl,
-                                attempt: u8::MAX,
-                            },
-                            Instant::now(),
-                        );
-                    }
-                }
-            }
-            other => bail!("unexpected answer to trace_arrivals: {other:?}"),
-        }
+        arrivals(c, &ports, &mut engine).await?;
     }
     let upstream = engine.into_results();
 
@@ -377,6 +371,40 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
     };
     report.finish(&doc);
     Ok(if passing == traced.len() { 0 } else { 1 })
+}
+
+/// Asks the server which TTLs of `ports` arrived and tells the engine.
+async fn arrivals(
+    c: &mut ControlClient,
+    ports: &[u16],
+    engine: &mut TraceProbing,
+) -> anyhow::Result<()> {
+    match c
+        .call(
+            &ControlMsg::TraceArrivals {
+                ports: ports.to_vec(),
+            },
+            Duration::from_secs(15),
+        )
+        .await?
+    {
+        ControlMsg::TraceArrived { arrivals } => {
+            for a in arrivals {
+                for ttl in a.ttls {
+                    engine.handle_input(
+                        TraceInput::Arrived {
+                            port: a.port,
+                            ttl,
+                            attempt: u8::MAX,
+                        },
+                        Instant::now(),
+                    );
+                }
+            }
+            Ok(())
+        }
+        other => bail!("unexpected answer to trace_arrivals: {other:?}"),
+    }
 }
 
 /// What the receivers learned beyond the engine's inputs.
