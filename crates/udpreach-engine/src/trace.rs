@@ -46,6 +46,9 @@ pub struct TraceConfig {
     /// A port known to pass (the control port): probed at every hop, and
     /// sent right after a probe whose silence must be confirmed.
     pub canary: Option<u16>,
+    /// The lowest TTL probed (1 but to check ports at a hop already known
+    /// from another port's trace).
+    pub first_ttl: u8,
 }
 
 impl Default for TraceConfig {
@@ -57,6 +60,7 @@ impl Default for TraceConfig {
             wait: None,
             patience: DEFAULT_PATIENCE,
             canary: None,
+            first_ttl: 1,
         }
     }
 }
@@ -399,6 +403,7 @@ impl TraceProbing {
     pub fn new(ports: &[u16], mut cfg: TraceConfig, now: Instant) -> Self {
         cfg.max_hops = cfg.max_hops.clamp(1, udpreach_wire::trace::MAX_HOPS);
         cfg.attempts = cfg.attempts.clamp(1, udpreach_wire::trace::MAX_ATTEMPTS);
+        cfg.first_ttl = cfg.first_ttl.clamp(1, cfg.max_hops);
         let mut unique = Vec::new();
         for &p in ports {
             if !unique.contains(&p) {
@@ -421,9 +426,9 @@ impl TraceProbing {
                 .collect(),
             reached: vec![None; unique.len()],
             top: vec![0; unique.len()],
-            top_any: 0,
+            top_any: cfg.first_ttl - 1,
             path_end: None,
-            layers: 0,
+            layers: cfg.first_ttl - 1,
             bucket: TokenBucket::with_burst(cfg.rate_pps, burst, now),
             canary: cfg.canary.and_then(|c| unique.iter().position(|&p| p == c)),
             ports: unique,
@@ -459,7 +464,7 @@ impl TraceProbing {
 
     fn result(&self, i: usize) -> PortTrace {
         let mut r = self.results[i].clone();
-        r.unsure = (1..=self.horizon(i))
+        r.unsure = (self.cfg.first_ttl..=self.horizon(i))
             .filter(|t| !r.hops.contains_key(t) && self.confirmed_silences(i, *t) == 0)
             .collect();
         r.rate_limited = self.rate_limited_hops().into_iter().collect();
@@ -1104,6 +1109,7 @@ mod tests {
             wait: None,
             patience: DEFAULT_PATIENCE,
             canary: ports.last().copied(),
+            first_ttl: 1,
         };
         run_cfg(ports, routers, link, seed, cfg)
     }
@@ -1441,6 +1447,7 @@ mod tests {
                 wait: None,
                 patience: DEFAULT_PATIENCE,
                 canary: Some(4000),
+                first_ttl: 1,
             };
             let (res, elapsed) = run_cfg(&ports, &rs, link, seed, cfg);
             let control = res.last().unwrap();
@@ -1497,6 +1504,7 @@ mod tests {
                 wait: None,
                 patience: Duration::from_secs(3),
                 canary: Some(4000),
+                first_ttl: 1,
             };
             let link = LinkConfig::perfect(Duration::from_millis(2));
             let (res, elapsed) = run_cfg(&ports, &rs, link, seed, cfg);
@@ -1541,6 +1549,7 @@ mod tests {
                 wait: None,
                 patience: DEFAULT_PATIENCE,
                 canary: Some(4000),
+                first_ttl: 1,
             };
             let link = LinkConfig::perfect(Duration::from_millis(2));
             let (res, _) = run_cfg(&ports, &rs, link, seed, cfg);

@@ -352,6 +352,11 @@ pub struct PortsArgs {
     /// Print every port, not just grouped ranges.
     #[arg(short = 'l', long = "list", help_heading = OUTPUT)]
     pub list: bool,
+    /// After the sweep, find the hop that drops each blocked port: a few representatives of
+    /// each group traced in full, the other ports checked at the hop they agree on (see
+    /// `udpreach trace`).
+    #[arg(long, conflicts_with_all = ["no_server", "json_lines"], help_heading = PATH)]
+    pub trace: bool,
     /// No progress bar and only the result lines.
     #[arg(short = 'q', long, help_heading = OUTPUT)]
     pub quiet: bool,
@@ -503,6 +508,9 @@ pub struct TraceArgs {
     /// One JSON object per line: start, one per port and direction, summary.
     #[arg(long = "json-lines", help_heading = OUTPUT)]
     pub json_lines: bool,
+    /// The lowest TTL probed (`ports --trace` checks ports at a hop it knows).
+    #[arg(skip)]
+    pub first_ttl: Option<u8>,
 }
 
 #[derive(Args, Debug)]

@@ -463,3 +463,83 @@ fn default_icmp_rate_limits_on_the_routers_place_every_drop() {
         }
     }
 }
+
+/// `ports --trace`: r2 drops 5060-5069 towards the server, r1 drops what
+/// 5075-5077 send back. After the sweep, three representatives of each
+/// group are traced in full, the other ports only at the hop they agree
+/// on; every blocked port gets the right hop in the right direction.
+#[test]
+fn ports_trace_places_each_blocked_group() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::chain();
+    lab.r2().nft(
+        "table inet t {\n chain f { type filter hook forward priority 0; udp dport 5060-5069 drop; }\n}",
+    );
+    lab.r1().nft(
+        "table inet t {\n chain f { type filter hook forward priority 0; udp sport 5075-5077 drop; }\n}",
+    );
+    let _srv = start_server(lab.server(), &[]);
+    let target = lab.server().ip4().to_string();
+    let o = udpreach(
+        lab.client(),
+        &["ports", &target, "5050-5079", "--trace", "--json"],
+    );
+    assert_eq!(code(&o), 1, "{}\n{}", stdout(&o), stderr(&o));
+    let doc: Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    schema::assert_valid("ports.json", &doc);
+    let t = &doc["trace"];
+    assert!(t["error"].is_null(), "{t:#}");
+    let groups = t["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 2, "{t:#}");
+    let inbound = groups
+        .iter()
+        .find(|g| g["sweep_verdict"] == "inbound_blocked")
+        .unwrap();
+    assert_eq!(
+        inbound["representatives"],
+        serde_json::json!([5060, 5065, 5069])
+    );
+    assert_eq!(inbound["checked_from_ttl"], 2, "{t:#}");
+    let ret = groups
+        .iter()
+        .find(|g| g["sweep_verdict"] == "return_blocked")
+        .unwrap();
+    assert_eq!(ret["direction"], "downstream", "{t:#}");
+    let find = |port: u16, dir: &str| {
+        t["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["port"] == port && r["direction"] == dir)
+            .unwrap_or_else(|| panic!("no {dir} result for {port}: {t:#}"))
+            .clone()
+    };
+    for port in 5060..5070u16 {
+        let up = find(port, "upstream");
+        assert_eq!(up["verdict"], "dropped_after", "{up:#}");
+        assert_eq!(up["last_hop"]["address"], "198.18.4.2", "{up:#}");
+        assert!(up["ambiguous"].is_null(), "{up:#}");
+    }
+    for port in 5075..5078u16 {
+        let down = find(port, "downstream");
+        assert_eq!(down["verdict"], "dropped_after", "{down:#}");
+        assert_eq!(down["last_hop"]["address"], "198.18.4.1", "{down:#}");
+    }
+    // The same in text: a line per group, then a verdict per port.
+    let o = udpreach(lab.client(), &["ports", &target, "5050-5079", "--trace"]);
+    let text = stdout(&o);
+    eprintln!("TEXT\n{text}");
+    assert_eq!(code(&o), 1, "{text}\n{}", stderr(&o));
+    assert!(
+        text.contains("trace of 10 inbound_blocked ports: representatives [5060, 5065, 5069], the other 7 checked from hop 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "port 5062 upstream: dropped after hop 2 (198.18.4.2): hop 3 and beyond silent"
+        ),
+        "{text}"
+    );
+}

@@ -216,6 +216,7 @@ impl TraceSession {
             // Hops that limit their errors are paced, within the deadline.
             patience: SEND_PATIENCE,
             canary: None,
+            first_ttl: 1,
         };
         let traced: Vec<u16> = dests.keys().copied().collect();
         let started = Instant::now();

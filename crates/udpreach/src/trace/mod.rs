@@ -56,6 +56,26 @@ enum Got {
 }
 
 pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
+    let format = OutputFormat::from_flags(args.json, args.json_lines);
+    let report = TraceReport {
+        format,
+        quiet: args.quiet,
+    };
+    let doc = trace(&args, Some(&report)).await?;
+    report.finish(&doc);
+    Ok(if doc.passing == doc.start.ports.len() {
+        0
+    } else {
+        1
+    })
+}
+
+/// Traces `args.ports` (both directions against a server) and returns the
+/// verdicts; `report` (if any) prints the start line.
+pub(crate) async fn trace(
+    args: &TraceArgs,
+    report: Option<&TraceReport>,
+) -> anyhow::Result<TraceDocument> {
     let started = Instant::now();
     let family = Family::from_flags(args.ipv4, args.ipv6);
     let mut target = resolve_async(&args.target, family).await?;
@@ -71,11 +91,6 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
             MAX_PORTS_PER_REQUEST - 1
         );
     }
-    let format = OutputFormat::from_flags(args.json, args.json_lines);
-    let report = TraceReport {
-        format,
-        quiet: args.quiet,
-    };
     let mut cfg = TraceConfig {
         max_hops: args.max_hops,
         attempts: args.attempts,
@@ -83,6 +98,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
         wait: args.timeout,
         patience: args.patience,
         canary: None,
+        first_ttl: args.first_ttl.unwrap_or(1),
     };
     let ip = target.ip();
 
@@ -137,7 +153,9 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
         control_port: Some(control_port),
         max_hops: args.max_hops,
     };
-    report.start(&start);
+    if let Some(r) = report {
+        r.start(&start);
+    }
 
     // One socket per port: a constant 5-tuple for every TTL.
     let opts = UdpOptions {
@@ -363,14 +381,12 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
                 .all(|r| r.passes())
         })
         .count();
-    let doc = TraceDocument {
+    Ok(TraceDocument {
         start,
         results,
         passing,
         elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
-    };
-    report.finish(&doc);
-    Ok(if passing == traced.len() { 0 } else { 1 })
+    })
 }
 
 /// Asks the server which TTLs of `ports` arrived and tells the engine.
