@@ -355,8 +355,8 @@ pub const CONFIRM_WINDOW: Duration = Duration::from_millis(5);
 /// TTLs probed beyond the highest one that drew an answer, until the far
 /// end is found (paths with a few silent hops in a row still get through).
 pub const LOOKAHEAD: u8 = 5;
-/// Most sends of one TTL of one port, paced retries included.
-pub const MAX_SENDS: usize = 64;
+/// Most sends of one TTL of one port, paced retries and canaries included.
+pub const MAX_SENDS: usize = udpreach_wire::trace::MAX_SENDS_PER_TTL as usize;
 /// Extra sends (each with a canary) for a silence no answer nearby confirmed.
 const EXTRA_UNCONFIRMED: usize = 3;
 /// First spacing of the polls of a limited hop whose clock is unknown.
@@ -1451,6 +1451,9 @@ mod tests {
             };
             let (res, elapsed) = run_cfg(&ports, &rs, link, seed, cfg);
             let control = res.last().unwrap();
+            for r in &res {
+                assert!(r.sent as usize <= 8 * MAX_SENDS, "seed {seed}: {r:?}");
+            }
             let mut placed = 0;
             for r in &res[..20] {
                 let a = analyse(r, Some(control), Some(TARGET));
