@@ -27,6 +27,10 @@ pub const KEYED_PROBE_LEN: usize = PROBE_LEN + TAG_LEN;
 pub const MAX_HOPS: u8 = 64;
 /// Most attempts per TTL.
 pub const MAX_ATTEMPTS: u8 = 3;
+/// Most sends of one TTL of one port: the attempts, then the retries that
+/// must confirm a silence (each followed by a canary, itself counted as a
+/// send of the canary's TTL) or catch a rate-limited hop's next error.
+pub const MAX_SENDS_PER_TTL: u8 = 16;
 /// Most ports one `TraceOpen` or `TraceSend` may name.
 pub const MAX_PORTS_PER_REQUEST: usize = 128;
 /// Most `TraceSend` requests one session may make.

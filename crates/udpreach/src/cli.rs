@@ -381,6 +381,11 @@ pub struct PortsArgs {
     /// Print every port, not just grouped ranges.
     #[arg(short = 'l', long = "list", help_heading = OUTPUT)]
     pub list: bool,
+    /// After the sweep, find the hop that drops each blocked port: a few representatives of
+    /// each group traced in full, the other ports checked at the hop they agree on (see
+    /// `udpreach trace`).
+    #[arg(long, conflicts_with_all = ["no_server", "json_lines"], help_heading = PATH)]
+    pub trace: bool,
     #[command(flatten)]
     pub output: OutputArgs,
     #[command(flatten)]
@@ -517,11 +522,19 @@ pub struct TraceArgs {
     /// Fixed wait per attempt, 1ms..=5s [default: 4x the slowest answer, 150ms..=2s].
     #[arg(long, value_name = "DURATION", value_parser = duration_in("timeout", "1ms", "5s"), allow_negative_numbers = true, help_heading = PROBES)]
     pub timeout: Option<Duration>,
+    /// How long hops that rate-limit their ICMP errors are still probed, paced to their
+    /// limit (Linux routers allow one a second by default), 0s..=10m; what is missing
+    /// then makes a verdict ambiguous.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration_in("patience", "0s", "10m"), allow_negative_numbers = true, help_heading = PROBES)]
+    pub patience: Duration,
     #[command(flatten)]
     pub output: OutputArgs,
     /// With a server that has a key: every trace datagram is tagged with the session key.
     #[command(flatten)]
     pub key: KeyArgs,
+    /// The lowest TTL probed (`ports --trace` checks ports at a hop it knows).
+    #[arg(skip)]
+    pub first_ttl: Option<u8>,
 }
 
 #[derive(Args, Debug)]

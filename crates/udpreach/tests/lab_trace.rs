@@ -594,3 +594,127 @@ fn a_smaller_next_link_shows_as_the_hop_mtu_both_ways() {
         assert_eq!(rc, 0, "{doc:#}");
     }
 }
+
+/// Both routers back to the kernel's ICMP defaults (one error a second per
+/// peer after a burst of six, IPv6 a quarter second for a /64): r2 drops
+/// 8 of 12 ports. Every drop is placed at r2 (paced to the limiters, path
+/// evidence shared across ports), and a verdict without enough evidence
+/// says so; none names a wrong hop.
+#[test]
+fn default_icmp_rate_limits_on_the_routers_place_every_drop() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::chain();
+    for r in [lab.r1(), lab.r2()] {
+        r.sysctl("net.ipv4.icmp_ratelimit", "1000");
+        r.sysctl("net.ipv4.icmp_ratemask", "6168");
+        r.sysctl("net.ipv4.icmp_msgs_per_sec", "1000");
+        r.sysctl("net.ipv4.icmp_msgs_burst", "50");
+        r.sysctl("net.ipv6.icmp.ratelimit", "1000");
+    }
+    lab.r2().nft(
+        "table inet t {\n chain f { type filter hook forward priority 0; udp dport 5060-5067 drop; }\n}",
+    );
+    let _srv = start_server(lab.server(), &[]);
+    for v6 in [false, true] {
+        let target = server_addr(&lab, v6);
+        let (rc, doc) = trace_json(lab.client(), &[&target, "-p", "5060-5071"]);
+        assert_eq!(rc, 1, "{doc:#}");
+        let r2 = if v6 { "fd00:4::2" } else { "198.18.4.2" };
+        for port in 5060..5072u16 {
+            let up = result(&doc, port, "upstream");
+            if port >= 5068 {
+                assert_eq!(up["verdict"], "passes", "{port}: {up:#}");
+                continue;
+            }
+            assert_eq!(up["verdict"], "dropped_after", "{port}: {up:#}");
+            assert_eq!(up["last_hop"]["address"], r2, "{port}: {up:#}");
+            assert!(up["ambiguous"].is_null(), "{port}: {up:#}");
+        }
+        for port in 5060..5072u16 {
+            let down = result(&doc, port, "downstream");
+            assert_eq!(down["verdict"], "passes", "{port}: {down:#}");
+        }
+    }
+}
+
+/// `ports --trace`: r2 drops 5060-5069 towards the server, r1 drops what
+/// 5075-5077 send back. After the sweep, three representatives of each
+/// group are traced in full, the other ports only at the hop they agree
+/// on; every blocked port gets the right hop in the right direction.
+#[test]
+fn ports_trace_places_each_blocked_group() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::chain();
+    lab.r2().nft(
+        "table inet t {\n chain f { type filter hook forward priority 0; udp dport 5060-5069 drop; }\n}",
+    );
+    lab.r1().nft(
+        "table inet t {\n chain f { type filter hook forward priority 0; udp sport 5075-5077 drop; }\n}",
+    );
+    let _srv = start_server(lab.server(), &[]);
+    let target = lab.server().ip4().to_string();
+    let o = udpreach(
+        lab.client(),
+        &["ports", &target, "5050-5079", "--trace", "--json"],
+    );
+    assert_eq!(code(&o), 1, "{}\n{}", stdout(&o), stderr(&o));
+    let doc: Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    schema::assert_valid("ports.json", &doc);
+    let t = &doc["trace"];
+    assert!(t["error"].is_null(), "{t:#}");
+    let groups = t["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 2, "{t:#}");
+    let inbound = groups
+        .iter()
+        .find(|g| g["sweep_verdict"] == "inbound_blocked")
+        .unwrap();
+    assert_eq!(
+        inbound["representatives"],
+        serde_json::json!([5060, 5065, 5069])
+    );
+    assert_eq!(inbound["checked_from_ttl"], 2, "{t:#}");
+    let ret = groups
+        .iter()
+        .find(|g| g["sweep_verdict"] == "return_blocked")
+        .unwrap();
+    assert_eq!(ret["direction"], "downstream", "{t:#}");
+    let find = |port: u16, dir: &str| {
+        t["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["port"] == port && r["direction"] == dir)
+            .unwrap_or_else(|| panic!("no {dir} result for {port}: {t:#}"))
+            .clone()
+    };
+    for port in 5060..5070u16 {
+        let up = find(port, "upstream");
+        assert_eq!(up["verdict"], "dropped_after", "{up:#}");
+        assert_eq!(up["last_hop"]["address"], "198.18.4.2", "{up:#}");
+        assert!(up["ambiguous"].is_null(), "{up:#}");
+    }
+    for port in 5075..5078u16 {
+        let down = find(port, "downstream");
+        assert_eq!(down["verdict"], "dropped_after", "{down:#}");
+        assert_eq!(down["last_hop"]["address"], "198.18.4.1", "{down:#}");
+    }
+    // The same in text: a line per group, then a verdict per port.
+    let o = udpreach(lab.client(), &["ports", &target, "5050-5079", "--trace"]);
+    let text = stdout(&o);
+    eprintln!("TEXT\n{text}");
+    assert_eq!(code(&o), 1, "{text}\n{}", stderr(&o));
+    assert!(
+        text.contains("trace of 10 inbound_blocked ports: representatives [5060, 5065, 5069], the other 7 checked from hop 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "port 5062 upstream: dropped after hop 2 (198.18.4.2): hop 3 and beyond silent"
+        ),
+        "{text}"
+    );
+}

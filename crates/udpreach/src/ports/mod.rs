@@ -6,6 +6,7 @@
 //! for the server to bind the next window.
 
 mod serverless;
+mod trace;
 
 use crate::cli::PortsArgs;
 use crate::control_client::{ControlClient, Pending};
@@ -151,7 +152,11 @@ pub async fn run(args: PortsArgs) -> anyhow::Result<u8> {
         }
     };
     let results = sweep.results();
-    report.print(&results, elapsed, sweep.progress().probes_sent);
+    let traced = match (&ending, args.trace) {
+        (Ending::Complete, true) => Some(trace::trace_blocked(&args, &results).await),
+        _ => None,
+    };
+    report.print(&results, elapsed, sweep.progress().probes_sent, traced);
     let all_ok = results
         .iter()
         .all(|r| r.verdict == udpreach_engine::Verdict::Reachable);

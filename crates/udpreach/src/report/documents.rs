@@ -203,6 +203,9 @@ pub struct PortsDocument {
     #[serde(flatten)]
     pub summary: PortsSummary,
     pub ports: Vec<PortResult>,
+    /// `--trace`: where the blocked ports are dropped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<super::ports_trace::PortsTrace>,
 }
 
 /// One port's result as a `--json-lines` event: `{"type": "port", ...}`.

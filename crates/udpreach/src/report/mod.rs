@@ -16,6 +16,7 @@ pub mod mtu;
 pub mod nat;
 pub mod ping;
 pub mod ports;
+pub mod ports_trace;
 pub mod serverless;
 pub mod trace;
 

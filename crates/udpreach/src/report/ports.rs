@@ -3,6 +3,7 @@
 //! from the typed [`PortsDocument`].
 
 use super::documents::{PortEvent, PortsDocument, PortsLine, PortsStart, PortsSummary};
+use super::ports_trace::PortsTrace;
 use super::{print_json_line, OutputFormat};
 use indicatif::ProgressBar;
 use std::net::SocketAddr;
@@ -44,7 +45,14 @@ impl PortsReport {
         }
     }
 
-    pub fn print(&self, results: &[PortResult], elapsed: Duration, probes: u64) {
+    /// The report at the end, with the `--trace` section if there is one.
+    pub fn print(
+        &self,
+        results: &[PortResult],
+        elapsed: Duration,
+        probes: u64,
+        trace: Option<PortsTrace>,
+    ) {
         let groups = super::group_by(results.iter().map(|r| (r.verdict, r.port)));
         let reachable = groups.get(&Verdict::Reachable).map_or(0, Vec::len);
         let (counts, ranges) = super::counts_and_ranges(&groups, Verdict::as_str);
@@ -61,6 +69,7 @@ impl PortsReport {
                 ranges,
             },
             ports: results.to_vec(),
+            trace,
         };
         match self.format {
             OutputFormat::Json => super::print_json(&doc),
@@ -108,5 +117,10 @@ impl PortsReport {
             s.not_reachable,
             s.probes_sent
         );
+        if let Some(t) = &doc.trace {
+            for line in t.text_lines() {
+                println!("{line}");
+            }
+        }
     }
 }

@@ -46,6 +46,9 @@ use udpreach_wire::trace::{
 const ERROR_QUEUE: usize = 4096;
 /// Longest one `TraceSend` may run, whatever the engine asks.
 const SEND_DEADLINE: Duration = Duration::from_secs(30);
+/// How long one `TraceSend` keeps probing hops that limit their ICMP
+/// errors (one a second each, after a burst): well within [`SEND_DEADLINE`].
+const SEND_PATIENCE: Duration = Duration::from_secs(20);
 /// Probes per second of a downstream trace when the client names no rate.
 const DEFAULT_RATE: u32 = 1000;
 
@@ -226,6 +229,10 @@ impl TraceSession {
             attempts,
             rate_pps: rate,
             wait: (wait_ms > 0).then(|| Duration::from_millis(u64::from(wait_ms.min(MAX_WAIT_MS)))),
+            // Hops that limit their errors are paced, within the deadline.
+            patience: SEND_PATIENCE,
+            canary: None,
+            first_ttl: 1,
         };
         let traced: Vec<u16> = dests.keys().copied().collect();
         let started = Instant::now();

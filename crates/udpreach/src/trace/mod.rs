@@ -33,7 +33,10 @@ use udpreach_wire::trace::{
 /// Control port traced with --no-server when none is named (traceroute's first port).
 pub const NO_SERVER_CONTROL_PORT: u16 = 33434;
 /// Longest a whole upstream pass may take, whatever the engine asks.
-const UPSTREAM_DEADLINE: Duration = Duration::from_secs(120);
+const UPSTREAM_DEADLINE: Duration = Duration::from_secs(660);
+/// How often a long upstream pass asks the server what arrived (which also
+/// keeps the control session from going idle).
+const ARRIVALS_POLL: Duration = Duration::from_secs(5);
 
 /// What a probe socket received.
 struct Incoming {
@@ -53,6 +56,25 @@ enum Got {
 }
 
 pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
+    let report = TraceReport {
+        format: args.output.format(),
+        quiet: args.output.quiet,
+    };
+    let doc = trace(&args, Some(&report)).await?;
+    report.finish(&doc);
+    Ok(if doc.passing == doc.start.ports.len() {
+        0
+    } else {
+        1
+    })
+}
+
+/// Traces `args.ports` (both directions against a server) and returns the
+/// verdicts; `report` (if any) prints the start line.
+pub(crate) async fn trace(
+    args: &TraceArgs,
+    report: Option<&TraceReport>,
+) -> anyhow::Result<TraceDocument> {
     let started = Instant::now();
     let family = Family::from_flags(args.ipv4, args.ipv6);
     let mut target = resolve_async(&args.target, family).await?;
@@ -75,16 +97,14 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
             bail!("invalid size '{size}': {e}");
         }
     }
-    let format = args.output.format();
-    let report = TraceReport {
-        format,
-        quiet: args.output.quiet,
-    };
-    let cfg = TraceConfig {
+    let mut cfg = TraceConfig {
         max_hops: args.max_hops,
         attempts: args.attempts,
         rate_pps: args.rate,
         wait: args.timeout,
+        patience: args.patience,
+        canary: None,
+        first_ttl: args.first_ttl.unwrap_or(1),
     };
     let ip = target.ip();
 
@@ -134,6 +154,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
     if !ports.contains(&control_port) {
         ports.push(control_port);
     }
+    cfg.canary = Some(control_port);
     let start = TraceStart {
         target: args.target.clone(),
         address: ip.to_string(),
@@ -146,7 +167,9 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
         control_port: Some(control_port),
         max_hops: args.max_hops,
     };
-    report.start(&start);
+    if let Some(r) = report {
+        r.start(&start);
+    }
 
     // One socket per port: a constant 5-tuple for every TTL.
     let opts = UdpOptions {
@@ -259,7 +282,14 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
     // Upstream.
     let mut engine = TraceProbing::new(&ports, cfg.clone(), Instant::now());
     let up_started = Instant::now();
+    let mut next_poll = up_started + ARRIVALS_POLL;
     while !engine.is_done() && up_started.elapsed() < UPSTREAM_DEADLINE {
+        if let Some(c) = ctl.as_mut().filter(|_| Instant::now() >= next_poll) {
+            // A long (paced) trace: what arrived so far settles lost acks,
+            // and the session does not go idle.
+            arrivals(c, &ports, &mut engine).await?;
+            next_poll = Instant::now() + ARRIVALS_POLL;
+        }
         while let Some(t) = engine.poll_transmit(Instant::now()) {
             let Some(i) = ports.iter().position(|&p| p == t.port) else {
                 continue;
@@ -286,6 +316,11 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
         let wake = engine
             .poll_timeout()
             .unwrap_or_else(|| Instant::now() + Duration::from_millis(50));
+        let wake = if ctl.is_some() {
+            wake.min(next_poll)
+        } else {
+            wake
+        };
         tokio::select! {
             got = rx.recv() => match got {
                 Some(inc) => {
@@ -300,31 +335,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
     }
     // The server's count of what arrived settles acks that were lost.
     if let Some(c) = ctl.as_mut() {
-        match c
-            .call(
-                &ControlMsg::TraceArrivals {
-                    ports: ports.clone(),
-                },
-                Duration::from_secs(15),
-            )
-            .await?
-        {
-            ControlMsg::TraceArrived { arrivals } => {
-                for a in arrivals {
-                    for ttl in a.ttls {
-                        engine.handle_input(
-                            TraceInput::Arrived {
-                                port: a.port,
-                                ttl,
-                                attempt: u8::MAX,
-                            },
-                            Instant::now(),
-                        );
-                    }
-                }
-            }
-            other => bail!("unexpected answer to trace_arrivals: {other:?}"),
-        }
+        arrivals(c, &ports, &mut engine).await?;
     }
     let upstream = engine.into_results();
 
@@ -405,14 +416,46 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
                 .all(|r| r.passes())
         })
         .count();
-    let doc = TraceDocument {
+    Ok(TraceDocument {
         start,
         results,
         passing,
         elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
-    };
-    report.finish(&doc);
-    Ok(if passing == traced.len() { 0 } else { 1 })
+    })
+}
+
+/// Asks the server which TTLs of `ports` arrived and tells the engine.
+async fn arrivals(
+    c: &mut ControlClient,
+    ports: &[u16],
+    engine: &mut TraceProbing,
+) -> anyhow::Result<()> {
+    match c
+        .call(
+            &ControlMsg::TraceArrivals {
+                ports: ports.to_vec(),
+            },
+            Duration::from_secs(15),
+        )
+        .await?
+    {
+        ControlMsg::TraceArrived { arrivals } => {
+            for a in arrivals {
+                for ttl in a.ttls {
+                    engine.handle_input(
+                        TraceInput::Arrived {
+                            port: a.port,
+                            ttl,
+                            attempt: u8::MAX,
+                        },
+                        Instant::now(),
+                    );
+                }
+            }
+            Ok(())
+        }
+        other => bail!("unexpected answer to trace_arrivals: {other:?}"),
+    }
 }
 
 /// What the receivers learned beyond the engine's inputs.
