@@ -9,7 +9,7 @@
 mod lab;
 mod util;
 
-use lab::{require_root, Host, Lab, Proc};
+use lab::{require_root, Host, Lab};
 use serde_json::Value;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
