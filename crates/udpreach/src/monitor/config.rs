@@ -531,6 +531,14 @@ mod tests {
         assert!(!c.groups.is_empty());
         assert!(c.modules.contains_key("ping"));
         assert!(c.modules.contains_key("ports"));
+        assert!(c.groups.iter().any(|g| g.stamp.is_some()));
+        assert!(matches!(
+            c.modules.get("stamp"),
+            Some(Module::Ping {
+                prober: Prober::Stamp,
+                ..
+            })
+        ));
     }
 
     fn error_of(text: &str) -> String {
