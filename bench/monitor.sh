@@ -42,14 +42,19 @@ measure() { # pid label
   hz=$(getconf CLK_TCK)
   hwm=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
   rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
-  python3 -c "import sys; c=(int(sys.argv[2])-int(sys.argv[1]))/int(sys.argv[3]); print(f'{sys.argv[6]:44} {100*c/int(sys.argv[7]):8.2f} {int(sys.argv[4])/1024:9.1f} {int(sys.argv[5])/1024:9.1f}   {sys.argv[8]}')" \
+  python3 -c "import sys; c=(int(sys.argv[2])-int(sys.argv[1]))/int(sys.argv[3]); print(f'{sys.argv[6]:52} {100*c/int(sys.argv[7]):8.2f} {int(sys.argv[4])/1024:9.1f} {int(sys.argv[5])/1024:9.1f}   {sys.argv[8]}')" \
     "$t0" "$t1" "$hz" "$rss" "$hwm" "$2" "$SECS" "$(cut -d' ' -f1-3 /proc/loadavg)"
 }
+
+# Background processes start with `ip netns exec` itself, not through the
+# inc function: a backgrounded function is a subshell whose pid is not the
+# program's, so killing it left the program running (the earlier bug: the
+# first Prometheus still held its port when the next started).
 
 # Starts Prometheus in the client namespace on 127.0.0.1:$2 with config $1
 # and data dir $3; waits until it answers. Sets PROM.
 start_prometheus() { # config port datadir
-  inc prometheus --config.file="$1" --storage.tsdb.path="$3" \
+  ip netns exec "$NSC" prometheus --config.file="$1" --storage.tsdb.path="$3" \
     --web.listen-address="127.0.0.1:$2" --log.level=error & PROM=$!; PIDS+=($PROM)
   for _ in $(seq 100); do
     inc bash -c "exec 3<>/dev/tcp/127.0.0.1/$2" 2>/dev/null && return 0
@@ -65,10 +70,11 @@ stop() { # pid
 }
 
 http_get() { # port path
-  inc bash -c "exec 3<>/dev/tcp/127.0.0.1/$1; printf 'GET $2 HTTP/1.0\r\n\r\n' >&3; cat <&3"
+  # shellcheck disable=SC2016 # expanded by the inner bash
+  inc bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$0"; printf "GET %s HTTP/1.0\r\n\r\n" "$1" >&3; cat <&3' "$1" "$2"
 }
 
-printf 'agent (%s targets, 1 probe/s each, %ss)     %8s %9s %9s   %s\n' "$N" "$SECS" 'CPU %' 'RSS MB' 'max MB' 'load average'
+printf '%-52s %8s %9s %9s   %s\n' "agent ($N targets, 1 probe/s each, ${SECS}s)" 'CPU %' 'RSS MB' 'max MB' 'load average'
 
 # 1. udpreach monitor (this build, then BEFORE if given), scraped every 5 s.
 {
@@ -86,10 +92,10 @@ scrape_configs:
     static_configs: [ { targets: ['127.0.0.1:9464'] } ]
 YML
 run_agent() { # binary label
-  inc "$1" monitor --config "$WORK/monitor.toml" 2>"$WORK/monitor.log" & MON=$!; PIDS+=($MON)
+  ip netns exec "$NSC" "$1" monitor --config "$WORK/monitor.toml" 2>"$WORK/monitor.log" & MON=$!; PIDS+=($MON)
   start_prometheus "$WORK/prom-udpreach.yml" 9090 "$WORK/d-$RANDOM"
   sleep 5 # warm-up: every target started
-  measure "$(pgrep -P "$MON" || echo "$MON")" "$2"
+  measure "$MON" "$2"
   http_get 9464 /metrics > "$WORK/metrics.txt" || true
   sent=$(grep -h '^udpreach_probes_sent_total' "$WORK/metrics.txt" | awk '{s+=$2} END {print s+0}')
   repl=$(grep -h '^udpreach_replies_total' "$WORK/metrics.txt" | awk '{s+=$2} END {print s+0}')
@@ -121,10 +127,10 @@ YML
   echo '      - { source_labels: [__param_target], target_label: instance }'
   echo '      - { target_label: __address__, replacement: 127.0.0.1:9115 }'
 } > "$WORK/prom-blackbox.yml"
-inc prometheus-blackbox-exporter --config.file="$WORK/blackbox.yml" --web.listen-address=127.0.0.1:9115 --log.level=error & BB=$!; PIDS+=($BB)
+ip netns exec "$NSC" prometheus-blackbox-exporter --config.file="$WORK/blackbox.yml" --web.listen-address=127.0.0.1:9115 --log.level=error & BB=$!; PIDS+=($BB)
 start_prometheus "$WORK/prom-blackbox.yml" 9091 "$WORK/d-bb"
 sleep 5
-measure "$(pgrep -P "$BB" || echo "$BB")" "blackbox_exporter icmp (/probe each 1s)"
+measure "$BB" "blackbox_exporter icmp (/probe each 1s)"
 prom_value() { # query (URL-encoded)
   http_get 9091 "/api/v1/query?query=$1" | tail -1 |
     python3 -c "import json,sys; r=json.load(sys.stdin)['data']['result']; print(round(float(r[0]['value'][1])) if r else '?')" 2>/dev/null || echo '?'
