@@ -266,8 +266,10 @@ pub struct PingSession {
     /// Seqs awaiting a reply, in send order (timeouts expire in this order).
     waiting: VecDeque<u64>,
     stopped: bool,
-    rtt: RttStats,
-    rtt_user: RttStats,
+    /// RTT statistics for the summary: `None` when the caller keeps its own
+    /// record of the replies' RTTs ([`PingSession::without_rtt_stats`]).
+    rtt: Option<RttStats>,
+    rtt_user: Option<RttStats>,
     /// Replies whose RTT came from the kernel's timestamps, and from ours.
     kernel_rtts: u64,
     user_rtts: u64,
@@ -295,6 +297,18 @@ pub struct PingSession {
 impl PingSession {
     /// A session starting at `now`.
     pub fn new(cfg: PingConfig, now: Instant) -> Self {
+        let mut s = Self::without_rtt_stats(cfg, now);
+        s.rtt = Some(RttStats::new());
+        s.rtt_user = Some(RttStats::new());
+        s
+    }
+
+    /// A session starting at `now` that keeps no RTT statistics of its own:
+    /// each reply's RTT is in its [`PingEvent`], and the summary's `rtt` and
+    /// `rtt_user` are `None`. For callers that record RTTs themselves (the
+    /// monitor's Prometheus histogram): it saves the two HDR histograms
+    /// (about 270 KB each) and the quantile work of every summary.
+    pub fn without_rtt_stats(cfg: PingConfig, now: Instant) -> Self {
         PingSession {
             cfg,
             start: now,
@@ -308,8 +322,8 @@ impl PingSession {
             base: 0,
             waiting: VecDeque::new(),
             stopped: false,
-            rtt: RttStats::new(),
-            rtt_user: RttStats::new(),
+            rtt: None,
+            rtt_user: None,
             kernel_rtts: 0,
             user_rtts: 0,
             received: 0,
@@ -473,8 +487,12 @@ impl PingSession {
             }
             ProbeState::Waiting => {
                 self.received += 1;
-                self.rtt.record(rtt);
-                self.rtt_user.record(user);
+                if let Some(s) = self.rtt.as_mut() {
+                    s.record(rtt);
+                }
+                if let Some(s) = self.rtt_user.as_mut() {
+                    s.record(user);
+                }
                 if kernel.is_some() {
                     self.kernel_rtts += 1;
                 } else {
@@ -695,7 +713,7 @@ impl PingSession {
             withheld,
             lost,
             loss_percent,
-            rtt: self.rtt.summary(),
+            rtt: self.rtt.as_ref().and_then(RttStats::summary),
             upstream_lost: up,
             downstream_lost: down,
             direction_unknown: unknown,
@@ -711,7 +729,7 @@ impl PingSession {
                 (0, _) => Some(RttClock::User),
                 _ => Some(RttClock::Mixed),
             },
-            rtt_user: self.rtt_user.summary(),
+            rtt_user: self.rtt_user.as_ref().and_then(RttStats::summary),
             send_rate_pps: self.send_rate_pps(),
             schedule_restarts: self.schedule_restarts,
         }
@@ -1221,12 +1239,16 @@ mod tests {
         assert!((sum.rtt.unwrap().min_ms - 0.04).abs() < 1e-9);
     }
 
-    /// The session through the one engine interface, over the test kit's
-    /// lossy, duplicating, reordering link in virtual time: every probe is
-    /// counted exactly once as received or lost, and every extra copy as a
-    /// duplicate.
-    #[test]
-    fn lossy_reordering_link_through_the_engine_interface() {
+    type LossyRun = (
+        PingSession,
+        crate::testkit::Outcome<PingEvent>,
+        std::collections::HashMap<u64, u64>,
+    );
+
+    /// 200 probes from a session made by `make` over the test kit's lossy,
+    /// duplicating, reordering link in virtual time (seed 7): the session,
+    /// the run and how many copies of each probe's reply were delivered.
+    fn lossy_reordering_run(make: fn(PingConfig, Instant) -> PingSession) -> LossyRun {
         use crate::testkit::{Limits, LinkConfig, Sim};
         let link = LinkConfig {
             delay: ms(20),
@@ -1241,7 +1263,7 @@ mod tests {
             timeout: ms(500),
             deadline: None,
         };
-        let mut s = PingSession::new(cfg, sim.now());
+        let mut s = make(cfg, sim.now());
         let mut copies: std::collections::HashMap<u64, u64> = Default::default();
         let out = sim.run(&mut s, Limits::default(), |sim, seq| {
             let now = sim.now();
@@ -1263,6 +1285,16 @@ mod tests {
                 }
             }
         });
+        (s, out, copies)
+    }
+
+    /// The session through the one engine interface, over the test kit's
+    /// lossy, duplicating, reordering link in virtual time: every probe is
+    /// counted exactly once as received or lost, and every extra copy as a
+    /// duplicate.
+    #[test]
+    fn lossy_reordering_link_through_the_engine_interface() {
+        let (s, out, copies) = lossy_reordering_run(PingSession::new);
         assert!(out.done);
         let r = s.summary();
         let answered = copies.len() as u64;
@@ -1277,5 +1309,27 @@ mod tests {
             .filter(|e| matches!(e, PingEvent::Timeout { .. }))
             .count() as u64;
         assert_eq!(timeouts, 200 - answered);
+    }
+
+    /// A session without RTT statistics (the monitor's) sees the same run
+    /// the same way: the same events (each reply's RTT in it) and the same
+    /// counters; only the summary's RTT statistics are left out.
+    #[test]
+    fn without_rtt_stats_counts_the_same_and_keeps_no_histograms() {
+        let (full, full_out, _) = lossy_reordering_run(PingSession::new);
+        let (lean, lean_out, _) = lossy_reordering_run(PingSession::without_rtt_stats);
+        assert_eq!(full_out.events, lean_out.events);
+        let (f, l) = (full.summary(), lean.summary());
+        assert!(f.rtt.is_some() && f.rtt_user.is_some());
+        assert!(l.rtt.is_none() && l.rtt_user.is_none());
+        assert_eq!(
+            PingSummary {
+                rtt: None,
+                rtt_user: None,
+                ..f
+            },
+            l
+        );
+        assert!(lean.rtt.is_none() && lean.rtt_user.is_none());
     }
 }

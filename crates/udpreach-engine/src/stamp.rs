@@ -248,8 +248,10 @@ pub struct StampSender {
     done: bool,
     stateful: Option<bool>,
     reflector_sync: Option<bool>,
-    forward: RttStats,
-    backward: RttStats,
+    /// One-way delay statistics; `None` without RTT statistics
+    /// ([`StampSender::without_rtt_stats`]).
+    forward: Option<RttStats>,
+    backward: Option<RttStats>,
     cos: Option<ClassOfServiceSeen>,
     ignored: u64,
     /// Unix ns we wrote into each packet still remembered, by seq.
@@ -265,6 +267,18 @@ const SENT_HISTORY: usize = 1 << 16;
 impl StampSender {
     /// A session configured by `cfg`, starting at `now`.
     pub fn new(cfg: StampSenderConfig, now: Instant) -> Self {
+        let mut s = Self::without_rtt_stats(cfg, now);
+        s.session = PingSession::new(s.cfg.ping.clone(), now);
+        s.forward = Some(RttStats::new());
+        s.backward = Some(RttStats::new());
+        s
+    }
+
+    /// A session that keeps no RTT or one-way delay statistics of its own
+    /// (see [`PingSession::without_rtt_stats`]): each reply's figures are in
+    /// its [`StampEvent`]; the summaries' `rtt`, `rtt_user` and `one_way`
+    /// are empty. For callers that record them themselves (the monitor).
+    pub fn without_rtt_stats(cfg: StampSenderConfig, now: Instant) -> Self {
         let cos = cfg.class_of_service.map(|tos| ClassOfServiceSeen {
             sent_dscp: tos >> 2,
             sent_ecn: tos & 3,
@@ -276,7 +290,7 @@ impl StampSender {
             remarked_replies: 0,
         });
         StampSender {
-            session: PingSession::new(cfg.ping.clone(), now),
+            session: PingSession::without_rtt_stats(cfg.ping.clone(), now),
             cfg,
             start: now,
             transmits: VecDeque::new(),
@@ -284,8 +298,8 @@ impl StampSender {
             done: false,
             stateful: None,
             reflector_sync: None,
-            forward: RttStats::new(),
-            backward: RttStats::new(),
+            forward: None,
+            backward: None,
             cos,
             ignored: 0,
             sent_ns: VecDeque::new(),
@@ -447,11 +461,11 @@ impl StampSender {
         }
         let first_copy = matches!(event, PingEvent::Reply { .. });
         if first_copy {
-            if let Some(f) = info.forward_ns {
-                self.forward.record(Duration::from_nanos(f));
+            if let (Some(f), Some(s)) = (info.forward_ns, self.forward.as_mut()) {
+                s.record(Duration::from_nanos(f));
             }
-            if let Some(b) = info.backward_ns {
-                self.backward.record(Duration::from_nanos(b));
+            if let (Some(b), Some(s)) = (info.backward_ns, self.backward.as_mut()) {
+                s.record(Duration::from_nanos(b));
             }
         }
         if let (Some(seen), Some(cos)) = (self.cos.as_mut(), find_cos(&data[mode.base_len()..])) {
@@ -507,8 +521,8 @@ impl StampSender {
             },
             reflector_clock_synchronized: self.reflector_sync,
             one_way: both_sync.then(|| OneWayDelays {
-                forward: self.forward.summary(),
-                backward: self.backward.summary(),
+                forward: self.forward.as_ref().and_then(RttStats::summary),
+                backward: self.backward.as_ref().and_then(RttStats::summary),
             }),
             class_of_service: self.cos.clone(),
             ignored: self.ignored,

@@ -103,8 +103,17 @@ pub fn resolve(input: &str, default_port: u16, family: Family) -> Result<SocketA
 /// [`resolve`] off the async runtime's thread (name lookups block), with
 /// udpreach's default port.
 pub async fn resolve_async(input: &str, family: Family) -> anyhow::Result<SocketAddr> {
+    resolve_async_port(input, crate::cli::DEFAULT_PORT, family).await
+}
+
+/// [`resolve_async`] with another default port (STAMP's 862).
+pub async fn resolve_async_port(
+    input: &str,
+    default_port: u16,
+    family: Family,
+) -> anyhow::Result<SocketAddr> {
     let input = input.to_string();
-    tokio::task::spawn_blocking(move || resolve(&input, crate::cli::DEFAULT_PORT, family))
+    tokio::task::spawn_blocking(move || resolve(&input, default_port, family))
         .await?
         .map_err(|e| anyhow::anyhow!(e))
 }

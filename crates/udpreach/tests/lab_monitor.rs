@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::Duration;
-use util::start_server;
+use util::{stamp_suite_reflector, start_server, udpreach_reflector};
 
 const SIGHUP: i32 = 1;
 
@@ -485,5 +485,123 @@ fn nat_change_counts() {
         "NAT change not counted:\n{}\n{}",
         metrics(lab.client()),
         agent.stderr_so_far()
+    );
+}
+
+/// The lost share of what `group` sent so far, by direction (upstream,
+/// downstream, unknown), and what it sent.
+fn loss_by_direction(m: &str, target: &str, group: &str) -> ([f64; 3], f64) {
+    let base = format!("target=\"{target}\",group=\"{group}\"");
+    let sent = sample(m, &format!("udpreach_probes_sent_total{{{base}}}")).unwrap_or(0.0);
+    let lost = ["upstream", "downstream", "unknown"].map(|d| {
+        sample(
+            m,
+            &format!("udpreach_lost_total{{{base},direction=\"{d}\"}}"),
+        )
+        .unwrap_or(0.0)
+            / sent.max(1.0)
+    });
+    (lost, sent)
+}
+
+/// STAMP checks (issue 14, requirement 4): the agent measures a udpreach
+/// reflector and stamp-suite's stateful and stateless reflectors with 20%
+/// loss on the return path. The same series as ping: the loss is
+/// downstream against both stateful reflectors, of unknown direction
+/// against the stateless one (never invented); RTTs in the histogram; a
+/// `/probe` stamp module.
+#[test]
+fn stamp_check_splits_loss_against_stateful_reflectors_only() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::pair();
+    let (client, server) = (lab.client(), lab.server());
+    let _udpreach = udpreach_reflector(server, &[]);
+    let _stateful = stamp_suite_reflector(server, 8621, &["--stateful-reflector"]);
+    let _stateless = stamp_suite_reflector(server, 8622, &[]);
+    let s = server.ip4().to_string();
+    let group = |name: &str, target: String| {
+        format!("[[group]]\nname = \"{name}\"\ntargets = [\"{target}\"]\n[group.stamp]\ninterval = \"10ms\"\ntimeout = \"300ms\"\n")
+    };
+    let scratch = Scratch::new("monitor-stamp");
+    let cfg = scratch.file(
+        "monitor.toml",
+        &format!(
+            "listen = \"{AGENT}\"\n{}{}{}[module.stamp]\ncheck = \"stamp\"\ncount = 5\ninterval = \"20ms\"\n",
+            group("udpreach", s.clone()),
+            group("stateful", format!("{s}:8621")),
+            group("stateless", format!("{s}:8622")),
+        ),
+    );
+    // Return-path loss: every UDP datagram into the client, 20%.
+    client.drop_udp_in_percent(20);
+    let agent = start_agent(client, &["--config".into(), cfg.display().to_string()]);
+    let targets = [
+        (s.clone(), "udpreach"),
+        (format!("{s}:8621"), "stateful"),
+        (format!("{s}:8622"), "stateless"),
+    ];
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let m = metrics(client);
+            targets
+                .iter()
+                .all(|(t, g)| loss_by_direction(&m, t, g).1 >= 600.0)
+        }),
+        "too few probes sent:\n{}\n{}",
+        metrics(client),
+        agent.stderr_so_far()
+    );
+    let m = metrics(client);
+    for (t, g) in &targets {
+        let ([up, down, unknown], sent) = loss_by_direction(&m, t, g);
+        let all = up + down + unknown;
+        eprintln!("{g}: sent {sent}, lost up {up:.3} down {down:.3} unknown {unknown:.3}");
+        // At least 3 of the 6+ windows (100 probes each) settled.
+        assert!(
+            (0.08..=0.30).contains(&all),
+            "{g}: loss {all} of {sent}\n{m}"
+        );
+        if *g == "stateless" {
+            assert_eq!((up, down), (0.0, 0.0), "{g}: a split was invented\n{m}");
+        } else {
+            assert!(
+                up <= 0.02 && unknown <= 0.03 && down >= 0.07,
+                "{g}: up {up} unknown {unknown}\n{m}"
+            );
+        }
+        let base = format!("target=\"{t}\",group=\"{g}\"");
+        let rtts = sample(&m, &format!("udpreach_rtt_seconds_count{{{base}}}")).unwrap_or(0.0);
+        assert!(rtts >= 300.0, "{g}: {rtts} RTTs\n{m}");
+        assert!(
+            sample(
+                &m,
+                &format!("udpreach_check_success{{{base},check=\"stamp\"}}")
+            )
+            .is_some(),
+            "{g}: no check_success\n{m}"
+        );
+    }
+    let (status, body) = http_get(
+        client,
+        AGENT,
+        format!("/probe?target={s}:8622&module=stamp"),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let t = format!("target=\"{s}:8622\"");
+    assert_eq!(
+        sample(&body, &format!("udpreach_probes_sent_total{{{t}}}")),
+        Some(5.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(
+            &body,
+            &format!("udpreach_check_success{{{t},check=\"stamp\"}}")
+        ),
+        Some(1.0),
+        "{body}"
     );
 }

@@ -9,7 +9,7 @@
 mod lab;
 mod util;
 
-use lab::{require_root, Host, Lab, Proc};
+use lab::{require_root, Host, Lab};
 use serde_json::Value;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
@@ -25,30 +25,6 @@ const KEY: &[u8] = b"stamp-interop-key-0123456789abcd";
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// The stamp-suite binary: `STAMP_SUITE`, else on PATH, else cargo's bin dir.
-fn stamp_suite() -> PathBuf {
-    if let Some(p) = std::env::var_os("STAMP_SUITE") {
-        return PathBuf::from(p);
-    }
-    if let Some(p) = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("stamp-suite"))
-            .find(|p| p.is_file())
-    }) {
-        return p;
-    }
-    let home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
-        .expect("HOME or CARGO_HOME");
-    let p = home.join("bin/stamp-suite");
-    assert!(
-        p.is_file(),
-        "stamp-suite is not installed (cargo install --locked stamp-suite; .ci/run does it)"
-    );
-    p
 }
 
 /// A key file only this test process uses (removed when dropped).
@@ -72,35 +48,6 @@ impl Drop for KeyFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
-}
-
-/// `udpreach server --stamp` on the server's address, port 862.
-fn udpreach_reflector(host: &Host, extra: &[&str]) -> Proc {
-    let mut args = vec!["--stamp", "0.0.0.0:862"];
-    args.extend_from_slice(extra);
-    let p = start_server(host, &args);
-    assert!(host.wait_udp_bound(862, Duration::from_secs(10)));
-    p
-}
-
-/// stamp-suite's reflector on port 862.
-fn stamp_suite_reflector(host: &Host, extra: &[&str]) -> Proc {
-    let mut argv = vec![
-        stamp_suite().display().to_string(),
-        "-i".into(),
-        "--local-addr".into(),
-        host.ip4().to_string(),
-        "--local-port".into(),
-        "862".into(),
-    ];
-    argv.extend(extra.iter().map(|s| s.to_string()));
-    let p = host.spawn(&argv);
-    assert!(
-        host.wait_udp_bound(862, Duration::from_secs(10)),
-        "stamp-suite reflector did not start: {}",
-        p.stderr_so_far()
-    );
-    p
 }
 
 /// Waits until nothing holds UDP `port` in `host` (a reflector that was stopped).
@@ -227,7 +174,7 @@ fn udpreach_sender_against_stamp_suite_stateful_and_stateless() {
     // 20% loss on the return path only.
     client.drop_udp_in_percent(20);
 
-    let r = stamp_suite_reflector(server, &["--stateful-reflector"]);
+    let r = stamp_suite_reflector(server, 862, &["--stateful-reflector"]);
     let (s, st) = ping_stamp(client, server, &[]);
     drop(r);
     assert_eq!(st["reflector"], "stateful", "{st}");
@@ -246,7 +193,7 @@ fn udpreach_sender_against_stamp_suite_stateful_and_stateless() {
 
     // Wait until the stateful reflector has released the port.
     wait_port_free(server, 862);
-    let _r = stamp_suite_reflector(server, &[]);
+    let _r = stamp_suite_reflector(server, 862, &[]);
     let (s, st) = ping_stamp(client, server, &[]);
     assert_eq!(st["reflector"], "stateless", "{st}");
     let lost = s["lost"].as_u64().unwrap();
@@ -266,7 +213,7 @@ fn udpreach_sender_against_stamp_suite_authenticated_with_cos() {
     let kf = KeyFile::new("sender");
     let key = kf.path();
     let k = hex(KEY);
-    let _r = stamp_suite_reflector(server, &["-A", "A", "--hmac-key", &k]);
+    let _r = stamp_suite_reflector(server, 862, &["-A", "A", "--hmac-key", &k]);
     let (s, st) = ping_stamp(client, server, &["--key-file", &key, "--dscp", "46"]);
     assert_eq!(s["received"], 300, "{s}");
     assert_eq!(st["mode"], "authenticated", "{st}");
@@ -377,7 +324,7 @@ fn reply_bytes_match_the_rfc_layout_from_both_reflectors() {
     );
     drop(r);
     wait_port_free(server, 862);
-    let _r = stamp_suite_reflector(server, &[]);
+    let _r = stamp_suite_reflector(server, 862, &[]);
     let theirs = exchange(client, to, req.clone());
     check_open_reply(&req, &theirs);
     assert_eq!(&theirs[0..4], &req[0..4], "stateless: the sender's number");

@@ -1,37 +1,68 @@
 //! The monitor's checks: thin adapters that drive the existing engines
-//! ([`PingSession`] for ping, [`Sweep`] for ports) with the monitor's
-//! sockets and feed what they conclude into metrics and the results stream.
-//! STAMP (RFC 8762) checks plug in here later as one more adapter with its
-//! own `check` label value and config table.
+//! ([`PingSession`] for ping, [`StampSender`] for STAMP, [`Sweep`] for
+//! ports) with the monitor's sockets and feed what they conclude into
+//! metrics and the results stream. Ping and STAMP share one window driver
+//! ([`run_windows`]): the same series, the same loss accounting.
 
 use super::config::{PingCheck, PortsCheck};
-use super::metrics::TargetMetrics;
+use super::metrics::{CheckSeries, PingSeries, TargetMetrics};
 use super::results::{Outcome, PingResult, PortsResult, ResultSink};
 use crate::control_client::ControlClient;
 use crate::ping::payload::{PayloadBuilder, Reply};
 use crate::platform::{canonical, realtime_ns, AsyncUdp, Received, UdpOptions};
 use crate::ports::{drive, Ending, SweepIo};
-use crate::target::{resolve_async, unspecified_for, Family};
+use crate::target::{resolve_async_port, unspecified_for, Family};
 use anyhow::Context;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use udpreach_engine::ping::{PingConfig, PingEvent, PingInput, PingSession};
+use udpreach_engine::ping::{PingConfig, PingEvent, PingInput, PingSession, PingSummary};
+use udpreach_engine::stamp::{StampEvent, StampInput, StampSender, StampSenderConfig};
 use udpreach_engine::sweep::{PortResult, Sweep, SweepConfig, SweepPlan};
 use udpreach_engine::Engine;
 use udpreach_engine::Verdict;
 use udpreach_wire::auth::{SharedKey, MIN_SEALED_LEN};
-use udpreach_wire::icmp::IcmpOrigin;
+use udpreach_wire::icmp::{IcmpOrigin, IcmpReport};
+use udpreach_wire::stamp::{Mode, ReflectorPacket, SenderPacket, TimestampFormat};
 
 /// How often a running ping check copies its session's counters to metrics.
 pub const PUBLISH_EVERY: Duration = Duration::from_secs(2);
 /// How long a target that does not resolve waits before trying again.
 pub const RESOLVE_RETRY: Duration = Duration::from_secs(10);
 
-/// One target's ping check: continuous (`count: None`) or a fixed number of probes (`/probe`).
+/// Which ping-like check a [`PingTarget`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prober {
+    /// udpreach probes to a udpreach server (or any UDP echo server).
+    Ping,
+    /// STAMP test packets (RFC 8762/8972) to any STAMP reflector.
+    Stamp,
+}
+
+impl Prober {
+    /// The `check` label value.
+    pub fn check(self) -> &'static str {
+        match self {
+            Prober::Ping => "ping",
+            Prober::Stamp => "stamp",
+        }
+    }
+
+    /// The port a target without one is probed on.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Prober::Ping => crate::cli::DEFAULT_PORT,
+            Prober::Stamp => udpreach_wire::stamp::PORT,
+        }
+    }
+}
+
+/// One target's ping or STAMP check: continuous (`count: None`) or a fixed
+/// number of probes (`/probe`).
 pub struct PingTarget {
     pub name: String,
     pub group: String,
+    pub prober: Prober,
     pub check: PingCheck,
     pub key: Option<SharedKey>,
     pub count: Option<u64>,
@@ -39,9 +70,15 @@ pub struct PingTarget {
 
 /// Resolves a target, keeping `udpreach_target_resolved` up to date; a
 /// continuous check retries, a one-shot gives up.
-async fn resolve(name: &str, m: &TargetMetrics, retry: bool, check: &str) -> Option<SocketAddr> {
+async fn resolve(
+    name: &str,
+    default_port: u16,
+    m: &TargetMetrics,
+    retry: bool,
+    check: &str,
+) -> Option<SocketAddr> {
     loop {
-        match resolve_async(name, Family::Any).await {
+        match resolve_async_port(name, default_port, Family::Any).await {
             Ok(a) => {
                 m.set_resolved(true);
                 return Some(a);
@@ -60,7 +97,7 @@ async fn resolve(name: &str, m: &TargetMetrics, retry: bool, check: &str) -> Opt
 }
 
 /// A continuous check runs its probes in windows of about this long: one
-/// [`PingSession`] per window, so memory and the cost of a summary stay
+/// engine session per window, so memory and the cost of a summary stay
 /// flat however long the agent runs. Windows overlap (the next starts on
 /// schedule while the last one's final probes wait for their timeout).
 pub const WINDOW: Duration = Duration::from_secs(30);
@@ -102,100 +139,273 @@ impl Totals {
             self.lost[2] += unknown;
         }
     }
-}
 
-fn bump(counter: &prometheus_client::metrics::counter::Counter, last: &mut u64, now: u64) {
-    if now > *last {
-        counter.inc_by(now - *last);
-        *last = now;
+    /// The counters in the order of `counters` below.
+    fn values(&self) -> [u64; 9] {
+        let [up, down, unknown] = self.lost;
+        [
+            self.sent,
+            self.received,
+            self.duplicates,
+            self.late,
+            self.reordered,
+            self.withheld,
+            up,
+            down,
+            unknown,
+        ]
     }
 }
 
 /// Copies `now` to the target's counters (which only go up) past `published`.
-fn publish(now: &Totals, m: &TargetMetrics, published: &mut Totals) {
-    let fam = m.metrics();
-    let b = m.base();
-    bump(&fam.sent.get_or_create(b), &mut published.sent, now.sent);
-    bump(
-        &fam.replies.get_or_create(b),
-        &mut published.received,
-        now.received,
-    );
-    bump(
-        &fam.duplicates.get_or_create(b),
-        &mut published.duplicates,
-        now.duplicates,
-    );
-    bump(&fam.late.get_or_create(b), &mut published.late, now.late);
-    bump(
-        &fam.reordered.get_or_create(b),
-        &mut published.reordered,
-        now.reordered,
-    );
-    bump(
-        &fam.withheld.get_or_create(b),
-        &mut published.withheld,
-        now.withheld,
-    );
-    for (i, d) in super::metrics::DIRECTIONS.iter().enumerate() {
-        let c = fam.lost.get_or_create(&m.with("direction", d));
-        bump(&c, &mut published.lost[i], now.lost[i]);
+fn publish(now: &Totals, series: &PingSeries, published: &mut Totals) {
+    let [up, down, unknown] = &series.lost;
+    let counters = [
+        &series.sent,
+        &series.replies,
+        &series.duplicates,
+        &series.late,
+        &series.reordered,
+        &series.withheld,
+        up,
+        down,
+        unknown,
+    ];
+    for ((counter, now), last) in counters
+        .into_iter()
+        .zip(now.values())
+        .zip(published.values())
+    {
+        if now > last {
+            counter.inc_by(now - last);
+        }
     }
+    *published = *now;
 }
 
-/// Runs a ping check until its count is done (or forever, for the agent).
+/// Runs a ping or STAMP check until its count is done (or forever, for the agent).
 pub async fn ping(t: PingTarget, m: TargetMetrics, sink: ResultSink) {
-    m.init_ping();
-    let Some(target) = resolve(&t.name, &m, t.count.is_none(), "ping").await else {
+    let series = m.ping_series();
+    let check = t.prober.check();
+    let Some(target) = resolve(
+        &t.name,
+        t.prober.default_port(),
+        &m,
+        t.count.is_none(),
+        check,
+    )
+    .await
+    else {
         return;
     };
-    if let Err(e) = ping_resolved(&t, target, &m, &sink).await {
-        tracing::warn!("monitor: ping {}: {e:#}", t.name);
-        m.check("ping", false, None);
+    let run = Run {
+        t: &t,
+        target,
+        m: &m,
+        series: &series,
+        check: m.check_series(check),
+        sink: &sink,
+    };
+    let res = match t.prober {
+        Prober::Ping => run_ping(&run).await,
+        Prober::Stamp => run_stamp(&run).await,
+    };
+    if let Err(e) = res {
+        tracing::warn!("monitor: {check} {}: {e:#}", t.name);
+        run.check.set(false, None);
     }
 }
 
-/// One window: a session and its own token (so replies find their window).
-struct Window {
+/// What one running check reports to.
+struct Run<'a> {
+    t: &'a PingTarget,
+    target: SocketAddr,
+    m: &'a TargetMetrics,
+    series: &'a PingSeries,
+    check: CheckSeries,
+    sink: &'a ResultSink,
+}
+
+/// One window's engine as the window driver ([`run_windows`]) sees it:
+/// ping's [`PingSession`] with our payload, or the STAMP [`StampSender`].
+trait ProbeWindow {
+    /// The next probe due at `now`: its seq and bytes.
+    fn poll_probe(&mut self, now: Instant) -> Option<(u64, &[u8])>;
+    /// The probe left at `at`.
+    fn sent(&mut self, seq: u64, at: Instant);
+    fn send_failed(&mut self, seq: u64, at: Instant);
+    /// A datagram from the target read at `at`: true when it answers this window.
+    fn reply(&mut self, data: &[u8], at: Instant) -> bool;
+    /// Whether the datagram an ICMP error quotes is one of this window's
+    /// probes, and which (`Some(None)`: ours, seq unknown).
+    fn quoted(&self, quoted: &[u8]) -> Option<Option<u64>>;
+    fn icmp(&mut self, seq: Option<u64>, report: IcmpReport, at: Instant);
+    fn handle_timeout(&mut self, now: Instant);
+    fn poll_timeout(&self) -> Option<Instant>;
+    fn poll_event(&mut self) -> Option<PingEvent>;
+    fn is_done(&self) -> bool;
+    fn summary(&self) -> PingSummary;
+}
+
+struct PingWindow {
     session: PingSession,
     builder: PayloadBuilder,
-    /// Probes this window sends.
+    packet: Vec<u8>,
+}
+
+impl ProbeWindow for PingWindow {
+    fn poll_probe(&mut self, now: Instant) -> Option<(u64, &[u8])> {
+        let seq = self.session.poll_transmit(now)?;
+        self.builder.build(seq, realtime_ns(), &mut self.packet);
+        Some((seq, &self.packet))
+    }
+    fn sent(&mut self, seq: u64, at: Instant) {
+        let sent = PingInput::Sent {
+            seq,
+            local_port: None,
+            send_call_ns: None,
+        };
+        self.session.handle_input(sent, at);
+    }
+    fn send_failed(&mut self, seq: u64, at: Instant) {
+        self.session.handle_input(PingInput::SendFailed { seq }, at);
+    }
+    fn reply(&mut self, data: &[u8], at: Instant) -> bool {
+        let (seq, stamp) = match self.builder.check(data) {
+            Reply::Stamped { seq, stamp, .. } => (seq, Some(stamp)),
+            Reply::Plain { seq } => (seq, None),
+            _ => return false,
+        };
+        let reply = PingInput::Reply {
+            seq,
+            kernel_rx_ns: None,
+            stamp,
+        };
+        self.session.handle_input(reply, at);
+        true
+    }
+    fn quoted(&self, quoted: &[u8]) -> Option<Option<u64>> {
+        self.builder.seq_of_quote(quoted).map(Some)
+    }
+    fn icmp(&mut self, seq: Option<u64>, report: IcmpReport, at: Instant) {
+        self.session
+            .handle_input(PingInput::IcmpError { seq, report }, at);
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        self.session.handle_timeout(now);
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.session.poll_timeout()
+    }
+    fn poll_event(&mut self) -> Option<PingEvent> {
+        self.session.poll_event()
+    }
+    fn is_done(&self) -> bool {
+        self.session.is_done()
+    }
+    fn summary(&self) -> PingSummary {
+        self.session.summary()
+    }
+}
+
+/// A STAMP window: its own session-sender identifier, so a stateful
+/// reflector counts each window as a session of its own (its counter starts
+/// again, and the loss split stays per window) and replies find their window.
+struct StampWindow {
+    sender: StampSender,
+    ssid: u16,
+    mode: Mode,
+    packet: Vec<u8>,
+}
+
+impl ProbeWindow for StampWindow {
+    fn poll_probe(&mut self, now: Instant) -> Option<(u64, &[u8])> {
+        let t = self.sender.poll_transmit(now)?;
+        self.packet = t.data;
+        Some((t.seq, &self.packet))
+    }
+    fn sent(&mut self, _seq: u64, _at: Instant) {
+        // The sender counts a probe as sent when it hands it out.
+    }
+    fn send_failed(&mut self, seq: u64, at: Instant) {
+        self.sender.handle_input(StampInput::SendFailed { seq }, at);
+    }
+    fn reply(&mut self, data: &[u8], at: Instant) -> bool {
+        match ReflectorPacket::decode(data, self.mode) {
+            Ok(r) if r.ssid == self.ssid => {}
+            _ => return false,
+        }
+        let reply = StampInput::Reply {
+            data: data.to_vec(),
+            kernel_rx_ns: None,
+            tos: None,
+        };
+        self.sender.handle_input(reply, at);
+        true
+    }
+    fn quoted(&self, quoted: &[u8]) -> Option<Option<u64>> {
+        let p = SenderPacket::decode(quoted, self.mode).ok()?;
+        (p.ssid == self.ssid).then_some(None)
+    }
+    fn icmp(&mut self, seq: Option<u64>, report: IcmpReport, at: Instant) {
+        self.sender
+            .handle_input(StampInput::Icmp { seq, report }, at);
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        self.sender.handle_timeout(now);
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.sender.poll_timeout()
+    }
+    fn poll_event(&mut self) -> Option<PingEvent> {
+        loop {
+            match self.sender.poll_event()? {
+                StampEvent::Reply { event, .. } | StampEvent::Ping(event) => return Some(event),
+                StampEvent::Ignored { .. } => {}
+            }
+        }
+    }
+    fn is_done(&self) -> bool {
+        self.sender.is_done()
+    }
+    fn summary(&self) -> PingSummary {
+        self.sender.summary()
+    }
+}
+
+/// One window: its engine, how many probes it sends, and where its seq
+/// numbers continue in what the results stream shows.
+struct Window<W> {
+    probe: W,
     count: u64,
-    /// Seq numbers continue across windows in what the results stream shows.
     first_seq: u64,
 }
 
-/// Reports what a window's session says happened: each answer, timeout and
+/// Reports what a window's engine says happened: each answer, timeout and
 /// ICMP error is a result line, and an RTT sample for answers.
-fn report_events(w: &mut Window, t: &PingTarget, m: &TargetMetrics, sink: &ResultSink) {
-    while let Some(ev) = w.session.poll_event() {
+fn report_events<W: ProbeWindow>(w: &mut Window<W>, run: &Run) {
+    while let Some(ev) = w.probe.poll_event() {
         let (seq, outcome, rtt) = match ev {
             PingEvent::Reply { seq, rtt, .. } => {
-                m.metrics()
-                    .rtt
-                    .get_or_create(m.base())
-                    .observe(rtt.as_secs_f64());
-                m.check("ping", true, Some(rtt.as_secs_f64()));
+                run.series.rtt.observe(rtt.as_secs_f64());
+                run.check.set(true, Some(rtt.as_secs_f64()));
                 (seq, Outcome::Reply, Some(rtt))
             }
             PingEvent::Late { seq, rtt, .. } => (seq, Outcome::Late, Some(rtt)),
             PingEvent::Duplicate { seq, rtt, .. } => (seq, Outcome::Duplicate, Some(rtt)),
             PingEvent::Timeout { seq, .. } => {
-                m.check("ping", false, None);
+                run.check.set(false, None);
                 (seq, Outcome::Timeout, None)
             }
             PingEvent::IcmpError { seq, .. } => {
-                m.check("ping", false, None);
+                run.check.set(false, None);
                 (seq, Outcome::IcmpError, None)
             }
         };
-        sink.ping(PingResult::new(
-            &t.name,
-            &t.group,
-            w.first_seq + seq,
-            outcome,
-            rtt,
-        ));
+        if run.sink.is_on() {
+            let r = PingResult::new(&run.t.name, &run.t.group, w.first_seq + seq, outcome, rtt);
+            run.sink.probe(run.t.prober, r);
+        }
     }
 }
 
@@ -204,12 +414,19 @@ fn probes_per_window(interval: Duration) -> u64 {
     n.clamp(WINDOW_PROBES.0, WINDOW_PROBES.1)
 }
 
-async fn ping_resolved(
-    t: &PingTarget,
-    target: SocketAddr,
-    m: &TargetMetrics,
-    sink: &ResultSink,
-) -> anyhow::Result<()> {
+/// The socket a ping or STAMP check sends from and reads replies on.
+fn probe_socket(run: &Run) -> anyhow::Result<AsyncUdp> {
+    let opts = UdpOptions {
+        dscp: run.t.check.dscp,
+        recv_errors: true,
+        ..UdpOptions::default()
+    };
+    AsyncUdp::bind(unspecified_for(&run.target, 0), &opts)
+        .with_context(|| format!("cannot open a UDP socket towards {}", run.target))
+}
+
+async fn run_ping(run: &Run<'_>) -> anyhow::Result<()> {
+    let t = run.t;
     let keyed = t.key.is_some();
     let size = t.check.size.unwrap_or(if keyed {
         MIN_SEALED_LEN
@@ -221,133 +438,169 @@ async fn ping_resolved(
     } else {
         size
     };
-    let opts = UdpOptions {
-        dscp: t.check.dscp,
-        recv_errors: true,
-        ..UdpOptions::default()
-    };
-    let sock = AsyncUdp::bind(unspecified_for(&target, 0), &opts)
-        .with_context(|| format!("cannot open a UDP socket towards {target}"))?;
-    let per_window = t
-        .count
-        .unwrap_or_else(|| probes_per_window(t.check.interval));
-    let new_window = |first_seq: u64, now: Instant| {
+    let sock = probe_socket(run)?;
+    let new_window = |count: u64, now: Instant| {
         let token: u64 = rand::random();
-        let cfg = PingConfig {
-            count: Some(per_window),
-            interval: t.check.interval,
-            timeout: t.check.timeout,
-            deadline: None,
-        };
-        Window {
-            session: PingSession::new(cfg, now),
+        PingWindow {
+            session: PingSession::without_rtt_stats(ping_config(t, count), now),
             builder: PayloadBuilder {
                 token,
                 size,
                 key: t.key.as_ref().map(|k| k.ping_key(token)),
                 mark: None,
             },
-            count: per_window,
-            first_seq,
+            packet: Vec::with_capacity(size),
         }
+    };
+    run_windows(run, &sock, size, new_window).await
+}
+
+async fn run_stamp(run: &Run<'_>) -> anyhow::Result<()> {
+    let t = run.t;
+    let tos = t.check.dscp.map(|d| d << 2);
+    let size = t
+        .check
+        .size
+        .unwrap_or_else(|| udpreach_engine::stamp::min_len(t.key.is_some(), tos.is_some()));
+    let mode = if t.key.is_some() {
+        Mode::Authenticated
+    } else {
+        Mode::Open
+    };
+    let sock = probe_socket(run)?;
+    let first_ssid: u16 = rand::random();
+    let mut windows = 0u16;
+    let new_window = |count: u64, now: Instant| {
+        // Never 0: a reflector that does not know RFC 8972 writes 0 there.
+        let ssid = first_ssid.wrapping_add(windows).max(1);
+        windows = windows.wrapping_add(1);
+        let cfg = StampSenderConfig {
+            ping: ping_config(t, count),
+            key: t.key.as_ref().map(|k| k.stamp_hmac_key().to_vec()),
+            ssid,
+            format: TimestampFormat::Ntp,
+            synchronized: false,
+            class_of_service: tos,
+            size,
+            wall_clock_ns: realtime_ns(),
+        };
+        StampWindow {
+            sender: StampSender::without_rtt_stats(cfg, now),
+            ssid,
+            mode,
+            packet: Vec::new(),
+        }
+    };
+    run_windows(run, &sock, size, new_window).await
+}
+
+fn ping_config(t: &PingTarget, count: u64) -> PingConfig {
+    PingConfig {
+        count: Some(count),
+        interval: t.check.interval,
+        timeout: t.check.timeout,
+        deadline: None,
+    }
+}
+
+/// Drives a check's windows on `sock` until its count is done (or for
+/// ever): sends what is due, hands each reply and ICMP error to its window,
+/// folds finished windows into the totals and publishes them.
+async fn run_windows<W: ProbeWindow>(
+    run: &Run<'_>,
+    sock: &AsyncUdp,
+    size: usize,
+    mut new_window: impl FnMut(u64, Instant) -> W,
+) -> anyhow::Result<()> {
+    let (t, target) = (run.t, run.target);
+    let per_window = t
+        .count
+        .unwrap_or_else(|| probes_per_window(t.check.interval));
+    let window = |probe: W, first_seq: u64| Window {
+        probe,
+        count: per_window,
+        first_seq,
     };
     let started = Instant::now();
     // Oldest first; the last one is sending, the others wait for their last replies.
-    let mut windows: VecDeque<Window> = VecDeque::from([new_window(0, started)]);
+    let mut windows: VecDeque<Window<W>> =
+        VecDeque::from([window(new_window(per_window, started), 0)]);
     // The next window starts one interval after the current one's last probe.
     let mut next_window_at: Option<Instant> = None;
     let mut sent_in_window = 0u64;
     let mut finished = Totals::default();
     let mut published = Totals::default();
-    let mut packet = Vec::with_capacity(size);
     let mut buf = vec![0u8; size.max(2048) + 1];
     let mut next_publish = started + PUBLISH_EVERY;
     loop {
         let now = Instant::now();
         if t.count.is_none() && next_window_at.is_some_and(|at| now >= at) {
             let first = windows.back().map_or(0, |w| w.first_seq + w.count);
-            windows.push_back(new_window(first, now));
+            windows.push_back(window(new_window(per_window, now), first));
             sent_in_window = 0;
             next_window_at = None;
         }
         if let Some(w) = windows.back_mut() {
-            while let Some(seq) = w.session.poll_transmit(now) {
+            while let Some((seq, packet)) = w.probe.poll_probe(now) {
+                let res = sock.send_to(packet, target).await;
                 sent_in_window += 1;
                 if sent_in_window == w.count {
                     next_window_at = Some(now + t.check.interval);
                 }
-                w.builder.build(seq, realtime_ns(), &mut packet);
-                let sent_at = Instant::now();
-                match sock.send_to(&packet, target).await {
-                    Ok(_) => w.session.handle_input(
-                        PingInput::Sent {
-                            seq,
-                            local_port: None,
-                            send_call_ns: None,
-                        },
-                        sent_at,
-                    ),
+                match res {
+                    Ok(_) => w.probe.sent(seq, Instant::now()),
                     Err(e) => {
-                        tracing::debug!("monitor: ping {}: send: {e}", t.name);
-                        w.session
-                            .handle_input(PingInput::SendFailed { seq }, Instant::now());
+                        tracing::debug!("monitor: {} {}: send: {e}", t.prober.check(), t.name);
+                        w.probe.send_failed(seq, Instant::now());
                     }
                 }
             }
         }
+        let now = Instant::now();
         for w in windows.iter_mut() {
-            w.session.handle_timeout(Instant::now());
-            report_events(w, t, m, sink);
+            if w.probe.poll_timeout().is_some_and(|at| at <= now) {
+                w.probe.handle_timeout(now);
+            }
+            report_events(w, run);
         }
         // Windows done (every probe answered or timed out) fold into the totals.
         while windows.len() > 1 || t.count.is_some() {
             let Some(w) = windows.front_mut() else { break };
-            if !w.session.is_done() {
+            if !w.probe.is_done() {
                 break;
             }
-            let s = w.session.summary();
-            tracing::debug!(
-                "monitor: ping {}: window from seq {} done: {} sent, {} replies, {} lost",
-                t.name,
-                w.first_seq,
-                s.transmitted,
-                s.received,
-                s.lost
-            );
+            let s = w.probe.summary();
             finished.add(&s, true);
             windows.pop_front();
         }
         if windows.is_empty() {
             // A one-shot check (`/probe`): it succeeds when any probe was answered.
-            publish(&finished, m, &mut published);
-            m.check(
-                "ping",
-                finished.received > 0,
-                Some(started.elapsed().as_secs_f64()),
-            );
+            publish(&finished, run.series, &mut published);
+            run.check
+                .set(finished.received > 0, Some(started.elapsed().as_secs_f64()));
             return Ok(());
         }
-        if Instant::now() >= next_publish {
+        if now >= next_publish {
             let mut now_totals = finished;
             let mut seen = None;
             for w in &windows {
-                let s = w.session.summary();
+                let s = w.probe.summary();
                 // The newest window that got a stamped reply knows best.
                 seen = s.server_saw.or(seen);
                 now_totals.add(&s, false);
             }
             if let Some(addr) = seen {
-                m.set_seen_address(addr.to_string());
+                run.m.set_seen_address(addr.to_string());
             }
-            publish(&now_totals, m, &mut published);
-            next_publish = Instant::now() + PUBLISH_EVERY;
+            publish(&now_totals, run.series, &mut published);
+            next_publish = now + PUBLISH_EVERY;
         }
         let mut wake = next_publish;
         if let (None, Some(at)) = (t.count, next_window_at) {
             wake = wake.min(at);
         }
         for w in &windows {
-            if let Some(at) = w.session.poll_timeout() {
+            if let Some(at) = w.probe.poll_timeout() {
                 wake = wake.min(at);
             }
         }
@@ -358,13 +611,13 @@ async fn ping_resolved(
                         continue;
                     }
                     let data = &buf[..meta.len];
-                    let Some((w, seq, stamp)) = windows.iter_mut().find_map(|w| match w.builder.check(data) {
-                        Reply::Stamped { seq, stamp, .. } => Some((w, seq, Some(stamp))),
-                        Reply::Plain { seq } => Some((w, seq, None)),
-                        _ => None,
-                    }) else { continue };
-                    w.session.handle_input(PingInput::Reply { seq, kernel_rx_ns: None, stamp }, Instant::now());
-                    report_events(w, t, m, sink);
+                    let at = Instant::now();
+                    for w in windows.iter_mut() {
+                        if w.probe.reply(data, at) {
+                            report_events(w, run);
+                            break;
+                        }
+                    }
                 }
                 Ok(Received::Error(e)) => {
                     if e.error.origin == IcmpOrigin::Local
@@ -372,16 +625,17 @@ async fn ping_resolved(
                     {
                         continue;
                     }
-                    let found = windows
+                    // Too little quoted to tell: the newest window's latest probe.
+                    let (found, seq) = windows
                         .iter()
-                        .position(|w| w.builder.seq_of_quote(&e.quoted).is_some())
-                        .unwrap_or(windows.len() - 1);
+                        .enumerate()
+                        .find_map(|(i, w)| w.probe.quoted(&e.quoted).map(|s| (i, s)))
+                        .unwrap_or((windows.len() - 1, None));
                     let w = &mut windows[found];
-                    let seq = w.builder.seq_of_quote(&e.quoted);
-                    w.session.handle_input(PingInput::IcmpError { seq, report: e.error.report() }, Instant::now());
-                    report_events(w, t, m, sink);
+                    w.probe.icmp(seq, e.error.report(), Instant::now());
+                    report_events(w, run);
                 }
-                Err(e) => tracing::debug!("monitor: ping {}: receive: {e}", t.name),
+                Err(e) => tracing::debug!("monitor: {} {}: receive: {e}", t.prober.check(), t.name),
             },
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
@@ -403,7 +657,8 @@ pub const MAX_SWEEP: Duration = Duration::from_secs(120);
 pub async fn ports(t: PortsTarget, m: TargetMetrics, sink: ResultSink, repeat: bool) {
     loop {
         let started = Instant::now();
-        if let Some(server) = resolve(&t.name, &m, repeat, "ports").await {
+        let server = resolve(&t.name, crate::cli::DEFAULT_PORT, &m, repeat, "ports").await;
+        if let Some(server) = server {
             let limit = if repeat {
                 t.check.every.min(MAX_SWEEP)
             } else {

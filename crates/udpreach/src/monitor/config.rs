@@ -2,6 +2,7 @@
 //! command line. Every value is checked here, once, so a bad file is one line
 //! naming the key and never a half-applied reload.
 
+use super::checks::Prober;
 use crate::cli::parse_duration;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -52,6 +53,9 @@ pub struct Group {
     pub labels: BTreeMap<String, String>,
     pub key_file: Option<PathBuf>,
     pub ping: Option<PingCheck>,
+    /// A STAMP check: the same settings as ping, against a STAMP reflector
+    /// (default port 862; authenticated mode with `key_file`).
+    pub stamp: Option<PingCheck>,
     pub ports: Option<PortsCheck>,
 }
 
@@ -74,7 +78,9 @@ pub struct PortsCheck {
 /// A `/probe` module: one check run now, its metrics returned.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Module {
+    /// A ping or STAMP module.
     Ping {
+        prober: Prober,
         ping: PingCheck,
         count: u64,
         key_file: Option<PathBuf>,
@@ -119,6 +125,7 @@ struct RawGroup {
     labels: BTreeMap<String, String>,
     key_file: Option<PathBuf>,
     ping: Option<RawPing>,
+    stamp: Option<RawPing>,
     ports: Option<RawPorts>,
 }
 
@@ -226,6 +233,28 @@ impl PingCheck {
             size,
             dscp,
         })
+    }
+}
+
+impl PingCheck {
+    /// A STAMP check: ping's settings, and a size STAMP can build (the base
+    /// packet and TLVs, or at least a padding TLV more; see
+    /// [`udpreach_engine::stamp::padded_len`]).
+    fn stamp_from_raw(key: &str, raw: RawPing, keyed: bool) -> Result<Self, ConfigError> {
+        let check = PingCheck::from_raw(key, raw)?;
+        if let Some(size) = check.size {
+            let cos = check.dscp.is_some();
+            udpreach_engine::stamp::padded_len(keyed, cos, size).map_err(|min| {
+                err(
+                    &format!("{key}.size"),
+                    format!(
+                        "{size}: STAMP packets here need {min} bytes, or at least {}",
+                        min + udpreach_wire::stamp::TLV_HEADER_LEN
+                    ),
+                )
+            })?;
+        }
+        Ok(check)
     }
 }
 
@@ -337,12 +366,27 @@ impl Config {
                 .ping
                 .map(|p| PingCheck::from_raw(&format!("{key}.ping"), p))
                 .transpose()?;
+            let stamp = g
+                .stamp
+                .map(|p| {
+                    PingCheck::stamp_from_raw(&format!("{key}.stamp"), p, g.key_file.is_some())
+                })
+                .transpose()?;
             let ports = g
                 .ports
                 .map(|p| PortsCheck::from_raw(&format!("{key}.ports"), &p.spec, p.every, p.retries))
                 .transpose()?;
-            if ping.is_none() && ports.is_none() {
-                return Err(err(&key, "no check: add [group.ping] and/or [group.ports]"));
+            if ping.is_none() && stamp.is_none() && ports.is_none() {
+                return Err(err(
+                    &key,
+                    "no check: add [group.ping], [group.stamp] and/or [group.ports]",
+                ));
+            }
+            if ping.is_some() && stamp.is_some() {
+                return Err(err(
+                    &format!("{key}.stamp"),
+                    "ping and stamp fill the same series: put them in two groups",
+                ));
             }
             let mut seen = std::collections::BTreeSet::new();
             if let Some(t) = g.targets.iter().find(|t| !seen.insert(*t)) {
@@ -358,6 +402,7 @@ impl Config {
                 labels: g.labels,
                 key_file: g.key_file,
                 ping,
+                stamp,
                 ports,
             });
         }
@@ -365,25 +410,29 @@ impl Config {
         for (name, m) in raw.module {
             let key = format!("module.{name}");
             let module = match m.check.as_str() {
-                "ping" => {
+                check @ ("ping" | "stamp") => {
                     if m.spec.is_some() || m.retries.is_some() {
                         return Err(err(&key, "spec and retries are for ports modules"));
                     }
-                    let ping = PingCheck::from_raw(
-                        &key,
-                        RawPing {
-                            interval: m.interval.or(Some("100ms".into())),
-                            timeout: m.timeout,
-                            size: m.size,
-                            dscp: m.dscp,
-                        },
-                    )?;
+                    let raw = RawPing {
+                        interval: m.interval.or(Some("100ms".into())),
+                        timeout: m.timeout,
+                        size: m.size,
+                        dscp: m.dscp,
+                    };
+                    let (prober, ping) = if check == "ping" {
+                        (Prober::Ping, PingCheck::from_raw(&key, raw)?)
+                    } else {
+                        let keyed = m.key_file.is_some();
+                        (Prober::Stamp, PingCheck::stamp_from_raw(&key, raw, keyed)?)
+                    };
                     let count = m
                         .count
                         .map(|n| number(&format!("{key}.count"), n, 1, MAX_PROBE_COUNT as i64))
                         .transpose()?
                         .unwrap_or(5);
                     Module::Ping {
+                        prober,
                         ping,
                         count,
                         key_file: m.key_file,
@@ -425,7 +474,7 @@ impl Config {
                 other => {
                     return Err(err(
                         &format!("{key}.check"),
-                        format!("'{other}' is not ping or ports"),
+                        format!("'{other}' is not ping, stamp or ports"),
                     ))
                 }
             };
@@ -444,6 +493,7 @@ impl Config {
         modules.insert(
             "ping".to_string(),
             Module::Ping {
+                prober: Prober::Ping,
                 ping: PingCheck {
                     interval: Duration::from_millis(100),
                     ..ping.clone()
@@ -461,6 +511,7 @@ impl Config {
                 labels: BTreeMap::new(),
                 key_file: None,
                 ping: Some(ping),
+                stamp: None,
                 ports: None,
             }],
             modules,
@@ -480,6 +531,14 @@ mod tests {
         assert!(!c.groups.is_empty());
         assert!(c.modules.contains_key("ping"));
         assert!(c.modules.contains_key("ports"));
+        assert!(c.groups.iter().any(|g| g.stamp.is_some()));
+        assert!(matches!(
+            c.modules.get("stamp"),
+            Some(Module::Ping {
+                prober: Prober::Stamp,
+                ..
+            })
+        ));
     }
 
     fn error_of(text: &str) -> String {
@@ -504,6 +563,13 @@ mod tests {
         assert!(e.contains("group[0]") && e.contains("no check"), "{e}");
         let e = error_of("listen='nowhere'\n");
         assert!(e.contains("'listen'"), "{e}");
+        let e = error_of("[[group]]\nname='a'\ntargets=['h']\n[group.ping]\n[group.stamp]\n");
+        assert!(
+            e.contains("group[0].stamp") && e.contains("two groups"),
+            "{e}"
+        );
+        let e = error_of("[[group]]\nname='a'\ntargets=['h']\n[group.stamp]\nsize=46\n");
+        assert!(e.contains("group[0].stamp.size") && e.contains("44"), "{e}");
         let e = error_of("[module.x]\ncheck='trace'\n");
         assert!(e.contains("module.x.check"), "{e}");
         let e = error_of("[module.x]\ncheck='ping'\ncount=1000\n");

@@ -171,6 +171,7 @@ async fn probe(query: &str, ep: &Endpoint, openmetrics: bool) -> Response<Full<B
     };
     match m {
         Module::Ping {
+            prober,
             ping,
             count,
             key_file,
@@ -183,6 +184,7 @@ async fn probe(query: &str, ep: &Endpoint, openmetrics: bool) -> Response<Full<B
             let t = PingTarget {
                 name: target,
                 group: name,
+                prober,
                 check: ping,
                 key,
                 count: Some(count),

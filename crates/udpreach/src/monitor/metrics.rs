@@ -28,8 +28,10 @@ pub const RTT_BUCKETS: [f64; 17] = [
 
 /// Loss directions: from the server's counters when it reports them.
 pub const DIRECTIONS: [&str; 3] = ["upstream", "downstream", "unknown"];
+/// Path MTU directions: client to server, server to client.
+pub const MTU_DIRECTIONS: [&str; 2] = ["upstream", "downstream"];
 /// The checks a target can have.
-pub const CHECKS: [&str; 2] = ["ping", "ports"];
+pub const CHECKS: [&str; 4] = ["ping", "ports", "stamp", "mtu"];
 
 fn rtt_histogram() -> Histogram {
     Histogram::new(RTT_BUCKETS)
@@ -51,6 +53,7 @@ pub struct Metrics {
     pub seen_address: Family<Labels, Gauge>,
     pub nat_changes: Family<Labels, Counter>,
     pub ports: Family<Labels, Gauge>,
+    pub path_mtu: Family<Labels, Gauge>,
     pub check_duration: Family<Labels, F64Gauge>,
     pub check_success: Family<Labels, Gauge>,
     pub resolved: Family<Labels, Gauge>,
@@ -86,6 +89,7 @@ impl Metrics {
             seen_address: Family::default(),
             nat_changes: Family::default(),
             ports: Family::default(),
+            path_mtu: Family::default(),
             check_duration: Family::default(),
             check_success: Family::default(),
             resolved: Family::default(),
@@ -144,13 +148,18 @@ impl Metrics {
             m.ports.clone(),
         );
         r.register(
+            "udpreach_path_mtu_bytes",
+            "Path MTU from the last mtu check, by direction (upstream: to the target)",
+            m.path_mtu.clone(),
+        );
+        r.register(
             "udpreach_check_duration_seconds",
-            "Duration of the last check (ping: the last reply's RTT; ports: the sweep)",
+            "Duration of the last check (ping, stamp: the last reply's RTT; ports, mtu: the whole check)",
             m.check_duration.clone(),
         );
         r.register(
             "udpreach_check_success",
-            "1 when the last check succeeded (ping: the last probe answered; ports: every port reachable)",
+            "1 when the last check succeeded (ping, stamp: the last probe answered; ports: every port reachable; mtu: both directions measured)",
             m.check_success.clone(),
         );
         r.register(
@@ -207,6 +216,39 @@ impl Default for Metrics {
     }
 }
 
+/// Handles on one target's ping (or STAMP) series: updating one is an
+/// atomic add, with no label hashing (1,000 targets answer 1,000 times a
+/// second).
+#[derive(Clone)]
+pub struct PingSeries {
+    pub rtt: Histogram,
+    pub sent: Counter,
+    pub replies: Counter,
+    pub duplicates: Counter,
+    pub late: Counter,
+    pub reordered: Counter,
+    pub withheld: Counter,
+    /// By [`DIRECTIONS`].
+    pub lost: [Counter; 3],
+}
+
+/// Handles on one target's `udpreach_check_success` and
+/// `udpreach_check_duration_seconds` for one check.
+#[derive(Clone)]
+pub struct CheckSeries {
+    success: Gauge,
+    duration: F64Gauge,
+}
+
+impl CheckSeries {
+    pub fn set(&self, success: bool, duration_s: Option<f64>) {
+        self.success.set(i64::from(success));
+        if let Some(d) = duration_s {
+            self.duration.set(d);
+        }
+    }
+}
+
 /// One target's series.
 #[derive(Clone)]
 pub struct TargetMetrics {
@@ -221,14 +263,6 @@ impl TargetMetrics {
         let mut l = self.base.clone();
         l.push((key.to_string(), value.to_string()));
         l
-    }
-
-    pub fn base(&self) -> &Labels {
-        &self.base
-    }
-
-    pub fn metrics(&self) -> &Metrics {
-        &self.m
     }
 
     /// Sets the seen address; returns true when it changed from an earlier one.
@@ -252,24 +286,46 @@ impl TargetMetrics {
         changed
     }
 
-    /// Creates the target's ping series at zero, so rates work from the first scrape.
-    pub fn init_ping(&self) {
+    /// The target's counters that carry only its own labels.
+    fn counters(&self) -> [&Family<Labels, Counter>; 7] {
+        let m = &self.m;
+        [
+            &m.sent,
+            &m.replies,
+            &m.duplicates,
+            &m.late,
+            &m.reordered,
+            &m.withheld,
+            &m.nat_changes,
+        ]
+    }
+
+    /// The target's ping (or STAMP) series, created at zero so rates work
+    /// from the first scrape; the handles update them without a label lookup.
+    pub fn ping_series(&self) -> PingSeries {
         let b = &self.base;
-        for f in [
-            &self.m.sent,
-            &self.m.replies,
-            &self.m.duplicates,
-            &self.m.late,
-            &self.m.reordered,
-            &self.m.withheld,
-            &self.m.nat_changes,
-        ] {
-            let _ = f.get_or_create(b);
+        // `udpreach_nat_changes_total` too (set_seen_address counts changes).
+        let [sent, replies, duplicates, late, reordered, withheld, _nat_changes] =
+            self.counters().map(|f| f.get_or_create_owned(b));
+        PingSeries {
+            rtt: self.m.rtt.get_or_create_owned(b),
+            sent,
+            replies,
+            duplicates,
+            late,
+            reordered,
+            withheld,
+            lost: DIRECTIONS.map(|d| self.m.lost.get_or_create_owned(&self.with("direction", d))),
         }
-        for d in DIRECTIONS {
-            let _ = self.m.lost.get_or_create(&self.with("direction", d));
+    }
+
+    /// The target's `check_success` and `check_duration_seconds` series of one check.
+    pub fn check_series(&self, check: &str) -> CheckSeries {
+        let l = self.with("check", check);
+        CheckSeries {
+            success: self.m.check_success.get_or_create_owned(&l),
+            duration: self.m.check_duration.get_or_create_owned(&l),
         }
-        let _ = self.m.rtt.get_or_create(b);
     }
 
     pub fn set_ports(&self, counts: &[(Verdict, u64)]) {
@@ -283,14 +339,7 @@ impl TargetMetrics {
     }
 
     pub fn check(&self, check: &str, success: bool, duration_s: Option<f64>) {
-        let l = self.with("check", check);
-        self.m
-            .check_success
-            .get_or_create(&l)
-            .set(i64::from(success));
-        if let Some(d) = duration_s {
-            self.m.check_duration.get_or_create(&l).set(d);
-        }
+        self.check_series(check).set(success, duration_s);
     }
 
     pub fn set_resolved(&self, ok: bool) {
@@ -300,15 +349,7 @@ impl TargetMetrics {
     /// Removes every series of this target (it left the configuration).
     pub fn forget(&self) {
         let b = &self.base;
-        for f in [
-            &self.m.sent,
-            &self.m.replies,
-            &self.m.duplicates,
-            &self.m.late,
-            &self.m.reordered,
-            &self.m.withheld,
-            &self.m.nat_changes,
-        ] {
+        for f in self.counters() {
             f.remove(b);
         }
         self.m.rtt.remove(b);
@@ -318,6 +359,9 @@ impl TargetMetrics {
         }
         for v in Verdict::ALL {
             self.m.ports.remove(&self.with("verdict", v.as_str()));
+        }
+        for d in MTU_DIRECTIONS {
+            self.m.path_mtu.remove(&self.with("direction", d));
         }
         for c in CHECKS {
             self.m.check_success.remove(&self.with("check", c));
@@ -341,8 +385,7 @@ mod tests {
     fn names_buckets_and_labels() {
         let m = Metrics::new();
         let t = m.target(labels("a"));
-        t.init_ping();
-        m.rtt.get_or_create(t.base()).observe(0.0002);
+        t.ping_series().rtt.observe(0.0002);
         t.set_ports(&[(Verdict::Reachable, 3)]);
         t.check("ping", true, Some(0.0002));
         let text = m.encode();
@@ -363,7 +406,7 @@ mod tests {
     fn a_seen_address_change_counts_and_forget_removes_everything() {
         let m = Metrics::new();
         let t = m.target(labels("a"));
-        t.init_ping();
+        t.ping_series();
         assert!(!t.set_seen_address("198.18.0.1:5000".into()));
         assert!(!t.set_seen_address("198.18.0.1:5000".into()));
         assert!(t.set_seen_address("198.18.0.9:6000".into()));
@@ -373,6 +416,7 @@ mod tests {
         assert!(text.contains("address=\"198.18.0.9:6000\"} 1"));
         t.set_ports(&[]);
         t.check("ports", false, Some(1.0));
+        t.check_series("stamp").set(true, Some(0.001));
         t.forget();
         let text = m.encode();
         assert!(!text.contains("target=\"a\""), "{text}");

@@ -31,6 +31,7 @@ struct TargetSpec {
     labels: Labels,
     key_file: Option<std::path::PathBuf>,
     ping: Option<PingCheck>,
+    stamp: Option<PingCheck>,
     ports: Option<config::PortsCheck>,
 }
 
@@ -85,6 +86,7 @@ impl Agent {
                     labels: labels_of(g, t),
                     key_file: g.key_file.clone(),
                     ping: g.ping.clone(),
+                    stamp: g.stamp.clone(),
                     ports: g.ports.clone(),
                 };
                 wanted.insert((g.name.clone(), t.clone()), (spec, g));
@@ -111,10 +113,16 @@ impl Agent {
             let key = keys.get(&spec.key_file).cloned().flatten();
             let tm = self.metrics.target(spec.labels.clone());
             let mut tasks = Vec::new();
-            if let Some(p) = &spec.ping {
+            let probers = [
+                (checks::Prober::Ping, &spec.ping),
+                (checks::Prober::Stamp, &spec.stamp),
+            ];
+            for (prober, check) in probers {
+                let Some(p) = check else { continue };
                 let t = checks::PingTarget {
                     name: id.1.clone(),
                     group: group.name.clone(),
+                    prober,
                     check: p.clone(),
                     key: key.clone(),
                     count: None,

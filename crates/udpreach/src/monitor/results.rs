@@ -2,6 +2,7 @@
 //! and friends. Typed like every other report (schema in
 //! docs/schema/monitor-lines.json).
 
+use super::checks::Prober;
 use schemars::JsonSchema;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -26,6 +27,8 @@ pub enum Outcome {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum MonitorResult {
     Ping(PingResult),
+    /// A STAMP probe: the same fields as a ping probe.
+    Stamp(PingResult),
     Ports(PortsResult),
 }
 
@@ -125,8 +128,17 @@ impl ResultSink {
         }
     }
 
-    pub fn ping(&self, r: PingResult) {
-        self.write(&MonitorResult::Ping(r));
+    /// Whether results go anywhere (else there is no need to build them).
+    pub fn is_on(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// One ping or STAMP probe's result.
+    pub fn probe(&self, prober: Prober, r: PingResult) {
+        self.write(&match prober {
+            Prober::Ping => MonitorResult::Ping(r),
+            Prober::Stamp => MonitorResult::Stamp(r),
+        });
     }
 
     pub fn ports(&self, r: PortsResult) {

@@ -5,6 +5,7 @@
 pub use crate::lab::CommandOutput;
 use crate::lab::{udpreach_bin, Host, Proc};
 use serde_json::Value;
+use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
@@ -216,4 +217,57 @@ impl RawSession {
         self.send(msg);
         self.recv()
     }
+}
+
+/// The stamp-suite binary: `STAMP_SUITE`, else on PATH, else cargo's bin dir.
+pub fn stamp_suite() -> PathBuf {
+    if let Some(p) = std::env::var_os("STAMP_SUITE") {
+        return PathBuf::from(p);
+    }
+    if let Some(p) = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("stamp-suite"))
+            .find(|p| p.is_file())
+    }) {
+        return p;
+    }
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .expect("HOME or CARGO_HOME");
+    let p = home.join("bin/stamp-suite");
+    assert!(
+        p.is_file(),
+        "stamp-suite is not installed (cargo install --locked stamp-suite; .ci/run does it)"
+    );
+    p
+}
+
+/// `udpreach server --stamp` on the server's address, port 862.
+pub fn udpreach_reflector(host: &Host, extra: &[&str]) -> Proc {
+    let mut args = vec!["--stamp", "0.0.0.0:862"];
+    args.extend_from_slice(extra);
+    let p = start_server(host, &args);
+    assert!(host.wait_udp_bound(862, Duration::from_secs(10)));
+    p
+}
+
+/// stamp-suite's reflector on the host's address, UDP `port`.
+pub fn stamp_suite_reflector(host: &Host, port: u16, extra: &[&str]) -> Proc {
+    let mut argv = vec![
+        stamp_suite().display().to_string(),
+        "-i".into(),
+        "--local-addr".into(),
+        host.ip4().to_string(),
+        "--local-port".into(),
+        port.to_string(),
+    ];
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    let p = host.spawn(&argv);
+    assert!(
+        host.wait_udp_bound(port, Duration::from_secs(10)),
+        "stamp-suite reflector did not start: {}",
+        p.stderr_so_far()
+    );
+    p
 }
