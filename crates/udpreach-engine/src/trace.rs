@@ -1419,6 +1419,19 @@ mod tests {
         assert_eq!(a.reached_at, Some(2));
     }
 
+    /// The configuration of the rate-limit tests: control port 4000.
+    fn limited_cfg(patience: Duration) -> TraceConfig {
+        TraceConfig {
+            max_hops: 8,
+            attempts: 2,
+            rate_pps: 1000,
+            wait: None,
+            patience,
+            canary: Some(4000),
+            first_ttl: 1,
+        }
+    }
+
     /// Routers that limit their ICMP errors as Linux does by default (one a
     /// second after a burst of six) and a drop at r2 for half of 20 ports:
     /// every drop is placed at r2, paced to the limiters, with no wrong
@@ -1440,15 +1453,7 @@ mod tests {
                 loss: if seed % 2 == 0 { 0.0 } else { 0.01 },
                 duplicate: 0.0,
             };
-            let cfg = TraceConfig {
-                max_hops: 8,
-                attempts: 2,
-                rate_pps: 1000,
-                wait: None,
-                patience: DEFAULT_PATIENCE,
-                canary: Some(4000),
-                first_ttl: 1,
-            };
+            let cfg = limited_cfg(DEFAULT_PATIENCE);
             let (res, elapsed) = run_cfg(&ports, &rs, link, seed, cfg);
             let control = res.last().unwrap();
             for r in &res {
@@ -1500,15 +1505,7 @@ mod tests {
             for p in 5000..5020 {
                 rs[1].drops.insert(p);
             }
-            let cfg = TraceConfig {
-                max_hops: 8,
-                attempts: 2,
-                rate_pps: 1000,
-                wait: None,
-                patience: Duration::from_secs(3),
-                canary: Some(4000),
-                first_ttl: 1,
-            };
+            let cfg = limited_cfg(Duration::from_secs(3));
             let link = LinkConfig::perfect(Duration::from_millis(2));
             let (res, elapsed) = run_cfg(&ports, &rs, link, seed, cfg);
             let control = res.last().unwrap();
@@ -1545,15 +1542,7 @@ mod tests {
             for p in 5000..5010 {
                 rs[0].drops.insert(p);
             }
-            let cfg = TraceConfig {
-                max_hops: 8,
-                attempts: 2,
-                rate_pps: 1000,
-                wait: None,
-                patience: DEFAULT_PATIENCE,
-                canary: Some(4000),
-                first_ttl: 1,
-            };
+            let cfg = limited_cfg(DEFAULT_PATIENCE);
             let link = LinkConfig::perfect(Duration::from_millis(2));
             let (res, _) = run_cfg(&ports, &rs, link, seed, cfg);
             let control = res.last().unwrap();
