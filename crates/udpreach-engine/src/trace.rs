@@ -1558,4 +1558,32 @@ mod tests {
             }
         }
     }
+
+    /// A check at a known hop (`ports --trace`): nothing below `first_ttl`
+    /// is sent, and the drop is still placed after r2.
+    #[test]
+    fn first_ttl_checks_only_from_that_hop() {
+        let mut rs = chain();
+        rs[1].drops.insert(5060);
+        let cfg = TraceConfig {
+            max_hops: 3,
+            first_ttl: 2,
+            ..limited_cfg(DEFAULT_PATIENCE)
+        };
+        let (res, _) = run_cfg(
+            &[5060, 4000],
+            &rs,
+            LinkConfig::perfect(Duration::from_millis(2)),
+            1,
+            cfg,
+        );
+        assert!(res.iter().all(|r| !r.hops.contains_key(&1)), "{res:?}");
+        let a = analyse(&res[0], Some(&res[1]), Some(TARGET));
+        assert_eq!(a.kind, VerdictKind::DroppedAfter);
+        assert_eq!(a.last_hop, Some((2, Some(rs[1].addr))));
+        assert_eq!(a.ambiguous, None);
+        // TTL 2 once, the silent TTL 3 twice; the control port TTL 2 and 3.
+        assert_eq!(res[0].sent, 3);
+        assert_eq!(res[1].sent, 2);
+    }
 }
