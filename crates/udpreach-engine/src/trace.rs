@@ -3,13 +3,26 @@
 //! "no answer at all"), judged against a control port that is traced
 //! alongside.
 //!
-//! [`TraceProbing`] is the prober: every TTL of every port is queued at the
-//! start (TTL-major, so a router's ICMP rate limit is spread over time), sent
-//! at a paced rate, retried when nothing answers, and stops probing a port
-//! above the TTL at which it was confirmed to arrive. The same engine runs on
-//! the client (upstream) and on the server (downstream); what "arrived" means
-//! is told by the driver (an ack or the server's count upstream, the
-//! client's count downstream).
+//! [`TraceProbing`] is the prober. TTLs are queued layer by layer for all
+//! ports (TTL-major, so a router's ICMP errors are spread over time), a few
+//! beyond the highest TTL that answered until the far end is found, then
+//! only up to it; they are sent at a paced rate and retried while their
+//! silence is not evidence. The same engine runs on the client (upstream)
+//! and on the server (downstream); what "arrived" means is told by the
+//! driver (an ack or the server's count upstream, the client's count
+//! downstream).
+//!
+//! Routers limit their ICMP errors (Linux: a burst of six, then one a
+//! second per destination), so a silence is evidence only when another
+//! probe with the same TTL sent just after it drew an answer (the hop had
+//! an error to spare); else the TTL is sent again followed at once by a
+//! canary (the control port). A TTL a port has passed (an answer beyond it)
+//! is not retried: path evidence is shared across ports, and the limited
+//! errors go where a verdict needs them. A hop that answers some probes
+//! and not others of ports that went past it is rate limited: its probes go
+//! one at a time on its own clock (learned from the spacing of its
+//! answers) for [`TraceConfig::patience`]; what is still unconfirmed is
+//! [`PortTrace::unsure`], and [`analyse`] calls such a verdict ambiguous.
 //!
 //! [`analyse`] turns one port's answers into a verdict. The Linux fact it
 //! relies on: a router sends "time exceeded" before its forward filter runs,
