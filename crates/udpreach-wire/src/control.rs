@@ -303,6 +303,13 @@ pub struct TraceSendResult {
     /// Why the port sent nothing (not open, no client address, budget).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Silent TTLs whose silence no answer at that hop confirmed (the hop
+    /// may have been out of ICMP errors).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unsure: Vec<u8>,
+    /// TTLs whose hop was seen to limit its ICMP errors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limited: Vec<u8>,
 }
 
 /// One ICMP error a downstream probe drew.

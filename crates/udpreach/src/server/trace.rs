@@ -205,6 +205,8 @@ impl TraceSession {
                 sent: 0,
                 hops: Vec::new(),
                 error: None,
+                unsure: Vec::new(),
+                rate_limited: Vec::new(),
             };
             match self.ports.get(&port) {
                 None => r.error = Some("not a trace port of this session".into()),
@@ -306,6 +308,8 @@ impl TraceSession {
         for r in &mut results {
             r.sent = sent.get(&r.port).copied().unwrap_or(0);
             if let Some(t) = traces.iter().find(|t| t.port == r.port) {
+                r.unsure = t.unsure.iter().copied().collect();
+                r.rate_limited = t.rate_limited.iter().copied().collect();
                 r.hops = t
                     .hops
                     .iter()

@@ -530,6 +530,9 @@ impl Collected {
     }
 
     fn downstream_traces(&mut self, ports: &[u16], results: &[TraceSendResult]) -> Vec<PortTrace> {
+        // A TTL at which some port arrived: a silence there is evidence (an
+        // arrival is counted by us, not limited like an ICMP error).
+        let arrived_at: BTreeSet<u8> = self.down_arrived.values().flatten().copied().collect();
         ports
             .iter()
             .map(|&port| {
@@ -539,6 +542,13 @@ impl Collected {
                 };
                 if let Some(r) = results.iter().find(|r| r.port == port) {
                     t.sent = r.sent;
+                    t.unsure = r
+                        .unsure
+                        .iter()
+                        .copied()
+                        .filter(|ttl| !arrived_at.contains(ttl))
+                        .collect();
+                    t.rate_limited = r.rate_limited.iter().copied().collect();
                     for h in &r.hops {
                         let rtt = Some(Duration::from_micros(h.rtt_us));
                         t.hops.insert(h.ttl, HopAnswer::from_icmp(&h.icmp, rtt));
