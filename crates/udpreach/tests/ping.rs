@@ -277,6 +277,25 @@ fn bad_input_is_a_one_line_error_with_exit_2() {
         (&["ping", "--sport", "5-2", "198.18.0.2"], "'5-2'"),
         (&["ports", "198.18.0.2", "1,x"], "'x'"),
         (&["server", "--listen", "nonsense"], "'nonsense'"),
+        (&["ping", "--ecn", "ect2", "198.18.0.2"], "'ect2'"),
+        (&["ping", "--dscp", "46", "-s", "32", "198.18.0.2"], "'32'"),
+        (&["trace", "198.18.0.2", "-p", "1", "--size", "20"], "'20'"),
+        (
+            &["trace", "198.18.0.2", "-p", "1-100", "--size", "9000"],
+            "'9000'",
+        ),
+        (
+            &[
+                "trace",
+                "198.18.0.2",
+                "-p",
+                "1",
+                "--no-server",
+                "--key-file",
+                "/nonexistent",
+            ],
+            "--key-file",
+        ),
     ];
     for (args, needle) in cases {
         let o = udpreach(h, args);
