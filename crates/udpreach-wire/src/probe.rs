@@ -445,6 +445,19 @@ mod tests {
         );
     }
 
+    impl ServerStamp {
+        fn default_for_tests() -> Self {
+            ServerStamp {
+                rx_ns: 1,
+                tx_ns: 2,
+                flow_count: 3,
+                seen_from: "198.18.0.1:5555".parse().unwrap(),
+                seen_ttl: 63,
+                withheld: 0,
+            }
+        }
+    }
+
     #[test]
     fn ecn_names() {
         for v in 0..4 {
@@ -463,12 +476,8 @@ mod tests {
         assert_eq!(reply_tos_asked(&buf), Some(46 << 2 | 2));
         assert_eq!(ProbeHeader::decode(&buf).unwrap().seen_tos(), None);
         let stamp = ServerStamp {
-            rx_ns: 1,
-            tx_ns: 2,
-            flow_count: 3,
-            seen_from: "198.18.0.1:5555".parse().unwrap(),
-            seen_ttl: 63,
-            withheld: 0,
+            seen_ttl: 1,
+            ..ServerStamp::default_for_tests()
         };
         // An older server: the request's flags come back, no TOS_SEEN.
         make_reply_in_place(&mut buf, &stamp).unwrap();
