@@ -179,7 +179,7 @@ fn route_source(target: SocketAddr) -> Option<std::net::IpAddr> {
 
 /// The set-up plain ping and `ping --stamp` share: the IPv4 size limit and
 /// the probe socket's options (TTL, DSCP/ECN, DF, ICMP errors, transmit
-/// timestamps, and the TOS each reply arrives with).
+/// timestamps, and the TOS each reply arrives with when it is reported).
 fn probe_socket_options(
     args: &PingArgs,
     target: SocketAddr,
@@ -196,7 +196,8 @@ fn probe_socket_options(
         dont_fragment: args.df,
         recv_errors: true,
         tx_timestamps: true,
-        recv_tos: true,
+        // What each reply arrived with: STAMP's CoS, or --dscp/--ecn.
+        recv_tos: args.stamp || asked_tos(args).is_some(),
         ..UdpOptions::default()
     })
 }
