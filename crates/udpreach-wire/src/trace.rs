@@ -263,7 +263,12 @@ mod tests {
         assert_eq!(keyed.len(), KEYED_PROBE_LEN);
         assert_eq!(TraceProbe::from_datagram(&keyed, Some(&key)), Some(p));
         assert_eq!(TraceProbe::from_datagram(&keyed, Some(&other)), None);
-        assert_eq!(TraceProbe::from_datagram(&keyed, None), None);
+        // Without a key the tag is only padding.
+        assert_eq!(TraceProbe::from_datagram(&keyed, None), Some(p));
+        assert_eq!(
+            TraceProbe::from_datagram(&keyed[..PROBE_LEN - 1], None),
+            None
+        );
         let mut forged = keyed.clone();
         forged[14] = 2;
         assert_eq!(TraceProbe::from_datagram(&forged, Some(&key)), None);

@@ -471,10 +471,13 @@ fn dscp_and_ecn_rewrites_show_in_the_direction_they_happen() {
         assert_eq!(m["sent"]["ecn"], 2, "{target}: {m:#}");
         assert_eq!(m["upstream"]["arrived"]["dscp"], 0, "{target}: {m:#}");
         assert_eq!(m["upstream"]["arrived"]["ecn"], 2, "{target}: {m:#}");
-        assert_eq!(m["upstream"]["dscp_changed"], 3, "{target}: {m:#}");
+        // Every reply that came back saw the rewrite (a loaded machine may lose one).
+        let replies = m["upstream"]["replies"].as_u64().unwrap();
+        assert!(replies >= 1, "{target}: {m:#}");
+        assert_eq!(m["upstream"]["dscp_changed"], replies, "{target}: {m:#}");
         assert_eq!(m["downstream"]["arrived"]["dscp"], 10, "{target}: {m:#}");
         assert_eq!(m["downstream"]["arrived"]["ecn"], 3, "{target}: {m:#}");
-        assert_eq!(m["downstream"]["ecn_changed"], 3, "{target}: {m:#}");
+        assert_eq!(m["downstream"]["ecn_changed"], replies, "{target}: {m:#}");
         assert_eq!(m["replies_without_report"], 0, "{target}: {m:#}");
         let text = udpreach(
             lab.client(),
