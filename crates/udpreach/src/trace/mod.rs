@@ -107,6 +107,10 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
         if !welcome.capabilities.iter().any(|c| c == "trace") {
             bail!("the server at {target} cannot trace (no \"trace\" capability); use --no-server");
         }
+        // An older server takes only bare probes: padded ones would look dropped.
+        if args.size.is_some() && !welcome.capabilities.iter().any(|c| c == "trace-hops") {
+            bail!("the server at {target} cannot trace with --size (an older udpreach server)");
+        }
         let mut ask = traced.clone();
         ask.push(args.control_port.unwrap_or(0));
         let answer = ctl
