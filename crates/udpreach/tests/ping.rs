@@ -466,6 +466,11 @@ fn dscp_and_ecn_rewrites_show_in_the_direction_they_happen() {
             ],
         );
         o.assert_code(0);
+        for r in json_lines(&o).iter().filter(|l| l["type"] == "reply") {
+            assert_eq!(r["marks"]["at_server"]["dscp"], 0, "{r}");
+            assert_eq!(r["marks"]["here"]["dscp"], 10, "{r}");
+            assert_eq!(r["marks"]["here"]["ecn"], 3, "{r}");
+        }
         let m = &summary(&o)["marks"];
         assert_eq!(m["sent"]["dscp"], 46, "{target}: {m:#}");
         assert_eq!(m["sent"]["ecn"], 2, "{target}: {m:#}");

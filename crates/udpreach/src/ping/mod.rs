@@ -24,7 +24,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use udpreach_engine::marks::MarkTally;
+use udpreach_engine::marks::{MarkTally, ReplyMarks};
 use udpreach_engine::ping::{PingConfig, PingEvent, PingInput, PingSession};
 use udpreach_engine::Engine;
 use udpreach_wire::auth::{SharedKey, MIN_SEALED_LEN};
@@ -536,11 +536,12 @@ fn handle_incoming(
     session.handle_input(reply, msg.at);
     let bytes = data.len();
     // A reply's event comes out at once (none for a probe never sent).
+    let reply_marks = marks.is_some().then(|| ReplyMarks::of(seen_tos, tos));
     while let Some(ev) = session.poll_event() {
         if let (PingEvent::Reply { .. }, Some(m)) = (&ev, marks.as_mut()) {
             m.record(seen_tos, tos);
         }
-        report_reply(report, msg.local, ev, bytes, ttl);
+        report_reply(report, msg.local, ev, bytes, ttl, reply_marks);
     }
 }
 
@@ -550,6 +551,7 @@ fn report_reply(
     ev: PingEvent,
     bytes: usize,
     ttl: Option<u8>,
+    marks: Option<ReplyMarks>,
 ) {
     match ev {
         PingEvent::Reply {
@@ -562,13 +564,21 @@ fn report_reply(
             ttl,
             stamp.as_ref(),
             ReplyKind::Reply,
+            marks,
         ),
         PingEvent::Late { seq, rtt } => {
-            report.reply(local, seq, bytes, rtt, ttl, None, ReplyKind::Late)
+            report.reply(local, seq, bytes, rtt, ttl, None, ReplyKind::Late, marks)
         }
-        PingEvent::Duplicate { seq, rtt } => {
-            report.reply(local, seq, bytes, rtt, ttl, None, ReplyKind::Duplicate)
-        }
+        PingEvent::Duplicate { seq, rtt } => report.reply(
+            local,
+            seq,
+            bytes,
+            rtt,
+            ttl,
+            None,
+            ReplyKind::Duplicate,
+            marks,
+        ),
         PingEvent::Timeout { .. } | PingEvent::IcmpError { .. } => {}
     }
 }
