@@ -305,8 +305,8 @@ pub struct PingArgs {
     #[command(flatten)]
     pub output: OutputArgs,
     /// Be a STAMP session-sender (RFC 8762/8972) against any STAMP reflector (a router,
-    /// stamp-suite, `udpreach server --stamp`); the default port becomes 862. --dscp adds the
-    /// Class of Service TLV; with a key, authenticated mode (the key is the HMAC key).
+    /// stamp-suite, `udpreach server --stamp`); the default port becomes 862. --dscp / --ecn add
+    /// the Class of Service TLV; with a key, authenticated mode (the key is the HMAC key).
     #[arg(long, conflicts_with = "sport", help_heading = STAMP)]
     pub stamp: bool,
     /// STAMP: the session-sender identifier (RFC 8972) [default: random].

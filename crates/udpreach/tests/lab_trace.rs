@@ -363,8 +363,18 @@ fn server_trace_sends_only_to_the_session_client_within_bounds() {
         ControlMsg::TraceArrived { arrivals } => assert_eq!(arrivals[0].ttls, vec![63]),
         other => panic!("{other:?}"),
     }
-    // Out-of-bounds requests are refused before anything is sent.
-    for bad in [send(65, 1), send(2, 4), send(0, 1)] {
+    // Out-of-bounds requests are refused before anything is sent: padded
+    // probes may add up to 1 MiB per request.
+    let padded = ControlMsg::TraceSend {
+        ports: vec![port],
+        max_hops: 64,
+        attempts: 3,
+        wait_ms: 1,
+        rate: 0,
+        tos: None,
+        size: Some(9000),
+    };
+    for bad in [send(65, 1), send(2, 4), send(0, 1), padded] {
         assert!(
             matches!(s.request(&bad), ControlMsg::Error { .. }),
             "{bad:?} accepted"

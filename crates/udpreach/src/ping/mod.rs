@@ -23,7 +23,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use udpreach_engine::marks::MarkTally;
+use udpreach_engine::marks::{MarkTally, ReplyMarks};
 use udpreach_engine::ping::{PingConfig, PingEvent, PingInput, PingSession};
 use udpreach_engine::Engine;
 use udpreach_wire::auth::{SharedKey, MIN_SEALED_LEN};
@@ -178,7 +178,7 @@ fn route_source(target: SocketAddr) -> Option<std::net::IpAddr> {
 
 /// The set-up plain ping and `ping --stamp` share: the IPv4 size limit and
 /// the probe socket's options (TTL, DSCP/ECN, DF, ICMP errors, transmit
-/// timestamps, and the TOS each reply arrives with).
+/// timestamps, and the TOS each reply arrives with when it is reported).
 fn probe_socket_options(
     args: &PingArgs,
     target: SocketAddr,
@@ -195,7 +195,8 @@ fn probe_socket_options(
         dont_fragment: args.df,
         recv_errors: true,
         tx_timestamps: true,
-        recv_tos: true,
+        // What each reply arrived with: STAMP's CoS, or --dscp/--ecn.
+        recv_tos: args.stamp || asked_tos(args).is_some(),
         ..UdpOptions::default()
     })
 }
@@ -534,11 +535,12 @@ fn handle_incoming(
     session.handle_input(reply, msg.at);
     let bytes = data.len();
     // A reply's event comes out at once (none for a probe never sent).
+    let reply_marks = marks.is_some().then(|| ReplyMarks::of(seen_tos, tos));
     while let Some(ev) = session.poll_event() {
         if let (PingEvent::Reply { .. }, Some(m)) = (&ev, marks.as_mut()) {
             m.record(seen_tos, tos);
         }
-        report_reply(report, msg.local, ev, bytes, ttl);
+        report_reply(report, msg.local, ev, bytes, ttl, reply_marks);
     }
 }
 
@@ -548,6 +550,7 @@ fn report_reply(
     ev: PingEvent,
     bytes: usize,
     ttl: Option<u8>,
+    marks: Option<ReplyMarks>,
 ) {
     match ev {
         PingEvent::Reply {
@@ -560,13 +563,21 @@ fn report_reply(
             ttl,
             stamp.as_ref(),
             ReplyKind::Reply,
+            marks,
         ),
         PingEvent::Late { seq, rtt } => {
-            report.reply(local, seq, bytes, rtt, ttl, None, ReplyKind::Late)
+            report.reply(local, seq, bytes, rtt, ttl, None, ReplyKind::Late, marks)
         }
-        PingEvent::Duplicate { seq, rtt } => {
-            report.reply(local, seq, bytes, rtt, ttl, None, ReplyKind::Duplicate)
-        }
+        PingEvent::Duplicate { seq, rtt } => report.reply(
+            local,
+            seq,
+            bytes,
+            rtt,
+            ttl,
+            None,
+            ReplyKind::Duplicate,
+            marks,
+        ),
         PingEvent::Timeout { .. } | PingEvent::IcmpError { .. } => {}
     }
 }

@@ -9,7 +9,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use udpreach_engine::marks::MarksSummary;
+use udpreach_engine::marks::{MarksSummary, ReplyMarks};
 use udpreach_engine::ping::PingSummary;
 use udpreach_engine::serverless::{IcmpRateLimit, ServerlessResult};
 use udpreach_engine::stamp::{StampReplyInfo, StampSummary};
@@ -65,6 +65,10 @@ pub struct PingReply {
     /// With `--stamp`: what the reflector wrote into its reply.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stamp: Option<StampReplyInfo>,
+    /// With `--dscp`/`--ecn`: DSCP/ECN this probe arrived with at the
+    /// server and the reply arrived with here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub marks: Option<ReplyMarks>,
 }
 
 /// A probe with no reply within its timeout.

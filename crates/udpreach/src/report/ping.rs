@@ -10,7 +10,7 @@ use super::{ms3, print_json_line, print_line, OutputFormat};
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::time::Duration;
-use udpreach_engine::marks::{DirectionMarks, MarksSummary};
+use udpreach_engine::marks::{DirectionMarks, Marking, MarksSummary, ReplyMarks};
 use udpreach_engine::ping::PingSummary;
 use udpreach_engine::stamp::{ReflectorKind, StampReplyInfo, StampSummary};
 use udpreach_wire::icmp::IcmpReport;
@@ -59,6 +59,9 @@ impl PingEvent {
             let mut ttl = r.ttl.map(|t| format!(" ttl={t}")).unwrap_or_default();
             if let Some(st) = &r.stamp {
                 ttl.push_str(&stamp_reply_text(st));
+            }
+            if let Some(m) = &r.marks {
+                ttl.push_str(&reply_marks_text(m));
             }
             format!(
                 "{} -> {} seq={} bytes={} time={} ms{ttl}{note}",
@@ -198,6 +201,7 @@ impl PingReport {
         ttl: Option<u8>,
         stamp: Option<&ServerStamp>,
         kind: ReplyKind,
+        marks: Option<ReplyMarks>,
     ) {
         let r = PingReply {
             seq,
@@ -213,6 +217,7 @@ impl PingReport {
                 server_processing_us: s.tx_ns.saturating_sub(s.rx_ns) as f64 / 1e3,
             }),
             stamp: None,
+            marks,
         };
         self.event(match kind {
             ReplyKind::Reply => PingEvent::Reply(r),
@@ -242,6 +247,7 @@ impl PingReport {
             ttl,
             server: None,
             stamp: Some(info),
+            marks: None,
         };
         self.event(match kind {
             ReplyKind::Reply => PingEvent::Reply(r),
@@ -509,6 +515,20 @@ fn stamp_reply_text(st: &StampReplyInfo) -> String {
         t.push_str(&format!(" dscp_there={d} dscp_back={back}"));
     }
     t
+}
+
+/// What `--dscp`/`--ecn` add to a reply's line: the marking at the server
+/// ("there") and of the reply here ("back"); "?" when not told.
+fn reply_marks_text(m: &ReplyMarks) -> String {
+    let dscp = |x: Option<Marking>| x.map_or_else(|| "?".to_string(), |x| x.dscp.to_string());
+    let ecn = |x: Option<Marking>| x.map_or("?", |x| ecn_name(x.ecn));
+    format!(
+        " dscp_there={} dscp_back={} ecn_there={} ecn_back={}",
+        dscp(m.at_server),
+        dscp(m.here),
+        ecn(m.at_server),
+        ecn(m.here)
+    )
 }
 
 /// The closing lines only STAMP gives.

@@ -38,8 +38,8 @@ use udpreach_engine::Engine;
 use udpreach_wire::control::{ControlMsg, ErrorCode, TraceArrival, TraceHopError, TraceSendResult};
 use udpreach_wire::icmp::IcmpError;
 use udpreach_wire::trace::{
-    check_send, check_size, parse_raw_icmp4, parse_raw_icmp6, QuotedHeader, TraceKind, TraceProbe,
-    LOCATOR_TTL, MAX_SENDS_PER_SESSION, MAX_WAIT_MS,
+    check_send, check_size, quoted_trace_probe, QuotedHeader, TraceKind, TraceProbe, LOCATOR_TTL,
+    MAX_SENDS_PER_SESSION, MAX_WAIT_MS,
 };
 
 /// ICMP errors waiting for a `TraceSend` to read them (the rest are dropped).
@@ -370,13 +370,7 @@ impl QuotedReader {
             let mut found = BTreeMap::new();
             let mut buf = vec![0u8; 2048];
             let keep = |b: &[u8], found: &mut BTreeMap<(u16, u8), QuotedHeader>| {
-                let parsed = if v6 {
-                    parse_raw_icmp6(b)
-                } else {
-                    parse_raw_icmp4(b)
-                };
-                let Some((q, payload)) = parsed else { return };
-                let Some(p) = TraceProbe::decode(payload) else {
+                let Some((q, p)) = quoted_trace_probe(b, v6) else {
                     return;
                 };
                 let ours = p.token == token

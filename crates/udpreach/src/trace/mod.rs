@@ -26,7 +26,7 @@ use udpreach_engine::trace::{HopAnswer, PortTrace, TraceConfig, TraceInput, Trac
 use udpreach_engine::Engine;
 use udpreach_wire::control::{ControlMsg, TraceSendResult};
 use udpreach_wire::trace::{
-    check_size, parse_raw_icmp4, parse_raw_icmp6, QuotedHeader, TraceKind, TraceProbe, LOCATOR_TTL,
+    check_size, quoted_trace_probe, QuotedHeader, TraceKind, TraceProbe, LOCATOR_TTL,
     MAX_PORTS_PER_REQUEST,
 };
 
@@ -126,6 +126,10 @@ pub(crate) async fn trace(
         if !welcome.capabilities.iter().any(|c| c == "trace") {
             bail!("the server at {target} cannot trace (no \"trace\" capability); use --no-server");
         }
+        // An older server takes only bare probes: padded ones would look dropped.
+        if args.size.is_some() && !welcome.capabilities.iter().any(|c| c == "trace-hops") {
+            bail!("the server at {target} cannot trace with --size (an older udpreach server)");
+        }
         let mut ask = traced.clone();
         ask.push(args.control_port.unwrap_or(0));
         let answer = ctl
@@ -192,14 +196,7 @@ pub(crate) async fn trace(
                         tokio::time::sleep(Duration::from_millis(1)).await;
                         continue;
                     };
-                    let b = &buf[..m.len];
-                    let parsed = if v6 {
-                        parse_raw_icmp6(b)
-                    } else {
-                        parse_raw_icmp4(b)
-                    };
-                    let Some((q, payload)) = parsed else { continue };
-                    let Some(p) = TraceProbe::decode(payload) else {
+                    let Some((q, p)) = quoted_trace_probe(&buf[..m.len], v6) else {
                         continue;
                     };
                     if p.token != token || p.kind != TraceKind::Up || p.port != q.dport {

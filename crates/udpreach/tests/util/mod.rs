@@ -110,30 +110,37 @@ pub struct RawSession {
 }
 
 impl RawSession {
-    pub fn connect(host: &Host, server: std::net::SocketAddr) -> RawSession {
+    /// Connects from `host`, sends the preamble and `frames`, reads the
+    /// server's preamble: a session whose handshake is under way.
+    fn begin(host: &Host, server: std::net::SocketAddr, frames: &[u8]) -> RawSession {
         use std::io::{Read, Write};
-        use udpreach_wire::control::{ControlMsg, PREAMBLE};
+        use udpreach_wire::control::PREAMBLE;
         let mut stream = host.enter(move || std::net::TcpStream::connect(server).expect("connect"));
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
+        let mut out = PREAMBLE.to_vec();
+        out.extend_from_slice(frames);
+        stream.write_all(&out).expect("hello");
+        let mut pre = [0u8; 8];
+        stream.read_exact(&mut pre).expect("preamble");
+        assert_eq!(&pre, PREAMBLE);
+        RawSession {
+            stream,
+            token: 0,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn connect(host: &Host, server: std::net::SocketAddr) -> RawSession {
+        use udpreach_wire::control::ControlMsg;
         let hello = ControlMsg::Hello {
             version: 1,
             capabilities: vec![],
             software: "test".into(),
             nonce: None,
         };
-        let mut out = PREAMBLE.to_vec();
-        out.extend(hello.to_frame());
-        stream.write_all(&out).expect("hello");
-        let mut pre = [0u8; 8];
-        stream.read_exact(&mut pre).expect("preamble");
-        assert_eq!(&pre, PREAMBLE);
-        let mut s = RawSession {
-            stream,
-            token: 0,
-            buf: Vec::new(),
-        };
+        let mut s = RawSession::begin(host, server, &hello.to_frame());
         match s.recv() {
             ControlMsg::Welcome { token, .. } => s.token = token,
             other => panic!("expected welcome, got {other:?}"),
@@ -148,29 +155,15 @@ impl RawSession {
         server: std::net::SocketAddr,
         key: &udpreach_wire::auth::SharedKey,
     ) -> (RawSession, udpreach_wire::auth::DerivedKey) {
-        use std::io::{Read, Write};
         use std::time::Instant;
         use udpreach_engine::client_handshake::{ClientHandshake, HandshakeEvent};
         use udpreach_engine::Engine;
-        use udpreach_wire::control::PREAMBLE;
-        let mut stream = host.enter(move || std::net::TcpStream::connect(server).expect("connect"));
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
         let mut hs = ClientHandshake::new(Some(key.clone()), [7; 32], "test".into());
-        let mut out = PREAMBLE.to_vec();
+        let mut frames = Vec::new();
         while let Some(m) = hs.poll_transmit(Instant::now()) {
-            out.extend(m.to_frame());
+            frames.extend(m.to_frame());
         }
-        stream.write_all(&out).expect("hello");
-        let mut pre = [0u8; 8];
-        stream.read_exact(&mut pre).expect("preamble");
-        assert_eq!(&pre, PREAMBLE);
-        let mut s = RawSession {
-            stream,
-            token: 0,
-            buf: Vec::new(),
-        };
+        let mut s = RawSession::begin(host, server, &frames);
         for _ in 0..8 {
             let m = s.recv();
             hs.handle_input(m, Instant::now());
