@@ -132,8 +132,10 @@ start_prometheus "$WORK/prom-blackbox.yml" 9091 "$WORK/d-bb"
 sleep 5
 measure "$BB" "blackbox_exporter icmp (/probe each 1s)"
 prom_value() { # query (URL-encoded)
-  http_get 9091 "/api/v1/query?query=$1" | tail -1 |
-    python3 -c "import json,sys; r=json.load(sys.stdin)['data']['result']; print(round(float(r[0]['value'][1])) if r else '?')" 2>/dev/null || echo '?'
+  http_get 9091 "/api/v1/query?query=$1" | tail -1 | python3 -c '
+import json, sys
+r = json.load(sys.stdin)["data"]["result"]
+print(round(float(r[0]["value"][1])) if r else "?")' || echo '?'
 }
 echo "  probes in the last ${SECS}s: $(prom_value "sum(count_over_time(probe_success%5B${SECS}s%5D))"), successful: $(prom_value "sum(sum_over_time(probe_success%5B${SECS}s%5D))")"
 stop "$BB"; stop "$PROM"

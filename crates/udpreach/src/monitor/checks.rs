@@ -229,6 +229,9 @@ struct Run<'a> {
 /// One window's engine as the window driver ([`run_windows`]) sees it:
 /// ping's [`PingSession`] with our payload, or the STAMP [`StampSender`].
 trait ProbeWindow {
+    type Engine: Engine;
+    fn engine(&self) -> &Self::Engine;
+    fn engine_mut(&mut self) -> &mut Self::Engine;
     /// The next probe due at `now`: its seq and bytes.
     fn poll_probe(&mut self, now: Instant) -> Option<(u64, &[u8])>;
     /// The probe left at `at`.
@@ -240,10 +243,7 @@ trait ProbeWindow {
     /// probes, and which (`Some(None)`: ours, seq unknown).
     fn quoted(&self, quoted: &[u8]) -> Option<Option<u64>>;
     fn icmp(&mut self, seq: Option<u64>, report: IcmpReport, at: Instant);
-    fn handle_timeout(&mut self, now: Instant);
-    fn poll_timeout(&self) -> Option<Instant>;
     fn poll_event(&mut self) -> Option<PingEvent>;
-    fn is_done(&self) -> bool;
     fn summary(&self) -> PingSummary;
 }
 
@@ -254,6 +254,13 @@ struct PingWindow {
 }
 
 impl ProbeWindow for PingWindow {
+    type Engine = PingSession;
+    fn engine(&self) -> &PingSession {
+        &self.session
+    }
+    fn engine_mut(&mut self) -> &mut PingSession {
+        &mut self.session
+    }
     fn poll_probe(&mut self, now: Instant) -> Option<(u64, &[u8])> {
         let seq = self.session.poll_transmit(now)?;
         self.builder.build(seq, realtime_ns(), &mut self.packet);
@@ -291,17 +298,8 @@ impl ProbeWindow for PingWindow {
         self.session
             .handle_input(PingInput::IcmpError { seq, report }, at);
     }
-    fn handle_timeout(&mut self, now: Instant) {
-        self.session.handle_timeout(now);
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.session.poll_timeout()
-    }
     fn poll_event(&mut self) -> Option<PingEvent> {
         self.session.poll_event()
-    }
-    fn is_done(&self) -> bool {
-        self.session.is_done()
     }
     fn summary(&self) -> PingSummary {
         self.session.summary()
@@ -319,6 +317,13 @@ struct StampWindow {
 }
 
 impl ProbeWindow for StampWindow {
+    type Engine = StampSender;
+    fn engine(&self) -> &StampSender {
+        &self.sender
+    }
+    fn engine_mut(&mut self) -> &mut StampSender {
+        &mut self.sender
+    }
     fn poll_probe(&mut self, now: Instant) -> Option<(u64, &[u8])> {
         let t = self.sender.poll_transmit(now)?;
         self.packet = t.data;
@@ -351,12 +356,6 @@ impl ProbeWindow for StampWindow {
         self.sender
             .handle_input(StampInput::Icmp { seq, report }, at);
     }
-    fn handle_timeout(&mut self, now: Instant) {
-        self.sender.handle_timeout(now);
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.sender.poll_timeout()
-    }
     fn poll_event(&mut self) -> Option<PingEvent> {
         loop {
             match self.sender.poll_event()? {
@@ -364,9 +363,6 @@ impl ProbeWindow for StampWindow {
                 StampEvent::Ignored { .. } => {}
             }
         }
-    }
-    fn is_done(&self) -> bool {
-        self.sender.is_done()
     }
     fn summary(&self) -> PingSummary {
         self.sender.summary()
@@ -557,15 +553,15 @@ async fn run_windows<W: ProbeWindow>(
         }
         let now = Instant::now();
         for w in windows.iter_mut() {
-            if w.probe.poll_timeout().is_some_and(|at| at <= now) {
-                w.probe.handle_timeout(now);
+            if w.probe.engine().poll_timeout().is_some_and(|at| at <= now) {
+                w.probe.engine_mut().handle_timeout(now);
             }
             report_events(w, run);
         }
         // Windows done (every probe answered or timed out) fold into the totals.
         while windows.len() > 1 || t.count.is_some() {
             let Some(w) = windows.front_mut() else { break };
-            if !w.probe.is_done() {
+            if !w.probe.engine().is_done() {
                 break;
             }
             let s = w.probe.summary();
@@ -599,7 +595,7 @@ async fn run_windows<W: ProbeWindow>(
             wake = wake.min(at);
         }
         for w in &windows {
-            if let Some(at) = w.probe.poll_timeout() {
+            if let Some(at) = w.probe.engine().poll_timeout() {
                 wake = wake.min(at);
             }
         }
