@@ -69,10 +69,12 @@ ratelimit() { # on|off
     if [ "$1" = off ]; then
       ip netns exec "$ns" sysctl -qw net.ipv4.icmp_ratelimit=0 net.ipv4.icmp_msgs_per_sec=1000000 net.ipv4.icmp_msgs_burst=1000000
     else
-      ip netns exec "$ns" sysctl -qw net.ipv4.icmp_ratelimit=1000 net.ipv4.icmp_msgs_per_sec=1000 net.ipv4.icmp_msgs_burst=50
+      ip netns exec "$ns" sysctl -qw net.ipv4.icmp_ratelimit=1000 net.ipv4.icmp_ratemask=6168 net.ipv4.icmp_msgs_per_sec=1000 net.ipv4.icmp_msgs_burst=50
     fi
   done
 }
+
+load() { cut -d' ' -f1 /proc/loadavg; }
 
 judge_traceroute() { # files...
   python3 - "$@" <<'PY'
@@ -122,14 +124,14 @@ scenario() { # name ports...
   wait $(jobs -p | grep -v -x -F "$(printf '%s\n' "${PIDS[@]}")") 2>/dev/null || true
   t1=$(date +%s.%N)
   local tr_ok; tr_ok=$(judge_traceroute "$out/$name-$spec"-tr-*.txt)
-  printf '%-4s %5d ports  %-32s %8.2f s  %3d/%d right\n' "$name" "$n" "traceroute -U -p (parallel)" "$(awk "BEGIN{print $t1 - $t0}")" "$tr_ok" "$n"
+  printf '%-4s %5d ports  %-32s %8.2f s  %3d/%d right  (load %s)\n' "$name" "$n" "traceroute -U -p (parallel)" "$(awk "BEGIN{print $t1 - $t0}")" "$tr_ok" "$n" "$(load)"
   for extra in "" "--rate 10000"; do
     sleep 3
     t0=$(date +%s.%N)
     # shellcheck disable=SC2086
     ip netns exec "$C" "$BIN" trace 198.18.5.2 -p "$spec" --json $extra > "$out/$name-ur.json" || true
     t1=$(date +%s.%N)
-    printf '%-4s %5d ports  %-32s %8.2f s  %3d/%d right\n' "$name" "$n" "udpreach trace ${extra:-(defaults)}" "$(awk "BEGIN{print $t1 - $t0}")" "$(judge_udpreach "$out/$name-ur.json")" "$n"
+    printf '%-4s %5d ports  %-32s %8.2f s  %3d/%d right  (load %s)\n' "$name" "$n" "udpreach trace ${extra:-(defaults)}" "$(awk "BEGIN{print $t1 - $t0}")" "$(judge_udpreach "$out/$name-ur.json")" "$n" "$(load)"
   done
 }
 

@@ -9,6 +9,7 @@ pub mod admission;
 pub mod client_handshake;
 pub mod engine;
 pub mod handshake;
+pub mod marks;
 pub mod mtu;
 pub mod nat;
 pub mod ping;

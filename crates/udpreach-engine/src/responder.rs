@@ -1,5 +1,6 @@
 //! Every UDP answer the server gives, decided without I/O: the echo port
-//! ([`EchoResponder`]) and a session's test ports ([`PortResponder`]).
+//! ([`EchoResponder`]) and a session's test, MTU and NAT ports
+//! ([`PortResponder`]).
 //!
 //! Both work in place on the received datagram and answer with
 //! [`Answer::Reply`] carrying how many bytes of it to send. That length is
@@ -79,6 +80,9 @@ pub struct Received {
     pub ttl: Option<u8>,
     /// Receive time, ns since the Unix epoch.
     pub rx_ns: u64,
+    /// Its TOS byte / traffic class on arrival, when the kernel said: an
+    /// echo reply reports it ([`probe::FLAG_TOS_SEEN`]).
+    pub tos: Option<u8>,
 }
 
 /// Tallies of answers, for the server's periodic log line.
@@ -297,6 +301,9 @@ impl EchoResponder {
                 }
                 let (count, withheld) = (f.count, f.withheld);
                 stamp_reply(buf, rx.from, rx.ttl, rx.rx_ns, count, withheld as u8);
+                if let Some(tos) = rx.tos {
+                    probe::set_seen_tos(buf, tos);
+                }
                 probe::restamp_tx(buf, tx_ns);
                 Answer::Reply { len }
             }
@@ -400,6 +407,9 @@ impl EchoResponder {
         }
         let (count, withheld) = (flow.count, flow.withheld);
         stamp_reply(buf, rx.from, rx.ttl, rx.rx_ns, count, withheld as u8);
+        if let Some(tos) = rx.tos {
+            probe::set_seen_tos(buf, tos);
+        }
         probe::restamp_tx(buf, tx_ns);
         if derived.seal(buf).is_err() {
             return Answer::Drop(DropReason::Unauthenticated);
@@ -447,15 +457,44 @@ impl EchoResponder {
     }
 }
 
-/// One test port of one control session: answers that session's port probes
-/// only, counts them, and (with a session key) checks tag and replay window.
+/// Builds the 64-byte answer to one kind of session probe (`None`: not that
+/// kind, or not of the session `token`): `udpreach_wire::mtu::ack_for`, a
+/// NAT port's reply.
+type HeaderReply = fn(&[u8], u64, ServerStamp) -> Option<[u8; probe::HEADER_LEN]>;
+
+/// What a session port answers, and how.
+#[derive(Clone, Copy)]
+enum PortKind {
+    /// A test port: `PortProbe`s, echoed in place with the server's stamp.
+    Test,
+    /// The MTU port or a NAT port: a header-sized message built by the
+    /// function, whatever the probe's size.
+    Header(HeaderReply),
+}
+
+/// One port of one control session: answers that session's probes only,
+/// from the session's client only, and (with a session key) only with a
+/// valid tag and each sequence number once (a replay window). One set of
+/// decisions for the three kinds of session port:
+/// - a test port ([`Self::new`]): `PortProbe`s echoed in place, counted;
+/// - the MTU port ([`Self::mtu_port`]): every `MtuProbe` acknowledged with a
+///   64-byte `MtuAck` naming the length that arrived (each MTU probe has its
+///   own sequence number, so the replay window loses nothing);
+/// - a NAT port ([`Self::nat_port`]): `NatProbe`s answered with the mapping
+///   seen (no replay window: a flow's probes repeat its number).
+///
+/// Answers draw on the session's probe rate; test-port answers without a
+/// key, and every MTU and NAT answer, also on the per-destination reply
+/// budget. An answer is never longer than its probe.
 pub struct PortResponder {
     token: u64,
     key: Option<DerivedKey>,
     /// The session's client: the address its control connection came from,
     /// the only one answered.
     client: IpAddr,
-    window: ReplayWindow,
+    kind: PortKind,
+    /// With a key: refuses a sequence number seen before.
+    window: Option<ReplayWindow>,
     arrivals: u32,
     withheld: u32,
     /// What it answered and refused.
@@ -463,13 +502,36 @@ pub struct PortResponder {
 }
 
 impl PortResponder {
-    /// A responder for the session with `token` and `key`, answering only `client`.
+    /// A test port for the session with `token` and `key`, answering only `client`.
     pub fn new(token: u64, key: Option<DerivedKey>, client: IpAddr) -> Self {
+        Self::with_kind(token, key, client, PortKind::Test, true)
+    }
+
+    /// The MTU port of a session: acknowledges `MtuProbe`s.
+    pub fn mtu_port(token: u64, key: Option<DerivedKey>, client: IpAddr) -> Self {
+        let ack = PortKind::Header(udpreach_wire::mtu::ack_for);
+        Self::with_kind(token, key, client, ack, true)
+    }
+
+    /// A NAT port of a session: answers `NatProbe`s with the mapping seen.
+    pub fn nat_port(token: u64, key: Option<DerivedKey>, client: IpAddr) -> Self {
+        Self::with_kind(token, key, client, PortKind::Header(nat_reply), false)
+    }
+
+    fn with_kind(
+        token: u64,
+        key: Option<DerivedKey>,
+        client: IpAddr,
+        kind: PortKind,
+        replay_window: bool,
+    ) -> Self {
+        let window = (key.is_some() && replay_window).then(ReplayWindow::new);
         PortResponder {
             token,
             key,
             client,
-            window: ReplayWindow::new(),
+            kind,
+            window,
             arrivals: 0,
             withheld: 0,
             counts: AnswerCounts::default(),
@@ -481,9 +543,9 @@ impl PortResponder {
         self.arrivals
     }
 
-    /// `session_rate` is the session's bucket, shared by all its ports;
-    /// without a session key, replies also draw on `budget`, the server's
-    /// per-destination reply budget.
+    /// Decides the answer to `buf` (received as `rx`), rewriting it in
+    /// place. `session_rate` is the session's bucket, shared by all its
+    /// ports; `budget` is the server's per-destination reply budget.
     pub fn respond(
         &mut self,
         buf: &mut [u8],
@@ -513,46 +575,74 @@ impl PortResponder {
         let Ok(h) = ProbeHeader::decode(buf) else {
             return Answer::Drop(DropReason::NotARequest);
         };
-        if h.kind != ProbeKind::PortProbe || h.token != self.token {
-            return Answer::Drop(DropReason::NotARequest);
-        }
+        let mut stamp = ServerStamp {
+            rx_ns: rx.rx_ns,
+            tx_ns,
+            flow_count: 0,
+            seen_from: rx.from,
+            seen_ttl: rx.ttl.unwrap_or(0),
+            withheld: 0,
+        };
+        let header_reply = match self.kind {
+            PortKind::Test if h.kind == ProbeKind::PortProbe && h.token == self.token => None,
+            PortKind::Header(reply) => match reply(buf, self.token, stamp) {
+                Some(r) => Some(r),
+                None => return Answer::Drop(DropReason::NotARequest),
+            },
+            PortKind::Test => return Answer::Drop(DropReason::NotARequest),
+        };
         if let Some(key) = &self.key {
             match key.verify(buf) {
                 Ok(()) => {}
                 Err(auth::AuthError::BadTag) => return Answer::Drop(DropReason::BadTag),
                 Err(_) => return Answer::Drop(DropReason::Unauthenticated),
             }
-            if !self.window.accept(h.seq) {
+            if self.window.as_mut().is_some_and(|w| !w.accept(h.seq)) {
                 return Answer::Drop(DropReason::Replay);
             }
         }
         // It arrived: count it even if the reply is then rate-limited, since
         // the count answers "did the probe get here".
         self.arrivals = self.arrivals.saturating_add(1);
-        if !session_rate.try_take(now)
-            || (self.key.is_none() && !budget.allow(self.client, buf.len(), now))
-        {
+        let len = match (header_reply, &self.key) {
+            (None, _) => buf.len(),
+            // A verified tag makes the probe at least this long.
+            (Some(_), Some(_)) => auth::MIN_SEALED_LEN,
+            // A decoded probe holds a header.
+            (Some(_), None) => probe::HEADER_LEN,
+        };
+        let budgeted = self.key.is_none() || header_reply.is_some();
+        if !session_rate.try_take(now) || (budgeted && !budget.allow(self.client, len, now)) {
             self.withheld = self.withheld.wrapping_add(1);
             return Answer::Drop(DropReason::RateLimited);
         }
-        let stamp = ServerStamp {
-            rx_ns: rx.rx_ns,
-            tx_ns,
-            flow_count: self.arrivals,
-            seen_from: rx.from,
-            seen_ttl: rx.ttl.unwrap_or(0),
-            withheld: self.withheld as u8,
-        };
-        if probe::make_reply_in_place(buf, &stamp).is_err() {
-            return Answer::Drop(DropReason::NotARequest);
+        match header_reply {
+            None => {
+                stamp.flow_count = self.arrivals;
+                stamp.withheld = self.withheld as u8;
+                if probe::make_reply_in_place(buf, &stamp).is_err() {
+                    return Answer::Drop(DropReason::NotARequest);
+                }
+            }
+            Some(reply) => {
+                let out = &mut buf[..len];
+                out.fill(0);
+                out[..probe::HEADER_LEN].copy_from_slice(&reply);
+            }
         }
         if let Some(key) = &self.key {
-            if key.seal(buf).is_err() {
+            if key.seal(&mut buf[..len]).is_err() {
                 return Answer::Drop(DropReason::Unauthenticated);
             }
         }
-        Answer::Reply { len: buf.len() }
+        Answer::Reply { len }
     }
+}
+
+/// A NAT port's answer, only to a probe whose sequence number names a flow.
+fn nat_reply(data: &[u8], token: u64, stamp: ServerStamp) -> Option<[u8; probe::HEADER_LEN]> {
+    udpreach_wire::nat::probe_flow(data, token)?;
+    udpreach_wire::nat::reply_for(data, token, stamp)
 }
 
 #[cfg(test)]
@@ -588,6 +678,7 @@ mod tests {
             from: SocketAddr::new("198.18.0.1".parse().unwrap(), 40_000 + port),
             ttl: Some(64),
             rx_ns: NOW_NS,
+            tos: None,
         }
     }
 
@@ -607,6 +698,38 @@ mod tests {
             k.seal(&mut b).unwrap();
         }
         b
+    }
+
+    #[test]
+    fn echo_replies_report_the_tos_their_request_arrived_with() {
+        let t0 = Instant::now();
+        let mut budget = budget();
+        let key = SharedKey::new(b"marks".to_vec()).unwrap();
+        for keyed in [false, true] {
+            let mut r = EchoResponder::new(policy(keyed.then_some("marks")));
+            let mut d = vec![0u8; 96];
+            let mut h = ProbeHeader::request(ProbeKind::EchoRequest, 3, 1);
+            h.flags = probe::FLAG_MARK_REPLY | (u16::from(46u8 << 2) << 8);
+            h.encode(&mut d).unwrap();
+            let pk = key.ping_key(3);
+            if keyed {
+                auth::set_sent_ns(&mut d, NOW_NS);
+                pk.seal(&mut d).unwrap();
+            }
+            assert_eq!(probe::reply_tos_asked(&d), Some(46 << 2));
+            let arrived = Received {
+                tos: Some(10 << 2 | 1),
+                ..rx(1)
+            };
+            let a = r.respond(&mut d, &arrived, NOW_NS, &mut budget, t0);
+            assert_eq!(a, Answer::Reply { len: d.len() }, "keyed={keyed}");
+            let reply = ProbeHeader::decode(&d).unwrap();
+            assert_eq!(reply.kind, ProbeKind::EchoReply);
+            assert_eq!(reply.seen_tos(), Some(10 << 2 | 1), "keyed={keyed}");
+            if keyed {
+                pk.verify(&d).expect("the tag covers the reported TOS");
+            }
+        }
     }
 
     #[test]
@@ -819,6 +942,138 @@ mod tests {
             );
         }
         assert_eq!(r.counts.replies, 1);
+    }
+
+    fn mtu_probe(token: u64, seq: u64, len: usize, key: Option<&DerivedKey>) -> Vec<u8> {
+        let mut b = vec![b'm'; len];
+        ProbeHeader::request(ProbeKind::MtuProbe, token, seq)
+            .encode(&mut b)
+            .unwrap();
+        if let Some(k) = key {
+            k.seal(&mut b).unwrap();
+        }
+        b
+    }
+
+    fn session_key() -> DerivedKey {
+        SharedKey::new(b"secret".to_vec())
+            .unwrap()
+            .session_key(&[1; auth::NONCE_LEN], &[2; auth::NONCE_LEN])
+    }
+
+    #[test]
+    fn a_replayed_mtu_probe_gets_no_second_answer() {
+        let t0 = Instant::now();
+        let mut budget = budget();
+        let mut rate = TokenBucket::new(1000, t0);
+        let key = session_key();
+        let client: IpAddr = CLIENT.parse().unwrap();
+        let mut r = PortResponder::mtu_port(7, Some(key.clone()), client);
+        let captured = mtu_probe(7, 1, 1400, Some(&key));
+        let mut p = captured.clone();
+        let Answer::Reply { len } = r.respond(&mut p, &rx(1), NOW_NS, &mut rate, &mut budget, t0)
+        else {
+            panic!("the first copy is answered")
+        };
+        assert_eq!(len, auth::MIN_SEALED_LEN, "an ack, not the probe");
+        key.verify(&p[..len]).expect("the ack is sealed");
+        let ack = udpreach_wire::mtu::parse_ack(&p[..len], 7).unwrap();
+        assert_eq!((ack.seq, ack.received_len), (1, 1400));
+        // The same bytes again, now and later, from the client's other ports:
+        // never a second answer.
+        for i in 0..50u16 {
+            let mut again = captured.clone();
+            let at = t0 + Duration::from_millis(u64::from(i) * 100);
+            assert_eq!(
+                r.respond(&mut again, &rx(i), NOW_NS, &mut rate, &mut budget, at),
+                Answer::Drop(DropReason::Replay)
+            );
+        }
+        // Every probe of a search has its own seq: all answered.
+        for seq in 2..40 {
+            let mut p = mtu_probe(7, seq, 1280, Some(&key));
+            assert!(matches!(
+                r.respond(&mut p, &rx(1), NOW_NS, &mut rate, &mut budget, t0),
+                Answer::Reply { .. }
+            ));
+        }
+        assert_eq!(r.counts.replies, 39);
+    }
+
+    #[test]
+    fn mtu_and_nat_ports_answer_only_their_client_never_longer_within_budgets() {
+        let t0 = Instant::now();
+        let client: IpAddr = CLIENT.parse().unwrap();
+        let mut budget = budget();
+        let mut rate = TokenBucket::new(1000, t0);
+        let mut r = PortResponder::mtu_port(7, None, client);
+        let stranger = Received {
+            from: "198.18.9.9:5000".parse().unwrap(),
+            ..rx(1)
+        };
+        let mut p = mtu_probe(7, 1, 1400, None);
+        assert_eq!(
+            r.respond(&mut p, &stranger, NOW_NS, &mut rate, &mut budget, t0),
+            Answer::Drop(DropReason::WrongSource)
+        );
+        let mut other_session = mtu_probe(8, 1, 1400, None);
+        assert_eq!(
+            r.respond(
+                &mut other_session,
+                &rx(1),
+                NOW_NS,
+                &mut rate,
+                &mut budget,
+                t0
+            ),
+            Answer::Drop(DropReason::NotARequest)
+        );
+        // Without a key a repeated seq is answered (nothing to authenticate).
+        for _ in 0..2 {
+            let mut p = mtu_probe(7, 1, 1400, None);
+            assert_eq!(
+                r.respond(&mut p, &rx(1), NOW_NS, &mut rate, &mut budget, t0),
+                Answer::Reply {
+                    len: probe::HEADER_LEN
+                }
+            );
+        }
+        // With a key, an untagged probe is refused.
+        let mut keyed = PortResponder::mtu_port(7, Some(session_key()), client);
+        let mut p = mtu_probe(7, 1, 1400, None);
+        assert_eq!(
+            keyed.respond(&mut p, &rx(1), NOW_NS, &mut rate, &mut budget, t0),
+            Answer::Drop(DropReason::Unauthenticated)
+        );
+        // The session's rate bounds the answers.
+        let mut slow = TokenBucket::with_burst(1, 5.0, t0);
+        let answered = (0..100)
+            .filter(|&seq| {
+                let mut p = mtu_probe(7, seq, 100, None);
+                matches!(
+                    r.respond(&mut p, &rx(1), NOW_NS, &mut slow, &mut budget, t0),
+                    Answer::Reply { .. }
+                )
+            })
+            .count();
+        assert_eq!(answered, 5);
+        // A NAT port answers NAT probes only, a flow's repeats included.
+        let mut nat = PortResponder::nat_port(7, None, client);
+        let mut p = mtu_probe(7, 1, 100, None);
+        assert_eq!(
+            nat.respond(&mut p, &rx(1), NOW_NS, &mut rate, &mut budget, t0),
+            Answer::Drop(DropReason::NotARequest)
+        );
+        for _ in 0..2 {
+            let mut p = vec![0u8; 64];
+            ProbeHeader::request(ProbeKind::NatProbe, 7, 3)
+                .encode(&mut p)
+                .unwrap();
+            assert!(matches!(
+                nat.respond(&mut p, &rx(1), NOW_NS, &mut rate, &mut budget, t0),
+                Answer::Reply { len: 64 }
+            ));
+        }
     }
 
     #[test]

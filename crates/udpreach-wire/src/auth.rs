@@ -195,6 +195,23 @@ impl DerivedKey {
         Ok(())
     }
 
+    /// The tag of `body` with this key, for formats other than the probe
+    /// header's (trace datagrams): the first [`TAG_LEN`] bytes of its HMAC.
+    pub fn tag(&self, body: &[u8]) -> [u8; TAG_LEN] {
+        let full = hmac32(&self.0, &[body]);
+        let mut tag = [0u8; TAG_LEN];
+        tag.copy_from_slice(&full[..TAG_LEN]);
+        tag
+    }
+
+    /// Checks [`Self::tag`] of `body` against `tag`, in constant time.
+    pub fn verify_tag(&self, body: &[u8], tag: &[u8]) -> bool {
+        tag.len() == TAG_LEN
+            && hmac_parts(&self.0, &[body])
+                .verify_truncated_left(tag)
+                .is_ok()
+    }
+
     /// Checks a sealed datagram in constant time. The datagram is untouched.
     pub fn verify(&self, buf: &[u8]) -> Result<(), AuthError> {
         if buf.len() < MIN_SEALED_LEN {

@@ -258,6 +258,16 @@ pub enum ControlMsg {
         /// server caps it at the session's probe rate.
         #[serde(default)]
         rate: u32,
+        /// TOS byte (DSCP and ECN) for the probes, so the hops' quoted
+        /// headers show where it is rewritten (none: the server's default).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tos: Option<u8>,
+        /// UDP payload bytes per probe, sent with Don't Fragment so a hop
+        /// with a smaller next link answers with its MTU. The server caps it
+        /// at the largest trace probe of the session that arrived on the
+        /// port (never more than the client sent); none: the plain probe.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<u16>,
     },
     /// What the server's probes drew, per port in the order asked.
     TraceSent {
@@ -304,6 +314,13 @@ pub struct TraceHopError {
     pub icmp: IcmpError,
     /// From the probe's send to the error's arrival, in microseconds.
     pub rtt_us: u64,
+    /// DSCP the probe had at that hop (the header the hop quoted), when
+    /// the server could read it (a raw ICMP socket: CAP_NET_RAW).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dscp: Option<u8>,
+    /// ECN the probe had at that hop (same condition as `dscp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ecn: Option<u8>,
 }
 
 /// The server's side of one size of an `MtuSend`.

@@ -3,6 +3,12 @@
 //!
 //! Sizes on the wire (`MtuSend.sizes`, probe lengths) are UDP payload bytes;
 //! MTUs are IP packet bytes. [`packet_size`] and [`payload_size`] convert.
+//!
+//! A client's `MtuProbe` carries a sequence number of its own, unique in the
+//! session (repeats of a size are new probes); its size is its length, which
+//! the [`MtuAck`] reports as received. So an ack names one send, and a
+//! keyed MTU port answers each sequence number once (a replay window). The
+//! server's own downstream probes carry their payload size as `seq`.
 
 use crate::probe::{ProbeHeader, ProbeKind, ServerStamp, HEADER_LEN};
 

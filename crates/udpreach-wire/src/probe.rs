@@ -6,7 +6,8 @@
 //!
 //! ```text
 //!  0..4   magic "UDPR"          4      version (1)
-//!  5      kind                  6..8   flags (u16, big endian)
+//!  5      kind                  6..8   flags (u16, big endian); with FLAG_MARK_REPLY or
+//!                                      FLAG_TOS_SEEN byte 6 (the high byte) is a TOS byte
 //!  8..16  session token (u64)   16..24 sequence number (u64)
 //! 24..32  server receive time   32..40 server send time   (ns since the Unix epoch)
 //!         (an authenticated echo *request* carries its send time in 24..32: see auth.rs)
@@ -38,6 +39,53 @@ pub const MAX_DATAGRAM_V6: usize = crate::mtu::MAX_PAYLOAD_V6 as usize;
 pub const FLAG_AUTH: u16 = 0x0001;
 /// Flag (reply): the server filled in the stamp fields.
 pub const FLAG_SERVER_STAMPED: u16 = 0x0002;
+/// Flag (echo request): send the reply with the TOS byte / traffic class
+/// (DSCP and ECN) in header byte 6, the flags' high byte ([`tos_field`]).
+/// Only the reply to this request is marked: same size, same destination.
+pub const FLAG_MARK_REPLY: u16 = 0x0004;
+/// Flag (echo reply): header byte 6 is the TOS byte / traffic class the
+/// request arrived with, and the reply was sent with the TOS the request
+/// asked for with [`FLAG_MARK_REPLY`]. Servers older than this flag echo the
+/// request's flags, so a reply without it says "not reported".
+pub const FLAG_TOS_SEEN: u16 = 0x0008;
+
+/// ECN codepoints by name (RFC 3168), as options take and reports print them.
+pub const ECN_NAMES: [(&str, u8); 4] = [("not-ect", 0), ("ect1", 1), ("ect0", 2), ("ce", 3)];
+
+/// The name of ECN codepoint `ecn` (its low two bits).
+pub fn ecn_name(ecn: u8) -> &'static str {
+    ECN_NAMES[usize::from(ecn & 3)].0
+}
+
+/// The codepoint an ECN name stands for (`ect0`, `ect1`, `ce`, `not-ect`).
+pub fn parse_ecn(name: &str) -> Option<u8> {
+    ECN_NAMES
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name.trim()))
+        .map(|&(_, v)| v)
+}
+
+/// The TOS byte carried in the flags' high byte (see [`FLAG_MARK_REPLY`],
+/// [`FLAG_TOS_SEEN`]).
+pub fn tos_field(flags: u16) -> u8 {
+    (flags >> 8) as u8
+}
+
+/// The TOS an echo request asks its reply to carry ([`FLAG_MARK_REPLY`]);
+/// `None` for anything else. Read before the request is rewritten.
+pub fn reply_tos_asked(datagram: &[u8]) -> Option<u8> {
+    let h = ProbeHeader::decode(datagram).ok()?;
+    (h.kind == ProbeKind::EchoRequest && h.flags & FLAG_MARK_REPLY != 0).then(|| tos_field(h.flags))
+}
+
+/// Writes into an encoded reply the TOS byte its request arrived with
+/// ([`FLAG_TOS_SEEN`], byte 6). Before the reply is sealed: the tag covers it.
+pub fn set_seen_tos(reply: &mut [u8], tos: u8) {
+    if reply.len() >= HEADER_LEN {
+        reply[6] = tos;
+        reply[7] |= FLAG_TOS_SEEN as u8;
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 /// What a probe is for (header byte 5).
@@ -151,6 +199,14 @@ pub struct ProbeHeader {
     pub seq: u64,
     /// Present in replies from a udpreach server.
     pub stamp: Option<ServerStamp>,
+}
+
+impl ProbeHeader {
+    /// A reply's report of the TOS byte its request arrived with
+    /// ([`FLAG_TOS_SEEN`]); `None` from a server that did not say.
+    pub fn seen_tos(&self) -> Option<u8> {
+        (!self.kind.is_request() && self.flags & FLAG_TOS_SEEN != 0).then(|| tos_field(self.flags))
+    }
 }
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
@@ -383,6 +439,50 @@ mod tests {
             ProbeHeader::decode(&buf).unwrap().stamp.unwrap().seen_from,
             stamp6.seen_from
         );
+    }
+
+    #[test]
+    fn ecn_names() {
+        for v in 0..4 {
+            assert_eq!(parse_ecn(ecn_name(v)), Some(v));
+        }
+        assert_eq!(parse_ecn("CE"), Some(3));
+        assert_eq!(parse_ecn("ect2"), None);
+    }
+
+    #[test]
+    fn marking_asked_and_seen_tos_round_trip() {
+        let mut buf = vec![0u8; 80];
+        let mut h = ProbeHeader::request(ProbeKind::EchoRequest, 7, 1);
+        h.flags = FLAG_MARK_REPLY | (u16::from(46u8 << 2 | 2) << 8);
+        h.encode(&mut buf).unwrap();
+        assert_eq!(reply_tos_asked(&buf), Some(46 << 2 | 2));
+        assert_eq!(ProbeHeader::decode(&buf).unwrap().seen_tos(), None);
+        let stamp = ServerStamp {
+            rx_ns: 1,
+            tx_ns: 2,
+            flow_count: 3,
+            seen_from: "198.18.0.1:5555".parse().unwrap(),
+            seen_ttl: 63,
+            withheld: 0,
+        };
+        // An older server: the request's flags come back, no TOS_SEEN.
+        make_reply_in_place(&mut buf, &stamp).unwrap();
+        assert_eq!(ProbeHeader::decode(&buf).unwrap().seen_tos(), None);
+        assert_eq!(reply_tos_asked(&buf), None, "a reply asks for nothing");
+        set_seen_tos(&mut buf, 10 << 2);
+        let d = ProbeHeader::decode(&buf).unwrap();
+        assert_eq!(d.seen_tos(), Some(10 << 2));
+        assert_eq!(
+            d.flags & 0xff,
+            FLAG_SERVER_STAMPED | FLAG_MARK_REPLY | FLAG_TOS_SEEN
+        );
+        let mut plain = vec![0u8; 64];
+        ProbeHeader::request(ProbeKind::EchoRequest, 7, 1)
+            .encode(&mut plain)
+            .unwrap();
+        assert_eq!(reply_tos_asked(&plain), None);
+        assert_eq!(reply_tos_asked(&plain[..10]), None);
     }
 
     #[test]

@@ -8,19 +8,44 @@
 //! Every probe of one port is sent from one socket to one address, so the
 //! 5-tuple is the same for every TTL (Paris-traceroute style: ECMP keeps
 //! one path per port).
+//!
+//! In a keyed session every trace datagram (probe, ack, downstream probe)
+//! is [`KEYED_PROBE_LEN`] bytes: the probe and a tag over it with the
+//! session key ([`TraceProbe::to_datagram`]), so neither side confirms a
+//! probe it cannot authenticate; the session key is new each session, and
+//! within one the server takes each (TTL, attempt) once ([`TraceProbe::replay_seq`]).
+
+use crate::auth::{DerivedKey, TAG_LEN};
 
 /// The first bytes of every trace probe and ack.
 pub const MAGIC: &[u8; 4] = b"URTR";
 /// Bytes of every trace probe and ack (acks are never larger than probes).
 pub const PROBE_LEN: usize = 32;
+/// Bytes of a trace datagram in a keyed session: the probe, then its tag.
+pub const KEYED_PROBE_LEN: usize = PROBE_LEN + TAG_LEN;
 /// Most TTLs a trace may probe (`--max-hops`).
 pub const MAX_HOPS: u8 = 64;
 /// Most attempts per TTL.
 pub const MAX_ATTEMPTS: u8 = 3;
+/// Most sends of one TTL of one port: the attempts, then the retries that
+/// must confirm a silence (each followed by a canary, itself counted as a
+/// send of the canary's TTL) or catch a rate-limited hop's next error.
+pub const MAX_SENDS_PER_TTL: u8 = 16;
 /// Most ports one `TraceOpen` or `TraceSend` may name.
 pub const MAX_PORTS_PER_REQUEST: usize = 128;
 /// Most `TraceSend` requests one session may make.
 pub const MAX_SENDS_PER_SESSION: u32 = 64;
+/// The TTL field of a locator: an upstream probe sent bare, with the
+/// socket's usual TTL, only to tell the server where downstream probes
+/// should go when the padded probes (`--size`) cannot reach it. Never
+/// counted as an arrival nor acked (older servers ignore TTL 0 in their
+/// arrivals too).
+pub const LOCATOR_TTL: u8 = 0;
+/// Largest trace datagram (`trace --size`; the largest UDP payload over IPv4).
+pub const MAX_SIZE: usize = crate::probe::MAX_DATAGRAM;
+/// Most bytes one `TraceSend` with a `size` may ask for, all its probes
+/// together (as an MTU request: at most 1 MiB).
+pub const MAX_PADDED_BYTES_PER_SEND: u64 = 1 << 20;
 /// Longest a server waits for ICMP errors after its last downstream probe.
 pub const MAX_WAIT_MS: u32 = 5_000;
 
@@ -81,6 +106,44 @@ impl TraceProbe {
         b
     }
 
+    /// The datagram to send: the probe, tagged with `key` in a keyed
+    /// session, then zeros up to `size` bytes (`trace --size`: probes
+    /// large enough to meet a hop's smaller MTU).
+    pub fn to_datagram(&self, key: Option<&DerivedKey>, size: usize) -> Vec<u8> {
+        let mut b = self.encode().to_vec();
+        if let Some(k) = key {
+            let tag = k.tag(&b);
+            b.extend_from_slice(&tag);
+        }
+        if size > b.len() {
+            b.resize(size, 0);
+        }
+        b
+    }
+
+    /// A received trace datagram: at least [`PROBE_LEN`] bytes without a
+    /// key; with one, at least [`KEYED_PROBE_LEN`] bytes whose tag verifies
+    /// (any padding after it is not covered). `None` for anything else (an
+    /// untagged probe in a keyed session, a forged tag).
+    pub fn from_datagram(b: &[u8], key: Option<&DerivedKey>) -> Option<TraceProbe> {
+        match key {
+            None if b.len() >= PROBE_LEN => Self::decode(b),
+            Some(k) if b.len() >= KEYED_PROBE_LEN => {
+                let (body, rest) = b.split_at(PROBE_LEN);
+                k.verify_tag(body, &rest[..TAG_LEN])
+                    .then(|| Self::decode(body))
+                    .flatten()
+            }
+            _ => None,
+        }
+    }
+
+    /// A number unique to this probe within its port's trace (TTL and
+    /// attempt), for a replay window: the same probe twice is one arrival.
+    pub fn replay_seq(&self) -> u64 {
+        u64::from(self.ttl) * u64::from(MAX_ATTEMPTS + 1) + u64::from(self.attempt)
+    }
+
     /// Parses a probe, or the start of one quoted in an ICMP error (at least
     /// the first 17 bytes). `None` for anything else.
     pub fn decode(b: &[u8]) -> Option<TraceProbe> {
@@ -109,6 +172,29 @@ pub enum TraceRequestError {
     /// Too many ports in one request.
     #[error("{0} ports (at most {MAX_PORTS_PER_REQUEST} per request)")]
     Ports(usize),
+    /// Padded probes over [`MAX_SIZE`] bytes.
+    #[error("size {0} is over {MAX_SIZE} bytes")]
+    Size(usize),
+    /// Padded probes adding up to more than [`MAX_PADDED_BYTES_PER_SEND`].
+    #[error("{0} bytes of probes (ports x max_hops x attempts x size; at most {MAX_PADDED_BYTES_PER_SEND})")]
+    Bytes(u64),
+}
+
+/// Checks the bytes a `TraceSend` of probes padded to `size` would send.
+pub fn check_size(
+    ports: usize,
+    max_hops: u8,
+    attempts: u8,
+    size: usize,
+) -> Result<(), TraceRequestError> {
+    if size > MAX_SIZE {
+        return Err(TraceRequestError::Size(size));
+    }
+    let bytes = ports as u64 * u64::from(max_hops) * u64::from(attempts) * size as u64;
+    if size > KEYED_PROBE_LEN && bytes > MAX_PADDED_BYTES_PER_SEND {
+        return Err(TraceRequestError::Bytes(bytes));
+    }
+    Ok(())
 }
 
 /// Checks a `TraceSend`'s numbers against the limits above.
@@ -155,6 +241,55 @@ mod tests {
     }
 
     #[test]
+    fn keyed_datagrams_need_their_tag() {
+        let key = crate::auth::SharedKey::new(b"k".to_vec())
+            .unwrap()
+            .session_key(&[1; 32], &[2; 32]);
+        let other = crate::auth::SharedKey::new(b"x".to_vec())
+            .unwrap()
+            .session_key(&[1; 32], &[2; 32]);
+        let p = TraceProbe {
+            token: 9,
+            port: 5060,
+            ttl: 3,
+            attempt: 1,
+            kind: TraceKind::Up,
+        };
+        let plain = p.to_datagram(None, 0);
+        assert_eq!(plain.len(), PROBE_LEN);
+        assert_eq!(TraceProbe::from_datagram(&plain, None), Some(p));
+        assert_eq!(
+            TraceProbe::from_datagram(&plain, Some(&key)),
+            None,
+            "untagged"
+        );
+        let keyed = p.to_datagram(Some(&key), 0);
+        assert_eq!(keyed.len(), KEYED_PROBE_LEN);
+        assert_eq!(TraceProbe::from_datagram(&keyed, Some(&key)), Some(p));
+        assert_eq!(TraceProbe::from_datagram(&keyed, Some(&other)), None);
+        assert_eq!(TraceProbe::from_datagram(&keyed, None), None);
+        let mut forged = keyed.clone();
+        forged[14] = 2;
+        assert_eq!(TraceProbe::from_datagram(&forged, Some(&key)), None);
+        let padded = p.to_datagram(Some(&key), 1400);
+        assert_eq!(padded.len(), 1400);
+        assert_eq!(TraceProbe::from_datagram(&padded, Some(&key)), Some(p));
+        assert_eq!(p.to_datagram(None, 10).len(), PROBE_LEN, "never shorter");
+        // Quotes are parsed from the probe's start, tag or not.
+        assert_eq!(TraceProbe::decode(&keyed[..17]), Some(p));
+        let seqs: std::collections::BTreeSet<u64> = (0..=127u8)
+            .flat_map(|ttl| (0..MAX_ATTEMPTS).map(move |attempt| TraceProbe { ttl, attempt, ..p }))
+            .map(|q| q.replay_seq())
+            .collect();
+        assert_eq!(
+            seqs.len(),
+            128 * usize::from(MAX_ATTEMPTS),
+            "one number per probe"
+        );
+        assert!(*seqs.last().unwrap() < 1024, "within a replay window");
+    }
+
+    #[test]
     fn limits() {
         assert!(check_send(1, 30, 2).is_ok());
         assert_eq!(check_send(1, 0, 2), Err(TraceRequestError::Hops(0)));
@@ -162,6 +297,19 @@ mod tests {
         assert_eq!(check_send(1, 30, 4), Err(TraceRequestError::Attempts(4)));
         assert_eq!(check_send(129, 30, 2), Err(TraceRequestError::Ports(129)));
         assert_eq!(max_datagrams_per_send(), 128 * 64 * 3);
+        assert!(check_size(10, 30, 2, 1400).is_ok());
+        assert!(
+            check_size(128, 64, 3, KEYED_PROBE_LEN).is_ok(),
+            "bare probes"
+        );
+        assert_eq!(
+            check_size(128, 64, 3, 1400),
+            Err(TraceRequestError::Bytes(128 * 64 * 3 * 1400))
+        );
+        assert_eq!(
+            check_size(1, 1, 1, 70_000),
+            Err(TraceRequestError::Size(70_000))
+        );
     }
 }
 

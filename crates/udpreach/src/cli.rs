@@ -229,9 +229,35 @@ pub struct KeyArgs {
 }
 
 /// Default probe size without a key; with one, [`udpreach_wire::auth::MIN_SEALED_LEN`].
+/// The output flags every reporting command shares; each command words
+/// their help for what it prints (`mut_arg` on the command).
+#[derive(Args, Debug, Clone, Copy)]
+pub struct OutputArgs {
+    /// Print less.
+    #[arg(short = 'q', long, help_heading = OUTPUT)]
+    pub quiet: bool,
+    /// One JSON document at the end.
+    #[arg(long, conflicts_with = "json_lines", help_heading = OUTPUT)]
+    pub json: bool,
+    /// One JSON object per line as it happens.
+    #[arg(long = "json-lines", help_heading = OUTPUT)]
+    pub json_lines: bool,
+}
+
+impl OutputArgs {
+    pub fn format(&self) -> crate::report::OutputFormat {
+        crate::report::OutputFormat::from_flags(self.json, self.json_lines)
+    }
+}
+
 pub const DEFAULT_PING_SIZE: usize = 64;
 
 #[derive(Args, Debug)]
+#[command(
+    mut_arg("quiet", |a| a.help("Print only the summary")),
+    mut_arg("json", |a| a.help("One JSON document at the end: start, events and summary (-q: no events)")),
+    mut_arg("json_lines", |a| a.help("One JSON object per line as it happens: start, each event, summary (-q: the summary only)"))
+)]
 #[command(after_help = PING_EXIT_CODES)]
 pub struct PingArgs {
     /// Target: HOST, HOST:PORT, [IPv6]:PORT or an IPv6 literal (zone ids as fe80::1%eth0). Default port 4000.
@@ -262,24 +288,22 @@ pub struct PingArgs {
     /// Send one probe from each local source port: PORT or START-END (the seed's SRC_PORT_RANGE).
     #[arg(long = "sport", value_name = "PORT|RANGE", value_parser = parse_spec, help_heading = PATH)]
     pub sport: Option<PortSpec>,
-    /// DSCP code point 0..=63 for outgoing probes.
+    /// DSCP code point 0..=63 for outgoing probes; a udpreach server marks its replies the same
+    /// and reports what arrived, so the summary shows the DSCP each way.
     #[arg(long, value_name = "DSCP", value_parser = number_in("DSCP", 0u8, 63), allow_negative_numbers = true, help_heading = PATH)]
     pub dscp: Option<u8>,
+    /// ECN codepoint for outgoing probes (ect0, ect1, ce, not-ect); like --dscp, the server
+    /// marks its replies the same and the summary shows the ECN each way.
+    #[arg(long, value_name = "ECN", value_parser = parse_ecn_arg, help_heading = PATH)]
+    pub ecn: Option<u8>,
     /// TTL / hop limit for outgoing probes (1..=255).
     #[arg(long, value_name = "TTL", value_parser = number_in("TTL", 1u32, 255), allow_negative_numbers = true, help_heading = PATH)]
     pub ttl: Option<u32>,
     /// Set Don't Fragment: oversize probes fail instead of being fragmented.
     #[arg(long, help_heading = PATH)]
     pub df: bool,
-    /// Print only the summary.
-    #[arg(short = 'q', long, help_heading = OUTPUT)]
-    pub quiet: bool,
-    /// One JSON document at the end: start, events and summary (-q: no events).
-    #[arg(long, conflicts_with = "json_lines", help_heading = OUTPUT)]
-    pub json: bool,
-    /// One JSON object per line as it happens: start, each event, summary (-q: the summary only).
-    #[arg(long = "json-lines", help_heading = OUTPUT)]
-    pub json_lines: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// Be a STAMP session-sender (RFC 8762/8972) against any STAMP reflector (a router,
     /// stamp-suite, `udpreach server --stamp`); the default port becomes 862. --dscp adds the
     /// Class of Service TLV; with a key, authenticated mode (the key is the HMAC key).
@@ -315,6 +339,11 @@ impl PingArgs {
 pub const MAX_COUNT: u64 = 100_000_000;
 
 #[derive(Args, Debug)]
+#[command(
+    mut_arg("quiet", |a| a.help("No progress bar and only the result lines")),
+    mut_arg("json", |a| a.help("One JSON document at the end with every port's verdict")),
+    mut_arg("json_lines", |a| a.help("One JSON object per line: start, one per port, summary (-q: the summary only)"))
+)]
 #[command(after_help = PORTS_EXIT_CODES)]
 pub struct PortsArgs {
     /// Server: HOST or HOST:CONTROL_PORT (default control port 4000).
@@ -352,20 +381,23 @@ pub struct PortsArgs {
     /// Print every port, not just grouped ranges.
     #[arg(short = 'l', long = "list", help_heading = OUTPUT)]
     pub list: bool,
-    /// No progress bar and only the result lines.
-    #[arg(short = 'q', long, help_heading = OUTPUT)]
-    pub quiet: bool,
-    /// One JSON document at the end with every port's verdict.
-    #[arg(long, conflicts_with = "json_lines", help_heading = OUTPUT)]
-    pub json: bool,
-    /// One JSON object per line: start, one per port, summary (-q: the summary only).
-    #[arg(long = "json-lines", help_heading = OUTPUT)]
-    pub json_lines: bool,
+    /// After the sweep, find the hop that drops each blocked port: a few representatives of
+    /// each group traced in full, the other ports checked at the hop they agree on (see
+    /// `udpreach trace`).
+    #[arg(long, conflicts_with_all = ["no_server", "json_lines"], help_heading = PATH)]
+    pub trace: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
     #[command(flatten)]
     pub key: KeyArgs,
 }
 
 #[derive(Args, Debug)]
+#[command(
+    mut_arg("quiet", |a| a.help("Only the result lines")),
+    mut_arg("json", |a| a.help("One JSON document at the end")),
+    mut_arg("json_lines", |a| a.help("One JSON object per line: start, notices, summary (-q: the summary only)"))
+)]
 #[command(after_help = MTU_EXIT_CODES)]
 pub struct MtuArgs {
     /// A udpreach server (HOST or HOST:PORT, default port 4000), or with --echo any UDP
@@ -394,20 +426,18 @@ pub struct MtuArgs {
     /// Skip the test of fragmented datagrams.
     #[arg(long, help_heading = PROBES)]
     pub no_fragments: bool,
-    /// Only the result lines.
-    #[arg(short = 'q', long, help_heading = OUTPUT)]
-    pub quiet: bool,
-    /// One JSON document at the end.
-    #[arg(long, conflicts_with = "json_lines", help_heading = OUTPUT)]
-    pub json: bool,
-    /// One JSON object per line: start, notices, summary (-q: the summary only).
-    #[arg(long = "json-lines", help_heading = OUTPUT)]
-    pub json_lines: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
     #[command(flatten)]
     pub key: KeyArgs,
 }
 
 #[derive(Args, Debug)]
+#[command(
+    mut_arg("quiet", |a| a.help("Only the conclusion line")),
+    mut_arg("json", |a| a.help("One JSON document at the end")),
+    mut_arg("json_lines", |a| a.help("One JSON object per line: start, search rounds and gaps, summary"))
+)]
 #[command(after_help = NAT_EXIT_CODES)]
 pub struct NatArgs {
     /// A udpreach server (HOST or HOST:PORT, default port 4000) with the "nat" capability.
@@ -434,20 +464,18 @@ pub struct NatArgs {
     /// Benchmarks only: search one gap at a time (doubling, then bisecting), as a script would.
     #[arg(long, hide = true)]
     pub serial: bool,
-    /// Only the conclusion line.
-    #[arg(short = 'q', long, help_heading = OUTPUT)]
-    pub quiet: bool,
-    /// One JSON document at the end.
-    #[arg(long, conflicts_with = "json_lines", help_heading = OUTPUT)]
-    pub json: bool,
-    /// One JSON object per line: start, search rounds and gaps, summary.
-    #[arg(long = "json-lines", help_heading = OUTPUT)]
-    pub json_lines: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
     #[command(flatten)]
     pub key: KeyArgs,
 }
 
 #[derive(Args, Debug)]
+#[command(
+    mut_arg("quiet", |a| a.help("Only the verdict lines, no hop lists")),
+    mut_arg("json", |a| a.help("One JSON document at the end")),
+    mut_arg("json_lines", |a| a.help("One JSON object per line: start, one per port and direction, summary"))
+)]
 #[command(after_help = TRACE_EXIT_CODES)]
 pub struct TraceArgs {
     /// A udpreach server (HOST or HOST:CONTROL_PORT, default 4000), or with --no-server any host.
@@ -477,6 +505,11 @@ pub struct TraceArgs {
     /// it was rewritten.
     #[arg(long, value_name = "DSCP", value_parser = number_in("DSCP", 0u8, 63), allow_negative_numbers = true, help_heading = PATH)]
     pub dscp: Option<u8>,
+    /// UDP payload bytes per probe, 32..=65507, sent with Don't Fragment (both ways): a hop
+    /// whose next link is smaller answers frag-needed / packet too big, shown as its MTU
+    /// [default: 32, the bare probe; 48 with a key].
+    #[arg(long, value_name = "BYTES", value_parser = number_in("size", 32u16, 65507), allow_negative_numbers = true, help_heading = PROBES)]
+    pub size: Option<u16>,
     /// Highest TTL / hop limit probed, 1..=64.
     #[arg(short = 'm', long = "max-hops", value_name = "N", default_value_t = 30, value_parser = number_in("max hops", 1u8, udpreach_wire::trace::MAX_HOPS), allow_negative_numbers = true, help_heading = PROBES)]
     pub max_hops: u8,
@@ -489,15 +522,19 @@ pub struct TraceArgs {
     /// Fixed wait per attempt, 1ms..=5s [default: 4x the slowest answer, 150ms..=2s].
     #[arg(long, value_name = "DURATION", value_parser = duration_in("timeout", "1ms", "5s"), allow_negative_numbers = true, help_heading = PROBES)]
     pub timeout: Option<Duration>,
-    /// Only the verdict lines, no hop lists.
-    #[arg(short = 'q', long, help_heading = OUTPUT)]
-    pub quiet: bool,
-    /// One JSON document at the end.
-    #[arg(long, conflicts_with = "json_lines", help_heading = OUTPUT)]
-    pub json: bool,
-    /// One JSON object per line: start, one per port and direction, summary.
-    #[arg(long = "json-lines", help_heading = OUTPUT)]
-    pub json_lines: bool,
+    /// How long hops that rate-limit their ICMP errors are still probed, paced to their
+    /// limit (Linux routers allow one a second by default), 0s..=10m; what is missing
+    /// then makes a verdict ambiguous.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration_in("patience", "0s", "10m"), allow_negative_numbers = true, help_heading = PROBES)]
+    pub patience: Duration,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// With a server that has a key: every trace datagram is tagged with the session key.
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// The lowest TTL probed (`ports --trace` checks ports at a hop it knows).
+    #[arg(skip)]
+    pub first_ttl: Option<u8>,
 }
 
 #[derive(Args, Debug)]
@@ -714,6 +751,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(bad());
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_ecn_arg(s: &str) -> Result<u8, String> {
+    udpreach_wire::probe::parse_ecn(s)
+        .ok_or_else(|| format!("invalid ECN '{s}': use ect0, ect1, ce or not-ect"))
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {

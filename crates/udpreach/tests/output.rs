@@ -402,6 +402,9 @@ fn run_example(host: &lab::Host, ex: &Example) {
         ex.command,
         String::from_utf8_lossy(&o.stderr)
     );
+    if std::env::var_os("UDPREACH_SHOW_EXAMPLES").is_some() {
+        eprintln!("$ {}\n{}", ex.command, stdout(&o));
+    }
     assert_same_shape(&ex.command, &ex.shown, &stdout(&o));
 }
 
@@ -436,10 +439,11 @@ const FRAGMENTS: [&str; 2] = [
 ];
 
 /// The README's `trace` examples, run in the router chain set up as the
-/// README says (r2 drops UDP to 5060, r1 drops UDP from 5061).
-const CHAIN_EXAMPLES: [&str; 2] = [
+/// README says (r2 drops UDP to 5060 and 5070-5079, r1 drops UDP from 5061).
+const CHAIN_EXAMPLES: [&str; 3] = [
     "udpreach trace 198.18.5.2 -p 5060,5061",
     "udpreach trace 198.18.5.2 -p 5060,5061 --no-server",
+    "udpreach ports 198.18.5.2 5058-5081 --trace",
 ];
 
 /// The README's STAMP example: `udpreach ping --stamp` against
@@ -525,13 +529,14 @@ fn readme_chain_examples_print_what_the_readme_shows() {
     let examples = readme_examples();
     let lab = Lab::chain();
     lab.r2().nft(
-        "table inet t {\n chain f { type filter hook forward priority 0; udp dport 5060 drop; }\n}",
+        "table inet t {\n chain f { type filter hook forward priority 0; udp dport { 5060, 5070-5079 } drop; }\n}",
     );
     lab.r1().nft(
         "table inet t {\n chain f { type filter hook forward priority 0; udp sport 5061 drop; }\n}",
     );
     let server = util::start_server(lab.server(), &[]);
     run_example(lab.client(), example(&examples, CHAIN_EXAMPLES[0]));
+    run_example(lab.client(), example(&examples, CHAIN_EXAMPLES[2]));
     drop(server);
     run_example(lab.client(), example(&examples, CHAIN_EXAMPLES[1]));
 }

@@ -407,3 +407,100 @@ fn ttl_dscp_and_df_options_take_effect() {
     // Without --df it is fragmented and passes.
     o.assert_code(0);
 }
+
+/// `--dscp 46 --ecn ect0` through client - r1 - r2 - server: r1 rewrites the
+/// DSCP of what comes from the client (upstream) to 0; r2 rewrites what
+/// comes from the server (downstream) to DSCP 10 and ECN CE. The server
+/// reports what its probes arrived with and marks its replies as asked, so
+/// each rewrite shows in its own direction only, for IPv4 and IPv6.
+#[test]
+fn dscp_and_ecn_rewrites_show_in_the_direction_they_happen() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::chain();
+    lab.r1().nft(
+        "table inet t {\n chain f { type filter hook forward priority 0;\n  iifname \"r1-c\" ip dscp set cs0\n  iifname \"r1-c\" ip6 dscp set cs0\n }\n}",
+    );
+    lab.r2().nft(
+        "table inet t {\n chain f { type filter hook forward priority 0;\n  iifname \"r2-s\" ip dscp set af11\n  iifname \"r2-s\" ip ecn set ce\n  iifname \"r2-s\" ip6 dscp set af11\n  iifname \"r2-s\" ip6 ecn set ce\n }\n}",
+    );
+    let _server = start_server(lab.server(), &[]);
+    for target in [
+        lab.server().ip4().to_string(),
+        format!("[{}]:4000", lab.server().ip6()),
+    ] {
+        let o = udpreach(
+            lab.client(),
+            &[
+                "ping",
+                "-c",
+                "3",
+                "-i",
+                "20ms",
+                "--dscp",
+                "46",
+                "--ecn",
+                "ect0",
+                "--json-lines",
+                &target,
+            ],
+        );
+        o.assert_code(0);
+        let m = &summary(&o)["marks"];
+        assert_eq!(m["sent"]["dscp"], 46, "{target}: {m:#}");
+        assert_eq!(m["sent"]["ecn"], 2, "{target}: {m:#}");
+        assert_eq!(m["upstream"]["arrived"]["dscp"], 0, "{target}: {m:#}");
+        assert_eq!(m["upstream"]["arrived"]["ecn"], 2, "{target}: {m:#}");
+        assert_eq!(m["upstream"]["dscp_changed"], 3, "{target}: {m:#}");
+        assert_eq!(m["downstream"]["arrived"]["dscp"], 10, "{target}: {m:#}");
+        assert_eq!(m["downstream"]["arrived"]["ecn"], 3, "{target}: {m:#}");
+        assert_eq!(m["downstream"]["ecn_changed"], 3, "{target}: {m:#}");
+        assert_eq!(m["replies_without_report"], 0, "{target}: {m:#}");
+        let text = udpreach(
+            lab.client(),
+            &[
+                "ping", "-c", "2", "-i", "20ms", "-q", "--dscp", "46", "--ecn", "ect0", &target,
+            ],
+        );
+        text.assert_code(0);
+        let out = stdout(&text);
+        assert!(
+            out.contains("dscp 46 -> 0 arrived (upstream), 46 -> 10 (downstream)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("ecn ect0 -> ect0 arrived (upstream), ect0 -> ce (downstream)"),
+            "{out}"
+        );
+    }
+}
+
+/// A plain echo server reflects the request as it is: the downstream
+/// marking is still measured, the upstream one is "could not tell".
+#[test]
+fn dscp_against_a_plain_echo_server_says_upstream_is_unknown() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::pair();
+    let _echo = socat_echo(lab.server(), 7007);
+    let o = udpreach(
+        lab.client(),
+        &[
+            "ping",
+            "-c",
+            "2",
+            "-i",
+            "20ms",
+            "-q",
+            "--dscp",
+            "46",
+            "198.18.0.2:7007",
+        ],
+    );
+    o.assert_code(0);
+    let out = stdout(&o);
+    assert!(out.contains("dscp 46 -> ? arrived (upstream)"), "{out}");
+    assert!(out.contains("upstream dscp/ecn: could not tell"), "{out}");
+}

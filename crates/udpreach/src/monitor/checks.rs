@@ -279,7 +279,7 @@ impl ProbeWindow for PingWindow {
     }
     fn reply(&mut self, data: &[u8], at: Instant) -> bool {
         let (seq, stamp) = match self.builder.check(data) {
-            Reply::Stamped { seq, stamp } => (seq, Some(stamp)),
+            Reply::Stamped { seq, stamp, .. } => (seq, Some(stamp)),
             Reply::Plain { seq } => (seq, None),
             _ => return false,
         };
@@ -443,6 +443,7 @@ async fn run_ping(run: &Run<'_>) -> anyhow::Result<()> {
                 token,
                 size,
                 key: t.key.as_ref().map(|k| k.ping_key(token)),
+                mark: None,
             },
             packet: Vec::with_capacity(size),
         }

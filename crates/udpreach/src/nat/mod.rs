@@ -14,7 +14,6 @@ use crate::report::nat::{
     conclusion, keepalive, IdleTimeouts, MappingObserved, NatDocument, NatEvent, NatReport,
     NatStart, NotMeasured, PortTimeouts,
 };
-use crate::report::OutputFormat;
 use crate::target::{resolve_async, unspecified_for, Family};
 use anyhow::{bail, Context};
 use std::collections::HashMap;
@@ -168,8 +167,8 @@ pub async fn run(args: NatArgs) -> anyhow::Result<u8> {
         control.set_port(p);
     }
     let report = NatReport {
-        format: OutputFormat::from_flags(args.json, args.json_lines),
-        quiet: args.quiet,
+        format: args.output.format(),
+        quiet: args.output.quiet,
     };
     let shared_key = crate::shared_key::load(&args.key)?;
     let mut ctl = ControlClient::connect(control).await?;

@@ -13,7 +13,6 @@ use crate::report::documents::{
     BehindSchedule, IgnoredReply, PingEvent as ReportedEvent, SendFailure, SkippedPort,
 };
 use crate::report::ping::{PingReport, ReplyKind};
-use crate::report::OutputFormat;
 use crate::target::{resolve_async, unspecified_for, Family};
 use anyhow::{bail, Context};
 use payload::{PayloadBuilder, Reply};
@@ -24,6 +23,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use udpreach_engine::marks::MarkTally;
 use udpreach_engine::ping::{PingConfig, PingEvent, PingInput, PingSession};
 use udpreach_engine::Engine;
 use udpreach_wire::auth::{SharedKey, MIN_SEALED_LEN};
@@ -176,6 +176,36 @@ fn route_source(target: SocketAddr) -> Option<std::net::IpAddr> {
     s.local_addr().ok().map(|a| a.ip())
 }
 
+/// The set-up plain ping and `ping --stamp` share: the IPv4 size limit and
+/// the probe socket's options (TTL, DSCP/ECN, DF, ICMP errors, transmit
+/// timestamps, and the TOS each reply arrives with).
+fn probe_socket_options(
+    args: &PingArgs,
+    target: SocketAddr,
+    size: usize,
+) -> anyhow::Result<UdpOptions> {
+    let max = udpreach_wire::probe::MAX_DATAGRAM;
+    if target.is_ipv4() && size > max {
+        bail!("invalid size '{size}': IPv4 allows at most {max} bytes");
+    }
+    Ok(UdpOptions {
+        ttl: args.ttl,
+        dscp: args.dscp,
+        ecn: args.ecn,
+        dont_fragment: args.df,
+        recv_errors: true,
+        tx_timestamps: true,
+        recv_tos: true,
+        ..UdpOptions::default()
+    })
+}
+
+/// The TOS byte `--dscp` / `--ecn` ask for (the replies too), if either is given.
+fn asked_tos(args: &PingArgs) -> Option<u8> {
+    (args.dscp.is_some() || args.ecn.is_some())
+        .then(|| args.dscp.unwrap_or(0) << 2 | args.ecn.unwrap_or(0))
+}
+
 struct Sender {
     sock: Arc<AsyncUdp>,
     local: SocketAddr,
@@ -200,21 +230,7 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
     let target = resolve_async(&args.target, family).await?;
     let key = crate::shared_key::load(&args.key)?;
     let size = args.size_for(key.is_some());
-    if target.is_ipv4() && size > udpreach_wire::probe::MAX_DATAGRAM {
-        bail!(
-            "invalid size '{}': IPv4 allows at most {} bytes",
-            size,
-            udpreach_wire::probe::MAX_DATAGRAM
-        );
-    }
-    let opts = UdpOptions {
-        ttl: args.ttl,
-        dscp: args.dscp,
-        dont_fragment: args.df,
-        recv_errors: true,
-        tx_timestamps: true,
-        ..UdpOptions::default()
-    };
+    let opts = probe_socket_options(&args, target, size)?;
     if key.is_some() && size < MIN_SEALED_LEN {
         bail!(
             "invalid size '{}': authenticated probes (with a key) need at least {MIN_SEALED_LEN} bytes",
@@ -239,14 +255,23 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
     let mut key_needed: Option<JoinHandle<Option<String>>> = None;
     let mut key_check_due = key.is_none();
     let token: u64 = rand::random();
+    let mark = asked_tos(&args);
+    if mark.is_some() && size < udpreach_wire::probe::HEADER_LEN {
+        bail!(
+            "invalid size '{size}': --dscp/--ecn need the udpreach header (-s {} or more) for the server to report what arrived",
+            udpreach_wire::probe::HEADER_LEN
+        );
+    }
     let builder = PayloadBuilder {
         token,
         size,
         key: key.as_ref().map(|k| k.ping_key(token)),
+        mark,
     };
+    let mut marks = mark.map(MarkTally::new);
     let report = PingReport::new(
-        OutputFormat::from_flags(args.json, args.json_lines),
-        args.quiet,
+        args.output.format(),
+        args.output.quiet,
         args.target.clone(),
         target,
     );
@@ -406,10 +431,10 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
             _ = sigterm.recv() => { session.stop(Instant::now()); break; }
             msg = rx.recv() => {
                 let Some(msg) = msg else { continue };
-                handle_incoming(&msg, target, &builder, &mut session, &report, &mut tx_ids);
+                handle_incoming(&msg, target, &builder, &mut session, &report, &mut tx_ids, &mut marks);
                 // Drain what else is queued before going back to timers.
                 while let Ok(m) = rx.try_recv() {
-                    handle_incoming(&m, target, &builder, &mut session, &report, &mut tx_ids);
+                    handle_incoming(&m, target, &builder, &mut session, &report, &mut tx_ids, &mut marks);
                 }
             }
             _ = timer.sleep_until(wake) => {}
@@ -439,7 +464,12 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
             }
         }
     }
-    report.summary(&summary, fixed.as_ref().map(|f| f.local), &skipped);
+    report.summary(
+        &summary,
+        fixed.as_ref().map(|f| f.local),
+        &skipped,
+        marks.as_ref().map(MarkTally::summary),
+    );
     Ok(if summary.received + summary.late > 0 {
         0
     } else {
@@ -454,11 +484,15 @@ fn handle_incoming(
     session: &mut PingSession,
     report: &PingReport,
     tx_ids: &mut HashMap<(SocketAddr, u32), u64>,
+    marks: &mut Option<MarkTally>,
 ) {
-    let (from, ttl, data) = match &msg.arrival {
+    let (from, ttl, tos, data) = match &msg.arrival {
         Arrival::Datagram {
-            from, ttl, data, ..
-        } => (*from, *ttl, data),
+            from,
+            ttl,
+            tos,
+            data,
+        } => (*from, *ttl, *tos, data),
         Arrival::Icmp(e) => return handle_icmp(msg, e, target, builder, session, report),
         Arrival::Sent { id } => {
             if let (Some(seq), Some(ns)) = (tx_ids.remove(&(msg.local, *id)), msg.kernel_ns) {
@@ -475,9 +509,13 @@ fn handle_incoming(
     if canonical(from) != canonical(target) {
         return;
     }
-    let (seq, stamp) = match builder.check(data) {
-        Reply::Stamped { seq, stamp } => (seq, Some(stamp)),
-        Reply::Plain { seq } => (seq, None),
+    let (seq, stamp, seen_tos) = match builder.check(data) {
+        Reply::Stamped {
+            seq,
+            stamp,
+            seen_tos,
+        } => (seq, Some(stamp), seen_tos),
+        Reply::Plain { seq } => (seq, None, None),
         Reply::Corrupt { seq } => {
             report.event(ReportedEvent::Corrupt(IgnoredReply { seq }));
             return;
@@ -497,6 +535,9 @@ fn handle_incoming(
     let bytes = data.len();
     // A reply's event comes out at once (none for a probe never sent).
     while let Some(ev) = session.poll_event() {
+        if let (PingEvent::Reply { .. }, Some(m)) = (&ev, marks.as_mut()) {
+            m.record(seen_tos, tos);
+        }
         report_reply(report, msg.local, ev, bytes, ttl);
     }
 }

@@ -13,13 +13,19 @@
 
 use udpreach_wire::auth::{self, DerivedKey, TAG_LEN};
 use udpreach_wire::probe::{
-    ProbeHeader, ProbeKind, ServerStamp, HEADER_LEN, SHORT_MAGIC, SHORT_REPLY_MAGIC,
+    ProbeHeader, ProbeKind, ServerStamp, FLAG_MARK_REPLY, HEADER_LEN, SHORT_MAGIC,
+    SHORT_REPLY_MAGIC,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reply {
-    /// From a udpreach server: stamped.
-    Stamped { seq: u64, stamp: ServerStamp },
+    /// From a udpreach server: stamped; `seen_tos` is the TOS byte the
+    /// server says the probe arrived with (servers that report it).
+    Stamped {
+        seq: u64,
+        stamp: ServerStamp,
+        seen_tos: Option<u8>,
+    },
     /// From a plain echo server: our bytes back unchanged.
     Plain { seq: u64 },
     /// Right length and token, but bytes differ from what was sent.
@@ -35,6 +41,9 @@ pub struct PayloadBuilder {
     pub size: usize,
     /// Authenticated mode: the ping key for `token` (size is then at least 80).
     pub key: Option<DerivedKey>,
+    /// The TOS byte the server is asked to send its replies with
+    /// (`--dscp`/`--ecn`: header probes only).
+    pub mark: Option<u8>,
 }
 
 fn filler(token: u64, seq: u64, out: &mut [u8]) {
@@ -59,9 +68,11 @@ impl PayloadBuilder {
         out.clear();
         out.resize(self.size, 0);
         if self.has_header() {
-            ProbeHeader::request(ProbeKind::EchoRequest, self.token, seq)
-                .encode(out)
-                .expect("size checked");
+            let mut h = ProbeHeader::request(ProbeKind::EchoRequest, self.token, seq);
+            if let Some(tos) = self.mark {
+                h.flags |= FLAG_MARK_REPLY | u16::from(tos) << 8;
+            }
+            h.encode(out).expect("size checked");
             filler(self.token, seq, &mut out[HEADER_LEN..]);
             if let Some(k) = &self.key {
                 auth::set_sent_ns(out, sent_ns);
@@ -109,7 +120,11 @@ impl PayloadBuilder {
                 return Reply::Corrupt { seq: h.seq };
             }
             match (h.kind, h.stamp) {
-                (ProbeKind::EchoReply, Some(stamp)) => Reply::Stamped { seq: h.seq, stamp },
+                (ProbeKind::EchoReply, Some(stamp)) => Reply::Stamped {
+                    seq: h.seq,
+                    stamp,
+                    seen_tos: h.seen_tos(),
+                },
                 (ProbeKind::EchoRequest, _) if data == want.as_slice() => {
                     Reply::Plain { seq: h.seq }
                 }
@@ -148,6 +163,7 @@ mod tests {
                 token: 99,
                 size,
                 key: None,
+                mark: None,
             };
             let mut p = Vec::new();
             b.build(7, 0, &mut p);
@@ -169,6 +185,7 @@ mod tests {
                 token: 98,
                 size,
                 key: None,
+                mark: None,
             };
             assert_eq!(other.check(&p), Reply::Foreign);
         }
@@ -181,6 +198,7 @@ mod tests {
                 token: 42,
                 size,
                 key: None,
+                mark: None,
             };
             let mut p = Vec::new();
             b.build(9, 0, &mut p);
@@ -195,6 +213,7 @@ mod tests {
                 token: 41,
                 size,
                 key: None,
+                mark: None,
             };
             assert_eq!(other.seq_of_quote(&p), None, "not ours");
         }
@@ -206,6 +225,7 @@ mod tests {
             token: 5,
             size: 100,
             key: None,
+            mark: None,
         };
         let mut p = Vec::new();
         b.build(3, 0, &mut p);
@@ -218,7 +238,32 @@ mod tests {
             withheld: 0,
         };
         udpreach_wire::probe::make_reply_in_place(&mut p, &stamp).unwrap();
-        assert_eq!(b.check(&p), Reply::Stamped { seq: 3, stamp });
+        assert_eq!(
+            b.check(&p),
+            Reply::Stamped {
+                seq: 3,
+                stamp,
+                seen_tos: None
+            }
+        );
+        // Asking for marked replies: a plain echo server's copy still
+        // checks, and a reporting server's TOS comes out.
+        let marked = PayloadBuilder {
+            mark: Some(46 << 2 | 2),
+            ..b
+        };
+        marked.build(4, 0, &mut p);
+        assert_eq!(marked.check(&p), Reply::Plain { seq: 4 });
+        udpreach_wire::probe::make_reply_in_place(&mut p, &stamp).unwrap();
+        udpreach_wire::probe::set_seen_tos(&mut p, 10 << 2);
+        assert!(matches!(
+            marked.check(&p),
+            Reply::Stamped {
+                seq: 4,
+                seen_tos: Some(40),
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -228,6 +273,7 @@ mod tests {
             token: 5,
             size: 100,
             key: Some(key.ping_key(5)),
+            mark: None,
         };
         let mut p = Vec::new();
         b.build(3, 1, &mut p);
@@ -251,6 +297,13 @@ mod tests {
             "stamped, not resealed"
         );
         key.ping_key(5).seal(&mut p).unwrap();
-        assert_eq!(b.check(&p), Reply::Stamped { seq: 3, stamp });
+        assert_eq!(
+            b.check(&p),
+            Reply::Stamped {
+                seq: 3,
+                stamp,
+                seen_tos: None
+            }
+        );
     }
 }

@@ -4,14 +4,13 @@
 
 use super::{spawn_reader, Arrival, Incoming, MAX_TX_IDS};
 use crate::cli::PingArgs;
-use crate::platform::{canonical, realtime_ns, AsyncUdp, PreciseTimer, UdpOptions};
+use crate::platform::{canonical, realtime_ns, AsyncUdp, PreciseTimer};
 use crate::report::documents::{
     BehindSchedule, IgnoredReply, PingEvent as ReportedEvent, SendFailure,
 };
 use crate::report::ping::{PingReport, ReplyKind};
-use crate::report::OutputFormat;
 use crate::target::{resolve, unspecified_for, Family};
-use anyhow::{bail, Context};
+use anyhow::Context;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,7 +31,7 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
             .await?
             .map_err(|e| anyhow::anyhow!(e))?;
     let key = crate::shared_key::load(&args.key)?;
-    let tos = args.dscp.map(|d| d << 2);
+    let tos = super::asked_tos(&args);
     let keyed = key.is_some();
     let size = match args.size {
         None => udpreach_engine::stamp::min_len(keyed, tos.is_some()),
@@ -49,21 +48,7 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
             )
         })?,
     };
-    if target.is_ipv4() && size > udpreach_wire::probe::MAX_DATAGRAM {
-        bail!(
-            "invalid size '{size}': IPv4 allows at most {} bytes",
-            udpreach_wire::probe::MAX_DATAGRAM
-        );
-    }
-    let opts = UdpOptions {
-        ttl: args.ttl,
-        dscp: args.dscp,
-        dont_fragment: args.df,
-        recv_errors: true,
-        tx_timestamps: true,
-        recv_tos: true,
-        ..UdpOptions::default()
-    };
+    let opts = super::probe_socket_options(&args, target, size)?;
     let sock = AsyncUdp::bind(unspecified_for(&target, 0), &opts)
         .with_context(|| format!("cannot open a UDP socket towards {target}"))?;
     let src_ip = super::route_source(target).unwrap_or_else(|| unspecified_for(&target, 0).ip());
@@ -74,8 +59,8 @@ pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
     let _reader = ReaderGuard(reader);
 
     let report = PingReport::new(
-        OutputFormat::from_flags(args.json, args.json_lines),
-        args.quiet,
+        args.output.format(),
+        args.output.quiet,
         args.target.clone(),
         target,
     );

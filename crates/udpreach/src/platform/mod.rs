@@ -25,6 +25,8 @@ pub struct UdpOptions {
     pub ttl: Option<u32>,
     /// DSCP code point (0..=63), written into the TOS / traffic-class byte.
     pub dscp: Option<u8>,
+    /// ECN codepoint (0..=3) for the low two bits of that byte.
+    pub ecn: Option<u8>,
     /// Set Don't Fragment (IPv4) / never fragment locally (IPv6).
     pub dont_fragment: bool,
     /// Receive ICMP errors (`IP_RECVERR`); read them with [`AsyncUdp::recv_any`].
@@ -117,7 +119,7 @@ pub fn udp_socket(bind: SocketAddr, opts: &UdpOptions) -> io::Result<UdpSocket> 
     let _ = nsock::setsockopt(&sock, sockopt::ReceiveTimestampns, &true);
     if bind.ip().is_unspecified() {
         // Which of the host's addresses a datagram was sent to, so that the
-        // answer leaves from that address (see `send_from`).
+        // answer leaves from that address (see `send_from_with_tos`).
         if v6 {
             nsock::setsockopt(&sock, sockopt::Ipv6RecvPacketInfo, &true)?;
         } else {
@@ -131,8 +133,8 @@ pub fn udp_socket(bind: SocketAddr, opts: &UdpOptions) -> io::Result<UdpSocket> 
             sock.set_ttl_v4(ttl)?;
         }
     }
-    if let Some(dscp) = opts.dscp {
-        let tos = u32::from(dscp) << 2;
+    if opts.dscp.is_some() || opts.ecn.is_some() {
+        let tos = u32::from(opts.dscp.unwrap_or(0)) << 2 | u32::from(opts.ecn.unwrap_or(0) & 3);
         if v6 {
             sock.set_tclass_v6(tos)?;
         } else {
@@ -243,18 +245,9 @@ fn recvmsg_meta(sock: &UdpSocket, buf: &mut [u8], flags: MsgFlags) -> io::Result
 /// [`RecvMeta::local`]): on a socket bound to a wildcard address, the answer
 /// then leaves from the address the request was sent to, not from the
 /// address the route would pick (hosts with several addresses, VIPs,
-/// `127.0.0.2`). Without `local`, a plain `sendto`.
-pub fn send_from(
-    sock: &UdpSocket,
-    buf: &[u8],
-    to: SocketAddr,
-    local: Option<(IpAddr, u32)>,
-) -> io::Result<usize> {
-    send_from_with_tos(sock, buf, to, local, None)
-}
-
-/// [`send_from`] with this datagram's TOS byte / traffic class (DSCP and
-/// ECN) set by a control message, whatever the socket's own setting.
+/// `127.0.0.2`). With `tos`, this datagram's TOS byte / traffic class (DSCP
+/// and ECN) is set by a control message, whatever the socket's own setting.
+/// Without either, a plain `sendto`.
 pub fn send_from_with_tos(
     sock: &UdpSocket,
     buf: &[u8],
@@ -466,6 +459,16 @@ impl AsyncUdp {
             sock.set_unicast_hops_v6(ttl)
         } else {
             sock.set_ttl_v4(ttl)
+        }
+    }
+
+    /// TOS byte / traffic class (DSCP and ECN) of later sends.
+    pub fn set_tos(&self, tos: u8) -> io::Result<()> {
+        let sock = socket2::SockRef::from(self.inner.get_ref());
+        if self.local_addr()?.is_ipv6() {
+            sock.set_tclass_v6(u32::from(tos))
+        } else {
+            sock.set_tos_v4(u32::from(tos))
         }
     }
 

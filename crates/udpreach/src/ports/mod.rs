@@ -6,13 +6,13 @@
 //! for the server to bind the next window.
 
 mod serverless;
+mod trace;
 
 use crate::cli::PortsArgs;
 use crate::control_client::{ControlClient, Pending};
 use crate::platform::errqueue::QueuedError;
 use crate::platform::{self, AsyncUdp, Received, UdpOptions};
 use crate::report::ports::PortsReport;
-use crate::report::OutputFormat;
 use crate::target::{resolve_async, unspecified_for, Family};
 use anyhow::Context;
 use std::io::IsTerminal;
@@ -89,14 +89,14 @@ pub async fn run(args: PortsArgs) -> anyhow::Result<u8> {
     sweep.seed_rtt(ctl.handshake_rtt);
 
     let report = PortsReport {
-        format: OutputFormat::from_flags(args.json, args.json_lines),
-        quiet: args.quiet,
+        format: args.output.format(),
+        quiet: args.output.quiet,
         list: args.list,
         target_name: args.target.clone(),
         server,
     };
     report.start(spec.len());
-    let bar = (!report.format.is_json() && !args.quiet && std::io::stderr().is_terminal())
+    let bar = (!report.format.is_json() && !args.output.quiet && std::io::stderr().is_terminal())
         .then(|| report.progress_bar(spec.len() as u64));
 
     let mut sigint =
@@ -152,7 +152,11 @@ pub async fn run(args: PortsArgs) -> anyhow::Result<u8> {
         }
     };
     let results = sweep.results();
-    report.print(&results, elapsed, sweep.progress().probes_sent);
+    let traced = match (&ending, args.trace) {
+        (Ending::Complete, true) => Some(trace::trace_blocked(&args, &results).await),
+        _ => None,
+    };
+    report.print(&results, elapsed, sweep.progress().probes_sent, traced);
     let all_ok = results
         .iter()
         .all(|r| r.verdict == udpreach_engine::Verdict::Reachable);

@@ -10,7 +10,6 @@ use crate::cli::PortsArgs;
 use crate::platform::errqueue::QueuedError;
 use crate::platform::{AsyncUdp, Received, UdpOptions};
 use crate::report::serverless::ServerlessReport;
-use crate::report::OutputFormat;
 use crate::target::{resolve_async, unspecified_for, Family};
 use anyhow::Context;
 use std::io::IsTerminal;
@@ -43,14 +42,14 @@ pub async fn run(args: PortsArgs) -> anyhow::Result<u8> {
     let started = Instant::now();
     let mut sweep = ServerlessSweep::new(&args.ports, target.ip(), cfg, started);
     let report = ServerlessReport {
-        format: OutputFormat::from_flags(args.json, args.json_lines),
-        quiet: args.quiet,
+        format: args.output.format(),
+        quiet: args.output.quiet,
         list: args.list,
         target_name: args.target.clone(),
         target: target.ip(),
     };
     report.start(args.ports.len());
-    let bar = (!report.format.is_json() && !args.quiet && std::io::stderr().is_terminal())
+    let bar = (!report.format.is_json() && !args.output.quiet && std::io::stderr().is_terminal())
         .then(|| report.progress_bar(args.ports.len() as u64));
     let mut sigint =
         signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;

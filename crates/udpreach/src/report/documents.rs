@@ -9,6 +9,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use udpreach_engine::marks::MarksSummary;
 use udpreach_engine::ping::PingSummary;
 use udpreach_engine::serverless::{IcmpRateLimit, ServerlessResult};
 use udpreach_engine::stamp::{StampReplyInfo, StampSummary};
@@ -150,6 +151,9 @@ pub struct PingSummaryReport {
     /// With `--stamp`: the reflector, DSCP/ECN each way, one-way delays.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stamp: Option<StampSummary>,
+    /// With `--dscp`/`--ecn` (udpreach probes): the DSCP/ECN each way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub marks: Option<MarksSummary>,
 }
 
 /// `ping --json`: one document when the run ends.
@@ -199,6 +203,9 @@ pub struct PortsDocument {
     #[serde(flatten)]
     pub summary: PortsSummary,
     pub ports: Vec<PortResult>,
+    /// `--trace`: where the blocked ports are dropped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<super::ports_trace::PortsTrace>,
 }
 
 /// One port's result as a `--json-lines` event: `{"type": "port", ...}`.

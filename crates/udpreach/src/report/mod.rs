@@ -8,6 +8,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Write;
+use udpreach_wire::icmp::IcmpReport;
 use udpreach_wire::PortSpec;
 
 pub mod documents;
@@ -15,6 +16,7 @@ pub mod mtu;
 pub mod nat;
 pub mod ping;
 pub mod ports;
+pub mod ports_trace;
 pub mod serverless;
 pub mod trace;
 
@@ -90,6 +92,54 @@ pub fn group_by<K: Ord>(items: impl IntoIterator<Item = (K, u16)>) -> BTreeMap<K
         by.entry(k).or_default().push(port);
     }
     by
+}
+
+/// A port sweep's progress bar (`ports`, with or without a server).
+pub fn port_progress_bar(total: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} ports {msg} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// `--json-lines` after a sweep: one line per port (unless quiet), then
+/// the summary. The start line went out before the sweep.
+pub fn print_port_lines<R: Serialize, U: Serialize>(ports: &[R], summary: &U, quiet: bool) {
+    if !quiet {
+        for r in ports {
+            print_json_line(&JsonLine::<(), _, ()>::Event(documents::PortEvent::Port(r)));
+        }
+    }
+    print_json_line(&JsonLine::<(), documents::PortEvent<R>, _>::Summary(
+        summary,
+    ));
+}
+
+/// The text lines of a sweep: one per verdict with its port ranges, and
+/// for the verdict an ICMP error explains (rejected, filtered), one per
+/// reporting host and reason, so the reader sees who did it.
+pub fn print_port_groups<V: Ord + Copy>(
+    rows: impl Iterator<Item = (V, u16, Option<IcmpReport>)> + Clone,
+    explained_by_icmp: V,
+    label: impl Fn(V) -> &'static str,
+) {
+    let groups = group_by(rows.clone().map(|(v, port, _)| (v, port)));
+    for (v, ports) in &groups {
+        if *v == explained_by_icmp {
+            let by_icmp = group_by(
+                rows.clone()
+                    .filter(|(rv, _, _)| *rv == explained_by_icmp)
+                    .filter_map(|(_, port, icmp)| icmp.map(|i| (i, port))),
+            );
+            for (icmp, ports) in by_icmp {
+                println!("{}", group_line(label(*v), &ports, Some(&icmp)));
+            }
+            continue;
+        }
+        println!("{}", group_line(label(*v), ports, None));
+    }
 }
 
 /// The `counts` and `ranges` objects of a port report's JSON.

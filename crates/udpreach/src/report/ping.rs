@@ -10,9 +10,11 @@ use super::{ms3, print_json_line, print_line, OutputFormat};
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::time::Duration;
+use udpreach_engine::marks::{DirectionMarks, MarksSummary};
 use udpreach_engine::ping::PingSummary;
 use udpreach_engine::stamp::{ReflectorKind, StampReplyInfo, StampSummary};
 use udpreach_wire::icmp::IcmpReport;
+use udpreach_wire::probe::ecn_name;
 use udpreach_wire::ServerStamp;
 
 pub struct PingReport {
@@ -269,13 +271,20 @@ impl PingReport {
     }
 
     /// The closing block. `local` is the address we sent from (None with --sport).
-    pub fn summary(&self, s: &PingSummary, local: Option<SocketAddr>, skipped_ports: &[u16]) {
-        self.summary_as(s, local, skipped_ports, None)
+    /// `marks`: with `--dscp`/`--ecn`, the DSCP/ECN each way.
+    pub fn summary(
+        &self,
+        s: &PingSummary,
+        local: Option<SocketAddr>,
+        skipped_ports: &[u16],
+        marks: Option<MarksSummary>,
+    ) {
+        self.summary_as(s, local, skipped_ports, None, marks)
     }
 
     /// The closing block of a `ping --stamp` run.
     pub fn summary_stamp(&self, s: &PingSummary, local: Option<SocketAddr>, stamp: StampSummary) {
-        self.summary_as(s, local, &[], Some(stamp))
+        self.summary_as(s, local, &[], Some(stamp), None)
     }
 
     fn summary_as(
@@ -284,6 +293,7 @@ impl PingReport {
         local: Option<SocketAddr>,
         skipped_ports: &[u16],
         stamp: Option<StampSummary>,
+        marks: Option<MarksSummary>,
     ) {
         let stamp_mode = stamp.as_ref().map(|st| st.mode);
         let report = PingSummaryReport {
@@ -294,6 +304,7 @@ impl PingReport {
             nat_detected: nat_line(s, local).is_some(),
             skipped_source_ports: skipped_ports.to_vec(),
             stamp,
+            marks,
         };
         match self.format {
             OutputFormat::Text => print_line(&summary_text(&report)),
@@ -387,6 +398,9 @@ fn summary_text(report: &PingSummaryReport) -> String {
         }
         lines.push(l);
     }
+    if let Some(m) = &report.marks {
+        lines.extend(marks_lines(m));
+    }
     if let Some(n) = nat {
         lines.push(n);
     }
@@ -406,6 +420,45 @@ fn summary_text(report: &PingSummaryReport) -> String {
         ));
     }
     lines.join("\n")
+}
+
+/// `dscp 46 -> 46 arrived (upstream), 46 -> 0 (downstream)` and the same
+/// for ECN; every marking seen when they varied; "?" when nothing told.
+fn marks_lines(m: &MarksSummary) -> Vec<String> {
+    let side = |d: &Option<DirectionMarks>, field: fn(u8, u8) -> String| match d {
+        None => "?".to_string(),
+        Some(d) if d.seen.len() == 1 => field(d.arrived.dscp, d.arrived.ecn),
+        Some(d) => d
+            .seen
+            .iter()
+            .map(|c| format!("{} x{}", field(c.dscp, c.ecn), c.replies))
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    let dscp = |d: u8, _| d.to_string();
+    let ecn = |_, e: u8| ecn_name(e).to_string();
+    let mut lines = vec![
+        format!(
+            "dscp {} -> {} arrived (upstream), {} -> {} (downstream)",
+            m.sent.dscp,
+            side(&m.upstream, dscp),
+            m.sent.dscp,
+            side(&m.downstream, dscp)
+        ),
+        format!(
+            "ecn {} -> {} arrived (upstream), {} -> {} (downstream)",
+            ecn_name(m.sent.ecn),
+            side(&m.upstream, ecn),
+            ecn_name(m.sent.ecn),
+            side(&m.downstream, ecn)
+        ),
+    ];
+    if m.upstream.is_none() && m.replies_without_report > 0 {
+        lines.push(
+            "upstream dscp/ecn: could not tell (the server did not report it: an older udpreach server or a plain echo server)".to_string(),
+        );
+    }
+    lines
 }
 
 fn trim_pct(p: f64) -> String {

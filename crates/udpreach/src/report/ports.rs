@@ -3,14 +3,13 @@
 //! from the typed [`PortsDocument`].
 
 use super::documents::{PortEvent, PortsDocument, PortsLine, PortsStart, PortsSummary};
-use super::{print_json_line, JsonLine, OutputFormat};
-use indicatif::{ProgressBar, ProgressStyle};
-use std::collections::BTreeMap;
+use super::ports_trace::PortsTrace;
+use super::{print_json_line, OutputFormat};
+use indicatif::ProgressBar;
 use std::net::SocketAddr;
 use std::time::Duration;
 use udpreach_engine::sweep::{PortResult, Progress};
 use udpreach_engine::Verdict;
-use udpreach_wire::icmp::IcmpReport;
 
 pub struct PortsReport {
     pub format: OutputFormat,
@@ -20,24 +19,9 @@ pub struct PortsReport {
     pub server: SocketAddr,
 }
 
-/// Rejected ports grouped by the ICMP error (reporting host and reason).
-fn rejected_by(results: &[PortResult]) -> BTreeMap<IcmpReport, Vec<u16>> {
-    super::group_by(
-        results
-            .iter()
-            .filter(|r| r.verdict == Verdict::Rejected)
-            .filter_map(|r| r.icmp.map(|i| (i, r.port))),
-    )
-}
-
 impl PortsReport {
     pub fn progress_bar(&self, total: u64) -> ProgressBar {
-        let bar = ProgressBar::new(total);
-        bar.set_style(
-            ProgressStyle::with_template("{bar:30} {pos}/{len} ports {msg} eta {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar
+        super::port_progress_bar(total)
     }
 
     pub fn update_bar(&self, bar: &ProgressBar, p: &Progress) {
@@ -61,7 +45,14 @@ impl PortsReport {
         }
     }
 
-    pub fn print(&self, results: &[PortResult], elapsed: Duration, probes: u64) {
+    /// The report at the end, with the `--trace` section if there is one.
+    pub fn print(
+        &self,
+        results: &[PortResult],
+        elapsed: Duration,
+        probes: u64,
+        trace: Option<PortsTrace>,
+    ) {
         let groups = super::group_by(results.iter().map(|r| (r.verdict, r.port)));
         let reachable = groups.get(&Verdict::Reachable).map_or(0, Vec::len);
         let (counts, ranges) = super::counts_and_ranges(&groups, Verdict::as_str);
@@ -78,20 +69,12 @@ impl PortsReport {
                 ranges,
             },
             ports: results.to_vec(),
+            trace,
         };
         match self.format {
             OutputFormat::Json => super::print_json(&doc),
             OutputFormat::JsonLines => {
-                if !self.quiet {
-                    for r in &doc.ports {
-                        print_json_line(&JsonLine::<PortsStart, _, PortsSummary>::Event(
-                            PortEvent::Port(r),
-                        ));
-                    }
-                }
-                print_json_line(&JsonLine::<PortsStart, PortEvent<PortResult>, _>::Summary(
-                    &doc.summary,
-                ));
+                super::print_port_lines(&doc.ports, &doc.summary, self.quiet)
             }
             OutputFormat::Text => self.print_text(&doc),
         }
@@ -100,23 +83,17 @@ impl PortsReport {
     fn print_text(&self, doc: &PortsDocument) {
         let s = &doc.summary;
         let results = &doc.ports;
-        let groups = super::group_by(results.iter().map(|r| (r.verdict, r.port)));
         if !self.quiet {
             println!(
                 "udpreach ports {} (control {}): {} ports",
                 s.target, s.server, s.total
             );
         }
-        for (v, ports) in &groups {
-            if *v == Verdict::Rejected {
-                // One line per reporting host and reason: who rejected what.
-                for (icmp, ports) in rejected_by(results) {
-                    println!("{}", super::group_line(v.as_str(), &ports, Some(&icmp)));
-                }
-                continue;
-            }
-            println!("{}", super::group_line(v.as_str(), ports, None));
-        }
+        super::print_port_groups(
+            results.iter().map(|r| (r.verdict, r.port, r.icmp)),
+            Verdict::Rejected,
+            Verdict::as_str,
+        );
         if self.list {
             for r in results {
                 let rtt = r
@@ -140,5 +117,10 @@ impl PortsReport {
             s.not_reachable,
             s.probes_sent
         );
+        if let Some(t) = &doc.trace {
+            for line in t.text_lines() {
+                println!("{line}");
+            }
+        }
     }
 }

@@ -6,15 +6,13 @@
 use super::documents::{
     NoServer, PortEvent, ServerlessDocument, ServerlessLine, ServerlessStart, ServerlessSummary,
 };
-use super::{print_json_line, JsonLine, OutputFormat};
-use indicatif::{ProgressBar, ProgressStyle};
-use std::collections::BTreeMap;
+use super::{print_json_line, OutputFormat};
+use indicatif::ProgressBar;
 use std::net::IpAddr;
 use std::time::Duration;
 use udpreach_engine::serverless::{
     IcmpRateLimit, ServerlessProgress, ServerlessResult, ServerlessVerdict,
 };
-use udpreach_wire::icmp::IcmpReport;
 
 pub struct ServerlessReport {
     pub format: OutputFormat,
@@ -24,24 +22,9 @@ pub struct ServerlessReport {
     pub target: IpAddr,
 }
 
-/// Filtered ports by the ICMP error that filtered them.
-fn filtered_by(results: &[ServerlessResult]) -> BTreeMap<IcmpReport, Vec<u16>> {
-    super::group_by(
-        results
-            .iter()
-            .filter(|r| r.verdict == ServerlessVerdict::Filtered)
-            .filter_map(|r| r.icmp.map(|i| (i, r.port))),
-    )
-}
-
 impl ServerlessReport {
     pub fn progress_bar(&self, total: u64) -> ProgressBar {
-        let bar = ProgressBar::new(total);
-        bar.set_style(
-            ProgressStyle::with_template("{bar:30} {pos}/{len} ports {msg} eta {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar
+        super::port_progress_bar(total)
     }
 
     pub fn update_bar(
@@ -111,18 +94,7 @@ impl ServerlessReport {
         match self.format {
             OutputFormat::Json => super::print_json(&doc),
             OutputFormat::JsonLines => {
-                if !self.quiet {
-                    for r in &doc.ports {
-                        print_json_line(&JsonLine::<ServerlessStart, _, ServerlessSummary>::Event(
-                            PortEvent::Port(r),
-                        ));
-                    }
-                }
-                print_json_line(
-                    &JsonLine::<ServerlessStart, PortEvent<ServerlessResult>, _>::Summary(
-                        &doc.summary,
-                    ),
-                );
+                super::print_port_lines(&doc.ports, &doc.summary, self.quiet)
             }
             OutputFormat::Text => self.print_text(&doc),
         }
@@ -131,23 +103,17 @@ impl ServerlessReport {
     fn print_text(&self, doc: &ServerlessDocument) {
         let s = &doc.summary;
         let results = &doc.ports;
-        let groups = super::group_by(results.iter().map(|r| (r.verdict, r.port)));
         if !self.quiet {
             println!(
                 "udpreach ports --no-server {} ({}): {} ports",
                 s.target, s.address, s.total
             );
         }
-        for (v, ports) in &groups {
-            if *v == ServerlessVerdict::Filtered {
-                // One line per reporting host and reason: who filters what.
-                for (icmp, ports) in filtered_by(results) {
-                    println!("{}", super::group_line(v.nmap_state(), &ports, Some(&icmp)));
-                }
-                continue;
-            }
-            println!("{}", super::group_line(v.nmap_state(), ports, None));
-        }
+        super::print_port_groups(
+            results.iter().map(|r| (r.verdict, r.port, r.icmp)),
+            ServerlessVerdict::Filtered,
+            ServerlessVerdict::nmap_state,
+        );
         if self.list {
             for r in results {
                 let service = udpreach_wire::services::service_name(r.port)
@@ -170,7 +136,7 @@ impl ServerlessReport {
                 );
             }
         }
-        let count = |v: ServerlessVerdict| groups.get(&v).map_or(0, Vec::len);
+        let count = |v: ServerlessVerdict| results.iter().filter(|r| r.verdict == v).count();
         println!(
             "{} ports in {:.2} s: {} open, {} closed, {} filtered, {} open|filtered ({} probes, {} canaries)",
             s.total,

@@ -7,6 +7,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use udpreach_engine::trace::{analyse, Analysis, HopAnswer, PortTrace, VerdictKind};
+use udpreach_wire::icmp::IcmpReason;
 
 /// Against a udpreach server (both directions) or any host (upstream only).
 #[derive(Clone, Copy, Debug, Serialize, JsonSchema, PartialEq, Eq)]
@@ -72,10 +73,15 @@ pub struct HopReport {
     /// `time_exceeded`, `arrived`, or the ICMP error's reason.
     pub answer: String,
     pub rtt_ms: Option<f64>,
-    /// DSCP / ECN the probe had at this hop (from the quoted header): not
-    /// measured yet, always null.
+    /// DSCP the probe had at this hop, from the header the hop quoted
+    /// (a raw ICMP socket: root on our side upstream, on the server's
+    /// downstream); null when not read.
     pub dscp: Option<u8>,
+    /// ECN the probe had at this hop (same condition as `dscp`).
     pub ecn: Option<u8>,
+    /// The next-hop MTU this hop reported (frag-needed / packet too big,
+    /// for probes larger than it: `--size`).
+    pub mtu: Option<u32>,
 }
 
 /// One port in one direction.
@@ -99,7 +105,8 @@ pub struct DirectionReport {
     pub sent: u32,
     pub hops: Vec<HopReport>,
     /// Where the DSCP changed on the way, from the headers hops quoted
-    /// (upstream, with a raw ICMP socket: root).
+    /// (with a raw ICMP socket: root on our side upstream, on the server's
+    /// downstream).
     pub dscp_rewritten: Vec<DscpChange>,
 }
 
@@ -171,6 +178,13 @@ impl DirectionReport {
                     rtt_ms: ans.rtt().map(|d| d.as_micros() as f64 / 1e3),
                     dscp: None,
                     ecn: None,
+                    mtu: match ans {
+                        HopAnswer::Error {
+                            reason: IcmpReason::FragNeeded { mtu },
+                            ..
+                        } => *mtu,
+                        _ => None,
+                    },
                 })
                 .collect(),
             dscp_rewritten: Vec::new(),
@@ -276,11 +290,14 @@ impl DirectionReport {
                         .map(|v| format!("  {} ms", ms3(v)))
                         .unwrap_or_default();
                     let who = h.address.clone().unwrap_or_else(|| "(far end)".into());
-                    let note = if h.answer == "time_exceeded" {
+                    let mut note = if h.answer == "time_exceeded" {
                         String::new()
                     } else {
                         format!("  {}", h.answer)
                     };
+                    if let Some(mtu) = h.mtu {
+                        note.push_str(&format!(" (mtu {mtu})"));
+                    }
                     format!("  {ttl:>2}  {who}{rtt}{note}")
                 }
             })

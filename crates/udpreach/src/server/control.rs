@@ -434,14 +434,8 @@ impl Session {
                         fatal: false,
                     },
                 },
-                ControlMsg::TraceSend {
-                    ports,
-                    max_hops,
-                    attempts,
-                    wait_ms,
-                    rate,
-                } => match self.trace.as_mut() {
-                    Some(t) => t.send(ports, max_hops, attempts, wait_ms, rate).await,
+                msg @ ControlMsg::TraceSend { .. } => match self.trace.as_mut() {
+                    Some(t) => t.send(msg).await,
                     None => ControlMsg::Error {
                         code: ErrorCode::Unexpected,
                         message: "trace_send before trace_open".into(),
@@ -537,13 +531,6 @@ impl Session {
     /// Opens trace ports (0: any free port), each checked and counted like a
     /// test port.
     fn trace_open(&mut self, ip: std::net::IpAddr, ports: Vec<u16>) -> ControlMsg {
-        if self.ports_ctx.key.is_some() {
-            return ControlMsg::Error {
-                code: ErrorCode::BadRequest,
-                message: "trace is not available in authenticated sessions yet".into(),
-                fatal: false,
-            };
-        }
         if ports.len() > udpreach_wire::trace::MAX_PORTS_PER_REQUEST {
             return ControlMsg::Error {
                 code: ErrorCode::TooManyPorts,

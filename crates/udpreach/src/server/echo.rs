@@ -25,7 +25,14 @@ const MAX_WORKERS: usize = 4;
 /// Binds `addr` for echo: one socket per worker. Fails, like a plain bind,
 /// when anything already holds the address, even another SO_REUSEPORT user.
 pub fn bind(addr: SocketAddr) -> io::Result<Vec<UdpSocket>> {
-    bind_workers(addr, UdpOptions::default())
+    // The TOS each probe arrived with goes back in its reply (FLAG_TOS_SEEN).
+    bind_workers(
+        addr,
+        UdpOptions {
+            recv_tos: true,
+            ..UdpOptions::default()
+        },
+    )
 }
 
 /// [`bind`] with more socket options (the STAMP reflector's, for one).
@@ -91,9 +98,13 @@ fn serve(
                 .kernel_rx
                 .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                 .map_or_else(realtime_ns, |d| d.as_nanos() as u64),
+            tos: meta.tos,
         };
         let now = Instant::now();
         let data = &mut buf[..meta.len];
+        // Read before the request becomes its reply: the TOS it asks the
+        // reply to carry. Only this reply, to the asking address, is marked.
+        let mark = udpreach_wire::probe::reply_tos_asked(data);
         // A poisoned lock means a panic elsewhere; the responder's state is
         // counters and limiters, still safe to use.
         // Lock order: responder, then budget (the budget is always innermost).
@@ -104,7 +115,10 @@ fn serve(
         match answer {
             Answer::Reply { len } => {
                 // From the address the request was sent to (IP_PKTINFO).
-                if let Err(e) = platform::send_from(&sock, &data[..len], meta.from, meta.local) {
+                let reply = &data[..len];
+                if let Err(e) =
+                    platform::send_from_with_tos(&sock, reply, meta.from, meta.local, mark)
+                {
                     tracing::debug!("echo send to {}: {e}", meta.from);
                 }
             }

@@ -3,6 +3,7 @@
 
 mod control;
 mod echo;
+mod header_port;
 mod legacy;
 mod mtu;
 mod nat;

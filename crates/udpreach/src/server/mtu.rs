@@ -15,27 +15,33 @@
 //! connection's peer, whose TCP handshake showed it receives at that IP: the
 //! server never sends them to a third party. Each request is bounded (sizes,
 //! count, bytes: `udpreach_wire::mtu::check_send_request`), requests are one
-//! at a time per session, and a session has a total byte budget. Acks draw
-//! on the session's probe-rate budget like test-port replies; in an
-//! authenticated session probes must carry a valid tag, and acks and
-//! downstream probes carry one.
+//! at a time per session, and a session has a total byte budget. Acks are
+//! the engine's [`PortResponder::mtu_port`] decisions: they draw on the
+//! session's probe rate and the per-destination reply budget; in an
+//! authenticated session probes must carry a valid tag and a sequence number
+//! not seen before (a replay window: every MTU probe has its own), and acks
+//! and downstream probes carry a tag.
 
+use super::header_port::{self, PortEvents};
 use super::lock_budget;
 use super::test_port::SessionPorts;
 use crate::platform::errqueue::{self, PmtuMode, QueuedError};
-use crate::platform::{realtime_ns, AsyncUdp, Received, UdpOptions};
+use crate::platform::{AsyncUdp, UdpOptions};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
-use udpreach_engine::rate::TokenBucket;
 use udpreach_engine::reply_budget::ReplyBudget;
+use udpreach_engine::responder::PortResponder;
 use udpreach_wire::auth::{DerivedKey, MIN_SEALED_LEN};
 use udpreach_wire::control::{ControlMsg, ErrorCode, MtuSendResult};
 use udpreach_wire::icmp::{IcmpOrigin, IcmpReason};
-use udpreach_wire::mtu::{self, ack_for, MAX_COUNT_PER_SIZE, MAX_LINGER_MS, MAX_SIZES_PER_SEND};
-use udpreach_wire::probe::{ProbeHeader, ProbeKind, ServerStamp, HEADER_LEN};
+use udpreach_wire::mtu::{self, MAX_COUNT_PER_SIZE, MAX_LINGER_MS, MAX_SIZES_PER_SEND};
+use udpreach_wire::probe::{ProbeHeader, ProbeKind};
 
+/// Probes up to the largest datagram are read whole: the ack names the
+/// length that arrived.
+const RECV_BUFFER: usize = 65536;
 /// Bytes one session may have the server send in MTU tests, in total.
 const SESSION_BUDGET: u64 = 64 << 20;
 /// ICMP errors kept between two `MtuSend`s (the rest are dropped).
@@ -88,14 +94,14 @@ impl MtuPort {
         };
         let sock = Arc::new(AsyncUdp::bind(local, &opts)?);
         let shared = Arc::new(Mutex::new(Shared::default()));
-        let acks = Acks {
-            peer,
-            token: session.token,
-            key: session.key.clone(),
-            rate: session.rate.clone(),
-            budget: session.budget.clone(),
-        };
-        let task = tokio::spawn(serve(sock.clone(), shared.clone(), acks));
+        let responder = PortResponder::mtu_port(session.token, session.key.clone(), peer);
+        let task = tokio::spawn(header_port::serve(
+            sock.clone(),
+            responder,
+            session.clone(),
+            RECV_BUFFER,
+            MtuPortEvents(shared.clone()),
+        ));
         Ok(MtuPort {
             sock,
             shared,
@@ -239,76 +245,18 @@ fn attribute_errors(results: &mut [MtuSendResult], errors: &[QueuedError], v6: b
     }
 }
 
-/// Who may get acks, and how they are made.
-struct Acks {
-    peer: IpAddr,
-    token: u64,
-    key: Option<DerivedKey>,
-    rate: Arc<Mutex<TokenBucket>>,
-    budget: Arc<Mutex<ReplyBudget>>,
-}
+/// What the MTU port's receive loop tells the session.
+struct MtuPortEvents(Arc<Mutex<Shared>>);
 
-/// Answers the session's MTU probes and keeps the ICMP errors its sends draw.
-async fn serve(sock: Arc<AsyncUdp>, shared: Arc<Mutex<Shared>>, a: Acks) {
-    let mut buf = vec![0u8; 65536];
-    loop {
-        match sock.recv_any(&mut buf).await {
-            Ok(Received::Datagram(meta)) => {
-                // Only the session's own client, whatever else arrives here.
-                if meta.from.ip() != a.peer || meta.len < HEADER_LEN {
-                    continue;
-                }
-                let data = &buf[..meta.len];
-                if a.key.as_ref().is_some_and(|k| k.verify(data).is_err()) {
-                    continue;
-                }
-                let now = Instant::now();
-                let allowed = a
-                    .rate
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .try_take(now)
-                    // Unauthenticated acks draw on the per-destination budget.
-                    && (a.key.is_some() || lock_budget(&a.budget).allow(a.peer, HEADER_LEN, now));
-                if !allowed {
-                    continue;
-                }
-                let rx = realtime_ns();
-                let stamp = ServerStamp {
-                    rx_ns: rx,
-                    tx_ns: rx,
-                    flow_count: 0,
-                    seen_from: meta.from,
-                    seen_ttl: meta.ttl.unwrap_or(0),
-                    withheld: 0,
-                };
-                if let Some(ack) = ack_for(data, a.token, stamp) {
-                    lock(&shared).client = Some(meta.from);
-                    match &a.key {
-                        // A sealed probe is at least as long as a sealed ack.
-                        Some(k) => {
-                            let mut sealed = [0u8; MIN_SEALED_LEN];
-                            sealed[..HEADER_LEN].copy_from_slice(&ack);
-                            if k.seal(&mut sealed).is_ok() {
-                                let _ = sock.try_send_to(&sealed, meta.from);
-                            }
-                        }
-                        None => {
-                            let _ = sock.try_send_to(&ack, meta.from);
-                        }
-                    }
-                }
-            }
-            Ok(Received::Error(e)) => {
-                let mut s = lock(&shared);
-                if s.errors.len() < MAX_KEPT_ERRORS {
-                    s.errors.push(e);
-                }
-            }
-            Err(e) => {
-                tracing::debug!("mtu port receive: {e}");
-                tokio::task::yield_now().await;
-            }
+impl PortEvents for MtuPortEvents {
+    fn answered(&mut self, _seq: u64, from: SocketAddr) {
+        lock(&self.0).client = Some(from);
+    }
+
+    fn error(&mut self, e: QueuedError) {
+        let mut s = lock(&self.0);
+        if s.errors.len() < MAX_KEPT_ERRORS {
+            s.errors.push(e);
         }
     }
 }

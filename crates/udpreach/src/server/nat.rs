@@ -20,20 +20,25 @@
 //! must carry a valid tag and everything the ports send carries one. The
 //! flow table holds at most [`nat::MAX_FLOWS_PER_SESSION`] entries.
 
+use super::header_port::{self, PortEvents};
 use super::lock_budget;
 use super::test_port::SessionPorts;
-use crate::platform::{canonical, realtime_ns, AsyncUdp, Received, UdpOptions};
+use crate::platform::{canonical, realtime_ns, AsyncUdp, UdpOptions};
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
-use udpreach_engine::rate::TokenBucket;
 use udpreach_engine::reply_budget::ReplyBudget;
+use udpreach_engine::responder::PortResponder;
 use udpreach_wire::auth::{DerivedKey, MIN_SEALED_LEN};
 use udpreach_wire::control::{ControlMsg, ErrorCode};
 use udpreach_wire::nat;
 use udpreach_wire::probe::{ServerStamp, HEADER_LEN};
+
+/// NAT probes are 64 or 80 bytes; anything longer is cut, fails the
+/// header or tag check, and is dropped.
+const RECV_BUFFER: usize = 2048;
 
 #[derive(Clone, Copy)]
 struct Seen {
@@ -71,7 +76,6 @@ struct Sender {
     client: IpAddr,
     token: u64,
     key: Option<DerivedKey>,
-    rate: Arc<Mutex<TokenBucket>>,
     budget: Arc<Mutex<ReplyBudget>>,
 }
 
@@ -134,7 +138,6 @@ impl NatPorts {
             client: peer,
             token: session.token,
             key: session.key.clone(),
-            rate: session.rate.clone(),
             budget: session.budget.clone(),
         };
         let flows = Arc::new(Mutex::new(Flows::default()));
@@ -150,7 +153,16 @@ impl NatPorts {
         }
         let receivers = socks
             .iter()
-            .map(|s| tokio::spawn(serve(s.clone(), flows.clone(), sender.clone())))
+            .map(|s| {
+                let responder = PortResponder::nat_port(session.token, session.key.clone(), peer);
+                tokio::spawn(header_port::serve(
+                    s.clone(),
+                    responder,
+                    session.clone(),
+                    RECV_BUFFER,
+                    NatPortEvents(flows.clone()),
+                ))
+            })
             .collect();
         Ok(NatPorts {
             socks,
@@ -236,56 +248,18 @@ impl NatPorts {
     }
 }
 
-/// Answers the session's probes on one NAT port and records their flows.
-async fn serve(sock: Arc<AsyncUdp>, flows: Arc<Mutex<Flows>>, s: Sender) {
-    let mut buf = vec![0u8; 2048];
-    loop {
-        match sock.recv_any(&mut buf).await {
-            Ok(Received::Datagram(meta)) => {
-                // Only the session's own client, whatever else arrives here.
-                if canonical(meta.from).ip() != s.client || meta.len < HEADER_LEN {
-                    continue;
-                }
-                let data = &buf[..meta.len.min(buf.len())];
-                if s.key.as_ref().is_some_and(|k| k.verify(data).is_err()) {
-                    continue;
-                }
-                if s.key.is_some() && data.len() < MIN_SEALED_LEN {
-                    continue;
-                }
-                let Some(flow) = nat::probe_flow(data, s.token) else {
-                    continue;
-                };
-                if !lock(&s.rate).try_take(Instant::now()) {
-                    continue;
-                }
-                let now = realtime_ns();
-                let stamp = ServerStamp {
-                    rx_ns: now,
-                    tx_ns: now,
-                    flow_count: 0,
-                    seen_from: meta.from,
-                    seen_ttl: meta.ttl.unwrap_or(0),
-                    withheld: 0,
-                };
-                let Some(reply) = nat::reply_for(data, s.token, stamp) else {
-                    continue;
-                };
-                if s.send(&sock, reply, meta.from) {
-                    lock(&flows).record(
-                        flow,
-                        Seen {
-                            addr: meta.from,
-                            last_reply: Instant::now(),
-                        },
-                    );
-                }
-            }
-            Ok(Received::Error(_)) => {}
-            Err(e) => {
-                tracing::debug!("nat port receive: {e}");
-                tokio::task::yield_now().await;
-            }
+/// What a NAT port's receive loop records: the flow each answered probe
+/// names, with the address it came from.
+struct NatPortEvents(Arc<Mutex<Flows>>);
+
+impl PortEvents for NatPortEvents {
+    fn answered(&mut self, seq: u64, from: SocketAddr) {
+        if let Ok(flow) = u32::try_from(seq) {
+            let seen = Seen {
+                addr: from,
+                last_reply: Instant::now(),
+            };
+            lock(&self.0).record(flow, seen);
         }
     }
 }

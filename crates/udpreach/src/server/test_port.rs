@@ -106,6 +106,7 @@ async fn serve(
                     from: meta.from,
                     ttl: meta.ttl,
                     rx_ns: realtime_ns(),
+                    tos: meta.tos,
                 };
                 let answer = {
                     // A poisoned lock only means another port's task panicked

@@ -16,11 +16,15 @@
 //! bounded (`udpreach_wire::trace::check_send`: ports, TTLs, attempts), a
 //! session may make [`MAX_SENDS_PER_SESSION`] of them, every datagram draws
 //! on the per-destination reply budget, and trace ports count against the
-//! session's and the source's test-port shares. Authenticated sessions are
-//! refused trace ports (the probes carry no tag yet).
+//! session's and the source's test-port shares. In an authenticated session
+//! every trace datagram carries a tag with the session key
+//! (`TraceProbe::to_datagram`): untagged or forged probes are neither
+//! counted nor acked, and a port takes each (TTL, attempt) once, so a
+//! replayed probe is not acked again.
 
 use super::lock_budget;
 use super::test_port::SessionPorts;
+use crate::platform::errqueue::PmtuMode;
 use crate::platform::{AsyncUdp, Received, UdpOptions};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -28,18 +32,23 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use udpreach_engine::replay::ReplayWindow;
 use udpreach_engine::trace::{TraceConfig, TraceInput, TraceProbing};
 use udpreach_engine::Engine;
 use udpreach_wire::control::{ControlMsg, ErrorCode, TraceArrival, TraceHopError, TraceSendResult};
 use udpreach_wire::icmp::IcmpError;
 use udpreach_wire::trace::{
-    check_send, TraceKind, TraceProbe, MAX_SENDS_PER_SESSION, MAX_WAIT_MS, PROBE_LEN,
+    check_send, check_size, parse_raw_icmp4, parse_raw_icmp6, QuotedHeader, TraceKind, TraceProbe,
+    LOCATOR_TTL, MAX_SENDS_PER_SESSION, MAX_WAIT_MS,
 };
 
 /// ICMP errors waiting for a `TraceSend` to read them (the rest are dropped).
 const ERROR_QUEUE: usize = 4096;
 /// Longest one `TraceSend` may run, whatever the engine asks.
 const SEND_DEADLINE: Duration = Duration::from_secs(30);
+/// How long one `TraceSend` keeps probing hops that limit their ICMP
+/// errors (one a second each, after a burst): well within [`SEND_DEADLINE`].
+const SEND_PATIENCE: Duration = Duration::from_secs(20);
 /// Probes per second of a downstream trace when the client names no rate.
 const DEFAULT_RATE: u32 = 1000;
 
@@ -50,6 +59,8 @@ struct Seen {
     ttl_left: Option<u8>,
     /// Where the session's probes to this port came from.
     client: Option<SocketAddr>,
+    /// (TTL, attempt) pairs taken: a probe seen before is not acked again.
+    taken: ReplayWindow,
 }
 
 struct TracePort {
@@ -156,15 +167,23 @@ impl TraceSession {
     }
 
     /// Handles one `TraceSend`: traces downstream from each port, reports.
-    pub async fn send(
-        &mut self,
-        ports: Vec<u16>,
-        max_hops: u8,
-        attempts: u8,
-        wait_ms: u32,
-        rate: u32,
-    ) -> ControlMsg {
-        if let Err(e) = check_send(ports.len(), max_hops, attempts) {
+    pub async fn send(&mut self, msg: ControlMsg) -> ControlMsg {
+        let ControlMsg::TraceSend {
+            ports,
+            max_hops,
+            attempts,
+            wait_ms,
+            rate,
+            tos,
+            size,
+        } = msg
+        else {
+            return error(ErrorCode::BadRequest, "not a trace_send".into());
+        };
+        let padded = size.map_or(0, usize::from);
+        if let Err(e) = check_send(ports.len(), max_hops, attempts)
+            .and_then(|()| check_size(ports.len(), max_hops, attempts, padded))
+        {
             return error(ErrorCode::BadRequest, format!("trace_send: {e}"));
         }
         if self.sends >= MAX_SENDS_PER_SESSION {
@@ -210,10 +229,29 @@ impl TraceSession {
             attempts,
             rate_pps: rate,
             wait: (wait_ms > 0).then(|| Duration::from_millis(u64::from(wait_ms.min(MAX_WAIT_MS)))),
+            // Hops that limit their errors are paced, within the deadline.
+            patience: SEND_PATIENCE,
+            canary: None,
+            first_ttl: 1,
         };
         let traced: Vec<u16> = dests.keys().copied().collect();
         let started = Instant::now();
         let mut engine = TraceProbing::new(&traced, cfg, started);
+        // Padded probes go with DF; and the TOS asked for.
+        for &port in &traced {
+            let Some(p) = self.ports.get(&port) else {
+                continue;
+            };
+            if size.is_some() {
+                let _ = p.sock.set_pmtu_mode(PmtuMode::Probe);
+            }
+            if let Some(tos) = tos {
+                let _ = p.sock.set_tos(tos);
+            }
+        }
+        // The headers the hops quote (DSCP/ECN per hop), when we may open a
+        // raw ICMP socket; without one the hops are reported without them.
+        let quoted = QuotedReader::start(&dests, self.session.token);
         let mut first_errors: BTreeMap<(u16, u8), IcmpError> = BTreeMap::new();
         let mut sent: HashMap<u16, u32> = HashMap::new();
         let mut withheld = 0u32;
@@ -222,10 +260,6 @@ impl TraceSession {
                 let (Some(p), Some(&to)) = (self.ports.get(&t.port), dests.get(&t.port)) else {
                     continue;
                 };
-                if !lock_budget(&self.session.budget).allow(to.ip(), PROBE_LEN, Instant::now()) {
-                    withheld += 1;
-                    continue;
-                }
                 let probe = TraceProbe {
                     token: self.session.token,
                     port: t.port,
@@ -233,7 +267,11 @@ impl TraceSession {
                     attempt: t.attempt,
                     kind: TraceKind::Down,
                 }
-                .encode();
+                .to_datagram(self.session.key.as_ref(), padded);
+                if !lock_budget(&self.session.budget).allow(to.ip(), probe.len(), Instant::now()) {
+                    withheld += 1;
+                    continue;
+                }
                 if p.sock.set_ttl(u32::from(t.ttl)).is_ok()
                     && p.sock.send_to(&probe, to).await.is_ok()
                 {
@@ -257,9 +295,13 @@ impl TraceSession {
             }
         }
         for p in self.ports.values() {
-            // Back to the default TTL for acks.
+            // Back to the defaults for acks.
             let _ = p.sock.set_ttl(64);
+            if tos.is_some() {
+                let _ = p.sock.set_tos(0);
+            }
         }
+        let quoted = quoted.finish().await;
         let traces = engine.into_results();
         for r in &mut results {
             r.sent = sent.get(&r.port).copied().unwrap_or(0);
@@ -269,10 +311,13 @@ impl TraceSession {
                     .iter()
                     .filter_map(|(&ttl, a)| {
                         let icmp = *first_errors.get(&(r.port, ttl))?;
+                        let q = quoted.get(&(r.port, ttl));
                         Some(TraceHopError {
                             ttl,
                             icmp,
                             rtt_us: a.rtt().map_or(0, |d| d.as_micros() as u64),
+                            dscp: q.map(|q| q.dscp),
+                            ecn: q.map(|q| q.ecn),
                         })
                     })
                     .collect();
@@ -284,6 +329,101 @@ impl TraceSession {
             }
         }
         ControlMsg::TraceSent { results }
+    }
+}
+
+/// Reads, during one `TraceSend`, the IP headers hops quote in the ICMP
+/// errors our downstream probes draw (a raw ICMP socket gets the whole
+/// error; the error queue only the quoted payload): the DSCP/ECN each probe
+/// had at each hop. Only errors about this session's downstream probes to
+/// the traced destinations are kept, at most one per (port, TTL).
+struct QuotedReader {
+    task: Option<JoinHandle<BTreeMap<(u16, u8), QuotedHeader>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl QuotedReader {
+    fn start(dests: &BTreeMap<u16, SocketAddr>, token: u64) -> Self {
+        let Some(v6) = dests.values().next().map(|d| d.is_ipv6()) else {
+            return QuotedReader {
+                task: None,
+                stop: None,
+            };
+        };
+        let raw = match crate::platform::raw_icmp_socket(v6) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!("no raw ICMP socket (downstream DSCP per hop not reported): {e}");
+                return QuotedReader {
+                    task: None,
+                    stop: None,
+                };
+            }
+        };
+        let ports: HashMap<u16, u16> = dests.iter().map(|(&p, d)| (p, d.port())).collect();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut found = BTreeMap::new();
+            let mut buf = vec![0u8; 2048];
+            let keep = |b: &[u8], found: &mut BTreeMap<(u16, u8), QuotedHeader>| {
+                let parsed = if v6 {
+                    parse_raw_icmp6(b)
+                } else {
+                    parse_raw_icmp4(b)
+                };
+                let Some((q, payload)) = parsed else { return };
+                let Some(p) = TraceProbe::decode(payload) else {
+                    return;
+                };
+                let ours = p.token == token
+                    && p.kind == TraceKind::Down
+                    && ports.get(&p.port) == Some(&q.dport);
+                if ours && found.len() < ERROR_QUEUE {
+                    found.entry((p.port, p.ttl)).or_insert(q);
+                }
+            };
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    got = raw.recv_any(&mut buf) => {
+                        if let Ok(Received::Datagram(m)) = got {
+                            keep(&buf[..m.len], &mut found);
+                        }
+                    }
+                }
+            }
+            // What arrived with the errors the engine already saw.
+            for _ in 0..ERROR_QUEUE {
+                match raw.try_recv_any(&mut buf) {
+                    Ok(Received::Datagram(m)) => keep(&buf[..m.len], &mut found),
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            found
+        });
+        QuotedReader {
+            task: Some(task),
+            stop: Some(stop),
+        }
+    }
+
+    async fn finish(mut self) -> BTreeMap<(u16, u8), QuotedHeader> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(t) => t.await.unwrap_or_default(),
+            None => BTreeMap::new(),
+        }
+    }
+}
+
+impl Drop for QuotedReader {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
     }
 }
 
@@ -301,10 +441,11 @@ async fn serve(
         match sock.recv_any(&mut buf).await {
             Ok(Received::Datagram(meta)) => {
                 let data = &buf[..meta.len];
-                if meta.from.ip() != session.client || data.len() != PROBE_LEN {
+                if meta.from.ip() != session.client {
                     continue;
                 }
-                let Some(p) = TraceProbe::decode(data) else {
+                // Untagged or forged in a keyed session: not counted, not acked.
+                let Some(p) = TraceProbe::from_datagram(data, session.key.as_ref()) else {
                     continue;
                 };
                 if p.token != session.token
@@ -314,8 +455,16 @@ async fn serve(
                 {
                     continue;
                 }
+                if p.ttl == LOCATOR_TTL {
+                    // Where downstream probes go; nothing else.
+                    lock(&seen).client = Some(meta.from);
+                    continue;
+                }
                 {
                     let mut s = lock(&seen);
+                    if !s.taken.accept(p.replay_seq()) {
+                        continue;
+                    }
                     if s.ttls == 0 {
                         s.ttl_left = meta.ttl;
                     }
@@ -328,12 +477,12 @@ async fn serve(
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .try_take(now);
-                if rate_ok && lock_budget(&session.budget).allow(meta.from.ip(), PROBE_LEN, now) {
-                    let ack = TraceProbe {
-                        kind: TraceKind::Ack,
-                        ..p
-                    }
-                    .encode();
+                let ack = TraceProbe {
+                    kind: TraceKind::Ack,
+                    ..p
+                }
+                .to_datagram(session.key.as_ref(), 0);
+                if rate_ok && lock_budget(&session.budget).allow(meta.from.ip(), ack.len(), now) {
                     let _ = sock.try_send_to(&ack, meta.from);
                 }
             }

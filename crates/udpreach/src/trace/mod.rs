@@ -15,7 +15,6 @@ use crate::platform::{AsyncUdp, Received, UdpOptions};
 use crate::report::trace::{
     Direction, DirectionReport, TraceDocument, TraceMode, TraceReport, TraceStart,
 };
-use crate::report::OutputFormat;
 use crate::target::{resolve_async, unspecified_for, Family};
 use anyhow::{bail, Context};
 use std::collections::{BTreeMap, BTreeSet};
@@ -27,13 +26,17 @@ use udpreach_engine::trace::{HopAnswer, PortTrace, TraceConfig, TraceInput, Trac
 use udpreach_engine::Engine;
 use udpreach_wire::control::{ControlMsg, TraceSendResult};
 use udpreach_wire::trace::{
-    parse_raw_icmp4, parse_raw_icmp6, QuotedHeader, TraceKind, TraceProbe, MAX_PORTS_PER_REQUEST,
+    check_size, parse_raw_icmp4, parse_raw_icmp6, QuotedHeader, TraceKind, TraceProbe, LOCATOR_TTL,
+    MAX_PORTS_PER_REQUEST,
 };
 
 /// Control port traced with --no-server when none is named (traceroute's first port).
 pub const NO_SERVER_CONTROL_PORT: u16 = 33434;
 /// Longest a whole upstream pass may take, whatever the engine asks.
-const UPSTREAM_DEADLINE: Duration = Duration::from_secs(120);
+const UPSTREAM_DEADLINE: Duration = Duration::from_secs(660);
+/// How often a long upstream pass asks the server what arrived (which also
+/// keeps the control session from going idle).
+const ARRIVALS_POLL: Duration = Duration::from_secs(5);
 
 /// What a probe socket received.
 struct Incoming {
@@ -53,6 +56,25 @@ enum Got {
 }
 
 pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
+    let report = TraceReport {
+        format: args.output.format(),
+        quiet: args.output.quiet,
+    };
+    let doc = trace(&args, Some(&report)).await?;
+    report.finish(&doc);
+    Ok(if doc.passing == doc.start.ports.len() {
+        0
+    } else {
+        1
+    })
+}
+
+/// Traces `args.ports` (both directions against a server) and returns the
+/// verdicts; `report` (if any) prints the start line.
+pub(crate) async fn trace(
+    args: &TraceArgs,
+    report: Option<&TraceReport>,
+) -> anyhow::Result<TraceDocument> {
     let started = Instant::now();
     let family = Family::from_flags(args.ipv4, args.ipv6);
     let mut target = resolve_async(&args.target, family).await?;
@@ -68,26 +90,39 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
             MAX_PORTS_PER_REQUEST - 1
         );
     }
-    let format = OutputFormat::from_flags(args.json, args.json_lines);
-    let report = TraceReport {
-        format,
-        quiet: args.quiet,
-    };
-    let cfg = TraceConfig {
+    if let Some(size) = args.size {
+        // The server sends as many probes back, of the same size.
+        let (hops, tries) = (args.max_hops, args.attempts);
+        if let Err(e) = check_size(traced.len() + 1, hops, tries, usize::from(size)) {
+            bail!("invalid size '{size}': {e}");
+        }
+    }
+    let mut cfg = TraceConfig {
         max_hops: args.max_hops,
         attempts: args.attempts,
         rate_pps: args.rate,
         wait: args.timeout,
+        patience: args.patience,
+        canary: None,
+        first_ttl: args.first_ttl.unwrap_or(1),
     };
     let ip = target.ip();
 
+    if args.no_server && args.key.key_file.is_some() {
+        bail!("--key-file needs a udpreach server: --no-server probes carry no tag");
+    }
+    let key = if args.no_server {
+        None
+    } else {
+        crate::shared_key::load(&args.key)?
+    };
     // The server opens the traced ports and the control port.
-    let (mut ctl, token, control_port) = if args.no_server {
+    let (mut ctl, token, control_port, session_key) = if args.no_server {
         let control = args.control_port.unwrap_or(NO_SERVER_CONTROL_PORT);
-        (None, rand::random::<u64>(), control)
+        (None, rand::random::<u64>(), control, None)
     } else {
         let mut ctl = ControlClient::connect(target).await?;
-        let welcome = ctl.hello(None).await?;
+        let welcome = ctl.hello(key.as_ref()).await?;
         if !welcome.capabilities.iter().any(|c| c == "trace") {
             bail!("the server at {target} cannot trace (no \"trace\" capability); use --no-server");
         }
@@ -113,12 +148,13 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
             other => bail!("unexpected answer to trace_open: {other:?}"),
         };
         let control = *bound.last().expect("asked for the control port");
-        (Some(ctl), welcome.token, control)
+        (Some(ctl), welcome.token, control, welcome.session_key)
     };
     let mut ports = traced.clone();
     if !ports.contains(&control_port) {
         ports.push(control_port);
     }
+    cfg.canary = Some(control_port);
     let start = TraceStart {
         target: args.target.clone(),
         address: ip.to_string(),
@@ -131,7 +167,9 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
         control_port: Some(control_port),
         max_hops: args.max_hops,
     };
-    report.start(&start);
+    if let Some(r) = report {
+        r.start(&start);
+    }
 
     // One socket per port: a constant 5-tuple for every TTL.
     let opts = UdpOptions {
@@ -185,14 +223,20 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
             AsyncUdp::bind(unspecified_for(&target, 0), &opts)
                 .context("cannot open a UDP probe socket")?,
         );
-        let (s2, tx) = (s.clone(), tx.clone());
+        if args.size.is_some() {
+            // Don't Fragment on every probe, whatever the path MTU cache says.
+            s.set_pmtu_mode(crate::platform::errqueue::PmtuMode::Probe)
+                .context("cannot set Don't Fragment on a probe socket")?;
+        }
+        let (s2, tx, key) = (s.clone(), tx.clone(), session_key.clone());
         readers.push(tokio::spawn(async move {
             let mut buf = vec![0u8; 2048];
             loop {
                 let got = match s2.recv_any(&mut buf).await {
                     Ok(Received::Error(e)) => Got::Error(e),
                     Ok(Received::Datagram(m)) if m.from.ip() == ip => {
-                        match TraceProbe::decode(&buf[..m.len]) {
+                        // Keyed session: only datagrams with the session's tag.
+                        match TraceProbe::from_datagram(&buf[..m.len], key.as_ref()) {
                             Some(p) if m.from.port() == p.port => Got::Probe(p),
                             _ => continue,
                         }
@@ -218,10 +262,34 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
     drop(tx);
     let mut state = Collected::new(token);
 
+    // Padded probes may not get through at all: a bare locator from each
+    // port tells the server where to send its downstream probes.
+    if args.size.is_some() && ctl.is_some() {
+        for (sock, &port) in socks.iter().zip(&ports) {
+            let locator = TraceProbe {
+                token,
+                port,
+                ttl: LOCATOR_TTL,
+                attempt: 0,
+                kind: TraceKind::Up,
+            }
+            .to_datagram(session_key.as_ref(), 0);
+            if let Err(e) = sock.send_to(&locator, SocketAddr::new(ip, port)).await {
+                tracing::debug!("trace locator to {port}: {e}");
+            }
+        }
+    }
     // Upstream.
     let mut engine = TraceProbing::new(&ports, cfg.clone(), Instant::now());
     let up_started = Instant::now();
+    let mut next_poll = up_started + ARRIVALS_POLL;
     while !engine.is_done() && up_started.elapsed() < UPSTREAM_DEADLINE {
+        if let Some(c) = ctl.as_mut().filter(|_| Instant::now() >= next_poll) {
+            // A long (paced) trace: what arrived so far settles lost acks,
+            // and the session does not go idle.
+            arrivals(c, &ports, &mut engine).await?;
+            next_poll = Instant::now() + ARRIVALS_POLL;
+        }
         while let Some(t) = engine.poll_transmit(Instant::now()) {
             let Some(i) = ports.iter().position(|&p| p == t.port) else {
                 continue;
@@ -233,7 +301,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
                 attempt: t.attempt,
                 kind: TraceKind::Up,
             }
-            .encode();
+            .to_datagram(session_key.as_ref(), args.size.map_or(0, usize::from));
             socks[i]
                 .set_ttl(u32::from(t.ttl))
                 .context("cannot set the probe TTL")?;
@@ -248,6 +316,11 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
         let wake = engine
             .poll_timeout()
             .unwrap_or_else(|| Instant::now() + Duration::from_millis(50));
+        let wake = if ctl.is_some() {
+            wake.min(next_poll)
+        } else {
+            wake
+        };
         tokio::select! {
             got = rx.recv() => match got {
                 Some(inc) => {
@@ -262,31 +335,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
     }
     // The server's count of what arrived settles acks that were lost.
     if let Some(c) = ctl.as_mut() {
-        match c
-            .call(
-                &ControlMsg::TraceArrivals {
-                    ports: ports.clone(),
-                },
-                Duration::from_secs(15),
-            )
-            .await?
-        {
-            ControlMsg::TraceArrived { arrivals } => {
-                for a in arrivals {
-                    for ttl in a.ttls {
-                        engine.handle_input(
-                            TraceInput::Arrived {
-                                port: a.port,
-                                ttl,
-                                attempt: u8::MAX,
-                            },
-                            Instant::now(),
-                        );
-                    }
-                }
-            }
-            other => bail!("unexpected answer to trace_arrivals: {other:?}"),
-        }
+        arrivals(c, &ports, &mut engine).await?;
     }
     let upstream = engine.into_results();
 
@@ -299,6 +348,8 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
             attempts: args.attempts,
             wait_ms: args.timeout.map_or(0, |d| d.as_millis() as u32),
             rate: args.rate,
+            tos: args.dscp.map(|d| d << 2),
+            size: args.size,
         };
         c.request(msg, Pending::Arrivals).await?;
         let results: Vec<TraceSendResult> = loop {
@@ -351,13 +402,9 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
         }
         if let Some(t) = find(&downstream, port) {
             let c = (!is_control).then_some(down_control.as_ref()).flatten();
-            results.push(DirectionReport::new(
-                &t,
-                c,
-                ip,
-                Direction::Downstream,
-                is_control,
-            ));
+            let mut r = DirectionReport::new(&t, c, ip, Direction::Downstream, is_control);
+            r.add_quoted(&state.down_quoted(port), args.dscp.unwrap_or(0));
+            results.push(r);
         }
     }
     let passing = traced
@@ -369,14 +416,46 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
                 .all(|r| r.passes())
         })
         .count();
-    let doc = TraceDocument {
+    Ok(TraceDocument {
         start,
         results,
         passing,
         elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
-    };
-    report.finish(&doc);
-    Ok(if passing == traced.len() { 0 } else { 1 })
+    })
+}
+
+/// Asks the server which TTLs of `ports` arrived and tells the engine.
+async fn arrivals(
+    c: &mut ControlClient,
+    ports: &[u16],
+    engine: &mut TraceProbing,
+) -> anyhow::Result<()> {
+    match c
+        .call(
+            &ControlMsg::TraceArrivals {
+                ports: ports.to_vec(),
+            },
+            Duration::from_secs(15),
+        )
+        .await?
+    {
+        ControlMsg::TraceArrived { arrivals } => {
+            for a in arrivals {
+                for ttl in a.ttls {
+                    engine.handle_input(
+                        TraceInput::Arrived {
+                            port: a.port,
+                            ttl,
+                            attempt: u8::MAX,
+                        },
+                        Instant::now(),
+                    );
+                }
+            }
+            Ok(())
+        }
+        other => bail!("unexpected answer to trace_arrivals: {other:?}"),
+    }
 }
 
 /// What the receivers learned beyond the engine's inputs.
@@ -386,6 +465,8 @@ struct Collected {
     down_arrived: BTreeMap<u16, BTreeSet<u8>>,
     /// Upstream: the header each hop quoted, by (port, TTL).
     quoted: BTreeMap<(u16, u8), QuotedHeader>,
+    /// Downstream: DSCP/ECN each hop quoted, as the server read them.
+    down_marks: BTreeMap<u16, BTreeMap<u8, (u8, u8)>>,
 }
 
 impl Collected {
@@ -394,6 +475,7 @@ impl Collected {
             token,
             down_arrived: BTreeMap::new(),
             quoted: BTreeMap::new(),
+            down_marks: BTreeMap::new(),
         }
     }
 
@@ -441,7 +523,13 @@ impl Collected {
         }
     }
 
-    fn downstream_traces(&self, ports: &[u16], results: &[TraceSendResult]) -> Vec<PortTrace> {
+    /// Downstream: the DSCP/ECN each hop quoted for `port`'s probes, as
+    /// the server read them (`ttl -> (dscp, ecn)`).
+    fn down_quoted(&self, port: u16) -> BTreeMap<u8, (u8, u8)> {
+        self.down_marks.get(&port).cloned().unwrap_or_default()
+    }
+
+    fn downstream_traces(&mut self, ports: &[u16], results: &[TraceSendResult]) -> Vec<PortTrace> {
         ports
             .iter()
             .map(|&port| {
@@ -454,6 +542,12 @@ impl Collected {
                     for h in &r.hops {
                         let rtt = Some(Duration::from_micros(h.rtt_us));
                         t.hops.insert(h.ttl, HopAnswer::from_icmp(&h.icmp, rtt));
+                        if let (Some(d), Some(e)) = (h.dscp, h.ecn) {
+                            self.down_marks
+                                .entry(port)
+                                .or_default()
+                                .insert(h.ttl, (d, e));
+                        }
                     }
                 }
                 for &ttl in self.down_arrived.get(&port).into_iter().flatten() {

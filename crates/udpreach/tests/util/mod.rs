@@ -141,6 +141,54 @@ impl RawSession {
         s
     }
 
+    /// An authenticated session (the client's half of the handshake is the
+    /// engine's `ClientHandshake`); returns it with the session key.
+    pub fn connect_keyed(
+        host: &Host,
+        server: std::net::SocketAddr,
+        key: &udpreach_wire::auth::SharedKey,
+    ) -> (RawSession, udpreach_wire::auth::DerivedKey) {
+        use std::io::{Read, Write};
+        use std::time::Instant;
+        use udpreach_engine::client_handshake::{ClientHandshake, HandshakeEvent};
+        use udpreach_engine::Engine;
+        use udpreach_wire::control::PREAMBLE;
+        let mut stream = host.enter(move || std::net::TcpStream::connect(server).expect("connect"));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut hs = ClientHandshake::new(Some(key.clone()), [7; 32], "test".into());
+        let mut out = PREAMBLE.to_vec();
+        while let Some(m) = hs.poll_transmit(Instant::now()) {
+            out.extend(m.to_frame());
+        }
+        stream.write_all(&out).expect("hello");
+        let mut pre = [0u8; 8];
+        stream.read_exact(&mut pre).expect("preamble");
+        assert_eq!(&pre, PREAMBLE);
+        let mut s = RawSession {
+            stream,
+            token: 0,
+            buf: Vec::new(),
+        };
+        for _ in 0..8 {
+            let m = s.recv();
+            hs.handle_input(m, Instant::now());
+            while let Some(m) = hs.poll_transmit(Instant::now()) {
+                s.send(&m);
+            }
+            match hs.poll_event() {
+                Some(HandshakeEvent::Welcome(w)) => {
+                    s.token = w.token;
+                    return (s, w.session_key.expect("a keyed session has a key"));
+                }
+                Some(HandshakeEvent::Failed(why)) => panic!("handshake failed: {why:?}"),
+                None => {}
+            }
+        }
+        panic!("no welcome after 8 messages");
+    }
+
     pub fn send(&mut self, msg: &udpreach_wire::control::ControlMsg) {
         use std::io::Write;
         self.stream.write_all(&msg.to_frame()).expect("send");
