@@ -9,7 +9,7 @@
 //! module says, to the target asked for: listen on loopback (the default)
 //! or behind a firewall, as with blackbox_exporter.
 
-use super::checks::{self, PingTarget, PortsTarget};
+use super::checks::{self, MtuTarget, PingTarget, PortsTarget};
 use super::config::Module;
 use super::metrics::Metrics;
 use super::results::ResultSink;
@@ -203,6 +203,19 @@ async fn probe(query: &str, ep: &Endpoint, openmetrics: bool) -> Response<Full<B
                 key,
             };
             checks::ports(t, tm, ResultSink::none(), false).await;
+        }
+        Module::Mtu { mtu, key_file } => {
+            let key = match key_of(&key_file) {
+                Ok(k) => k,
+                Err(e) => return plain(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+            };
+            let t = MtuTarget {
+                name: target,
+                group: name,
+                check: mtu,
+                key,
+            };
+            checks::mtu(t, tm, ResultSink::none(), false).await;
         }
     }
     let (body, ctype) = metrics.encode_as(openmetrics);
