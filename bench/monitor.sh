@@ -7,14 +7,16 @@
 # address answering them all.
 #
 # Usage: bench/monitor.sh [TARGETS] [SECONDS]   (default 1000 targets, 60 s)
-# BEFORE=/path/to/an/older/udpreach adds a row for that binary (same run).
+# BEFORE=/path/to/an/older/udpreach adds a row for that binary (same run);
+# BIN_GIVEN=1 BIN=/path/to/udpreach measures a binary built earlier.
 # Each row prints the load average when its measurement ended: the machine
 # may be shared, so compare rows of one run, never across runs.
 source "$(dirname "$0")/lib.sh"
 need prometheus prometheus-blackbox-exporter python3
 N=${1:-1000}
 SECS=${2:-60}
-(cd "$ROOT" && cargo build --release -q -p udpreach --bin udpreach)
+# BIN=/path/to/udpreach measures that binary instead of building this tree.
+[ -n "${BIN_GIVEN:-}" ] || (cd "$ROOT" && cargo build --release -q -p udpreach --bin udpreach)
 setup_pair
 machine
 WORK=$(mktemp -d)
@@ -132,8 +134,10 @@ start_prometheus "$WORK/prom-blackbox.yml" 9091 "$WORK/d-bb"
 sleep 5
 measure "$BB" "blackbox_exporter icmp (/probe each 1s)"
 prom_value() { # query (URL-encoded)
-  http_get 9091 "/api/v1/query?query=$1" | tail -1 |
-    python3 -c "import json,sys; r=json.load(sys.stdin)['data']['result']; print(round(float(r[0]['value'][1])) if r else '?')" 2>/dev/null || echo '?'
+  http_get 9091 "/api/v1/query?query=$1" | tail -1 | python3 -c '
+import json, sys
+r = json.load(sys.stdin)["data"]["result"]
+print(round(float(r[0]["value"][1])) if r else "?")'
 }
 echo "  probes in the last ${SECS}s: $(prom_value "sum(count_over_time(probe_success%5B${SECS}s%5D))"), successful: $(prom_value "sum(sum_over_time(probe_success%5B${SECS}s%5D))")"
 stop "$BB"; stop "$PROM"

@@ -605,3 +605,64 @@ fn stamp_check_splits_loss_against_stateful_reflectors_only() {
         "{body}"
     );
 }
+
+/// The mtu check (issue 13): behind a router whose link to the server has
+/// an MTU of 1400, `udpreach_path_mtu_bytes` shows 1400 each way (upstream
+/// from the router's frag-needed, downstream the server's own interface),
+/// in the agent's series and in a `/probe` mtu module.
+#[test]
+fn mtu_check_shows_the_path_mtu_each_way() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::routed();
+    let _server = start_server(lab.server(), &[]);
+    lab.set_link_mtu("r-s", 1400);
+    let s = lab.server().ip4().to_string();
+    let scratch = Scratch::new("monitor-mtu");
+    let cfg = scratch.file(
+        "monitor.toml",
+        &format!(
+            "listen = \"{AGENT}\"\n[[group]]\nname = \"lab\"\ntargets = [\"{s}\"]\n[group.mtu]\nevery = \"10s\"\n[module.mtu]\ncheck = \"mtu\"\n"
+        ),
+    );
+    let agent = start_agent(
+        lab.client(),
+        &["--config".into(), cfg.display().to_string()],
+    );
+    let base = format!("target=\"{s}\",group=\"lab\"");
+    let series = |d: &str| format!("udpreach_path_mtu_bytes{{{base},direction=\"{d}\"}}");
+    assert!(
+        wait_until(Duration::from_secs(30), || sample(
+            &metrics(lab.client()),
+            &format!("udpreach_check_success{{{base},check=\"mtu\"}}")
+        )
+        .is_some()),
+        "no mtu check:\n{}\n{}",
+        metrics(lab.client()),
+        agent.stderr_so_far()
+    );
+    let m = metrics(lab.client());
+    assert_eq!(sample(&m, &series("upstream")), Some(1400.0), "{m}");
+    assert_eq!(sample(&m, &series("downstream")), Some(1400.0), "{m}");
+    assert_eq!(sample(&m, &series("round_trip")), None, "{m}");
+    assert_eq!(
+        sample(
+            &m,
+            &format!("udpreach_check_success{{{base},check=\"mtu\"}}")
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    let (status, body) =
+        http_get(lab.client(), AGENT, format!("/probe?target={s}&module=mtu")).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        sample(
+            &body,
+            &format!("udpreach_path_mtu_bytes{{target=\"{s}\",direction=\"upstream\"}}")
+        ),
+        Some(1400.0),
+        "{body}"
+    );
+}

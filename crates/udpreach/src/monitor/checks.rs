@@ -1,16 +1,18 @@
 //! The monitor's checks: thin adapters that drive the existing engines
 //! ([`PingSession`] for ping, [`StampSender`] for STAMP, [`Sweep`] for
-//! ports) with the monitor's sockets and feed what they conclude into
+//! ports, `udpreach mtu`'s driver of `MtuSearch` for mtu) with the monitor's sockets and feed what they conclude into
 //! metrics and the results stream. Ping and STAMP share one window driver
 //! ([`run_windows`]): the same series, the same loss accounting.
 
-use super::config::{PingCheck, PortsCheck};
-use super::metrics::{CheckSeries, PingSeries, TargetMetrics};
-use super::results::{Outcome, PingResult, PortsResult, ResultSink};
+use super::config::{MtuCheck, PingCheck, PortsCheck};
+use super::metrics::{CheckSeries, PingSeries, TargetMetrics, MTU_DIRECTIONS};
+use super::results::{unix_now, Outcome, PathMtuResult, PingResult, PortsResult, ResultSink};
 use crate::control_client::ControlClient;
+use crate::mtu::Measured;
 use crate::ping::payload::{PayloadBuilder, Reply};
 use crate::platform::{canonical, realtime_ns, AsyncUdp, Received, UdpOptions};
 use crate::ports::{drive, Ending, SweepIo};
+use crate::report::mtu::MtuReport;
 use crate::target::{resolve_async_port, unspecified_for, Family};
 use anyhow::Context;
 use std::collections::{BTreeMap, VecDeque};
@@ -229,6 +231,9 @@ struct Run<'a> {
 /// One window's engine as the window driver ([`run_windows`]) sees it:
 /// ping's [`PingSession`] with our payload, or the STAMP [`StampSender`].
 trait ProbeWindow {
+    type Engine: Engine;
+    fn engine(&self) -> &Self::Engine;
+    fn engine_mut(&mut self) -> &mut Self::Engine;
     /// The next probe due at `now`: its seq and bytes.
     fn poll_probe(&mut self, now: Instant) -> Option<(u64, &[u8])>;
     /// The probe left at `at`.
@@ -240,10 +245,7 @@ trait ProbeWindow {
     /// probes, and which (`Some(None)`: ours, seq unknown).
     fn quoted(&self, quoted: &[u8]) -> Option<Option<u64>>;
     fn icmp(&mut self, seq: Option<u64>, report: IcmpReport, at: Instant);
-    fn handle_timeout(&mut self, now: Instant);
-    fn poll_timeout(&self) -> Option<Instant>;
     fn poll_event(&mut self) -> Option<PingEvent>;
-    fn is_done(&self) -> bool;
     fn summary(&self) -> PingSummary;
 }
 
@@ -254,6 +256,13 @@ struct PingWindow {
 }
 
 impl ProbeWindow for PingWindow {
+    type Engine = PingSession;
+    fn engine(&self) -> &PingSession {
+        &self.session
+    }
+    fn engine_mut(&mut self) -> &mut PingSession {
+        &mut self.session
+    }
     fn poll_probe(&mut self, now: Instant) -> Option<(u64, &[u8])> {
         let seq = self.session.poll_transmit(now)?;
         self.builder.build(seq, realtime_ns(), &mut self.packet);
@@ -291,17 +300,8 @@ impl ProbeWindow for PingWindow {
         self.session
             .handle_input(PingInput::IcmpError { seq, report }, at);
     }
-    fn handle_timeout(&mut self, now: Instant) {
-        self.session.handle_timeout(now);
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.session.poll_timeout()
-    }
     fn poll_event(&mut self) -> Option<PingEvent> {
         self.session.poll_event()
-    }
-    fn is_done(&self) -> bool {
-        self.session.is_done()
     }
     fn summary(&self) -> PingSummary {
         self.session.summary()
@@ -319,6 +319,13 @@ struct StampWindow {
 }
 
 impl ProbeWindow for StampWindow {
+    type Engine = StampSender;
+    fn engine(&self) -> &StampSender {
+        &self.sender
+    }
+    fn engine_mut(&mut self) -> &mut StampSender {
+        &mut self.sender
+    }
     fn poll_probe(&mut self, now: Instant) -> Option<(u64, &[u8])> {
         let t = self.sender.poll_transmit(now)?;
         self.packet = t.data;
@@ -351,12 +358,6 @@ impl ProbeWindow for StampWindow {
         self.sender
             .handle_input(StampInput::Icmp { seq, report }, at);
     }
-    fn handle_timeout(&mut self, now: Instant) {
-        self.sender.handle_timeout(now);
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.sender.poll_timeout()
-    }
     fn poll_event(&mut self) -> Option<PingEvent> {
         loop {
             match self.sender.poll_event()? {
@@ -364,9 +365,6 @@ impl ProbeWindow for StampWindow {
                 StampEvent::Ignored { .. } => {}
             }
         }
-    }
-    fn is_done(&self) -> bool {
-        self.sender.is_done()
     }
     fn summary(&self) -> PingSummary {
         self.sender.summary()
@@ -558,15 +556,15 @@ async fn run_windows<W: ProbeWindow>(
         }
         let now = Instant::now();
         for w in windows.iter_mut() {
-            if w.probe.poll_timeout().is_some_and(|at| at <= now) {
-                w.probe.handle_timeout(now);
+            if w.probe.engine().poll_timeout().is_some_and(|at| at <= now) {
+                w.probe.engine_mut().handle_timeout(now);
             }
             report_events(w, run);
         }
         // Windows done (every probe answered or timed out) fold into the totals.
         while windows.len() > 1 || t.count.is_some() {
             let Some(w) = windows.front_mut() else { break };
-            if !w.probe.is_done() {
+            if !w.probe.engine().is_done() {
                 break;
             }
             let s = w.probe.summary();
@@ -600,7 +598,7 @@ async fn run_windows<W: ProbeWindow>(
             wake = wake.min(at);
         }
         for w in &windows {
-            if let Some(at) = w.probe.poll_timeout() {
+            if let Some(at) = w.probe.engine().poll_timeout() {
                 wake = wake.min(at);
             }
         }
@@ -653,17 +651,47 @@ pub struct PortsTarget {
 /// Longest one sweep may take before it counts as failed.
 pub const MAX_SWEEP: Duration = Duration::from_secs(120);
 
-/// Runs one ports sweep and records it; `repeat` runs it every `check.every`.
-pub async fn ports(t: PortsTarget, m: TargetMetrics, sink: ResultSink, repeat: bool) {
+/// Runs `once` against the target now and, with `repeat`, every `every`
+/// (a target that does not resolve is retried as ping's are).
+async fn periodic<F, Fut>(
+    name: &str,
+    m: &TargetMetrics,
+    check: &str,
+    repeat: bool,
+    every: Duration,
+    mut once: F,
+) where
+    F: FnMut(SocketAddr, Instant) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     loop {
         let started = Instant::now();
-        let server = resolve(&t.name, crate::cli::DEFAULT_PORT, &m, repeat, "ports").await;
+        let server = resolve(name, crate::cli::DEFAULT_PORT, m, repeat, check).await;
         if let Some(server) = server {
-            let limit = if repeat {
-                t.check.every.min(MAX_SWEEP)
-            } else {
-                MAX_SWEEP
-            };
+            once(server, started).await;
+        }
+        if !repeat {
+            return;
+        }
+        tokio::time::sleep_until((started + every).into()).await;
+    }
+}
+
+/// Runs one ports sweep and records it; `repeat` runs it every `check.every`.
+pub async fn ports(t: PortsTarget, m: TargetMetrics, sink: ResultSink, repeat: bool) {
+    let limit = if repeat {
+        t.check.every.min(MAX_SWEEP)
+    } else {
+        MAX_SWEEP
+    };
+    let (t, m, sink) = (&t, &m, &sink);
+    periodic(
+        &t.name,
+        m,
+        "ports",
+        repeat,
+        t.check.every,
+        |server, started| async move {
             let res = tokio::time::timeout(limit, sweep_once(server, &t.check, t.key.as_ref()))
                 .await
                 .unwrap_or_else(|_| Err(anyhow::anyhow!("sweep took longer than {limit:?}")));
@@ -689,12 +717,88 @@ pub async fn ports(t: PortsTarget, m: TargetMetrics, sink: ResultSink, repeat: b
             }
             m.check("ports", all_ok, Some(took));
             sink.ports(PortsResult::new(&t.name, &t.group, &counts, took, error));
-        }
-        if !repeat {
-            return;
-        }
-        tokio::time::sleep_until((started + t.check.every).into()).await;
-    }
+        },
+    )
+    .await;
+}
+
+/// One target's mtu check.
+pub struct MtuTarget {
+    pub name: String,
+    pub group: String,
+    pub check: MtuCheck,
+    pub key: Option<SharedKey>,
+}
+
+/// Longest one mtu check may take before it counts as failed.
+pub const MAX_MTU_CHECK: Duration = Duration::from_secs(60);
+
+/// Measures the path MTU as `udpreach mtu` does (each direction against a
+/// udpreach server, else the round trip through the echo port; no fragment
+/// test) and records it; `repeat` runs it every `check.every`.
+pub async fn mtu(t: MtuTarget, m: TargetMetrics, sink: ResultSink, repeat: bool) {
+    let (t, m, sink) = (&t, &m, &sink);
+    periodic(
+        &t.name,
+        m,
+        "mtu",
+        repeat,
+        t.check.every,
+        |target, started| async move {
+            let args = crate::cli::MtuArgs {
+                target: t.name.clone(),
+                control: None,
+                echo: false,
+                ipv4: false,
+                ipv6: false,
+                probes: t.check.probes,
+                timeout: None,
+                no_fragments: true,
+                output: crate::cli::OutputArgs {
+                    quiet: true,
+                    json: false,
+                    json_lines: false,
+                },
+                key: crate::cli::KeyArgs { key_file: None },
+            };
+            let report = MtuReport::silent(t.name.clone(), target);
+            let measured = crate::mtu::measure(target, &args, t.key.as_ref(), &report);
+            let res = tokio::time::timeout(MAX_MTU_CHECK, measured)
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("took longer than {MAX_MTU_CHECK:?}")));
+            let took = started.elapsed().as_secs_f64();
+            // upstream, downstream, round trip (the order of MTU_DIRECTIONS).
+            let (found, error) = match res {
+                Ok(found) => match found.paths {
+                    Measured::Directions { up, down } => {
+                        ([up.result.mtu, down.result.mtu, None], None)
+                    }
+                    Measured::RoundTrip(rt) => ([None, None, rt.result.mtu], None),
+                },
+                Err(e) => {
+                    tracing::warn!("monitor: mtu {}: {e:#}", t.name);
+                    ([None; 3], Some(format!("{e:#}")))
+                }
+            };
+            for (direction, mtu) in MTU_DIRECTIONS.iter().zip(found) {
+                m.set_path_mtu(direction, mtu);
+            }
+            let [up, down, round_trip] = found;
+            let ok = error.is_none() && (round_trip.is_some() || (up.is_some() && down.is_some()));
+            m.check("mtu", ok, Some(took));
+            sink.mtu(PathMtuResult {
+                time: unix_now(),
+                target: t.name.clone(),
+                group: t.group.clone(),
+                upstream: up,
+                downstream: down,
+                round_trip,
+                duration_s: took,
+                error,
+            });
+        },
+    )
+    .await;
 }
 
 /// One sweep of `check.spec` against the udpreach server at `server`, as

@@ -57,6 +57,16 @@ pub struct Group {
     /// (default port 862; authenticated mode with `key_file`).
     pub stamp: Option<PingCheck>,
     pub ports: Option<PortsCheck>,
+    pub mtu: Option<MtuCheck>,
+}
+
+/// A path MTU measurement (as `udpreach mtu`, without the fragment test)
+/// every `every`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MtuCheck {
+    pub every: Duration,
+    /// Datagrams per size and round.
+    pub probes: u32,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -87,6 +97,10 @@ pub enum Module {
     },
     Ports {
         ports: PortsCheck,
+        key_file: Option<PathBuf>,
+    },
+    Mtu {
+        mtu: MtuCheck,
         key_file: Option<PathBuf>,
     },
 }
@@ -127,6 +141,14 @@ struct RawGroup {
     ping: Option<RawPing>,
     stamp: Option<RawPing>,
     ports: Option<RawPorts>,
+    mtu: Option<RawMtu>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMtu {
+    every: Option<String>,
+    probes: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -157,6 +179,7 @@ struct RawModule {
     dscp: Option<i64>,
     spec: Option<String>,
     retries: Option<i64>,
+    probes: Option<i64>,
     key_file: Option<PathBuf>,
 }
 
@@ -255,6 +278,29 @@ impl PingCheck {
             })?;
         }
         Ok(check)
+    }
+}
+
+impl MtuCheck {
+    fn from_raw(
+        key: &str,
+        every: Option<String>,
+        probes: Option<i64>,
+    ) -> Result<Self, ConfigError> {
+        let every = match every {
+            Some(s) => duration(
+                &format!("{key}.every"),
+                &s,
+                Duration::from_secs(10),
+                Duration::from_secs(86_400),
+            )?,
+            None => Duration::from_secs(600),
+        };
+        let probes = probes
+            .map(|n| number(&format!("{key}.probes"), n, 1, 4))
+            .transpose()?
+            .unwrap_or(2);
+        Ok(MtuCheck { every, probes })
     }
 }
 
@@ -376,10 +422,14 @@ impl Config {
                 .ports
                 .map(|p| PortsCheck::from_raw(&format!("{key}.ports"), &p.spec, p.every, p.retries))
                 .transpose()?;
-            if ping.is_none() && stamp.is_none() && ports.is_none() {
+            let mtu = g
+                .mtu
+                .map(|m| MtuCheck::from_raw(&format!("{key}.mtu"), m.every, m.probes))
+                .transpose()?;
+            if ping.is_none() && stamp.is_none() && ports.is_none() && mtu.is_none() {
                 return Err(err(
                     &key,
-                    "no check: add [group.ping], [group.stamp] and/or [group.ports]",
+                    "no check: add [group.ping], [group.stamp], [group.ports] and/or [group.mtu]",
                 ));
             }
             if ping.is_some() && stamp.is_some() {
@@ -404,6 +454,7 @@ impl Config {
                 ping,
                 stamp,
                 ports,
+                mtu,
             });
         }
         let mut modules = BTreeMap::new();
@@ -411,8 +462,11 @@ impl Config {
             let key = format!("module.{name}");
             let module = match m.check.as_str() {
                 check @ ("ping" | "stamp") => {
-                    if m.spec.is_some() || m.retries.is_some() {
-                        return Err(err(&key, "spec and retries are for ports modules"));
+                    if m.spec.is_some() || m.retries.is_some() || m.probes.is_some() {
+                        return Err(err(
+                            &key,
+                            "spec and retries are for ports modules, probes for mtu modules",
+                        ));
                     }
                     let raw = RawPing {
                         interval: m.interval.or(Some("100ms".into())),
@@ -449,6 +503,7 @@ impl Config {
                         || m.interval.is_some()
                         || m.size.is_some()
                         || m.dscp.is_some()
+                        || m.probes.is_some()
                     {
                         return Err(err(
                             &key,
@@ -471,10 +526,26 @@ impl Config {
                         key_file: m.key_file,
                     }
                 }
+                "mtu" => {
+                    if m.count.is_some()
+                        || m.interval.is_some()
+                        || m.timeout.is_some()
+                        || m.size.is_some()
+                        || m.dscp.is_some()
+                        || m.spec.is_some()
+                        || m.retries.is_some()
+                    {
+                        return Err(err(&key, "an mtu module takes probes and key_file only"));
+                    }
+                    Module::Mtu {
+                        mtu: MtuCheck::from_raw(&key, None, m.probes)?,
+                        key_file: m.key_file,
+                    }
+                }
                 other => {
                     return Err(err(
                         &format!("{key}.check"),
-                        format!("'{other}' is not ping, stamp or ports"),
+                        format!("'{other}' is not ping, stamp, ports or mtu"),
                     ))
                 }
             };
@@ -513,6 +584,7 @@ impl Config {
                 ping: Some(ping),
                 stamp: None,
                 ports: None,
+                mtu: None,
             }],
             modules,
         }
@@ -570,6 +642,10 @@ mod tests {
         );
         let e = error_of("[[group]]\nname='a'\ntargets=['h']\n[group.stamp]\nsize=46\n");
         assert!(e.contains("group[0].stamp.size") && e.contains("44"), "{e}");
+        let e = error_of("[[group]]\nname='a'\ntargets=['h']\n[group.mtu]\nevery='1s'\n");
+        assert!(e.contains("group[0].mtu.every"), "{e}");
+        let e = error_of("[module.x]\ncheck='mtu'\nprobes=9\n");
+        assert!(e.contains("module.x.probes"), "{e}");
         let e = error_of("[module.x]\ncheck='trace'\n");
         assert!(e.contains("module.x.check"), "{e}");
         let e = error_of("[module.x]\ncheck='ping'\ncount=1000\n");

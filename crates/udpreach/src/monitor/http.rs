@@ -9,7 +9,7 @@
 //! module says, to the target asked for: listen on loopback (the default)
 //! or behind a firewall, as with blackbox_exporter.
 
-use super::checks::{self, PingTarget, PortsTarget};
+use super::checks::{self, MtuTarget, PingTarget, PortsTarget};
 use super::config::Module;
 use super::metrics::Metrics;
 use super::results::ResultSink;
@@ -164,22 +164,22 @@ async fn probe(query: &str, ep: &Endpoint, openmetrics: bool) -> Response<Full<B
     };
     let metrics = Metrics::for_probe();
     let tm = metrics.target(vec![("target".into(), target.clone())]);
-    let key_of = |f: &Option<std::path::PathBuf>| {
-        crate::shared_key::load(&crate::cli::KeyArgs {
-            key_file: f.clone(),
-        })
+    let key_file = match &m {
+        Module::Ping { key_file, .. }
+        | Module::Ports { key_file, .. }
+        | Module::Mtu { key_file, .. } => key_file.clone(),
+    };
+    let key = match crate::shared_key::load(&crate::cli::KeyArgs { key_file }) {
+        Ok(k) => k,
+        Err(e) => return plain(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
     };
     match m {
         Module::Ping {
             prober,
             ping,
             count,
-            key_file,
+            ..
         } => {
-            let key = match key_of(&key_file) {
-                Ok(k) => k,
-                Err(e) => return plain(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
-            };
             let bound = ping.interval * count as u32 + ping.timeout + Duration::from_secs(5);
             let t = PingTarget {
                 name: target,
@@ -191,11 +191,7 @@ async fn probe(query: &str, ep: &Endpoint, openmetrics: bool) -> Response<Full<B
             };
             let _ = tokio::time::timeout(bound, checks::ping(t, tm, ResultSink::none())).await;
         }
-        Module::Ports { ports, key_file } => {
-            let key = match key_of(&key_file) {
-                Ok(k) => k,
-                Err(e) => return plain(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
-            };
+        Module::Ports { ports, .. } => {
             let t = PortsTarget {
                 name: target,
                 group: name,
@@ -203,6 +199,15 @@ async fn probe(query: &str, ep: &Endpoint, openmetrics: bool) -> Response<Full<B
                 key,
             };
             checks::ports(t, tm, ResultSink::none(), false).await;
+        }
+        Module::Mtu { mtu, .. } => {
+            let t = MtuTarget {
+                name: target,
+                group: name,
+                check: mtu,
+                key,
+            };
+            checks::mtu(t, tm, ResultSink::none(), false).await;
         }
     }
     let (body, ctype) = metrics.encode_as(openmetrics);

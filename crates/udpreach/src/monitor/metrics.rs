@@ -28,8 +28,9 @@ pub const RTT_BUCKETS: [f64; 17] = [
 
 /// Loss directions: from the server's counters when it reports them.
 pub const DIRECTIONS: [&str; 3] = ["upstream", "downstream", "unknown"];
-/// Path MTU directions: client to server, server to client.
-pub const MTU_DIRECTIONS: [&str; 2] = ["upstream", "downstream"];
+/// Path MTU directions: to the server, back from it, or the round trip
+/// (through an echo port, when the target cannot measure each way).
+pub const MTU_DIRECTIONS: [&str; 3] = ["upstream", "downstream", "round_trip"];
 /// The checks a target can have.
 pub const CHECKS: [&str; 4] = ["ping", "ports", "stamp", "mtu"];
 
@@ -149,7 +150,7 @@ impl Metrics {
         );
         r.register(
             "udpreach_path_mtu_bytes",
-            "Path MTU from the last mtu check, by direction (upstream: to the target)",
+            "Path MTU from the last mtu check: upstream (to the target), downstream, or round_trip (an echo server)",
             m.path_mtu.clone(),
         );
         r.register(
@@ -342,6 +343,20 @@ impl TargetMetrics {
         self.check_series(check).set(success, duration_s);
     }
 
+    /// Sets `udpreach_path_mtu_bytes{direction}`; `None` removes the series
+    /// (that direction could not be measured).
+    pub fn set_path_mtu(&self, direction: &str, mtu: Option<u32>) {
+        let l = self.with("direction", direction);
+        match mtu {
+            Some(v) => {
+                self.m.path_mtu.get_or_create(&l).set(i64::from(v));
+            }
+            None => {
+                self.m.path_mtu.remove(&l);
+            }
+        }
+    }
+
     pub fn set_resolved(&self, ok: bool) {
         self.m.resolved.get_or_create(&self.base).set(i64::from(ok));
     }
@@ -417,6 +432,10 @@ mod tests {
         t.set_ports(&[]);
         t.check("ports", false, Some(1.0));
         t.check_series("stamp").set(true, Some(0.001));
+        t.set_path_mtu("upstream", Some(1400));
+        assert!(m.encode().contains(
+            "udpreach_path_mtu_bytes{target=\"a\",group=\"g\",direction=\"upstream\"} 1400"
+        ));
         t.forget();
         let text = m.encode();
         assert!(!text.contains("target=\"a\""), "{text}");

@@ -33,6 +33,7 @@ struct TargetSpec {
     ping: Option<PingCheck>,
     stamp: Option<PingCheck>,
     ports: Option<config::PortsCheck>,
+    mtu: Option<config::MtuCheck>,
 }
 
 struct Running {
@@ -88,6 +89,7 @@ impl Agent {
                     ping: g.ping.clone(),
                     stamp: g.stamp.clone(),
                     ports: g.ports.clone(),
+                    mtu: g.mtu.clone(),
                 };
                 wanted.insert((g.name.clone(), t.clone()), (spec, g));
             }
@@ -137,6 +139,20 @@ impl Agent {
                     key: key.clone(),
                 };
                 tasks.push(tokio::spawn(checks::ports(
+                    t,
+                    tm.clone(),
+                    self.sink.clone(),
+                    true,
+                )));
+            }
+            if let Some(c) = &spec.mtu {
+                let t = checks::MtuTarget {
+                    name: id.1.clone(),
+                    group: group.name.clone(),
+                    check: c.clone(),
+                    key: key.clone(),
+                };
+                tasks.push(tokio::spawn(checks::mtu(
                     t,
                     tm.clone(),
                     self.sink.clone(),

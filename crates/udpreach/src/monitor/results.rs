@@ -30,6 +30,26 @@ pub enum MonitorResult {
     /// A STAMP probe: the same fields as a ping probe.
     Stamp(PingResult),
     Ports(PortsResult),
+    Mtu(PathMtuResult),
+}
+
+/// One mtu check: the path MTU each way (a udpreach server), or the round
+/// trip (an echo server); `null` where it could not be measured.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct PathMtuResult {
+    pub time: f64,
+    pub target: String,
+    pub group: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub downstream: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub round_trip: Option<u32>,
+    pub duration_s: f64,
+    /// Why the check failed (no server, lost control connection...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -57,7 +77,7 @@ pub struct PortsResult {
     pub error: Option<String>,
 }
 
-fn unix_now() -> f64 {
+pub fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
@@ -143,5 +163,9 @@ impl ResultSink {
 
     pub fn ports(&self, r: PortsResult) {
         self.write(&MonitorResult::Ports(r));
+    }
+
+    pub fn mtu(&self, r: PathMtuResult) {
+        self.write(&MonitorResult::Mtu(r));
     }
 }

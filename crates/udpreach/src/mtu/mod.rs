@@ -76,6 +76,50 @@ enum Mode {
 pub async fn run(args: MtuArgs) -> anyhow::Result<u8> {
     let family = Family::from_flags(args.ipv4, args.ipv6);
     let target = resolve_async(&args.target, family).await?;
+    let report = MtuReport {
+        format: args.output.format(),
+        quiet: args.output.quiet,
+        target_name: args.target.clone(),
+        target,
+    };
+    let shared_key = crate::shared_key::load(&args.key)?;
+    let m = measure(target, &args, shared_key.as_ref(), &report).await?;
+    Ok(match &m.paths {
+        Measured::Directions { up, down } => {
+            report.print_directions(up, down, m.elapsed, m.probes_sent);
+            exit_code(&[up, down])
+        }
+        Measured::RoundTrip(rt) => {
+            report.print_round_trip(rt, m.elapsed, m.probes_sent);
+            exit_code(&[rt])
+        }
+    })
+}
+
+/// What one measurement found.
+pub struct Measurement {
+    pub paths: Measured,
+    pub probes_sent: u64,
+    pub elapsed: Duration,
+}
+
+/// Each direction (a udpreach server with the "mtu" capability) or the
+/// round trip (an echo server).
+pub enum Measured {
+    Directions { up: Direction, down: Direction },
+    RoundTrip(Direction),
+}
+
+/// Measures the path MTU towards `target` as `args` says (its target,
+/// output and key fields are not read: `shared_key` is the key), reporting
+/// progress through `report`; `udpreach mtu` prints the result, the
+/// monitor's mtu check exports it.
+pub async fn measure(
+    target: SocketAddr,
+    args: &MtuArgs,
+    shared_key: Option<&SharedKey>,
+    report: &MtuReport,
+) -> anyhow::Result<Measurement> {
     let v6 = target.is_ipv6();
     let route_mtu = errqueue::route_mtu(target)
         .with_context(|| format!("cannot find the route MTU towards {target}"))?;
@@ -90,14 +134,7 @@ pub async fn run(args: MtuArgs) -> anyhow::Result<u8> {
         .context("cannot open the UDP probe socket")?;
     udp.set_pmtu_mode(PmtuMode::Probe)
         .context("cannot set Don't Fragment on the probe socket")?;
-    let report = MtuReport {
-        format: args.output.format(),
-        quiet: args.output.quiet,
-        target_name: args.target.clone(),
-        target,
-    };
     let started = Instant::now();
-    let shared_key = crate::shared_key::load(&args.key)?;
     let (mode, rtt, token, session_key) = if args.echo {
         (Mode::Echo, None, rand::random(), None)
     } else {
@@ -105,7 +142,7 @@ pub async fn run(args: MtuArgs) -> anyhow::Result<u8> {
         if let Some(p) = args.control {
             control.set_port(p);
         }
-        match open_server(control, &report, shared_key.as_ref()).await? {
+        match open_server(control, report, shared_key).await? {
             Some((mode, rtt, token, key)) => (mode, Some(rtt), token, key),
             None => (Mode::Echo, None, rand::random(), None),
         }
@@ -113,7 +150,7 @@ pub async fn run(args: MtuArgs) -> anyhow::Result<u8> {
     // Through the echo port a keyed server wants probes tagged as ping's are.
     let key = match &mode {
         Mode::Server { .. } => session_key,
-        Mode::Echo => shared_key.as_ref().map(|k| k.ping_key(token)),
+        Mode::Echo => shared_key.map(|k| k.ping_key(token)),
     };
     let mut p = ProbeSocket {
         udp,
@@ -125,23 +162,26 @@ pub async fn run(args: MtuArgs) -> anyhow::Result<u8> {
         buf: vec![0u8; 65536],
         sent: 0,
     };
-    let code = match mode {
-        Mode::Echo => run_echo(&mut p, &args, &report, target, local_mtu).await?,
+    let paths = match mode {
+        Mode::Echo => Measured::RoundTrip(run_echo(&mut p, args, report, target, local_mtu).await?),
         Mode::Server {
             mut ctl,
             mtu_port,
             server_mtu,
         } => {
             let (up, down) = run_server(
-                &mut p, &args, &mut ctl, target, mtu_port, local_mtu, server_mtu, rtt, &report,
+                &mut p, args, &mut ctl, target, mtu_port, local_mtu, server_mtu, rtt, report,
             )
             .await?;
             let _ = ctl.bye().await;
-            report.print_directions(&up, &down, started.elapsed(), p.sent);
-            exit_code(&[&up, &down])
+            Measured::Directions { up, down }
         }
     };
-    Ok(code)
+    Ok(Measurement {
+        paths,
+        probes_sent: p.sent,
+        elapsed: started.elapsed(),
+    })
 }
 
 /// Round trip through an echo port (the port in HOST:PORT).
@@ -151,8 +191,7 @@ async fn run_echo(
     report: &MtuReport,
     target: SocketAddr,
     local_mtu: u32,
-) -> anyhow::Result<u8> {
-    let started = Instant::now();
+) -> anyhow::Result<Direction> {
     let rtt = echo_rtt(p, target)
         .await
         .with_context(|| format!("no answer from the echo port {target}"))?;
@@ -168,9 +207,7 @@ async fn run_echo(
         reply: echoed,
     };
     drive(p, &mut s, far).await?;
-    let rt = direction(&s, p.v6);
-    report.print_round_trip(&rt, started.elapsed(), p.sent);
-    Ok(exit_code(&[&rt]))
+    Ok(direction(&s, p.v6))
 }
 
 /// Each direction on its own: upstream through the session's MTU port,

@@ -93,6 +93,18 @@ fn fragments_text(f: &Option<FragmentResult>, d: &Direction) -> String {
 }
 
 impl MtuReport {
+    /// A report for a measurement whose result the caller exports itself
+    /// (the monitor's mtu check): quiet JSON lines, so neither notices nor
+    /// the start line are printed (the caller never calls `print_*`).
+    pub fn silent(target_name: String, target: SocketAddr) -> Self {
+        MtuReport {
+            format: OutputFormat::JsonLines,
+            quiet: true,
+            target_name,
+            target,
+        }
+    }
+
     pub fn notice(&self, text: &str) {
         match self.format {
             OutputFormat::Text => eprintln!("udpreach: {text}"),
