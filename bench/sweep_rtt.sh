@@ -72,7 +72,7 @@ inc nft -f "$sets/client.nft"
 t0=$(date +%s.%N)
 i=0
 CPIDS=()
-while read -r slice; do
+while read -r slice || [ -n "$slice" ]; do
   inc "$BIN" ports 198.18.0.2 "$slice" --json > "$sets/a$i.json" &
   CPIDS+=($!)
   i=$((i + 1))
