@@ -936,48 +936,37 @@ mod tests {
     /// reply lost on the way back: `downstream_lost: 2` with all received).
     #[test]
     fn upstream_reordering_is_no_loss_in_either_direction() {
-        let t0 = Instant::now();
-        let cfg = PingConfig {
-            count: Some(6),
-            interval: ms(1),
-            timeout: ms(100),
-            deadline: None,
+        // Six probes 1 ms apart; then the replies that come back, each
+        // with the server's count at its probe's arrival; then the summary.
+        let run = |replies: &[(u64, u32)]| {
+            let t0 = Instant::now();
+            let cfg = PingConfig {
+                count: Some(6),
+                interval: ms(1),
+                timeout: ms(100),
+                deadline: None,
+            };
+            let mut s = PingSession::new(cfg, t0);
+            let mut now = t0;
+            while let Some(seq) = s.poll_send(now) {
+                s.on_sent(seq, now, None);
+                now += ms(1);
+            }
+            for &(seq, count) in replies {
+                s.on_reply(seq, now, Some(stamp(count)));
+            }
+            s.poll_timeouts(now + ms(200));
+            s.summary()
         };
-        let mut s = PingSession::new(cfg, t0);
-        let mut now = t0;
-        while let Some(seq) = s.poll_send(now) {
-            s.on_sent(seq, now, None);
-            now += ms(1);
-        }
         // Arrival order at the server: 0 1 2 5 3 4 (4 arrives last, count 6).
-        for (seq, count) in [(0, 1), (1, 2), (2, 3), (5, 4), (3, 5), (4, 6)] {
-            s.on_reply(seq, now, Some(stamp(count)));
-        }
-        assert!(s.check_done(now));
-        let r = s.summary();
+        let r = run(&[(0, 1), (1, 2), (2, 3), (5, 4), (3, 5), (4, 6)]);
         assert_eq!((r.received, r.lost, r.reordered), (6, 0, 2));
         assert_eq!(r.upstream_lost, Some(0));
         assert_eq!(r.downstream_lost, Some(0));
         assert_eq!(r.direction_unknown, Some(0));
         // The same with probe 2's reply lost on the way back and probe 1
         // lost on the way up: each counted once, in its own direction.
-        let mut s = PingSession::new(
-            PingConfig {
-                count: Some(6),
-                ..s.cfg.clone()
-            },
-            t0,
-        );
-        let mut now = t0;
-        while let Some(seq) = s.poll_send(now) {
-            s.on_sent(seq, now, None);
-            now += ms(1);
-        }
-        for (seq, count) in [(0, 1), (5, 3), (3, 4), (4, 5)] {
-            s.on_reply(seq, now, Some(stamp(count)));
-        }
-        s.poll_timeouts(now + ms(200));
-        let r = s.summary();
+        let r = run(&[(0, 1), (5, 3), (3, 4), (4, 5)]);
         assert_eq!((r.received, r.lost), (4, 2));
         assert_eq!(r.upstream_lost, Some(1));
         assert_eq!(r.downstream_lost, Some(1));
