@@ -154,7 +154,7 @@ pub struct ServerArgs {
     /// Most concurrent port-test sessions.
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = number_in("session count", 1u32, 10_000), allow_negative_numbers = true, help_heading = LIMITS)]
     pub max_sessions: u32,
-    /// Most test ports one session holds open at once [default: from the open-files limit, at most 8192].
+    /// Most test ports one session holds open at once [default: from the open-files limit, at most 16384].
     #[arg(long, value_name = "N", value_parser = number_in("port count", 1u32, 65_535), allow_negative_numbers = true, help_heading = LIMITS)]
     pub max_ports_per_session: Option<u32>,
     /// Most test ports open at once across all sessions [default: from the open-files limit;

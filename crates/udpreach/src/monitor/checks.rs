@@ -817,12 +817,19 @@ pub async fn sweep_once(
     };
     let udp = AsyncUdp::bind(unspecified_for(&server, 0), &opts)
         .context("cannot open the UDP probe socket")?;
-    let cfg = SweepConfig {
-        attempts: check.retries,
-        max_open: (welcome.max_open_ports as usize).max(1),
+    let budget = udpreach_engine::sweep_window::PathBudget {
+        rtt: ctl.handshake_rtt,
         rate: (welcome.max_probe_rate > 0).then_some(welcome.max_probe_rate),
-        ..SweepConfig::default()
+        rcvbuf: udp.recv_buffer_size().unwrap_or(0),
+        max_open: welcome.max_open_ports as usize,
     };
+    let cfg = udpreach_engine::sweep_window::sized(
+        SweepConfig {
+            attempts: check.retries,
+            ..SweepConfig::default()
+        },
+        budget,
+    );
     let mut sweep = Sweep::new(SweepPlan::new(&check.spec), cfg, Instant::now());
     sweep.seed_rtt(ctl.handshake_rtt);
     let session_key = welcome.session_key.clone();
