@@ -24,12 +24,12 @@ use udpreach_wire::auth::{SharedKey, MIN_SEALED_LEN};
 use udpreach_wire::icmp::IcmpOrigin;
 
 /// How often a running ping check copies its session's counters to metrics.
-pub const PUBLISH_EVERY: Duration = Duration::from_secs(2);
+pub(crate) const PUBLISH_EVERY: Duration = Duration::from_secs(2);
 /// How long a target that does not resolve waits before trying again.
-pub const RESOLVE_RETRY: Duration = Duration::from_secs(10);
+pub(crate) const RESOLVE_RETRY: Duration = Duration::from_secs(10);
 
 /// One target's ping check: continuous (`count: None`) or a fixed number of probes (`/probe`).
-pub struct PingTarget {
+pub(crate) struct PingTarget {
     pub name: String,
     pub group: String,
     pub check: PingCheck,
@@ -63,9 +63,9 @@ async fn resolve(name: &str, m: &TargetMetrics, retry: bool, check: &str) -> Opt
 /// [`PingSession`] per window, so memory and the cost of a summary stay
 /// flat however long the agent runs. Windows overlap (the next starts on
 /// schedule while the last one's final probes wait for their timeout).
-pub const WINDOW: Duration = Duration::from_secs(30);
+pub(crate) const WINDOW: Duration = Duration::from_secs(30);
 /// Probes per window, whatever the interval.
-pub const WINDOW_PROBES: (u64, u64) = (10, 100);
+pub(crate) const WINDOW_PROBES: (u64, u64) = (10, 100);
 
 /// Counters summed over a target's windows.
 #[derive(Clone, Copy, Default)]
@@ -144,7 +144,7 @@ fn publish(now: &Totals, m: &TargetMetrics, published: &mut Totals) {
 }
 
 /// Runs a ping check until its count is done (or forever, for the agent).
-pub async fn ping(t: PingTarget, m: TargetMetrics, sink: ResultSink) {
+pub(crate) async fn ping(t: PingTarget, m: TargetMetrics, sink: ResultSink) {
     m.init_ping();
     let Some(target) = resolve(&t.name, &m, t.count.is_none(), "ping").await else {
         return;
@@ -388,7 +388,7 @@ async fn ping_resolved(
 }
 
 /// One target's ports check.
-pub struct PortsTarget {
+pub(crate) struct PortsTarget {
     pub name: String,
     pub group: String,
     pub check: PortsCheck,
@@ -396,10 +396,10 @@ pub struct PortsTarget {
 }
 
 /// Longest one sweep may take before it counts as failed.
-pub const MAX_SWEEP: Duration = Duration::from_secs(120);
+pub(crate) const MAX_SWEEP: Duration = Duration::from_secs(120);
 
 /// Runs one ports sweep and records it; `repeat` runs it every `check.every`.
-pub async fn ports(t: PortsTarget, m: TargetMetrics, sink: ResultSink, repeat: bool) {
+pub(crate) async fn ports(t: PortsTarget, m: TargetMetrics, sink: ResultSink, repeat: bool) {
     loop {
         let started = Instant::now();
         if let Some(server) = resolve(&t.name, &m, repeat, "ports").await {
@@ -443,7 +443,7 @@ pub async fn ports(t: PortsTarget, m: TargetMetrics, sink: ResultSink, repeat: b
 
 /// One sweep of `check.spec` against the udpreach server at `server`, as
 /// `udpreach ports` runs it (same control requests, same reply filter).
-pub async fn sweep_once(
+pub(crate) async fn sweep_once(
     server: SocketAddr,
     check: &PortsCheck,
     key: Option<&SharedKey>,

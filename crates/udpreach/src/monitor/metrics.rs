@@ -14,22 +14,23 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use udpreach_engine::Verdict;
 
-pub const OPENMETRICS_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const OPENMETRICS_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// A series' labels: `target`, `group`, the user's labels, then the
 /// metric's own (`direction`, `verdict`, `check`, `address`).
-pub type Labels = Vec<(String, String)>;
+pub(crate) type Labels = Vec<(String, String)>;
 
 /// RTT histogram buckets, seconds: 50 µs to 10 s.
-pub const RTT_BUCKETS: [f64; 17] = [
+pub(crate) const RTT_BUCKETS: [f64; 17] = [
     50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3,
     1.0, 2.5, 5.0, 10.0,
 ];
 
 /// Loss directions: from the server's counters when it reports them.
-pub const DIRECTIONS: [&str; 3] = ["upstream", "downstream", "unknown"];
+pub(crate) const DIRECTIONS: [&str; 3] = ["upstream", "downstream", "unknown"];
 /// The checks a target can have.
-pub const CHECKS: [&str; 2] = ["ping", "ports"];
+pub(crate) const CHECKS: [&str; 2] = ["ping", "ports"];
 
 fn rtt_histogram() -> Histogram {
     Histogram::new(RTT_BUCKETS)
@@ -39,7 +40,7 @@ type F64Gauge = Gauge<f64, AtomicU64>;
 
 /// Every metric family; cheap to clone (the families are shared).
 #[derive(Clone)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     pub rtt: Family<Labels, Histogram, fn() -> Histogram>,
     pub sent: Family<Labels, Counter>,
     pub replies: Family<Labels, Counter>,
@@ -60,12 +61,12 @@ pub struct Metrics {
 
 impl Metrics {
     /// The agent's metrics (with `udpreach_config_last_reload_successful`).
-    pub fn new() -> Metrics {
+    pub(crate) fn new() -> Metrics {
         Self::build(true)
     }
 
     /// A `/probe` run's metrics: the check's series only.
-    pub fn for_probe() -> Metrics {
+    pub(crate) fn for_probe() -> Metrics {
         Self::build(false)
     }
 
@@ -174,7 +175,7 @@ impl Metrics {
     /// The exposition: OpenMetrics text when `openmetrics` (what Prometheus
     /// asks for), else the Prometheus text format 0.0.4 (curl, promtool).
     /// Returns the body and its content type.
-    pub fn encode_as(&self, openmetrics: bool) -> (String, &'static str) {
+    pub(crate) fn encode_as(&self, openmetrics: bool) -> (String, &'static str) {
         let mut out = String::new();
         if openmetrics {
             encode(&mut out, &self.registry).expect("writing to a String cannot fail");
@@ -188,11 +189,11 @@ impl Metrics {
 
     /// The Prometheus text format 0.0.4.
     #[cfg(test)]
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         self.encode_as(false).0
     }
 
-    pub fn target(&self, base: Labels) -> TargetMetrics {
+    pub(crate) fn target(&self, base: Labels) -> TargetMetrics {
         TargetMetrics {
             m: self.clone(),
             base,
@@ -209,7 +210,7 @@ impl Default for Metrics {
 
 /// One target's series.
 #[derive(Clone)]
-pub struct TargetMetrics {
+pub(crate) struct TargetMetrics {
     m: Metrics,
     base: Labels,
     /// The address label of the current `udpreach_server_seen_address_info` series.
@@ -217,22 +218,22 @@ pub struct TargetMetrics {
 }
 
 impl TargetMetrics {
-    pub fn with(&self, key: &str, value: &str) -> Labels {
+    pub(crate) fn with(&self, key: &str, value: &str) -> Labels {
         let mut l = self.base.clone();
         l.push((key.to_string(), value.to_string()));
         l
     }
 
-    pub fn base(&self) -> &Labels {
+    pub(crate) fn base(&self) -> &Labels {
         &self.base
     }
 
-    pub fn metrics(&self) -> &Metrics {
+    pub(crate) fn metrics(&self) -> &Metrics {
         &self.m
     }
 
     /// Sets the seen address; returns true when it changed from an earlier one.
-    pub fn set_seen_address(&self, address: String) -> bool {
+    pub(crate) fn set_seen_address(&self, address: String) -> bool {
         let mut seen = self.seen.lock().expect("not poisoned");
         if seen.as_deref() == Some(address.as_str()) {
             return false;
@@ -253,7 +254,7 @@ impl TargetMetrics {
     }
 
     /// Creates the target's ping series at zero, so rates work from the first scrape.
-    pub fn init_ping(&self) {
+    pub(crate) fn init_ping(&self) {
         let b = &self.base;
         for f in [
             &self.m.sent,
@@ -272,7 +273,7 @@ impl TargetMetrics {
         let _ = self.m.rtt.get_or_create(b);
     }
 
-    pub fn set_ports(&self, counts: &[(Verdict, u64)]) {
+    pub(crate) fn set_ports(&self, counts: &[(Verdict, u64)]) {
         for v in Verdict::ALL {
             let n = counts.iter().find(|(c, _)| *c == v).map_or(0, |(_, n)| *n);
             self.m
@@ -282,7 +283,7 @@ impl TargetMetrics {
         }
     }
 
-    pub fn check(&self, check: &str, success: bool, duration_s: Option<f64>) {
+    pub(crate) fn check(&self, check: &str, success: bool, duration_s: Option<f64>) {
         let l = self.with("check", check);
         self.m
             .check_success
@@ -293,12 +294,12 @@ impl TargetMetrics {
         }
     }
 
-    pub fn set_resolved(&self, ok: bool) {
+    pub(crate) fn set_resolved(&self, ok: bool) {
         self.m.resolved.get_or_create(&self.base).set(i64::from(ok));
     }
 
     /// Removes every series of this target (it left the configuration).
-    pub fn forget(&self) {
+    pub(crate) fn forget(&self) {
         let b = &self.base;
         for f in [
             &self.m.sent,

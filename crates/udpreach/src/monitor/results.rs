@@ -13,7 +13,7 @@ use udpreach_engine::Verdict;
 /// What became of one ping probe.
 #[derive(Clone, Copy, Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Reply,
     Late,
     Duplicate,
@@ -24,13 +24,13 @@ pub enum Outcome {
 /// One line of the stream.
 #[derive(Debug, Serialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum MonitorResult {
+pub(crate) enum MonitorResult {
     Ping(PingResult),
     Ports(PortsResult),
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
-pub struct PingResult {
+pub(crate) struct PingResult {
     /// Unix time in seconds when the result was known.
     pub time: f64,
     pub target: String,
@@ -42,7 +42,7 @@ pub struct PingResult {
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
-pub struct PortsResult {
+pub(crate) struct PortsResult {
     pub time: f64,
     pub target: String,
     pub group: String,
@@ -61,7 +61,7 @@ fn unix_now() -> f64 {
 }
 
 impl PingResult {
-    pub fn new(
+    pub(crate) fn new(
         target: &str,
         group: &str,
         seq: u64,
@@ -80,7 +80,7 @@ impl PingResult {
 }
 
 impl PortsResult {
-    pub fn new(
+    pub(crate) fn new(
         target: &str,
         group: &str,
         counts: &BTreeMap<Verdict, u64>,
@@ -103,14 +103,14 @@ impl PortsResult {
 
 /// Where results go: nowhere, stdout or a file. Cheap to clone.
 #[derive(Clone, Default)]
-pub struct ResultSink(Option<Arc<Mutex<Box<dyn Write + Send>>>>);
+pub(crate) struct ResultSink(Option<Arc<Mutex<Box<dyn Write + Send>>>>);
 
 impl ResultSink {
-    pub fn none() -> Self {
+    pub(crate) fn none() -> Self {
         ResultSink(None)
     }
 
-    pub fn to(w: Box<dyn Write + Send>) -> Self {
+    pub(crate) fn to(w: Box<dyn Write + Send>) -> Self {
         ResultSink(Some(Arc::new(Mutex::new(w))))
     }
 
@@ -125,11 +125,11 @@ impl ResultSink {
         }
     }
 
-    pub fn ping(&self, r: PingResult) {
+    pub(crate) fn ping(&self, r: PingResult) {
         self.write(&MonitorResult::Ping(r));
     }
 
-    pub fn ports(&self, r: PortsResult) {
+    pub(crate) fn ports(&self, r: PortsResult) {
         self.write(&MonitorResult::Ports(r));
     }
 }

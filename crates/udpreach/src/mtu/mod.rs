@@ -74,7 +74,7 @@ enum Mode {
     Echo,
 }
 
-pub async fn run(args: MtuArgs) -> anyhow::Result<u8> {
+pub(crate) async fn run(args: MtuArgs) -> anyhow::Result<u8> {
     let family = Family::from_flags(args.ipv4, args.ipv6);
     let target = resolve_async(&args.target, family).await?;
     let v6 = target.is_ipv6();

@@ -1,6 +1,6 @@
 //! `udpreach ping`: the I/O driver around [`udpreach_engine::PingSession`].
 
-pub mod payload;
+pub(crate) mod payload;
 mod stamp;
 
 use crate::cli::PingArgs;
@@ -190,7 +190,7 @@ impl Drop for Sender {
     }
 }
 
-pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
+pub(crate) async fn run(args: PingArgs) -> anyhow::Result<u8> {
     if args.stamp {
         return stamp::run(args).await;
     }

@@ -12,7 +12,7 @@ use udpreach_engine::sweep::{PortResult, Progress};
 use udpreach_engine::Verdict;
 use udpreach_wire::icmp::IcmpReport;
 
-pub struct PortsReport {
+pub(crate) struct PortsReport {
     pub format: OutputFormat,
     pub quiet: bool,
     pub list: bool,
@@ -31,7 +31,7 @@ fn rejected_by(results: &[PortResult]) -> BTreeMap<IcmpReport, Vec<u16>> {
 }
 
 impl PortsReport {
-    pub fn progress_bar(&self, total: u64) -> ProgressBar {
+    pub(crate) fn progress_bar(&self, total: u64) -> ProgressBar {
         let bar = ProgressBar::new(total);
         bar.set_style(
             ProgressStyle::with_template("{bar:30} {pos}/{len} ports {msg} eta {eta}")
@@ -40,7 +40,7 @@ impl PortsReport {
         bar
     }
 
-    pub fn update_bar(&self, bar: &ProgressBar, p: &Progress) {
+    pub(crate) fn update_bar(&self, bar: &ProgressBar, p: &Progress) {
         bar.set_position(p.decided as u64);
         bar.set_message(format!(
             "| {} reachable, {} blocked, {} other",
@@ -49,7 +49,7 @@ impl PortsReport {
     }
 
     /// With `--json-lines`: the first line, before the sweep.
-    pub fn start(&self, total: usize) {
+    pub(crate) fn start(&self, total: usize) {
         if self.format == OutputFormat::JsonLines && !self.quiet {
             print_json_line::<_, PortEvent<PortResult>, PortsSummary>(&PortsLine::Start(
                 PortsStart {
@@ -61,7 +61,7 @@ impl PortsReport {
         }
     }
 
-    pub fn print(&self, results: &[PortResult], elapsed: Duration, probes: u64) {
+    pub(crate) fn print(&self, results: &[PortResult], elapsed: Duration, probes: u64) {
         let groups = super::group_by(results.iter().map(|r| (r.verdict, r.port)));
         let reachable = groups.get(&Verdict::Reachable).map_or(0, Vec::len);
         let (counts, ranges) = super::counts_and_ranges(&groups, Verdict::as_str);

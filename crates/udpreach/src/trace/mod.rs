@@ -31,7 +31,7 @@ use udpreach_wire::trace::{
 };
 
 /// Control port traced with --no-server when none is named (traceroute's first port).
-pub const NO_SERVER_CONTROL_PORT: u16 = 33434;
+pub(crate) const NO_SERVER_CONTROL_PORT: u16 = 33434;
 /// Longest a whole upstream pass may take, whatever the engine asks.
 const UPSTREAM_DEADLINE: Duration = Duration::from_secs(120);
 
@@ -52,7 +52,7 @@ enum Got {
     Quoted(TraceProbe, QuotedHeader),
 }
 
-pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
+pub(crate) async fn run(args: TraceArgs) -> anyhow::Result<u8> {
     let started = Instant::now();
     let family = Family::from_flags(args.ipv4, args.ipv6);
     let mut target = resolve_async(&args.target, family).await?;
