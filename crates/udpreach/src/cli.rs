@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 use udpreach_wire::PortSpec;
 
-pub const DEFAULT_PORT: u16 = 4000;
+pub(crate) const DEFAULT_PORT: u16 = 4000;
 
 /// The version line: the crate version and, when built from a git checkout,
 /// the commit (set by build.rs).
-pub const VERSION: &str = match option_env!("UDPREACH_GIT_COMMIT") {
+pub(crate) const VERSION: &str = match option_env!("UDPREACH_GIT_COMMIT") {
     Some(_) => concat!(
         env!("CARGO_PKG_VERSION"),
         " (git ",
@@ -91,7 +91,7 @@ const STAMP: &str = "STAMP (RFC 8762)";
     about = "Does UDP get through, on which ports, how fast, and where does it break?",
     after_help = EXIT_CODES
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// More log output on stderr (-v info, -vv debug, -vvv trace).
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
@@ -100,7 +100,7 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the server: UDP echo (works with any client) and the port-test control channel.
     Server(ServerArgs),
     /// Send UDP probes to an echo server and report RTT, loss and jitter.
@@ -136,7 +136,7 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 #[command(after_help = SERVER_EXIT_CODES)]
-pub struct ServerArgs {
+pub(crate) struct ServerArgs {
     /// UDP echo address (repeatable). Default: 0.0.0.0:4000 and [::]:4000.
     #[arg(short = 'l', long = "listen", value_name = "ADDR:PORT", value_parser = parse_listen, help_heading = LISTEN)]
     pub listen: Vec<SocketAddr>,
@@ -221,7 +221,7 @@ pub struct ServerArgs {
 /// local user (`ps`, /proc/PID/cmdline) and end up in shell history.
 #[derive(Args, Debug, Clone, Default)]
 #[command(next_help_heading = AUTH)]
-pub struct KeyArgs {
+pub(crate) struct KeyArgs {
     /// Shared secret for authenticated mode: a file holding the key (a trailing newline is ignored).
     /// Without it, the UDPREACH_KEY environment variable is used when set.
     #[arg(long, value_name = "PATH")]
@@ -259,7 +259,7 @@ pub const DEFAULT_PING_SIZE: usize = 64;
     mut_arg("json_lines", |a| a.help("One JSON object per line as it happens: start, each event, summary (-q: the summary only)"))
 )]
 #[command(after_help = PING_EXIT_CODES)]
-pub struct PingArgs {
+pub(crate) struct PingArgs {
     /// Target: HOST, HOST:PORT, [IPv6]:PORT or an IPv6 literal (zone ids as fe80::1%eth0). Default port 4000.
     #[arg(value_name = "HOST[:PORT]")]
     pub target: String,
@@ -326,7 +326,7 @@ pub struct PingArgs {
 impl PingArgs {
     /// The probe size: as given, else the default of the mode (a keyed probe
     /// needs room for its authentication tag).
-    pub fn size_for(&self, keyed: bool) -> usize {
+    pub(crate) fn size_for(&self, keyed: bool) -> usize {
         self.size.unwrap_or(if keyed {
             udpreach_wire::auth::MIN_SEALED_LEN
         } else {
@@ -336,7 +336,7 @@ impl PingArgs {
 }
 
 /// Most probes one ping run may be asked for (`-c`): over three years at 1 s.
-pub const MAX_COUNT: u64 = 100_000_000;
+pub(crate) const MAX_COUNT: u64 = 100_000_000;
 
 #[derive(Args, Debug)]
 #[command(
@@ -345,7 +345,7 @@ pub const MAX_COUNT: u64 = 100_000_000;
     mut_arg("json_lines", |a| a.help("One JSON object per line: start, one per port, summary (-q: the summary only)"))
 )]
 #[command(after_help = PORTS_EXIT_CODES)]
-pub struct PortsArgs {
+pub(crate) struct PortsArgs {
     /// Server: HOST or HOST:CONTROL_PORT (default control port 4000).
     #[arg(value_name = "HOST[:PORT]")]
     pub target: String,
@@ -399,7 +399,7 @@ pub struct PortsArgs {
     mut_arg("json_lines", |a| a.help("One JSON object per line: start, notices, summary (-q: the summary only)"))
 )]
 #[command(after_help = MTU_EXIT_CODES)]
-pub struct MtuArgs {
+pub(crate) struct MtuArgs {
     /// A udpreach server (HOST or HOST:PORT, default port 4000), or with --echo any UDP
     /// echo server.
     #[arg(value_name = "HOST[:PORT]")]
@@ -439,7 +439,7 @@ pub struct MtuArgs {
     mut_arg("json_lines", |a| a.help("One JSON object per line: start, search rounds and gaps, summary"))
 )]
 #[command(after_help = NAT_EXIT_CODES)]
-pub struct NatArgs {
+pub(crate) struct NatArgs {
     /// A udpreach server (HOST or HOST:PORT, default port 4000) with the "nat" capability.
     #[arg(value_name = "HOST[:PORT]")]
     pub target: String,
@@ -477,7 +477,7 @@ pub struct NatArgs {
     mut_arg("json_lines", |a| a.help("One JSON object per line: start, one per port and direction, summary"))
 )]
 #[command(after_help = TRACE_EXIT_CODES)]
-pub struct TraceArgs {
+pub(crate) struct TraceArgs {
     /// A udpreach server (HOST or HOST:CONTROL_PORT, default 4000), or with --no-server any host.
     #[arg(value_name = "HOST[:PORT]")]
     pub target: String,
@@ -539,7 +539,7 @@ pub struct TraceArgs {
 
 #[derive(Args, Debug)]
 #[command(after_help = MONITOR_EXIT_CODES)]
-pub struct MonitorArgs {
+pub(crate) struct MonitorArgs {
     /// Targets to ping (quick start without a file): HOST or HOST:PORT, default port 4000.
     #[arg(
         value_name = "HOST[:PORT]",
@@ -573,7 +573,7 @@ pub struct MonitorArgs {
 
 impl ServerArgs {
     /// The echo addresses: --listen, else the defaults.
-    pub fn listens(&self) -> Vec<SocketAddr> {
+    pub(crate) fn listens(&self) -> Vec<SocketAddr> {
         if self.listen.is_empty() {
             use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
             vec![
@@ -589,7 +589,7 @@ impl ServerArgs {
     /// (`nofile`, after raising it): a repeated or overlapping --listen,
     /// --allow-ports leaving nothing to test, port caps the descriptor limit
     /// cannot hold. Errors are one line naming the value.
-    pub fn validate(&self, nofile: u64) -> Result<(), String> {
+    pub(crate) fn validate(&self, nofile: u64) -> Result<(), String> {
         for (i, a) in self.listen.iter().enumerate() {
             for b in &self.listen[..i] {
                 if a == b {
@@ -638,7 +638,7 @@ impl ServerArgs {
 
 /// clap's error as one line in the `udpreach: ...` style (without the
 /// prefix), naming the bad value; clap's tips become a short suggestion.
-pub fn usage_error(e: &clap::Error) -> String {
+pub(crate) fn usage_error(e: &clap::Error) -> String {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
     let text = |k: ContextKind| match e.get(k) {
         Some(ContextValue::String(s)) => Some(s.clone()),
@@ -728,7 +728,7 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
 }
 
 /// Durations: `10ms`, `1.5s`, `250us`, `2m`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -811,8 +811,8 @@ where
     }
 }
 
-pub const MIN_SIZE: usize = 16;
-pub const MAX_SIZE_V6: usize = udpreach_wire::probe::MAX_DATAGRAM_V6;
+pub(crate) const MIN_SIZE: usize = 16;
+pub(crate) const MAX_SIZE_V6: usize = udpreach_wire::probe::MAX_DATAGRAM_V6;
 
 fn parse_size(s: &str) -> Result<usize, String> {
     let n: usize = s
@@ -829,7 +829,7 @@ fn parse_size(s: &str) -> Result<usize, String> {
 }
 
 /// The man page of udpreach, or of one of its commands (`udpreach-ping`).
-pub fn man_page(command: Option<&str>, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+pub(crate) fn man_page(command: Option<&str>, out: &mut dyn std::io::Write) -> std::io::Result<()> {
     use clap::CommandFactory;
     let cli = Cli::command();
     const PAGES: [(&str, &str); 7] = [

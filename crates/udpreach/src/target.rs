@@ -6,14 +6,14 @@
 use std::net::{IpAddr, SocketAddr, SocketAddrV6, ToSocketAddrs};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Family {
+pub(crate) enum Family {
     Any,
     V4,
     V6,
 }
 
 impl Family {
-    pub fn from_flags(v4: bool, v6: bool) -> Self {
+    pub(crate) fn from_flags(v4: bool, v6: bool) -> Self {
         match (v4, v6) {
             (true, _) => Family::V4,
             (_, true) => Family::V6,
@@ -31,7 +31,7 @@ impl Family {
 }
 
 /// Splits `HOST[:PORT]`: `[v6]:port`, `[v6]`, a bare IPv6 literal, `host:port`, `host`.
-pub fn split_host_port(input: &str, default_port: u16) -> Result<(String, u16), String> {
+pub(crate) fn split_host_port(input: &str, default_port: u16) -> Result<(String, u16), String> {
     let s = input.trim();
     let bad_port = |p: &str| format!("invalid port '{p}' in '{input}': expected 1..=65535");
     let port_of = |p: &str| -> Result<u16, String> {
@@ -67,7 +67,11 @@ pub fn split_host_port(input: &str, default_port: u16) -> Result<(String, u16), 
 }
 
 /// Resolves a target to one address of the wanted family.
-pub fn resolve(input: &str, default_port: u16, family: Family) -> Result<SocketAddr, String> {
+pub(crate) fn resolve(
+    input: &str,
+    default_port: u16,
+    family: Family,
+) -> Result<SocketAddr, String> {
     let (host, port) = split_host_port(input, default_port)?;
     // IPv6 zone ids: `fe80::1%eth0` (name) or `%2` (index).
     if let Some((ip, zone)) = host.split_once('%') {
@@ -129,7 +133,7 @@ fn check_family(a: SocketAddr, family: Family, input: &str) -> Result<SocketAddr
 }
 
 /// The wildcard address of the same family, for binding the client socket.
-pub fn unspecified_for(target: &SocketAddr, port: u16) -> SocketAddr {
+pub(crate) fn unspecified_for(target: &SocketAddr, port: u16) -> SocketAddr {
     match target {
         SocketAddr::V4(_) => SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port),
         SocketAddr::V6(_) => SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), port),

@@ -28,9 +28,9 @@ use udpreach_wire::icmp::{IcmpOrigin, IcmpReport};
 use udpreach_wire::stamp::{Mode, ReflectorPacket, SenderPacket, TimestampFormat};
 
 /// How often a running ping check copies its session's counters to metrics.
-pub const PUBLISH_EVERY: Duration = Duration::from_secs(2);
+pub(crate) const PUBLISH_EVERY: Duration = Duration::from_secs(2);
 /// How long a target that does not resolve waits before trying again.
-pub const RESOLVE_RETRY: Duration = Duration::from_secs(10);
+pub(crate) const RESOLVE_RETRY: Duration = Duration::from_secs(10);
 
 /// Which ping-like check a [`PingTarget`] runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,9 +102,9 @@ async fn resolve(
 /// engine session per window, so memory and the cost of a summary stay
 /// flat however long the agent runs. Windows overlap (the next starts on
 /// schedule while the last one's final probes wait for their timeout).
-pub const WINDOW: Duration = Duration::from_secs(30);
+pub(crate) const WINDOW: Duration = Duration::from_secs(30);
 /// Probes per window, whatever the interval.
-pub const WINDOW_PROBES: (u64, u64) = (10, 100);
+pub(crate) const WINDOW_PROBES: (u64, u64) = (10, 100);
 
 /// Counters summed over a target's windows.
 #[derive(Clone, Copy, Default)]
@@ -641,7 +641,7 @@ async fn run_windows<W: ProbeWindow>(
 }
 
 /// One target's ports check.
-pub struct PortsTarget {
+pub(crate) struct PortsTarget {
     pub name: String,
     pub group: String,
     pub check: PortsCheck,
@@ -649,7 +649,7 @@ pub struct PortsTarget {
 }
 
 /// Longest one sweep may take before it counts as failed.
-pub const MAX_SWEEP: Duration = Duration::from_secs(120);
+pub(crate) const MAX_SWEEP: Duration = Duration::from_secs(120);
 
 /// Runs `once` against the target now and, with `repeat`, every `every`
 /// (a target that does not resolve is retried as ping's are).
@@ -803,7 +803,7 @@ pub async fn mtu(t: MtuTarget, m: TargetMetrics, sink: ResultSink, repeat: bool)
 
 /// One sweep of `check.spec` against the udpreach server at `server`, as
 /// `udpreach ports` runs it (same control requests, same reply filter).
-pub async fn sweep_once(
+pub(crate) async fn sweep_once(
     server: SocketAddr,
     check: &PortsCheck,
     key: Option<&SharedKey>,

@@ -73,7 +73,7 @@ enum Mode {
     Echo,
 }
 
-pub async fn run(args: MtuArgs) -> anyhow::Result<u8> {
+pub(crate) async fn run(args: MtuArgs) -> anyhow::Result<u8> {
     let family = Family::from_flags(args.ipv4, args.ipv6);
     let target = resolve_async(&args.target, family).await?;
     let report = MtuReport {

@@ -158,7 +158,7 @@ impl Sockets {
     }
 }
 
-pub async fn run(args: NatArgs) -> anyhow::Result<u8> {
+pub(crate) async fn run(args: NatArgs) -> anyhow::Result<u8> {
     let started = Instant::now();
     let family = Family::from_flags(args.ipv4, args.ipv6);
     let target = resolve_async(&args.target, family).await?;

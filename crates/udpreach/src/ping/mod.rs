@@ -1,6 +1,6 @@
 //! `udpreach ping`: the I/O driver around [`udpreach_engine::PingSession`].
 
-pub mod payload;
+pub(crate) mod payload;
 mod stamp;
 
 use crate::cli::PingArgs;

@@ -23,7 +23,7 @@ use udpreach_engine::Engine;
 use udpreach_wire::icmp::IcmpOrigin;
 use udpreach_wire::stamp::{Mode, TimestampFormat};
 
-pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
+pub(super) async fn run(args: PingArgs) -> anyhow::Result<u8> {
     let family = Family::from_flags(args.ipv4, args.ipv6);
     let input = args.target.clone();
     let target =

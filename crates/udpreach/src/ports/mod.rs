@@ -39,7 +39,7 @@ pub(crate) enum Ending {
     ControlLost(String),
 }
 
-pub async fn run(args: PortsArgs) -> anyhow::Result<u8> {
+pub(crate) async fn run(args: PortsArgs) -> anyhow::Result<u8> {
     if args.no_server {
         return serverless::run(args).await;
     }

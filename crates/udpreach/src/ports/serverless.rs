@@ -23,7 +23,7 @@ use udpreach_engine::Engine;
 use udpreach_wire::icmp::IcmpOrigin;
 use udpreach_wire::services;
 
-pub async fn run(args: PortsArgs) -> anyhow::Result<u8> {
+pub(super) async fn run(args: PortsArgs) -> anyhow::Result<u8> {
     let family = Family::from_flags(args.ipv4, args.ipv6);
     // A port in HOST:PORT means nothing here; the SPEC says what to check.
     let target = resolve_async(&args.target, family).await?;

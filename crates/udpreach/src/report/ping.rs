@@ -17,7 +17,7 @@ use udpreach_wire::icmp::IcmpReport;
 use udpreach_wire::probe::ecn_name;
 use udpreach_wire::ServerStamp;
 
-pub struct PingReport {
+pub(crate) struct PingReport {
     format: OutputFormat,
     quiet: bool,
     target_name: String,
@@ -33,7 +33,7 @@ fn ms(d: Duration) -> f64 {
 
 /// The kinds of reply a reply event can be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReplyKind {
+pub(crate) enum ReplyKind {
     Reply,
     Late,
     Duplicate,
@@ -121,7 +121,12 @@ impl PingEvent {
 }
 
 impl PingReport {
-    pub fn new(format: OutputFormat, quiet: bool, target_name: String, target: SocketAddr) -> Self {
+    pub(crate) fn new(
+        format: OutputFormat,
+        quiet: bool,
+        target_name: String,
+        target: SocketAddr,
+    ) -> Self {
         PingReport {
             format,
             quiet,
@@ -132,12 +137,12 @@ impl PingReport {
         }
     }
 
-    pub fn start(&self, size: usize, stamped: bool, local: Option<SocketAddr>) {
+    pub(crate) fn start(&self, size: usize, stamped: bool, local: Option<SocketAddr>) {
         self.start_as(size, stamped, None, local)
     }
 
     /// The start of a `ping --stamp` run: STAMP test packets in `mode`.
-    pub fn start_stamp(&self, size: usize, mode: &'static str, local: Option<SocketAddr>) {
+    pub(crate) fn start_stamp(&self, size: usize, mode: &'static str, local: Option<SocketAddr>) {
         self.start_as(size, false, Some(mode), local)
     }
 
@@ -181,7 +186,7 @@ impl PingReport {
 
     /// Reports one event: printed at once (text, `--json-lines`) or kept
     /// for the closing document (`--json`); `-q` keeps only notices (text).
-    pub fn event(&self, ev: PingEvent) {
+    pub(crate) fn event(&self, ev: PingEvent) {
         match self.format {
             OutputFormat::Text if ev.is_notice() => eprintln!("udpreach: {}", ev.text(self.target)),
             _ if self.quiet => {}
@@ -192,7 +197,7 @@ impl PingReport {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn reply(
+    pub(crate) fn reply(
         &self,
         local: SocketAddr,
         seq: u64,
@@ -228,7 +233,7 @@ impl PingReport {
 
     /// A reply to a STAMP test packet, with what the reflector wrote.
     #[allow(clippy::too_many_arguments)]
-    pub fn stamp_reply(
+    pub(crate) fn stamp_reply(
         &self,
         local: SocketAddr,
         seq: u64,
@@ -256,7 +261,7 @@ impl PingReport {
         });
     }
 
-    pub fn timeout(&self, local: Option<SocketAddr>, seq: u64, after: Duration) {
+    pub(crate) fn timeout(&self, local: Option<SocketAddr>, seq: u64, after: Duration) {
         self.event(PingEvent::Timeout(PingTimeout {
             seq,
             local,
@@ -266,7 +271,7 @@ impl PingReport {
     }
 
     /// An ICMP error answered probe `seq`, as ping(8)'s "From X ... Unreachable".
-    pub fn icmp_error(&self, local: SocketAddr, seq: u64, after: Duration, r: &IcmpReport) {
+    pub(crate) fn icmp_error(&self, local: SocketAddr, seq: u64, after: Duration, r: &IcmpReport) {
         self.event(PingEvent::IcmpError(PingIcmpError {
             seq,
             local,

@@ -23,7 +23,7 @@ use udpreach_wire::control::{
     MAX_HANDSHAKE_FRAME, MAX_PORTS_PER_REQUEST, PREAMBLE,
 };
 
-pub async fn accept_loop(listener: TcpListener, state: Arc<ServerState>) {
+pub(super) async fn accept_loop(listener: TcpListener, state: Arc<ServerState>) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -52,14 +52,14 @@ impl Drop for HandshakeGuard {
 }
 
 /// A session slot (counted for the peer's source); freed when dropped.
-pub struct SessionSlot {
+pub(super) struct SessionSlot {
     state: Arc<ServerState>,
     peer: IpAddr,
 }
 
 impl SessionSlot {
     /// Takes a slot for `peer`, or says why not ("server busy (N sessions)").
-    pub fn take(state: &Arc<ServerState>, peer: IpAddr) -> Result<Self, SessionRefusal> {
+    pub(super) fn take(state: &Arc<ServerState>, peer: IpAddr) -> Result<Self, SessionRefusal> {
         state.admission().open_session(peer)?;
         Ok(SessionSlot {
             state: state.clone(),

@@ -36,7 +36,7 @@ pub fn bind(addr: SocketAddr) -> io::Result<Vec<UdpSocket>> {
 }
 
 /// [`bind`] with more socket options (the STAMP reflector's, for one).
-pub fn bind_workers(addr: SocketAddr, extra: UdpOptions) -> io::Result<Vec<UdpSocket>> {
+pub(super) fn bind_workers(addr: SocketAddr, extra: UdpOptions) -> io::Result<Vec<UdpSocket>> {
     // Preflight without SO_REUSEPORT: it is refused if the port is taken in
     // any way, so two servers never silently share a port.
     drop(platform::udp_socket(addr, &UdpOptions::default())?);
@@ -57,7 +57,7 @@ pub fn bind_workers(addr: SocketAddr, extra: UdpOptions) -> io::Result<Vec<UdpSo
 }
 
 /// Starts one worker thread per socket; they run until the process exits.
-pub fn spawn(
+pub(super) fn spawn(
     socks: Vec<UdpSocket>,
     local: SocketAddr,
     policy: EchoPolicy,

@@ -84,7 +84,7 @@ struct DownError {
     at: Instant,
 }
 
-pub struct TraceSession {
+pub(super) struct TraceSession {
     ports: HashMap<u16, TracePort>,
     errors_tx: mpsc::Sender<DownError>,
     errors_rx: mpsc::Receiver<DownError>,
@@ -107,7 +107,7 @@ fn error(code: ErrorCode, message: String) -> ControlMsg {
 }
 
 impl TraceSession {
-    pub fn new(session: &SessionPorts, rate_cap: u32) -> Self {
+    pub(super) fn new(session: &SessionPorts, rate_cap: u32) -> Self {
         let (errors_tx, errors_rx) = mpsc::channel(ERROR_QUEUE);
         TraceSession {
             ports: HashMap::new(),
@@ -120,16 +120,16 @@ impl TraceSession {
     }
 
     /// Trace ports held (each counts as a test port).
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.ports.len()
     }
 
-    pub fn contains(&self, port: u16) -> bool {
+    pub(super) fn contains(&self, port: u16) -> bool {
         self.ports.contains_key(&port)
     }
 
     /// Binds one trace port on `ip` (0: any free port); returns the port.
-    pub fn open(&mut self, ip: IpAddr, port: u16) -> std::io::Result<u16> {
+    pub(super) fn open(&mut self, ip: IpAddr, port: u16) -> std::io::Result<u16> {
         let opts = UdpOptions {
             recv_errors: true,
             ..UdpOptions::default()
@@ -148,7 +148,7 @@ impl TraceSession {
         Ok(bound)
     }
 
-    pub fn arrivals(&self, ports: &[u16]) -> ControlMsg {
+    pub(super) fn arrivals(&self, ports: &[u16]) -> ControlMsg {
         let arrivals = ports
             .iter()
             .map(|&port| {

@@ -31,7 +31,7 @@ use udpreach_wire::trace::{
 };
 
 /// Control port traced with --no-server when none is named (traceroute's first port).
-pub const NO_SERVER_CONTROL_PORT: u16 = 33434;
+pub(crate) const NO_SERVER_CONTROL_PORT: u16 = 33434;
 /// Longest a whole upstream pass may take, whatever the engine asks.
 const UPSTREAM_DEADLINE: Duration = Duration::from_secs(660);
 /// How often a long upstream pass asks the server what arrived (which also

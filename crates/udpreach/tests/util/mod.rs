@@ -2,7 +2,7 @@
 //! client, read its JSON. Keeps each integration test a few lines long.
 #![allow(dead_code)]
 
-pub use crate::lab::CommandOutput;
+pub(crate) use crate::lab::CommandOutput;
 use crate::lab::{udpreach_bin, Host, Proc};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -10,7 +10,7 @@ use std::process::Output;
 use std::time::Duration;
 
 /// Starts `udpreach server` on the host's addresses (IPv4 and IPv6, port 4000) plus loopback.
-pub fn start_server(host: &Host, extra: &[&str]) -> Proc {
+pub(crate) fn start_server(host: &Host, extra: &[&str]) -> Proc {
     let v4 = format!("{}:4000", host.ip4());
     let v6 = format!("[{}]:4000", host.ip6());
     let mut argv: Vec<String> = vec![
@@ -36,7 +36,7 @@ pub fn start_server(host: &Host, extra: &[&str]) -> Proc {
 }
 
 /// A socat UDP echo on `port` (IPv4 and IPv6).
-pub fn socat_echo(host: &Host, port: u16) -> Proc {
+pub(crate) fn socat_echo(host: &Host, port: u16) -> Proc {
     let p = host.spawn([
         "socat",
         "-b",
@@ -54,7 +54,7 @@ pub fn socat_echo(host: &Host, port: u16) -> Proc {
 
 /// Runs the udpreach binary in `host` with a bound on time (the test
 /// fails with what it printed when it runs longer).
-pub fn udpreach(host: &Host, args: &[&str]) -> CommandOutput {
+pub(crate) fn udpreach(host: &Host, args: &[&str]) -> CommandOutput {
     let mut argv = vec![udpreach_bin().display().to_string()];
     argv.extend(args.iter().map(|s| s.to_string()));
     host.run_timeout(&argv, Duration::from_secs(120))
@@ -62,17 +62,17 @@ pub fn udpreach(host: &Host, args: &[&str]) -> CommandOutput {
 }
 
 /// Stdout as text (lossy UTF-8).
-pub fn stdout(o: &Output) -> String {
+pub(crate) fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// Stderr as text (lossy UTF-8).
-pub fn stderr(o: &Output) -> String {
+pub(crate) fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// JSON lines printed by `--json-lines`, parsed.
-pub fn json_lines(o: &Output) -> Vec<Value> {
+pub(crate) fn json_lines(o: &Output) -> Vec<Value> {
     stdout(o)
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -82,7 +82,7 @@ pub fn json_lines(o: &Output) -> Vec<Value> {
 
 /// The summary of a ping: the `summary` of a `--json` document, or the
 /// final `summary` line of `--json-lines`.
-pub fn summary(o: &Output) -> Value {
+pub(crate) fn summary(o: &Output) -> Value {
     if let Ok(doc) = serde_json::from_str::<Value>(&stdout(o)) {
         if doc.get("summary").is_some_and(Value::is_object) {
             return doc["summary"].clone();
@@ -97,13 +97,13 @@ pub fn summary(o: &Output) -> Value {
 
 /// Exit code; -1 when a signal ended the program. To check it, prefer
 /// [`CommandOutput::assert_code`], which prints the command and its output.
-pub fn code(o: &Output) -> i32 {
+pub(crate) fn code(o: &Output) -> i32 {
     o.status.code().unwrap_or(-1)
 }
 
 /// A hand-driven control session (opened from inside `host`), for tests that
 /// need to hold ports or speak the protocol badly on purpose.
-pub struct RawSession {
+pub(crate) struct RawSession {
     pub stream: std::net::TcpStream,
     pub token: u64,
     buf: Vec<u8>,
@@ -187,7 +187,7 @@ impl RawSession {
         self.stream.write_all(&msg.to_frame()).expect("send");
     }
 
-    pub fn recv(&mut self) -> udpreach_wire::control::ControlMsg {
+    pub(crate) fn recv(&mut self) -> udpreach_wire::control::ControlMsg {
         use std::io::Read;
         for _ in 0..1000 {
             if let Some((m, used)) = udpreach_wire::control::decode_frame(&self.buf).expect("frame")
@@ -203,7 +203,7 @@ impl RawSession {
         panic!("no complete frame");
     }
 
-    pub fn request(
+    pub(crate) fn request(
         &mut self,
         msg: &udpreach_wire::control::ControlMsg,
     ) -> udpreach_wire::control::ControlMsg {
