@@ -232,7 +232,7 @@ pub(crate) struct KeyArgs {
 /// The output flags every reporting command shares; each command words
 /// their help for what it prints (`mut_arg` on the command).
 #[derive(Args, Debug, Clone, Copy)]
-pub struct OutputArgs {
+pub(crate) struct OutputArgs {
     /// Print less.
     #[arg(short = 'q', long, help_heading = OUTPUT)]
     pub quiet: bool,
@@ -245,12 +245,12 @@ pub struct OutputArgs {
 }
 
 impl OutputArgs {
-    pub fn format(&self) -> crate::report::OutputFormat {
+    pub(crate) fn format(&self) -> crate::report::OutputFormat {
         crate::report::OutputFormat::from_flags(self.json, self.json_lines)
     }
 }
 
-pub const DEFAULT_PING_SIZE: usize = 64;
+pub(crate) const DEFAULT_PING_SIZE: usize = 64;
 
 #[derive(Args, Debug)]
 #[command(

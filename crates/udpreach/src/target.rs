@@ -106,12 +106,12 @@ pub(crate) fn resolve(
 
 /// [`resolve`] off the async runtime's thread (name lookups block), with
 /// udpreach's default port.
-pub async fn resolve_async(input: &str, family: Family) -> anyhow::Result<SocketAddr> {
+pub(crate) async fn resolve_async(input: &str, family: Family) -> anyhow::Result<SocketAddr> {
     resolve_async_port(input, crate::cli::DEFAULT_PORT, family).await
 }
 
 /// [`resolve_async`] with another default port (STAMP's 862).
-pub async fn resolve_async_port(
+pub(crate) async fn resolve_async_port(
     input: &str,
     default_port: u16,
     family: Family,

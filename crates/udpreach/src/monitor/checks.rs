@@ -34,7 +34,7 @@ pub(crate) const RESOLVE_RETRY: Duration = Duration::from_secs(10);
 
 /// Which ping-like check a [`PingTarget`] runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Prober {
+pub(crate) enum Prober {
     /// udpreach probes to a udpreach server (or any UDP echo server).
     Ping,
     /// STAMP test packets (RFC 8762/8972) to any STAMP reflector.
@@ -43,7 +43,7 @@ pub enum Prober {
 
 impl Prober {
     /// The `check` label value.
-    pub fn check(self) -> &'static str {
+    pub(crate) fn check(self) -> &'static str {
         match self {
             Prober::Ping => "ping",
             Prober::Stamp => "stamp",
@@ -51,7 +51,7 @@ impl Prober {
     }
 
     /// The port a target without one is probed on.
-    pub fn default_port(self) -> u16 {
+    pub(crate) fn default_port(self) -> u16 {
         match self {
             Prober::Ping => crate::cli::DEFAULT_PORT,
             Prober::Stamp => udpreach_wire::stamp::PORT,
@@ -61,7 +61,7 @@ impl Prober {
 
 /// One target's ping or STAMP check: continuous (`count: None`) or a fixed
 /// number of probes (`/probe`).
-pub struct PingTarget {
+pub(crate) struct PingTarget {
     pub name: String,
     pub group: String,
     pub prober: Prober,
@@ -186,7 +186,7 @@ fn publish(now: &Totals, series: &PingSeries, published: &mut Totals) {
 }
 
 /// Runs a ping or STAMP check until its count is done (or forever, for the agent).
-pub async fn ping(t: PingTarget, m: TargetMetrics, sink: ResultSink) {
+pub(crate) async fn ping(t: PingTarget, m: TargetMetrics, sink: ResultSink) {
     let series = m.ping_series();
     let check = t.prober.check();
     let Some(target) = resolve(
@@ -678,7 +678,7 @@ async fn periodic<F, Fut>(
 }
 
 /// Runs one ports sweep and records it; `repeat` runs it every `check.every`.
-pub async fn ports(t: PortsTarget, m: TargetMetrics, sink: ResultSink, repeat: bool) {
+pub(crate) async fn ports(t: PortsTarget, m: TargetMetrics, sink: ResultSink, repeat: bool) {
     let limit = if repeat {
         t.check.every.min(MAX_SWEEP)
     } else {
@@ -723,7 +723,7 @@ pub async fn ports(t: PortsTarget, m: TargetMetrics, sink: ResultSink, repeat: b
 }
 
 /// One target's mtu check.
-pub struct MtuTarget {
+pub(crate) struct MtuTarget {
     pub name: String,
     pub group: String,
     pub check: MtuCheck,
@@ -731,12 +731,12 @@ pub struct MtuTarget {
 }
 
 /// Longest one mtu check may take before it counts as failed.
-pub const MAX_MTU_CHECK: Duration = Duration::from_secs(60);
+pub(crate) const MAX_MTU_CHECK: Duration = Duration::from_secs(60);
 
 /// Measures the path MTU as `udpreach mtu` does (each direction against a
 /// udpreach server, else the round trip through the echo port; no fragment
 /// test) and records it; `repeat` runs it every `check.every`.
-pub async fn mtu(t: MtuTarget, m: TargetMetrics, sink: ResultSink, repeat: bool) {
+pub(crate) async fn mtu(t: MtuTarget, m: TargetMetrics, sink: ResultSink, repeat: bool) {
     let (t, m, sink) = (&t, &m, &sink);
     periodic(
         &t.name,

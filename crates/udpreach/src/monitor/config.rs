@@ -63,7 +63,7 @@ pub(crate) struct Group {
 /// A path MTU measurement (as `udpreach mtu`, without the fragment test)
 /// every `every`.
 #[derive(Clone, Debug, PartialEq)]
-pub struct MtuCheck {
+pub(crate) struct MtuCheck {
     pub every: Duration,
     /// Datagrams per size and round.
     pub probes: u32,
@@ -87,7 +87,7 @@ pub(crate) struct PortsCheck {
 
 /// A `/probe` module: one check run now, its metrics returned.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Module {
+pub(crate) enum Module {
     /// A ping or STAMP module.
     Ping {
         prober: Prober,

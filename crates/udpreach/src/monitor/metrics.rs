@@ -28,12 +28,12 @@ pub(crate) const RTT_BUCKETS: [f64; 17] = [
 ];
 
 /// Loss directions: from the server's counters when it reports them.
-pub const DIRECTIONS: [&str; 3] = ["upstream", "downstream", "unknown"];
+pub(crate) const DIRECTIONS: [&str; 3] = ["upstream", "downstream", "unknown"];
 /// Path MTU directions: to the server, back from it, or the round trip
 /// (through an echo port, when the target cannot measure each way).
-pub const MTU_DIRECTIONS: [&str; 3] = ["upstream", "downstream", "round_trip"];
+pub(crate) const MTU_DIRECTIONS: [&str; 3] = ["upstream", "downstream", "round_trip"];
 /// The checks a target can have.
-pub const CHECKS: [&str; 4] = ["ping", "ports", "stamp", "mtu"];
+pub(crate) const CHECKS: [&str; 4] = ["ping", "ports", "stamp", "mtu"];
 
 fn rtt_histogram() -> Histogram {
     Histogram::new(RTT_BUCKETS)
@@ -222,7 +222,7 @@ impl Default for Metrics {
 /// atomic add, with no label hashing (1,000 targets answer 1,000 times a
 /// second).
 #[derive(Clone)]
-pub struct PingSeries {
+pub(crate) struct PingSeries {
     pub rtt: Histogram,
     pub sent: Counter,
     pub replies: Counter,
@@ -237,13 +237,13 @@ pub struct PingSeries {
 /// Handles on one target's `udpreach_check_success` and
 /// `udpreach_check_duration_seconds` for one check.
 #[derive(Clone)]
-pub struct CheckSeries {
+pub(crate) struct CheckSeries {
     success: Gauge,
     duration: F64Gauge,
 }
 
 impl CheckSeries {
-    pub fn set(&self, success: bool, duration_s: Option<f64>) {
+    pub(crate) fn set(&self, success: bool, duration_s: Option<f64>) {
         self.success.set(i64::from(success));
         if let Some(d) = duration_s {
             self.duration.set(d);
@@ -304,7 +304,7 @@ impl TargetMetrics {
 
     /// The target's ping (or STAMP) series, created at zero so rates work
     /// from the first scrape; the handles update them without a label lookup.
-    pub fn ping_series(&self) -> PingSeries {
+    pub(crate) fn ping_series(&self) -> PingSeries {
         let b = &self.base;
         // `udpreach_nat_changes_total` too (set_seen_address counts changes).
         let [sent, replies, duplicates, late, reordered, withheld, _nat_changes] =
@@ -322,7 +322,7 @@ impl TargetMetrics {
     }
 
     /// The target's `check_success` and `check_duration_seconds` series of one check.
-    pub fn check_series(&self, check: &str) -> CheckSeries {
+    pub(crate) fn check_series(&self, check: &str) -> CheckSeries {
         let l = self.with("check", check);
         CheckSeries {
             success: self.m.check_success.get_or_create_owned(&l),
@@ -340,13 +340,13 @@ impl TargetMetrics {
         }
     }
 
-    pub fn check(&self, check: &str, success: bool, duration_s: Option<f64>) {
+    pub(crate) fn check(&self, check: &str, success: bool, duration_s: Option<f64>) {
         self.check_series(check).set(success, duration_s);
     }
 
     /// Sets `udpreach_path_mtu_bytes{direction}`; `None` removes the series
     /// (that direction could not be measured).
-    pub fn set_path_mtu(&self, direction: &str, mtu: Option<u32>) {
+    pub(crate) fn set_path_mtu(&self, direction: &str, mtu: Option<u32>) {
         let l = self.with("direction", direction);
         match mtu {
             Some(v) => {

@@ -36,7 +36,7 @@ pub(crate) enum MonitorResult {
 /// One mtu check: the path MTU each way (a udpreach server), or the round
 /// trip (an echo server); `null` where it could not be measured.
 #[derive(Debug, Serialize, JsonSchema)]
-pub struct PathMtuResult {
+pub(crate) struct PathMtuResult {
     pub time: f64,
     pub target: String,
     pub group: String,
@@ -77,7 +77,7 @@ pub(crate) struct PortsResult {
     pub error: Option<String>,
 }
 
-pub fn unix_now() -> f64 {
+pub(crate) fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
@@ -149,12 +149,12 @@ impl ResultSink {
     }
 
     /// Whether results go anywhere (else there is no need to build them).
-    pub fn is_on(&self) -> bool {
+    pub(crate) fn is_on(&self) -> bool {
         self.0.is_some()
     }
 
     /// One ping or STAMP probe's result.
-    pub fn probe(&self, prober: Prober, r: PingResult) {
+    pub(crate) fn probe(&self, prober: Prober, r: PingResult) {
         self.write(&match prober {
             Prober::Ping => MonitorResult::Ping(r),
             Prober::Stamp => MonitorResult::Stamp(r),
@@ -165,7 +165,7 @@ impl ResultSink {
         self.write(&MonitorResult::Ports(r));
     }
 
-    pub fn mtu(&self, r: PathMtuResult) {
+    pub(crate) fn mtu(&self, r: PathMtuResult) {
         self.write(&MonitorResult::Mtu(r));
     }
 }

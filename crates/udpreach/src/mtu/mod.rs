@@ -97,7 +97,7 @@ pub(crate) async fn run(args: MtuArgs) -> anyhow::Result<u8> {
 }
 
 /// What one measurement found.
-pub struct Measurement {
+pub(crate) struct Measurement {
     pub paths: Measured,
     pub probes_sent: u64,
     pub elapsed: Duration,
@@ -105,7 +105,7 @@ pub struct Measurement {
 
 /// Each direction (a udpreach server with the "mtu" capability) or the
 /// round trip (an echo server).
-pub enum Measured {
+pub(crate) enum Measured {
     Directions { up: Direction, down: Direction },
     RoundTrip(Direction),
 }
@@ -114,7 +114,7 @@ pub enum Measured {
 /// output and key fields are not read: `shared_key` is the key), reporting
 /// progress through `report`; `udpreach mtu` prints the result, the
 /// monitor's mtu check exports it.
-pub async fn measure(
+pub(crate) async fn measure(
     target: SocketAddr,
     args: &MtuArgs,
     shared_key: Option<&SharedKey>,

@@ -231,7 +231,7 @@ impl Drop for Sender {
 /// The ping socket's receive buffer (see where it is set).
 const PING_RECV_BUFFER: usize = 4 << 20;
 
-pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
+pub(crate) async fn run(args: PingArgs) -> anyhow::Result<u8> {
     if args.stamp {
         return stamp::run(args).await;
     }

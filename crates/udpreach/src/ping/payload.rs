@@ -18,7 +18,7 @@ use udpreach_wire::probe::{
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reply {
+pub(crate) enum Reply {
     /// From a udpreach server: stamped; `seen_tos` is the TOS byte the
     /// server says the probe arrived with (servers that report it).
     Stamped {

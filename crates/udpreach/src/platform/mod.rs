@@ -248,7 +248,7 @@ fn recvmsg_meta(sock: &UdpSocket, buf: &mut [u8], flags: MsgFlags) -> io::Result
 /// `127.0.0.2`). With `tos`, this datagram's TOS byte / traffic class (DSCP
 /// and ECN) is set by a control message, whatever the socket's own setting.
 /// Without either, a plain `sendto`.
-pub fn send_from_with_tos(
+pub(crate) fn send_from_with_tos(
     sock: &UdpSocket,
     buf: &[u8],
     to: SocketAddr,
@@ -463,7 +463,7 @@ impl AsyncUdp {
     }
 
     /// TOS byte / traffic class (DSCP and ECN) of later sends.
-    pub fn set_tos(&self, tos: u8) -> io::Result<()> {
+    pub(crate) fn set_tos(&self, tos: u8) -> io::Result<()> {
         let sock = socket2::SockRef::from(self.inner.get_ref());
         if self.local_addr()?.is_ipv6() {
             sock.set_tclass_v6(u32::from(tos))

@@ -11,14 +11,14 @@ use std::io::Write;
 use udpreach_wire::icmp::IcmpReport;
 use udpreach_wire::PortSpec;
 
-pub mod documents;
-pub mod mtu;
-pub mod nat;
-pub mod ping;
-pub mod ports;
-pub mod ports_trace;
-pub mod serverless;
-pub mod trace;
+pub(crate) mod documents;
+pub(crate) mod mtu;
+pub(crate) mod nat;
+pub(crate) mod ping;
+pub(crate) mod ports;
+pub(crate) mod ports_trace;
+pub(crate) mod serverless;
+pub(crate) mod trace;
 
 /// How a command prints its results (the same for ping, ports and mtu).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,7 +99,7 @@ pub(crate) fn group_by<K: Ord>(items: impl IntoIterator<Item = (K, u16)>) -> BTr
 }
 
 /// A port sweep's progress bar (`ports`, with or without a server).
-pub fn port_progress_bar(total: u64) -> indicatif::ProgressBar {
+pub(crate) fn port_progress_bar(total: u64) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} ports {msg} eta {eta}")
@@ -110,7 +110,7 @@ pub fn port_progress_bar(total: u64) -> indicatif::ProgressBar {
 
 /// `--json-lines` after a sweep: one line per port (unless quiet), then
 /// the summary. The start line went out before the sweep.
-pub fn print_port_lines<R: Serialize, U: Serialize>(ports: &[R], summary: &U, quiet: bool) {
+pub(crate) fn print_port_lines<R: Serialize, U: Serialize>(ports: &[R], summary: &U, quiet: bool) {
     if !quiet {
         for r in ports {
             print_json_line(&JsonLine::<(), _, ()>::Event(documents::PortEvent::Port(r)));
@@ -124,7 +124,7 @@ pub fn print_port_lines<R: Serialize, U: Serialize>(ports: &[R], summary: &U, qu
 /// The text lines of a sweep: one per verdict with its port ranges, and
 /// for the verdict an ICMP error explains (rejected, filtered), one per
 /// reporting host and reason, so the reader sees who did it.
-pub fn print_port_groups<V: Ord + Copy>(
+pub(crate) fn print_port_groups<V: Ord + Copy>(
     rows: impl Iterator<Item = (V, u16, Option<IcmpReport>)> + Clone,
     explained_by_icmp: V,
     label: impl Fn(V) -> &'static str,

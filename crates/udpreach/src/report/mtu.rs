@@ -96,7 +96,7 @@ impl MtuReport {
     /// A report for a measurement whose result the caller exports itself
     /// (the monitor's mtu check): quiet JSON lines, so neither notices nor
     /// the start line are printed (the caller never calls `print_*`).
-    pub fn silent(target_name: String, target: SocketAddr) -> Self {
+    pub(crate) fn silent(target_name: String, target: SocketAddr) -> Self {
         MtuReport {
             format: OutputFormat::JsonLines,
             quiet: true,
@@ -105,7 +105,7 @@ impl MtuReport {
         }
     }
 
-    pub fn notice(&self, text: &str) {
+    pub(crate) fn notice(&self, text: &str) {
         match self.format {
             OutputFormat::Text => eprintln!("udpreach: {text}"),
             OutputFormat::JsonLines if !self.quiet => {

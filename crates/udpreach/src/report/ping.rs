@@ -283,7 +283,7 @@ impl PingReport {
 
     /// The closing block. `local` is the address we sent from (None with --sport).
     /// `marks`: with `--dscp`/`--ecn`, the DSCP/ECN each way.
-    pub fn summary(
+    pub(crate) fn summary(
         &self,
         s: &PingSummary,
         local: Option<SocketAddr>,
@@ -294,7 +294,12 @@ impl PingReport {
     }
 
     /// The closing block of a `ping --stamp` run.
-    pub fn summary_stamp(&self, s: &PingSummary, local: Option<SocketAddr>, stamp: StampSummary) {
+    pub(crate) fn summary_stamp(
+        &self,
+        s: &PingSummary,
+        local: Option<SocketAddr>,
+        stamp: StampSummary,
+    ) {
         self.summary_as(s, local, &[], Some(stamp), None)
     }
 

@@ -20,7 +20,7 @@ pub(crate) struct PortsReport {
 }
 
 impl PortsReport {
-    pub fn progress_bar(&self, total: u64) -> ProgressBar {
+    pub(crate) fn progress_bar(&self, total: u64) -> ProgressBar {
         super::port_progress_bar(total)
     }
 
@@ -46,7 +46,7 @@ impl PortsReport {
     }
 
     /// The report at the end, with the `--trace` section if there is one.
-    pub fn print(
+    pub(crate) fn print(
         &self,
         results: &[PortResult],
         elapsed: Duration,

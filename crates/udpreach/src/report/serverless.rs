@@ -23,7 +23,7 @@ pub(crate) struct ServerlessReport {
 }
 
 impl ServerlessReport {
-    pub fn progress_bar(&self, total: u64) -> ProgressBar {
+    pub(crate) fn progress_bar(&self, total: u64) -> ProgressBar {
         super::port_progress_bar(total)
     }
 

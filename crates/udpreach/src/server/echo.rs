@@ -24,7 +24,7 @@ const MAX_WORKERS: usize = 4;
 
 /// Binds `addr` for echo: one socket per worker. Fails, like a plain bind,
 /// when anything already holds the address, even another SO_REUSEPORT user.
-pub fn bind(addr: SocketAddr) -> io::Result<Vec<UdpSocket>> {
+pub(super) fn bind(addr: SocketAddr) -> io::Result<Vec<UdpSocket>> {
     // The TOS each probe arrived with goes back in its reply (FLAG_TOS_SEEN).
     bind_workers(
         addr,

@@ -85,7 +85,7 @@ impl TestPort {
     /// Closes the ports; when this returns their sockets are closed. Every
     /// task is told first and awaited after, so a batch of closes costs one
     /// pass of the runtime rather than one wake-up per port in turn.
-    pub async fn close_all(ports: impl IntoIterator<Item = TestPort>) {
+    pub(super) async fn close_all(ports: impl IntoIterator<Item = TestPort>) {
         let tasks: Vec<JoinHandle<()>> = ports.into_iter().map(|p| p.task).collect();
         for t in &tasks {
             t.abort();

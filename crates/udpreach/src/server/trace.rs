@@ -167,7 +167,7 @@ impl TraceSession {
     }
 
     /// Handles one `TraceSend`: traces downstream from each port, reports.
-    pub async fn send(&mut self, msg: ControlMsg) -> ControlMsg {
+    pub(super) async fn send(&mut self, msg: ControlMsg) -> ControlMsg {
         let ControlMsg::TraceSend {
             ports,
             max_hops,

@@ -55,7 +55,7 @@ enum Got {
     Quoted(TraceProbe, QuotedHeader),
 }
 
-pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
+pub(crate) async fn run(args: TraceArgs) -> anyhow::Result<u8> {
     let report = TraceReport {
         format: args.output.format(),
         quiet: args.output.quiet,

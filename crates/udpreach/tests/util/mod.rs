@@ -132,7 +132,7 @@ impl RawSession {
         }
     }
 
-    pub fn connect(host: &Host, server: std::net::SocketAddr) -> RawSession {
+    pub(crate) fn connect(host: &Host, server: std::net::SocketAddr) -> RawSession {
         use udpreach_wire::control::ControlMsg;
         let hello = ControlMsg::Hello {
             version: 1,
@@ -150,7 +150,7 @@ impl RawSession {
 
     /// An authenticated session (the client's half of the handshake is the
     /// engine's `ClientHandshake`); returns it with the session key.
-    pub fn connect_keyed(
+    pub(crate) fn connect_keyed(
         host: &Host,
         server: std::net::SocketAddr,
         key: &udpreach_wire::auth::SharedKey,
@@ -182,7 +182,7 @@ impl RawSession {
         panic!("no welcome after 8 messages");
     }
 
-    pub fn send(&mut self, msg: &udpreach_wire::control::ControlMsg) {
+    pub(crate) fn send(&mut self, msg: &udpreach_wire::control::ControlMsg) {
         use std::io::Write;
         self.stream.write_all(&msg.to_frame()).expect("send");
     }
@@ -213,7 +213,7 @@ impl RawSession {
 }
 
 /// The stamp-suite binary: `STAMP_SUITE`, else on PATH, else cargo's bin dir.
-pub fn stamp_suite() -> PathBuf {
+pub(crate) fn stamp_suite() -> PathBuf {
     if let Some(p) = std::env::var_os("STAMP_SUITE") {
         return PathBuf::from(p);
     }
@@ -237,7 +237,7 @@ pub fn stamp_suite() -> PathBuf {
 }
 
 /// `udpreach server --stamp` on the server's address, port 862.
-pub fn udpreach_reflector(host: &Host, extra: &[&str]) -> Proc {
+pub(crate) fn udpreach_reflector(host: &Host, extra: &[&str]) -> Proc {
     let mut args = vec!["--stamp", "0.0.0.0:862"];
     args.extend_from_slice(extra);
     let p = start_server(host, &args);
@@ -246,7 +246,7 @@ pub fn udpreach_reflector(host: &Host, extra: &[&str]) -> Proc {
 }
 
 /// stamp-suite's reflector on the host's address, UDP `port`.
-pub fn stamp_suite_reflector(host: &Host, port: u16, extra: &[&str]) -> Proc {
+pub(crate) fn stamp_suite_reflector(host: &Host, port: u16, extra: &[&str]) -> Proc {
     let mut argv = vec![
         stamp_suite().display().to_string(),
         "-i".into(),
