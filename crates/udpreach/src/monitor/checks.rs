@@ -50,7 +50,8 @@ async fn resolve(name: &str, m: &TargetMetrics, retry: bool, check: &str) -> Opt
                 m.set_resolved(false);
                 m.check(check, false, None);
                 tracing::warn!("monitor: {name}: {e:#}");
-                if !retry {
+                // A target that can never resolve is not retried.
+                if !retry || !e.is_transient() {
                     return None;
                 }
                 tokio::time::sleep(RESOLVE_RETRY).await;
