@@ -41,13 +41,13 @@ const PORTS_EXIT_CODES: &str = "\
 Exit codes:
   0 every requested port reachable (--no-server: open)
   1 some port not reachable (--no-server: not open)
-  2 usage, connection or protocol error; with a key, failed authentication";
+  2 usage, resolution, connection or protocol error; with a key, failed authentication";
 
 const MTU_EXIT_CODES: &str = "\
 Exit codes:
   0 a path MTU found every way and fragments pass
   1 nothing crosses, or fragments are dropped
-  2 usage, connection or socket error; with a key, failed authentication";
+  2 usage, resolution, connection or socket error; with a key, failed authentication";
 
 const NAT_EXIT_CODES: &str = "\
 Exit codes:
@@ -55,13 +55,13 @@ Exit codes:
     address-dependent behaviour are reported together)
   1 a part could not be measured (the `not_measured` list says which and why), or no
     binding expired within --max-idle
-  2 usage, connection or protocol error; with a key, failed authentication";
+  2 usage, resolution, connection or protocol error; with a key, failed authentication";
 
 const TRACE_EXIT_CODES: &str = "\
 Exit codes:
   0 every traced port passes, each way traced
   1 some traced port does not pass (dropped, rejected or no answer) some way
-  2 usage, connection or protocol error";
+  2 usage, resolution, connection or protocol error";
 
 const MONITOR_EXIT_CODES: &str = "\
 Exit codes:

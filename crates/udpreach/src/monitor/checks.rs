@@ -89,7 +89,8 @@ async fn resolve(
                 m.set_resolved(false);
                 m.check(check, false, None);
                 tracing::warn!("monitor: {name}: {e:#}");
-                if !retry {
+                // A target that can never resolve is not retried.
+                if !retry || !e.is_transient() {
                     return None;
                 }
                 tokio::time::sleep(RESOLVE_RETRY).await;

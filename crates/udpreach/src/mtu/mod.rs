@@ -211,8 +211,8 @@ async fn run_echo(
 }
 
 /// Each direction on its own: upstream through the session's MTU port,
-/// downstream by the server's sends (its waits seeded with the round trip
-/// upstream measured).
+/// downstream by the server's sends (its waits from the round-trip
+/// estimate upstream built).
 #[allow(clippy::too_many_arguments)]
 async fn run_server(
     p: &mut ProbeSocket,
@@ -252,10 +252,13 @@ async fn run_server(
     // Linux reports twice the buffer asked for; half of it holds the datagrams.
     let request_bytes = p.udp.recv_buffer_size().unwrap_or(212_992) as u64 / 2;
     let far_end = Probing::FarEndSends { request_bytes };
-    let mut down = MtuSearch::new(
-        search_config(p, args, down_max, far_end, up.srtt().or(rtt)),
-        Instant::now(),
-    );
+    let mut down_cfg = search_config(p, args, down_max, far_end, rtt);
+    if up.srtt().is_some() {
+        // Upstream measured the path: its estimate, not the one handshake sample.
+        down_cfg.rtt = None;
+        down_cfg.rtt_estimate = Some(up.rtt_estimate().clone());
+    }
+    let mut down = MtuSearch::new(down_cfg, Instant::now());
     drive(
         p,
         &mut down,
@@ -400,6 +403,7 @@ fn search_config(
         v6: p.v6,
         probing,
         rtt,
+        rtt_estimate: None,
         round_wait: args.timeout,
         fragment_test: !args.no_fragments,
     }

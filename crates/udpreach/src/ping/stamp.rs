@@ -28,8 +28,7 @@ pub(super) async fn run(args: PingArgs) -> anyhow::Result<u8> {
     let input = args.target.clone();
     let target =
         tokio::task::spawn_blocking(move || resolve(&input, udpreach_wire::stamp::PORT, family))
-            .await?
-            .map_err(|e| anyhow::anyhow!(e))?;
+            .await??;
     let key = crate::shared_key::load(&args.key)?;
     let tos = super::asked_tos(&args);
     let keyed = key.is_some();
