@@ -115,7 +115,19 @@ impl RawSession {
     fn begin(host: &Host, server: std::net::SocketAddr, frames: &[u8]) -> RawSession {
         use std::io::{Read, Write};
         use udpreach_wire::control::PREAMBLE;
-        let mut stream = host.enter(move || std::net::TcpStream::connect(server).expect("connect"));
+        // `start_server` waits for the UDP port; the TCP listener may come
+        // a moment later on a loaded machine: retry a refused connect (5 s at most).
+        let mut stream = host.enter(move || {
+            for _ in 0..50 {
+                match std::net::TcpStream::connect(server) {
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        std::thread::sleep(Duration::from_millis(100))
+                    }
+                    r => return r.expect("connect"),
+                }
+            }
+            panic!("{server} refused every connection for 5 s")
+        });
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
