@@ -690,17 +690,19 @@ impl TraceProbing {
     fn after_silence(&mut self, i: usize, ttl: u8, sent: Instant, now: Instant) {
         let confirmed = self.hop(ttl).confirms(sent);
         let hop_answers = self.hop(ttl).answers();
-        if self.top[i] > ttl && hop_answers && self.hop(ttl).limited_since.is_none() {
-            // The port went on past the hop, which answers others: it
-            // dropped this error.
+        let sends = self.probe(i, ttl).sends.len();
+        let attempts = usize::from(self.cfg.attempts);
+        // The port went on past the hop, which answers others: it dropped
+        // this error. Or a retry with a canary drew nothing at all from a
+        // hop that answers others: it had no error to spare.
+        let limited = self.top[i] > ttl || (!confirmed && sends > attempts);
+        if limited && hop_answers && self.hop(ttl).limited_since.is_none() {
             self.hop_mut(ttl).limited_since = Some(now);
         }
         if !self.needed(i, ttl) || self.confirmed_silences(i, ttl) >= usize::from(self.cfg.attempts)
         {
             return;
         }
-        let sends = self.probe(i, ttl).sends.len();
-        let attempts = usize::from(self.cfg.attempts);
         let to_hop = if self.hop(ttl).limited_since.is_some() {
             true
         } else if !confirmed && hop_answers {
@@ -1029,6 +1031,9 @@ pub fn analyse(trace: &PortTrace, control: Option<&PortTrace>, target: Option<Ip
             ),
             (Some(c), Some(_)) if c.hops.contains_key(&1) => Some(
                 "hop 1 answered for the control port but never for this port: a filter on this host, or hop 1's ICMP rate limit, cannot be told apart".into(),
+            ),
+            (Some(_), Some(_)) if trace.unsure.contains(&1) && trace.rate_limited.contains(&1) => Some(
+                "hop 1 limits its ICMP errors and never answered a probe of this port while it had one to spare: the drop may be anywhere".into(),
             ),
             (Some(_), Some(_)) => None,
         };

@@ -44,11 +44,13 @@ use udpreach_wire::trace::{
 
 /// ICMP errors waiting for a `TraceSend` to read them (the rest are dropped).
 const ERROR_QUEUE: usize = 4096;
-/// Longest one `TraceSend` may run, whatever the engine asks.
-const SEND_DEADLINE: Duration = Duration::from_secs(30);
+/// Longest one `TraceSend` may run, whatever the engine asks: under the
+/// 15 s a client gives a pending request before it calls the connection
+/// lost.
+const SEND_DEADLINE: Duration = Duration::from_secs(14);
 /// How long one `TraceSend` keeps probing hops that limit their ICMP
-/// errors (one a second each, after a burst): well within [`SEND_DEADLINE`].
-const SEND_PATIENCE: Duration = Duration::from_secs(20);
+/// errors (one a second each, after a burst): within [`SEND_DEADLINE`].
+const SEND_PATIENCE: Duration = Duration::from_secs(10);
 /// Probes per second of a downstream trace when the client names no rate.
 const DEFAULT_RATE: u32 = 1000;
 
