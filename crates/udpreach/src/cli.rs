@@ -229,6 +229,23 @@ pub(crate) struct KeyArgs {
 }
 
 /// Default probe size without a key; with one, [`udpreach_wire::auth::MIN_SEALED_LEN`].
+/// `-4` / `-6`, the address family every command that resolves a target takes.
+#[derive(Args, Debug, Clone, Copy)]
+pub(crate) struct FamilyArgs {
+    /// Use IPv4 only.
+    #[arg(short = '4', conflicts_with = "ipv6", help_heading = PATH)]
+    pub ipv4: bool,
+    /// Use IPv6 only.
+    #[arg(short = '6', help_heading = PATH)]
+    pub ipv6: bool,
+}
+
+impl FamilyArgs {
+    pub(crate) fn family(&self) -> crate::target::Family {
+        crate::target::Family::from_flags(self.ipv4, self.ipv6)
+    }
+}
+
 /// The output flags every reporting command shares; each command words
 /// their help for what it prints (`mut_arg` on the command).
 #[derive(Args, Debug, Clone, Copy)]
@@ -279,12 +296,8 @@ pub(crate) struct PingArgs {
     /// Stop after this long, whatever the count: 1ms..=30d.
     #[arg(short = 'w', long = "deadline", value_name = "DURATION", value_parser = duration_in("deadline", "1ms", "30d"), allow_negative_numbers = true, help_heading = PROBES)]
     pub deadline: Option<Duration>,
-    /// Use IPv4 only.
-    #[arg(short = '4', conflicts_with = "ipv6", help_heading = PATH)]
-    pub ipv4: bool,
-    /// Use IPv6 only.
-    #[arg(short = '6', help_heading = PATH)]
-    pub ipv6: bool,
+    #[command(flatten)]
+    pub family: FamilyArgs,
     /// Send one probe from each local source port: PORT or START-END (the seed's SRC_PORT_RANGE).
     #[arg(long = "sport", value_name = "PORT|RANGE", value_parser = parse_spec, help_heading = PATH)]
     pub sport: Option<PortSpec>,
@@ -360,12 +373,8 @@ pub(crate) struct PortsArgs {
     /// (silence after retries). Paces itself to the host's ICMP rate limit.
     #[arg(long = "no-server", help_heading = PATH)]
     pub no_server: bool,
-    /// Use IPv4 only.
-    #[arg(short = '4', conflicts_with = "ipv6", help_heading = PATH)]
-    pub ipv4: bool,
-    /// Use IPv6 only.
-    #[arg(short = '6', help_heading = PATH)]
-    pub ipv6: bool,
+    #[command(flatten)]
+    pub family: FamilyArgs,
     /// Fixed per-probe timeout, 1ms..=1m, instead of the adaptive one (from measured RTT).
     #[arg(long, value_name = "DURATION", value_parser = duration_in("timeout", "1ms", "1m"), allow_negative_numbers = true, help_heading = PROBES)]
     pub timeout: Option<Duration>,
@@ -411,12 +420,8 @@ pub(crate) struct MtuArgs {
     /// direction (also used when the server lacks the "mtu" capability).
     #[arg(long, help_heading = PATH)]
     pub echo: bool,
-    /// Use IPv4 only.
-    #[arg(short = '4', conflicts_with = "ipv6", help_heading = PATH)]
-    pub ipv4: bool,
-    /// Use IPv6 only.
-    #[arg(short = '6', help_heading = PATH)]
-    pub ipv6: bool,
+    #[command(flatten)]
+    pub family: FamilyArgs,
     /// Datagrams per size and round, 1..=4.
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = number_in("probe count", 1u32, 4), allow_negative_numbers = true, help_heading = PROBES)]
     pub probes: u32,
@@ -446,12 +451,8 @@ pub(crate) struct NatArgs {
     /// TCP control port [default: the port in HOST:PORT, else 4000].
     #[arg(long, value_name = "PORT", value_parser = parse_port_arg, help_heading = PATH)]
     pub control: Option<u16>,
-    /// Use IPv4 only.
-    #[arg(short = '4', conflicts_with = "ipv6", help_heading = PATH)]
-    pub ipv4: bool,
-    /// Use IPv6 only.
-    #[arg(short = '6', help_heading = PATH)]
-    pub ipv6: bool,
+    #[command(flatten)]
+    pub family: FamilyArgs,
     /// Longest idle gap tested, 2s..=30m: a binding that outlives it is reported as
     /// "over" it.
     #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = duration_in("max idle", "2s", "30m"), allow_negative_numbers = true, help_heading = PROBES)]
@@ -495,12 +496,8 @@ pub(crate) struct TraceArgs {
     /// unreachable from the host.
     #[arg(long = "no-server", help_heading = PATH)]
     pub no_server: bool,
-    /// Use IPv4 only.
-    #[arg(short = '4', conflicts_with = "ipv6", help_heading = PATH)]
-    pub ipv4: bool,
-    /// Use IPv6 only.
-    #[arg(short = '6', help_heading = PATH)]
-    pub ipv6: bool,
+    #[command(flatten)]
+    pub family: FamilyArgs,
     /// DSCP code point 0..=63 for the probes; each hop's quoted header then shows where
     /// it was rewritten.
     #[arg(long, value_name = "DSCP", value_parser = number_in("DSCP", 0u8, 63), allow_negative_numbers = true, help_heading = PATH)]

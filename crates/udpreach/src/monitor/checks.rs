@@ -750,8 +750,10 @@ pub(crate) async fn mtu(t: MtuTarget, m: TargetMetrics, sink: ResultSink, repeat
                 target: t.name.clone(),
                 control: None,
                 echo: false,
-                ipv4: false,
-                ipv6: false,
+                family: crate::cli::FamilyArgs {
+                    ipv4: false,
+                    ipv6: false,
+                },
                 probes: t.check.probes,
                 timeout: None,
                 no_fragments: true,

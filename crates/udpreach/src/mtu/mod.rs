@@ -24,7 +24,7 @@ use crate::platform::realtime_ns;
 use crate::platform::{canonical, AsyncUdp, Received, UdpOptions};
 use crate::report::documents::MtuMode;
 use crate::report::mtu::{Direction, MtuReport};
-use crate::target::{resolve_async, unspecified_for, Family};
+use crate::target::{resolve_async, unspecified_for};
 use anyhow::{bail, Context};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -74,7 +74,7 @@ enum Mode {
 }
 
 pub(crate) async fn run(args: MtuArgs) -> anyhow::Result<u8> {
-    let family = Family::from_flags(args.ipv4, args.ipv6);
+    let family = args.family.family();
     let target = resolve_async(&args.target, family).await?;
     let report = MtuReport {
         format: args.output.format(),

@@ -13,7 +13,7 @@ use crate::report::documents::{
     BehindSchedule, IgnoredReply, PingEvent as ReportedEvent, SendFailure, SkippedPort,
 };
 use crate::report::ping::{PingReport, ReplyKind};
-use crate::target::{resolve_async, unspecified_for, Family};
+use crate::target::{resolve_async, unspecified_for};
 use anyhow::{bail, Context};
 use payload::{PayloadBuilder, Reply};
 use std::collections::{HashMap, VecDeque};
@@ -237,7 +237,7 @@ pub(crate) async fn run(args: PingArgs) -> anyhow::Result<u8> {
     }
     // --sport keeps one socket per source port open until its timeout passes.
     crate::platform::raise_nofile_limit();
-    let family = Family::from_flags(args.ipv4, args.ipv6);
+    let family = args.family.family();
     let target = resolve_async(&args.target, family).await?;
     let key = crate::shared_key::load(&args.key)?;
     let size = args.size_for(key.is_some());

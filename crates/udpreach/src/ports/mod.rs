@@ -13,7 +13,7 @@ use crate::control_client::{ControlClient, Pending};
 use crate::platform::errqueue::QueuedError;
 use crate::platform::{self, AsyncUdp, Received, UdpOptions};
 use crate::report::ports::PortsReport;
-use crate::target::{resolve_async, unspecified_for, Family};
+use crate::target::{resolve_async, unspecified_for};
 use anyhow::Context;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -45,7 +45,7 @@ pub(crate) async fn run(args: PortsArgs) -> anyhow::Result<u8> {
     }
     // One probe socket whatever the port count; raised anyway, as the brief asks of both sides.
     platform::raise_nofile_limit();
-    let family = Family::from_flags(args.ipv4, args.ipv6);
+    let family = args.family.family();
     let mut server = resolve_async(&args.target, family).await?;
     if let Some(p) = args.control {
         server.set_port(p);

@@ -15,7 +15,7 @@ use crate::platform::{AsyncUdp, Received, UdpOptions};
 use crate::report::trace::{
     Direction, DirectionReport, TraceDocument, TraceMode, TraceReport, TraceStart,
 };
-use crate::target::{resolve_async, unspecified_for, Family};
+use crate::target::{resolve_async, unspecified_for};
 use anyhow::{bail, Context};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -76,7 +76,7 @@ pub(crate) async fn trace(
     report: Option<&TraceReport>,
 ) -> anyhow::Result<TraceDocument> {
     let started = Instant::now();
-    let family = Family::from_flags(args.ipv4, args.ipv6);
+    let family = args.family.family();
     let mut target = resolve_async(&args.target, family).await?;
     if let Some(p) = args.control {
         target.set_port(p);
