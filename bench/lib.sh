@@ -44,7 +44,9 @@ inc() { ip netns exec "$NSC" "$@"; }
 ins() { ip netns exec "$NSS" "$@"; }
 bg_ins() { ip netns exec "$NSS" "$@" & PIDS+=($!); }
 
+# NO_BUILD=1: use the binaries as they are (a script that runs others builds once).
 build_release() {
+  [ -n "${NO_BUILD:-}" ] && return 0
   (cd "$ROOT" && cargo build --release -q -p udpreach --bin udpreach --example echo_load)
 }
 
@@ -86,5 +88,6 @@ stop_emulator() {
 }
 
 build_link() {
+  [ -n "${NO_BUILD:-}" ] && return 0
   (cd "$ROOT" && cargo build --release -q -p udpreach-lab-link)
 }

@@ -9,6 +9,8 @@
 #  (c) max rate: closed-loop echo load (examples/echo_load, 4 senders x 32
 #      in flight, 64-byte datagrams) through the emulator with no delay,
 #      against the plain veth in the same run.
+#  BEFORE_BIN=PATH runs (a) with that udpreach binary too, first: a
+#  before/after comparison in the same run.
 # Usage: bench/link_accuracy.sh
 source "$(dirname "$0")/lib.sh"
 need python3
@@ -24,7 +26,10 @@ scenario() {
   bash -c 'source "$1/lib.sh"; shift; eval "$@"' _ "$here" "$@"
 }
 
-scenario '
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+for bin in ${BEFORE_BIN:-} "$BIN"; do
+echo "udpreach: $bin"
+(export BIN=$bin; scenario '
 setup_emulated delay=5ms delay=5ms
 bg_ins "$BIN" server --listen 198.18.0.2:4000 --reply-budget 100000
 sleep 0.5
@@ -37,11 +42,15 @@ s = ns(sys.argv[1]).summary; e = ns(sys.argv[2])
 r = s.rtt
 print(f"(a) 10 ms RTT, 10k pps: sent {s.transmitted} at {s.send_rate_pps:.0f}/s, received {s.received}; "
       f"RTT min {r.min_ms:.3f} p50 {r.p50_ms:.3f} p90 {r.p90_ms:.3f} p99 {r.p99_ms:.3f} max {r.max_ms:.3f} ms")
+drops = sum(x.dropped_random + x.dropped_burst + x.dropped_queue + x.dropped_held for x in (e.a_to_b, e.b_to_a))
+print(f"    lost {s.lost} (up {s.upstream_lost}, down {s.downstream_lost}, unknown {s.direction_unknown}), "
+      f"late {s.late}, withheld {s.withheld}; frames the emulator dropped: {drops}")
 for d, x in (("a_to_b", e.a_to_b), ("b_to_a", e.b_to_a)):
     print(f"    emulator {d}: lateness mean {x.lateness_mean_us} us, max {x.lateness_max_us} us, "
           f"{x.late} of {x.frames_out} later than 200 us, {x.send_retries} send retries, {x.send_errors} send errors")
 PY
-rm -f /tmp/ua.$$.json'
+rm -f /tmp/ua.$$.json')
+done
 
 scenario '
 setup_emulated delay=1ms,loss=10% delay=1ms

@@ -11,6 +11,11 @@
 #   BLOCKED_PCT of the ports blocked, half inbound (dropped at the server's
 #   input), half return (replies dropped at the client's input).
 #   SEED_PORTS=0 skips the seed algorithm's and nmap's runs.
+#   CLIENTS=N splits PORTS into N slices swept at once by N clients (one
+#   server, one session each); the server then gets a window of
+#   $WINDOW_TOTAL/N ports per session (default 18000/N: the sessions' windows
+#   must fit the server's total, or opens fail as `server_error`).
+#   SERVER_ARGS adds options to the server's command line.
 source "$(dirname "$0")/lib.sh"
 need nft python3
 RTT=${1:?RTT_MS}; PORTS=${2:?PORTS}; LOSS=${3:-0}; BLOCKED=${4:-0}; JITTER=${5:-0}; SEED=${6:-1}
@@ -24,17 +29,28 @@ else
   setup_emulated "$spec" "$spec"
 fi
 machine
-bg_ins "$BIN" server --listen 198.18.0.2:4000 --allow-ports 1024-65535
+CLIENTS=${CLIENTS:-1}
+if [ "$CLIENTS" -gt 1 ]; then
+  per=$(( ${WINDOW_TOTAL:-18000} / CLIENTS ))
+  SERVER_ARGS="${SERVER_ARGS:-} --max-sessions-per-source 64 --max-ports-per-source $(( per * CLIENTS )) --max-ports-per-session $per"
+fi
+# shellcheck disable=SC2086
+bg_ins "$BIN" server --listen 198.18.0.2:4000 --allow-ports 1024-65535 ${SERVER_ARGS:-}
 sleep 0.5
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 sets=$(mktemp -d)
-python3 - "$SEED" "$sets" "$PORTS" "$BLOCKED" "$([ "$RTT" = 0 ] && echo "$LOSS" || echo 0)" <<'PY'
+python3 - "$SEED" "$sets" "$PORTS" "$BLOCKED" "$([ "$RTT" = 0 ] && echo "$LOSS" || echo 0)" "$CLIENTS" <<'PY'
 import random, sys
 seed, d, spec, blocked_pct, nft_loss = int(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
 ports = []
 for part in spec.split(","):
     a, _, b = part.partition("-")
     ports += range(int(a), int(b or a) + 1)
+n = int(sys.argv[6])
+size = -(-len(ports) // n)
+slices = [ports[i:i + size] for i in range(0, len(ports), size)]
+open(f"{d}/slices", "w").write("\n".join(f"{s[0]}-{s[-1]}" for s in slices))
 ports = [p for p in ports if p != 4000]
 rnd = random.Random(seed)
 blocked = rnd.sample(ports, int(len(ports) * blocked_pct / 100))
@@ -54,22 +70,34 @@ ins nft -f "$sets/server.nft"
 inc nft -f "$sets/client.nft"
 
 t0=$(date +%s.%N)
-inc "$BIN" ports 198.18.0.2 "$PORTS" --json > "$sets/a.json" || true
+i=0
+CPIDS=()
+while read -r slice || [ -n "$slice" ]; do
+  inc "$BIN" ports 198.18.0.2 "$slice" --json > "$sets/a$i.json" &
+  CPIDS+=($!)
+  i=$((i + 1))
+done < "$sets/slices"
+for p in "${CPIDS[@]}"; do wait "$p" || true; done
 t1=$(date +%s.%N)
-python3 - "$sets" "$t0" "$t1" "$RTT" "$JITTER" "$LOSS" "$BLOCKED" <<'PY'
+python3 - "$sets" "$t0" "$t1" "$RTT" "$JITTER" "$LOSS" "$BLOCKED" "$CLIENTS" <<'PY'
 import json, sys
 d, t0, t1 = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
-rtt, jitter, loss, blocked = sys.argv[4:8]
-doc = json.load(open(f"{d}/a.json"))
+rtt, jitter, loss, blocked, clients = sys.argv[4:9]
+docs = [json.load(open(f"{d}/a{i}.json")) for i in range(int(clients))]
 inbound = set(map(int, open(f"{d}/inbound").read().split()))
 ret = set(map(int, open(f"{d}/return").read().split()))
 want = lambda p: "denied_by_server" if p == 4000 else "inbound_blocked" if p in inbound else "return_blocked" if p in ret else "reachable"
-wrong = [(p["port"], p["verdict"], want(p["port"])) for p in doc["ports"] if p["verdict"] != want(p["port"])]
+wrong = [(p["port"], p["verdict"], want(p["port"])) for doc in docs for p in doc["ports"] if p["verdict"] != want(p["port"])]
+total = sum(doc["total"] for doc in docs)
+sweep = max(doc["elapsed_ms"] for doc in docs) / 1000
+probes = sum(doc["probes_sent"] for doc in docs)
 link = f"RTT {rtt} ms +-{jitter} ms" if rtt != "0" else "plain veth"
-print(f"udpreach ports, {doc['total']} ports, {link}, {loss}% loss each way, {blocked}% blocked "
-      f"({len(inbound)} inbound, {len(ret)} return): sweep {doc['elapsed_ms']/1000:.2f} s (wall {t1 - t0:.2f} s), "
-      f"probes {doc['probes_sent']}, wrong verdicts {len(wrong)} {wrong[:5]}")
+who = f"{clients} clients at once, " if clients != "1" else ""
+print(f"udpreach ports, {who}{total} ports, {link}, {loss}% loss each way, {blocked}% blocked "
+      f"({len(inbound)} inbound, {len(ret)} return): sweep {sweep:.2f} s (wall {t1 - t0:.2f} s, "
+      f"{total / (t1 - t0):.0f} ports/s), probes {probes}, wrong verdicts {len(wrong)} {wrong[:5]}")
 PY
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 if [ "${SEED_PORTS:-20}" != 0 ]; then
   # The seed algorithm on 20 ports of the same link, 2 of them blocked inbound.

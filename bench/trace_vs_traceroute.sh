@@ -35,6 +35,7 @@ cleanup() {
   done
   sleep 0.2
   for ns in "$C" "$R1" "$R2" "$S"; do ip netns del "$ns" 2>/dev/null || true; done
+  [ -z "${out:-}" ] || rm -rf "$out"
 }
 trap cleanup EXIT INT TERM
 for ns in "$C" "$R1" "$R2" "$S"; do

@@ -25,6 +25,25 @@ impl Marking {
     }
 }
 
+/// One reply's markings each way (`ping --dscp/--ecn`, per reply).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct ReplyMarks {
+    /// What the probe arrived at the server with (null: not reported).
+    pub at_server: Option<Marking>,
+    /// What the reply arrived here with (null: the socket did not say).
+    pub here: Option<Marking>,
+}
+
+impl ReplyMarks {
+    /// From the two TOS bytes, as [`MarkTally::record`] takes them.
+    pub fn of(at_server: Option<u8>, here: Option<u8>) -> Self {
+        ReplyMarks {
+            at_server: at_server.map(Marking::of),
+            here: here.map(Marking::of),
+        }
+    }
+}
+
 /// What arrived in one direction, over the replies that told.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct DirectionMarks {

@@ -149,6 +149,11 @@ pub struct MtuSearchConfig {
     /// A round trip measured before the search (e.g. the control
     /// handshake's): the first round's wait comes from it.
     pub rtt: Option<Duration>,
+    /// The round-trip estimate of an earlier search on the same path (the
+    /// other direction's, [`MtuSearch::rtt_estimate`]): its smoothed RTT and
+    /// variation, rather than one sample, set the first waits. A search
+    /// whose far end sends the probes measures no round trips of its own.
+    pub rtt_estimate: Option<RtoEstimator>,
     /// A fixed wait per round instead of one from the measured round trip.
     pub round_wait: Option<Duration>,
     /// After the search, test whether datagrams larger than the path MTU
@@ -171,6 +176,7 @@ impl MtuSearchConfig {
                 window_bytes: WINDOW_BYTES,
             },
             rtt: None,
+            rtt_estimate: None,
             round_wait: None,
             fragment_test: true,
         }
@@ -668,7 +674,9 @@ impl MtuSearch {
     /// to send.
     pub fn new(cfg: MtuSearchConfig, now: Instant) -> Self {
         let cfg = cfg.normalised();
-        let mut rto = RtoEstimator::new(INITIAL_ROUND_WAIT, MIN_ROUND_WAIT, MAX_ROUND_WAIT);
+        let mut rto = cfg.rtt_estimate.clone().unwrap_or_else(|| {
+            RtoEstimator::new(INITIAL_ROUND_WAIT, MIN_ROUND_WAIT, MAX_ROUND_WAIT)
+        });
         if let Some(rtt) = cfg.rtt {
             rto.on_sample(rtt);
         }
@@ -724,10 +732,15 @@ impl MtuSearch {
         self.datagrams
     }
 
-    /// The smoothed round trip measured so far (seed it into the other
-    /// direction's search).
+    /// The smoothed round trip measured so far.
     pub fn srtt(&self) -> Option<Duration> {
         self.rto.srtt()
+    }
+
+    /// The round-trip estimate so far, to seed another search on the same
+    /// path ([`MtuSearchConfig::rtt_estimate`]).
+    pub fn rtt_estimate(&self) -> &RtoEstimator {
+        &self.rto
     }
 
     /// How long a round waits for answers now: the fixed wait if one was

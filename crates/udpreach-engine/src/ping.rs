@@ -283,6 +283,9 @@ pub struct PingSession {
     highest_replied: Option<u64>,
     /// (server counter, seq) of the reply with the highest counter.
     best_counter: Option<(u32, u64)>,
+    /// First answers (in time or late) that carried the server's counter:
+    /// each is one distinct arrival the server counted.
+    counted_replies: u64,
     /// The server's withheld count (mod 256) in the reply with the highest counter.
     last_withheld: Option<(u32, u8)>,
     withheld: u64,
@@ -335,6 +338,7 @@ impl PingSession {
             icmp_tally: Vec::new(),
             highest_replied: None,
             best_counter: None,
+            counted_replies: 0,
             last_withheld: None,
             withheld: 0,
             proc_ns: (0, 0, u64::MAX, 0),
@@ -515,6 +519,7 @@ impl PingSession {
             _ => self.highest_replied = Some(seq),
         }
         if let Some(s) = stamp {
+            self.counted_replies += 1;
             if self.best_counter.is_none_or(|(c, _)| s.flow_count > c) {
                 self.best_counter = Some((s.flow_count, seq));
             }
@@ -667,25 +672,34 @@ impl PingSession {
         };
         let (mut up, mut down, mut unknown) = (None, None, None);
         if let Some((count, seq)) = self.best_counter {
-            // Probes up to `seq` were sent before the one the server counted as
-            // its `count`-th, so (up to reordering) the rest of them never arrived.
-            let sent_through = self
+            // The server counted `count` arrivals up to the reply with the
+            // highest counter; every answer we got carries the count of its
+            // own arrival, all at most `count`. So `count` less the answers
+            // is the arrivals whose reply never came (withheld or lost on
+            // the way back), whatever order the probes arrived in. Upstream:
+            // the probes sent up to that one that got no answer, less those
+            // that arrived. (Comparing `count` with the probes sent before
+            // it, as before, took a probe that overtook another on the way
+            // up for a reply lost on the way back.)
+            let unanswered_through = self
                 .probes
                 .iter()
                 .take((seq + 1).saturating_sub(self.base) as usize)
-                .filter(|p| p.state != ProbeState::SendFailed)
+                .filter(|p| {
+                    !matches!(
+                        p.state,
+                        ProbeState::SendFailed | ProbeState::Replied | ProbeState::Late
+                    )
+                })
                 .count() as u64;
-            let answered_through = self
-                .probes
-                .iter()
-                .take((seq + 1).saturating_sub(self.base) as usize)
-                .filter(|p| matches!(p.state, ProbeState::Replied | ProbeState::Late))
-                .count() as u64;
-            let u = sent_through.saturating_sub(u64::from(count));
-            let d = u64::from(count).saturating_sub(answered_through + withheld);
+            let unanswered_arrivals = u64::from(count).saturating_sub(self.counted_replies);
+            let d = unanswered_arrivals.saturating_sub(withheld).min(lost);
+            let u = unanswered_through
+                .saturating_sub(unanswered_arrivals)
+                .min(lost - d);
             up = Some(u);
             down = Some(d);
-            unknown = Some(lost.saturating_sub(u + d));
+            unknown = Some(lost - u - d);
         }
         let server_processing = (self.proc_ns.0 > 0).then(|| ProcessingSummary {
             min_us: self.proc_ns.2 as f64 / 1e3,
@@ -930,6 +944,50 @@ mod tests {
         assert_eq!(r.lost, 40);
         assert_eq!(r.upstream_lost, Some(20));
         assert_eq!(r.downstream_lost, Some(20));
+        assert_eq!(r.direction_unknown, Some(0));
+    }
+
+    /// Probes that overtake each other on the way up: the server's counter
+    /// in the reply with the highest count belongs to a probe sent before
+    /// the last one to arrive. Every probe answered: nothing lost in either
+    /// direction (before, the overtaken probe's arrival was taken for a
+    /// reply lost on the way back: `downstream_lost: 2` with all received).
+    #[test]
+    fn upstream_reordering_is_no_loss_in_either_direction() {
+        // Six probes 1 ms apart; then the replies that come back, each
+        // with the server's count at its probe's arrival; then the summary.
+        let run = |replies: &[(u64, u32)]| {
+            let t0 = Instant::now();
+            let cfg = PingConfig {
+                count: Some(6),
+                interval: ms(1),
+                timeout: ms(100),
+                deadline: None,
+            };
+            let mut s = PingSession::new(cfg, t0);
+            let mut now = t0;
+            while let Some(seq) = s.poll_send(now) {
+                s.on_sent(seq, now, None);
+                now += ms(1);
+            }
+            for &(seq, count) in replies {
+                s.on_reply(seq, now, Some(stamp(count)));
+            }
+            s.poll_timeouts(now + ms(200));
+            s.summary()
+        };
+        // Arrival order at the server: 0 1 2 5 3 4 (4 arrives last, count 6).
+        let r = run(&[(0, 1), (1, 2), (2, 3), (5, 4), (3, 5), (4, 6)]);
+        assert_eq!((r.received, r.lost, r.reordered), (6, 0, 2));
+        assert_eq!(r.upstream_lost, Some(0));
+        assert_eq!(r.downstream_lost, Some(0));
+        assert_eq!(r.direction_unknown, Some(0));
+        // The same with probe 2's reply lost on the way back and probe 1
+        // lost on the way up: each counted once, in its own direction.
+        let r = run(&[(0, 1), (5, 3), (3, 4), (4, 5)]);
+        assert_eq!((r.received, r.lost), (4, 2));
+        assert_eq!(r.upstream_lost, Some(1));
+        assert_eq!(r.downstream_lost, Some(1));
         assert_eq!(r.direction_unknown, Some(0));
     }
 

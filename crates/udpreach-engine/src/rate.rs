@@ -78,9 +78,14 @@ impl TokenBucket {
     }
 
     /// When the next whole token is there, or `None` if one is there now.
+    /// Rounded up to the next microsecond: at exactly the computed instant,
+    /// float rounding can leave 0.999... tokens, and a driver woken then
+    /// (a virtual clock never moves on by itself) would find none.
     pub fn next_token_at(&self) -> Option<Instant> {
-        (self.tokens < 1.0)
-            .then(|| self.last + Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+        (self.tokens < 1.0).then(|| {
+            let wait = (1.0 - self.tokens) / self.rate;
+            self.last + Duration::from_micros((wait * 1e6).ceil() as u64 + 1)
+        })
     }
 
     /// True when the bucket has been idle long enough to be full again, i.e.

@@ -3,13 +3,26 @@
 //! "no answer at all"), judged against a control port that is traced
 //! alongside.
 //!
-//! [`TraceProbing`] is the prober: every TTL of every port is queued at the
-//! start (TTL-major, so a router's ICMP rate limit is spread over time), sent
-//! at a paced rate, retried when nothing answers, and stops probing a port
-//! above the TTL at which it was confirmed to arrive. The same engine runs on
-//! the client (upstream) and on the server (downstream); what "arrived" means
-//! is told by the driver (an ack or the server's count upstream, the
-//! client's count downstream).
+//! [`TraceProbing`] is the prober. TTLs are queued layer by layer for all
+//! ports (TTL-major, so a router's ICMP errors are spread over time), a few
+//! beyond the highest TTL that answered until the far end is found, then
+//! only up to it; they are sent at a paced rate and retried while their
+//! silence is not evidence. The same engine runs on the client (upstream)
+//! and on the server (downstream); what "arrived" means is told by the
+//! driver (an ack or the server's count upstream, the client's count
+//! downstream).
+//!
+//! Routers limit their ICMP errors (Linux: a burst of six, then one a
+//! second per destination), so a silence is evidence only when another
+//! probe with the same TTL sent just after it drew an answer (the hop had
+//! an error to spare); else the TTL is sent again followed at once by a
+//! canary (the control port). A TTL a port has passed (an answer beyond it)
+//! is not retried: path evidence is shared across ports, and the limited
+//! errors go where a verdict needs them. A hop that answers some probes
+//! and not others of ports that went past it is rate limited: its probes go
+//! one at a time on its own clock (learned from the spacing of its
+//! answers) for [`TraceConfig::patience`]; what is still unconfirmed is
+//! [`PortTrace::unsure`], and [`analyse`] calls such a verdict ambiguous.
 //!
 //! [`analyse`] turns one port's answers into a verdict. The Linux fact it
 //! relies on: a router sends "time exceeded" before its forward filter runs,
@@ -677,17 +690,19 @@ impl TraceProbing {
     fn after_silence(&mut self, i: usize, ttl: u8, sent: Instant, now: Instant) {
         let confirmed = self.hop(ttl).confirms(sent);
         let hop_answers = self.hop(ttl).answers();
-        if self.top[i] > ttl && hop_answers && self.hop(ttl).limited_since.is_none() {
-            // The port went on past the hop, which answers others: it
-            // dropped this error.
+        let sends = self.probe(i, ttl).sends.len();
+        let attempts = usize::from(self.cfg.attempts);
+        // The port went on past the hop, which answers others: it dropped
+        // this error. Or a retry with a canary drew nothing at all from a
+        // hop that answers others: it had no error to spare.
+        let limited = self.top[i] > ttl || (!confirmed && sends > attempts);
+        if limited && hop_answers && self.hop(ttl).limited_since.is_none() {
             self.hop_mut(ttl).limited_since = Some(now);
         }
         if !self.needed(i, ttl) || self.confirmed_silences(i, ttl) >= usize::from(self.cfg.attempts)
         {
             return;
         }
-        let sends = self.probe(i, ttl).sends.len();
-        let attempts = usize::from(self.cfg.attempts);
         let to_hop = if self.hop(ttl).limited_since.is_some() {
             true
         } else if !confirmed && hop_answers {
@@ -1016,6 +1031,9 @@ pub fn analyse(trace: &PortTrace, control: Option<&PortTrace>, target: Option<Ip
             ),
             (Some(c), Some(_)) if c.hops.contains_key(&1) => Some(
                 "hop 1 answered for the control port but never for this port: a filter on this host, or hop 1's ICMP rate limit, cannot be told apart".into(),
+            ),
+            (Some(_), Some(_)) if trace.unsure.contains(&1) && trace.rate_limited.contains(&1) => Some(
+                "hop 1 limits its ICMP errors and never answered a probe of this port while it had one to spare: the drop may be anywhere".into(),
             ),
             (Some(_), Some(_)) => None,
         };
@@ -1419,6 +1437,19 @@ mod tests {
         assert_eq!(a.reached_at, Some(2));
     }
 
+    /// The configuration of the rate-limit tests: control port 4000.
+    fn limited_cfg(patience: Duration) -> TraceConfig {
+        TraceConfig {
+            max_hops: 8,
+            attempts: 2,
+            rate_pps: 1000,
+            wait: None,
+            patience,
+            canary: Some(4000),
+            first_ttl: 1,
+        }
+    }
+
     /// Routers that limit their ICMP errors as Linux does by default (one a
     /// second after a burst of six) and a drop at r2 for half of 20 ports:
     /// every drop is placed at r2, paced to the limiters, with no wrong
@@ -1440,15 +1471,7 @@ mod tests {
                 loss: if seed % 2 == 0 { 0.0 } else { 0.01 },
                 duplicate: 0.0,
             };
-            let cfg = TraceConfig {
-                max_hops: 8,
-                attempts: 2,
-                rate_pps: 1000,
-                wait: None,
-                patience: DEFAULT_PATIENCE,
-                canary: Some(4000),
-                first_ttl: 1,
-            };
+            let cfg = limited_cfg(DEFAULT_PATIENCE);
             let (res, elapsed) = run_cfg(&ports, &rs, link, seed, cfg);
             let control = res.last().unwrap();
             for r in &res {
@@ -1500,15 +1523,7 @@ mod tests {
             for p in 5000..5020 {
                 rs[1].drops.insert(p);
             }
-            let cfg = TraceConfig {
-                max_hops: 8,
-                attempts: 2,
-                rate_pps: 1000,
-                wait: None,
-                patience: Duration::from_secs(3),
-                canary: Some(4000),
-                first_ttl: 1,
-            };
+            let cfg = limited_cfg(Duration::from_secs(3));
             let link = LinkConfig::perfect(Duration::from_millis(2));
             let (res, elapsed) = run_cfg(&ports, &rs, link, seed, cfg);
             let control = res.last().unwrap();
@@ -1545,15 +1560,7 @@ mod tests {
             for p in 5000..5010 {
                 rs[0].drops.insert(p);
             }
-            let cfg = TraceConfig {
-                max_hops: 8,
-                attempts: 2,
-                rate_pps: 1000,
-                wait: None,
-                patience: DEFAULT_PATIENCE,
-                canary: Some(4000),
-                first_ttl: 1,
-            };
+            let cfg = limited_cfg(DEFAULT_PATIENCE);
             let link = LinkConfig::perfect(Duration::from_millis(2));
             let (res, _) = run_cfg(&ports, &rs, link, seed, cfg);
             let control = res.last().unwrap();
@@ -1568,5 +1575,33 @@ mod tests {
                 assert_eq!(a.ambiguous, None, "seed {seed}: {r:?}");
             }
         }
+    }
+
+    /// A check at a known hop (`ports --trace`): nothing below `first_ttl`
+    /// is sent, and the drop is still placed after r2.
+    #[test]
+    fn first_ttl_checks_only_from_that_hop() {
+        let mut rs = chain();
+        rs[1].drops.insert(5060);
+        let cfg = TraceConfig {
+            max_hops: 3,
+            first_ttl: 2,
+            ..limited_cfg(DEFAULT_PATIENCE)
+        };
+        let (res, _) = run_cfg(
+            &[5060, 4000],
+            &rs,
+            LinkConfig::perfect(Duration::from_millis(2)),
+            1,
+            cfg,
+        );
+        assert!(res.iter().all(|r| !r.hops.contains_key(&1)), "{res:?}");
+        let a = analyse(&res[0], Some(&res[1]), Some(TARGET));
+        assert_eq!(a.kind, VerdictKind::DroppedAfter);
+        assert_eq!(a.last_hop, Some((2, Some(rs[1].addr))));
+        assert_eq!(a.ambiguous, None);
+        // TTL 2 once, the silent TTL 3 twice; the control port TTL 2 and 3.
+        assert_eq!(res[0].sent, 3);
+        assert_eq!(res[1].sent, 2);
     }
 }

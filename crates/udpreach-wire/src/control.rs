@@ -24,7 +24,17 @@ pub const MAX_PORTS_PER_REQUEST: usize = 8192;
 /// "mtu": the `Mtu*` messages (a per-session UDP port for path-MTU probes).
 /// "trace": the `Trace*` messages (`udpreach trace`: TTL-limited probes both ways).
 /// "nat": the `Nat*` messages (NAT ports, scheduled sends: `udpreach nat`).
-pub const CAPABILITIES: &[&str] = &["ports", "arrivals", "auth", "mtu", "nat", "trace"];
+/// "trace-hops": trace probes padded to `--size` (and `TraceSend`'s `size`),
+/// `TraceSend`'s `tos`, per-hop DSCP/ECN downstream, trace in keyed sessions.
+pub const CAPABILITIES: &[&str] = &[
+    "ports",
+    "arrivals",
+    "auth",
+    "mtu",
+    "nat",
+    "trace",
+    "trace-hops",
+];
 /// Largest frame accepted before the handshake is complete: a hello or an
 /// auth message is a few hundred bytes, and an unauthenticated peer must not
 /// make the server buffer [`MAX_FRAME`] bytes per connection.
@@ -303,6 +313,13 @@ pub struct TraceSendResult {
     /// Why the port sent nothing (not open, no client address, budget).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Silent TTLs whose silence no answer at that hop confirmed (the hop
+    /// may have been out of ICMP errors).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unsure: Vec<u8>,
+    /// TTLs whose hop was seen to limit its ICMP errors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limited: Vec<u8>,
 }
 
 /// One ICMP error a downstream probe drew.

@@ -267,7 +267,12 @@ mod tests {
         assert_eq!(keyed.len(), KEYED_PROBE_LEN);
         assert_eq!(TraceProbe::from_datagram(&keyed, Some(&key)), Some(p));
         assert_eq!(TraceProbe::from_datagram(&keyed, Some(&other)), None);
-        assert_eq!(TraceProbe::from_datagram(&keyed, None), None);
+        // Without a key the tag is only padding.
+        assert_eq!(TraceProbe::from_datagram(&keyed, None), Some(p));
+        assert_eq!(
+            TraceProbe::from_datagram(&keyed[..PROBE_LEN - 1], None),
+            None
+        );
         let mut forged = keyed.clone();
         forged[14] = 2;
         assert_eq!(TraceProbe::from_datagram(&forged, Some(&key)), None);
@@ -384,6 +389,19 @@ pub fn parse_raw_icmp6(b: &[u8]) -> Option<(QuotedHeader, &[u8])> {
     ))
 }
 
+/// The trace probe an ICMP error read from a raw ICMP socket (`v6`: an
+/// ICMPv6 one) is about, with the IP header the hop quoted: the one parser
+/// of those for the client (upstream) and the server (downstream). `None`
+/// for anything else.
+pub fn quoted_trace_probe(raw: &[u8], v6: bool) -> Option<(QuotedHeader, TraceProbe)> {
+    let (q, payload) = if v6 {
+        parse_raw_icmp6(raw)
+    } else {
+        parse_raw_icmp4(raw)
+    }?;
+    Some((q, TraceProbe::decode(payload)?))
+}
+
 #[cfg(test)]
 mod quoted_tests {
     use super::*;
@@ -418,6 +436,8 @@ mod quoted_tests {
             }
         );
         assert_eq!(TraceProbe::decode(payload).unwrap().ttl, 2);
+        assert_eq!(quoted_trace_probe(&b, false).unwrap().1.ttl, 2);
+        assert!(quoted_trace_probe(&b, true).is_none());
         assert!(parse_raw_icmp4(&b[..30]).is_none());
         let mut echo = b.clone();
         echo[20] = 0;

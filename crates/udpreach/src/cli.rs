@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 use udpreach_wire::PortSpec;
 
-pub const DEFAULT_PORT: u16 = 4000;
+pub(crate) const DEFAULT_PORT: u16 = 4000;
 
 /// The version line: the crate version and, when built from a git checkout,
 /// the commit (set by build.rs).
-pub const VERSION: &str = match option_env!("UDPREACH_GIT_COMMIT") {
+pub(crate) const VERSION: &str = match option_env!("UDPREACH_GIT_COMMIT") {
     Some(_) => concat!(
         env!("CARGO_PKG_VERSION"),
         " (git ",
@@ -41,13 +41,13 @@ const PORTS_EXIT_CODES: &str = "\
 Exit codes:
   0 every requested port reachable (--no-server: open)
   1 some port not reachable (--no-server: not open)
-  2 usage, connection or protocol error; with a key, failed authentication";
+  2 usage, resolution, connection or protocol error; with a key, failed authentication";
 
 const MTU_EXIT_CODES: &str = "\
 Exit codes:
   0 a path MTU found every way and fragments pass
   1 nothing crosses, or fragments are dropped
-  2 usage, connection or socket error; with a key, failed authentication";
+  2 usage, resolution, connection or socket error; with a key, failed authentication";
 
 const NAT_EXIT_CODES: &str = "\
 Exit codes:
@@ -55,13 +55,13 @@ Exit codes:
     address-dependent behaviour are reported together)
   1 a part could not be measured (the `not_measured` list says which and why), or no
     binding expired within --max-idle
-  2 usage, connection or protocol error; with a key, failed authentication";
+  2 usage, resolution, connection or protocol error; with a key, failed authentication";
 
 const TRACE_EXIT_CODES: &str = "\
 Exit codes:
   0 every traced port passes, each way traced
   1 some traced port does not pass (dropped, rejected or no answer) some way
-  2 usage, connection or protocol error";
+  2 usage, resolution, connection or protocol error";
 
 const MONITOR_EXIT_CODES: &str = "\
 Exit codes:
@@ -91,7 +91,7 @@ const STAMP: &str = "STAMP (RFC 8762)";
     about = "Does UDP get through, on which ports, how fast, and where does it break?",
     after_help = EXIT_CODES
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// More log output on stderr (-v info, -vv debug, -vvv trace).
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
@@ -100,7 +100,7 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the server: UDP echo (works with any client) and the port-test control channel.
     Server(ServerArgs),
     /// Send UDP probes to an echo server and report RTT, loss and jitter.
@@ -136,7 +136,7 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 #[command(after_help = SERVER_EXIT_CODES)]
-pub struct ServerArgs {
+pub(crate) struct ServerArgs {
     /// UDP echo address (repeatable). Default: 0.0.0.0:4000 and [::]:4000.
     #[arg(short = 'l', long = "listen", value_name = "ADDR:PORT", value_parser = parse_listen, help_heading = LISTEN)]
     pub listen: Vec<SocketAddr>,
@@ -154,7 +154,7 @@ pub struct ServerArgs {
     /// Most concurrent port-test sessions.
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = number_in("session count", 1u32, 10_000), allow_negative_numbers = true, help_heading = LIMITS)]
     pub max_sessions: u32,
-    /// Most test ports one session holds open at once [default: from the open-files limit, at most 8192].
+    /// Most test ports one session holds open at once [default: from the open-files limit, at most 16384].
     #[arg(long, value_name = "N", value_parser = number_in("port count", 1u32, 65_535), allow_negative_numbers = true, help_heading = LIMITS)]
     pub max_ports_per_session: Option<u32>,
     /// Most test ports open at once across all sessions [default: from the open-files limit;
@@ -221,7 +221,7 @@ pub struct ServerArgs {
 /// local user (`ps`, /proc/PID/cmdline) and end up in shell history.
 #[derive(Args, Debug, Clone, Default)]
 #[command(next_help_heading = AUTH)]
-pub struct KeyArgs {
+pub(crate) struct KeyArgs {
     /// Shared secret for authenticated mode: a file holding the key (a trailing newline is ignored).
     /// Without it, the UDPREACH_KEY environment variable is used when set.
     #[arg(long, value_name = "PATH")]
@@ -229,10 +229,27 @@ pub struct KeyArgs {
 }
 
 /// Default probe size without a key; with one, [`udpreach_wire::auth::MIN_SEALED_LEN`].
+/// `-4` / `-6`, the address family every command that resolves a target takes.
+#[derive(Args, Debug, Clone, Copy)]
+pub(crate) struct FamilyArgs {
+    /// Use IPv4 only.
+    #[arg(short = '4', conflicts_with = "ipv6", help_heading = PATH)]
+    pub ipv4: bool,
+    /// Use IPv6 only.
+    #[arg(short = '6', help_heading = PATH)]
+    pub ipv6: bool,
+}
+
+impl FamilyArgs {
+    pub(crate) fn family(&self) -> crate::target::Family {
+        crate::target::Family::from_flags(self.ipv4, self.ipv6)
+    }
+}
+
 /// The output flags every reporting command shares; each command words
 /// their help for what it prints (`mut_arg` on the command).
 #[derive(Args, Debug, Clone, Copy)]
-pub struct OutputArgs {
+pub(crate) struct OutputArgs {
     /// Print less.
     #[arg(short = 'q', long, help_heading = OUTPUT)]
     pub quiet: bool,
@@ -245,12 +262,12 @@ pub struct OutputArgs {
 }
 
 impl OutputArgs {
-    pub fn format(&self) -> crate::report::OutputFormat {
+    pub(crate) fn format(&self) -> crate::report::OutputFormat {
         crate::report::OutputFormat::from_flags(self.json, self.json_lines)
     }
 }
 
-pub const DEFAULT_PING_SIZE: usize = 64;
+pub(crate) const DEFAULT_PING_SIZE: usize = 64;
 
 #[derive(Args, Debug)]
 #[command(
@@ -259,7 +276,7 @@ pub const DEFAULT_PING_SIZE: usize = 64;
     mut_arg("json_lines", |a| a.help("One JSON object per line as it happens: start, each event, summary (-q: the summary only)"))
 )]
 #[command(after_help = PING_EXIT_CODES)]
-pub struct PingArgs {
+pub(crate) struct PingArgs {
     /// Target: HOST, HOST:PORT, [IPv6]:PORT or an IPv6 literal (zone ids as fe80::1%eth0). Default port 4000.
     #[arg(value_name = "HOST[:PORT]")]
     pub target: String,
@@ -279,12 +296,8 @@ pub struct PingArgs {
     /// Stop after this long, whatever the count: 1ms..=30d.
     #[arg(short = 'w', long = "deadline", value_name = "DURATION", value_parser = duration_in("deadline", "1ms", "30d"), allow_negative_numbers = true, help_heading = PROBES)]
     pub deadline: Option<Duration>,
-    /// Use IPv4 only.
-    #[arg(short = '4', conflicts_with = "ipv6", help_heading = PATH)]
-    pub ipv4: bool,
-    /// Use IPv6 only.
-    #[arg(short = '6', help_heading = PATH)]
-    pub ipv6: bool,
+    #[command(flatten)]
+    pub family: FamilyArgs,
     /// Send one probe from each local source port: PORT or START-END (the seed's SRC_PORT_RANGE).
     #[arg(long = "sport", value_name = "PORT|RANGE", value_parser = parse_spec, help_heading = PATH)]
     pub sport: Option<PortSpec>,
@@ -305,8 +318,8 @@ pub struct PingArgs {
     #[command(flatten)]
     pub output: OutputArgs,
     /// Be a STAMP session-sender (RFC 8762/8972) against any STAMP reflector (a router,
-    /// stamp-suite, `udpreach server --stamp`); the default port becomes 862. --dscp adds the
-    /// Class of Service TLV; with a key, authenticated mode (the key is the HMAC key).
+    /// stamp-suite, `udpreach server --stamp`); the default port becomes 862. --dscp / --ecn add
+    /// the Class of Service TLV; with a key, authenticated mode (the key is the HMAC key).
     #[arg(long, conflicts_with = "sport", help_heading = STAMP)]
     pub stamp: bool,
     /// STAMP: the session-sender identifier (RFC 8972) [default: random].
@@ -326,7 +339,7 @@ pub struct PingArgs {
 impl PingArgs {
     /// The probe size: as given, else the default of the mode (a keyed probe
     /// needs room for its authentication tag).
-    pub fn size_for(&self, keyed: bool) -> usize {
+    pub(crate) fn size_for(&self, keyed: bool) -> usize {
         self.size.unwrap_or(if keyed {
             udpreach_wire::auth::MIN_SEALED_LEN
         } else {
@@ -336,7 +349,7 @@ impl PingArgs {
 }
 
 /// Most probes one ping run may be asked for (`-c`): over three years at 1 s.
-pub const MAX_COUNT: u64 = 100_000_000;
+pub(crate) const MAX_COUNT: u64 = 100_000_000;
 
 #[derive(Args, Debug)]
 #[command(
@@ -345,7 +358,7 @@ pub const MAX_COUNT: u64 = 100_000_000;
     mut_arg("json_lines", |a| a.help("One JSON object per line: start, one per port, summary (-q: the summary only)"))
 )]
 #[command(after_help = PORTS_EXIT_CODES)]
-pub struct PortsArgs {
+pub(crate) struct PortsArgs {
     /// Server: HOST or HOST:CONTROL_PORT (default control port 4000).
     #[arg(value_name = "HOST[:PORT]")]
     pub target: String,
@@ -360,12 +373,8 @@ pub struct PortsArgs {
     /// (silence after retries). Paces itself to the host's ICMP rate limit.
     #[arg(long = "no-server", help_heading = PATH)]
     pub no_server: bool,
-    /// Use IPv4 only.
-    #[arg(short = '4', conflicts_with = "ipv6", help_heading = PATH)]
-    pub ipv4: bool,
-    /// Use IPv6 only.
-    #[arg(short = '6', help_heading = PATH)]
-    pub ipv6: bool,
+    #[command(flatten)]
+    pub family: FamilyArgs,
     /// Fixed per-probe timeout, 1ms..=1m, instead of the adaptive one (from measured RTT).
     #[arg(long, value_name = "DURATION", value_parser = duration_in("timeout", "1ms", "1m"), allow_negative_numbers = true, help_heading = PROBES)]
     pub timeout: Option<Duration>,
@@ -399,7 +408,7 @@ pub struct PortsArgs {
     mut_arg("json_lines", |a| a.help("One JSON object per line: start, notices, summary (-q: the summary only)"))
 )]
 #[command(after_help = MTU_EXIT_CODES)]
-pub struct MtuArgs {
+pub(crate) struct MtuArgs {
     /// A udpreach server (HOST or HOST:PORT, default port 4000), or with --echo any UDP
     /// echo server.
     #[arg(value_name = "HOST[:PORT]")]
@@ -411,12 +420,8 @@ pub struct MtuArgs {
     /// direction (also used when the server lacks the "mtu" capability).
     #[arg(long, help_heading = PATH)]
     pub echo: bool,
-    /// Use IPv4 only.
-    #[arg(short = '4', conflicts_with = "ipv6", help_heading = PATH)]
-    pub ipv4: bool,
-    /// Use IPv6 only.
-    #[arg(short = '6', help_heading = PATH)]
-    pub ipv6: bool,
+    #[command(flatten)]
+    pub family: FamilyArgs,
     /// Datagrams per size and round, 1..=4.
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = number_in("probe count", 1u32, 4), allow_negative_numbers = true, help_heading = PROBES)]
     pub probes: u32,
@@ -439,19 +444,15 @@ pub struct MtuArgs {
     mut_arg("json_lines", |a| a.help("One JSON object per line: start, search rounds and gaps, summary"))
 )]
 #[command(after_help = NAT_EXIT_CODES)]
-pub struct NatArgs {
+pub(crate) struct NatArgs {
     /// A udpreach server (HOST or HOST:PORT, default port 4000) with the "nat" capability.
     #[arg(value_name = "HOST[:PORT]")]
     pub target: String,
     /// TCP control port [default: the port in HOST:PORT, else 4000].
     #[arg(long, value_name = "PORT", value_parser = parse_port_arg, help_heading = PATH)]
     pub control: Option<u16>,
-    /// Use IPv4 only.
-    #[arg(short = '4', conflicts_with = "ipv6", help_heading = PATH)]
-    pub ipv4: bool,
-    /// Use IPv6 only.
-    #[arg(short = '6', help_heading = PATH)]
-    pub ipv6: bool,
+    #[command(flatten)]
+    pub family: FamilyArgs,
     /// Longest idle gap tested, 2s..=30m: a binding that outlives it is reported as
     /// "over" it.
     #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = duration_in("max idle", "2s", "30m"), allow_negative_numbers = true, help_heading = PROBES)]
@@ -477,7 +478,7 @@ pub struct NatArgs {
     mut_arg("json_lines", |a| a.help("One JSON object per line: start, one per port and direction, summary"))
 )]
 #[command(after_help = TRACE_EXIT_CODES)]
-pub struct TraceArgs {
+pub(crate) struct TraceArgs {
     /// A udpreach server (HOST or HOST:CONTROL_PORT, default 4000), or with --no-server any host.
     #[arg(value_name = "HOST[:PORT]")]
     pub target: String,
@@ -495,12 +496,8 @@ pub struct TraceArgs {
     /// unreachable from the host.
     #[arg(long = "no-server", help_heading = PATH)]
     pub no_server: bool,
-    /// Use IPv4 only.
-    #[arg(short = '4', conflicts_with = "ipv6", help_heading = PATH)]
-    pub ipv4: bool,
-    /// Use IPv6 only.
-    #[arg(short = '6', help_heading = PATH)]
-    pub ipv6: bool,
+    #[command(flatten)]
+    pub family: FamilyArgs,
     /// DSCP code point 0..=63 for the probes; each hop's quoted header then shows where
     /// it was rewritten.
     #[arg(long, value_name = "DSCP", value_parser = number_in("DSCP", 0u8, 63), allow_negative_numbers = true, help_heading = PATH)]
@@ -539,7 +536,7 @@ pub struct TraceArgs {
 
 #[derive(Args, Debug)]
 #[command(after_help = MONITOR_EXIT_CODES)]
-pub struct MonitorArgs {
+pub(crate) struct MonitorArgs {
     /// Targets to ping (quick start without a file): HOST or HOST:PORT, default port 4000.
     #[arg(
         value_name = "HOST[:PORT]",
@@ -573,7 +570,7 @@ pub struct MonitorArgs {
 
 impl ServerArgs {
     /// The echo addresses: --listen, else the defaults.
-    pub fn listens(&self) -> Vec<SocketAddr> {
+    pub(crate) fn listens(&self) -> Vec<SocketAddr> {
         if self.listen.is_empty() {
             use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
             vec![
@@ -589,7 +586,7 @@ impl ServerArgs {
     /// (`nofile`, after raising it): a repeated or overlapping --listen,
     /// --allow-ports leaving nothing to test, port caps the descriptor limit
     /// cannot hold. Errors are one line naming the value.
-    pub fn validate(&self, nofile: u64) -> Result<(), String> {
+    pub(crate) fn validate(&self, nofile: u64) -> Result<(), String> {
         for (i, a) in self.listen.iter().enumerate() {
             for b in &self.listen[..i] {
                 if a == b {
@@ -638,7 +635,7 @@ impl ServerArgs {
 
 /// clap's error as one line in the `udpreach: ...` style (without the
 /// prefix), naming the bad value; clap's tips become a short suggestion.
-pub fn usage_error(e: &clap::Error) -> String {
+pub(crate) fn usage_error(e: &clap::Error) -> String {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
     let text = |k: ContextKind| match e.get(k) {
         Some(ContextValue::String(s)) => Some(s.clone()),
@@ -728,7 +725,7 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
 }
 
 /// Durations: `10ms`, `1.5s`, `250us`, `2m`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -811,8 +808,8 @@ where
     }
 }
 
-pub const MIN_SIZE: usize = 16;
-pub const MAX_SIZE_V6: usize = udpreach_wire::probe::MAX_DATAGRAM_V6;
+pub(crate) const MIN_SIZE: usize = 16;
+pub(crate) const MAX_SIZE_V6: usize = udpreach_wire::probe::MAX_DATAGRAM_V6;
 
 fn parse_size(s: &str) -> Result<usize, String> {
     let n: usize = s
@@ -829,7 +826,7 @@ fn parse_size(s: &str) -> Result<usize, String> {
 }
 
 /// The man page of udpreach, or of one of its commands (`udpreach-ping`).
-pub fn man_page(command: Option<&str>, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+pub(crate) fn man_page(command: Option<&str>, out: &mut dyn std::io::Write) -> std::io::Result<()> {
     use clap::CommandFactory;
     let cli = Cli::command();
     const PAGES: [(&str, &str); 7] = [

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at};
-pub use udpreach_engine::client_handshake::Welcome;
+pub(crate) use udpreach_engine::client_handshake::Welcome;
 use udpreach_engine::client_handshake::{ClientHandshake, HandshakeEvent, HandshakeFailure};
 use udpreach_engine::Engine;
 use udpreach_wire::auth::{SharedKey, NONCE_LEN};
@@ -19,7 +19,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the server may go without answering while a request is pending
 /// (and how long one write may block) before it is considered gone: a
 /// control connection that silently dies ends the run within this.
-pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
 /// The kernel's own bound on unacknowledged data (TCP_USER_TIMEOUT) and its
 /// keepalive probes: a connection whose packets vanish errors out even when
 /// the application has nothing pending.
@@ -27,7 +27,7 @@ const TCP_GIVE_UP: Duration = Duration::from_secs(12);
 
 /// Which answer a request in flight is waiting for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Pending {
+pub(crate) enum Pending {
     Open,
     Arrivals,
     Close,
@@ -38,7 +38,7 @@ pub enum Pending {
 /// Why the control channel failed. Each kind reads as one line (with its
 /// cause, when it has one, in anyhow's chain).
 #[derive(Debug, thiserror::Error)]
-pub enum ControlError {
+pub(crate) enum ControlError {
     /// The TCP connection could not be made.
     #[error("cannot connect to the udpreach control port {server}: timed out after 5 s")]
     ConnectTimeout {
@@ -110,7 +110,7 @@ impl ControlError {
 
 type Result<T> = std::result::Result<T, ControlError>;
 
-pub struct ControlClient {
+pub(crate) struct ControlClient {
     stream: TcpStream,
     buf: Vec<u8>,
     pub pending: VecDeque<Pending>,
@@ -123,7 +123,7 @@ pub struct ControlClient {
 }
 
 impl ControlClient {
-    pub async fn connect(server: SocketAddr) -> Result<Self> {
+    pub(crate) async fn connect(server: SocketAddr) -> Result<Self> {
         let t0 = Instant::now();
         let stream = timeout(CONNECT_TIMEOUT, TcpStream::connect(server))
             .await
@@ -152,7 +152,7 @@ impl ControlClient {
     /// (mutual authentication), and derives the session key for the probes.
     /// The protocol is the engine's [`ClientHandshake`]; this moves its
     /// messages and keeps the answer timeout.
-    pub async fn hello(&mut self, key: Option<&SharedKey>) -> Result<Welcome> {
+    pub(crate) async fn hello(&mut self, key: Option<&SharedKey>) -> Result<Welcome> {
         let server = self.server;
         let nonce: [u8; NONCE_LEN] = rand::random();
         let software = format!("udpreach {}", env!("CARGO_PKG_VERSION"));
@@ -212,7 +212,7 @@ impl ControlClient {
             .map_err(|e| ControlError::lost_by(format!("cannot send to {server}"), e))
     }
 
-    pub async fn request(&mut self, msg: ControlMsg, kind: Pending) -> Result<()> {
+    pub(crate) async fn request(&mut self, msg: ControlMsg, kind: Pending) -> Result<()> {
         self.write(&msg.to_frame()).await?;
         if self.pending.is_empty() {
             self.answer_due = Some(Instant::now() + ANSWER_TIMEOUT);
@@ -224,7 +224,7 @@ impl ControlClient {
     /// Next message from the server. Cancel-safe: bytes read are kept in
     /// `buf`, and the answer deadline is kept across calls: with requests
     /// pending, the server must send something every [`ANSWER_TIMEOUT`].
-    pub async fn recv(&mut self) -> Result<ControlMsg> {
+    pub(crate) async fn recv(&mut self) -> Result<ControlMsg> {
         loop {
             if let Some((msg, used)) = decode_frame(&self.buf)? {
                 self.buf.drain(..used);
@@ -247,7 +247,7 @@ impl ControlClient {
     }
 
     /// One request and its answer, for exchanges that are not pipelined.
-    pub async fn call(&mut self, msg: &ControlMsg, wait: Duration) -> Result<ControlMsg> {
+    pub(crate) async fn call(&mut self, msg: &ControlMsg, wait: Duration) -> Result<ControlMsg> {
         self.write(&msg.to_frame()).await?;
         timeout(wait.min(ANSWER_TIMEOUT), self.recv())
             .await
@@ -260,11 +260,11 @@ impl ControlClient {
     }
 
     /// Our end of the control connection (our address as the server's host routes it).
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+    pub(crate) fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.stream.local_addr()
     }
 
-    pub async fn bye(&mut self) -> Result<()> {
+    pub(crate) async fn bye(&mut self) -> Result<()> {
         self.write(&ControlMsg::Bye.to_frame()).await
     }
 }

@@ -7,9 +7,9 @@ use anyhow::{anyhow, bail};
 use std::os::unix::fs::PermissionsExt;
 use udpreach_wire::auth::SharedKey;
 
-pub const KEY_ENV: &str = "UDPREACH_KEY";
+pub(crate) const KEY_ENV: &str = "UDPREACH_KEY";
 
-pub fn load(args: &KeyArgs) -> anyhow::Result<Option<SharedKey>> {
+pub(crate) fn load(args: &KeyArgs) -> anyhow::Result<Option<SharedKey>> {
     if let Some(path) = &args.key_file {
         let shown = path.display();
         let bytes =

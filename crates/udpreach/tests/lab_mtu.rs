@@ -112,3 +112,58 @@ fn mtu_search_gives_the_same_answer_every_run() {
         }
     }
 }
+
+/// Through the lab's link emulator at 50 ms RTT with +-5 ms jitter (which
+/// reorders): a PMTU black hole at 1400 each way (unfragmented IPv4
+/// packets above 1400 bytes vanish before either host sees them, no ICMP;
+/// fragments pass). The answer is exact, and a round costs a small multiple
+/// of the round trip: waits come from the measured RTT, not from the fixed
+/// 4 x RTT + 50 ms per round this replaced.
+#[test]
+fn mtu_at_50ms_rtt_with_jitter_is_exact_and_rounds_scale_with_rtt() {
+    if !require_root() {
+        return;
+    }
+    let l = lab::Link::emulate(
+        std::time::Duration::from_millis(25),
+        std::time::Duration::from_millis(5),
+        0.0,
+        0,
+    );
+    let lab = Lab::emulated(l, l);
+    for host in [lab.client(), lab.server()] {
+        // Before defragmentation (priority -400): whole packets only.
+        host.nft(
+            "table ip mtu_black_hole {\n\
+             \tchain prerouting {\n\
+             \t\ttype filter hook prerouting priority -500; policy accept;\n\
+             \t\tip length > 1400 ip frag-off & 0x3fff == 0 meta l4proto udp drop\n\
+             \t}\n\
+             }\n",
+        );
+    }
+    let _server = start_server(lab.server(), &[]);
+    let target = lab.server().ip4().to_string();
+    let (o, doc) = mtu_json(lab.client(), &[&target]);
+    o.assert_code(0);
+    let up = &doc["upstream"];
+    assert_eq!(up["mtu"], 1400, "{doc}");
+    assert_eq!(up["evidence"]["kind"], "silence", "{doc}");
+    assert_eq!(doc["downstream"]["mtu"], 1400, "{doc}");
+    assert_eq!(doc["downstream"]["evidence"]["kind"], "silence", "{doc}");
+    // A round upstream is its sends and one retransmission timeout (about
+    // 1.5 round trips here); downstream also a control round trip and the
+    // server's wait for ICMP errors (one timeout). The fixed waits this
+    // replaced cost 250 ms (5 round trips) after the last send of every
+    // silent round upstream, and 6.4 round trips per round downstream.
+    for (dir, round_trips) in [("upstream", 3.0), ("downstream", 5.0)] {
+        let d = &doc[dir];
+        let rounds = d["rounds"].as_f64().unwrap();
+        let per_round = d["elapsed_ms"].as_f64().unwrap() / rounds;
+        assert!(
+            per_round <= round_trips * 50.0,
+            "{dir}: {per_round:.0} ms per round over {rounds} rounds: {doc}"
+        );
+        assert_eq!(d["fragments"]["passes"], true, "{dir}: {doc}");
+    }
+}

@@ -363,8 +363,18 @@ fn server_trace_sends_only_to_the_session_client_within_bounds() {
         ControlMsg::TraceArrived { arrivals } => assert_eq!(arrivals[0].ttls, vec![63]),
         other => panic!("{other:?}"),
     }
-    // Out-of-bounds requests are refused before anything is sent.
-    for bad in [send(65, 1), send(2, 4), send(0, 1)] {
+    // Out-of-bounds requests are refused before anything is sent: padded
+    // probes may add up to 1 MiB per request.
+    let padded = ControlMsg::TraceSend {
+        ports: vec![port],
+        max_hops: 64,
+        attempts: 3,
+        wait_ms: 1,
+        rate: 0,
+        tos: None,
+        size: Some(9000),
+    };
+    for bad in [send(65, 1), send(2, 4), send(0, 1), padded] {
         assert!(
             matches!(s.request(&bad), ControlMsg::Error { .. }),
             "{bad:?} accepted"
@@ -717,4 +727,48 @@ fn ports_trace_places_each_blocked_group() {
         ),
         "{text}"
     );
+}
+
+/// The way back through routers with the kernel's default ICMP limits: r1
+/// drops what 5060-5067 send back. The server paces its probes to the
+/// limiters and says which silences it could not confirm; every
+/// downstream drop is placed at r1 or called ambiguous, never a wrong hop.
+#[test]
+fn default_icmp_rate_limits_on_the_way_back_never_give_a_wrong_hop() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::chain();
+    for r in [lab.r1(), lab.r2()] {
+        r.sysctl("net.ipv4.icmp_ratelimit", "1000");
+        r.sysctl("net.ipv4.icmp_ratemask", "6168");
+        r.sysctl("net.ipv4.icmp_msgs_per_sec", "1000");
+        r.sysctl("net.ipv4.icmp_msgs_burst", "50");
+    }
+    lab.r1().nft(
+        "table inet t {\n chain f { type filter hook forward priority 0; udp sport 5060-5067 drop; }\n}",
+    );
+    let _srv = start_server(lab.server(), &[]);
+    let target = server_addr(&lab, false);
+    let (rc, doc) = trace_json(lab.client(), &[&target, "-p", "5060-5069"]);
+    assert_eq!(rc, 1, "{doc:#}");
+    let mut placed = 0;
+    for port in 5060..5070u16 {
+        let down = result(&doc, port, "downstream");
+        if port >= 5068 {
+            assert_eq!(down["verdict"], "passes", "{port}: {down:#}");
+            continue;
+        }
+        assert_eq!(down["verdict"], "dropped_after", "{port}: {down:#}");
+        if down["ambiguous"].is_null() {
+            // Downstream hop 2 is r1, answering from its r2 side.
+            assert_eq!(
+                down["last_hop"]["address"], "198.18.4.1",
+                "{port}: {down:#}"
+            );
+            placed += 1;
+        }
+        assert_eq!(result(&doc, port, "upstream")["verdict"], "passes");
+    }
+    assert!(placed >= 6, "{placed} of 8 placed: {doc:#}");
 }

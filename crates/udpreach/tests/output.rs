@@ -446,6 +446,15 @@ const CHAIN_EXAMPLES: [&str; 3] = [
     "udpreach ports 198.18.5.2 5058-5081 --trace",
 ];
 
+/// The README's DSCP/ECN and MTU examples, run in the router chain set up
+/// as the README says: r1 clears the DSCP of what comes from the client, r2
+/// sets DSCP 10 and ECN CE on what comes from the server; then (rules gone)
+/// the r1 - r2 link at MTU 1280.
+const MARKING_EXAMPLES: [&str; 3] = [
+    "udpreach ping -c 3 -i 100ms -q --dscp 46 --ecn ect0 198.18.5.2",
+    "udpreach trace 198.18.5.2 -p 5060 --dscp 46",
+    "udpreach trace 198.18.5.2 -p 5060 --size 1400",
+];
 /// The README's STAMP example: `udpreach ping --stamp` against
 /// `udpreach server --stamp` in a namespace pair (see
 /// [`readme_stamp_example_prints_what_the_readme_shows`]).
@@ -465,6 +474,7 @@ fn every_readme_example_is_run() {
             is_loopback_example(&ex)
                 || ROUTED_EXAMPLES.contains(&c)
                 || CHAIN_EXAMPLES.contains(&c)
+                || MARKING_EXAMPLES.contains(&c)
                 || FRAGMENTS.contains(&c)
                 || STAMP_EXAMPLES.contains(&c)
                 || c == NAT_EXAMPLE,
@@ -539,6 +549,32 @@ fn readme_chain_examples_print_what_the_readme_shows() {
     run_example(lab.client(), example(&examples, CHAIN_EXAMPLES[2]));
     drop(server);
     run_example(lab.client(), example(&examples, CHAIN_EXAMPLES[1]));
+}
+
+/// The DSCP/ECN and MTU examples (see [`MARKING_EXAMPLES`]).
+#[test]
+fn readme_marking_and_mtu_examples_print_what_the_readme_shows() {
+    if !require_root() {
+        return;
+    }
+    let examples = readme_examples();
+    let lab = Lab::chain();
+    lab.r1().nft(
+        "table inet t {\n chain f { type filter hook forward priority 0;\n  iifname \"r1-c\" ip dscp set cs0\n }\n}",
+    );
+    lab.r2().nft(
+        "table inet t {\n chain f { type filter hook forward priority 0;\n  iifname \"r2-s\" ip dscp set af11\n  iifname \"r2-s\" ip ecn set ce\n }\n}",
+    );
+    let _server = util::start_server(lab.server(), &[]);
+    for command in &MARKING_EXAMPLES[..2] {
+        run_example(lab.client(), example(&examples, command));
+    }
+    for r in [lab.r1(), lab.r2()] {
+        r.run(["nft", "flush", "ruleset"]).assert_success();
+    }
+    lab.r1().set_mtu("r1-r2", 1280);
+    lab.r2().set_mtu("r2-r1", 1280);
+    run_example(lab.client(), example(&examples, MARKING_EXAMPLES[2]));
 }
 
 /// The STAMP example: a udpreach server that is also a STAMP reflector on

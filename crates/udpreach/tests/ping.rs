@@ -277,6 +277,25 @@ fn bad_input_is_a_one_line_error_with_exit_2() {
         (&["ping", "--sport", "5-2", "198.18.0.2"], "'5-2'"),
         (&["ports", "198.18.0.2", "1,x"], "'x'"),
         (&["server", "--listen", "nonsense"], "'nonsense'"),
+        (&["ping", "--ecn", "ect2", "198.18.0.2"], "'ect2'"),
+        (&["ping", "--dscp", "46", "-s", "32", "198.18.0.2"], "'32'"),
+        (&["trace", "198.18.0.2", "-p", "1", "--size", "20"], "'20'"),
+        (
+            &["trace", "198.18.0.2", "-p", "1-100", "--size", "9000"],
+            "'9000'",
+        ),
+        (
+            &[
+                "trace",
+                "198.18.0.2",
+                "-p",
+                "1",
+                "--no-server",
+                "--key-file",
+                "/nonexistent",
+            ],
+            "--key-file",
+        ),
     ];
     for (args, needle) in cases {
         let o = udpreach(h, args);
@@ -447,15 +466,23 @@ fn dscp_and_ecn_rewrites_show_in_the_direction_they_happen() {
             ],
         );
         o.assert_code(0);
+        for r in json_lines(&o).iter().filter(|l| l["type"] == "reply") {
+            assert_eq!(r["marks"]["at_server"]["dscp"], 0, "{r}");
+            assert_eq!(r["marks"]["here"]["dscp"], 10, "{r}");
+            assert_eq!(r["marks"]["here"]["ecn"], 3, "{r}");
+        }
         let m = &summary(&o)["marks"];
         assert_eq!(m["sent"]["dscp"], 46, "{target}: {m:#}");
         assert_eq!(m["sent"]["ecn"], 2, "{target}: {m:#}");
         assert_eq!(m["upstream"]["arrived"]["dscp"], 0, "{target}: {m:#}");
         assert_eq!(m["upstream"]["arrived"]["ecn"], 2, "{target}: {m:#}");
-        assert_eq!(m["upstream"]["dscp_changed"], 3, "{target}: {m:#}");
+        // Every reply that came back saw the rewrite (a loaded machine may lose one).
+        let replies = m["upstream"]["replies"].as_u64().unwrap();
+        assert!(replies >= 1, "{target}: {m:#}");
+        assert_eq!(m["upstream"]["dscp_changed"], replies, "{target}: {m:#}");
         assert_eq!(m["downstream"]["arrived"]["dscp"], 10, "{target}: {m:#}");
         assert_eq!(m["downstream"]["arrived"]["ecn"], 3, "{target}: {m:#}");
-        assert_eq!(m["downstream"]["ecn_changed"], 3, "{target}: {m:#}");
+        assert_eq!(m["downstream"]["ecn_changed"], replies, "{target}: {m:#}");
         assert_eq!(m["replies_without_report"], 0, "{target}: {m:#}");
         let text = udpreach(
             lab.client(),

@@ -3,6 +3,7 @@
 //! ICMP limiter had no credit; and the limiter test, a burst of canaries
 //! that tells rate limiting from loss.
 
+use super::pacing::{EAGER_SPEEDUP, MIN_INTERVAL};
 use super::*;
 
 #[derive(Clone, Debug)]
@@ -106,6 +107,13 @@ impl ServerlessSweep {
             self.rate_limited(now, c.sent_at);
         }
         if let Some(pc) = &mut self.pacing {
+            if c.answered && credit_taken {
+                // The confirming probe and its canary both drew an error:
+                // the limiter had two credits, so the clock runs slower
+                // than the limiter and every pair would waste one on the
+                // canary. Catch up, as after an eager answer.
+                pc.interval = pc.interval.mul_f64(EAGER_SPEEDUP).max(MIN_INTERVAL);
+            }
             pc.out = pc.out.saturating_sub(1);
             // Answered or not, the limiter had no credit left after the canary.
             pc.last_answer = pc.last_answer.max(c.sent_at);

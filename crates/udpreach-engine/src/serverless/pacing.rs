@@ -83,6 +83,11 @@ pub(super) const MAX_INTERVAL: Duration = Duration::from_secs(4);
 /// so the clock keeps testing whether the limiter allows more.
 pub(super) const SPEEDUP: f64 = 0.97;
 
+/// Evidence that the limiter had more credit than the clock assumed (an
+/// eager probe answered, a canary answered beside its confirming probe)
+/// shortens the interval by this factor.
+pub(super) const EAGER_SPEEDUP: f64 = 0.75;
+
 /// Evidence that the clock ran ahead of the limiter lengthens it this much.
 pub(super) const BACKOFF: f64 = 1.1;
 
@@ -240,7 +245,7 @@ impl ServerlessSweep {
         if std::mem::take(&mut pc.eager_out) {
             // Answered right after the previous answer: credit to spare, the
             // limiter is faster than the clock.
-            pc.interval = pc.interval.mul_f64(0.75).max(MIN_INTERVAL);
+            pc.interval = pc.interval.mul_f64(EAGER_SPEEDUP).max(MIN_INTERVAL);
             pc.eager = true;
         } else if measures_limiter {
             // We were polling for the credit: it came between the last

@@ -28,13 +28,13 @@ use udpreach_wire::icmp::{IcmpOrigin, IcmpReport};
 use udpreach_wire::stamp::{Mode, ReflectorPacket, SenderPacket, TimestampFormat};
 
 /// How often a running ping check copies its session's counters to metrics.
-pub const PUBLISH_EVERY: Duration = Duration::from_secs(2);
+pub(crate) const PUBLISH_EVERY: Duration = Duration::from_secs(2);
 /// How long a target that does not resolve waits before trying again.
-pub const RESOLVE_RETRY: Duration = Duration::from_secs(10);
+pub(crate) const RESOLVE_RETRY: Duration = Duration::from_secs(10);
 
 /// Which ping-like check a [`PingTarget`] runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Prober {
+pub(crate) enum Prober {
     /// udpreach probes to a udpreach server (or any UDP echo server).
     Ping,
     /// STAMP test packets (RFC 8762/8972) to any STAMP reflector.
@@ -43,7 +43,7 @@ pub enum Prober {
 
 impl Prober {
     /// The `check` label value.
-    pub fn check(self) -> &'static str {
+    pub(crate) fn check(self) -> &'static str {
         match self {
             Prober::Ping => "ping",
             Prober::Stamp => "stamp",
@@ -51,7 +51,7 @@ impl Prober {
     }
 
     /// The port a target without one is probed on.
-    pub fn default_port(self) -> u16 {
+    pub(crate) fn default_port(self) -> u16 {
         match self {
             Prober::Ping => crate::cli::DEFAULT_PORT,
             Prober::Stamp => udpreach_wire::stamp::PORT,
@@ -61,7 +61,7 @@ impl Prober {
 
 /// One target's ping or STAMP check: continuous (`count: None`) or a fixed
 /// number of probes (`/probe`).
-pub struct PingTarget {
+pub(crate) struct PingTarget {
     pub name: String,
     pub group: String,
     pub prober: Prober,
@@ -89,7 +89,8 @@ async fn resolve(
                 m.set_resolved(false);
                 m.check(check, false, None);
                 tracing::warn!("monitor: {name}: {e:#}");
-                if !retry {
+                // A target that can never resolve is not retried.
+                if !retry || !e.is_transient() {
                     return None;
                 }
                 tokio::time::sleep(RESOLVE_RETRY).await;
@@ -102,9 +103,9 @@ async fn resolve(
 /// engine session per window, so memory and the cost of a summary stay
 /// flat however long the agent runs. Windows overlap (the next starts on
 /// schedule while the last one's final probes wait for their timeout).
-pub const WINDOW: Duration = Duration::from_secs(30);
+pub(crate) const WINDOW: Duration = Duration::from_secs(30);
 /// Probes per window, whatever the interval.
-pub const WINDOW_PROBES: (u64, u64) = (10, 100);
+pub(crate) const WINDOW_PROBES: (u64, u64) = (10, 100);
 
 /// Counters summed over a target's windows.
 #[derive(Clone, Copy, Default)]
@@ -186,7 +187,7 @@ fn publish(now: &Totals, series: &PingSeries, published: &mut Totals) {
 }
 
 /// Runs a ping or STAMP check until its count is done (or forever, for the agent).
-pub async fn ping(t: PingTarget, m: TargetMetrics, sink: ResultSink) {
+pub(crate) async fn ping(t: PingTarget, m: TargetMetrics, sink: ResultSink) {
     let series = m.ping_series();
     let check = t.prober.check();
     let Some(target) = resolve(
@@ -641,7 +642,7 @@ async fn run_windows<W: ProbeWindow>(
 }
 
 /// One target's ports check.
-pub struct PortsTarget {
+pub(crate) struct PortsTarget {
     pub name: String,
     pub group: String,
     pub check: PortsCheck,
@@ -649,7 +650,7 @@ pub struct PortsTarget {
 }
 
 /// Longest one sweep may take before it counts as failed.
-pub const MAX_SWEEP: Duration = Duration::from_secs(120);
+pub(crate) const MAX_SWEEP: Duration = Duration::from_secs(120);
 
 /// Runs `once` against the target now and, with `repeat`, every `every`
 /// (a target that does not resolve is retried as ping's are).
@@ -678,7 +679,7 @@ async fn periodic<F, Fut>(
 }
 
 /// Runs one ports sweep and records it; `repeat` runs it every `check.every`.
-pub async fn ports(t: PortsTarget, m: TargetMetrics, sink: ResultSink, repeat: bool) {
+pub(crate) async fn ports(t: PortsTarget, m: TargetMetrics, sink: ResultSink, repeat: bool) {
     let limit = if repeat {
         t.check.every.min(MAX_SWEEP)
     } else {
@@ -723,7 +724,7 @@ pub async fn ports(t: PortsTarget, m: TargetMetrics, sink: ResultSink, repeat: b
 }
 
 /// One target's mtu check.
-pub struct MtuTarget {
+pub(crate) struct MtuTarget {
     pub name: String,
     pub group: String,
     pub check: MtuCheck,
@@ -731,12 +732,12 @@ pub struct MtuTarget {
 }
 
 /// Longest one mtu check may take before it counts as failed.
-pub const MAX_MTU_CHECK: Duration = Duration::from_secs(60);
+pub(crate) const MAX_MTU_CHECK: Duration = Duration::from_secs(60);
 
 /// Measures the path MTU as `udpreach mtu` does (each direction against a
 /// udpreach server, else the round trip through the echo port; no fragment
 /// test) and records it; `repeat` runs it every `check.every`.
-pub async fn mtu(t: MtuTarget, m: TargetMetrics, sink: ResultSink, repeat: bool) {
+pub(crate) async fn mtu(t: MtuTarget, m: TargetMetrics, sink: ResultSink, repeat: bool) {
     let (t, m, sink) = (&t, &m, &sink);
     periodic(
         &t.name,
@@ -749,8 +750,10 @@ pub async fn mtu(t: MtuTarget, m: TargetMetrics, sink: ResultSink, repeat: bool)
                 target: t.name.clone(),
                 control: None,
                 echo: false,
-                ipv4: false,
-                ipv6: false,
+                family: crate::cli::FamilyArgs {
+                    ipv4: false,
+                    ipv6: false,
+                },
                 probes: t.check.probes,
                 timeout: None,
                 no_fragments: true,
@@ -803,7 +806,7 @@ pub async fn mtu(t: MtuTarget, m: TargetMetrics, sink: ResultSink, repeat: bool)
 
 /// One sweep of `check.spec` against the udpreach server at `server`, as
 /// `udpreach ports` runs it (same control requests, same reply filter).
-pub async fn sweep_once(
+pub(crate) async fn sweep_once(
     server: SocketAddr,
     check: &PortsCheck,
     key: Option<&SharedKey>,
@@ -817,12 +820,19 @@ pub async fn sweep_once(
     };
     let udp = AsyncUdp::bind(unspecified_for(&server, 0), &opts)
         .context("cannot open the UDP probe socket")?;
-    let cfg = SweepConfig {
-        attempts: check.retries,
-        max_open: (welcome.max_open_ports as usize).max(1),
+    let budget = udpreach_engine::sweep_window::PathBudget {
+        rtt: ctl.handshake_rtt,
         rate: (welcome.max_probe_rate > 0).then_some(welcome.max_probe_rate),
-        ..SweepConfig::default()
+        rcvbuf: udp.recv_buffer_size().unwrap_or(0),
+        max_open: welcome.max_open_ports as usize,
     };
+    let cfg = udpreach_engine::sweep_window::sized(
+        SweepConfig {
+            attempts: check.retries,
+            ..SweepConfig::default()
+        },
+        budget,
+    );
     let mut sweep = Sweep::new(SweepPlan::new(&check.spec), cfg, Instant::now());
     sweep.seed_rtt(ctl.handshake_rtt);
     let session_key = welcome.session_key.clone();

@@ -13,19 +13,19 @@ use udpreach_wire::PortSpec;
 
 /// Default HTTP address of `/metrics`, `/probe` and `/health`: loopback only,
 /// so an agent is not an open prober for its whole network by default.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
+pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 /// Most targets one agent probes (groups together).
-pub const MAX_TARGETS: usize = 10_000;
+pub(crate) const MAX_TARGETS: usize = 10_000;
 /// Most custom labels on one group.
-pub const MAX_LABELS: usize = 16;
+pub(crate) const MAX_LABELS: usize = 16;
 /// Shortest ping interval the monitor accepts (one agent, many targets).
-pub const MIN_PING_INTERVAL: Duration = Duration::from_millis(10);
+pub(crate) const MIN_PING_INTERVAL: Duration = Duration::from_millis(10);
 /// Most probes one `/probe` ping module may send.
-pub const MAX_PROBE_COUNT: u64 = 100;
+pub(crate) const MAX_PROBE_COUNT: u64 = 100;
 /// How often `discover` names are resolved again.
-pub const DISCOVER_EVERY: Duration = Duration::from_secs(30);
+pub(crate) const DISCOVER_EVERY: Duration = Duration::from_secs(30);
 /// Label names the monitor sets itself; user labels may not take them.
-pub const RESERVED_LABELS: [&str; 6] = [
+pub(crate) const RESERVED_LABELS: [&str; 6] = [
     "target",
     "group",
     "direction",
@@ -36,14 +36,14 @@ pub const RESERVED_LABELS: [&str; 6] = [
 
 /// The whole configuration, validated.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Config {
+pub(crate) struct Config {
     pub listen: SocketAddr,
     pub groups: Vec<Group>,
     pub modules: BTreeMap<String, Module>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct Group {
+pub(crate) struct Group {
     pub name: String,
     pub targets: Vec<String>,
     /// `HOST:PORT` whose DNS records are the targets (every address, this
@@ -63,14 +63,14 @@ pub struct Group {
 /// A path MTU measurement (as `udpreach mtu`, without the fragment test)
 /// every `every`.
 #[derive(Clone, Debug, PartialEq)]
-pub struct MtuCheck {
+pub(crate) struct MtuCheck {
     pub every: Duration,
     /// Datagrams per size and round.
     pub probes: u32,
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct PingCheck {
+pub(crate) struct PingCheck {
     pub interval: Duration,
     pub timeout: Duration,
     pub size: Option<usize>,
@@ -78,7 +78,7 @@ pub struct PingCheck {
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct PortsCheck {
+pub(crate) struct PortsCheck {
     pub spec: PortSpec,
     /// Time between two sweeps.
     pub every: Duration,
@@ -87,7 +87,7 @@ pub struct PortsCheck {
 
 /// A `/probe` module: one check run now, its metrics returned.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Module {
+pub(crate) enum Module {
     /// A ping or STAMP module.
     Ping {
         prober: Prober,
@@ -186,7 +186,7 @@ struct RawModule {
 /// A configuration error: one line naming the key (and, for syntax errors, the line).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct ConfigError(String);
+pub(crate) struct ConfigError(String);
 
 fn err(key: &str, msg: impl std::fmt::Display) -> ConfigError {
     ConfigError(format!("invalid '{key}': {msg}"))
@@ -337,7 +337,7 @@ impl PortsCheck {
 
 impl Config {
     /// Reads and checks a configuration file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("cannot read config '{}': {e}", path.display())))?;
         Config::parse(&text)
@@ -345,7 +345,7 @@ impl Config {
     }
 
     /// Parses and checks configuration text.
-    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    pub(crate) fn parse(text: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
@@ -559,7 +559,11 @@ impl Config {
     }
 
     /// The quick start: targets from the command line, pinged, one group "cli".
-    pub fn from_targets(listen: SocketAddr, targets: Vec<String>, ping: PingCheck) -> Config {
+    pub(crate) fn from_targets(
+        listen: SocketAddr,
+        targets: Vec<String>,
+        ping: PingCheck,
+    ) -> Config {
         let mut modules = BTreeMap::new();
         modules.insert(
             "ping".to_string(),

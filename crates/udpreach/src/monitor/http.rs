@@ -26,21 +26,21 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-pub const MAX_CONNECTIONS: usize = 256;
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-pub const MAX_PROBES: usize = 16;
+pub(crate) const MAX_CONNECTIONS: usize = 256;
+pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const MAX_PROBES: usize = 16;
 /// Longest target name accepted in `/probe`.
-pub const MAX_TARGET_LEN: usize = 255;
+pub(crate) const MAX_TARGET_LEN: usize = 255;
 
 /// What the endpoint serves; `modules` changes on reload.
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     pub metrics: Metrics,
     pub modules: Mutex<BTreeMap<String, Module>>,
     probes: Semaphore,
 }
 
 impl Endpoint {
-    pub fn new(metrics: Metrics, modules: BTreeMap<String, Module>) -> Arc<Self> {
+    pub(crate) fn new(metrics: Metrics, modules: BTreeMap<String, Module>) -> Arc<Self> {
         Arc::new(Endpoint {
             metrics,
             modules: Mutex::new(modules),
@@ -64,7 +64,7 @@ fn plain(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
 }
 
 /// Serves until the listener fails.
-pub async fn serve(listener: TcpListener, ep: Arc<Endpoint>) {
+pub(crate) async fn serve(listener: TcpListener, ep: Arc<Endpoint>) {
     let conns = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let permit = match conns.clone().acquire_owned().await {

@@ -14,25 +14,26 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use udpreach_engine::Verdict;
 
-pub const OPENMETRICS_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const OPENMETRICS_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// A series' labels: `target`, `group`, the user's labels, then the
 /// metric's own (`direction`, `verdict`, `check`, `address`).
-pub type Labels = Vec<(String, String)>;
+pub(crate) type Labels = Vec<(String, String)>;
 
 /// RTT histogram buckets, seconds: 50 µs to 10 s.
-pub const RTT_BUCKETS: [f64; 17] = [
+pub(crate) const RTT_BUCKETS: [f64; 17] = [
     50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3,
     1.0, 2.5, 5.0, 10.0,
 ];
 
 /// Loss directions: from the server's counters when it reports them.
-pub const DIRECTIONS: [&str; 3] = ["upstream", "downstream", "unknown"];
+pub(crate) const DIRECTIONS: [&str; 3] = ["upstream", "downstream", "unknown"];
 /// Path MTU directions: to the server, back from it, or the round trip
 /// (through an echo port, when the target cannot measure each way).
-pub const MTU_DIRECTIONS: [&str; 3] = ["upstream", "downstream", "round_trip"];
+pub(crate) const MTU_DIRECTIONS: [&str; 3] = ["upstream", "downstream", "round_trip"];
 /// The checks a target can have.
-pub const CHECKS: [&str; 4] = ["ping", "ports", "stamp", "mtu"];
+pub(crate) const CHECKS: [&str; 4] = ["ping", "ports", "stamp", "mtu"];
 
 fn rtt_histogram() -> Histogram {
     Histogram::new(RTT_BUCKETS)
@@ -42,7 +43,7 @@ type F64Gauge = Gauge<f64, AtomicU64>;
 
 /// Every metric family; cheap to clone (the families are shared).
 #[derive(Clone)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     pub rtt: Family<Labels, Histogram, fn() -> Histogram>,
     pub sent: Family<Labels, Counter>,
     pub replies: Family<Labels, Counter>,
@@ -64,12 +65,12 @@ pub struct Metrics {
 
 impl Metrics {
     /// The agent's metrics (with `udpreach_config_last_reload_successful`).
-    pub fn new() -> Metrics {
+    pub(crate) fn new() -> Metrics {
         Self::build(true)
     }
 
     /// A `/probe` run's metrics: the check's series only.
-    pub fn for_probe() -> Metrics {
+    pub(crate) fn for_probe() -> Metrics {
         Self::build(false)
     }
 
@@ -184,7 +185,7 @@ impl Metrics {
     /// The exposition: OpenMetrics text when `openmetrics` (what Prometheus
     /// asks for), else the Prometheus text format 0.0.4 (curl, promtool).
     /// Returns the body and its content type.
-    pub fn encode_as(&self, openmetrics: bool) -> (String, &'static str) {
+    pub(crate) fn encode_as(&self, openmetrics: bool) -> (String, &'static str) {
         let mut out = String::new();
         if openmetrics {
             encode(&mut out, &self.registry).expect("writing to a String cannot fail");
@@ -198,11 +199,11 @@ impl Metrics {
 
     /// The Prometheus text format 0.0.4.
     #[cfg(test)]
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         self.encode_as(false).0
     }
 
-    pub fn target(&self, base: Labels) -> TargetMetrics {
+    pub(crate) fn target(&self, base: Labels) -> TargetMetrics {
         TargetMetrics {
             m: self.clone(),
             base,
@@ -221,7 +222,7 @@ impl Default for Metrics {
 /// atomic add, with no label hashing (1,000 targets answer 1,000 times a
 /// second).
 #[derive(Clone)]
-pub struct PingSeries {
+pub(crate) struct PingSeries {
     pub rtt: Histogram,
     pub sent: Counter,
     pub replies: Counter,
@@ -236,13 +237,13 @@ pub struct PingSeries {
 /// Handles on one target's `udpreach_check_success` and
 /// `udpreach_check_duration_seconds` for one check.
 #[derive(Clone)]
-pub struct CheckSeries {
+pub(crate) struct CheckSeries {
     success: Gauge,
     duration: F64Gauge,
 }
 
 impl CheckSeries {
-    pub fn set(&self, success: bool, duration_s: Option<f64>) {
+    pub(crate) fn set(&self, success: bool, duration_s: Option<f64>) {
         self.success.set(i64::from(success));
         if let Some(d) = duration_s {
             self.duration.set(d);
@@ -252,7 +253,7 @@ impl CheckSeries {
 
 /// One target's series.
 #[derive(Clone)]
-pub struct TargetMetrics {
+pub(crate) struct TargetMetrics {
     m: Metrics,
     base: Labels,
     /// The address label of the current `udpreach_server_seen_address_info` series.
@@ -260,14 +261,14 @@ pub struct TargetMetrics {
 }
 
 impl TargetMetrics {
-    pub fn with(&self, key: &str, value: &str) -> Labels {
+    pub(crate) fn with(&self, key: &str, value: &str) -> Labels {
         let mut l = self.base.clone();
         l.push((key.to_string(), value.to_string()));
         l
     }
 
     /// Sets the seen address; returns true when it changed from an earlier one.
-    pub fn set_seen_address(&self, address: String) -> bool {
+    pub(crate) fn set_seen_address(&self, address: String) -> bool {
         let mut seen = self.seen.lock().expect("not poisoned");
         if seen.as_deref() == Some(address.as_str()) {
             return false;
@@ -303,7 +304,7 @@ impl TargetMetrics {
 
     /// The target's ping (or STAMP) series, created at zero so rates work
     /// from the first scrape; the handles update them without a label lookup.
-    pub fn ping_series(&self) -> PingSeries {
+    pub(crate) fn ping_series(&self) -> PingSeries {
         let b = &self.base;
         // `udpreach_nat_changes_total` too (set_seen_address counts changes).
         let [sent, replies, duplicates, late, reordered, withheld, _nat_changes] =
@@ -321,7 +322,7 @@ impl TargetMetrics {
     }
 
     /// The target's `check_success` and `check_duration_seconds` series of one check.
-    pub fn check_series(&self, check: &str) -> CheckSeries {
+    pub(crate) fn check_series(&self, check: &str) -> CheckSeries {
         let l = self.with("check", check);
         CheckSeries {
             success: self.m.check_success.get_or_create_owned(&l),
@@ -329,7 +330,7 @@ impl TargetMetrics {
         }
     }
 
-    pub fn set_ports(&self, counts: &[(Verdict, u64)]) {
+    pub(crate) fn set_ports(&self, counts: &[(Verdict, u64)]) {
         for v in Verdict::ALL {
             let n = counts.iter().find(|(c, _)| *c == v).map_or(0, |(_, n)| *n);
             self.m
@@ -339,13 +340,13 @@ impl TargetMetrics {
         }
     }
 
-    pub fn check(&self, check: &str, success: bool, duration_s: Option<f64>) {
+    pub(crate) fn check(&self, check: &str, success: bool, duration_s: Option<f64>) {
         self.check_series(check).set(success, duration_s);
     }
 
     /// Sets `udpreach_path_mtu_bytes{direction}`; `None` removes the series
     /// (that direction could not be measured).
-    pub fn set_path_mtu(&self, direction: &str, mtu: Option<u32>) {
+    pub(crate) fn set_path_mtu(&self, direction: &str, mtu: Option<u32>) {
         let l = self.with("direction", direction);
         match mtu {
             Some(v) => {
@@ -357,12 +358,12 @@ impl TargetMetrics {
         }
     }
 
-    pub fn set_resolved(&self, ok: bool) {
+    pub(crate) fn set_resolved(&self, ok: bool) {
         self.m.resolved.get_or_create(&self.base).set(i64::from(ok));
     }
 
     /// Removes every series of this target (it left the configuration).
-    pub fn forget(&self) {
+    pub(crate) fn forget(&self) {
         let b = &self.base;
         for f in self.counters() {
             f.remove(b);

@@ -9,11 +9,11 @@
 //! settings did not change keep their tasks and counters; a bad file keeps
 //! the old configuration running.
 
-pub mod checks;
-pub mod config;
-pub mod http;
-pub mod metrics;
-pub mod results;
+pub(crate) mod checks;
+pub(crate) mod config;
+pub(crate) mod http;
+pub(crate) mod metrics;
+pub(crate) mod results;
 
 use crate::cli::{KeyArgs, MonitorArgs};
 use anyhow::Context;
@@ -231,7 +231,7 @@ fn load(args: &MonitorArgs) -> anyhow::Result<Config> {
     }
 }
 
-pub async fn run(args: MonitorArgs) -> anyhow::Result<u8> {
+pub(crate) async fn run(args: MonitorArgs) -> anyhow::Result<u8> {
     // One socket per target and check.
     crate::platform::raise_nofile_limit();
     crate::platform::fixed_mmap_threshold();

@@ -14,7 +14,7 @@ use udpreach_engine::Verdict;
 /// What became of one ping probe.
 #[derive(Clone, Copy, Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Reply,
     Late,
     Duplicate,
@@ -25,7 +25,7 @@ pub enum Outcome {
 /// One line of the stream.
 #[derive(Debug, Serialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum MonitorResult {
+pub(crate) enum MonitorResult {
     Ping(PingResult),
     /// A STAMP probe: the same fields as a ping probe.
     Stamp(PingResult),
@@ -36,7 +36,7 @@ pub enum MonitorResult {
 /// One mtu check: the path MTU each way (a udpreach server), or the round
 /// trip (an echo server); `null` where it could not be measured.
 #[derive(Debug, Serialize, JsonSchema)]
-pub struct PathMtuResult {
+pub(crate) struct PathMtuResult {
     pub time: f64,
     pub target: String,
     pub group: String,
@@ -53,7 +53,7 @@ pub struct PathMtuResult {
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
-pub struct PingResult {
+pub(crate) struct PingResult {
     /// Unix time in seconds when the result was known.
     pub time: f64,
     pub target: String,
@@ -65,7 +65,7 @@ pub struct PingResult {
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
-pub struct PortsResult {
+pub(crate) struct PortsResult {
     pub time: f64,
     pub target: String,
     pub group: String,
@@ -77,14 +77,14 @@ pub struct PortsResult {
     pub error: Option<String>,
 }
 
-pub fn unix_now() -> f64 {
+pub(crate) fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
 impl PingResult {
-    pub fn new(
+    pub(crate) fn new(
         target: &str,
         group: &str,
         seq: u64,
@@ -103,7 +103,7 @@ impl PingResult {
 }
 
 impl PortsResult {
-    pub fn new(
+    pub(crate) fn new(
         target: &str,
         group: &str,
         counts: &BTreeMap<Verdict, u64>,
@@ -126,14 +126,14 @@ impl PortsResult {
 
 /// Where results go: nowhere, stdout or a file. Cheap to clone.
 #[derive(Clone, Default)]
-pub struct ResultSink(Option<Arc<Mutex<Box<dyn Write + Send>>>>);
+pub(crate) struct ResultSink(Option<Arc<Mutex<Box<dyn Write + Send>>>>);
 
 impl ResultSink {
-    pub fn none() -> Self {
+    pub(crate) fn none() -> Self {
         ResultSink(None)
     }
 
-    pub fn to(w: Box<dyn Write + Send>) -> Self {
+    pub(crate) fn to(w: Box<dyn Write + Send>) -> Self {
         ResultSink(Some(Arc::new(Mutex::new(w))))
     }
 
@@ -149,23 +149,23 @@ impl ResultSink {
     }
 
     /// Whether results go anywhere (else there is no need to build them).
-    pub fn is_on(&self) -> bool {
+    pub(crate) fn is_on(&self) -> bool {
         self.0.is_some()
     }
 
     /// One ping or STAMP probe's result.
-    pub fn probe(&self, prober: Prober, r: PingResult) {
+    pub(crate) fn probe(&self, prober: Prober, r: PingResult) {
         self.write(&match prober {
             Prober::Ping => MonitorResult::Ping(r),
             Prober::Stamp => MonitorResult::Stamp(r),
         });
     }
 
-    pub fn ports(&self, r: PortsResult) {
+    pub(crate) fn ports(&self, r: PortsResult) {
         self.write(&MonitorResult::Ports(r));
     }
 
-    pub fn mtu(&self, r: PathMtuResult) {
+    pub(crate) fn mtu(&self, r: PathMtuResult) {
         self.write(&MonitorResult::Mtu(r));
     }
 }

@@ -24,7 +24,7 @@ use crate::platform::realtime_ns;
 use crate::platform::{canonical, AsyncUdp, Received, UdpOptions};
 use crate::report::documents::MtuMode;
 use crate::report::mtu::{Direction, MtuReport};
-use crate::target::{resolve_async, unspecified_for, Family};
+use crate::target::{resolve_async, unspecified_for};
 use anyhow::{bail, Context};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -73,8 +73,8 @@ enum Mode {
     Echo,
 }
 
-pub async fn run(args: MtuArgs) -> anyhow::Result<u8> {
-    let family = Family::from_flags(args.ipv4, args.ipv6);
+pub(crate) async fn run(args: MtuArgs) -> anyhow::Result<u8> {
+    let family = args.family.family();
     let target = resolve_async(&args.target, family).await?;
     let report = MtuReport {
         format: args.output.format(),
@@ -97,7 +97,7 @@ pub async fn run(args: MtuArgs) -> anyhow::Result<u8> {
 }
 
 /// What one measurement found.
-pub struct Measurement {
+pub(crate) struct Measurement {
     pub paths: Measured,
     pub probes_sent: u64,
     pub elapsed: Duration,
@@ -105,7 +105,7 @@ pub struct Measurement {
 
 /// Each direction (a udpreach server with the "mtu" capability) or the
 /// round trip (an echo server).
-pub enum Measured {
+pub(crate) enum Measured {
     Directions { up: Direction, down: Direction },
     RoundTrip(Direction),
 }
@@ -114,7 +114,7 @@ pub enum Measured {
 /// output and key fields are not read: `shared_key` is the key), reporting
 /// progress through `report`; `udpreach mtu` prints the result, the
 /// monitor's mtu check exports it.
-pub async fn measure(
+pub(crate) async fn measure(
     target: SocketAddr,
     args: &MtuArgs,
     shared_key: Option<&SharedKey>,
@@ -211,8 +211,8 @@ async fn run_echo(
 }
 
 /// Each direction on its own: upstream through the session's MTU port,
-/// downstream by the server's sends (its waits seeded with the round trip
-/// upstream measured).
+/// downstream by the server's sends (its waits from the round-trip
+/// estimate upstream built).
 #[allow(clippy::too_many_arguments)]
 async fn run_server(
     p: &mut ProbeSocket,
@@ -252,10 +252,13 @@ async fn run_server(
     // Linux reports twice the buffer asked for; half of it holds the datagrams.
     let request_bytes = p.udp.recv_buffer_size().unwrap_or(212_992) as u64 / 2;
     let far_end = Probing::FarEndSends { request_bytes };
-    let mut down = MtuSearch::new(
-        search_config(p, args, down_max, far_end, up.srtt().or(rtt)),
-        Instant::now(),
-    );
+    let mut down_cfg = search_config(p, args, down_max, far_end, rtt);
+    if up.srtt().is_some() {
+        // Upstream measured the path: its estimate, not the one handshake sample.
+        down_cfg.rtt = None;
+        down_cfg.rtt_estimate = Some(up.rtt_estimate().clone());
+    }
+    let mut down = MtuSearch::new(down_cfg, Instant::now());
     drive(
         p,
         &mut down,
@@ -400,6 +403,7 @@ fn search_config(
         v6: p.v6,
         probing,
         rtt,
+        rtt_estimate: None,
         round_wait: args.timeout,
         fragment_test: !args.no_fragments,
     }

@@ -14,7 +14,7 @@ use crate::report::nat::{
     conclusion, keepalive, IdleTimeouts, MappingObserved, NatDocument, NatEvent, NatReport,
     NatStart, NotMeasured, PortTimeouts,
 };
-use crate::target::{resolve_async, unspecified_for, Family};
+use crate::target::{resolve_async, unspecified_for};
 use anyhow::{bail, Context};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -158,9 +158,9 @@ impl Sockets {
     }
 }
 
-pub async fn run(args: NatArgs) -> anyhow::Result<u8> {
+pub(crate) async fn run(args: NatArgs) -> anyhow::Result<u8> {
     let started = Instant::now();
-    let family = Family::from_flags(args.ipv4, args.ipv6);
+    let family = args.family.family();
     let target = resolve_async(&args.target, family).await?;
     let mut control = target;
     if let Some(p) = args.control {

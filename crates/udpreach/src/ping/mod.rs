@@ -1,6 +1,6 @@
 //! `udpreach ping`: the I/O driver around [`udpreach_engine::PingSession`].
 
-pub mod payload;
+pub(crate) mod payload;
 mod stamp;
 
 use crate::cli::PingArgs;
@@ -13,7 +13,7 @@ use crate::report::documents::{
     BehindSchedule, IgnoredReply, PingEvent as ReportedEvent, SendFailure, SkippedPort,
 };
 use crate::report::ping::{PingReport, ReplyKind};
-use crate::target::{resolve_async, unspecified_for, Family};
+use crate::target::{resolve_async, unspecified_for};
 use anyhow::{bail, Context};
 use payload::{PayloadBuilder, Reply};
 use std::collections::{HashMap, VecDeque};
@@ -23,7 +23,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use udpreach_engine::marks::MarkTally;
+use udpreach_engine::marks::{MarkTally, ReplyMarks};
 use udpreach_engine::ping::{PingConfig, PingEvent, PingInput, PingSession};
 use udpreach_engine::Engine;
 use udpreach_wire::auth::{SharedKey, MIN_SEALED_LEN};
@@ -178,7 +178,7 @@ fn route_source(target: SocketAddr) -> Option<std::net::IpAddr> {
 
 /// The set-up plain ping and `ping --stamp` share: the IPv4 size limit and
 /// the probe socket's options (TTL, DSCP/ECN, DF, ICMP errors, transmit
-/// timestamps, and the TOS each reply arrives with).
+/// timestamps, and the TOS each reply arrives with when it is reported).
 fn probe_socket_options(
     args: &PingArgs,
     target: SocketAddr,
@@ -195,7 +195,15 @@ fn probe_socket_options(
         dont_fragment: args.df,
         recv_errors: true,
         tx_timestamps: true,
-        recv_tos: true,
+        // What each reply arrived with: STAMP's CoS, or --dscp/--ecn.
+        recv_tos: args.stamp || asked_tos(args).is_some(),
+        // Replies and the kernel's transmit timestamps (error queue) share
+        // the receive buffer: at 10,000 probes/s, a 20 ms stall of this
+        // process (or a burst from a late relay) queues about 400 of each,
+        // more than the default 208 KiB holds (a reply costs about 830
+        // bytes of it). Overflowing it dropped replies that then counted
+        // as network loss (131 of 20,000 through the lab's emulator).
+        recv_buffer: Some(PING_RECV_BUFFER),
         ..UdpOptions::default()
     })
 }
@@ -220,13 +228,16 @@ impl Drop for Sender {
     }
 }
 
-pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
+/// The ping socket's receive buffer (see where it is set).
+const PING_RECV_BUFFER: usize = 4 << 20;
+
+pub(crate) async fn run(args: PingArgs) -> anyhow::Result<u8> {
     if args.stamp {
         return stamp::run(args).await;
     }
     // --sport keeps one socket per source port open until its timeout passes.
     crate::platform::raise_nofile_limit();
-    let family = Family::from_flags(args.ipv4, args.ipv6);
+    let family = args.family.family();
     let target = resolve_async(&args.target, family).await?;
     let key = crate::shared_key::load(&args.key)?;
     let size = args.size_for(key.is_some());
@@ -534,11 +545,12 @@ fn handle_incoming(
     session.handle_input(reply, msg.at);
     let bytes = data.len();
     // A reply's event comes out at once (none for a probe never sent).
+    let reply_marks = marks.is_some().then(|| ReplyMarks::of(seen_tos, tos));
     while let Some(ev) = session.poll_event() {
         if let (PingEvent::Reply { .. }, Some(m)) = (&ev, marks.as_mut()) {
             m.record(seen_tos, tos);
         }
-        report_reply(report, msg.local, ev, bytes, ttl);
+        report_reply(report, msg.local, ev, bytes, ttl, reply_marks);
     }
 }
 
@@ -548,6 +560,7 @@ fn report_reply(
     ev: PingEvent,
     bytes: usize,
     ttl: Option<u8>,
+    marks: Option<ReplyMarks>,
 ) {
     match ev {
         PingEvent::Reply {
@@ -560,13 +573,21 @@ fn report_reply(
             ttl,
             stamp.as_ref(),
             ReplyKind::Reply,
+            marks,
         ),
         PingEvent::Late { seq, rtt } => {
-            report.reply(local, seq, bytes, rtt, ttl, None, ReplyKind::Late)
+            report.reply(local, seq, bytes, rtt, ttl, None, ReplyKind::Late, marks)
         }
-        PingEvent::Duplicate { seq, rtt } => {
-            report.reply(local, seq, bytes, rtt, ttl, None, ReplyKind::Duplicate)
-        }
+        PingEvent::Duplicate { seq, rtt } => report.reply(
+            local,
+            seq,
+            bytes,
+            rtt,
+            ttl,
+            None,
+            ReplyKind::Duplicate,
+            marks,
+        ),
         PingEvent::Timeout { .. } | PingEvent::IcmpError { .. } => {}
     }
 }

@@ -18,7 +18,7 @@ use udpreach_wire::probe::{
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reply {
+pub(crate) enum Reply {
     /// From a udpreach server: stamped; `seen_tos` is the TOS byte the
     /// server says the probe arrived with (servers that report it).
     Stamped {
@@ -36,7 +36,7 @@ pub enum Reply {
     Foreign,
 }
 
-pub struct PayloadBuilder {
+pub(crate) struct PayloadBuilder {
     pub token: u64,
     pub size: usize,
     /// Authenticated mode: the ping key for `token` (size is then at least 80).
@@ -59,12 +59,12 @@ fn filler(token: u64, seq: u64, out: &mut [u8]) {
 }
 
 impl PayloadBuilder {
-    pub fn has_header(&self) -> bool {
+    pub(crate) fn has_header(&self) -> bool {
         self.size >= HEADER_LEN
     }
 
     /// Builds probe `seq`; `sent_ns` (realtime) matters only with a key.
-    pub fn build(&self, seq: u64, sent_ns: u64, out: &mut Vec<u8>) {
+    pub(crate) fn build(&self, seq: u64, sent_ns: u64, out: &mut Vec<u8>) {
         out.clear();
         out.resize(self.size, 0);
         if self.has_header() {
@@ -89,13 +89,13 @@ impl PayloadBuilder {
 
     /// The seq of one of our probes from the start of it that an ICMP error
     /// quoted; `None` when too little was quoted or it is not ours.
-    pub fn seq_of_quote(&self, quoted: &[u8]) -> Option<u64> {
+    pub(crate) fn seq_of_quote(&self, quoted: &[u8]) -> Option<u64> {
         udpreach_wire::probe::parse_quoted(quoted)
             .filter(|q| q.short != self.has_header() && q.token == self.token)
             .map(|q| q.seq)
     }
 
-    pub fn check(&self, data: &[u8]) -> Reply {
+    pub(crate) fn check(&self, data: &[u8]) -> Reply {
         if data.len() != self.size {
             return Reply::Foreign;
         }

@@ -9,7 +9,7 @@ use crate::report::documents::{
     BehindSchedule, IgnoredReply, PingEvent as ReportedEvent, SendFailure,
 };
 use crate::report::ping::{PingReport, ReplyKind};
-use crate::target::{resolve, unspecified_for, Family};
+use crate::target::{resolve, unspecified_for};
 use anyhow::Context;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -23,13 +23,12 @@ use udpreach_engine::Engine;
 use udpreach_wire::icmp::IcmpOrigin;
 use udpreach_wire::stamp::{Mode, TimestampFormat};
 
-pub async fn run(args: PingArgs) -> anyhow::Result<u8> {
-    let family = Family::from_flags(args.ipv4, args.ipv6);
+pub(super) async fn run(args: PingArgs) -> anyhow::Result<u8> {
+    let family = args.family.family();
     let input = args.target.clone();
     let target =
         tokio::task::spawn_blocking(move || resolve(&input, udpreach_wire::stamp::PORT, family))
-            .await?
-            .map_err(|e| anyhow::anyhow!(e))?;
+            .await??;
     let key = crate::shared_key::load(&args.key)?;
     let tos = super::asked_tos(&args);
     let keyed = key.is_some();

@@ -18,7 +18,7 @@ use udpreach_wire::icmp::{IcmpError, IcmpOrigin};
 
 /// One entry of a socket's error queue.
 #[derive(Clone, Debug)]
-pub struct QueuedError {
+pub(crate) struct QueuedError {
     pub error: IcmpError,
     /// Where the offending datagram was going (the error message's `msg_name`).
     pub dest: Option<SocketAddr>,
@@ -32,7 +32,7 @@ pub struct QueuedError {
 /// The kernel's software transmit timestamp of one datagram
 /// (`SO_TIMESTAMPING`), read from the error queue.
 #[derive(Clone, Copy, Debug)]
-pub struct TxTimestamp {
+pub(crate) struct TxTimestamp {
     /// The socket's count of timestamped sends when this one went out
     /// (`SOF_TIMESTAMPING_OPT_ID`): 0 for its first send, 1 for the next...
     pub id: u32,
@@ -49,7 +49,7 @@ pub(super) enum ErrQueueEntry {
 
 /// Asks for a software transmit timestamp of every datagram sent, queued on
 /// the error queue with an id and no copy of the datagram.
-pub fn enable_tx_timestamps(sock: &impl AsFd) -> io::Result<()> {
+pub(crate) fn enable_tx_timestamps(sock: &impl AsFd) -> io::Result<()> {
     use nsock::TimestampingFlag as F;
     let flags = F::SOF_TIMESTAMPING_SOFTWARE
         | F::SOF_TIMESTAMPING_TX_SOFTWARE
@@ -62,7 +62,7 @@ pub fn enable_tx_timestamps(sock: &impl AsFd) -> io::Result<()> {
 /// Turns on `IP_RECVERR` (or `IPV6_RECVERR`). From then on the socket must be
 /// read with [`recv_error`] too: queued errors count against the receive
 /// buffer, so an undrained queue would starve normal datagrams.
-pub fn enable_recv_errors(sock: &impl AsFd, v6: bool) -> io::Result<()> {
+pub(crate) fn enable_recv_errors(sock: &impl AsFd, v6: bool) -> io::Result<()> {
     if v6 {
         nsock::setsockopt(sock, sockopt::Ipv6RecvErr, &true)?;
     } else {
@@ -74,7 +74,7 @@ pub fn enable_recv_errors(sock: &impl AsFd, v6: bool) -> io::Result<()> {
 /// errnos a send or receive returns once for an earlier ICMP error (the
 /// socket's pending `sk_err`); the error itself is in the queue, and the
 /// operation can simply be retried.
-pub fn is_deferred_icmp_errno(e: &io::Error) -> bool {
+pub(crate) fn is_deferred_icmp_errno(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(
@@ -191,7 +191,7 @@ fn convert(ee: &libc::sock_extended_err, from: Option<IpAddr>) -> IcmpError {
 
 /// How the kernel treats Don't Fragment for a socket (`IP_MTU_DISCOVER`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PmtuMode {
+pub(crate) enum PmtuMode {
     /// DF set, sends above the known path MTU fail locally (EMSGSIZE).
     DontFragment,
     /// DF set, the cached path MTU ignored: for deliberate oversize probes.
@@ -201,7 +201,7 @@ pub enum PmtuMode {
     AllowFragments,
 }
 
-pub fn set_pmtu_mode(sock: &impl AsRawFd, v6: bool, mode: PmtuMode) -> io::Result<()> {
+pub(crate) fn set_pmtu_mode(sock: &impl AsRawFd, v6: bool, mode: PmtuMode) -> io::Result<()> {
     let value = match (mode, v6) {
         (PmtuMode::DontFragment, false) => libc::IP_PMTUDISC_DO,
         (PmtuMode::Probe, false) => libc::IP_PMTUDISC_PROBE,
@@ -220,7 +220,7 @@ pub fn set_pmtu_mode(sock: &impl AsRawFd, v6: bool, mode: PmtuMode) -> io::Resul
 
 /// IPv6 only: fragment at `mtu` instead of the interface / path MTU
 /// (`IPV6_MTU`), so fragments fit a path whose MTU we measured.
-pub fn set_fragment_mtu_v6(sock: &impl AsRawFd, mtu: u32) -> io::Result<()> {
+pub(crate) fn set_fragment_mtu_v6(sock: &impl AsRawFd, mtu: u32) -> io::Result<()> {
     let v = libc::c_int::try_from(mtu).map_err(|_| io::Error::other("MTU out of range"))?;
     set_int(sock.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_MTU, v)
 }
@@ -279,7 +279,7 @@ fn get_int(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<libc:
 /// of the two is the search's upper bound: a size above what the route
 /// really carries is refused by our own kernel (EMSGSIZE), which the search
 /// reads as "too big", while a bound set too low would hide larger sizes.
-pub fn route_mtu(target: SocketAddr) -> io::Result<u32> {
+pub(crate) fn route_mtu(target: SocketAddr) -> io::Result<u32> {
     let bind: SocketAddr = if target.is_ipv6() {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     } else {

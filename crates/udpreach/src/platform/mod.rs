@@ -6,7 +6,7 @@
 //! `IP_MTU_DISCOVER` and `IP_MTU` are used through libc because neither
 //! crate exposes them (the only `unsafe` in the project).
 
-pub mod errqueue;
+pub(crate) mod errqueue;
 
 use errqueue::{ErrQueueEntry, PmtuMode, QueuedError, TxTimestamp};
 use nix::sys::socket::{self as nsock, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage};
@@ -20,7 +20,7 @@ use tokio::io::Interest;
 
 /// Options applied to a UDP socket at creation.
 #[derive(Clone, Debug, Default)]
-pub struct UdpOptions {
+pub(crate) struct UdpOptions {
     /// Outgoing TTL / hop limit.
     pub ttl: Option<u32>,
     /// DSCP code point (0..=63), written into the TOS / traffic-class byte.
@@ -44,7 +44,7 @@ pub struct UdpOptions {
 
 /// What `recvmsg` told us beside the bytes.
 #[derive(Clone, Copy, Debug)]
-pub struct RecvMeta {
+pub(crate) struct RecvMeta {
     pub len: usize,
     pub from: SocketAddr,
     /// TTL or hop limit of the received datagram.
@@ -64,7 +64,7 @@ pub struct RecvMeta {
 /// path as the UDP sockets (`AsyncUdp::recv_any`): `udpreach trace` reads
 /// from it the IP header that routers quote in their errors (the error
 /// queue hands back only the quoted payload). Needs CAP_NET_RAW.
-pub fn raw_icmp_socket(v6: bool) -> io::Result<AsyncUdp> {
+pub(crate) fn raw_icmp_socket(v6: bool) -> io::Result<AsyncUdp> {
     let (domain, proto) = if v6 {
         (Domain::IPV6, Protocol::ICMPV6)
     } else {
@@ -75,7 +75,7 @@ pub fn raw_icmp_socket(v6: bool) -> io::Result<AsyncUdp> {
 }
 
 /// Realtime clock in nanoseconds since the Unix epoch.
-pub fn realtime_ns() -> u64 {
+pub(crate) fn realtime_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -83,7 +83,7 @@ pub fn realtime_ns() -> u64 {
 }
 
 /// Unmaps `::ffff:a.b.c.d` so addresses compare equal whatever the socket family.
-pub fn canonical(addr: SocketAddr) -> SocketAddr {
+pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
     match addr {
         SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
             Some(v4) => SocketAddr::new(v4.into(), v6.port()),
@@ -94,7 +94,7 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
 }
 
 /// Creates a non-blocking UDP socket bound to `bind`, with receive metadata enabled.
-pub fn udp_socket(bind: SocketAddr, opts: &UdpOptions) -> io::Result<UdpSocket> {
+pub(crate) fn udp_socket(bind: SocketAddr, opts: &UdpOptions) -> io::Result<UdpSocket> {
     let domain = Domain::for_address(bind);
     let sock = Socket::new(
         domain,
@@ -176,12 +176,12 @@ fn to_socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
 }
 
 /// One non-blocking `recvmsg`, returning the bytes' metadata.
-pub fn recv_meta(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<RecvMeta> {
+pub(crate) fn recv_meta(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<RecvMeta> {
     recvmsg_meta(sock, buf, MsgFlags::MSG_DONTWAIT)
 }
 
 /// One `recvmsg` that waits (on a socket set to blocking), for worker threads.
-pub fn recv_meta_wait(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<RecvMeta> {
+pub(crate) fn recv_meta_wait(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<RecvMeta> {
     recvmsg_meta(sock, buf, MsgFlags::empty())
 }
 
@@ -248,7 +248,7 @@ fn recvmsg_meta(sock: &UdpSocket, buf: &mut [u8], flags: MsgFlags) -> io::Result
 /// `127.0.0.2`). With `tos`, this datagram's TOS byte / traffic class (DSCP
 /// and ECN) is set by a control message, whatever the socket's own setting.
 /// Without either, a plain `sendto`.
-pub fn send_from_with_tos(
+pub(crate) fn send_from_with_tos(
     sock: &UdpSocket,
     buf: &[u8],
     to: SocketAddr,
@@ -313,7 +313,7 @@ pub fn send_from_with_tos(
 
 /// What a socket with `recv_errors` delivered: a datagram or a queued error.
 #[derive(Debug)]
-pub enum Received {
+pub(crate) enum Received {
     Datagram(RecvMeta),
     Error(QueuedError),
 }
@@ -321,7 +321,7 @@ pub enum Received {
 /// What [`AsyncUdp::recv_timed`] delivers: as [`Received`], or the transmit
 /// timestamp of a datagram we sent.
 #[derive(Debug)]
-pub enum ReceivedOrSent {
+pub(crate) enum ReceivedOrSent {
     Received(Received),
     Sent(TxTimestamp),
 }
@@ -359,12 +359,12 @@ fn recv_any_now(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
 }
 
 /// A UDP socket driven by tokio, with metadata-aware receive.
-pub struct AsyncUdp {
+pub(crate) struct AsyncUdp {
     inner: AsyncFd<UdpSocket>,
 }
 
 impl AsyncUdp {
-    pub fn new(sock: UdpSocket) -> io::Result<Self> {
+    pub(crate) fn new(sock: UdpSocket) -> io::Result<Self> {
         // SAFETY: the std socket owns its fd, which stays open and unchanged for
         // as long as the AsyncFd (its sole owner) lives.
         let inner = unsafe {
@@ -374,18 +374,18 @@ impl AsyncUdp {
         Ok(AsyncUdp { inner })
     }
 
-    pub fn bind(addr: SocketAddr, opts: &UdpOptions) -> io::Result<Self> {
+    pub(crate) fn bind(addr: SocketAddr, opts: &UdpOptions) -> io::Result<Self> {
         Self::new(udp_socket(addr, opts)?)
     }
 
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
         self.inner.get_ref().local_addr()
     }
 
     /// Waits for the next datagram and hands it to `f` in `buf`, a buffer
     /// shared with other sockets (held only while `f` runs, which must not
     /// block): many ports, one buffer.
-    pub async fn recv_in<R>(
+    pub(crate) async fn recv_in<R>(
         &self,
         buf: &std::sync::Mutex<Vec<u8>>,
         mut f: impl FnMut(&mut [u8], RecvMeta) -> R,
@@ -403,7 +403,7 @@ impl AsyncUdp {
     /// Next datagram or queued ICMP error (socket opened with `recv_errors`).
     /// A queued error makes the socket report an error condition, not
     /// readability, so both are awaited.
-    pub async fn recv_any(&self, buf: &mut [u8]) -> io::Result<Received> {
+    pub(crate) async fn recv_any(&self, buf: &mut [u8]) -> io::Result<Received> {
         loop {
             let mut guard = self
                 .inner
@@ -418,7 +418,7 @@ impl AsyncUdp {
 
     /// [`Self::recv_any`], plus the transmit timestamps of a socket opened
     /// with `tx_timestamps`.
-    pub async fn recv_timed(&self, buf: &mut [u8]) -> io::Result<ReceivedOrSent> {
+    pub(crate) async fn recv_timed(&self, buf: &mut [u8]) -> io::Result<ReceivedOrSent> {
         loop {
             let mut guard = self
                 .inner
@@ -432,28 +432,28 @@ impl AsyncUdp {
     }
 
     /// Non-blocking [`Self::recv_any`].
-    pub fn try_recv_any(&self, buf: &mut [u8]) -> io::Result<Received> {
+    pub(crate) fn try_recv_any(&self, buf: &mut [u8]) -> io::Result<Received> {
         recv_any_now(self.inner.get_ref(), buf)
     }
 
-    pub async fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+    pub(crate) async fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
         self.inner
             .async_io(Interest::WRITABLE, |s| send_now(s, buf, to))
             .await
     }
 
-    pub fn try_send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+    pub(crate) fn try_send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
         send_now(self.inner.get_ref(), buf, to)
     }
 
     /// The receive buffer the kernel granted (`SO_RCVBUF`, which counts
     /// bookkeeping overhead too: Linux reports twice what was asked).
-    pub fn recv_buffer_size(&self) -> io::Result<usize> {
+    pub(crate) fn recv_buffer_size(&self) -> io::Result<usize> {
         socket2::SockRef::from(self.inner.get_ref()).recv_buffer_size()
     }
 
     /// TTL / hop limit of later sends (`udpreach trace`).
-    pub fn set_ttl(&self, ttl: u32) -> io::Result<()> {
+    pub(crate) fn set_ttl(&self, ttl: u32) -> io::Result<()> {
         let sock = socket2::SockRef::from(self.inner.get_ref());
         if self.local_addr()?.is_ipv6() {
             sock.set_unicast_hops_v6(ttl)
@@ -463,7 +463,7 @@ impl AsyncUdp {
     }
 
     /// TOS byte / traffic class (DSCP and ECN) of later sends.
-    pub fn set_tos(&self, tos: u8) -> io::Result<()> {
+    pub(crate) fn set_tos(&self, tos: u8) -> io::Result<()> {
         let sock = socket2::SockRef::from(self.inner.get_ref());
         if self.local_addr()?.is_ipv6() {
             sock.set_tclass_v6(u32::from(tos))
@@ -473,13 +473,13 @@ impl AsyncUdp {
     }
 
     /// Changes how Don't Fragment is handled for later sends.
-    pub fn set_pmtu_mode(&self, mode: PmtuMode) -> io::Result<()> {
+    pub(crate) fn set_pmtu_mode(&self, mode: PmtuMode) -> io::Result<()> {
         let v6 = self.local_addr()?.is_ipv6();
         errqueue::set_pmtu_mode(self.inner.get_ref(), v6, mode)
     }
 
     /// IPv6: fragment at `mtu` (see [`errqueue::set_fragment_mtu_v6`]); a no-op for IPv4.
-    pub fn set_fragment_mtu(&self, mtu: u32) -> io::Result<()> {
+    pub(crate) fn set_fragment_mtu(&self, mtu: u32) -> io::Result<()> {
         if self.local_addr()?.is_ipv6() {
             errqueue::set_fragment_mtu_v6(self.inner.get_ref(), mtu)
         } else {
@@ -506,7 +506,7 @@ fn send_now(sock: &UdpSocket, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
 /// (glibc keeps freed buffers in its arenas otherwise, so a server's RSS
 /// would stay at its peak after the sessions that needed it have closed).
 /// Called when a session's ports have all closed; a no-op off glibc.
-pub fn release_free_memory() {
+pub(crate) fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks and trims the allocator's own free
     // lists; it takes no pointers from us and is thread-safe.
@@ -519,7 +519,7 @@ pub fn release_free_memory() {
 /// a client command whose output goes to a closed pipe (`udpreach ping ... |
 /// head`) ends quietly like any Unix filter instead of panicking in
 /// `println!`. Not for the server: its sockets must never end the process.
-pub fn default_sigpipe() {
+pub(crate) fn default_sigpipe() {
     // SAFETY: sets a signal disposition to SIG_DFL before any other thread
     // exists; no handler code runs.
     unsafe {
@@ -531,7 +531,7 @@ pub fn default_sigpipe() {
 /// mmap, always (no dynamic threshold): the monitor creates and drops many
 /// large, mostly untouched buffers (RTT histograms), which as fresh
 /// mappings cost only the pages written.
-pub fn fixed_mmap_threshold() {
+pub(crate) fn fixed_mmap_threshold() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator tunable; no pointers involved.
     unsafe {
@@ -540,7 +540,7 @@ pub fn fixed_mmap_threshold() {
 }
 
 /// Raises the soft open-files limit to the hard limit; returns the soft limit now in force.
-pub fn raise_nofile_limit() -> u64 {
+pub(crate) fn raise_nofile_limit() -> u64 {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok((soft, hard)) => {
@@ -555,7 +555,7 @@ pub fn raise_nofile_limit() -> u64 {
 }
 
 /// A TCP listener; IPv6 listeners are v6-only so `[::]:P` and `0.0.0.0:P` coexist.
-pub fn tcp_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+pub(crate) fn tcp_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let sock = Socket::new(
         Domain::for_address(addr),
         Type::STREAM.nonblocking().cloexec(),
@@ -573,7 +573,7 @@ pub fn tcp_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 /// A timer with the kernel's precision (`timerfd`, CLOCK_MONOTONIC) for
 /// tokio: tokio's own timer wakes on whole milliseconds, which turns a
 /// 100 us send interval into bursts.
-pub struct PreciseTimer {
+pub(crate) struct PreciseTimer {
     inner: AsyncFd<TimerFdHandle>,
 }
 
@@ -587,7 +587,7 @@ impl AsRawFd for TimerFdHandle {
 }
 
 impl PreciseTimer {
-    pub fn new() -> io::Result<Self> {
+    pub(crate) fn new() -> io::Result<Self> {
         use nix::sys::timerfd::{ClockId, TimerFd, TimerFlags};
         let fd = TimerFd::new(
             ClockId::CLOCK_MONOTONIC,
@@ -602,7 +602,7 @@ impl PreciseTimer {
     }
 
     /// Waits until `at` (returns at once if it has passed).
-    pub async fn sleep_until(&self, at: std::time::Instant) -> io::Result<()> {
+    pub(crate) async fn sleep_until(&self, at: std::time::Instant) -> io::Result<()> {
         use nix::sys::time::TimeSpec;
         use nix::sys::timerfd::{Expiration, TimerSetTimeFlags};
         let left = at.saturating_duration_since(std::time::Instant::now());

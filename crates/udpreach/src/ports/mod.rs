@@ -13,7 +13,7 @@ use crate::control_client::{ControlClient, Pending};
 use crate::platform::errqueue::QueuedError;
 use crate::platform::{self, AsyncUdp, Received, UdpOptions};
 use crate::report::ports::PortsReport;
-use crate::target::{resolve_async, unspecified_for, Family};
+use crate::target::{resolve_async, unspecified_for};
 use anyhow::Context;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -21,10 +21,16 @@ use tokio::signal::unix::{signal, SignalKind};
 use udpreach_engine::sweep::{
     OpenStatus, Sweep, SweepConfig, SweepInput, SweepPlan, SweepTransmit,
 };
+use udpreach_engine::sweep_window::{self, PathBudget};
 use udpreach_engine::Engine;
 use udpreach_wire::auth::{DerivedKey, MIN_SEALED_LEN};
 use udpreach_wire::control::ControlMsg;
 use udpreach_wire::probe::{ProbeHeader, ProbeKind, HEADER_LEN};
+
+/// The probe socket's receive buffer: replies in flight arrive in bursts,
+/// and the probes in flight are capped by what it holds
+/// (`sweep_window::max_in_flight`; 16,384 at long RTTs with this).
+const PROBE_RECV_BUFFER: usize = 16 << 20;
 
 /// How the sweep ended.
 pub(crate) enum Ending {
@@ -33,13 +39,13 @@ pub(crate) enum Ending {
     ControlLost(String),
 }
 
-pub async fn run(args: PortsArgs) -> anyhow::Result<u8> {
+pub(crate) async fn run(args: PortsArgs) -> anyhow::Result<u8> {
     if args.no_server {
         return serverless::run(args).await;
     }
     // One probe socket whatever the port count; raised anyway, as the brief asks of both sides.
     platform::raise_nofile_limit();
-    let family = Family::from_flags(args.ipv4, args.ipv6);
+    let family = args.family.family();
     let mut server = resolve_async(&args.target, family).await?;
     if let Some(p) = args.control {
         server.set_port(p);
@@ -49,17 +55,17 @@ pub async fn run(args: PortsArgs) -> anyhow::Result<u8> {
     let welcome = ctl.hello(key.as_ref()).await?;
     let opts = UdpOptions {
         recv_errors: true,
-        recv_buffer: Some(8 << 20),
+        recv_buffer: Some(PROBE_RECV_BUFFER),
         ..UdpOptions::default()
     };
     let udp = AsyncUdp::bind(unspecified_for(&server, 0), &opts)
         .context("cannot open the UDP probe socket")?;
 
     let spec = args.ports.clone();
-    let cfg = SweepConfig {
-        attempts: args.retries.unwrap_or(4),
-        fixed_timeout: args.timeout,
-        max_open: (welcome.max_open_ports as usize).max(1),
+    // Window, probes in flight and control pipeline from the handshake's
+    // round trip and the server's announced budgets (sweep_window docs).
+    let budget = PathBudget {
+        rtt: ctl.handshake_rtt,
         // Stay under the server's per-session cap: probes over it would get
         // no reply and look like a blocked return path.
         rate: match (args.rate, welcome.max_probe_rate) {
@@ -67,22 +73,24 @@ pub async fn run(args: PortsArgs) -> anyhow::Result<u8> {
             (None, cap) => Some(cap),
             (Some(r), cap) => Some(r.min(cap)),
         },
-        ..SweepConfig::default()
+        rcvbuf: udp.recv_buffer_size().unwrap_or(0),
+        max_open: welcome.max_open_ports as usize,
     };
-    // Probes in flight: the path's bandwidth-delay product (the handshake's
-    // round trip times the probe rate), within what the receive buffer holds.
-    let cfg = SweepConfig {
-        max_in_flight: udpreach_engine::sweep_window::max_in_flight(
-            ctl.handshake_rtt,
-            cfg.rate,
-            udp.recv_buffer_size().unwrap_or(0),
-        ),
-        ..cfg
-    };
+    let cfg = sweep_window::sized(
+        SweepConfig {
+            attempts: args.retries.unwrap_or(4),
+            fixed_timeout: args.timeout,
+            ..SweepConfig::default()
+        },
+        budget,
+    );
     tracing::debug!(
-        "sweep window: {} probes in flight (handshake RTT {:?})",
+        "sweep sized for RTT {:?}: {} ports open, {} probes in flight, {} control requests of {} ports",
+        ctl.handshake_rtt,
+        cfg.max_open,
         cfg.max_in_flight,
-        ctl.handshake_rtt
+        cfg.control_pipeline,
+        cfg.control_batch
     );
     let started = Instant::now();
     let mut sweep = Sweep::new(SweepPlan::new(&spec), cfg, started);

@@ -10,7 +10,7 @@ use crate::cli::PortsArgs;
 use crate::platform::errqueue::QueuedError;
 use crate::platform::{AsyncUdp, Received, UdpOptions};
 use crate::report::serverless::ServerlessReport;
-use crate::target::{resolve_async, unspecified_for, Family};
+use crate::target::{resolve_async, unspecified_for};
 use anyhow::Context;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -23,8 +23,8 @@ use udpreach_engine::Engine;
 use udpreach_wire::icmp::IcmpOrigin;
 use udpreach_wire::services;
 
-pub async fn run(args: PortsArgs) -> anyhow::Result<u8> {
-    let family = Family::from_flags(args.ipv4, args.ipv6);
+pub(super) async fn run(args: PortsArgs) -> anyhow::Result<u8> {
+    let family = args.family.family();
     // A port in HOST:PORT means nothing here; the SPEC says what to check.
     let target = resolve_async(&args.target, family).await?;
     let opts = UdpOptions {

@@ -15,12 +15,12 @@ use udpreach_engine::Verdict;
 use udpreach_wire::portspec::PortSpec;
 
 /// Ports of a group traced in full before the rest are checked.
-pub const REPRESENTATIVES: usize = 3;
+pub(super) const REPRESENTATIVES: usize = 3;
 /// Ports per trace run (a trace takes at most 127 with its control port).
 const CHUNK: usize = 120;
 
 /// Traces the blocked ports among `results` (see the module docs).
-pub async fn trace_blocked(args: &PortsArgs, results: &[PortResult]) -> PortsTrace {
+pub(super) async fn trace_blocked(args: &PortsArgs, results: &[PortResult]) -> PortsTrace {
     let started = Instant::now();
     let mut groups: BTreeMap<Verdict, Vec<u16>> = BTreeMap::new();
     for r in results {
@@ -142,8 +142,7 @@ async fn run_trace(
         control_port: None,
         control: args.control,
         no_server: false,
-        ipv4: args.ipv4,
-        ipv6: args.ipv6,
+        family: args.family,
         dscp: None,
         max_hops: at.map_or(30, |(_, last)| last),
         attempts: 2,

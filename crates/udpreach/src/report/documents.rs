@@ -9,7 +9,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use udpreach_engine::marks::MarksSummary;
+use udpreach_engine::marks::{MarksSummary, ReplyMarks};
 use udpreach_engine::ping::PingSummary;
 use udpreach_engine::serverless::{IcmpRateLimit, ServerlessResult};
 use udpreach_engine::stamp::{StampReplyInfo, StampSummary};
@@ -20,7 +20,7 @@ use udpreach_wire::icmp::IcmpReport;
 
 /// The first thing ping reports: what it sends where.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct PingStart {
+pub(crate) struct PingStart {
     /// The target as given on the command line.
     pub target: String,
     /// The resolved address probes go to.
@@ -38,7 +38,7 @@ pub struct PingStart {
 
 /// What a udpreach server wrote into its reply.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct ServerView {
+pub(crate) struct ServerView {
     /// The source address the server saw (after any NAT).
     pub server_saw: SocketAddr,
     /// TTL or hop limit of the probe on arrival at the server; 0 when unknown.
@@ -51,7 +51,7 @@ pub struct ServerView {
 
 /// A reply to a probe (also a late or duplicate one).
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct PingReply {
+pub(crate) struct PingReply {
     pub seq: u64,
     pub local: SocketAddr,
     pub remote: SocketAddr,
@@ -65,11 +65,15 @@ pub struct PingReply {
     /// With `--stamp`: what the reflector wrote into its reply.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stamp: Option<StampReplyInfo>,
+    /// With `--dscp`/`--ecn`: DSCP/ECN this probe arrived with at the
+    /// server and the reply arrived with here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub marks: Option<ReplyMarks>,
 }
 
 /// A probe with no reply within its timeout.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct PingTimeout {
+pub(crate) struct PingTimeout {
     pub seq: u64,
     pub local: Option<SocketAddr>,
     pub remote: SocketAddr,
@@ -78,7 +82,7 @@ pub struct PingTimeout {
 
 /// An ICMP error that answered a probe.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct PingIcmpError {
+pub(crate) struct PingIcmpError {
     pub seq: u64,
     pub local: SocketAddr,
     pub remote: SocketAddr,
@@ -90,7 +94,7 @@ pub struct PingIcmpError {
 
 /// A `--sport` source port that was in use locally.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct SkippedPort {
+pub(crate) struct SkippedPort {
     pub seq: u64,
     pub local_port: u16,
     pub error: String,
@@ -98,7 +102,7 @@ pub struct SkippedPort {
 
 /// A probe the kernel refused to send.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct SendFailure {
+pub(crate) struct SendFailure {
     pub seq: u64,
     pub error: String,
 }
@@ -106,14 +110,14 @@ pub struct SendFailure {
 /// A reply that was ignored (`corrupt`: payload differs from what was sent;
 /// `unauthenticated`: no valid tag).
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct IgnoredReply {
+pub(crate) struct IgnoredReply {
     pub seq: u64,
 }
 
 /// Something that happened during a ping run.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum PingEvent {
+pub(crate) enum PingEvent {
     Reply(PingReply),
     /// A reply after its probe's timeout: counted apart, not lost.
     Late(PingReply),
@@ -130,14 +134,14 @@ pub enum PingEvent {
 
 /// The send rate the machine achieved when it fell behind the asked interval.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct BehindSchedule {
+pub(crate) struct BehindSchedule {
     pub send_rate_pps: f64,
     pub interval_us: u64,
 }
 
 /// Ping's closing statistics.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct PingSummaryReport {
+pub(crate) struct PingSummaryReport {
     #[serde(flatten)]
     pub stats: PingSummary,
     pub target: String,
@@ -158,7 +162,7 @@ pub struct PingSummaryReport {
 
 /// `ping --json`: one document when the run ends.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct PingDocument {
+pub(crate) struct PingDocument {
     pub start: PingStart,
     /// Every event in order; absent with `-q`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -167,13 +171,13 @@ pub struct PingDocument {
 }
 
 /// One line of `ping --json-lines`.
-pub type PingLine = JsonLine<PingStart, PingEvent, PingSummaryReport>;
+pub(crate) type PingLine = JsonLine<PingStart, PingEvent, PingSummaryReport>;
 
 // ---------------------------------------------------------------- ports
 
 /// `ports` (with a server): what is tested.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct PortsStart {
+pub(crate) struct PortsStart {
     pub target: String,
     /// The server's control address.
     pub server: SocketAddr,
@@ -183,7 +187,7 @@ pub struct PortsStart {
 
 /// `ports` (with a server): the totals, without the per-port list.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct PortsSummary {
+pub(crate) struct PortsSummary {
     pub target: String,
     pub server: SocketAddr,
     pub total: usize,
@@ -199,7 +203,7 @@ pub struct PortsSummary {
 
 /// `ports --json`: the totals and every port's verdict.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct PortsDocument {
+pub(crate) struct PortsDocument {
     #[serde(flatten)]
     pub summary: PortsSummary,
     pub ports: Vec<PortResult>,
@@ -211,23 +215,23 @@ pub struct PortsDocument {
 /// One port's result as a `--json-lines` event: `{"type": "port", ...}`.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum PortEvent<R> {
+pub(crate) enum PortEvent<R> {
     Port(R),
 }
 
 /// One line of `ports --json-lines`.
-pub type PortsLine = JsonLine<PortsStart, PortEvent<PortResult>, PortsSummary>;
+pub(crate) type PortsLine = JsonLine<PortsStart, PortEvent<PortResult>, PortsSummary>;
 
 /// `mode` of the serverless reports: always `"no_server"`.
 #[derive(Clone, Copy, Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum NoServer {
+pub(crate) enum NoServer {
     NoServer,
 }
 
 /// `ports --no-server`: what is tested.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct ServerlessStart {
+pub(crate) struct ServerlessStart {
     pub mode: NoServer,
     pub target: String,
     /// The resolved address of the target.
@@ -237,7 +241,7 @@ pub struct ServerlessStart {
 
 /// `ports --no-server`: the totals, without the per-port list.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct ServerlessSummary {
+pub(crate) struct ServerlessSummary {
     pub mode: NoServer,
     pub target: String,
     /// The resolved address of the target.
@@ -257,27 +261,28 @@ pub struct ServerlessSummary {
 
 /// `ports --no-server --json`.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct ServerlessDocument {
+pub(crate) struct ServerlessDocument {
     #[serde(flatten)]
     pub summary: ServerlessSummary,
     pub ports: Vec<ServerlessResult>,
 }
 
 /// One line of `ports --no-server --json-lines`.
-pub type ServerlessLine = JsonLine<ServerlessStart, PortEvent<ServerlessResult>, ServerlessSummary>;
+pub(crate) type ServerlessLine =
+    JsonLine<ServerlessStart, PortEvent<ServerlessResult>, ServerlessSummary>;
 
 // ---------------------------------------------------------------- mtu
 
 /// Address family of the target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum Family {
+pub(crate) enum Family {
     Ipv4,
     Ipv6,
 }
 
 impl Family {
-    pub fn of(a: &SocketAddr) -> Self {
+    pub(crate) fn of(a: &SocketAddr) -> Self {
         if a.is_ipv6() {
             Family::Ipv6
         } else {
@@ -285,7 +290,7 @@ impl Family {
         }
     }
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Family::Ipv4 => "IPv4",
             Family::Ipv6 => "IPv6",
@@ -297,14 +302,14 @@ impl Family {
 /// server (the round trip).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum MtuMode {
+pub(crate) enum MtuMode {
     Server,
     Echo,
 }
 
 /// `mtu`: what is measured, and how.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct MtuStart {
+pub(crate) struct MtuStart {
     pub target: String,
     pub address: SocketAddr,
     pub family: Family,
@@ -317,7 +322,7 @@ pub struct MtuStart {
 /// `round_trip` through an echo server.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 #[serde(tag = "mode", rename_all = "snake_case")]
-pub enum MtuPaths {
+pub(crate) enum MtuPaths {
     Server {
         upstream: Direction,
         downstream: Direction,
@@ -329,7 +334,7 @@ pub enum MtuPaths {
 
 /// `mtu --json`: the result of the whole run.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct MtuDocument {
+pub(crate) struct MtuDocument {
     pub target: String,
     pub address: SocketAddr,
     pub family: Family,
@@ -344,12 +349,12 @@ pub struct MtuDocument {
 /// the echo port.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum MtuEvent {
+pub(crate) enum MtuEvent {
     Notice { message: String },
 }
 
 /// One line of `mtu --json-lines`.
-pub type MtuLine = JsonLine<MtuStart, MtuEvent, MtuDocument>;
+pub(crate) type MtuLine = JsonLine<MtuStart, MtuEvent, MtuDocument>;
 
 // ---------------------------------------------------------------- schemas
 

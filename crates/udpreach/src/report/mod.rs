@@ -11,18 +11,18 @@ use std::io::Write;
 use udpreach_wire::icmp::IcmpReport;
 use udpreach_wire::PortSpec;
 
-pub mod documents;
-pub mod mtu;
-pub mod nat;
-pub mod ping;
-pub mod ports;
-pub mod ports_trace;
-pub mod serverless;
-pub mod trace;
+pub(crate) mod documents;
+pub(crate) mod mtu;
+pub(crate) mod nat;
+pub(crate) mod ping;
+pub(crate) mod ports;
+pub(crate) mod ports_trace;
+pub(crate) mod serverless;
+pub(crate) mod trace;
 
 /// How a command prints its results (the same for ping, ports and mtu).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OutputFormat {
+pub(crate) enum OutputFormat {
     /// Lines for people.
     Text,
     /// `--json`: one JSON document when the command ends.
@@ -33,7 +33,7 @@ pub enum OutputFormat {
 }
 
 impl OutputFormat {
-    pub fn from_flags(json: bool, json_lines: bool) -> Self {
+    pub(crate) fn from_flags(json: bool, json_lines: bool) -> Self {
         match (json, json_lines) {
             (_, true) => OutputFormat::JsonLines,
             (true, false) => OutputFormat::Json,
@@ -41,7 +41,7 @@ impl OutputFormat {
         }
     }
 
-    pub fn is_json(self) -> bool {
+    pub(crate) fn is_json(self) -> bool {
         self != OutputFormat::Text
     }
 }
@@ -50,7 +50,7 @@ impl OutputFormat {
 /// carrying its own `type`), then `{"type": "summary", ...}`.
 #[derive(Serialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum JsonLine<S, E, U> {
+pub(crate) enum JsonLine<S, E, U> {
     Start(S),
     Summary(U),
     #[serde(untagged)]
@@ -59,25 +59,29 @@ pub enum JsonLine<S, E, U> {
 
 /// Writes one line and flushes it, so a reader of a pipe sees each event
 /// when it happens.
-pub fn print_line(line: &str) {
+pub(crate) fn print_line(line: &str) {
     let mut o = std::io::stdout().lock();
     let _ = writeln!(o, "{line}");
     let _ = o.flush();
 }
 
 /// One `--json-lines` object on its own line.
-pub fn print_json_line<S: Serialize, E: Serialize, U: Serialize>(line: &JsonLine<S, E, U>) {
+pub(crate) fn print_json_line<S: Serialize, E: Serialize, U: Serialize>(line: &JsonLine<S, E, U>) {
     print_line(&serde_json::to_string(line).expect("report types serialize"));
 }
 
 /// Formats milliseconds the way ping(8) does: three decimals.
-pub fn ms3(v: f64) -> String {
+pub(crate) fn ms3(v: f64) -> String {
     format!("{v:.3}")
 }
 
 /// One line of a grouped port report: label, count, compressed ranges, and
 /// an optional note (who rejected them).
-pub fn group_line(label: &str, ports: &[u16], note: Option<&dyn std::fmt::Display>) -> String {
+pub(crate) fn group_line(
+    label: &str,
+    ports: &[u16],
+    note: Option<&dyn std::fmt::Display>,
+) -> String {
     let spec = PortSpec::from_ports(ports.iter().copied());
     match note {
         Some(n) => format!("{label:<17} {:>6}  {spec}  ({n})", ports.len()),
@@ -86,7 +90,7 @@ pub fn group_line(label: &str, ports: &[u16], note: Option<&dyn std::fmt::Displa
 }
 
 /// Ports grouped by a key (a verdict, an ICMP report), in a stable order.
-pub fn group_by<K: Ord>(items: impl IntoIterator<Item = (K, u16)>) -> BTreeMap<K, Vec<u16>> {
+pub(crate) fn group_by<K: Ord>(items: impl IntoIterator<Item = (K, u16)>) -> BTreeMap<K, Vec<u16>> {
     let mut by: BTreeMap<K, Vec<u16>> = BTreeMap::new();
     for (k, port) in items {
         by.entry(k).or_default().push(port);
@@ -95,7 +99,7 @@ pub fn group_by<K: Ord>(items: impl IntoIterator<Item = (K, u16)>) -> BTreeMap<K
 }
 
 /// A port sweep's progress bar (`ports`, with or without a server).
-pub fn port_progress_bar(total: u64) -> indicatif::ProgressBar {
+pub(crate) fn port_progress_bar(total: u64) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} ports {msg} eta {eta}")
@@ -106,7 +110,7 @@ pub fn port_progress_bar(total: u64) -> indicatif::ProgressBar {
 
 /// `--json-lines` after a sweep: one line per port (unless quiet), then
 /// the summary. The start line went out before the sweep.
-pub fn print_port_lines<R: Serialize, U: Serialize>(ports: &[R], summary: &U, quiet: bool) {
+pub(crate) fn print_port_lines<R: Serialize, U: Serialize>(ports: &[R], summary: &U, quiet: bool) {
     if !quiet {
         for r in ports {
             print_json_line(&JsonLine::<(), _, ()>::Event(documents::PortEvent::Port(r)));
@@ -120,7 +124,7 @@ pub fn print_port_lines<R: Serialize, U: Serialize>(ports: &[R], summary: &U, qu
 /// The text lines of a sweep: one per verdict with its port ranges, and
 /// for the verdict an ICMP error explains (rejected, filtered), one per
 /// reporting host and reason, so the reader sees who did it.
-pub fn print_port_groups<V: Ord + Copy>(
+pub(crate) fn print_port_groups<V: Ord + Copy>(
     rows: impl Iterator<Item = (V, u16, Option<IcmpReport>)> + Clone,
     explained_by_icmp: V,
     label: impl Fn(V) -> &'static str,
@@ -143,7 +147,7 @@ pub fn print_port_groups<V: Ord + Copy>(
 }
 
 /// The `counts` and `ranges` objects of a port report's JSON.
-pub fn counts_and_ranges<V: Copy>(
+pub(crate) fn counts_and_ranges<V: Copy>(
     groups: &BTreeMap<V, Vec<u16>>,
     name: fn(V) -> &'static str,
 ) -> (
@@ -164,7 +168,7 @@ pub fn counts_and_ranges<V: Copy>(
 }
 
 /// A whole-run JSON document, pretty-printed on stdout.
-pub fn print_json<T: Serialize>(doc: &T) {
+pub(crate) fn print_json<T: Serialize>(doc: &T) {
     println!(
         "{}",
         serde_json::to_string_pretty(doc).expect("report types serialize")

@@ -13,7 +13,7 @@ use udpreach_engine::mtu::{FragmentResult, MtuEvidence, MtuResult};
 
 /// What one direction (or the round trip) showed.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct Direction {
+pub(crate) struct Direction {
     #[serde(flatten)]
     pub result: MtuResult,
     /// Largest UDP payload that crosses with DF set.
@@ -24,7 +24,7 @@ pub struct Direction {
     pub elapsed_ms: f64,
 }
 
-pub struct MtuReport {
+pub(crate) struct MtuReport {
     pub format: OutputFormat,
     pub quiet: bool,
     pub target_name: String,
@@ -96,7 +96,7 @@ impl MtuReport {
     /// A report for a measurement whose result the caller exports itself
     /// (the monitor's mtu check): quiet JSON lines, so neither notices nor
     /// the start line are printed (the caller never calls `print_*`).
-    pub fn silent(target_name: String, target: SocketAddr) -> Self {
+    pub(crate) fn silent(target_name: String, target: SocketAddr) -> Self {
         MtuReport {
             format: OutputFormat::JsonLines,
             quiet: true,
@@ -105,7 +105,7 @@ impl MtuReport {
         }
     }
 
-    pub fn notice(&self, text: &str) {
+    pub(crate) fn notice(&self, text: &str) {
         match self.format {
             OutputFormat::Text => eprintln!("udpreach: {text}"),
             OutputFormat::JsonLines if !self.quiet => {
@@ -117,7 +117,7 @@ impl MtuReport {
         }
     }
 
-    pub fn start(&self, mode: MtuMode, local_mtu: u32) {
+    pub(crate) fn start(&self, mode: MtuMode, local_mtu: u32) {
         let start = MtuStart {
             target: self.target_name.clone(),
             address: self.target,
@@ -143,7 +143,7 @@ impl MtuReport {
         }
     }
 
-    pub fn print_directions(
+    pub(crate) fn print_directions(
         &self,
         up: &Direction,
         down: &Direction,
@@ -160,7 +160,7 @@ impl MtuReport {
         );
     }
 
-    pub fn print_round_trip(&self, rt: &Direction, elapsed: Duration, probes: u64) {
+    pub(crate) fn print_round_trip(&self, rt: &Direction, elapsed: Duration, probes: u64) {
         self.print(
             MtuPaths::Echo {
                 round_trip: rt.clone(),

@@ -11,7 +11,7 @@ use udpreach_engine::nat::{keepalive_s, Behaviour, IdleResult};
 
 /// `--json-lines` first line.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct NatStart {
+pub(crate) struct NatStart {
     pub target: String,
     pub server: SocketAddr,
     pub max_idle_s: f64,
@@ -22,7 +22,7 @@ pub struct NatStart {
 /// `--json-lines` events.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum NatEvent {
+pub(crate) enum NatEvent {
     /// A round of the idle-timeout search started.
     Round {
         kind: udpreach_engine::nat::FlowKind,
@@ -39,7 +39,7 @@ pub enum NatEvent {
 
 /// What one local socket looked like from the server.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct MappingObserved {
+pub(crate) struct MappingObserved {
     pub local: SocketAddr,
     /// Mapped address seen at port A, port B, and the alternate address.
     pub seen_a: SocketAddr,
@@ -48,7 +48,7 @@ pub struct MappingObserved {
 }
 
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct IdleTimeouts {
+pub(crate) struct IdleTimeouts {
     /// After one request and its reply.
     pub one_exchange: Option<IdleResult>,
     /// After traffic both ways for a few seconds.
@@ -57,7 +57,7 @@ pub struct IdleTimeouts {
 
 /// The idle timeouts towards one server port (`-p`).
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct PortTimeouts {
+pub(crate) struct PortTimeouts {
     pub port: u16,
     #[serde(flatten)]
     pub timeouts: IdleTimeouts,
@@ -65,14 +65,14 @@ pub struct PortTimeouts {
 
 /// A part that was not measured, and why.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct NotMeasured {
+pub(crate) struct NotMeasured {
     pub part: String,
     pub reason: String,
 }
 
 /// The whole result (`--json`; the `summary` line of `--json-lines`).
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct NatDocument {
+pub(crate) struct NatDocument {
     pub target: String,
     pub server: SocketAddr,
     /// True when the server saw another address or port than the local one.
@@ -97,9 +97,9 @@ pub struct NatDocument {
     pub elapsed_s: f64,
 }
 
-pub type NatLine = JsonLine<NatStart, NatEvent, NatDocument>;
+pub(crate) type NatLine = JsonLine<NatStart, NatEvent, NatDocument>;
 
-pub struct NatReport {
+pub(crate) struct NatReport {
     pub format: OutputFormat,
     pub quiet: bool,
 }
@@ -114,7 +114,7 @@ fn range_text(r: &IdleResult) -> String {
 }
 
 /// The plain conclusion line.
-pub fn conclusion(doc: &NatDocument) -> String {
+pub(crate) fn conclusion(doc: &NatDocument) -> String {
     let t = &doc.idle_timeout;
     let mut parts = Vec::new();
     if let Some(r) = &t.one_exchange {
@@ -140,7 +140,7 @@ pub fn conclusion(doc: &NatDocument) -> String {
 
 /// The keepalive for the shortest measured timeout (a keepalive is
 /// one-way traffic, which the short timer governs).
-pub fn keepalive(t: &IdleTimeouts) -> Option<u64> {
+pub(crate) fn keepalive(t: &IdleTimeouts) -> Option<u64> {
     [&t.one_exchange, &t.active_flow]
         .into_iter()
         .flatten()
@@ -155,7 +155,7 @@ impl NatReport {
         self.format == OutputFormat::JsonLines
     }
 
-    pub fn start(&self, start: NatStart) {
+    pub(crate) fn start(&self, start: NatStart) {
         match self.format {
             OutputFormat::JsonLines if !self.quiet => print_json_line(&NatLine::Start(start)),
             OutputFormat::Text if !self.quiet => println!(
@@ -166,7 +166,7 @@ impl NatReport {
         }
     }
 
-    pub fn event(&self, e: NatEvent) {
+    pub(crate) fn event(&self, e: NatEvent) {
         if self.quiet {
             return;
         }
@@ -176,7 +176,7 @@ impl NatReport {
         }
     }
 
-    pub fn finish(&self, doc: &NatDocument) {
+    pub(crate) fn finish(&self, doc: &NatDocument) {
         if self.is_lines() {
             return print_json_line(&NatLine::Summary(doc.clone()));
         }

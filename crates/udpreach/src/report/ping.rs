@@ -10,14 +10,14 @@ use super::{ms3, print_json_line, print_line, OutputFormat};
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::time::Duration;
-use udpreach_engine::marks::{DirectionMarks, MarksSummary};
+use udpreach_engine::marks::{DirectionMarks, Marking, MarksSummary, ReplyMarks};
 use udpreach_engine::ping::PingSummary;
 use udpreach_engine::stamp::{ReflectorKind, StampReplyInfo, StampSummary};
 use udpreach_wire::icmp::IcmpReport;
 use udpreach_wire::probe::ecn_name;
 use udpreach_wire::ServerStamp;
 
-pub struct PingReport {
+pub(crate) struct PingReport {
     format: OutputFormat,
     quiet: bool,
     target_name: String,
@@ -33,7 +33,7 @@ fn ms(d: Duration) -> f64 {
 
 /// The kinds of reply a reply event can be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReplyKind {
+pub(crate) enum ReplyKind {
     Reply,
     Late,
     Duplicate,
@@ -59,6 +59,9 @@ impl PingEvent {
             let mut ttl = r.ttl.map(|t| format!(" ttl={t}")).unwrap_or_default();
             if let Some(st) = &r.stamp {
                 ttl.push_str(&stamp_reply_text(st));
+            }
+            if let Some(m) = &r.marks {
+                ttl.push_str(&reply_marks_text(m));
             }
             format!(
                 "{} -> {} seq={} bytes={} time={} ms{ttl}{note}",
@@ -118,7 +121,12 @@ impl PingEvent {
 }
 
 impl PingReport {
-    pub fn new(format: OutputFormat, quiet: bool, target_name: String, target: SocketAddr) -> Self {
+    pub(crate) fn new(
+        format: OutputFormat,
+        quiet: bool,
+        target_name: String,
+        target: SocketAddr,
+    ) -> Self {
         PingReport {
             format,
             quiet,
@@ -129,12 +137,12 @@ impl PingReport {
         }
     }
 
-    pub fn start(&self, size: usize, stamped: bool, local: Option<SocketAddr>) {
+    pub(crate) fn start(&self, size: usize, stamped: bool, local: Option<SocketAddr>) {
         self.start_as(size, stamped, None, local)
     }
 
     /// The start of a `ping --stamp` run: STAMP test packets in `mode`.
-    pub fn start_stamp(&self, size: usize, mode: &'static str, local: Option<SocketAddr>) {
+    pub(crate) fn start_stamp(&self, size: usize, mode: &'static str, local: Option<SocketAddr>) {
         self.start_as(size, false, Some(mode), local)
     }
 
@@ -178,7 +186,7 @@ impl PingReport {
 
     /// Reports one event: printed at once (text, `--json-lines`) or kept
     /// for the closing document (`--json`); `-q` keeps only notices (text).
-    pub fn event(&self, ev: PingEvent) {
+    pub(crate) fn event(&self, ev: PingEvent) {
         match self.format {
             OutputFormat::Text if ev.is_notice() => eprintln!("udpreach: {}", ev.text(self.target)),
             _ if self.quiet => {}
@@ -189,7 +197,7 @@ impl PingReport {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn reply(
+    pub(crate) fn reply(
         &self,
         local: SocketAddr,
         seq: u64,
@@ -198,6 +206,7 @@ impl PingReport {
         ttl: Option<u8>,
         stamp: Option<&ServerStamp>,
         kind: ReplyKind,
+        marks: Option<ReplyMarks>,
     ) {
         let r = PingReply {
             seq,
@@ -213,6 +222,7 @@ impl PingReport {
                 server_processing_us: s.tx_ns.saturating_sub(s.rx_ns) as f64 / 1e3,
             }),
             stamp: None,
+            marks,
         };
         self.event(match kind {
             ReplyKind::Reply => PingEvent::Reply(r),
@@ -223,7 +233,7 @@ impl PingReport {
 
     /// A reply to a STAMP test packet, with what the reflector wrote.
     #[allow(clippy::too_many_arguments)]
-    pub fn stamp_reply(
+    pub(crate) fn stamp_reply(
         &self,
         local: SocketAddr,
         seq: u64,
@@ -242,6 +252,7 @@ impl PingReport {
             ttl,
             server: None,
             stamp: Some(info),
+            marks: None,
         };
         self.event(match kind {
             ReplyKind::Reply => PingEvent::Reply(r),
@@ -250,7 +261,7 @@ impl PingReport {
         });
     }
 
-    pub fn timeout(&self, local: Option<SocketAddr>, seq: u64, after: Duration) {
+    pub(crate) fn timeout(&self, local: Option<SocketAddr>, seq: u64, after: Duration) {
         self.event(PingEvent::Timeout(PingTimeout {
             seq,
             local,
@@ -260,7 +271,7 @@ impl PingReport {
     }
 
     /// An ICMP error answered probe `seq`, as ping(8)'s "From X ... Unreachable".
-    pub fn icmp_error(&self, local: SocketAddr, seq: u64, after: Duration, r: &IcmpReport) {
+    pub(crate) fn icmp_error(&self, local: SocketAddr, seq: u64, after: Duration, r: &IcmpReport) {
         self.event(PingEvent::IcmpError(PingIcmpError {
             seq,
             local,
@@ -272,7 +283,7 @@ impl PingReport {
 
     /// The closing block. `local` is the address we sent from (None with --sport).
     /// `marks`: with `--dscp`/`--ecn`, the DSCP/ECN each way.
-    pub fn summary(
+    pub(crate) fn summary(
         &self,
         s: &PingSummary,
         local: Option<SocketAddr>,
@@ -283,7 +294,12 @@ impl PingReport {
     }
 
     /// The closing block of a `ping --stamp` run.
-    pub fn summary_stamp(&self, s: &PingSummary, local: Option<SocketAddr>, stamp: StampSummary) {
+    pub(crate) fn summary_stamp(
+        &self,
+        s: &PingSummary,
+        local: Option<SocketAddr>,
+        stamp: StampSummary,
+    ) {
         self.summary_as(s, local, &[], Some(stamp), None)
     }
 
@@ -509,6 +525,20 @@ fn stamp_reply_text(st: &StampReplyInfo) -> String {
         t.push_str(&format!(" dscp_there={d} dscp_back={back}"));
     }
     t
+}
+
+/// What `--dscp`/`--ecn` add to a reply's line: the marking at the server
+/// ("there") and of the reply here ("back"); "?" when not told.
+fn reply_marks_text(m: &ReplyMarks) -> String {
+    let dscp = |x: Option<Marking>| x.map_or_else(|| "?".to_string(), |x| x.dscp.to_string());
+    let ecn = |x: Option<Marking>| x.map_or("?", |x| ecn_name(x.ecn));
+    format!(
+        " dscp_there={} dscp_back={} ecn_there={} ecn_back={}",
+        dscp(m.at_server),
+        dscp(m.here),
+        ecn(m.at_server),
+        ecn(m.here)
+    )
 }
 
 /// The closing lines only STAMP gives.

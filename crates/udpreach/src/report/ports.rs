@@ -11,7 +11,7 @@ use std::time::Duration;
 use udpreach_engine::sweep::{PortResult, Progress};
 use udpreach_engine::Verdict;
 
-pub struct PortsReport {
+pub(crate) struct PortsReport {
     pub format: OutputFormat,
     pub quiet: bool,
     pub list: bool,
@@ -20,11 +20,11 @@ pub struct PortsReport {
 }
 
 impl PortsReport {
-    pub fn progress_bar(&self, total: u64) -> ProgressBar {
+    pub(crate) fn progress_bar(&self, total: u64) -> ProgressBar {
         super::port_progress_bar(total)
     }
 
-    pub fn update_bar(&self, bar: &ProgressBar, p: &Progress) {
+    pub(crate) fn update_bar(&self, bar: &ProgressBar, p: &Progress) {
         bar.set_position(p.decided as u64);
         bar.set_message(format!(
             "| {} reachable, {} blocked, {} other",
@@ -33,7 +33,7 @@ impl PortsReport {
     }
 
     /// With `--json-lines`: the first line, before the sweep.
-    pub fn start(&self, total: usize) {
+    pub(crate) fn start(&self, total: usize) {
         if self.format == OutputFormat::JsonLines && !self.quiet {
             print_json_line::<_, PortEvent<PortResult>, PortsSummary>(&PortsLine::Start(
                 PortsStart {
@@ -46,7 +46,7 @@ impl PortsReport {
     }
 
     /// The report at the end, with the `--trace` section if there is one.
-    pub fn print(
+    pub(crate) fn print(
         &self,
         results: &[PortResult],
         elapsed: Duration,

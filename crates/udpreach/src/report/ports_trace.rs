@@ -8,7 +8,7 @@ use udpreach_engine::Verdict;
 
 /// Where the blocked ports are dropped.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct PortsTrace {
+pub(crate) struct PortsTrace {
     /// One per sweep verdict with blocked ports.
     pub groups: Vec<TraceGroup>,
     /// Representatives in both directions; the other ports in the group's
@@ -22,7 +22,7 @@ pub struct PortsTrace {
 
 /// Blocked ports with the same sweep verdict.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct TraceGroup {
+pub(crate) struct TraceGroup {
     pub sweep_verdict: Verdict,
     pub ports: Vec<u16>,
     /// Traced in full.
@@ -37,7 +37,7 @@ pub struct TraceGroup {
 
 impl PortsTrace {
     /// The text lines: one per group, then one verdict per port and direction.
-    pub fn text_lines(&self) -> Vec<String> {
+    pub(crate) fn text_lines(&self) -> Vec<String> {
         let mut lines = Vec::new();
         for g in &self.groups {
             let how = match g.checked_from_ttl {

@@ -14,7 +14,7 @@ use udpreach_engine::serverless::{
     IcmpRateLimit, ServerlessProgress, ServerlessResult, ServerlessVerdict,
 };
 
-pub struct ServerlessReport {
+pub(crate) struct ServerlessReport {
     pub format: OutputFormat,
     pub quiet: bool,
     pub list: bool,
@@ -23,11 +23,11 @@ pub struct ServerlessReport {
 }
 
 impl ServerlessReport {
-    pub fn progress_bar(&self, total: u64) -> ProgressBar {
+    pub(crate) fn progress_bar(&self, total: u64) -> ProgressBar {
         super::port_progress_bar(total)
     }
 
-    pub fn update_bar(
+    pub(crate) fn update_bar(
         &self,
         bar: &ProgressBar,
         p: &ServerlessProgress,
@@ -44,7 +44,7 @@ impl ServerlessReport {
     }
 
     /// Said as soon as the limiting shows, so a slow check is not a mystery.
-    pub fn rate_limit_notice(&self, rl: &IcmpRateLimit) {
+    pub(crate) fn rate_limit_notice(&self, rl: &IcmpRateLimit) {
         if !self.format.is_json() && !self.quiet {
             eprintln!(
                 "udpreach: {} rate-limits its ICMP errors (about 1 per {:.0} ms): pacing to it; closed ports now cost that much each",
@@ -54,7 +54,7 @@ impl ServerlessReport {
     }
 
     /// With `--json-lines`: the first line, before the check.
-    pub fn start(&self, total: usize) {
+    pub(crate) fn start(&self, total: usize) {
         if self.format == OutputFormat::JsonLines && !self.quiet {
             print_json_line::<_, PortEvent<ServerlessResult>, ServerlessSummary>(
                 &ServerlessLine::Start(ServerlessStart {
@@ -67,7 +67,7 @@ impl ServerlessReport {
         }
     }
 
-    pub fn print(
+    pub(crate) fn print(
         &self,
         results: &[ServerlessResult],
         elapsed: Duration,

@@ -12,14 +12,14 @@ use udpreach_wire::icmp::IcmpReason;
 /// Against a udpreach server (both directions) or any host (upstream only).
 #[derive(Clone, Copy, Debug, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-pub enum TraceMode {
+pub(crate) enum TraceMode {
     Server,
     NoServer,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-pub enum Direction {
+pub(crate) enum Direction {
     /// Client to server: our probes, ICMP errors to us.
     Upstream,
     /// Server to client: the server's probes from the traced port.
@@ -28,7 +28,7 @@ pub enum Direction {
 
 #[derive(Clone, Copy, Debug, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-pub enum TraceVerdict {
+pub(crate) enum TraceVerdict {
     Passes,
     DroppedAfter,
     RejectedBy,
@@ -48,14 +48,14 @@ impl From<VerdictKind> for TraceVerdict {
 
 /// A hop by TTL and the address that answered for it.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct HopRef {
+pub(crate) struct HopRef {
     pub ttl: u8,
     pub address: Option<String>,
 }
 
 /// The ICMP error that rejected a port.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct Rejection {
+pub(crate) struct Rejection {
     pub ttl: u8,
     pub address: Option<String>,
     /// `admin_prohibited`, `port_unreachable`, ... (see `udpreach ports`).
@@ -66,7 +66,7 @@ pub struct Rejection {
 
 /// One TTL that drew an answer.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct HopReport {
+pub(crate) struct HopReport {
     pub ttl: u8,
     /// Who answered (null when the far end confirmed arrival).
     pub address: Option<String>,
@@ -86,7 +86,7 @@ pub struct HopReport {
 
 /// One port in one direction.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct DirectionReport {
+pub(crate) struct DirectionReport {
     pub port: u16,
     /// True for the control port.
     pub control: bool,
@@ -112,7 +112,7 @@ pub struct DirectionReport {
 
 /// The DSCP changed between two hops (hop 0: as we sent it).
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct DscpChange {
+pub(crate) struct DscpChange {
     pub after_hop: u8,
     pub at_hop: u8,
     pub from: u8,
@@ -120,7 +120,7 @@ pub struct DscpChange {
 }
 
 impl DirectionReport {
-    pub fn new(
+    pub(crate) fn new(
         trace: &PortTrace,
         control_trace: Option<&PortTrace>,
         target: IpAddr,
@@ -193,7 +193,7 @@ impl DirectionReport {
 
     /// Adds the DSCP / ECN each hop quoted (`ttl -> (dscp, ecn)`) and where
     /// the DSCP changed from `sent`.
-    pub fn add_quoted(&mut self, quoted: &BTreeMap<u8, (u8, u8)>, sent: u8) {
+    pub(crate) fn add_quoted(&mut self, quoted: &BTreeMap<u8, (u8, u8)>, sent: u8) {
         for h in &mut self.hops {
             if let Some(&(d, e)) = quoted.get(&h.ttl) {
                 h.dscp = Some(d);
@@ -214,12 +214,12 @@ impl DirectionReport {
         }
     }
 
-    pub fn passes(&self) -> bool {
+    pub(crate) fn passes(&self) -> bool {
         self.verdict == TraceVerdict::Passes
     }
 
     /// "port 5060 upstream: dropped after hop 2 (198.18.4.2) ..."
-    pub fn headline(&self) -> String {
+    pub(crate) fn headline(&self) -> String {
         let who = if self.control { "control port" } else { "port" };
         let dir = match self.direction {
             Direction::Upstream => "upstream",
@@ -261,7 +261,7 @@ impl DirectionReport {
     }
 
     /// "dscp 46 -> 0 between hop 1 and hop 2" for each change.
-    pub fn dscp_lines(&self) -> Vec<String> {
+    pub(crate) fn dscp_lines(&self) -> Vec<String> {
         self.dscp_rewritten
             .iter()
             .map(|c| {
@@ -274,7 +274,7 @@ impl DirectionReport {
     }
 
     /// traceroute-like lines: one per TTL up to where the trace ended.
-    pub fn hop_lines(&self) -> Vec<String> {
+    pub(crate) fn hop_lines(&self) -> Vec<String> {
         let end = self
             .hop_count
             .or(self.rejected.as_ref().map(|r| r.ttl))
@@ -307,7 +307,7 @@ impl DirectionReport {
 
 /// `trace`: what is traced.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct TraceStart {
+pub(crate) struct TraceStart {
     /// The target as given.
     pub target: String,
     pub address: String,
@@ -319,7 +319,7 @@ pub struct TraceStart {
 
 /// `trace --json`: every port in every direction traced.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct TraceDocument {
+pub(crate) struct TraceDocument {
     #[serde(flatten)]
     pub start: TraceStart,
     pub results: Vec<DirectionReport>,
@@ -331,21 +331,21 @@ pub struct TraceDocument {
 /// One port and direction as a `--json-lines` event: `{"type": "port", ...}`.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum TraceEvent {
+pub(crate) enum TraceEvent {
     Port(DirectionReport),
 }
 
 /// One line of `trace --json-lines`.
-pub type TraceLine = JsonLine<TraceStart, TraceEvent, TraceDocument>;
+pub(crate) type TraceLine = JsonLine<TraceStart, TraceEvent, TraceDocument>;
 
 /// Prints a trace's results in the chosen format.
-pub struct TraceReport {
+pub(crate) struct TraceReport {
     pub format: OutputFormat,
     pub quiet: bool,
 }
 
 impl TraceReport {
-    pub fn start(&self, s: &TraceStart) {
+    pub(crate) fn start(&self, s: &TraceStart) {
         match self.format {
             OutputFormat::JsonLines => print_json_line(&TraceLine::Start(s.clone())),
             OutputFormat::Json => {}
@@ -370,7 +370,7 @@ impl TraceReport {
         }
     }
 
-    pub fn finish(&self, doc: &TraceDocument) {
+    pub(crate) fn finish(&self, doc: &TraceDocument) {
         match self.format {
             OutputFormat::Json => print_json(doc),
             OutputFormat::JsonLines => {

@@ -23,7 +23,7 @@ use udpreach_wire::control::{
     MAX_HANDSHAKE_FRAME, MAX_PORTS_PER_REQUEST, PREAMBLE,
 };
 
-pub async fn accept_loop(listener: TcpListener, state: Arc<ServerState>) {
+pub(super) async fn accept_loop(listener: TcpListener, state: Arc<ServerState>) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -52,14 +52,14 @@ impl Drop for HandshakeGuard {
 }
 
 /// A session slot (counted for the peer's source); freed when dropped.
-pub struct SessionSlot {
+pub(super) struct SessionSlot {
     state: Arc<ServerState>,
     peer: IpAddr,
 }
 
 impl SessionSlot {
     /// Takes a slot for `peer`, or says why not ("server busy (N sessions)").
-    pub fn take(state: &Arc<ServerState>, peer: IpAddr) -> Result<Self, SessionRefusal> {
+    pub(super) fn take(state: &Arc<ServerState>, peer: IpAddr) -> Result<Self, SessionRefusal> {
         state.admission().open_session(peer)?;
         Ok(SessionSlot {
             state: state.clone(),
@@ -241,9 +241,7 @@ impl Session {
             self.state.release_ports(self.peer, t.len());
         }
         let n = self.ports.len();
-        for (_, p) in self.ports.drain() {
-            p.close().await;
-        }
+        TestPort::close_all(self.ports.drain().map(|(_, p)| p)).await;
         self.state.release_ports(self.peer, n);
         if n > 0 {
             crate::platform::release_free_memory();
@@ -391,13 +389,10 @@ impl Session {
                     ControlMsg::ArrivalCounts { ports, counts }
                 }
                 ControlMsg::Close { ports } => {
-                    let mut n = 0;
-                    for p in ports {
-                        if let Some(tp) = self.ports.remove(&p) {
-                            tp.close().await;
-                            n += 1;
-                        }
-                    }
+                    let closing: Vec<TestPort> =
+                        ports.iter().filter_map(|p| self.ports.remove(p)).collect();
+                    let n = closing.len();
+                    TestPort::close_all(closing).await;
                     self.state.release_ports(self.peer, n);
                     ControlMsg::Closed { count: n as u32 }
                 }

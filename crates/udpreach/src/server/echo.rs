@@ -24,7 +24,7 @@ const MAX_WORKERS: usize = 4;
 
 /// Binds `addr` for echo: one socket per worker. Fails, like a plain bind,
 /// when anything already holds the address, even another SO_REUSEPORT user.
-pub fn bind(addr: SocketAddr) -> io::Result<Vec<UdpSocket>> {
+pub(super) fn bind(addr: SocketAddr) -> io::Result<Vec<UdpSocket>> {
     // The TOS each probe arrived with goes back in its reply (FLAG_TOS_SEEN).
     bind_workers(
         addr,
@@ -36,7 +36,7 @@ pub fn bind(addr: SocketAddr) -> io::Result<Vec<UdpSocket>> {
 }
 
 /// [`bind`] with more socket options (the STAMP reflector's, for one).
-pub fn bind_workers(addr: SocketAddr, extra: UdpOptions) -> io::Result<Vec<UdpSocket>> {
+pub(super) fn bind_workers(addr: SocketAddr, extra: UdpOptions) -> io::Result<Vec<UdpSocket>> {
     // Preflight without SO_REUSEPORT: it is refused if the port is taken in
     // any way, so two servers never silently share a port.
     drop(platform::udp_socket(addr, &UdpOptions::default())?);
@@ -57,7 +57,7 @@ pub fn bind_workers(addr: SocketAddr, extra: UdpOptions) -> io::Result<Vec<UdpSo
 }
 
 /// Starts one worker thread per socket; they run until the process exits.
-pub fn spawn(
+pub(super) fn spawn(
     socks: Vec<UdpSocket>,
     local: SocketAddr,
     policy: EchoPolicy,

@@ -24,7 +24,7 @@ const LISTEN_FOR: Duration = Duration::from_secs(3);
 /// 0.5 s), so it never needs more than a few; a pipelining client is told
 /// `"available": false` beyond this, rather than the server holding a buffer
 /// and a descriptor per port for thousands of ports.
-pub const LEGACY_PORTS_PER_SESSION: usize = 64;
+pub(super) const LEGACY_PORTS_PER_SESSION: usize = 64;
 
 /// The receive buffer of every legacy port (a datagram may be 64 KiB).
 fn shared_buffer() -> &'static Mutex<Vec<u8>> {
@@ -37,7 +37,7 @@ fn shared_buffer() -> &'static Mutex<Vec<u8>> {
 /// the global cap (each port held until its 3 s listen ends, also after the
 /// connection closed); every JSON object must arrive whole within the
 /// message deadline, and answers must be taken within it.
-pub async fn serve(
+pub(super) async fn serve(
     mut stream: TcpStream,
     state: &Arc<ServerState>,
     peer: IpAddr,

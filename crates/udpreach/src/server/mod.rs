@@ -26,7 +26,7 @@ use udpreach_engine::server::{default_allowed_ports, PortPolicy, ServerLimits};
 use udpreach_wire::auth::SharedKey;
 
 /// State shared by every session of one server.
-pub struct ServerState {
+pub(crate) struct ServerState {
     pub policy: PortPolicy,
     pub limits: ServerLimits,
     /// Pending handshakes, sessions and test ports, globally and per source.
@@ -45,12 +45,12 @@ pub struct ServerState {
 
 /// Locks the reply budget; a panic elsewhere leaves only counters behind,
 /// still safe to use.
-pub fn lock_budget(b: &Mutex<ReplyBudget>) -> MutexGuard<'_, ReplyBudget> {
+pub(crate) fn lock_budget(b: &Mutex<ReplyBudget>) -> MutexGuard<'_, ReplyBudget> {
     b.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl ServerState {
-    pub fn admission(&self) -> MutexGuard<'_, Admission<oneshot::Sender<()>>> {
+    pub(crate) fn admission(&self) -> MutexGuard<'_, Admission<oneshot::Sender<()>>> {
         // A panic elsewhere cannot leave the counts half-updated: every
         // method finishes its update before returning.
         self.admission.lock().unwrap_or_else(|e| e.into_inner())
@@ -58,11 +58,11 @@ impl ServerState {
 
     /// Reserves room for one more test port for `peer`, under the global
     /// cap and the source's share.
-    pub fn reserve_port(&self, peer: IpAddr) -> bool {
+    pub(crate) fn reserve_port(&self, peer: IpAddr) -> bool {
         self.admission().reserve_port(peer)
     }
 
-    pub fn release_ports(&self, peer: IpAddr, n: usize) {
+    pub(crate) fn release_ports(&self, peer: IpAddr, n: usize) {
         if n > 0 {
             self.admission().release_ports(peer, n);
         }
@@ -84,7 +84,7 @@ fn default_listens() -> Vec<SocketAddr> {
     ]
 }
 
-pub async fn run(args: ServerArgs) -> anyhow::Result<u8> {
+pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<u8> {
     let nofile = platform::raise_nofile_limit();
     args.validate(nofile).map_err(anyhow::Error::msg)?;
     let mut limits = ServerLimits::for_nofile(nofile);

@@ -55,7 +55,7 @@ struct Shared {
     errors: Vec<QueuedError>,
 }
 
-pub struct MtuPort {
+pub(super) struct MtuPort {
     sock: Arc<AsyncUdp>,
     shared: Arc<Mutex<Shared>>,
     task: JoinHandle<()>,
@@ -83,7 +83,7 @@ fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
 impl MtuPort {
     /// Binds the port on `local` and starts answering the session's probes
     /// from `peer`'s IP.
-    pub fn open(
+    pub(super) fn open(
         local: SocketAddr,
         peer: IpAddr,
         session: &SessionPorts,
@@ -114,12 +114,12 @@ impl MtuPort {
         })
     }
 
-    pub fn port(&self) -> u16 {
+    pub(super) fn port(&self) -> u16 {
         self.sock.local_addr().map(|a| a.port()).unwrap_or(0)
     }
 
     /// The `MtuOpened` answer.
-    pub fn opened(&self, peer: IpAddr) -> ControlMsg {
+    pub(super) fn opened(&self, peer: IpAddr) -> ControlMsg {
         let route = errqueue::route_mtu(SocketAddr::new(peer, 9)).unwrap_or(0);
         let max_size = mtu::max_payload(self.v6);
         ControlMsg::MtuOpened {
@@ -132,7 +132,7 @@ impl MtuPort {
     }
 
     /// Handles one `MtuSend`: sends, lingers for errors, reports.
-    pub async fn send(
+    pub(super) async fn send(
         &mut self,
         sizes: Vec<u32>,
         count: u32,

@@ -103,7 +103,7 @@ impl Sender {
     }
 }
 
-pub struct NatPorts {
+pub(super) struct NatPorts {
     socks: Vec<Arc<AsyncUdp>>,
     /// The ports' local addresses, as the client names them in `NatSend`.
     addrs: Vec<SocketAddr>,
@@ -127,7 +127,7 @@ impl Drop for NatPorts {
 impl NatPorts {
     /// Binds two ports on `local` (ephemeral), the `fixed` ones on `local`,
     /// and one on `alt`, and starts answering the session's client `peer`.
-    pub fn open(
+    pub(super) fn open(
         local: IpAddr,
         fixed: &[u16],
         alt: Option<IpAddr>,
@@ -178,7 +178,7 @@ impl NatPorts {
     }
 
     /// The `NatOpened` answer.
-    pub fn opened(&self) -> ControlMsg {
+    pub(super) fn opened(&self) -> ControlMsg {
         ControlMsg::NatOpened {
             ports: self.addrs[..2].iter().map(|a| a.port()).collect(),
             fixed: self.addrs[2..2 + self.fixed]
@@ -193,7 +193,7 @@ impl NatPorts {
     }
 
     /// Handles one `NatSend`: checks it and schedules the datagrams.
-    pub fn schedule(&mut self, flow: u32, gap_ms: u32, from: SocketAddr) -> ControlMsg {
+    pub(super) fn schedule(&mut self, flow: u32, gap_ms: u32, from: SocketAddr) -> ControlMsg {
         let refuse = |message: String| ControlMsg::Error {
             code: ErrorCode::BadRequest,
             message: format!("nat_send: {message}"),

@@ -18,7 +18,7 @@ const STATS_EVERY: Duration = Duration::from_secs(60);
 
 /// Binds the reflector's address: one socket per worker, each reporting
 /// the TTL and TOS its datagrams arrived with.
-pub fn bind(addr: SocketAddr) -> io::Result<Vec<UdpSocket>> {
+pub(super) fn bind(addr: SocketAddr) -> io::Result<Vec<UdpSocket>> {
     echo::bind_workers(
         addr,
         UdpOptions {
@@ -29,7 +29,7 @@ pub fn bind(addr: SocketAddr) -> io::Result<Vec<UdpSocket>> {
 }
 
 /// Starts the worker threads; they run until the process exits.
-pub fn spawn(
+pub(super) fn spawn(
     socks: Vec<UdpSocket>,
     local: SocketAddr,
     policy: ReflectorPolicy,

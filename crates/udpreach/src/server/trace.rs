@@ -38,17 +38,19 @@ use udpreach_engine::Engine;
 use udpreach_wire::control::{ControlMsg, ErrorCode, TraceArrival, TraceHopError, TraceSendResult};
 use udpreach_wire::icmp::IcmpError;
 use udpreach_wire::trace::{
-    check_send, check_size, parse_raw_icmp4, parse_raw_icmp6, QuotedHeader, TraceKind, TraceProbe,
-    LOCATOR_TTL, MAX_SENDS_PER_SESSION, MAX_WAIT_MS,
+    check_send, check_size, quoted_trace_probe, QuotedHeader, TraceKind, TraceProbe, LOCATOR_TTL,
+    MAX_SENDS_PER_SESSION, MAX_WAIT_MS,
 };
 
 /// ICMP errors waiting for a `TraceSend` to read them (the rest are dropped).
 const ERROR_QUEUE: usize = 4096;
-/// Longest one `TraceSend` may run, whatever the engine asks.
-const SEND_DEADLINE: Duration = Duration::from_secs(30);
+/// Longest one `TraceSend` may run, whatever the engine asks: under the
+/// 15 s a client gives a pending request before it calls the connection
+/// lost.
+const SEND_DEADLINE: Duration = Duration::from_secs(14);
 /// How long one `TraceSend` keeps probing hops that limit their ICMP
-/// errors (one a second each, after a burst): well within [`SEND_DEADLINE`].
-const SEND_PATIENCE: Duration = Duration::from_secs(20);
+/// errors (one a second each, after a burst): within [`SEND_DEADLINE`].
+const SEND_PATIENCE: Duration = Duration::from_secs(10);
 /// Probes per second of a downstream trace when the client names no rate.
 const DEFAULT_RATE: u32 = 1000;
 
@@ -84,7 +86,7 @@ struct DownError {
     at: Instant,
 }
 
-pub struct TraceSession {
+pub(super) struct TraceSession {
     ports: HashMap<u16, TracePort>,
     errors_tx: mpsc::Sender<DownError>,
     errors_rx: mpsc::Receiver<DownError>,
@@ -107,7 +109,7 @@ fn error(code: ErrorCode, message: String) -> ControlMsg {
 }
 
 impl TraceSession {
-    pub fn new(session: &SessionPorts, rate_cap: u32) -> Self {
+    pub(super) fn new(session: &SessionPorts, rate_cap: u32) -> Self {
         let (errors_tx, errors_rx) = mpsc::channel(ERROR_QUEUE);
         TraceSession {
             ports: HashMap::new(),
@@ -120,16 +122,16 @@ impl TraceSession {
     }
 
     /// Trace ports held (each counts as a test port).
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.ports.len()
     }
 
-    pub fn contains(&self, port: u16) -> bool {
+    pub(super) fn contains(&self, port: u16) -> bool {
         self.ports.contains_key(&port)
     }
 
     /// Binds one trace port on `ip` (0: any free port); returns the port.
-    pub fn open(&mut self, ip: IpAddr, port: u16) -> std::io::Result<u16> {
+    pub(super) fn open(&mut self, ip: IpAddr, port: u16) -> std::io::Result<u16> {
         let opts = UdpOptions {
             recv_errors: true,
             ..UdpOptions::default()
@@ -148,7 +150,7 @@ impl TraceSession {
         Ok(bound)
     }
 
-    pub fn arrivals(&self, ports: &[u16]) -> ControlMsg {
+    pub(super) fn arrivals(&self, ports: &[u16]) -> ControlMsg {
         let arrivals = ports
             .iter()
             .map(|&port| {
@@ -167,7 +169,7 @@ impl TraceSession {
     }
 
     /// Handles one `TraceSend`: traces downstream from each port, reports.
-    pub async fn send(&mut self, msg: ControlMsg) -> ControlMsg {
+    pub(super) async fn send(&mut self, msg: ControlMsg) -> ControlMsg {
         let ControlMsg::TraceSend {
             ports,
             max_hops,
@@ -205,6 +207,8 @@ impl TraceSession {
                 sent: 0,
                 hops: Vec::new(),
                 error: None,
+                unsure: Vec::new(),
+                rate_limited: Vec::new(),
             };
             match self.ports.get(&port) {
                 None => r.error = Some("not a trace port of this session".into()),
@@ -306,6 +310,8 @@ impl TraceSession {
         for r in &mut results {
             r.sent = sent.get(&r.port).copied().unwrap_or(0);
             if let Some(t) = traces.iter().find(|t| t.port == r.port) {
+                r.unsure = t.unsure.iter().copied().collect();
+                r.rate_limited = t.rate_limited.iter().copied().collect();
                 r.hops = t
                     .hops
                     .iter()
@@ -366,13 +372,7 @@ impl QuotedReader {
             let mut found = BTreeMap::new();
             let mut buf = vec![0u8; 2048];
             let keep = |b: &[u8], found: &mut BTreeMap<(u16, u8), QuotedHeader>| {
-                let parsed = if v6 {
-                    parse_raw_icmp6(b)
-                } else {
-                    parse_raw_icmp4(b)
-                };
-                let Some((q, payload)) = parsed else { return };
-                let Some(p) = TraceProbe::decode(payload) else {
+                let Some((q, p)) = quoted_trace_probe(b, v6) else {
                     return;
                 };
                 let ours = p.token == token

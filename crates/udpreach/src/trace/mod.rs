@@ -15,7 +15,7 @@ use crate::platform::{AsyncUdp, Received, UdpOptions};
 use crate::report::trace::{
     Direction, DirectionReport, TraceDocument, TraceMode, TraceReport, TraceStart,
 };
-use crate::target::{resolve_async, unspecified_for, Family};
+use crate::target::{resolve_async, unspecified_for};
 use anyhow::{bail, Context};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -26,12 +26,12 @@ use udpreach_engine::trace::{HopAnswer, PortTrace, TraceConfig, TraceInput, Trac
 use udpreach_engine::Engine;
 use udpreach_wire::control::{ControlMsg, TraceSendResult};
 use udpreach_wire::trace::{
-    check_size, parse_raw_icmp4, parse_raw_icmp6, QuotedHeader, TraceKind, TraceProbe, LOCATOR_TTL,
+    check_size, quoted_trace_probe, QuotedHeader, TraceKind, TraceProbe, LOCATOR_TTL,
     MAX_PORTS_PER_REQUEST,
 };
 
 /// Control port traced with --no-server when none is named (traceroute's first port).
-pub const NO_SERVER_CONTROL_PORT: u16 = 33434;
+pub(crate) const NO_SERVER_CONTROL_PORT: u16 = 33434;
 /// Longest a whole upstream pass may take, whatever the engine asks.
 const UPSTREAM_DEADLINE: Duration = Duration::from_secs(660);
 /// How often a long upstream pass asks the server what arrived (which also
@@ -55,7 +55,7 @@ enum Got {
     Quoted(TraceProbe, QuotedHeader),
 }
 
-pub async fn run(args: TraceArgs) -> anyhow::Result<u8> {
+pub(crate) async fn run(args: TraceArgs) -> anyhow::Result<u8> {
     let report = TraceReport {
         format: args.output.format(),
         quiet: args.output.quiet,
@@ -76,7 +76,7 @@ pub(crate) async fn trace(
     report: Option<&TraceReport>,
 ) -> anyhow::Result<TraceDocument> {
     let started = Instant::now();
-    let family = Family::from_flags(args.ipv4, args.ipv6);
+    let family = args.family.family();
     let mut target = resolve_async(&args.target, family).await?;
     if let Some(p) = args.control {
         target.set_port(p);
@@ -125,6 +125,10 @@ pub(crate) async fn trace(
         let welcome = ctl.hello(key.as_ref()).await?;
         if !welcome.capabilities.iter().any(|c| c == "trace") {
             bail!("the server at {target} cannot trace (no \"trace\" capability); use --no-server");
+        }
+        // An older server takes only bare probes: padded ones would look dropped.
+        if args.size.is_some() && !welcome.capabilities.iter().any(|c| c == "trace-hops") {
+            bail!("the server at {target} cannot trace with --size (an older udpreach server)");
         }
         let mut ask = traced.clone();
         ask.push(args.control_port.unwrap_or(0));
@@ -192,14 +196,7 @@ pub(crate) async fn trace(
                         tokio::time::sleep(Duration::from_millis(1)).await;
                         continue;
                     };
-                    let b = &buf[..m.len];
-                    let parsed = if v6 {
-                        parse_raw_icmp6(b)
-                    } else {
-                        parse_raw_icmp4(b)
-                    };
-                    let Some((q, payload)) = parsed else { continue };
-                    let Some(p) = TraceProbe::decode(payload) else {
+                    let Some((q, p)) = quoted_trace_probe(&buf[..m.len], v6) else {
                         continue;
                     };
                     if p.token != token || p.kind != TraceKind::Up || p.port != q.dport {
@@ -530,6 +527,9 @@ impl Collected {
     }
 
     fn downstream_traces(&mut self, ports: &[u16], results: &[TraceSendResult]) -> Vec<PortTrace> {
+        // A TTL at which some port arrived: a silence there is evidence (an
+        // arrival is counted by us, not limited like an ICMP error).
+        let arrived_at: BTreeSet<u8> = self.down_arrived.values().flatten().copied().collect();
         ports
             .iter()
             .map(|&port| {
@@ -539,6 +539,13 @@ impl Collected {
                 };
                 if let Some(r) = results.iter().find(|r| r.port == port) {
                     t.sent = r.sent;
+                    t.unsure = r
+                        .unsure
+                        .iter()
+                        .copied()
+                        .filter(|ttl| !arrived_at.contains(ttl))
+                        .collect();
+                    t.rate_limited = r.rate_limited.iter().copied().collect();
                     for h in &r.hops {
                         let rtt = Some(Duration::from_micros(h.rtt_us));
                         t.hops.insert(h.ttl, HopAnswer::from_icmp(&h.icmp, rtt));

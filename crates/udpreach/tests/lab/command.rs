@@ -20,7 +20,7 @@ use std::ops::Deref;
 use std::process::Output;
 
 /// A finished command: its command line and everything it printed.
-pub struct CommandOutput {
+pub(crate) struct CommandOutput {
     /// The command line as run (for namespace hosts with `ip netns exec`).
     pub command: String,
     /// Exit status, stdout and stderr.
@@ -29,7 +29,7 @@ pub struct CommandOutput {
 
 impl CommandOutput {
     /// Wraps the output of `command`.
-    pub fn new(command: impl Into<String>, output: Output) -> Self {
+    pub(crate) fn new(command: impl Into<String>, output: Output) -> Self {
         CommandOutput {
             command: command.into(),
             output,
@@ -37,24 +37,24 @@ impl CommandOutput {
     }
 
     /// Exit code; -1 when a signal ended the program.
-    pub fn code(&self) -> i32 {
+    pub(crate) fn code(&self) -> i32 {
         self.output.status.code().unwrap_or(-1)
     }
 
     /// Stdout as text (lossy UTF-8).
-    pub fn stdout_text(&self) -> String {
+    pub(crate) fn stdout_text(&self) -> String {
         String::from_utf8_lossy(&self.output.stdout).into_owned()
     }
 
     /// Stderr as text (lossy UTF-8).
-    pub fn stderr_text(&self) -> String {
+    pub(crate) fn stderr_text(&self) -> String {
         String::from_utf8_lossy(&self.output.stderr).into_owned()
     }
 
     /// Asserts the program exited with `code`; on failure the panic shows
     /// the command, the status, stdout and stderr.
     #[track_caller]
-    pub fn assert_code(&self, code: i32) -> &Self {
+    pub(crate) fn assert_code(&self, code: i32) -> &Self {
         if self.output.status.code() != Some(code) {
             panic!("expected exit code {code}\n{self}");
         }
@@ -63,13 +63,13 @@ impl CommandOutput {
 
     /// Asserts the program exited with code 0 (see [`assert_code`](Self::assert_code)).
     #[track_caller]
-    pub fn assert_success(&self) -> &Self {
+    pub(crate) fn assert_success(&self) -> &Self {
         self.assert_code(0)
     }
 
     /// Asserts the program did not succeed (an exit code other than 0, or a signal).
     #[track_caller]
-    pub fn assert_failure(&self) -> &Self {
+    pub(crate) fn assert_failure(&self) -> &Self {
         if self.output.status.success() {
             panic!("expected the command to fail\n{self}");
         }
@@ -77,7 +77,7 @@ impl CommandOutput {
     }
 
     /// The plain [`Output`].
-    pub fn into_output(self) -> Output {
+    pub(crate) fn into_output(self) -> Output {
         self.output
     }
 }

@@ -71,7 +71,7 @@
 
 mod command;
 
-pub use command::CommandOutput;
+pub(crate) use command::CommandOutput;
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -86,7 +86,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 /// Default bound for [`Host::run`] and [`Host::nft`].
-pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bound for the lab's own plumbing commands (`ip`, `sysctl`, `kill`, ...).
 const SETUP_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long construction waits for interfaces/link-local addresses.
@@ -99,9 +99,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Linux signal numbers for [`Proc::signal`].
-pub const SIGINT: i32 = 2;
-pub const SIGKILL: i32 = 9;
-pub const SIGTERM: i32 = 15;
+pub(crate) const SIGINT: i32 = 2;
+pub(crate) const SIGKILL: i32 = 9;
+pub(crate) const SIGTERM: i32 = 15;
 
 /// nft declaration of the lab filter table; loading it again is a no-op.
 const BASE_TABLE: &str = "table inet lab {
@@ -119,7 +119,7 @@ const BASE_TABLE: &str = "table inet lab {
 /// When not root: panics if the `CI` environment variable is set (the lab
 /// tests must run in CI), otherwise prints a skip note and returns false, so
 /// a test starts with `if !lab::require_root() { return; }`.
-pub fn require_root() -> bool {
+pub(crate) fn require_root() -> bool {
     if effective_uid() == Some(0) {
         return true;
     }
@@ -140,14 +140,14 @@ fn effective_uid() -> Option<u32> {
 }
 
 /// Path of the `udpreach` binary cargo built for this integration test.
-pub fn udpreach_bin() -> PathBuf {
+pub(crate) fn udpreach_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_udpreach"))
 }
 
 /// Polls `cond` every 10 ms until it returns true or `timeout` elapsed.
 /// `cond` is always evaluated at least once and once more at the deadline.
 /// Returns whether it became true. All waiting in the lab goes through here.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+pub(crate) fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if cond() {
@@ -321,7 +321,7 @@ impl ProcInner {
 }
 
 /// A process waited for longer than its bound; it has been killed.
-pub struct TimedOut {
+pub(crate) struct TimedOut {
     /// The command line.
     pub what: String,
     /// The bound that was exceeded.
@@ -358,59 +358,59 @@ impl std::error::Error for TimedOut {}
 /// Dropping a `Proc` kills its process group unless
 /// [`kill_on_drop(false)`](Proc::kill_on_drop) was set; in any case the lab
 /// kills it when the [`Lab`] is dropped.
-pub struct Proc {
+pub(crate) struct Proc {
     inner: Arc<ProcInner>,
     kill_on_drop: bool,
 }
 
 impl Proc {
     /// Process id (that of the program itself: `ip netns exec` execs it).
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.inner.pid
     }
 
     /// Whether dropping this handle kills the process (default: true).
     /// With false, the process lives until it exits or the lab is dropped.
-    pub fn kill_on_drop(mut self, kill: bool) -> Self {
+    pub(crate) fn kill_on_drop(mut self, kill: bool) -> Self {
         self.kill_on_drop = kill;
         self
     }
 
     /// Sends signal `sig` (e.g. [`SIGINT`]) to the process with `kill -s`.
     /// Returns false if it already exited (or `kill` failed).
-    pub fn signal(&self, sig: i32) -> bool {
+    pub(crate) fn signal(&self, sig: i32) -> bool {
         self.inner.send(sig, false)
     }
 
     /// SIGKILLs the process group and reaps the process.
-    pub fn kill(&self) {
+    pub(crate) fn kill(&self) {
         self.inner.kill();
     }
 
     /// Exit status, if it has exited.
-    pub fn try_wait(&self) -> Option<ExitStatus> {
+    pub(crate) fn try_wait(&self) -> Option<ExitStatus> {
         self.inner.try_wait()
     }
 
     /// True while the process has not exited.
-    pub fn is_running(&self) -> bool {
+    pub(crate) fn is_running(&self) -> bool {
         self.try_wait().is_none()
     }
 
     /// Stdout captured so far (lossy UTF-8).
-    pub fn stdout_so_far(&self) -> String {
+    pub(crate) fn stdout_so_far(&self) -> String {
         String::from_utf8_lossy(&self.inner.stdout.bytes()).into_owned()
     }
 
     /// Stderr captured so far (lossy UTF-8).
-    pub fn stderr_so_far(&self) -> String {
+    pub(crate) fn stderr_so_far(&self) -> String {
         String::from_utf8_lossy(&self.inner.stderr.bytes()).into_owned()
     }
 
     /// Waits at most `timeout` for the process to exit and returns all of its
     /// output. On timeout the process group is killed and the error carries
     /// the output printed so far.
-    pub fn wait_output_timeout(self, timeout: Duration) -> Result<CommandOutput, TimedOut> {
+    pub(crate) fn wait_output_timeout(self, timeout: Duration) -> Result<CommandOutput, TimedOut> {
         let out = self.inner.wait_output(timeout)?;
         Ok(CommandOutput::new(self.inner.what.clone(), out))
     }
@@ -418,7 +418,7 @@ impl Proc {
     /// Starts a prepared command in the test's own namespace (loopback
     /// tests), in its own process group, its piped stdout/stderr captured.
     /// Not registered with any lab: dropping the handle kills it.
-    pub fn start(cmd: Command) -> Proc {
+    pub(crate) fn start(cmd: Command) -> Proc {
         Proc {
             inner: ProcInner::start(cmd, None).unwrap_or_else(|e| panic!("{e}")),
             kill_on_drop: true,
@@ -429,7 +429,7 @@ impl Proc {
 /// Runs a prepared command in the test's own namespace to completion within
 /// `timeout` (its process group is killed after it); stdin is null, stdout
 /// and stderr captured.
-pub fn run_local(mut cmd: Command, timeout: Duration) -> Result<CommandOutput, TimedOut> {
+pub(crate) fn run_local(mut cmd: Command, timeout: Duration) -> Result<CommandOutput, TimedOut> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -437,7 +437,7 @@ pub fn run_local(mut cmd: Command, timeout: Duration) -> Result<CommandOutput, T
 }
 
 /// A key file (mode 0600) in this test process's temporary directory.
-pub fn key_file(name: &str, contents: &[u8]) -> PathBuf {
+pub(crate) fn key_file(name: &str, contents: &[u8]) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let dir = std::env::temp_dir().join(format!("udpreach-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -448,7 +448,7 @@ pub fn key_file(name: &str, contents: &[u8]) -> PathBuf {
 }
 
 /// Open descriptors of a process (entries of /proc/PID/fd).
-pub fn fd_count(pid: u32) -> usize {
+pub(crate) fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0)
@@ -456,7 +456,7 @@ pub fn fd_count(pid: u32) -> usize {
 
 /// Resident memory of a process in KiB (VmRSS). Panics when the process
 /// is gone: a memory bound checked on a dead process proves nothing.
-pub fn rss_kib(pid: u32) -> u64 {
+pub(crate) fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_else(|e| panic!("process {pid} is gone: {e}"));
     status
@@ -527,7 +527,7 @@ fn plumb_ok(argv: &[&str]) {
 
 /// One interface of a lab host and what is on the other end of its veth.
 #[derive(Clone, Debug)]
-pub struct Iface {
+pub(crate) struct Iface {
     /// Interface name inside the host's namespace, e.g. `r-s`.
     pub name: String,
     pub ip4: Ipv4Addr,
@@ -540,7 +540,7 @@ pub struct Iface {
 
 /// A namespace of the lab (`client`, `server` or `router`).
 #[derive(Clone)]
-pub struct Host {
+pub(crate) struct Host {
     ns: String,
     role: &'static str,
     ifaces: Vec<Iface>,
@@ -561,7 +561,7 @@ impl Host {
     /// Runs `f` on a thread that has joined this host's network namespace, so
     /// the test itself can open sockets there (a namespace switch is per thread;
     /// sockets keep their namespace when handed back to other threads).
-    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+    pub(crate) fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         let path = format!("/run/netns/{}", self.ns);
         thread::spawn(move || {
             let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
@@ -574,39 +574,39 @@ impl Host {
     }
 
     /// The namespace name (usable with `ip netns exec` / `ip -n`).
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.ns
     }
 
     /// "client", "server" or "router".
-    pub fn role(&self) -> &str {
+    pub(crate) fn role(&self) -> &str {
         self.role
     }
 
     /// IPv4 address of the first interface (the router: its client side).
-    pub fn ip4(&self) -> Ipv4Addr {
+    pub(crate) fn ip4(&self) -> Ipv4Addr {
         self.ifaces[0].ip4
     }
 
     /// IPv6 address of the first interface (the router: its client side).
-    pub fn ip6(&self) -> Ipv6Addr {
+    pub(crate) fn ip6(&self) -> Ipv6Addr {
         self.ifaces[0].ip6
     }
 
     /// Name of the first interface (the router: its client side, `r-c`).
-    pub fn iface(&self) -> &str {
+    pub(crate) fn iface(&self) -> &str {
         &self.ifaces[0].name
     }
 
     /// All interfaces (router: `[r-c, r-s]`).
-    pub fn ifaces(&self) -> &[Iface] {
+    pub(crate) fn ifaces(&self) -> &[Iface] {
         &self.ifaces
     }
 
     /// The interface whose veth leads to `other`'s namespace, e.g.
     /// `router.iface_toward(lab.server()).name == "r-s"`.
     /// Panics if the two are not directly linked.
-    pub fn iface_toward(&self, other: &Host) -> &Iface {
+    pub(crate) fn iface_toward(&self, other: &Host) -> &Iface {
         self.ifaces
             .iter()
             .find(|i| i.peer_ns == other.ns)
@@ -616,7 +616,7 @@ impl Host {
     /// `ip netns exec <ns> <program>`; add arguments and stdio as needed.
     /// Prefer [`spawn_cmd`](Host::spawn_cmd) or [`run`](Host::run) over
     /// `.spawn()`/`.output()` on it: those are neither bounded nor killed.
-    pub fn cmd(&self, program: impl AsRef<OsStr>) -> Command {
+    pub(crate) fn cmd(&self, program: impl AsRef<OsStr>) -> Command {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec"]).arg(&self.ns).arg(program);
         cmd
@@ -640,7 +640,7 @@ impl Host {
     /// Starts `argv` (program first) in the namespace with stdin null and
     /// stdout/stderr captured. Killed when the returned [`Proc`] or the lab
     /// is dropped.
-    pub fn spawn<I, S>(&self, argv: I) -> Proc
+    pub(crate) fn spawn<I, S>(&self, argv: I) -> Proc
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
@@ -656,7 +656,7 @@ impl Host {
     /// stdio it was given, in its own process group, registered with the lab
     /// for kill-on-drop. Only stdout/stderr set to `Stdio::piped()` are
     /// captured by the [`Proc`]; inherited ones bypass libtest's capture.
-    pub fn spawn_cmd(&self, cmd: Command) -> Proc {
+    pub(crate) fn spawn_cmd(&self, cmd: Command) -> Proc {
         let inner = ProcInner::start(cmd, None).unwrap_or_else(|e| panic!("{e}"));
         lock(&self.procs).push(Arc::clone(&inner));
         Proc {
@@ -668,7 +668,7 @@ impl Host {
     /// Runs `argv` to completion within [`DEFAULT_RUN_TIMEOUT`]; panics on
     /// timeout (with the output so far). A failing exit status is returned,
     /// not a panic.
-    pub fn run<I, S>(&self, argv: I) -> CommandOutput
+    pub(crate) fn run<I, S>(&self, argv: I) -> CommandOutput
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
@@ -679,7 +679,11 @@ impl Host {
 
     /// Like [`run`](Host::run) with an explicit bound; the process group is
     /// killed on timeout.
-    pub fn run_timeout<I, S>(&self, argv: I, timeout: Duration) -> Result<CommandOutput, TimedOut>
+    pub(crate) fn run_timeout<I, S>(
+        &self,
+        argv: I,
+        timeout: Duration,
+    ) -> Result<CommandOutput, TimedOut>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
@@ -689,7 +693,7 @@ impl Host {
 
     /// Like [`run`](Host::run), feeding `input` to the program's stdin
     /// (then closing it).
-    pub fn run_input<I, S>(&self, argv: I, input: &[u8]) -> CommandOutput
+    pub(crate) fn run_input<I, S>(&self, argv: I, input: &[u8]) -> CommandOutput
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
@@ -725,13 +729,13 @@ impl Host {
     }
 
     /// Sets sysctl `key` (e.g. `net.ipv4.ip_forward`) in this namespace.
-    pub fn sysctl(&self, key: &str, value: &str) {
+    pub(crate) fn sysctl(&self, key: &str, value: &str) {
         self.run_ok(&["sysctl", "-q", "-w", &format!("{key}={value}")]);
     }
 
     /// Loads an nft script (`nft -f -`) in this namespace; panics with nft's
     /// error message and the script if it is rejected.
-    pub fn nft(&self, ruleset: &str) {
+    pub(crate) fn nft(&self, ruleset: &str) {
         let out = self.run_input(["nft", "-f", "-"], ruleset.as_bytes());
         assert!(
             out.status.success(),
@@ -744,7 +748,7 @@ impl Host {
     }
 
     /// `nft list ruleset` in this namespace (for diagnostics).
-    pub fn nft_ruleset(&self) -> String {
+    pub(crate) fn nft_ruleset(&self) -> String {
         String::from_utf8_lossy(&self.run_ok(&["nft", "list", "ruleset"]).stdout).into_owned()
     }
 
@@ -761,13 +765,13 @@ impl Host {
     /// per fragment for fragmented datagrams). 100 drops all incoming UDP.
     /// Input only sees traffic addressed to this host: on the router use
     /// [`drop_udp_forward_percent`](Host::drop_udp_forward_percent).
-    pub fn drop_udp_in_percent(&self, pct: u8) {
+    pub(crate) fn drop_udp_in_percent(&self, pct: u8) {
         self.drop_udp_percent("input", pct);
     }
 
     /// Router: randomly drops `pct` percent of forwarded UDP packets (both
     /// directions).
-    pub fn drop_udp_forward_percent(&self, pct: u8) {
+    pub(crate) fn drop_udp_forward_percent(&self, pct: u8) {
         self.drop_udp_percent("forward", pct);
     }
 
@@ -784,7 +788,7 @@ impl Host {
     }
 
     /// Drops incoming UDP whose destination port is one of `ports`.
-    pub fn drop_udp_dport_in(&self, ports: &[u16]) {
+    pub(crate) fn drop_udp_dport_in(&self, ports: &[u16]) {
         self.nft_lab_rules(&[format!(
             "add rule inet lab input udp dport {} drop",
             port_set(ports)
@@ -793,7 +797,7 @@ impl Host {
 
     /// Drops incoming UDP whose source port is one of `ports`; on the client
     /// this emulates "the return path is blocked".
-    pub fn drop_udp_sport_in(&self, ports: &[u16]) {
+    pub(crate) fn drop_udp_sport_in(&self, ports: &[u16]) {
         self.nft_lab_rules(&[format!(
             "add rule inet lab input udp sport {} drop",
             port_set(ports)
@@ -803,7 +807,7 @@ impl Host {
     /// Router: rejects forwarded UDP to `port` with an ICMP error, either
     /// administratively prohibited (v4 type 3 code 13, v6 type 1 code 1) or
     /// port unreachable (v4 type 3 code 3, v6 type 1 code 4).
-    pub fn reject_udp_dport_forward(&self, port: u16, admin_prohibited: bool) {
+    pub(crate) fn reject_udp_dport_forward(&self, port: u16, admin_prohibited: bool) {
         let with = if admin_prohibited {
             "admin-prohibited"
         } else {
@@ -818,7 +822,7 @@ impl Host {
     /// `out_iface` (e.g. `r-s`), IPv4 and IPv6, so the server sees the
     /// router's address. Note: this loads conntrack in the namespace, which
     /// reassembles fragments before the forward hook.
-    pub fn snat_forward_masquerade(&self, out_iface: &str) {
+    pub(crate) fn snat_forward_masquerade(&self, out_iface: &str) {
         self.nft(&format!(
             "table inet labnat {{
   chain postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
@@ -831,7 +835,7 @@ add rule inet labnat postrouting oifname \"{out_iface}\" masquerade
     /// Router: like [`snat_forward_masquerade`](Host::snat_forward_masquerade)
     /// with `masquerade random`: each new flow gets a random port (the
     /// mapping depends on the destination address and port).
-    pub fn snat_forward_masquerade_random(&self, out_iface: &str) {
+    pub(crate) fn snat_forward_masquerade_random(&self, out_iface: &str) {
         self.nft(&format!(
             "table inet labnat {{
   chain postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
@@ -844,7 +848,7 @@ add rule inet labnat postrouting oifname \"{out_iface}\" masquerade random
     /// Router: a stateful firewall without NAT. Forwarded packets that
     /// arrive on `outside_iface` pass only when they belong to a flow the
     /// inside started (`ct state established,related accept; drop`).
-    pub fn stateful_firewall_forward(&self, outside_iface: &str) {
+    pub(crate) fn stateful_firewall_forward(&self, outside_iface: &str) {
         self.nft(&format!(
             "table inet labfw {{
   chain forward {{ type filter hook forward priority filter; policy accept;
@@ -857,7 +861,7 @@ add rule inet labnat postrouting oifname \"{out_iface}\" masquerade random
     }
 
     /// Adds a second address (`cidr`, e.g. `198.18.2.3/24`) to `iface`.
-    pub fn add_address(&self, iface: &str, cidr: &str) {
+    pub(crate) fn add_address(&self, iface: &str, cidr: &str) {
         self.run_ok(&["ip", "addr", "add", cidr, "dev", iface]);
     }
 
@@ -865,7 +869,7 @@ add rule inet labnat postrouting oifname \"{out_iface}\" masquerade random
     /// exchange (`nf_conntrack_udp_timeout`) and for a stream
     /// (`nf_conntrack_udp_timeout_stream`). Conntrack must be in use in the
     /// namespace already (a NAT or `ct` rule loaded).
-    pub fn conntrack_udp_timers(&self, one_exchange: u32, stream: u32) {
+    pub(crate) fn conntrack_udp_timers(&self, one_exchange: u32, stream: u32) {
         self.sysctl(
             "net.netfilter.nf_conntrack_udp_timeout",
             &one_exchange.to_string(),
@@ -882,7 +886,7 @@ add rule inet labnat postrouting oifname \"{out_iface}\" masquerade random
     /// the forward chain: once conntrack is active in the namespace (e.g.
     /// masquerade), the kernel reassembles at priority -400 and a forward
     /// chain would never see a fragment.
-    pub fn drop_fragments_forward(&self) {
+    pub(crate) fn drop_fragments_forward(&self) {
         self.nft(&format!(
             "{BASE_TABLE}table inet lab {{
   chain prefrag {{ type filter hook prerouting priority -500; policy accept; }}
@@ -898,7 +902,7 @@ add rule inet lab prefrag fib daddr type != local exthdr frag exists drop
     /// "packet too big", both those the router generates itself (output
     /// chain; an output drop of kernel-generated ICMP is silent) and those it
     /// would forward. Combine with [`Lab::set_link_mtu`].
-    pub fn drop_icmp_forward_too_big(&self) {
+    pub(crate) fn drop_icmp_forward_too_big(&self) {
         self.nft(&format!(
             "{BASE_TABLE}table inet lab {{
   chain output {{ type filter hook output priority 0; policy accept; }}
@@ -915,13 +919,13 @@ add rule inet lab forward icmpv6 type packet-too-big drop
     /// received frames larger than its own MTU, so lowering only one end
     /// silently kills bigger packets coming from the other end; use
     /// [`Lab::set_link_mtu`] to narrow a link.
-    pub fn set_mtu(&self, iface: &str, mtu: u32) {
+    pub(crate) fn set_mtu(&self, iface: &str, mtu: u32) {
         self.run_ok(&["ip", "link", "set", "dev", iface, "mtu", &mtu.to_string()]);
     }
 
     /// Waits until something in this namespace is bound to UDP `port`
     /// (checked with `ss`). Returns whether that happened within `timeout`.
-    pub fn wait_udp_bound(&self, port: u16, timeout: Duration) -> bool {
+    pub(crate) fn wait_udp_bound(&self, port: u16, timeout: Duration) -> bool {
         let filter = format!("sport = :{port}");
         wait_until(timeout, || {
             self.run_timeout(["ss", "-H", "-n", "-u", "-a", &filter], SETUP_TIMEOUT)
@@ -932,7 +936,7 @@ add rule inet lab forward icmpv6 type packet-too-big drop
 
     /// Waits until a TCP socket listens on `port` in this namespace (a
     /// udpreach server binds its UDP ports first, its control port last).
-    pub fn wait_tcp_listening(&self, port: u16, timeout: Duration) -> bool {
+    pub(crate) fn wait_tcp_listening(&self, port: u16, timeout: Duration) -> bool {
         let filter = format!("sport = :{port}");
         wait_until(timeout, || {
             self.run_timeout(["ss", "-H", "-n", "-t", "-l", &filter], SETUP_TIMEOUT)
@@ -955,7 +959,7 @@ fn port_set(ports: &[u16]) -> String {
 static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A set of network namespaces joined by veths; see the module docs.
-pub struct Lab {
+pub(crate) struct Lab {
     id: String,
     /// Namespaces created so far (deleted on drop).
     namespaces: Vec<String>,
@@ -971,15 +975,15 @@ pub struct Lab {
 }
 
 /// What one direction of an emulated link does (see [`Lab::emulated`]).
-pub use udpreach_lab_link::DirectionConfig as Link;
+pub(crate) use udpreach_lab_link::DirectionConfig as Link;
 // Not every test file that includes the lab uses these.
 #[allow(unused_imports)]
-pub use udpreach_lab_link::{GilbertElliott, RelayStats};
+pub(crate) use udpreach_lab_link::{GilbertElliott, RelayStats};
 
 impl Lab {
     /// Two namespaces, `client` (198.18.0.1, fd00::1, iface `c-s`) and
     /// `server` (198.18.0.2, fd00::2, iface `s-c`), on one veth.
-    pub fn pair() -> Lab {
+    pub(crate) fn pair() -> Lab {
         let mut lab = Lab::empty();
         let c = lab.add_ns("client", false);
         let s = lab.add_ns("server", false);
@@ -997,7 +1001,7 @@ impl Lab {
     /// (`r-c` 198.18.1.254 fd00:1::fe, `r-s` 198.18.2.254 fd00:2::fe) -
     /// `server` (198.18.2.2, fd00:2::2, `s-r`). The router forwards v4 and
     /// v6; client and server have default routes via the router.
-    pub fn routed() -> Lab {
+    pub(crate) fn routed() -> Lab {
         let mut lab = Lab::empty();
         let c = lab.add_ns("client", false);
         let r = lab.add_ns("router", true);
@@ -1067,7 +1071,7 @@ impl Lab {
     /// the interface they leave by: r1 answers the client from 198.18.3.254
     /// and the server from 198.18.4.1; r2 answers the client from 198.18.4.2
     /// and the server from 198.18.5.254.
-    pub fn chain() -> Lab {
+    pub(crate) fn chain() -> Lab {
         let mut lab = Lab::empty();
         let c = lab.add_ns("client", false);
         let r1 = lab.add_ns("r1", true);
@@ -1114,12 +1118,12 @@ impl Lab {
     /// frames go through, `down` the other way. E.g. 50 ms RTT with +-5 ms
     /// jitter and 2 % loss each way:
     /// `let l = Link::emulate(ms(25), ms(5), 0.02, 0); Lab::emulated(l, l)`.
-    pub fn emulated(up: Link, down: Link) -> Lab {
+    pub(crate) fn emulated(up: Link, down: Link) -> Lab {
         Lab::emulated_seeded(up, down, 1)
     }
 
     /// [`Lab::emulated`] with the emulator's loss/jitter draws seeded.
-    pub fn emulated_seeded(up: Link, down: Link, seed: u64) -> Lab {
+    pub(crate) fn emulated_seeded(up: Link, down: Link, seed: u64) -> Lab {
         let mut lab = Lab::empty();
         let c = lab.add_ns("client", false);
         let m = lab.add_ns("middle", false);
@@ -1199,21 +1203,21 @@ impl Lab {
     }
 
     /// Lab::chain()'s router next to the client.
-    pub fn r1(&self) -> &Host {
+    pub(crate) fn r1(&self) -> &Host {
         self.chain
             .first()
             .expect("this lab has no r1: use Lab::chain()")
     }
 
     /// Lab::chain()'s router next to the server.
-    pub fn r2(&self) -> &Host {
+    pub(crate) fn r2(&self) -> &Host {
         self.chain
             .get(1)
             .expect("this lab has no r2: use Lab::chain()")
     }
 
     /// The middle namespace of [`Lab::emulated`].
-    pub fn middle(&self) -> &Host {
+    pub(crate) fn middle(&self) -> &Host {
         self.middle
             .as_ref()
             .expect("this lab has no middle: use Lab::emulated()")
@@ -1221,7 +1225,7 @@ impl Lab {
 
     /// Counters of the link emulator of [`Lab::emulated`] so far
     /// (`a_to_b` is client to server).
-    pub fn emulator_stats(&self) -> RelayStats {
+    pub(crate) fn emulator_stats(&self) -> RelayStats {
         self.emulator
             .as_ref()
             .expect("this lab has no link emulator: use Lab::emulated()")
@@ -1229,24 +1233,24 @@ impl Lab {
     }
 
     /// The client namespace.
-    pub fn client(&self) -> &Host {
+    pub(crate) fn client(&self) -> &Host {
         self.client.as_ref().expect("lab has no client")
     }
 
     /// The server namespace.
-    pub fn server(&self) -> &Host {
+    pub(crate) fn server(&self) -> &Host {
         self.server.as_ref().expect("lab has no server")
     }
 
     /// The router namespace; panics for [`Lab::pair`].
-    pub fn router(&self) -> &Host {
+    pub(crate) fn router(&self) -> &Host {
         self.router
             .as_ref()
             .expect("this lab has no router: use Lab::routed()")
     }
 
     /// Names of all namespaces of this lab.
-    pub fn namespaces(&self) -> &[String] {
+    pub(crate) fn namespaces(&self) -> &[String] {
         &self.namespaces
     }
 
@@ -1255,7 +1259,7 @@ impl Lab {
     /// link. A router then answers bigger DF packets with ICMP
     /// frag-needed / packet-too-big (unless
     /// [`Host::drop_icmp_forward_too_big`] is loaded).
-    pub fn set_link_mtu(&self, iface: &str, mtu: u32) {
+    pub(crate) fn set_link_mtu(&self, iface: &str, mtu: u32) {
         let hosts = [&self.client, &self.router, &self.server];
         let (host, i) = hosts
             .iter()

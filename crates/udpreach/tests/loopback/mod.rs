@@ -18,15 +18,15 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[allow(unused_imports)]
-pub use crate::lab::{fd_count, key_file, rss_kib, wait_until};
+pub(crate) use crate::lab::{fd_count, key_file, rss_kib, wait_until};
 
 /// Path of the `udpreach` binary (the lab's [`lab::udpreach_bin`]).
-pub fn bin() -> PathBuf {
+pub(crate) fn bin() -> PathBuf {
     lab::udpreach_bin()
 }
 
 /// The old name of a spawned udpreach process; it is the lab's [`Proc`].
-pub type Running = Proc;
+pub(crate) type Running = Proc;
 
 fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(bin());
@@ -39,7 +39,7 @@ fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
 
 /// Starts udpreach with `args` and `env` (`UDPREACH_KEY` removed unless
 /// given), stdin null, output captured; killed when the handle drops.
-pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Proc {
+pub(crate) fn spawn(args: &[&str], env: &[(&str, &str)]) -> Proc {
     let mut cmd = command(args, env);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -49,13 +49,13 @@ pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Proc {
 
 /// Runs udpreach to completion within `timeout` (killed after it, and the
 /// test fails with what it printed).
-pub fn run(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> CommandOutput {
+pub(crate) fn run(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> CommandOutput {
     lab::run_local(command(args, env), timeout).unwrap_or_else(|t| panic!("{t}"))
 }
 
 /// `udpreach server --listen 127.0.0.1:PORT EXTRA...`, ready to serve
 /// (its control port accepts) when this returns.
-pub fn server(port: u16, extra: &[&str]) -> Running {
+pub(crate) fn server(port: u16, extra: &[&str]) -> Running {
     let listen = format!("127.0.0.1:{port}");
     let mut args = vec!["server", "--listen", listen.as_str()];
     args.extend_from_slice(extra);
@@ -81,10 +81,10 @@ pub fn server(port: u16, extra: &[&str]) -> Running {
 }
 
 /// The engine test kit's seeded random source, for floods and garbage.
-pub use udpreach_engine::testkit::Rng;
+pub(crate) use udpreach_engine::testkit::Rng;
 
 /// Fills `buf` with bytes from `rng`.
-pub fn fill_random(rng: &mut Rng, buf: &mut [u8]) {
+pub(crate) fn fill_random(rng: &mut Rng, buf: &mut [u8]) {
     for b in buf.iter_mut() {
         *b = rng.next_u64() as u8;
     }

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 const ANNOTATIONS: &[&str] = &["$schema", "title", "description", "format", "$defs"];
 
 /// A published schema, by file name (`ping.json`, `ports-lines.json`, ...).
-pub fn load(name: &str) -> Value {
+pub(crate) fn load(name: &str) -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../docs/schema")
         .join(name);
@@ -27,7 +27,7 @@ pub fn load(name: &str) -> Value {
 }
 
 /// Every way `value` breaks `schema` (empty: it is valid).
-pub fn errors(schema: &Value, value: &Value) -> Vec<String> {
+pub(crate) fn errors(schema: &Value, value: &Value) -> Vec<String> {
     let mut errs = Vec::new();
     check(schema, schema, value, "$", &mut errs);
     errs
@@ -35,7 +35,7 @@ pub fn errors(schema: &Value, value: &Value) -> Vec<String> {
 
 /// Panics with every error, the schema's name and the value when `value`
 /// does not match the published schema `name`.
-pub fn assert_valid(name: &str, value: &Value) {
+pub(crate) fn assert_valid(name: &str, value: &Value) {
     let errs = errors(&load(name), value);
     assert!(
         errs.is_empty(),
@@ -45,7 +45,7 @@ pub fn assert_valid(name: &str, value: &Value) {
 }
 
 /// Validates each line of `--json-lines` output against `name`.
-pub fn assert_lines_valid(name: &str, stdout: &str) {
+pub(crate) fn assert_lines_valid(name: &str, stdout: &str) {
     let schema = load(name);
     for line in stdout.lines().filter(|l| !l.trim().is_empty()) {
         let v: Value =

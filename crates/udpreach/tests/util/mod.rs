@@ -2,7 +2,7 @@
 //! client, read its JSON. Keeps each integration test a few lines long.
 #![allow(dead_code)]
 
-pub use crate::lab::CommandOutput;
+pub(crate) use crate::lab::CommandOutput;
 use crate::lab::{udpreach_bin, Host, Proc};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -10,7 +10,7 @@ use std::process::Output;
 use std::time::Duration;
 
 /// Starts `udpreach server` on the host's addresses (IPv4 and IPv6, port 4000) plus loopback.
-pub fn start_server(host: &Host, extra: &[&str]) -> Proc {
+pub(crate) fn start_server(host: &Host, extra: &[&str]) -> Proc {
     let v4 = format!("{}:4000", host.ip4());
     let v6 = format!("[{}]:4000", host.ip6());
     let mut argv: Vec<String> = vec![
@@ -36,7 +36,7 @@ pub fn start_server(host: &Host, extra: &[&str]) -> Proc {
 }
 
 /// A socat UDP echo on `port` (IPv4 and IPv6).
-pub fn socat_echo(host: &Host, port: u16) -> Proc {
+pub(crate) fn socat_echo(host: &Host, port: u16) -> Proc {
     let p = host.spawn([
         "socat",
         "-b",
@@ -54,7 +54,7 @@ pub fn socat_echo(host: &Host, port: u16) -> Proc {
 
 /// Runs the udpreach binary in `host` with a bound on time (the test
 /// fails with what it printed when it runs longer).
-pub fn udpreach(host: &Host, args: &[&str]) -> CommandOutput {
+pub(crate) fn udpreach(host: &Host, args: &[&str]) -> CommandOutput {
     let mut argv = vec![udpreach_bin().display().to_string()];
     argv.extend(args.iter().map(|s| s.to_string()));
     host.run_timeout(&argv, Duration::from_secs(120))
@@ -62,17 +62,17 @@ pub fn udpreach(host: &Host, args: &[&str]) -> CommandOutput {
 }
 
 /// Stdout as text (lossy UTF-8).
-pub fn stdout(o: &Output) -> String {
+pub(crate) fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// Stderr as text (lossy UTF-8).
-pub fn stderr(o: &Output) -> String {
+pub(crate) fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// JSON lines printed by `--json-lines`, parsed.
-pub fn json_lines(o: &Output) -> Vec<Value> {
+pub(crate) fn json_lines(o: &Output) -> Vec<Value> {
     stdout(o)
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -82,7 +82,7 @@ pub fn json_lines(o: &Output) -> Vec<Value> {
 
 /// The summary of a ping: the `summary` of a `--json` document, or the
 /// final `summary` line of `--json-lines`.
-pub fn summary(o: &Output) -> Value {
+pub(crate) fn summary(o: &Output) -> Value {
     if let Ok(doc) = serde_json::from_str::<Value>(&stdout(o)) {
         if doc.get("summary").is_some_and(Value::is_object) {
             return doc["summary"].clone();
@@ -97,43 +97,62 @@ pub fn summary(o: &Output) -> Value {
 
 /// Exit code; -1 when a signal ended the program. To check it, prefer
 /// [`CommandOutput::assert_code`], which prints the command and its output.
-pub fn code(o: &Output) -> i32 {
+pub(crate) fn code(o: &Output) -> i32 {
     o.status.code().unwrap_or(-1)
 }
 
 /// A hand-driven control session (opened from inside `host`), for tests that
 /// need to hold ports or speak the protocol badly on purpose.
-pub struct RawSession {
+pub(crate) struct RawSession {
     pub stream: std::net::TcpStream,
     pub token: u64,
     buf: Vec<u8>,
 }
 
 impl RawSession {
-    pub fn connect(host: &Host, server: std::net::SocketAddr) -> RawSession {
+    /// Connects from `host`, sends the preamble and `frames`, reads the
+    /// server's preamble: a session whose handshake is under way.
+    fn begin(host: &Host, server: std::net::SocketAddr, frames: &[u8]) -> RawSession {
         use std::io::{Read, Write};
-        use udpreach_wire::control::{ControlMsg, PREAMBLE};
-        let mut stream = host.enter(move || std::net::TcpStream::connect(server).expect("connect"));
+        use udpreach_wire::control::PREAMBLE;
+        // `start_server` waits for the UDP port; the TCP listener may come
+        // a moment later on a loaded machine: retry a refused connect (5 s at most).
+        let mut stream = host.enter(move || {
+            for _ in 0..50 {
+                match std::net::TcpStream::connect(server) {
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        std::thread::sleep(Duration::from_millis(100))
+                    }
+                    r => return r.expect("connect"),
+                }
+            }
+            panic!("{server} refused every connection for 5 s")
+        });
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
+        let mut out = PREAMBLE.to_vec();
+        out.extend_from_slice(frames);
+        stream.write_all(&out).expect("hello");
+        let mut pre = [0u8; 8];
+        stream.read_exact(&mut pre).expect("preamble");
+        assert_eq!(&pre, PREAMBLE);
+        RawSession {
+            stream,
+            token: 0,
+            buf: Vec::new(),
+        }
+    }
+
+    pub(crate) fn connect(host: &Host, server: std::net::SocketAddr) -> RawSession {
+        use udpreach_wire::control::ControlMsg;
         let hello = ControlMsg::Hello {
             version: 1,
             capabilities: vec![],
             software: "test".into(),
             nonce: None,
         };
-        let mut out = PREAMBLE.to_vec();
-        out.extend(hello.to_frame());
-        stream.write_all(&out).expect("hello");
-        let mut pre = [0u8; 8];
-        stream.read_exact(&mut pre).expect("preamble");
-        assert_eq!(&pre, PREAMBLE);
-        let mut s = RawSession {
-            stream,
-            token: 0,
-            buf: Vec::new(),
-        };
+        let mut s = RawSession::begin(host, server, &hello.to_frame());
         match s.recv() {
             ControlMsg::Welcome { token, .. } => s.token = token,
             other => panic!("expected welcome, got {other:?}"),
@@ -143,34 +162,20 @@ impl RawSession {
 
     /// An authenticated session (the client's half of the handshake is the
     /// engine's `ClientHandshake`); returns it with the session key.
-    pub fn connect_keyed(
+    pub(crate) fn connect_keyed(
         host: &Host,
         server: std::net::SocketAddr,
         key: &udpreach_wire::auth::SharedKey,
     ) -> (RawSession, udpreach_wire::auth::DerivedKey) {
-        use std::io::{Read, Write};
         use std::time::Instant;
         use udpreach_engine::client_handshake::{ClientHandshake, HandshakeEvent};
         use udpreach_engine::Engine;
-        use udpreach_wire::control::PREAMBLE;
-        let mut stream = host.enter(move || std::net::TcpStream::connect(server).expect("connect"));
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
         let mut hs = ClientHandshake::new(Some(key.clone()), [7; 32], "test".into());
-        let mut out = PREAMBLE.to_vec();
+        let mut frames = Vec::new();
         while let Some(m) = hs.poll_transmit(Instant::now()) {
-            out.extend(m.to_frame());
+            frames.extend(m.to_frame());
         }
-        stream.write_all(&out).expect("hello");
-        let mut pre = [0u8; 8];
-        stream.read_exact(&mut pre).expect("preamble");
-        assert_eq!(&pre, PREAMBLE);
-        let mut s = RawSession {
-            stream,
-            token: 0,
-            buf: Vec::new(),
-        };
+        let mut s = RawSession::begin(host, server, &frames);
         for _ in 0..8 {
             let m = s.recv();
             hs.handle_input(m, Instant::now());
@@ -189,12 +194,12 @@ impl RawSession {
         panic!("no welcome after 8 messages");
     }
 
-    pub fn send(&mut self, msg: &udpreach_wire::control::ControlMsg) {
+    pub(crate) fn send(&mut self, msg: &udpreach_wire::control::ControlMsg) {
         use std::io::Write;
         self.stream.write_all(&msg.to_frame()).expect("send");
     }
 
-    pub fn recv(&mut self) -> udpreach_wire::control::ControlMsg {
+    pub(crate) fn recv(&mut self) -> udpreach_wire::control::ControlMsg {
         use std::io::Read;
         for _ in 0..1000 {
             if let Some((m, used)) = udpreach_wire::control::decode_frame(&self.buf).expect("frame")
@@ -210,7 +215,7 @@ impl RawSession {
         panic!("no complete frame");
     }
 
-    pub fn request(
+    pub(crate) fn request(
         &mut self,
         msg: &udpreach_wire::control::ControlMsg,
     ) -> udpreach_wire::control::ControlMsg {
@@ -220,7 +225,7 @@ impl RawSession {
 }
 
 /// The stamp-suite binary: `STAMP_SUITE`, else on PATH, else cargo's bin dir.
-pub fn stamp_suite() -> PathBuf {
+pub(crate) fn stamp_suite() -> PathBuf {
     if let Some(p) = std::env::var_os("STAMP_SUITE") {
         return PathBuf::from(p);
     }
@@ -244,7 +249,7 @@ pub fn stamp_suite() -> PathBuf {
 }
 
 /// `udpreach server --stamp` on the server's address, port 862.
-pub fn udpreach_reflector(host: &Host, extra: &[&str]) -> Proc {
+pub(crate) fn udpreach_reflector(host: &Host, extra: &[&str]) -> Proc {
     let mut args = vec!["--stamp", "0.0.0.0:862"];
     args.extend_from_slice(extra);
     let p = start_server(host, &args);
@@ -253,7 +258,7 @@ pub fn udpreach_reflector(host: &Host, extra: &[&str]) -> Proc {
 }
 
 /// stamp-suite's reflector on the host's address, UDP `port`.
-pub fn stamp_suite_reflector(host: &Host, port: u16, extra: &[&str]) -> Proc {
+pub(crate) fn stamp_suite_reflector(host: &Host, port: u16, extra: &[&str]) -> Proc {
     let mut argv = vec![
         stamp_suite().display().to_string(),
         "-i".into(),
