@@ -605,6 +605,19 @@ fn a_smaller_next_link_shows_as_the_hop_mtu_both_ways() {
     }
 }
 
+/// Both routers of the chain back to the kernel's ICMP rate limits (the
+/// lab turns them off): one error a second per peer after a burst of six
+/// (IPv6: a quarter second for a /64), 1000 a second in all.
+fn kernel_default_icmp_limits(lab: &Lab) {
+    for r in [lab.r1(), lab.r2()] {
+        r.sysctl("net.ipv4.icmp_ratelimit", "1000");
+        r.sysctl("net.ipv4.icmp_ratemask", "6168");
+        r.sysctl("net.ipv4.icmp_msgs_per_sec", "1000");
+        r.sysctl("net.ipv4.icmp_msgs_burst", "50");
+        r.sysctl("net.ipv6.icmp.ratelimit", "1000");
+    }
+}
+
 /// Both routers back to the kernel's ICMP defaults (one error a second per
 /// peer after a burst of six, IPv6 a quarter second for a /64): r2 drops
 /// 8 of 12 ports. Every drop is placed at r2 (paced to the limiters, path
@@ -616,13 +629,7 @@ fn default_icmp_rate_limits_on_the_routers_place_every_drop() {
         return;
     }
     let lab = Lab::chain();
-    for r in [lab.r1(), lab.r2()] {
-        r.sysctl("net.ipv4.icmp_ratelimit", "1000");
-        r.sysctl("net.ipv4.icmp_ratemask", "6168");
-        r.sysctl("net.ipv4.icmp_msgs_per_sec", "1000");
-        r.sysctl("net.ipv4.icmp_msgs_burst", "50");
-        r.sysctl("net.ipv6.icmp.ratelimit", "1000");
-    }
+    kernel_default_icmp_limits(&lab);
     lab.r2().nft(
         "table inet t {\n chain f { type filter hook forward priority 0; udp dport 5060-5067 drop; }\n}",
     );
@@ -739,12 +746,7 @@ fn default_icmp_rate_limits_on_the_way_back_never_give_a_wrong_hop() {
         return;
     }
     let lab = Lab::chain();
-    for r in [lab.r1(), lab.r2()] {
-        r.sysctl("net.ipv4.icmp_ratelimit", "1000");
-        r.sysctl("net.ipv4.icmp_ratemask", "6168");
-        r.sysctl("net.ipv4.icmp_msgs_per_sec", "1000");
-        r.sysctl("net.ipv4.icmp_msgs_burst", "50");
-    }
+    kernel_default_icmp_limits(&lab);
     lab.r1().nft(
         "table inet t {\n chain f { type filter hook forward priority 0; udp sport 5060-5067 drop; }\n}",
     );

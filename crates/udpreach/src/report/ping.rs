@@ -208,27 +208,17 @@ impl PingReport {
         kind: ReplyKind,
         marks: Option<ReplyMarks>,
     ) {
-        let r = PingReply {
-            seq,
-            local,
-            remote: self.target,
-            bytes,
-            rtt_ms: ms(rtt),
-            ttl,
-            server: stamp.map(|s| ServerView {
-                server_saw: s.seen_from,
-                server_seen_ttl: s.seen_ttl,
-                server_count: s.flow_count,
-                server_processing_us: s.tx_ns.saturating_sub(s.rx_ns) as f64 / 1e3,
-            }),
-            stamp: None,
-            marks,
-        };
-        self.event(match kind {
-            ReplyKind::Reply => PingEvent::Reply(r),
-            ReplyKind::Late => PingEvent::Late(r),
-            ReplyKind::Duplicate => PingEvent::Duplicate(r),
+        let server = stamp.map(|s| ServerView {
+            server_saw: s.seen_from,
+            server_seen_ttl: s.seen_ttl,
+            server_count: s.flow_count,
+            server_processing_us: s.tx_ns.saturating_sub(s.rx_ns) as f64 / 1e3,
         });
+        self.reply_event(
+            kind,
+            |r| PingReply { server, marks, ..r },
+            (local, seq, bytes, rtt, ttl),
+        );
     }
 
     /// A reply to a STAMP test packet, with what the reflector wrote.
@@ -243,7 +233,24 @@ impl PingReport {
         info: StampReplyInfo,
         kind: ReplyKind,
     ) {
-        let r = PingReply {
+        let stamp = Some(info);
+        self.reply_event(
+            kind,
+            |r| PingReply { stamp, ..r },
+            (local, seq, bytes, rtt, ttl),
+        );
+    }
+
+    /// One reply event: what every reply has (`seen`: local address, seq,
+    /// bytes, RTT, TTL), completed by `fill` with what its kind of peer said.
+    fn reply_event(
+        &self,
+        kind: ReplyKind,
+        fill: impl FnOnce(PingReply) -> PingReply,
+        seen: (SocketAddr, u64, usize, Duration, Option<u8>),
+    ) {
+        let (local, seq, bytes, rtt, ttl) = seen;
+        let r = fill(PingReply {
             seq,
             local,
             remote: self.target,
@@ -251,9 +258,9 @@ impl PingReport {
             rtt_ms: ms(rtt),
             ttl,
             server: None,
-            stamp: Some(info),
+            stamp: None,
             marks: None,
-        };
+        });
         self.event(match kind {
             ReplyKind::Reply => PingEvent::Reply(r),
             ReplyKind::Late => PingEvent::Late(r),
