@@ -414,7 +414,15 @@ pub(crate) async fn run(args: PingArgs) -> anyhow::Result<u8> {
         // Replies already read must count before any timeout is judged
         // (after a stall of this task they are queued, not late).
         while let Ok(m) = rx.try_recv() {
-            handle_incoming(&m, target, &builder, &mut session, &report, &mut tx_ids);
+            handle_incoming(
+                &m,
+                target,
+                &builder,
+                &mut session,
+                &report,
+                &mut tx_ids,
+                &mut marks,
+            );
         }
         session.handle_timeout(Instant::now());
         while let Some(ev) = session.poll_event() {
