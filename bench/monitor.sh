@@ -139,5 +139,7 @@ import json, sys
 r = json.load(sys.stdin)["data"]["result"]
 print(round(float(r[0]["value"][1])) if r else "?")'
 }
-echo "  probes in the last ${SECS}s: $(prom_value "sum(count_over_time(probe_success%5B${SECS}s%5D))"), successful: $(prom_value "sum(sum_over_time(probe_success%5B${SECS}s%5D))")"
+# Prometheus's `up` per /probe scrape: how many probes were asked for, and
+# how many blackbox_exporter answered within the 1 s scrape timeout.
+echo "  /probe scrapes in the last ${SECS}s: $(prom_value "sum(count_over_time(up%5B${SECS}s%5D))"), answered in time: $(prom_value "sum(sum_over_time(up%5B${SECS}s%5D))"), probe_success=1: $(prom_value "sum(sum_over_time(probe_success%5B${SECS}s%5D))")"
 stop "$BB"; stop "$PROM"
