@@ -23,8 +23,18 @@ LOAD=$ROOT/target/release/examples/echo_load
 BUDGET=(--reply-budget 10000000 --reply-budget-bytes 1000000000000)
 
 rate() { inc "$LOAD" "$1" "$SENDERS" 32 "$SECS" 44 | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["pps"]))'; }
+# The load generator shares this machine's cores with the reflector, so
+# replies/s also measures how much CPU the generator leaves over; replies
+# per CPU-second of the reflector process is its own cost, whoever loads it.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+measure() { # PID ADDR: "replies/s replies-per-reflector-CPU-second"
+  local t0 r t1
+  t0=$(ticks "$1"); r=$(rate "$2"); t1=$(ticks "$1")
+  python3 -c "import os; t=($t1-$t0)/os.sysconf('SC_CLK_TCK'); print('%12d %14d' % ($r, $r*$SECS/t if t else 0))"
+}
 
-printf '%-40s %8s %12s\n' reflector senders 'replies/s'
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+printf '%-40s %8s %12s %14s\n' reflector senders 'replies/s' 'per CPU-s'
 for mode in stateless stateful; do
   if [ "$mode" = stateless ]; then uflag=(--stamp-stateless); sflag=(); else uflag=(); sflag=(--stateful-reflector); fi
   bg_ins "$BIN" server --listen 198.18.0.2:4000 --stamp 198.18.0.2:862 "${uflag[@]}" "${BUDGET[@]}"
@@ -32,8 +42,8 @@ for mode in stateless stateful; do
   bg_ins "$SS" -i --local-addr 198.18.0.2 --local-port 863 "${sflag[@]}"
   spid=${PIDS[-1]}
   sleep 1
-  printf '%-40s %8s %12s\n' "udpreach server --stamp ($mode)" "$SENDERS" "$(rate 198.18.0.2:862)"
-  printf '%-40s %8s %12s\n' "stamp-suite -i ($mode)" "$SENDERS" "$(rate 198.18.0.2:863)"
+  printf '%-40s %8s %s\n' "udpreach server --stamp ($mode)" "$SENDERS" "$(measure "$upid" 198.18.0.2:862)"
+  printf '%-40s %8s %s\n' "stamp-suite -i ($mode)" "$SENDERS" "$(measure "$spid" 198.18.0.2:863)"
   kill "$upid" "$spid" 2>/dev/null || true
   wait "$upid" "$spid" 2>/dev/null || true
   sleep 0.5
