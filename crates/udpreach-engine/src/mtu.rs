@@ -812,7 +812,16 @@ impl MtuSearch {
             return;
         }
         if self.phase == Phase::Fragments {
-            let result = FragmentResult::from_counts(self.fragment_counts.clone());
+            // A duplicated datagram is one that arrived, not two.
+            let counts = self
+                .fragment_counts
+                .iter()
+                .map(|c| FragmentSize {
+                    arrived: c.arrived.min(c.sent),
+                    ..*c
+                })
+                .collect();
+            let result = FragmentResult::from_counts(counts);
             self.events.push_back(MtuEvent::Fragments(result.clone()));
             self.fragments = Some(result);
             self.phase = Phase::Done;
@@ -1550,6 +1559,8 @@ mod engine_tests {
         quotes_header: bool,
         /// Fragments cross.
         fragments: bool,
+        /// Share of datagrams delivered twice.
+        duplicate: f64,
     }
 
     impl Path {
@@ -1562,6 +1573,7 @@ mod engine_tests {
                 icmp: true,
                 quotes_header: true,
                 fragments: true,
+                duplicate: 0.0,
             }
         }
 
@@ -1570,7 +1582,7 @@ mod engine_tests {
                 delay: self.rtt / 2,
                 jitter: self.jitter,
                 loss: self.loss,
-                duplicate: 0.0,
+                duplicate: self.duplicate,
             }
         }
 
@@ -1801,14 +1813,15 @@ mod engine_tests {
     }
 
     #[test]
-    fn loss_jitter_and_reordering_never_shrink_the_answer() {
-        for rtt_ms in [0.1, 50.0] {
+    fn loss_jitter_duplication_and_reordering_never_shrink_the_answer() {
+        for rtt_ms in RTTS_MS {
             for seed in 1..25 {
                 for icmp in [true, false] {
                     let path = Path {
                         // Jitter far above the gap between sends: reordered.
                         jitter: Duration::from_secs_f64(rtt_ms / 1e3 * 0.2 + 0.002),
                         loss: 0.05,
+                        duplicate: 0.05,
                         icmp,
                         ..Path::new(rtt_ms, 1400)
                     };

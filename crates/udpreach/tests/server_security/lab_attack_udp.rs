@@ -844,3 +844,109 @@ fn mtu_bytes_to_one_address_are_budgeted_across_sessions() {
         "the budget, not the sessions' own caps, set the bound"
     );
 }
+
+/// With a key, the MTU port answers each MTU probe once: a captured probe
+/// replayed (from the client's own address, where the answer would go) gets
+/// no second ack, while every fresh probe of the session is answered. Every
+/// MTU probe carries a sequence number of its own, so the replay window
+/// costs a real search nothing (`lab_mtu` runs whole searches).
+#[test]
+fn a_replayed_keyed_mtu_probe_gets_no_second_ack() {
+    use udpreach_engine::client_handshake::{ClientHandshake, HandshakeEvent};
+    use udpreach_engine::Engine;
+    if !lab::require_root() {
+        return;
+    }
+    let lab = Lab::pair();
+    let secret = b"mtu replay lab secret 0123456789".to_vec();
+    let key_path: PathBuf =
+        std::env::temp_dir().join(format!("udpreach-mtu-replay-key-{}", std::process::id()));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(&key_path, &secret).unwrap();
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let key_arg = key_path.to_str().unwrap().to_string();
+    let _srv = start_server(lab.server(), 4000, &["--key-file", &key_arg]);
+    let shared = SharedKey::new(secret).unwrap();
+    let (fresh, replayed) = lab.client().enter(move || {
+        use std::io::{Read, Write};
+        let server = sa(SERVER4, 4000);
+        let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(5)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut hs = ClientHandshake::new(Some(shared), [7; auth::NONCE_LEN], "lab".into());
+        let mut out = PREAMBLE.to_vec();
+        let mut buf = Vec::new();
+        let mut preamble_read = false;
+        let welcome = loop {
+            while let Some(m) = hs.poll_transmit(Instant::now()) {
+                out.extend(m.to_frame());
+            }
+            s.write_all(&out).unwrap();
+            out.clear();
+            if let Some(ev) = hs.poll_event() {
+                match ev {
+                    HandshakeEvent::Welcome(w) => break w,
+                    HandshakeEvent::Failed(f) => panic!("handshake failed: {f:?}"),
+                }
+            }
+            if !preamble_read {
+                let mut pre = [0u8; 8];
+                s.read_exact(&mut pre).unwrap();
+                assert_eq!(&pre, PREAMBLE);
+                preamble_read = true;
+            }
+            let m = read_msg(&mut s, &mut buf);
+            hs.handle_input(m, Instant::now());
+        };
+        let key = welcome.session_key.expect("a keyed session");
+        s.write_all(&ControlMsg::MtuOpen { port: None }.to_frame())
+            .unwrap();
+        let port = match read_msg(&mut s, &mut buf) {
+            ControlMsg::MtuOpened { port, .. } => port,
+            m => panic!("unexpected {m:?}"),
+        };
+        let probe = |seq: u64| {
+            let mut d = vec![b'm'; 1200];
+            ProbeHeader::request(ProbeKind::MtuProbe, welcome.token, seq)
+                .encode(&mut d)
+                .unwrap();
+            key.seal(&mut d).unwrap();
+            d
+        };
+        let to = sa(SERVER4, port);
+        // One socket for everything: replays come from the client's own
+        // address and port, where an ack would go.
+        let udp = UdpSocket::bind(sa("198.18.0.1", 0)).unwrap();
+        udp.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let acks = |datagrams: Vec<Vec<u8>>| {
+            let mut rx = vec![0u8; 2048];
+            for d in &datagrams {
+                udp.send_to(d, to).unwrap();
+            }
+            let (mut n, end) = (0, Instant::now() + Duration::from_millis(300));
+            while Instant::now() < end {
+                if let Ok((len, from)) = udp.recv_from(&mut rx) {
+                    if from == to && key.verify(&rx[..len]).is_ok() {
+                        n += 1;
+                    }
+                }
+            }
+            n
+        };
+        let captured = probe(1);
+        let first = acks(vec![captured.clone()]);
+        assert_eq!(first, 1, "the probe itself is acknowledged");
+        let replayed = acks(vec![captured; 10]);
+        let fresh = acks((2..12).map(probe).collect());
+        drop(s);
+        (fresh, replayed)
+    });
+    assert_eq!(replayed, 0, "a replayed MTU probe was acknowledged again");
+    assert_eq!(
+        fresh, 10,
+        "fresh probes of the session are all acknowledged"
+    );
+    let _ = std::fs::remove_file(&key_path);
+}
