@@ -835,13 +835,7 @@ pub(crate) async fn sweep_once(
     );
     let mut sweep = Sweep::new(SweepPlan::new(&check.spec), cfg, Instant::now());
     sweep.seed_rtt(ctl.handshake_rtt);
-    let session_key = welcome.session_key.clone();
-    let io = SweepIo {
-        udp: &udp,
-        server,
-        token: welcome.token,
-        key: session_key.as_ref(),
-    };
+    let io = SweepIo::new(&udp, server, &welcome);
     let (ending, _unauthenticated) =
         drive(&mut sweep, &mut ctl, &io, std::future::pending(), |_| {}).await;
     match ending {

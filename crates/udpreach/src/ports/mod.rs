@@ -111,13 +111,7 @@ pub(crate) async fn run(args: PortsArgs) -> anyhow::Result<u8> {
         signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
     let mut sigterm =
         signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
-    let session_key = welcome.session_key.clone();
-    let io = SweepIo {
-        udp: &udp,
-        server,
-        token: welcome.token,
-        key: session_key.as_ref(),
-    };
+    let io = SweepIo::new(&udp, server, &welcome);
     let mut last_bar = Instant::now();
     let stop = async {
         tokio::select! {
@@ -178,6 +172,22 @@ pub(crate) struct SweepIo<'a> {
     pub server: std::net::SocketAddr,
     pub token: u64,
     pub key: Option<&'a DerivedKey>,
+}
+
+impl<'a> SweepIo<'a> {
+    /// The sweep's I/O for the session `welcome` opened with `server`.
+    pub(crate) fn new(
+        udp: &'a AsyncUdp,
+        server: std::net::SocketAddr,
+        welcome: &'a udpreach_engine::client_handshake::Welcome,
+    ) -> Self {
+        SweepIo {
+            udp,
+            server,
+            token: welcome.token,
+            key: welcome.session_key.as_ref(),
+        }
+    }
 }
 
 /// The sweep's driver loop, the one every caller (`ports`, `monitor`) runs:
