@@ -140,8 +140,11 @@ impl TraceProbe {
 
     /// A number unique to this probe within its port's trace (TTL and
     /// attempt), for a replay window: the same probe twice is one arrival.
+    /// `attempt` counts every send of a TTL (retries and canaries too), so
+    /// it runs up to [`MAX_SENDS_PER_TTL`], not [`MAX_ATTEMPTS`]; TTLs
+    /// 1..=[`MAX_HOPS`] then span 1,024 numbers, one replay window.
     pub fn replay_seq(&self) -> u64 {
-        u64::from(self.ttl) * u64::from(MAX_ATTEMPTS + 1) + u64::from(self.attempt)
+        u64::from(self.ttl) * u64::from(MAX_SENDS_PER_TTL) + u64::from(self.attempt)
     }
 
     /// Parses a probe, or the start of one quoted in an ICMP error (at least
@@ -213,7 +216,7 @@ pub fn check_send(ports: usize, max_hops: u8, attempts: u8) -> Result<(), TraceR
 
 /// Most datagrams one `TraceSend` can make the server send.
 pub fn max_datagrams_per_send() -> usize {
-    MAX_PORTS_PER_REQUEST * usize::from(MAX_HOPS) * usize::from(MAX_ATTEMPTS)
+    MAX_PORTS_PER_REQUEST * usize::from(MAX_HOPS) * usize::from(MAX_SENDS_PER_TTL)
 }
 
 #[cfg(test)]
@@ -282,16 +285,20 @@ mod tests {
         assert_eq!(p.to_datagram(None, 10).len(), PROBE_LEN, "never shorter");
         // Quotes are parsed from the probe's start, tag or not.
         assert_eq!(TraceProbe::decode(&keyed[..17]), Some(p));
-        let seqs: std::collections::BTreeSet<u64> = (0..=127u8)
-            .flat_map(|ttl| (0..MAX_ATTEMPTS).map(move |attempt| TraceProbe { ttl, attempt, ..p }))
+        // Every send the engine may make (retries and canaries included).
+        let seqs: std::collections::BTreeSet<u64> = (1..=MAX_HOPS)
+            .flat_map(|ttl| {
+                (0..MAX_SENDS_PER_TTL).map(move |attempt| TraceProbe { ttl, attempt, ..p })
+            })
             .map(|q| q.replay_seq())
             .collect();
         assert_eq!(
             seqs.len(),
-            128 * usize::from(MAX_ATTEMPTS),
+            usize::from(MAX_HOPS) * usize::from(MAX_SENDS_PER_TTL),
             "one number per probe"
         );
-        assert!(*seqs.last().unwrap() < 1024, "within a replay window");
+        let spread = seqs.last().unwrap() - seqs.first().unwrap();
+        assert!(spread < 1024, "within one replay window (1,024)");
     }
 
     #[test]
@@ -301,7 +308,7 @@ mod tests {
         assert_eq!(check_send(1, 65, 2), Err(TraceRequestError::Hops(65)));
         assert_eq!(check_send(1, 30, 4), Err(TraceRequestError::Attempts(4)));
         assert_eq!(check_send(129, 30, 2), Err(TraceRequestError::Ports(129)));
-        assert_eq!(max_datagrams_per_send(), 128 * 64 * 3);
+        assert_eq!(max_datagrams_per_send(), 128 * 64 * 16);
         assert!(check_size(10, 30, 2, 1400).is_ok());
         assert!(
             check_size(128, 64, 3, KEYED_PROBE_LEN).is_ok(),
