@@ -199,6 +199,8 @@ pub(crate) enum PmtuMode {
     /// DF clear: the kernel fragments at the interface (or cached path) MTU,
     /// and IPv4 routers may fragment further.
     AllowFragments,
+    /// The kernel's default for a new socket (path MTU discovery, DF set).
+    KernelDefault,
 }
 
 pub(crate) fn set_pmtu_mode(sock: &impl AsRawFd, v6: bool, mode: PmtuMode) -> io::Result<()> {
@@ -209,6 +211,8 @@ pub(crate) fn set_pmtu_mode(sock: &impl AsRawFd, v6: bool, mode: PmtuMode) -> io
         (PmtuMode::DontFragment, true) => libc::IPV6_PMTUDISC_DO,
         (PmtuMode::Probe, true) => libc::IPV6_PMTUDISC_PROBE,
         (PmtuMode::AllowFragments, true) => libc::IPV6_PMTUDISC_DONT,
+        (PmtuMode::KernelDefault, false) => libc::IP_PMTUDISC_WANT,
+        (PmtuMode::KernelDefault, true) => libc::IPV6_PMTUDISC_WANT,
     };
     let (level, name) = if v6 {
         (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER)

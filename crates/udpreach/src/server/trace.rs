@@ -304,6 +304,9 @@ impl TraceSession {
             if tos.is_some() {
                 let _ = p.sock.set_tos(0);
             }
+            if size.is_some() {
+                let _ = p.sock.set_pmtu_mode(PmtuMode::KernelDefault);
+            }
         }
         let quoted = quoted.finish().await;
         let traces = engine.into_results();
