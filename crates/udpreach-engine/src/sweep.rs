@@ -73,9 +73,19 @@ pub struct SweepConfig {
     /// times as many); small enough that the first probes start early.
     pub control_batch: usize,
     /// Control requests awaiting their answer at once, so probing never
-    /// waits for the server to bind the next window.
+    /// waits for the server to bind the next window. Closes and arrival
+    /// queries may take at most [`CONTROL_SLOTS_PER_KIND`] each of them; the
+    /// rest are the opens'.
     pub control_pipeline: usize,
 }
+
+/// Close requests (and, apart, arrival queries) unanswered at once. Each
+/// takes whatever has piled up since the last one; without this bound a
+/// close of a few ports went out on every turn of the driver, filled the
+/// pipeline, and the opens of the next window waited behind them (seen at
+/// 50 ms: 12 of 12 requests outstanding with a quarter of the window
+/// unasked).
+pub const CONTROL_SLOTS_PER_KIND: usize = 2;
 
 impl Default for SweepConfig {
     fn default() -> Self {
@@ -136,6 +146,8 @@ struct Entry {
     /// A probe is out, awaiting its reply or its timer.
     outstanding: bool,
     probes_sent: u32,
+    /// When the current round's first probe went out.
+    round_started: Option<Instant>,
     /// The first ICMP error a probe to this port drew.
     icmp: Option<IcmpReport>,
 }
@@ -230,6 +242,27 @@ pub struct Progress {
     pub probes_sent: u64,
 }
 
+/// What a [`Sweep`] holds at one moment ([`Sweep::state`]): where a slow
+/// sweep waits (the server's window, the probes in flight, the control
+/// channel) shows here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SweepState {
+    /// Ports asked for or open on the server and not yet closed.
+    pub held: usize,
+    /// Probes awaiting their reply or their timer.
+    pub in_flight: usize,
+    /// Ports with a probe to send, waiting for a slot or a token.
+    pub ready: usize,
+    /// Ports waiting for an arrivals query to go out.
+    pub awaiting_query: usize,
+    /// Decided ports waiting for a close request to go out.
+    pub awaiting_close: usize,
+    /// Control requests sent and not yet answered.
+    pub control_requests: usize,
+    /// The per-probe timeout.
+    pub timeout: Duration,
+}
+
 /// The port sweep against a udpreach server (see the module docs); driven through [`Engine`].
 pub struct Sweep {
     cfg: SweepConfig,
@@ -247,9 +280,24 @@ pub struct Sweep {
     progress: Progress,
     /// The probe rate cap, when there is one.
     pacer: Option<TokenBucket>,
-    /// Control requests sent and not yet answered.
-    control_outstanding: usize,
+    /// Control requests sent and not yet answered, by kind.
+    control_outstanding: ControlOutstanding,
     events: VecDeque<SweepEvent>,
+}
+
+/// Control requests sent and not yet answered. The control channel is
+/// one ordered stream, so each kind's answers come back in the order asked.
+#[derive(Clone, Copy, Debug, Default)]
+struct ControlOutstanding {
+    opens: usize,
+    queries: usize,
+    closes: usize,
+}
+
+impl ControlOutstanding {
+    fn total(&self) -> usize {
+        self.opens + self.queries + self.closes
+    }
 }
 
 /// Burst allowance for a probe rate: 10 ms worth (the timer granularity is
@@ -274,13 +322,14 @@ impl Sweep {
                 held: false,
                 outstanding: false,
                 probes_sent: 0,
+                round_started: None,
                 icmp: None,
             });
         }
         let rto = RtoEstimator::new(cfg.rto_initial, cfg.rto_min, cfg.rto_max);
         let total = plan.ports().len();
         Sweep {
-            control_outstanding: 0,
+            control_outstanding: ControlOutstanding::default(),
             events: VecDeque::new(),
             pacer: cfg
                 .rate
@@ -459,6 +508,9 @@ impl Sweep {
                 sent: sent + 1,
                 last_sent: Some(now),
             };
+            if sent == 0 {
+                e.round_started = Some(now);
+            }
             e.probes_sent += 1;
             e.outstanding = true;
             self.in_flight += 1;
@@ -489,9 +541,16 @@ impl Sweep {
             last_sent: Some(last),
         } = e.state
         {
-            // Only the latest send's time is kept, so only its reply is a clean sample.
+            // The probe names its attempt, so a reply is a clean sample when
+            // its send time is kept: the latest send's, and the round's
+            // first. The first matters: when the timeout is shorter than the
+            // path's RTT (a queue building up), the first probe's reply
+            // arrives after the retransmission, decides the port, and would
+            // otherwise never be counted, so the timeout would never grow.
             if seq == seq_of(round, sent - 1) {
                 rtt = Some(now.saturating_duration_since(last));
+            } else if seq == seq_of(round, 0) {
+                rtt = e.round_started.map(|t| now.saturating_duration_since(t));
             }
         }
         if let Some(r) = rtt {
@@ -607,6 +666,19 @@ impl Sweep {
         self.progress.decided == self.progress.total
     }
 
+    /// What the sweep holds now, for diagnostics (`-vv`).
+    pub fn state(&self) -> SweepState {
+        SweepState {
+            held: self.held,
+            in_flight: self.in_flight,
+            ready: self.ready.len(),
+            awaiting_query: self.to_query.len(),
+            awaiting_close: self.to_close.len(),
+            control_requests: self.control_outstanding.total(),
+            timeout: self.timeout(),
+        }
+    }
+
     /// How far the sweep got.
     pub fn progress(&self) -> &Progress {
         &self.progress
@@ -653,27 +725,39 @@ impl Sweep {
 
     /// The next control request, if the pipeline has room for one: closes
     /// first (they free the server's window), then arrival queries, then
-    /// opens.
+    /// opens. Closes and queries have [`CONTROL_SLOTS_PER_KIND`] slots each
+    /// and carry what piled up meanwhile; the opens have the rest.
     fn poll_control(&mut self) -> Option<SweepTransmit> {
-        if self.control_outstanding >= self.cfg.control_pipeline {
+        let pipeline = self.cfg.control_pipeline.max(1);
+        let busy = self.control_outstanding;
+        if busy.total() >= pipeline {
             return None;
         }
         let batch = self.cfg.control_batch.max(1);
-        let request = Some(self.poll_close(batch * 4))
-            .filter(|p| !p.is_empty())
-            .map(SweepTransmit::Close)
-            .or_else(|| {
-                Some(self.poll_arrival_queries(batch * 4))
-                    .filter(|p| !p.is_empty())
-                    .map(SweepTransmit::QueryArrivals)
-            })
-            .or_else(|| {
-                Some(self.poll_open(batch))
-                    .filter(|p| !p.is_empty())
-                    .map(SweepTransmit::Open)
-            })?;
-        self.control_outstanding += 1;
-        Some(request)
+        if busy.closes < CONTROL_SLOTS_PER_KIND {
+            let ports = self.poll_close(batch * 4);
+            if !ports.is_empty() {
+                self.control_outstanding.closes += 1;
+                return Some(SweepTransmit::Close(ports));
+            }
+        }
+        if busy.queries < CONTROL_SLOTS_PER_KIND {
+            let ports = self.poll_arrival_queries(batch * 4);
+            if !ports.is_empty() {
+                self.control_outstanding.queries += 1;
+                return Some(SweepTransmit::QueryArrivals(ports));
+            }
+        }
+        // The opens keep their share even while closes and queries wait.
+        let open_slots = pipeline.saturating_sub(2 * CONTROL_SLOTS_PER_KIND).max(1);
+        if busy.opens < open_slots {
+            let ports = self.poll_open(batch);
+            if !ports.is_empty() {
+                self.control_outstanding.opens += 1;
+                return Some(SweepTransmit::Open(ports));
+            }
+        }
+        None
     }
 }
 
@@ -687,19 +771,22 @@ impl Engine for Sweep {
             SweepInput::Reply { port, seq } => self.on_reply(port, seq, now),
             SweepInput::Icmp { port, report } => self.on_icmp(port, report),
             SweepInput::Opened(ports) => {
-                self.control_outstanding = self.control_outstanding.saturating_sub(1);
+                let c = &mut self.control_outstanding.opens;
+                *c = c.saturating_sub(1);
                 for (port, status) in ports {
                     self.on_opened(port, status);
                 }
             }
             SweepInput::Arrivals(ports) => {
-                self.control_outstanding = self.control_outstanding.saturating_sub(1);
+                let c = &mut self.control_outstanding.queries;
+                *c = c.saturating_sub(1);
                 for (port, count) in ports {
                     self.on_arrivals(port, count);
                 }
             }
             SweepInput::Closed => {
-                self.control_outstanding = self.control_outstanding.saturating_sub(1);
+                let c = &mut self.control_outstanding.closes;
+                *c = c.saturating_sub(1);
             }
         }
     }
@@ -727,7 +814,7 @@ impl Engine for Sweep {
 
     /// Every port decided, closed on the server, and no request unanswered.
     fn is_done(&self) -> bool {
-        self.all_decided() && self.held == 0 && self.control_outstanding == 0
+        self.all_decided() && self.held == 0 && self.control_outstanding.total() == 0
     }
 }
 
@@ -1204,8 +1291,35 @@ mod at_real_rtts {
         }
     }
 
+    /// On a 0.1 ms link the silent probes of the blocked ports hold their
+    /// in-flight slots for a timeout of at least 30 ms, 300 RTTs: sized
+    /// from the RTT (the 1,024 floor) they took nearly all the slots while
+    /// answered ports waited; sized from the first timeout the sweep is
+    /// faster, every verdict still exact.
+    #[test]
+    fn short_paths_size_in_flight_from_the_timeout() {
+        let p = Path {
+            rtt: Duration::from_micros(100),
+            jitter: Duration::ZERO,
+            loss: 0.02,
+            bind_cost: Duration::from_micros(10),
+        };
+        let sized = sized_for(p.rtt, 4872);
+        assert_eq!(sized.max_in_flight, 3000);
+        let floor = SweepConfig {
+            max_in_flight: crate::sweep_window::MIN_IN_FLIGHT,
+            ..sized.clone()
+        };
+        let (t_sized, wrong) = full_range(&p, sized, 1);
+        assert!(wrong.is_empty(), "wrong verdicts {wrong:?}");
+        let (t_floor, wrong) = full_range(&p, floor, 1);
+        assert!(wrong.is_empty(), "wrong verdicts {wrong:?}");
+        eprintln!("0.1 ms, window 4872: {t_sized:?} (1,024 in flight: {t_floor:?})");
+        assert!(t_sized < t_floor, "{t_sized:?} vs {t_floor:?} with 1,024");
+    }
+
     /// Every window size gives exact verdicts, and a larger window is never
-    /// slower: the sizing uses what the server grants. Prints the times of
+    /// slower (beyond the draws' noise): the sizing uses what the server grants. Prints the times of
     /// the scaling notes (`cargo test -p udpreach-engine windows --
     /// --nocapture`).
     #[test]
@@ -1217,9 +1331,11 @@ mod at_real_rtts {
                 let (t, wrong) = full_range(&p, sized_for(p.rtt, window), 1);
                 eprintln!("{rtt_ms} ms, window {window}: {t:?}, wrong {}", wrong.len());
                 assert!(wrong.is_empty(), "{rtt_ms} ms, window {window}: {wrong:?}");
+                // Within 5 %: another window means other batches, so
+                // other loss and jitter draws for the same ports.
                 if let Some(before) = previous {
                     assert!(
-                        t <= before,
+                        t <= before * 105 / 100,
                         "{rtt_ms} ms: window {window} took {t:?}, a smaller one {before:?}"
                     );
                 }

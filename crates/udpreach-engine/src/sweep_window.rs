@@ -2,14 +2,21 @@
 //! and the server's announced budgets rather than constants tuned on a
 //! 0.1 ms link:
 //!
-//! - **Probes in flight**: the bandwidth-delay product of the probe rate and
-//!   the RTT, never below the figure tuned on a 0.1 ms link and never above
+//! - **Probes in flight**: the probe rate times how long a probe holds its
+//!   slot, never below the figure tuned on a 0.1 ms link and never above
 //!   what the client's receive buffer can hold if every reply in flight
 //!   arrived at once (the protection against the receive-buffer overflow
-//!   that once made reachable ports look `return_blocked`). At 0.1 ms RTT
-//!   the product is tiny and the floor (1,024) applies; at 50 ms and
-//!   100,000 probes/s it is 5,000; at 200 ms 20,000, capped by a 16 MiB
-//!   buffer (32 MiB as the kernel counts it) at 16,384.
+//!   that once made reachable ports look `return_blocked`). A probe that
+//!   draws no reply (a blocked port, a loss) holds its slot until its
+//!   retransmission timer, not for one RTT, so the product is taken over
+//!   the first timeout (RFC 6298 from the measured RTT: 3 x RTT, at least
+//!   the sweep's floor of 30 ms). With the RTT instead, at 0.1 ms the
+//!   product was tiny, the floor of 1,024 applied, and with 10 % of the
+//!   ports blocked the silent probes held most of the slots while thousands
+//!   of ready probes waited (lossy veth, full range: 1,024 of 1,024 taken
+//!   for the whole sweep). At 100,000 probes/s: 3,000 at 0.1 ms, 15,000 at
+//!   50 ms; at 200 ms the 16 MiB buffer (32 MiB as the kernel counts it)
+//!   caps it at 16,384.
 //! - **Ports held open on the server**: all the server announces. A port is
 //!   held from its open request to its verdict: about two RTTs when it
 //!   answers, two rounds of retransmissions (about 16 RTTs) when it is
@@ -19,6 +26,7 @@
 //!   at 200 ms about 10,000 ports/s, whatever the window), plus room for
 //!   the close and arrival requests that share the channel.
 
+use crate::rto::RtoEstimator;
 use crate::sweep::SweepConfig;
 use std::time::Duration;
 
@@ -45,14 +53,26 @@ pub const CONTROL_SLACK: usize = 4;
 /// server binds the first ones while later ones are still on the way.
 const OPENS_PER_WINDOW: usize = 8;
 
-/// Probes in flight for a path with round trip `rtt`, a probe rate `rate`
-/// (`None`: [`ASSUMED_RATE`]) and a receive buffer the kernel reports as
-/// `rcvbuf` bytes.
-pub fn max_in_flight(rtt: Duration, rate: Option<u32>, rcvbuf: usize) -> usize {
+/// Probes in flight for a probe that holds its slot `hold` when no reply
+/// comes (its first retransmission timeout), a probe rate `rate` (`None`:
+/// [`ASSUMED_RATE`]) and a receive buffer the kernel reports as `rcvbuf`
+/// bytes.
+pub fn max_in_flight(hold: Duration, rate: Option<u32>, rcvbuf: usize) -> usize {
     let rate = f64::from(rate.unwrap_or(ASSUMED_RATE).max(1));
-    let bdp = (rate * rtt.as_secs_f64()).ceil() as usize;
+    let product = (rate * hold.as_secs_f64()).ceil() as usize;
     let buffer_cap = (rcvbuf / RCVBUF_BYTES_PER_REPLY).max(MIN_IN_FLIGHT);
-    bdp.clamp(MIN_IN_FLIGHT, buffer_cap)
+    product.clamp(MIN_IN_FLIGHT, buffer_cap)
+}
+
+/// The first retransmission timeout of a sweep configured as `cfg` on a
+/// path with round trip `rtt`: what a silent probe holds its slot for.
+pub fn first_timeout(cfg: &SweepConfig, rtt: Duration) -> Duration {
+    if let Some(fixed) = cfg.fixed_timeout {
+        return fixed;
+    }
+    let mut rto = RtoEstimator::new(cfg.rto_initial, cfg.rto_min, cfg.rto_max);
+    rto.on_sample(rtt);
+    rto.rto()
 }
 
 /// What one sweep learnt about its path and its server before it starts.
@@ -76,7 +96,7 @@ pub fn sized(cfg: SweepConfig, budget: PathBudget) -> SweepConfig {
     SweepConfig {
         max_open,
         rate: budget.rate,
-        max_in_flight: max_in_flight(budget.rtt, budget.rate, budget.rcvbuf),
+        max_in_flight: max_in_flight(first_timeout(&cfg, budget.rtt), budget.rate, budget.rcvbuf),
         control_batch,
         control_pipeline: max_open.div_ceil(control_batch) + CONTROL_SLACK,
         ..cfg
@@ -92,29 +112,36 @@ mod tests {
     const RCVBUF: usize = 32 << 20;
 
     #[test]
-    fn short_paths_keep_the_tuned_floor() {
-        assert_eq!(
-            max_in_flight(Duration::from_micros(100), None, RCVBUF),
-            1024
-        );
-        assert_eq!(max_in_flight(MS(10), Some(1_000), RCVBUF), 1024);
+    fn slow_probe_rates_keep_the_tuned_floor() {
+        assert_eq!(max_in_flight(MS(30), Some(1_000), RCVBUF), 1024);
+        assert_eq!(max_in_flight(MS(150), Some(5_000), RCVBUF), 1024);
     }
 
     #[test]
-    fn long_paths_get_the_bandwidth_delay_product() {
+    fn a_silent_probe_holds_its_slot_for_its_first_timeout() {
+        let cfg = SweepConfig::default();
+        // 0.1 ms: the timeout's floor (30 ms), not the RTT, sets the product.
+        assert_eq!(first_timeout(&cfg, Duration::from_micros(100)), MS(30));
         assert_eq!(max_in_flight(MS(30), Some(100_000), RCVBUF), 3000);
-        assert_eq!(max_in_flight(MS(50), Some(50_000), RCVBUF), 2500);
+        // 50 ms: RFC 6298's first timeout, 3 x RTT.
+        assert_eq!(first_timeout(&cfg, MS(50)), MS(150));
+        assert_eq!(max_in_flight(MS(150), Some(50_000), RCVBUF), 7500);
+        let fixed = SweepConfig {
+            fixed_timeout: Some(MS(400)),
+            ..cfg
+        };
+        assert_eq!(first_timeout(&fixed, MS(50)), MS(400));
     }
 
     #[test]
     fn the_receive_buffer_caps_it() {
         assert_eq!(
-            max_in_flight(MS(200), None, RCVBUF),
+            max_in_flight(MS(600), None, RCVBUF),
             RCVBUF / RCVBUF_BYTES_PER_REPLY
         );
         // A buffer the kernel did not grow (rmem_max, no CAP_NET_ADMIN)
         // still gets the floor it was tuned with.
-        assert_eq!(max_in_flight(MS(200), None, 425_984), MIN_IN_FLIGHT);
+        assert_eq!(max_in_flight(MS(600), None, 425_984), MIN_IN_FLIGHT);
     }
 
     #[test]
@@ -129,7 +156,7 @@ mod tests {
         assert_eq!((c.control_batch, c.control_pipeline), (1024, 16 + 4));
         assert_eq!(
             c.max_in_flight, 16_384,
-            "the BDP (20,000) within the buffer"
+            "60,000 (600 ms of timeout at 100,000/s) within the buffer"
         );
         assert_eq!(c.max_open, 16_384);
         let c = sized(SweepConfig::default(), budget(4872));

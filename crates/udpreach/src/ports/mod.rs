@@ -119,7 +119,20 @@ pub(crate) async fn run(args: PortsArgs) -> anyhow::Result<u8> {
             _ = sigterm.recv() => {}
         }
     };
+    let mut last_state = Instant::now();
     let (ending, unauthenticated_replies) = drive(&mut sweep, &mut ctl, &io, stop, |sweep| {
+        if last_state.elapsed() > Duration::from_millis(250) {
+            last_state = Instant::now();
+            let p = sweep.progress();
+            tracing::debug!(
+                "sweep at {:.2} s: {}/{} decided, {} probes; {:?}",
+                started.elapsed().as_secs_f64(),
+                p.decided,
+                p.total,
+                p.probes_sent,
+                sweep.state()
+            );
+        }
         if let Some(b) = &bar {
             if last_bar.elapsed() > Duration::from_millis(100) {
                 report.update_bar(b, sweep.progress());
