@@ -491,7 +491,7 @@ impl AsyncUdp {
 /// One `sendto`. With `IP_RECVERR` a send first reports, once, the pending
 /// error of an earlier ICMP message (ECONNREFUSED for a closed port...) and
 /// sends nothing; that error is in the queue already, so the send is retried.
-fn send_now(sock: &UdpSocket, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+pub(crate) fn send_now(sock: &UdpSocket, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
     let mut last = None;
     for _ in 0..3 {
         match sock.send_to(buf, to) {

@@ -217,7 +217,13 @@ impl Session {
     fn new(stream: TcpStream, state: Arc<ServerState>, peer: IpAddr) -> Self {
         let now = Instant::now();
         let rate = TokenBucket::new(state.limits.max_probe_rate, now);
-        let ports_ctx = SessionPorts::new(rand::random(), rate, peer, state.budget.clone());
+        let ports_ctx = SessionPorts::new(
+            rand::random(),
+            rate,
+            peer,
+            state.budget.clone(),
+            state.test_ports.clone(),
+        );
         let clock =
             MessageDeadline::new(state.limits.idle_timeout, state.limits.message_timeout, now);
         Session {
@@ -608,6 +614,7 @@ impl Session {
             }
             self.state.release_ports(self.peer, 1);
         }
+        self.ports_ctx.reactor.wake();
         ControlMsg::Opened {
             opened,
             in_use,

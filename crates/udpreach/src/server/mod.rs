@@ -41,6 +41,8 @@ pub(crate) struct ServerState {
     /// A second address of this host for `udpreach nat`'s mapping and
     /// filtering tests (`--alt-address`).
     pub alt_address: Option<IpAddr>,
+    /// The thread serving every session's test ports.
+    pub test_ports: Arc<test_port::PortReactor>,
 }
 
 /// Locks the reply budget; a panic elsewhere leaves only counters behind,
@@ -211,6 +213,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<u8> {
         budget: budget.clone(),
         source_ports: source_ports.clone(),
         alt_address: args.alt_address,
+        test_ports: test_port::PortReactor::start().context("cannot start the test-port thread")?,
     });
     let echo_desc: Vec<String> = echo_socks.iter().map(|(a, _)| a.to_string()).collect();
     let ctl_desc: Vec<String> = control_listeners
