@@ -21,6 +21,14 @@ use udpreach_engine::responder::{Answer, AnswerCounts, EchoPolicy, EchoResponder
 const STATS_EVERY: Duration = Duration::from_secs(60);
 /// Workers per echo address at most (more than the cores only adds contention).
 const MAX_WORKERS: usize = 4;
+/// Receive buffer of each worker's socket. With the default (208 KiB, about
+/// 270 small datagrams) a worker the scheduler kept off the CPU for 30 ms
+/// on a busy machine overflowed it at 10,000 probes/s, and the client
+/// counted the server's own drops as upstream loss (lab: 111
+/// `UdpRcvbufErrors` at the server, reported as 309 lost upstream for the
+/// 200 the link emulator dropped). 4 MiB holds about half a second of that;
+/// beyond `net.core.rmem_max` only with CAP_NET_ADMIN, else best effort.
+const WORKER_RECV_BUFFER: usize = 4 << 20;
 
 /// Binds `addr` for echo: one socket per worker. Fails, like a plain bind,
 /// when anything already holds the address, even another SO_REUSEPORT user.
@@ -45,6 +53,7 @@ pub(super) fn bind_workers(addr: SocketAddr, extra: UdpOptions) -> io::Result<Ve
         .clamp(1, MAX_WORKERS);
     let opts = UdpOptions {
         reuse_port: true,
+        recv_buffer: extra.recv_buffer.or(Some(WORKER_RECV_BUFFER)),
         ..extra
     };
     (0..workers)
