@@ -23,16 +23,8 @@ LOAD=$ROOT/target/release/examples/echo_load
 # measured: lift it, as echo_rate.sh lifts the plain-echo rate.
 BUDGET=(--reply-budget 10000000 --reply-budget-bytes 1000000000000)
 
-rate() { inc "$LOAD" "$1" "$SENDERS" 32 "$SECS" 44 | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["pps"]))'; }
-# The load generator shares this machine's cores with the reflector, so
-# replies/s also measures how much CPU the generator leaves over; replies
-# per CPU-second of the reflector process is its own cost, whoever loads it.
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-measure() { # PID ADDR: "replies/s replies-per-reflector-CPU-second"
-  local t0 r t1
-  t0=$(ticks "$1"); r=$(rate "$2"); t1=$(ticks "$1")
-  python3 -c "import os; t=($t1-$t0)/os.sysconf('SC_CLK_TCK'); print('%12d %14d' % ($r, $r*$SECS/t if t else 0))"
-}
+# replies/s, and replies per CPU-second of the reflector (see rate_per_cpu).
+measure() { rate_per_cpu "$1" "$SECS" inc "$LOAD" "$2" "$SENDERS" 32 "$SECS" 44; }
 
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 [ -n "${BEFORE:-}" ] && echo "before: $BEFORE"
