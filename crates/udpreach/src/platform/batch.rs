@@ -37,6 +37,24 @@ fn empty_msghdr() -> libc::msghdr {
     unsafe { std::mem::zeroed() }
 }
 
+/// [`BATCH`] empty I/O vectors, filled before each call.
+fn empty_iovecs() -> Vec<libc::iovec> {
+    let empty = libc::iovec {
+        iov_base: ptr::null_mut(),
+        iov_len: 0,
+    };
+    vec![empty; BATCH]
+}
+
+/// [`BATCH`] empty message headers, filled before each call.
+fn empty_mmsghdrs() -> Vec<libc::mmsghdr> {
+    let empty = libc::mmsghdr {
+        msg_hdr: empty_msghdr(),
+        msg_len: 0,
+    };
+    vec![empty; BATCH]
+}
+
 /// Receive side: the buffers and headers of one worker, reused for every batch.
 pub(crate) struct RecvBatch {
     data: Vec<u8>,
@@ -55,20 +73,8 @@ impl RecvBatch {
             // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
             names: vec![unsafe { std::mem::zeroed() }; BATCH],
             cmsgs: vec![[0; CMSG_WORDS]; BATCH],
-            iovs: vec![
-                libc::iovec {
-                    iov_base: ptr::null_mut(),
-                    iov_len: 0
-                };
-                BATCH
-            ],
-            hdrs: vec![
-                libc::mmsghdr {
-                    msg_hdr: empty_msghdr(),
-                    msg_len: 0
-                };
-                BATCH
-            ],
+            iovs: empty_iovecs(),
+            hdrs: empty_mmsghdrs(),
             got: Vec::with_capacity(BATCH),
         }
     }
@@ -264,20 +270,8 @@ impl SendBatch {
             names: vec![SockaddrStorage::from(any); BATCH],
             cmsgs: vec![[0; CMSG_WORDS]; BATCH],
             control: vec![0; BATCH],
-            iovs: vec![
-                libc::iovec {
-                    iov_base: ptr::null_mut(),
-                    iov_len: 0
-                };
-                BATCH
-            ],
-            hdrs: vec![
-                libc::mmsghdr {
-                    msg_hdr: empty_msghdr(),
-                    msg_len: 0
-                };
-                BATCH
-            ],
+            iovs: empty_iovecs(),
+            hdrs: empty_mmsghdrs(),
             dests: Vec::with_capacity(BATCH),
         }
     }

@@ -61,6 +61,16 @@ pub(crate) struct RecvMeta {
     pub tos: Option<u8>,
 }
 
+impl RecvMeta {
+    /// The kernel's receive time in nanoseconds since the Unix epoch, or
+    /// `fallback` (a clock read) when the kernel gave none.
+    pub(crate) fn rx_unix_ns_or(&self, fallback: u64) -> u64 {
+        self.kernel_rx
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(fallback, |d| d.as_nanos() as u64)
+    }
+}
+
 /// A raw ICMP (IPv4) or ICMPv6 socket, read through the same `recvmsg`
 /// path as the UDP sockets (`AsyncUdp::recv_any`): `udpreach trace` reads
 /// from it the IP header that routers quote in their errors (the error

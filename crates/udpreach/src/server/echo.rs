@@ -16,7 +16,7 @@ use crate::platform::{self, realtime_ns, UdpOptions};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use udpreach_engine::reply_budget::ReplyBudget;
 use udpreach_engine::responder::{Answer, AnswerCounts, EchoPolicy, EchoResponder, Received};
 
@@ -112,10 +112,7 @@ fn serve(
             let rx_meta = Received {
                 from: meta.from,
                 ttl: meta.ttl,
-                rx_ns: meta
-                    .kernel_rx
-                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                    .map_or(tx_ns, |d| d.as_nanos() as u64),
+                rx_ns: meta.rx_unix_ns_or(tx_ns),
                 tos: meta.tos,
             };
             // Read before the request becomes its reply: the TOS it asks the

@@ -11,7 +11,7 @@ use crate::platform::{realtime_ns, UdpOptions};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use udpreach_engine::reply_budget::ReplyBudget;
 use udpreach_engine::stamp::{ReflectorAnswer, ReflectorPolicy, ReflectorRequest, StampReflector};
 
@@ -83,10 +83,7 @@ fn serve(
                 from: meta.from,
                 ttl: meta.ttl,
                 tos: meta.tos,
-                rx_ns: meta
-                    .kernel_rx
-                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                    .map_or(tx_ns, |d| d.as_nanos() as u64),
+                rx_ns: meta.rx_unix_ns_or(tx_ns),
             };
             match r.respond(data, &req, tx_ns, &mut b, now, out) {
                 Ok(a) => answers.push((i, a)),
