@@ -539,6 +539,50 @@ mod tests {
         }
     }
 
+    /// IPv6: two senders with different traffic classes in one batch; each
+    /// reply goes back to its sender from `::1` with the class asked for it.
+    #[test]
+    fn batch_keeps_each_datagrams_traffic_class_v6() {
+        let server = socket("[::]:0", true);
+        let to = SocketAddr::from((
+            std::net::Ipv6Addr::LOCALHOST,
+            server.local_addr().unwrap().port(),
+        ));
+        let senders = [socket("[::1]:0", true), socket("[::1]:0", true)];
+        for (k, s) in senders.iter().enumerate() {
+            socket2::SockRef::from(s).set_tclass_v6(0x20 << k).unwrap();
+            s.send_to(&[k as u8], to).unwrap();
+        }
+        let mut batch = RecvBatch::new();
+        assert_eq!(batch.recv_now(&server).unwrap(), 2, "one batch");
+        let got: Vec<_> = (0..2).map(|i| batch.get(i)).collect();
+        for (m, d) in &got {
+            let k = usize::from(d[0]);
+            assert_eq!(m.from, senders[k].local_addr().unwrap());
+            assert_eq!(m.tos, Some(0x20 << k));
+            assert_eq!(m.local.map(|l| l.0), Some(to.ip()));
+        }
+        let replies = got.iter().map(|(m, d)| Reply {
+            data: d,
+            to: m.from,
+            local: m.local,
+            tos: Some(0xb8 + d[0]),
+        });
+        assert_eq!(
+            SendBatch::new().send(&server, replies),
+            Sent {
+                sent: 2,
+                dropped: 0
+            }
+        );
+        for (k, s) in senders.iter().enumerate() {
+            let back = drain(s, 1);
+            assert_eq!(back.len(), 1);
+            assert_eq!(back[0].0.from, to);
+            assert_eq!(back[0].0.tos, Some(0xb8 + k as u8));
+        }
+    }
+
     /// More replies than one `sendmmsg` takes, and one the kernel refuses
     /// (to port 0): the others are sent, that one is counted as dropped.
     #[test]
