@@ -50,6 +50,22 @@ build_release() {
   (cd "$ROOT" && cargo build --release -q -p udpreach --bin udpreach --example echo_load)
 }
 
+# CPU time (user + system, clock ticks) a process has used so far.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# PID SECONDS CMD...: runs a closed-loop load command (echo_load, printing
+# JSON with "pps") and prints "replies/s replies-per-CPU-second-of-PID".
+# The load shares this machine's cores with PID, so replies/s also measures
+# how much CPU the load leaves over; per CPU-second of PID is its own cost.
+rate_per_cpu() {
+  local pid=$1 secs=$2 t0 r t1
+  shift 2
+  t0=$(cpu_ticks "$pid")
+  r=$("$@" | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["pps"]))')
+  t1=$(cpu_ticks "$pid")
+  python3 -c "import os; t=($t1-$t0)/os.sysconf('SC_CLK_TCK'); print('%12d %14d' % ($r, $r*$secs/t if t else 0))"
+}
+
 machine() {
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r)"
 }

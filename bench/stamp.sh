@@ -6,6 +6,7 @@
 #  2. sender RTT (median, p99): `udpreach ping --stamp` vs stamp-suite's sender,
 #     both against the same reflector (stamp-suite -i), COUNT packets at 1 ms.
 # Usage: bench/stamp.sh [SECONDS] [SENDERS] [COUNT]   (default 5 s, 4 senders, 2000)
+# BEFORE=/path/to/an/older/udpreach adds its reflector's rows (same run, same load).
 source "$(dirname "$0")/lib.sh"
 need python3
 SECS=${1:-5}
@@ -22,35 +23,37 @@ LOAD=$ROOT/target/release/examples/echo_load
 # measured: lift it, as echo_rate.sh lifts the plain-echo rate.
 BUDGET=(--reply-budget 10000000 --reply-budget-bytes 1000000000000)
 
-rate() { inc "$LOAD" "$1" "$SENDERS" 32 "$SECS" 44 | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["pps"]))'; }
-# The load generator shares this machine's cores with the reflector, so
-# replies/s also measures how much CPU the generator leaves over; replies
-# per CPU-second of the reflector process is its own cost, whoever loads it.
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-measure() { # PID ADDR: "replies/s replies-per-reflector-CPU-second"
-  local t0 r t1
-  t0=$(ticks "$1"); r=$(rate "$2"); t1=$(ticks "$1")
-  python3 -c "import os; t=($t1-$t0)/os.sysconf('SC_CLK_TCK'); print('%12d %14d' % ($r, $r*$SECS/t if t else 0))"
-}
+# replies/s, and replies per CPU-second of the reflector (see rate_per_cpu).
+measure() { rate_per_cpu "$1" "$SECS" inc "$LOAD" "$2" "$SENDERS" 32 "$SECS" 44; }
 
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+[ -n "${BEFORE:-}" ] && echo "before: $BEFORE"
 printf '%-40s %8s %12s %14s\n' reflector senders 'replies/s' 'per CPU-s'
 for mode in stateless stateful; do
   if [ "$mode" = stateless ]; then uflag=(--stamp-stateless); sflag=(); else uflag=(); sflag=(--stateful-reflector); fi
-  bg_ins "$BIN" server --listen 198.18.0.2:4000 --stamp 198.18.0.2:862 "${uflag[@]}" "${BUDGET[@]}"
-  upid=${PIDS[-1]}
-  bg_ins "$SS" -i --local-addr 198.18.0.2 --local-port 863 "${sflag[@]}"
+  # BEFORE=/path/to/old/udpreach: its reflector too, on port 864, same run.
+  bins=("$BIN"); [ -n "${BEFORE:-}" ] && bins+=("$BEFORE")
+  for b in "${bins[@]}"; do
+    if [ "$b" = "$BIN" ]; then name="udpreach server --stamp ($mode)"; port=862; else name="  BEFORE ($mode)"; port=864; fi
+    bg_ins "$b" server --listen 198.18.0.2:$((port + 3000)) --stamp 198.18.0.2:$port "${uflag[@]}" "${BUDGET[@]}" >/dev/null
+    upid=${PIDS[-1]}
+    sleep 1
+    printf '%-40s %8s %s\n' "$name" "$SENDERS" "$(measure "$upid" 198.18.0.2:$port)"
+    kill "$upid" 2>/dev/null || true
+    wait "$upid" 2>/dev/null || true
+  done
+  bg_ins "$SS" -i --local-addr 198.18.0.2 --local-port 863 "${sflag[@]}" >/dev/null
   spid=${PIDS[-1]}
   sleep 1
-  printf '%-40s %8s %s\n' "udpreach server --stamp ($mode)" "$SENDERS" "$(measure "$upid" 198.18.0.2:862)"
   printf '%-40s %8s %s\n' "stamp-suite -i ($mode)" "$SENDERS" "$(measure "$spid" 198.18.0.2:863)"
-  kill "$upid" "$spid" 2>/dev/null || true
-  wait "$upid" "$spid" 2>/dev/null || true
+  kill "$spid" 2>/dev/null || true
+  wait "$spid" 2>/dev/null || true
   sleep 0.5
 done
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 echo
-bg_ins "$SS" -i --local-addr 198.18.0.2 --local-port 863
+bg_ins "$SS" -i --local-addr 198.18.0.2 --local-port 863 >/dev/null
 sleep 1
 printf '%-44s %10s %10s\n' "sender (reflector: stamp-suite -i)" 'p50 ms' 'p99 ms'
 inc "$BIN" ping --stamp 198.18.0.2:863 -c "$COUNT" -i 1ms -q --json | python3 -c '

@@ -6,12 +6,13 @@
 //! `IP_MTU_DISCOVER` and `IP_MTU` are used through libc because neither
 //! crate exposes them (the only `unsafe` in the project).
 
+pub(crate) mod batch;
 pub(crate) mod errqueue;
 
 use errqueue::{ErrQueueEntry, PmtuMode, QueuedError, TxTimestamp};
 use nix::sys::socket::{self as nsock, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage};
 use socket2::{Domain, Protocol, Socket, Type};
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -58,6 +59,16 @@ pub(crate) struct RecvMeta {
     /// The TOS byte / traffic class it arrived with (DSCP and ECN), on
     /// sockets opened with `UdpOptions::recv_tos`.
     pub tos: Option<u8>,
+}
+
+impl RecvMeta {
+    /// The kernel's receive time in nanoseconds since the Unix epoch, or
+    /// `fallback` (a clock read) when the kernel gave none.
+    pub(crate) fn rx_unix_ns_or(&self, fallback: u64) -> u64 {
+        self.kernel_rx
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(fallback, |d| d.as_nanos() as u64)
+    }
 }
 
 /// A raw ICMP (IPv4) or ICMPv6 socket, read through the same `recvmsg`
@@ -119,7 +130,7 @@ pub(crate) fn udp_socket(bind: SocketAddr, opts: &UdpOptions) -> io::Result<UdpS
     let _ = nsock::setsockopt(&sock, sockopt::ReceiveTimestampns, &true);
     if bind.ip().is_unspecified() {
         // Which of the host's addresses a datagram was sent to, so that the
-        // answer leaves from that address (see `send_from_with_tos`).
+        // answer leaves from that address (see `batch::Reply::local`).
         if v6 {
             nsock::setsockopt(&sock, sockopt::Ipv6RecvPacketInfo, &true)?;
         } else {
@@ -180,11 +191,6 @@ pub(crate) fn recv_meta(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<RecvMeta
     recvmsg_meta(sock, buf, MsgFlags::MSG_DONTWAIT)
 }
 
-/// One `recvmsg` that waits (on a socket set to blocking), for worker threads.
-pub(crate) fn recv_meta_wait(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<RecvMeta> {
-    recvmsg_meta(sock, buf, MsgFlags::empty())
-}
-
 fn recvmsg_meta(sock: &UdpSocket, buf: &mut [u8], flags: MsgFlags) -> io::Result<RecvMeta> {
     let mut cmsg = nix::cmsg_space!(
         libc::c_int,
@@ -241,74 +247,32 @@ fn recvmsg_meta(sock: &UdpSocket, buf: &mut [u8], flags: MsgFlags) -> io::Result
     Ok(meta)
 }
 
-/// Sends `buf` to `to` from `local` (an address and interface index from
-/// [`RecvMeta::local`]): on a socket bound to a wildcard address, the answer
-/// then leaves from the address the request was sent to, not from the
-/// address the route would pick (hosts with several addresses, VIPs,
-/// `127.0.0.2`). With `tos`, this datagram's TOS byte / traffic class (DSCP
-/// and ECN) is set by a control message, whatever the socket's own setting.
-/// Without either, a plain `sendto`.
-pub(crate) fn send_from_with_tos(
-    sock: &UdpSocket,
-    buf: &[u8],
-    to: SocketAddr,
-    local: Option<(IpAddr, u32)>,
-    tos: Option<u8>,
-) -> io::Result<usize> {
-    let tclass = tos.map(i32::from);
-    let iov = [IoSlice::new(buf)];
-    let fd = sock.as_fd().as_raw_fd();
-    let mut cmsgs: Vec<nsock::ControlMessage<'_>> = Vec::with_capacity(2);
-    let pi4;
-    let pi6;
-    let result = match to {
-        SocketAddr::V4(dst) => {
-            if let Some((IpAddr::V4(ip), _)) = local {
-                pi4 = libc::in_pktinfo {
-                    // 0: route as usual, only the source address is fixed.
-                    ipi_ifindex: 0,
-                    ipi_spec_dst: libc::in_addr {
-                        s_addr: u32::from_ne_bytes(ip.octets()),
-                    },
-                    ipi_addr: libc::in_addr { s_addr: 0 },
-                };
-                cmsgs.push(nsock::ControlMessage::Ipv4PacketInfo(&pi4));
-            }
-            if let Some(t) = &tos {
-                cmsgs.push(nsock::ControlMessage::Ipv4Tos(t));
-            }
-            if cmsgs.is_empty() {
-                return sock.send_to(buf, to);
-            }
-            let dst = nsock::SockaddrIn::from(dst);
-            nsock::sendmsg(fd, &iov, &cmsgs, MsgFlags::empty(), Some(&dst))
-        }
-        SocketAddr::V6(dst) => {
-            if let Some((IpAddr::V6(ip), ifindex)) = local {
-                pi6 = libc::in6_pktinfo {
-                    ipi6_addr: libc::in6_addr {
-                        s6_addr: ip.octets(),
-                    },
-                    // Link-local sources need their interface; others route as usual.
-                    ipi6_ifindex: if ip.segments()[0] & 0xffc0 == 0xfe80 {
-                        ifindex
-                    } else {
-                        0
-                    },
-                };
-                cmsgs.push(nsock::ControlMessage::Ipv6PacketInfo(&pi6));
-            }
-            if let Some(t) = &tclass {
-                cmsgs.push(nsock::ControlMessage::Ipv6TClass(t));
-            }
-            if cmsgs.is_empty() {
-                return sock.send_to(buf, to);
-            }
-            let dst = nsock::SockaddrIn6::from(dst);
-            nsock::sendmsg(fd, &iov, &cmsgs, MsgFlags::empty(), Some(&dst))
-        }
-    };
-    result.map_err(io::Error::from)
+/// The `IP_PKTINFO` that makes a datagram leave from `ip`.
+fn pktinfo_v4(ip: std::net::Ipv4Addr) -> libc::in_pktinfo {
+    libc::in_pktinfo {
+        // 0: route as usual, only the source address is fixed.
+        ipi_ifindex: 0,
+        ipi_spec_dst: libc::in_addr {
+            s_addr: u32::from_ne_bytes(ip.octets()),
+        },
+        ipi_addr: libc::in_addr { s_addr: 0 },
+    }
+}
+
+/// The `IPV6_PKTINFO` that makes a datagram leave from `ip` (on interface
+/// `ifindex` if `ip` is link-local).
+fn pktinfo_v6(ip: std::net::Ipv6Addr, ifindex: u32) -> libc::in6_pktinfo {
+    libc::in6_pktinfo {
+        ipi6_addr: libc::in6_addr {
+            s6_addr: ip.octets(),
+        },
+        // Link-local sources need their interface; others route as usual.
+        ipi6_ifindex: if ip.segments()[0] & 0xffc0 == 0xfe80 {
+            ifindex
+        } else {
+            0
+        },
+    }
 }
 
 /// What a socket with `recv_errors` delivered: a datagram or a queued error.

@@ -5,15 +5,18 @@
 //!
 //! Echo is the server's hot path, so it runs on plain threads with blocking
 //! sockets (no readiness round trip per datagram), one per core, each on its
-//! own SO_REUSEPORT socket; the kernel keeps a flow on one socket. They share
+//! own SO_REUSEPORT socket; the kernel keeps a flow on one socket. Each
+//! system call moves a batch: one `recvmmsg` takes what is queued, one
+//! `sendmmsg` sends the replies. They share
 //! one responder so per-flow counters and rate limits stay whole.
 
 use super::lock_budget;
+use crate::platform::batch::{RecvBatch, Reply, SendBatch, BATCH};
 use crate::platform::{self, realtime_ns, UdpOptions};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use udpreach_engine::reply_budget::ReplyBudget;
 use udpreach_engine::responder::{Answer, AnswerCounts, EchoPolicy, EchoResponder, Received};
 
@@ -89,52 +92,64 @@ fn serve(
     responder: &Mutex<EchoResponder>,
     budget: &Mutex<ReplyBudget>,
 ) {
-    let mut buf = vec![0u8; 65536];
+    let mut rx = RecvBatch::new();
+    let mut tx = SendBatch::new();
+    // Per answered datagram of a batch: its index, reply length and TOS mark.
+    let mut answers: Vec<(usize, usize, Option<u8>)> = Vec::with_capacity(BATCH);
     let mut next_stats = Instant::now() + STATS_EVERY;
     loop {
-        let meta = match platform::recv_meta_wait(&sock, &mut buf) {
-            Ok(m) => m,
+        let n = match rx.recv_wait(&sock) {
+            Ok(n) => n,
             Err(e) => {
                 // ICMP errors from earlier sends (ECONNREFUSED...) and the like: not fatal.
                 tracing::debug!("echo recv: {e}");
                 continue;
             }
         };
-        let rx = Received {
-            from: meta.from,
-            ttl: meta.ttl,
-            rx_ns: meta
-                .kernel_rx
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map_or_else(realtime_ns, |d| d.as_nanos() as u64),
-            tos: meta.tos,
-        };
+        // Clocks once per batch (each datagram keeps its kernel receive time).
         let now = Instant::now();
-        let data = &mut buf[..meta.len];
-        // Read before the request becomes its reply: the TOS it asks the
-        // reply to carry. Only this reply, to the asking address, is marked.
-        let mark = udpreach_wire::probe::reply_tos_asked(data);
+        let tx_ns = realtime_ns();
+        answers.clear();
         // A poisoned lock means a panic elsewhere; the responder's state is
         // counters and limiters, still safe to use.
-        // Lock order: responder, then budget (the budget is always innermost).
+        // Lock order: responder, then budget (the budget is always innermost);
+        // both once per batch.
         let mut r = responder.lock().unwrap_or_else(|p| p.into_inner());
-        let answer = r.respond(data, &rx, realtime_ns(), &mut lock_budget(budget), now);
-        let stats = (now >= next_stats).then(|| (r.counts.take(), r.flow_count()));
-        drop(r);
-        match answer {
-            Answer::Reply { len } => {
-                // From the address the request was sent to (IP_PKTINFO).
-                let reply = &data[..len];
-                if let Err(e) =
-                    platform::send_from_with_tos(&sock, reply, meta.from, meta.local, mark)
-                {
-                    tracing::debug!("echo send to {}: {e}", meta.from);
+        let mut b = lock_budget(budget);
+        for i in 0..n {
+            let (meta, data) = rx.get_mut(i);
+            let rx_meta = Received {
+                from: meta.from,
+                ttl: meta.ttl,
+                rx_ns: meta.rx_unix_ns_or(tx_ns),
+                tos: meta.tos,
+            };
+            // Read before the request becomes its reply: the TOS it asks the
+            // reply to carry. Only this reply, to the asking address, is marked.
+            let mark = udpreach_wire::probe::reply_tos_asked(data);
+            match r.respond(data, &rx_meta, tx_ns, &mut b, now) {
+                Answer::Reply { len } => answers.push((i, len, mark)),
+                Answer::Drop(reason) => {
+                    tracing::trace!(from = %meta.from, len = meta.len, ?reason, "echo: dropped");
                 }
             }
-            Answer::Drop(reason) => {
-                tracing::trace!(from = %meta.from, len = meta.len, ?reason, "echo: dropped");
-            }
         }
+        drop(b);
+        let stats = (now >= next_stats).then(|| (r.counts.take(), r.flow_count()));
+        drop(r);
+        // From the address each request was sent to (IP_PKTINFO).
+        tx.send(
+            &sock,
+            answers.iter().map(|&(i, len, mark)| {
+                let (meta, data) = rx.get(i);
+                Reply {
+                    data: &data[..len],
+                    to: meta.from,
+                    local: meta.local,
+                    tos: mark,
+                }
+            }),
+        );
         if let Some((counts, flows)) = stats {
             next_stats = now + STATS_EVERY;
             log_counts(local, &counts, flows);
