@@ -275,7 +275,14 @@ pub(crate) async fn drive(
             _ = &mut stop => break Ending::Interrupted,
             msg = ctl.recv() => match msg {
                 Ok(m) => match control_answer(ctl, m) {
-                    Ok(input) => sweep.handle_input(input, Instant::now()),
+                    Ok(input) => {
+                        // The server answers for what it read, and sent the
+                        // replies to it first: take those replies before
+                        // the answer, so an arrivals count never finds its
+                        // port's reply still queued here.
+                        unauthenticated_replies += drain_replies(io.udp, &mut rbuf, sweep, &accept);
+                        sweep.handle_input(input, Instant::now())
+                    }
                     Err(e) => break Ending::ControlLost(e.to_string()),
                 },
                 Err(e) => break Ending::ControlLost(e.to_string()),

@@ -388,10 +388,9 @@ impl Session {
                 }
                 ControlMsg::Open { ports } => self.open(local_ip, ports),
                 ControlMsg::Arrivals { ports } => {
-                    let counts = ports
-                        .iter()
-                        .map(|p| self.ports.get(p).map_or(0, TestPort::count))
-                        .collect();
+                    let asked: Vec<Option<&TestPort>> =
+                        ports.iter().map(|p| self.ports.get(p)).collect();
+                    let counts = TestPort::arrivals(&asked).await;
                     ControlMsg::ArrivalCounts { ports, counts }
                 }
                 ControlMsg::Close { ports } => {

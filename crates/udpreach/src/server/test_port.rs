@@ -129,17 +129,38 @@ impl TestPort {
             }
         }
         for (reactor, ids) in by_reactor {
-            let (done, closed) = tokio::sync::oneshot::channel();
+            let (done, handed_back) = tokio::sync::oneshot::channel();
             if reactor.remove(ids, Some(done)) {
-                // The reactor answers once the sockets are closed; if its
-                // thread is gone, so are they.
-                let _ = closed.await;
+                // The reactor hands the sockets back out of its epoll set
+                // and they close here: closing costs more than the rest of
+                // a port's life in the reactor, which serves every session.
+                // If its thread is gone, so are they.
+                drop(handed_back.await);
             }
         }
     }
 
-    pub(super) fn count(&self) -> u32 {
-        self.arrivals.load(Ordering::Relaxed)
+    /// How many probes reached each port (0 for `None`: not open), counted
+    /// after the reactor has read every datagram already waiting in their
+    /// sockets. The count must not lag the kernel: a reactor that fell
+    /// behind a burst would otherwise report probes that arrived as
+    /// missing, and the client would call a reachable port blocked (seen
+    /// with 16 clients sweeping one server at once).
+    pub(super) async fn arrivals(ports: &[Option<&TestPort>]) -> Vec<u32> {
+        let ids: Vec<u64> = ports.iter().flatten().map(|p| p.id).collect();
+        let Some(reactor) = ports.iter().flatten().next().map(|p| &p.reactor) else {
+            return vec![0; ports.len()];
+        };
+        let (done, counted) = tokio::sync::oneshot::channel();
+        // Without the reactor (its thread gone) the counts are as last read.
+        if reactor.send(Command::Drain(ids, done)) {
+            reactor.wake();
+            let _ = counted.await;
+        }
+        ports
+            .iter()
+            .map(|p| p.map_or(0, |p| p.arrivals.load(Ordering::Relaxed)))
+            .collect()
     }
 }
 
@@ -163,9 +184,20 @@ struct ServedPort {
 
 enum Command {
     Add(u64, Box<ServedPort>),
-    /// Close these ports, then answer (if asked).
-    Remove(Vec<u64>, Option<tokio::sync::oneshot::Sender<()>>),
+    /// Take these ports out of the epoll set and hand their sockets back to
+    /// be closed (or, with no one to hand them to, close them).
+    Remove(
+        Vec<u64>,
+        Option<tokio::sync::oneshot::Sender<Vec<UdpSocket>>>,
+    ),
+    /// Read what is waiting in these ports' sockets, then answer.
+    Drain(Vec<u64>, tokio::sync::oneshot::Sender<()>),
 }
+
+/// Datagrams one port's socket is read for at most by a [`Command::Drain`]:
+/// its probes (a few per round) and anything else that queued; the rest,
+/// from a flood, waits for the loop like any other datagram.
+const DRAIN_PER_PORT: usize = 64;
 
 /// The thread serving every test port (module docs). Commands go through a
 /// channel; an eventfd in the epoll set wakes the thread to read them.
@@ -216,7 +248,11 @@ impl PortReactor {
         }
     }
 
-    fn remove(&self, ids: Vec<u64>, done: Option<tokio::sync::oneshot::Sender<()>>) -> bool {
+    fn remove(
+        &self,
+        ids: Vec<u64>,
+        done: Option<tokio::sync::oneshot::Sender<Vec<UdpSocket>>>,
+    ) -> bool {
         let sent = self.send(Command::Remove(ids, done));
         self.wake();
         sent
@@ -251,14 +287,34 @@ fn serve(epoll: &Epoll, reactor: &PortReactor, commands: &mpsc::Receiver<Command
                         Err(e) => tracing::warn!("test port not served: {e}"),
                     }
                 }
-                Command::Remove(ids, done) => {
+                Command::Drain(ids, done) => {
+                    for id in ids {
+                        if let Some(port) = ports.get_mut(&id) {
+                            for _ in 0..DRAIN_PER_PORT {
+                                if !port.receive_one(&mut buf) {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    let _ = done.send(());
+                }
+                Command::Remove(ids, None) => {
                     for id in ids {
                         // Closing the socket takes it out of the epoll set.
                         ports.remove(&id);
                     }
-                    if let Some(done) = done {
-                        let _ = done.send(());
+                }
+                Command::Remove(ids, Some(done)) => {
+                    let mut socks = Vec::with_capacity(ids.len());
+                    for id in ids {
+                        if let Some(port) = ports.remove(&id) {
+                            let _ = epoll.delete(&port.sock);
+                            socks.push(port.sock);
+                        }
                     }
+                    // If the asker is gone the sockets close here.
+                    let _ = done.send(socks);
                 }
             }
         }
@@ -287,11 +343,11 @@ fn serve(epoll: &Epoll, reactor: &PortReactor, commands: &mpsc::Receiver<Command
 
 impl ServedPort {
     /// Reads and answers one datagram (level-triggered: the next one, if
-    /// any, makes the socket ready again).
-    fn receive_one(&mut self, buf: &mut [u8]) {
+    /// any, makes the socket ready again); false when none was waiting.
+    fn receive_one(&mut self, buf: &mut [u8]) -> bool {
         let meta = match platform::recv_meta(&self.sock, buf) {
             Ok(m) => m,
-            Err(_) => return,
+            Err(e) => return e.kind() != io::ErrorKind::WouldBlock,
         };
         let data = &mut buf[..meta.len];
         let rx = Received {
@@ -324,5 +380,6 @@ impl ServedPort {
                 tracing::trace!(from = %meta.from, ?reason, "test port: dropped");
             }
         }
+        true
     }
 }
