@@ -247,7 +247,7 @@ impl Session {
             self.state.release_ports(self.peer, t.len());
         }
         let n = self.ports.len();
-        TestPort::close_all(self.ports.drain().map(|(_, p)| p)).await;
+        TestPort::close_all(self.ports.drain().map(|(_, p)| p));
         self.state.release_ports(self.peer, n);
         if n > 0 {
             crate::platform::release_free_memory();
@@ -390,14 +390,14 @@ impl Session {
                 ControlMsg::Arrivals { ports } => {
                     let asked: Vec<Option<&TestPort>> =
                         ports.iter().map(|p| self.ports.get(p)).collect();
-                    let counts = TestPort::arrivals(&asked).await;
+                    let counts = TestPort::arrivals(&asked);
                     ControlMsg::ArrivalCounts { ports, counts }
                 }
                 ControlMsg::Close { ports } => {
                     let closing: Vec<TestPort> =
                         ports.iter().filter_map(|p| self.ports.remove(p)).collect();
                     let n = closing.len();
-                    TestPort::close_all(closing).await;
+                    TestPort::close_all(closing);
                     self.state.release_ports(self.peer, n);
                     ControlMsg::Closed { count: n as u32 }
                 }

@@ -24,9 +24,9 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 use udpreach_engine::rate::TokenBucket;
 use udpreach_engine::reply_budget::ReplyBudget;
@@ -38,11 +38,11 @@ use udpreach_wire::auth::DerivedKey;
 const RECV_BUFFER: usize = 2048;
 
 pub(super) struct TestPort {
-    pub arrivals: Arc<AtomicU32>,
+    port: Arc<Mutex<ServedPort>>,
     id: u64,
     reactor: Arc<PortReactor>,
-    /// Handed back to the reactor for closing (by `close_all`).
-    closed: bool,
+    /// Tell the reactor when dropped (`close_all` tells it once per batch).
+    forget_on_drop: bool,
 }
 
 /// Why a port could not be opened.
@@ -89,7 +89,8 @@ impl SessionPorts {
 impl TestPort {
     /// Binds `addr` and hands the socket to the reactor. The reactor takes
     /// it at its next wake-up: call [`PortReactor::wake`] after a batch of
-    /// opens (datagrams that arrive meanwhile wait in the socket).
+    /// opens (datagrams that arrive meanwhile wait in the socket, and an
+    /// arrivals query reads them anyway).
     pub(super) fn open(addr: SocketAddr, session: &SessionPorts) -> Result<TestPort, OpenError> {
         let sock =
             platform::udp_socket(addr, &UdpOptions::default()).map_err(|e| match e.kind() {
@@ -97,107 +98,106 @@ impl TestPort {
                 io::ErrorKind::PermissionDenied => OpenError::Denied,
                 _ => OpenError::Failed(e),
             })?;
-        let arrivals = Arc::new(AtomicU32::new(0));
-        let port = ServedPort {
-            sock,
+        let port = Arc::new(Mutex::new(ServedPort {
+            sock: Some(sock),
             responder: PortResponder::new(session.token, session.key.clone(), session.client),
             session: session.clone(),
-            arrivals: arrivals.clone(),
-        };
+            arrivals: 0,
+        }));
         let reactor = session.reactor.clone();
-        let id = reactor.add(port).map_err(OpenError::Failed)?;
+        let id = reactor.add(port.clone()).map_err(OpenError::Failed)?;
         Ok(TestPort {
-            arrivals,
+            port,
             id,
             reactor,
-            closed: false,
+            forget_on_drop: true,
         })
     }
 
-    /// Closes the ports; when this returns their sockets are closed. One
-    /// request to the reactor for the whole batch.
-    pub(super) async fn close_all(ports: impl IntoIterator<Item = TestPort>) {
-        let mut by_reactor: Vec<(Arc<PortReactor>, Vec<u64>)> = Vec::new();
+    /// Closes the ports: when this returns their sockets are closed (which
+    /// takes them out of the reactor's epoll set); the reactor forgets them
+    /// at its next wake-up. Nothing here waits for the reactor, which
+    /// serves every session and may be busy.
+    pub(super) fn close_all(ports: impl IntoIterator<Item = TestPort>) {
+        let mut forget: Vec<(Arc<PortReactor>, Vec<u64>)> = Vec::new();
         for mut p in ports {
-            p.closed = true;
-            match by_reactor
-                .iter_mut()
-                .find(|(r, _)| Arc::ptr_eq(r, &p.reactor))
-            {
+            p.close_socket();
+            p.forget_on_drop = false;
+            match forget.iter_mut().find(|(r, _)| Arc::ptr_eq(r, &p.reactor)) {
                 Some((_, ids)) => ids.push(p.id),
-                None => by_reactor.push((p.reactor.clone(), vec![p.id])),
+                None => forget.push((p.reactor.clone(), vec![p.id])),
             }
         }
-        for (reactor, ids) in by_reactor {
-            let (done, handed_back) = tokio::sync::oneshot::channel();
-            if reactor.remove(ids, Some(done)) {
-                // The reactor hands the sockets back out of its epoll set
-                // and they close here: closing costs more than the rest of
-                // a port's life in the reactor, which serves every session.
-                // If its thread is gone, so are they.
-                drop(handed_back.await);
-            }
+        for (reactor, ids) in forget {
+            reactor.forget(ids);
         }
     }
 
     /// How many probes reached each port (0 for `None`: not open), counted
-    /// after the reactor has read every datagram already waiting in their
-    /// sockets. The count must not lag the kernel: a reactor that fell
+    /// after reading every datagram already waiting in their sockets, here
+    /// on the control thread. The count must not lag the kernel: a reactor
     /// behind a burst would otherwise report probes that arrived as
     /// missing, and the client would call a reachable port blocked (seen
-    /// with 16 clients sweeping one server at once).
-    pub(super) async fn arrivals(ports: &[Option<&TestPort>]) -> Vec<u32> {
-        let ids: Vec<u64> = ports.iter().flatten().map(|p| p.id).collect();
-        let Some(reactor) = ports.iter().flatten().next().map(|p| &p.reactor) else {
-            return vec![0; ports.len()];
-        };
-        let (done, counted) = tokio::sync::oneshot::channel();
-        // Without the reactor (its thread gone) the counts are as last read.
-        if reactor.send(Command::Drain(ids, done)) {
-            reactor.wake();
-            let _ = counted.await;
-        }
+    /// with 16 clients sweeping one server at once: 35,474 wrong verdicts).
+    pub(super) fn arrivals(ports: &[Option<&TestPort>]) -> Vec<u32> {
+        let mut buf = vec![0u8; RECV_BUFFER];
         ports
             .iter()
-            .map(|p| p.map_or(0, |p| p.arrivals.load(Ordering::Relaxed)))
+            .map(|p| {
+                p.map_or(0, |p| {
+                    let mut port = lock_port(&p.port);
+                    for _ in 0..DRAIN_PER_PORT {
+                        if !port.receive_one(&mut buf) {
+                            break;
+                        }
+                    }
+                    port.arrivals
+                })
+            })
             .collect()
+    }
+
+    fn close_socket(&self) {
+        lock_port(&self.port).sock = None;
     }
 }
 
 impl Drop for TestPort {
     /// A port dropped without `close_all` (a session torn down in a hurry)
-    /// is still closed, without waiting.
+    /// is closed all the same.
     fn drop(&mut self) {
-        if !self.closed {
-            self.reactor.remove(vec![self.id], None);
+        self.close_socket();
+        if self.forget_on_drop {
+            self.reactor.forget(vec![self.id]);
         }
     }
 }
 
-/// A test port as the reactor holds it.
+/// Datagrams one port's socket is read for at most by an arrivals query:
+/// its probes (a few per round) and anything else that queued; the rest,
+/// from a flood, waits for the reactor like any other datagram.
+const DRAIN_PER_PORT: usize = 64;
+
+/// A test port's state, shared by the reactor (which answers its
+/// datagrams) and the control session (which counts and closes it).
 struct ServedPort {
-    sock: UdpSocket,
+    /// `None` once closed.
+    sock: Option<UdpSocket>,
     responder: PortResponder,
     session: SessionPorts,
-    arrivals: Arc<AtomicU32>,
+    arrivals: u32,
+}
+
+/// Locks a port; a panic elsewhere leaves only counters behind.
+fn lock_port(p: &Mutex<ServedPort>) -> MutexGuard<'_, ServedPort> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 enum Command {
-    Add(u64, Box<ServedPort>),
-    /// Take these ports out of the epoll set and hand their sockets back to
-    /// be closed (or, with no one to hand them to, close them).
-    Remove(
-        Vec<u64>,
-        Option<tokio::sync::oneshot::Sender<Vec<UdpSocket>>>,
-    ),
-    /// Read what is waiting in these ports' sockets, then answer.
-    Drain(Vec<u64>, tokio::sync::oneshot::Sender<()>),
+    Add(u64, Arc<Mutex<ServedPort>>),
+    /// These ports are closed: drop them from the table.
+    Forget(Vec<u64>),
 }
-
-/// Datagrams one port's socket is read for at most by a [`Command::Drain`]:
-/// its probes (a few per round) and anything else that queued; the rest,
-/// from a flood, waits for the loop like any other datagram.
-const DRAIN_PER_PORT: usize = 64;
 
 /// The thread serving every test port (module docs). Commands go through a
 /// channel; an eventfd in the epoll set wakes the thread to read them.
@@ -239,23 +239,20 @@ impl PortReactor {
         tx.send(c).is_ok()
     }
 
-    fn add(&self, port: ServedPort) -> io::Result<u64> {
+    fn add(&self, port: Arc<Mutex<ServedPort>>) -> io::Result<u64> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        if self.send(Command::Add(id, Box::new(port))) {
+        if self.send(Command::Add(id, port)) {
             Ok(id)
         } else {
             Err(io::Error::other("the test-port thread has stopped"))
         }
     }
 
-    fn remove(
-        &self,
-        ids: Vec<u64>,
-        done: Option<tokio::sync::oneshot::Sender<Vec<UdpSocket>>>,
-    ) -> bool {
-        let sent = self.send(Command::Remove(ids, done));
-        self.wake();
-        sent
+    fn forget(&self, ids: Vec<u64>) {
+        // The sockets are closed already; a gone thread has nothing to forget.
+        if self.send(Command::Forget(ids)) {
+            self.wake();
+        }
     }
 
     /// Has the thread take the commands sent so far.
@@ -268,53 +265,35 @@ impl PortReactor {
 
 /// The reactor's loop: commands first, then one datagram per ready port.
 fn serve(epoll: &Epoll, reactor: &PortReactor, commands: &mpsc::Receiver<Command>) {
-    let mut ports: HashMap<u64, Box<ServedPort>> = HashMap::new();
+    let mut ports: HashMap<u64, Arc<Mutex<ServedPort>>> = HashMap::new();
     let mut events = vec![EpollEvent::empty(); EVENTS_PER_WAIT];
     let mut buf = vec![0u8; RECV_BUFFER];
     loop {
         while let Ok(c) = commands.try_recv() {
             match c {
                 Command::Add(id, port) => {
-                    let ev = EpollEvent::new(EpollFlags::EPOLLIN, id);
-                    match epoll.add(&port.sock, ev) {
-                        Ok(()) => {
+                    let registered = {
+                        let p = lock_port(&port);
+                        // Closed before the reactor saw it: nothing to serve.
+                        p.sock
+                            .as_ref()
+                            .map(|sock| epoll.add(sock, EpollEvent::new(EpollFlags::EPOLLIN, id)))
+                    };
+                    match registered {
+                        Some(Ok(())) => {
                             ports.insert(id, port);
                         }
-                        // Out of memory for the epoll set: the port stays
-                        // silent, like a port whose probes were dropped,
-                        // and its arrivals stay 0, so it is never called
-                        // return-blocked.
-                        Err(e) => tracing::warn!("test port not served: {e}"),
+                        // Out of memory for the epoll set: the port is read
+                        // only by arrivals queries, so its count stays true
+                        // and its probes go unanswered, never miscounted.
+                        Some(Err(e)) => tracing::warn!("test port not served: {e}"),
+                        None => {}
                     }
                 }
-                Command::Drain(ids, done) => {
+                Command::Forget(ids) => {
                     for id in ids {
-                        if let Some(port) = ports.get_mut(&id) {
-                            for _ in 0..DRAIN_PER_PORT {
-                                if !port.receive_one(&mut buf) {
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                    let _ = done.send(());
-                }
-                Command::Remove(ids, None) => {
-                    for id in ids {
-                        // Closing the socket takes it out of the epoll set.
                         ports.remove(&id);
                     }
-                }
-                Command::Remove(ids, Some(done)) => {
-                    let mut socks = Vec::with_capacity(ids.len());
-                    for id in ids {
-                        if let Some(port) = ports.remove(&id) {
-                            let _ = epoll.delete(&port.sock);
-                            socks.push(port.sock);
-                        }
-                    }
-                    // If the asker is gone the sockets close here.
-                    let _ = done.send(socks);
                 }
             }
         }
@@ -333,9 +312,10 @@ fn serve(epoll: &Epoll, reactor: &PortReactor, commands: &mpsc::Receiver<Command
                 let _ = reactor.wake.read();
                 continue;
             }
-            // An event for a port removed above in this turn finds nothing.
-            if let Some(port) = ports.get_mut(&id) {
-                port.receive_one(&mut buf);
+            // A port closed since (its socket gone, or forgotten above)
+            // has nothing to read.
+            if let Some(port) = ports.get(&id) {
+                lock_port(port).receive_one(&mut buf);
             }
         }
     }
@@ -343,9 +323,13 @@ fn serve(epoll: &Epoll, reactor: &PortReactor, commands: &mpsc::Receiver<Command
 
 impl ServedPort {
     /// Reads and answers one datagram (level-triggered: the next one, if
-    /// any, makes the socket ready again); false when none was waiting.
+    /// any, makes the socket ready again); false when none was waiting or
+    /// the port is closed.
     fn receive_one(&mut self, buf: &mut [u8]) -> bool {
-        let meta = match platform::recv_meta(&self.sock, buf) {
+        let Some(sock) = &self.sock else {
+            return false;
+        };
+        let meta = match platform::recv_meta(sock, buf) {
             Ok(m) => m,
             Err(e) => return e.kind() != io::ErrorKind::WouldBlock,
         };
@@ -370,11 +354,10 @@ impl ServedPort {
                 Instant::now(),
             )
         };
-        self.arrivals
-            .store(self.responder.arrivals(), Ordering::Relaxed);
+        self.arrivals = self.responder.arrivals();
         match answer {
             Answer::Reply { len } => {
-                let _ = platform::send_now(&self.sock, &data[..len], meta.from);
+                let _ = platform::send_now(sock, &data[..len], meta.from);
             }
             Answer::Drop(reason) => {
                 tracing::trace!(from = %meta.from, ?reason, "test port: dropped");
