@@ -217,6 +217,62 @@ fn test_ports_answer_only_their_own_session() {
     }
 }
 
+/// An arrivals answer counts every probe that reached a port before the
+/// query, even those the server's test-port thread has not read yet: it
+/// reads what waits in the sockets before it counts. (A first version of
+/// that thread answered from what it had read so far; with 16 clients at
+/// once it fell behind and reachable ports were called blocked.) The
+/// probes and the query share the veth, so every probe is in its socket
+/// before the query reaches the server.
+#[test]
+fn arrivals_count_every_probe_that_reached_the_port_before_the_query() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::pair();
+    let _server = start_server(lab.server(), &[]);
+    let mut s = RawSession::connect(lab.client(), "198.18.0.2:4000".parse().unwrap());
+    let ports: Vec<u16> = (31000..31500).collect();
+    match s.request(&ControlMsg::Open {
+        ports: ports.clone(),
+    }) {
+        ControlMsg::Opened { opened, .. } => assert_eq!(opened.len(), ports.len()),
+        other => panic!("{other:?}"),
+    }
+    let token = s.token;
+    let targets = ports.clone();
+    lab.client().enter(move || {
+        let sock = std::net::UdpSocket::bind("198.18.0.1:0").unwrap();
+        let mut probe = vec![0u8; 64];
+        for seq in 0..4 {
+            for &port in &targets {
+                udpreach_wire::ProbeHeader::request(
+                    udpreach_wire::ProbeKind::PortProbe,
+                    token,
+                    seq,
+                )
+                .encode(&mut probe)
+                .unwrap();
+                sock.send_to(&probe, ("198.18.0.2", port)).unwrap();
+            }
+        }
+    });
+    match s.request(&ControlMsg::Arrivals {
+        ports: ports.clone(),
+    }) {
+        ControlMsg::ArrivalCounts { counts, .. } => {
+            let short: Vec<(u16, u32)> = ports
+                .iter()
+                .copied()
+                .zip(counts)
+                .filter(|&(_, c)| c != 4)
+                .collect();
+            assert!(short.is_empty(), "ports not counted 4 times: {short:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn the_seed_legacy_client_still_works() {
     if !require_root() {
