@@ -87,6 +87,14 @@ pub struct SweepConfig {
 /// unasked).
 pub const CONTROL_SLOTS_PER_KIND: usize = 2;
 
+impl SweepConfig {
+    /// The retransmission-timeout estimator this configuration asks for
+    /// (before any RTT sample).
+    pub fn rto_estimator(&self) -> RtoEstimator {
+        RtoEstimator::new(self.rto_initial, self.rto_min, self.rto_max)
+    }
+}
+
 impl Default for SweepConfig {
     fn default() -> Self {
         SweepConfig {
@@ -300,6 +308,11 @@ impl ControlOutstanding {
     }
 }
 
+/// One request of a kind answered (an unasked answer changes nothing).
+fn answered(count: &mut usize) {
+    *count = count.saturating_sub(1);
+}
+
 /// The most a retransmission's wait grows per attempt within a round (see
 /// `poll_probe`).
 const STALL_BACKOFF: Duration = Duration::from_millis(100);
@@ -330,7 +343,7 @@ impl Sweep {
                 icmp: None,
             });
         }
-        let rto = RtoEstimator::new(cfg.rto_initial, cfg.rto_min, cfg.rto_max);
+        let rto = cfg.rto_estimator();
         let total = plan.ports().len();
         Sweep {
             control_outstanding: ControlOutstanding::default(),
@@ -781,22 +794,19 @@ impl Engine for Sweep {
             SweepInput::Reply { port, seq } => self.on_reply(port, seq, now),
             SweepInput::Icmp { port, report } => self.on_icmp(port, report),
             SweepInput::Opened(ports) => {
-                let c = &mut self.control_outstanding.opens;
-                *c = c.saturating_sub(1);
+                answered(&mut self.control_outstanding.opens);
                 for (port, status) in ports {
                     self.on_opened(port, status);
                 }
             }
             SweepInput::Arrivals(ports) => {
-                let c = &mut self.control_outstanding.queries;
-                *c = c.saturating_sub(1);
+                answered(&mut self.control_outstanding.queries);
                 for (port, count) in ports {
                     self.on_arrivals(port, count);
                 }
             }
             SweepInput::Closed => {
-                let c = &mut self.control_outstanding.closes;
-                *c = c.saturating_sub(1);
+                answered(&mut self.control_outstanding.closes);
             }
         }
     }

@@ -26,7 +26,6 @@
 //!   at 200 ms about 10,000 ports/s, whatever the window), plus room for
 //!   the close and arrival requests that share the channel.
 
-use crate::rto::RtoEstimator;
 use crate::sweep::SweepConfig;
 use std::time::Duration;
 
@@ -70,7 +69,7 @@ pub fn first_timeout(cfg: &SweepConfig, rtt: Duration) -> Duration {
     if let Some(fixed) = cfg.fixed_timeout {
         return fixed;
     }
-    let mut rto = RtoEstimator::new(cfg.rto_initial, cfg.rto_min, cfg.rto_max);
+    let mut rto = cfg.rto_estimator();
     rto.on_sample(rtt);
     rto.rto()
 }

@@ -154,6 +154,18 @@ impl PayloadBuilder {
 mod tests {
     use super::*;
 
+    /// What a udpreach server writes into its replies, for these tests.
+    fn server_stamp() -> ServerStamp {
+        ServerStamp {
+            rx_ns: 1,
+            tx_ns: 2,
+            flow_count: 1,
+            seen_from: "198.18.0.1:1".parse().unwrap(),
+            seen_ttl: 64,
+            withheld: 0,
+        }
+    }
+
     #[test]
     fn plain_echo_is_recognised() {
         // 17, not 16: a 16-byte probe is all token and sequence, so flipping
@@ -229,14 +241,7 @@ mod tests {
         };
         let mut p = Vec::new();
         b.build(3, 0, &mut p);
-        let stamp = ServerStamp {
-            rx_ns: 1,
-            tx_ns: 2,
-            flow_count: 1,
-            seen_from: "198.18.0.1:1".parse().unwrap(),
-            seen_ttl: 64,
-            withheld: 0,
-        };
+        let stamp = server_stamp();
         udpreach_wire::probe::make_reply_in_place(&mut p, &stamp).unwrap();
         assert_eq!(
             b.check(&p),
@@ -282,14 +287,7 @@ mod tests {
             Reply::Unauthenticated { seq: 3 },
             "reflected request"
         );
-        let stamp = ServerStamp {
-            rx_ns: 1,
-            tx_ns: 2,
-            flow_count: 1,
-            seen_from: "198.18.0.1:1".parse().unwrap(),
-            seen_ttl: 64,
-            withheld: 0,
-        };
+        let stamp = server_stamp();
         udpreach_wire::probe::make_reply_in_place(&mut p, &stamp).unwrap();
         assert_eq!(
             b.check(&p),

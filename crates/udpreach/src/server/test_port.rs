@@ -119,17 +119,17 @@ impl TestPort {
     /// at its next wake-up. Nothing here waits for the reactor, which
     /// serves every session and may be busy.
     pub(super) fn close_all(ports: impl IntoIterator<Item = TestPort>) {
-        let mut forget: Vec<(Arc<PortReactor>, Vec<u64>)> = Vec::new();
+        // One reactor serves the whole server: tell it once per batch.
+        let mut reactor = None;
+        let mut ids = Vec::new();
         for mut p in ports {
             p.close_socket();
             p.forget_on_drop = false;
-            match forget.iter_mut().find(|(r, _)| Arc::ptr_eq(r, &p.reactor)) {
-                Some((_, ids)) => ids.push(p.id),
-                None => forget.push((p.reactor.clone(), vec![p.id])),
-            }
+            ids.push(p.id);
+            reactor.get_or_insert_with(|| p.reactor.clone());
         }
-        for (reactor, ids) in forget {
-            reactor.forget(ids);
+        if let Some(r) = reactor {
+            r.forget(ids);
         }
     }
 
@@ -202,7 +202,7 @@ enum Command {
 /// The thread serving every test port (module docs). Commands go through a
 /// channel; an eventfd in the epoll set wakes the thread to read them.
 pub(crate) struct PortReactor {
-    commands: Mutex<mpsc::Sender<Command>>,
+    commands: mpsc::Sender<Command>,
     wake: EventFd,
     next_id: AtomicU64,
 }
@@ -223,7 +223,7 @@ impl PortReactor {
             .map_err(io::Error::from)?;
         let (tx, rx) = mpsc::channel();
         let reactor = Arc::new(PortReactor {
-            commands: Mutex::new(tx),
+            commands: tx,
             wake,
             next_id: AtomicU64::new(WAKE + 1),
         });
@@ -235,8 +235,7 @@ impl PortReactor {
     }
 
     fn send(&self, c: Command) -> bool {
-        let tx = self.commands.lock().unwrap_or_else(|p| p.into_inner());
-        tx.send(c).is_ok()
+        self.commands.send(c).is_ok()
     }
 
     fn add(&self, port: Arc<Mutex<ServedPort>>) -> io::Result<u64> {
