@@ -48,6 +48,7 @@ struct Counters {
     dropped_queue: AtomicU64,
     dropped_held: AtomicU64,
     dropped_oversize: AtomicU64,
+    dropped_udp: AtomicU64,
     send_errors: AtomicU64,
     send_retries: AtomicU64,
     reordered: AtomicU64,
@@ -67,6 +68,10 @@ pub struct DirectionStats {
     /// Dropped because [`MAX_HELD_FRAMES`] were held.
     pub dropped_held: u64,
     pub dropped_oversize: u64,
+    /// UDP datagrams among the dropped frames, whatever the cause: what a
+    /// UDP tool can see lost (the ARP, neighbour discovery and TCP frames
+    /// the link also carries, and may drop, are not).
+    pub dropped_udp: u64,
     /// Frames that failed to send for good.
     pub send_errors: u64,
     /// Sends retried because the far interface's backlog was full.
@@ -92,6 +97,7 @@ impl Counters {
             dropped_queue: get(&self.dropped_queue),
             dropped_held: get(&self.dropped_held),
             dropped_oversize: get(&self.dropped_oversize),
+            dropped_udp: get(&self.dropped_udp),
             send_errors: get(&self.send_errors),
             send_retries: get(&self.send_retries),
             reordered: get(&self.reordered),
@@ -181,6 +187,17 @@ impl std::ops::Drop for Relay {
     }
 }
 
+/// Whether an Ethernet frame carries a UDP datagram (or a fragment of
+/// one) over IPv4 or IPv6 without extension headers, as the lab sends.
+fn carries_udp(frame: &[u8]) -> bool {
+    const UDP: u8 = 17;
+    match frame.get(12..14) {
+        Some([0x08, 0x00]) => frame.get(14 + 9) == Some(&UDP),
+        Some([0x86, 0xdd]) => frame.get(14 + 6) == Some(&UDP),
+        _ => false,
+    }
+}
+
 /// A frame waiting for its departure (ordered by departure, then arrival).
 type Held = Reverse<(Instant, u64, Vec<u8>)>;
 
@@ -245,7 +262,12 @@ fn forward(
                 c.dropped_oversize.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            match dir.admit(arrived, len - VNET_HEADER_LEN) {
+            let admitted = dir.admit(arrived, len - VNET_HEADER_LEN);
+            let dropped = admitted.is_err() || held.len() >= MAX_HELD_FRAMES;
+            if dropped && carries_udp(&buf[VNET_HEADER_LEN..len]) {
+                c.dropped_udp.fetch_add(1, Ordering::Relaxed);
+            }
+            match admitted {
                 Err(Drop::Random) => c.dropped_random.fetch_add(1, Ordering::Relaxed),
                 Err(Drop::Burst) => c.dropped_burst.fetch_add(1, Ordering::Relaxed),
                 Err(Drop::Queue) => c.dropped_queue.fetch_add(1, Ordering::Relaxed),
@@ -287,4 +309,27 @@ fn forward(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::carries_udp;
+
+    fn frame(ethertype: [u8; 2], proto_at: usize, proto: u8) -> Vec<u8> {
+        let mut f = vec![0u8; 64];
+        f[12..14].copy_from_slice(&ethertype);
+        f[proto_at] = proto;
+        f
+    }
+
+    #[test]
+    fn udp_frames_are_told_from_arp_tcp_and_icmp() {
+        assert!(carries_udp(&frame([0x08, 0x00], 23, 17)));
+        assert!(carries_udp(&frame([0x86, 0xdd], 20, 17)));
+        assert!(!carries_udp(&frame([0x08, 0x00], 23, 6)));
+        assert!(!carries_udp(&frame([0x86, 0xdd], 20, 58)));
+        assert!(!carries_udp(&frame([0x08, 0x06], 23, 17)));
+        assert!(!carries_udp(&[0x08, 0x00]));
+        assert!(!carries_udp(&frame([0x08, 0x00], 23, 17)[..20]));
+    }
 }
