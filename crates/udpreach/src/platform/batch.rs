@@ -10,24 +10,19 @@
 //! messages on every message of a batch, while each reply here needs its own
 //! source address and TOS.
 
-use super::{canonical, pktinfo_v4, pktinfo_v6, to_socket_addr, RecvMeta};
+use super::{canonical, pktinfo_v4, pktinfo_v6, read_cmsgs, to_socket_addr, CmsgBuf, RecvMeta};
 use nix::sys::socket::{SockaddrLike, SockaddrStorage};
 use std::io;
 use std::mem::size_of;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::ptr;
-use std::time::{Duration, UNIX_EPOCH};
 
 /// Datagrams per `recvmmsg`, replies per `sendmmsg`, at most.
 pub(crate) const BATCH: usize = 32;
 /// Bytes per received datagram: the largest UDP payload fits (a worker's
 /// slots are mapped lazily, so small datagrams touch only their first page).
 const SLOT: usize = 65536;
-/// Control-message space per datagram (8-byte aligned): received TTL, TOS,
-/// timestamp and packet information, or sent packet information and TOS.
-const CMSG_WORDS: usize = 32;
-type CmsgBuf = [u64; CMSG_WORDS];
 /// Interrupted `sendmmsg` calls retried per batch, at most.
 const MAX_INTERRUPTS: usize = 4;
 
@@ -72,7 +67,7 @@ impl RecvBatch {
             data: vec![0; BATCH * SLOT],
             // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
             names: vec![unsafe { std::mem::zeroed() }; BATCH],
-            cmsgs: vec![[0; CMSG_WORDS]; BATCH],
+            cmsgs: vec![CmsgBuf::default(); BATCH],
             iovs: empty_iovecs(),
             hdrs: empty_mmsghdrs(),
             got: Vec::with_capacity(BATCH),
@@ -175,59 +170,6 @@ impl RecvBatch {
     }
 }
 
-/// Reads TTL / hop limit, TOS / traffic class, the kernel's receive time
-/// and the packet information from the control messages of `m`, as
-/// [`super::recv_meta`] does for one datagram.
-fn read_cmsgs(m: &libc::msghdr, meta: &mut RecvMeta) {
-    // SAFETY: m is a header the kernel filled: msg_control points at our
-    // buffer and msg_controllen is what the kernel wrote into it. The CMSG
-    // macros stay inside that length; each value is read unaligned and only
-    // if its message is long enough to hold it.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(m);
-        while !c.is_null() {
-            let data = libc::CMSG_DATA(c);
-            let len = ((*c).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
-            let int = || (len >= size_of::<libc::c_int>()).then(|| read_int(data));
-            match ((*c).cmsg_level, (*c).cmsg_type) {
-                (libc::IPPROTO_IP, libc::IP_TTL) | (libc::IPPROTO_IPV6, libc::IPV6_HOPLIMIT) => {
-                    meta.ttl = int().and_then(|t| u8::try_from(t).ok());
-                }
-                (libc::IPPROTO_IP, libc::IP_TOS) if len >= 1 => meta.tos = Some(*data),
-                (libc::IPPROTO_IPV6, libc::IPV6_TCLASS) => {
-                    meta.tos = int().and_then(|t| u8::try_from(t).ok());
-                }
-                (libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS) if len >= size_of::<libc::timespec>() => {
-                    let ts = ptr::read_unaligned(data.cast::<libc::timespec>());
-                    let d = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
-                    meta.kernel_rx = Some(UNIX_EPOCH + d);
-                }
-                (libc::IPPROTO_IP, libc::IP_PKTINFO) if len >= size_of::<libc::in_pktinfo>() => {
-                    let pi = ptr::read_unaligned(data.cast::<libc::in_pktinfo>());
-                    let ip = std::net::Ipv4Addr::from(pi.ipi_addr.s_addr.to_ne_bytes());
-                    meta.local = Some((IpAddr::V4(ip), pi.ipi_ifindex as u32));
-                }
-                (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO)
-                    if len >= size_of::<libc::in6_pktinfo>() =>
-                {
-                    let pi = ptr::read_unaligned(data.cast::<libc::in6_pktinfo>());
-                    let ip = std::net::Ipv6Addr::from(pi.ipi6_addr.s6_addr);
-                    meta.local = Some((IpAddr::V6(ip), pi.ipi6_ifindex));
-                }
-                _ => {}
-            }
-            c = libc::CMSG_NXTHDR(m, c);
-        }
-    }
-}
-
-/// # Safety
-/// `p` points at (at least) an int's worth of readable bytes.
-unsafe fn read_int(p: *const u8) -> libc::c_int {
-    // SAFETY: as the caller promises.
-    unsafe { ptr::read_unaligned(p.cast::<libc::c_int>()) }
-}
-
 /// One reply of a batch: `data` to `to`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Reply<'a> {
@@ -268,7 +210,7 @@ impl SendBatch {
         let any = SocketAddr::from(([0, 0, 0, 0], 0));
         SendBatch {
             names: vec![SockaddrStorage::from(any); BATCH],
-            cmsgs: vec![[0; CMSG_WORDS]; BATCH],
+            cmsgs: vec![CmsgBuf::default(); BATCH],
             control: vec![0; BATCH],
             iovs: empty_iovecs(),
             hdrs: empty_mmsghdrs(),
@@ -438,7 +380,7 @@ mod tests {
     use super::*;
     use crate::platform::{udp_socket, UdpOptions};
     use std::net::Ipv4Addr;
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     fn socket(addr: &str, recv_tos: bool) -> UdpSocket {
         let opts = UdpOptions {

@@ -10,9 +10,9 @@ pub(crate) mod batch;
 pub(crate) mod errqueue;
 
 use errqueue::{ErrQueueEntry, PmtuMode, QueuedError, TxTimestamp};
-use nix::sys::socket::{self as nsock, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage};
+use nix::sys::socket::{self as nsock, sockopt, SockaddrLike, SockaddrStorage};
 use socket2::{Domain, Protocol, Socket, Type};
-use std::io::{self, IoSliceMut};
+use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -188,29 +188,42 @@ fn to_socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
 
 /// One non-blocking `recvmsg`, returning the bytes' metadata.
 pub(crate) fn recv_meta(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<RecvMeta> {
-    recvmsg_meta(sock, buf, MsgFlags::MSG_DONTWAIT)
+    recvmsg_meta(sock, buf, libc::MSG_DONTWAIT)
 }
 
-fn recvmsg_meta(sock: &UdpSocket, buf: &mut [u8], flags: MsgFlags) -> io::Result<RecvMeta> {
-    let mut cmsg = nix::cmsg_space!(
-        libc::c_int,
-        nix::sys::time::TimeSpec,
-        libc::in6_pktinfo,
-        nsock::Timestamps,
-        [u8; 64]
-    );
-    let mut iov = [IoSliceMut::new(buf)];
-    let msg = nsock::recvmsg::<SockaddrStorage>(
-        sock.as_fd().as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        flags,
-    )
-    .map_err(io::Error::from)?;
+fn recvmsg_meta(sock: &UdpSocket, buf: &mut [u8], flags: libc::c_int) -> io::Result<RecvMeta> {
+    // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
+    let mut name: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut control = CmsgBuf::default();
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain old data; all-zero is a valid (empty) value.
+    let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+    m.msg_name = std::ptr::from_mut(&mut name).cast();
+    m.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    m.msg_iov = &mut iov;
+    m.msg_iovlen = 1;
+    m.msg_control = control.as_mut_ptr().cast();
+    m.msg_controllen = std::mem::size_of::<CmsgBuf>() as _;
+    // SAFETY: every pointer in `m` is to a local (or `buf`) that outlives
+    // the call, with its length beside it.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut m, flags) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel wrote msg_namelen bytes (at most the storage's
+    // size) of a socket address into `name`.
+    let from = unsafe {
+        SockaddrStorage::from_raw(
+            std::ptr::from_ref(&name).cast::<libc::sockaddr>(),
+            Some(m.msg_namelen),
+        )
+    };
     let mut meta = RecvMeta {
-        len: msg.bytes,
-        from: msg
-            .address
+        len: n as usize,
+        from: from
             .as_ref()
             .and_then(to_socket_addr)
             .map(canonical)
@@ -220,31 +233,72 @@ fn recvmsg_meta(sock: &UdpSocket, buf: &mut [u8], flags: MsgFlags) -> io::Result
         local: None,
         tos: None,
     };
-    if let Ok(cmsgs) = msg.cmsgs() {
-        for c in cmsgs {
-            match c {
-                ControlMessageOwned::Ipv4Ttl(t) | ControlMessageOwned::Ipv6HopLimit(t) => {
-                    meta.ttl = u8::try_from(t).ok();
+    read_cmsgs(&m, &mut meta);
+    Ok(meta)
+}
+
+/// Control-message space per datagram (8-byte aligned): received TTL, TOS,
+/// timestamps and packet information (184 bytes with all of them), or sent
+/// packet information and TOS.
+type CmsgBuf = [u64; 32];
+
+/// Reads TTL / hop limit, TOS / traffic class, the kernel's receive time
+/// and the packet information from the control messages of `m`, a header
+/// of one received datagram ([`recv_meta`], [`batch::RecvBatch`]).
+///
+/// By hand rather than with nix's `ControlMessageOwned`, because the
+/// batched receive cannot use nix (see [`batch`]) and one parser serves
+/// both.
+fn read_cmsgs(m: &libc::msghdr, meta: &mut RecvMeta) {
+    use std::mem::size_of;
+    use std::ptr;
+    // SAFETY: m is a header the kernel filled: msg_control points at our
+    // buffer and msg_controllen is what the kernel wrote into it. The CMSG
+    // macros stay inside that length; each value is read unaligned and only
+    // if its message is long enough to hold it.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(m);
+        while !c.is_null() {
+            let data = libc::CMSG_DATA(c);
+            let len = ((*c).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
+            let int = || (len >= size_of::<libc::c_int>()).then(|| read_int(data));
+            match ((*c).cmsg_level, (*c).cmsg_type) {
+                (libc::IPPROTO_IP, libc::IP_TTL) | (libc::IPPROTO_IPV6, libc::IPV6_HOPLIMIT) => {
+                    meta.ttl = int().and_then(|t| u8::try_from(t).ok());
                 }
-                ControlMessageOwned::Ipv4Tos(tos) => meta.tos = Some(tos),
-                ControlMessageOwned::Ipv6TClass(tc) => meta.tos = u8::try_from(tc).ok(),
-                ControlMessageOwned::ScmTimestampns(ts) => {
-                    let d = Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32);
+                (libc::IPPROTO_IP, libc::IP_TOS) if len >= 1 => meta.tos = Some(*data),
+                (libc::IPPROTO_IPV6, libc::IPV6_TCLASS) => {
+                    meta.tos = int().and_then(|t| u8::try_from(t).ok());
+                }
+                (libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS) if len >= size_of::<libc::timespec>() => {
+                    let ts = ptr::read_unaligned(data.cast::<libc::timespec>());
+                    let d = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
                     meta.kernel_rx = Some(UNIX_EPOCH + d);
                 }
-                ControlMessageOwned::Ipv4PacketInfo(pi) => {
+                (libc::IPPROTO_IP, libc::IP_PKTINFO) if len >= size_of::<libc::in_pktinfo>() => {
+                    let pi = ptr::read_unaligned(data.cast::<libc::in_pktinfo>());
                     let ip = std::net::Ipv4Addr::from(pi.ipi_addr.s_addr.to_ne_bytes());
                     meta.local = Some((IpAddr::V4(ip), pi.ipi_ifindex as u32));
                 }
-                ControlMessageOwned::Ipv6PacketInfo(pi) => {
+                (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO)
+                    if len >= size_of::<libc::in6_pktinfo>() =>
+                {
+                    let pi = ptr::read_unaligned(data.cast::<libc::in6_pktinfo>());
                     let ip = std::net::Ipv6Addr::from(pi.ipi6_addr.s6_addr);
                     meta.local = Some((IpAddr::V6(ip), pi.ipi6_ifindex));
                 }
                 _ => {}
             }
+            c = libc::CMSG_NXTHDR(m, c);
         }
     }
-    Ok(meta)
+}
+
+/// # Safety
+/// `p` points at (at least) an int's worth of readable bytes.
+unsafe fn read_int(p: *const u8) -> libc::c_int {
+    // SAFETY: as the caller promises.
+    unsafe { std::ptr::read_unaligned(p.cast::<libc::c_int>()) }
 }
 
 /// The `IP_PKTINFO` that makes a datagram leave from `ip`.
@@ -585,6 +639,57 @@ impl PreciseTimer {
                 Ok(r) => return r,
                 Err(_would_block) => continue,
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn socket(addr: &str) -> UdpSocket {
+        let opts = UdpOptions {
+            recv_tos: true,
+            ..UdpOptions::default()
+        };
+        udp_socket(addr.parse().unwrap(), &opts).unwrap()
+    }
+
+    /// One datagram's metadata through the single-datagram receive (the
+    /// parser it shares with the batched one): sender, length, TTL / hop
+    /// limit, TOS / traffic class, the address written to, the kernel's
+    /// receive time; then `WouldBlock` on an empty socket.
+    #[test]
+    fn recv_meta_reads_every_control_message() {
+        for (any, to, tos) in [("0.0.0.0:0", "127.0.0.2", 0xb8u8), ("[::]:0", "::1", 0x2a)] {
+            let receiver = socket(any);
+            let to = SocketAddr::new(to.parse().unwrap(), receiver.local_addr().unwrap().port());
+            let sender = socket(if to.is_ipv4() {
+                "127.0.0.1:0"
+            } else {
+                "[::1]:0"
+            });
+            let s = socket2::SockRef::from(&sender);
+            if to.is_ipv4() {
+                s.set_tos_v4(tos.into()).unwrap();
+                s.set_ttl_v4(7).unwrap();
+            } else {
+                s.set_tclass_v6(tos.into()).unwrap();
+                s.set_unicast_hops_v6(7).unwrap();
+            }
+            sender.send_to(b"hello", to).unwrap();
+            let before = SystemTime::now();
+            let mut buf = [0u8; 64];
+            // Loopback delivers during send_to.
+            let m = recv_meta(&receiver, &mut buf).unwrap();
+            assert_eq!(m.from, sender.local_addr().unwrap(), "{m:?}");
+            assert_eq!((m.len, &buf[..m.len]), (5, &b"hello"[..]));
+            assert_eq!((m.ttl, m.tos), (Some(7), Some(tos)), "{m:?}");
+            assert_eq!(m.local.map(|l| l.0), Some(to.ip()), "{m:?}");
+            let rx = m.kernel_rx.expect("a kernel receive time");
+            assert!(rx <= before + Duration::from_secs(1), "{m:?}");
+            let e = recv_meta(&receiver, &mut buf).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
         }
     }
 }
