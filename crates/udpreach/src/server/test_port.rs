@@ -365,3 +365,48 @@ impl ServedPort {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use udpreach_engine::reply_budget::BudgetRates;
+
+    /// A flood waiting in one test port's socket: an arrivals query reads
+    /// at most [`DRAIN_PER_PORT`] datagrams of it on the control thread
+    /// and leaves the rest to the reactor, so a client cannot make the
+    /// control thread read without end by flooding its own ports.
+    #[test]
+    fn an_arrivals_query_reads_at_most_its_share_of_a_flooded_port() {
+        let (reactor, _commands) = PortReactor::without_thread();
+        let now = Instant::now();
+        let budget = Arc::new(Mutex::new(ReplyBudget::new(BudgetRates::default())));
+        let session = SessionPorts::new(
+            7,
+            TokenBucket::new(1_000, now),
+            "127.0.0.1".parse().unwrap(),
+            budget,
+            reactor,
+        );
+        let port = match TestPort::open("127.0.0.1:0".parse().unwrap(), &session) {
+            Ok(p) => p,
+            Err(_) => panic!("cannot open a test port on loopback"),
+        };
+        let addr = lock_port(&port.port).sock.as_ref().unwrap().local_addr().unwrap();
+        let flood = DRAIN_PER_PORT + 36;
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for i in 0..flood {
+            // Loopback delivers during send_to: all of them are queued.
+            sender.send_to(&(i as u32).to_be_bytes(), addr).unwrap();
+        }
+        // Not probes of this session: nothing is counted, but each was read.
+        assert_eq!(TestPort::arrivals(&[Some(&port)]), vec![0]);
+        let mut left = 0;
+        let mut buf = [0u8; 64];
+        let guard = lock_port(&port.port);
+        let sock = guard.sock.as_ref().unwrap();
+        while platform::recv_meta(sock, &mut buf).is_ok() && left <= flood {
+            left += 1;
+        }
+        assert_eq!(left, flood - DRAIN_PER_PORT, "what the query left waiting");
+    }
+}
