@@ -234,6 +234,22 @@ impl PortReactor {
         Ok(reactor)
     }
 
+    /// A reactor whose thread never runs: its commands wait in the
+    /// returned receiver, so a test sees exactly what the control thread
+    /// reads of a port.
+    #[cfg(test)]
+    fn without_thread() -> (Arc<PortReactor>, mpsc::Receiver<Command>) {
+        let (tx, rx) = mpsc::channel();
+        let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .expect("an eventfd");
+        let reactor = PortReactor {
+            commands: tx,
+            wake,
+            next_id: AtomicU64::new(WAKE + 1),
+        };
+        (Arc::new(reactor), rx)
+    }
+
     fn send(&self, c: Command) -> bool {
         self.commands.send(c).is_ok()
     }
@@ -391,7 +407,12 @@ mod tests {
             Ok(p) => p,
             Err(_) => panic!("cannot open a test port on loopback"),
         };
-        let addr = lock_port(&port.port).sock.as_ref().unwrap().local_addr().unwrap();
+        let addr = lock_port(&port.port)
+            .sock
+            .as_ref()
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let flood = DRAIN_PER_PORT + 36;
         let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
         for i in 0..flood {
