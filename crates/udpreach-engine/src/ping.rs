@@ -116,6 +116,13 @@ pub enum PingInput {
         /// What the error says.
         report: IcmpReport,
     },
+    /// Datagrams our receiving socket(s) have dropped so far because their
+    /// buffer was full (the kernel's count; it only grows): replies that
+    /// reached this host and that we lost ourselves, not the network.
+    LocalDrops {
+        /// The total so far, over every socket of the run.
+        total: u64,
+    },
 }
 
 /// Something the user should see, as it happens.
@@ -211,7 +218,13 @@ pub struct PingSummary {
     /// as the server's later replies told us: not network loss, and not
     /// part of `lost`. 0 against a plain echo server (it cannot tell).
     pub withheld: u64,
-    /// Probes with neither a reply nor a late reply, less those withheld.
+    /// Replies this host dropped itself: its receiving socket's buffer was
+    /// full (the kernel's `SO_RXQ_OVFL` count, as of the last datagram
+    /// read), at most the probes otherwise lost. Not network loss, and not
+    /// part of `lost`; a larger buffer or a slower rate avoids it.
+    pub local_drops: u64,
+    /// Probes with neither a reply nor a late reply, less those withheld
+    /// and those whose reply this host dropped.
     pub lost: u64,
     /// `lost` as a percentage of `transmitted`.
     pub loss_percent: f64,
@@ -289,6 +302,8 @@ pub struct PingSession {
     /// The server's withheld count (mod 256) in the reply with the highest counter.
     last_withheld: Option<(u32, u8)>,
     withheld: u64,
+    /// What our receive buffers dropped ([`PingInput::LocalDrops`]).
+    local_drops: u64,
     proc_ns: (u64, u64, u64, u64), // count, sum, min, max
     server_saw: Option<SocketAddr>,
     server_seen_ttl: Option<u8>,
@@ -341,6 +356,7 @@ impl PingSession {
             counted_replies: 0,
             last_withheld: None,
             withheld: 0,
+            local_drops: 0,
             proc_ns: (0, 0, u64::MAX, 0),
             server_saw: None,
             server_seen_ttl: None,
@@ -640,6 +656,11 @@ impl PingSession {
         done
     }
 
+    /// What our receive buffers have dropped so far ([`PingInput::LocalDrops`]).
+    pub fn on_local_drops(&mut self, total: u64) {
+        self.local_drops = self.local_drops.max(total);
+    }
+
     /// Probes per second sent so far, first to latest (`None` below two).
     pub fn send_rate_pps(&self) -> Option<f64> {
         let (first, last) = (self.first_send?, self.last_send?);
@@ -664,7 +685,10 @@ impl PingSession {
         let transmitted = self.transmitted();
         let unanswered = transmitted.saturating_sub(self.received + self.late);
         let withheld = self.withheld.min(unanswered);
-        let lost = unanswered - withheld;
+        // A dropped datagram may be a duplicate or a late reply, not a
+        // reply some probe still lacks: never more than the unanswered.
+        let local_drops = self.local_drops.min(unanswered - withheld);
+        let lost = unanswered - withheld - local_drops;
         let loss_percent = if transmitted == 0 {
             0.0
         } else {
@@ -693,7 +717,10 @@ impl PingSession {
                 })
                 .count() as u64;
             let unanswered_arrivals = u64::from(count).saturating_sub(self.counted_replies);
-            let d = unanswered_arrivals.saturating_sub(withheld).min(lost);
+            // Replies we dropped ourselves reached us: not the way back's loss.
+            let d = unanswered_arrivals
+                .saturating_sub(withheld + local_drops)
+                .min(lost);
             let u = unanswered_through
                 .saturating_sub(unanswered_arrivals)
                 .min(lost - d);
@@ -725,6 +752,7 @@ impl PingSession {
             errors: self.errors,
             icmp_errors: self.icmp_tally.clone(),
             withheld,
+            local_drops,
             lost,
             loss_percent,
             rtt: self.rtt.as_ref().and_then(RttStats::summary),
@@ -785,6 +813,10 @@ impl Engine for PingSession {
             PingInput::IcmpError { seq, report } => seq
                 .or_else(|| self.latest_waiting())
                 .and_then(|seq| self.on_icmp_error(seq, report, now)),
+            PingInput::LocalDrops { total } => {
+                self.on_local_drops(total);
+                None
+            }
         };
         self.events.extend(event);
         self.check_done(now);
@@ -945,6 +977,63 @@ mod tests {
         assert_eq!(r.upstream_lost, Some(20));
         assert_eq!(r.downstream_lost, Some(20));
         assert_eq!(r.direction_unknown, Some(0));
+    }
+
+    /// Of 100 probes, 20 lost on the way up, 20 replies lost on the way
+    /// back, and 10 replies our own socket dropped (the kernel says so with
+    /// a later datagram): those 10 are neither loss nor the way back's.
+    #[test]
+    fn replies_this_host_dropped_are_not_network_loss() {
+        let t0 = Instant::now();
+        let cfg = PingConfig {
+            count: Some(100),
+            interval: ms(1),
+            timeout: ms(50),
+            deadline: None,
+        };
+        let mut s = PingSession::new(cfg, t0);
+        let (mut count, mut dropped_here) = (0u32, 0u64);
+        let mut now = t0;
+        for _ in 0..10_000 {
+            while let Some(seq) = s.poll_send(now) {
+                s.on_sent(seq, now, None);
+                match seq % 10 {
+                    // Lost on the way up.
+                    1 | 6 => {}
+                    // Reached the server; the reply is lost on the way back.
+                    3 | 8 => count += 1,
+                    // Reached the server and us; our buffer was full.
+                    5 => {
+                        count += 1;
+                        dropped_here += 1;
+                    }
+                    _ => {
+                        count += 1;
+                        let input = PingInput::Reply {
+                            seq,
+                            kernel_rx_ns: None,
+                            stamp: Some(stamp(count)),
+                        };
+                        s.handle_input(input, now + ms(1));
+                        // Each datagram read carries the drops so far.
+                        let total = dropped_here;
+                        s.handle_input(PingInput::LocalDrops { total }, now + ms(1));
+                    }
+                }
+            }
+            s.poll_timeouts(now);
+            if s.check_done(now) {
+                break;
+            }
+            now += ms(1);
+        }
+        let r = s.summary();
+        assert_eq!((r.transmitted, r.received), (100, 50));
+        assert_eq!((r.local_drops, r.lost), (10, 40), "{r:?}");
+        assert_eq!(r.upstream_lost, Some(20));
+        assert_eq!(r.downstream_lost, Some(20));
+        assert_eq!(r.direction_unknown, Some(0));
+        assert_eq!(r.loss_percent, 40.0);
     }
 
     /// Probes that overtake each other on the way up: the server's counter

@@ -120,6 +120,12 @@ pub enum StampInput {
         /// The ICMP error.
         report: IcmpReport,
     },
+    /// Datagrams our receiving socket dropped so far for a full buffer
+    /// (see [`crate::ping::PingInput::LocalDrops`]).
+    LocalDrops {
+        /// The total so far.
+        total: u64,
+    },
     /// Stop (Ctrl+C): nothing more is sent or awaited.
     Stop,
 }
@@ -566,6 +572,7 @@ impl Engine for StampSender {
                     }
                 }
             }
+            StampInput::LocalDrops { total } => self.session.on_local_drops(total),
             StampInput::Stop => self.session.stop(now),
         }
         self.refresh_done(now);

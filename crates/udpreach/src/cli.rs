@@ -315,6 +315,10 @@ pub(crate) struct PingArgs {
     /// Set Don't Fragment: oversize probes fail instead of being fragmented.
     #[arg(long, help_heading = PATH)]
     pub df: bool,
+    /// Receive buffer to ask the kernel for, 4096..=1073741824 bytes [default: 4 MiB]. What
+    /// overflows it is counted apart (`local_drops`), never as loss; raise it for high rates.
+    #[arg(long, value_name = "BYTES", value_parser = number_in("receive buffer", 4096usize, 1 << 30), allow_negative_numbers = true, help_heading = PROBES)]
+    pub recv_buffer: Option<usize>,
     #[command(flatten)]
     pub output: OutputArgs,
     /// Be a STAMP session-sender (RFC 8762/8972) against any STAMP reflector (a router,

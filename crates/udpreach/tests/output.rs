@@ -433,9 +433,11 @@ const NAT_EXAMPLE: &str = "udpreach nat 198.18.2.2:4000 --max-idle 60s";
 /// its loss is 0% or 0.1% depending on whether the last reply was withheld;
 /// `lab_attack_udp::withheld_replies_are_reported_not_loss_and_short_probes_are_probes`
 /// checks what it shows).
-const FRAGMENTS: [&str; 2] = [
+const FRAGMENTS: [&str; 3] = [
     "udpreach mtu 198.18.2.2        # the router's ICMP now filtered: a black hole",
     "udpreach ping -c 1000 -i 1ms -q 198.18.0.2",
+    // A stalled server: the behaviour is `ping::replies_our_full_buffer_dropped_are_not_loss`.
+    "udpreach ping -c 2000 -i 500us --recv-buffer 4096 -q 198.18.0.2",
 ];
 
 /// The README's `trace` examples, run in the router chain set up as the

@@ -60,26 +60,67 @@ fn realtime_of(t: Option<SystemTime>) -> Option<u64> {
         .and_then(|d| u64::try_from(d.as_nanos()).ok())
 }
 
+/// Datagrams the run's sockets dropped because their receive buffer was
+/// full: replies that reached this host, lost by us, not by the network.
+/// Each socket's count comes from the kernel: carried by every datagram
+/// queued after a drop (`SO_RXQ_OVFL`), and read from the socket table at
+/// the end ([`AsyncUdp::drops`]), which also sees drops after the last
+/// datagram.
+#[derive(Default)]
+pub(super) struct LocalDrops(std::sync::Mutex<HashMap<SocketAddr, u64>>);
+
+impl LocalDrops {
+    /// The socket bound to `local` has dropped `count` so far.
+    pub(super) fn update(&self, local: SocketAddr, count: u64) {
+        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let c = counts.entry(local).or_default();
+        *c = (*c).max(count);
+    }
+
+    /// [`Self::update`] from the socket table, now.
+    pub(super) fn read(&self, local: SocketAddr, sock: &AsyncUdp) {
+        match sock.drops() {
+            Ok(n) => self.update(local, n),
+            Err(e) => tracing::debug!("socket drops of {local}: {e}"),
+        }
+    }
+
+    /// The total so far over every socket.
+    pub(super) fn total(&self) -> u64 {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .sum()
+    }
+}
+
 fn spawn_reader(
     sock: Arc<AsyncUdp>,
     local: SocketAddr,
     tx: mpsc::UnboundedSender<Incoming>,
+    drops: Arc<LocalDrops>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut buf = vec![0u8; 65536];
         loop {
             let msg = match sock.recv_timed(&mut buf).await {
-                Ok(ReceivedOrSent::Received(Received::Datagram(meta))) => Incoming {
-                    local,
-                    at: Instant::now(),
-                    kernel_ns: realtime_of(meta.kernel_rx),
-                    arrival: Arrival::Datagram {
-                        from: meta.from,
-                        ttl: meta.ttl,
-                        tos: meta.tos,
-                        data: buf[..meta.len].to_vec(),
-                    },
-                },
+                Ok(ReceivedOrSent::Received(Received::Datagram(meta))) => {
+                    if let Some(n) = meta.drops {
+                        drops.update(local, n.into());
+                    }
+                    Incoming {
+                        local,
+                        at: Instant::now(),
+                        kernel_ns: realtime_of(meta.kernel_rx),
+                        arrival: Arrival::Datagram {
+                            from: meta.from,
+                            ttl: meta.ttl,
+                            tos: meta.tos,
+                            data: buf[..meta.len].to_vec(),
+                        },
+                    }
+                }
                 Ok(ReceivedOrSent::Received(Received::Error(e))) => Incoming {
                     local,
                     at: Instant::now(),
@@ -203,7 +244,9 @@ fn probe_socket_options(
         // more than the default 208 KiB holds (a reply costs about 830
         // bytes of it). Overflowing it dropped replies that then counted
         // as network loss (131 of 20,000 through the lab's emulator).
-        recv_buffer: Some(PING_RECV_BUFFER),
+        recv_buffer: Some(args.recv_buffer.unwrap_or(PING_RECV_BUFFER)),
+        // And if it overflows anyway, what it dropped is ours, not the network's.
+        count_drops: true,
         ..UdpOptions::default()
     })
 }
@@ -300,13 +343,14 @@ pub(crate) async fn run(args: PingArgs) -> anyhow::Result<u8> {
             "udpreach: warning: a udpreach server does not answer source ports 1-1023 unless started with --echo-low-ports (and never 7, 19 or its own ports); no reply from those source ports says nothing about the network"
         );
     }
+    let drops = Arc::new(LocalDrops::default());
     let mut fixed: Option<Sender> = None;
     if sport_list.is_none() {
         let sock = AsyncUdp::bind(unspecified_for(&target, 0), &opts)
             .with_context(|| format!("cannot open a UDP socket towards {target}"))?;
         let local = SocketAddr::new(src_ip, sock.local_addr()?.port());
         let sock = Arc::new(sock);
-        let reader = spawn_reader(sock.clone(), local, tx.clone());
+        let reader = spawn_reader(sock.clone(), local, tx.clone(), drops.clone());
         fixed = Some(Sender {
             sock,
             local,
@@ -355,7 +399,8 @@ pub(crate) async fn run(args: PingArgs) -> anyhow::Result<u8> {
                         Ok(sock) => {
                             let sock = Arc::new(sock);
                             let local = SocketAddr::new(src_ip, port);
-                            let reader = spawn_reader(sock.clone(), local, tx.clone());
+                            let reader =
+                                spawn_reader(sock.clone(), local, tx.clone(), drops.clone());
                             sport_socks.insert(
                                 seq,
                                 Sender {
@@ -465,6 +510,7 @@ pub(crate) async fn run(args: PingArgs) -> anyhow::Result<u8> {
             res = async { key_needed.as_mut().expect("checked").await }, if key_needed.is_some() => {
                 key_needed = None;
                 if let Ok(Some(why)) = res {
+                    session.on_local_drops(drops.total());
                     let so_far = session.summary();
                     if so_far.received + so_far.late == 0 {
                         bail!("{why}");
@@ -473,6 +519,12 @@ pub(crate) async fn run(args: PingArgs) -> anyhow::Result<u8> {
             }
         }
     }
+    // Drops after the last datagram read are in the socket table only.
+    // (A --sport socket takes one reply: its count comes with the datagrams.)
+    if let Some(f) = &fixed {
+        drops.read(f.local, &f.sock);
+    }
+    session.on_local_drops(drops.total());
     let summary = session.summary();
     if let Some(rate) = session.fell_behind() {
         report.event(ReportedEvent::BehindSchedule(BehindSchedule {

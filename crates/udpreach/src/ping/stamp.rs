@@ -2,7 +2,7 @@
 //! engine ([`udpreach_engine::stamp::StampSender`]), in the engine loop of
 //! [`udpreach_engine::Engine`]. Same output and exit codes as ping.
 
-use super::{spawn_reader, Arrival, Incoming, MAX_TX_IDS};
+use super::{spawn_reader, Arrival, Incoming, LocalDrops, MAX_TX_IDS};
 use crate::cli::PingArgs;
 use crate::platform::{canonical, realtime_ns, AsyncUdp, PreciseTimer};
 use crate::report::documents::{
@@ -54,7 +54,8 @@ pub(super) async fn run(args: PingArgs) -> anyhow::Result<u8> {
     let local = SocketAddr::new(src_ip, sock.local_addr()?.port());
     let sock = Arc::new(sock);
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let reader = spawn_reader(sock.clone(), local, tx);
+    let drops = Arc::new(LocalDrops::default());
+    let reader = spawn_reader(sock.clone(), local, tx, drops.clone());
     let _reader = ReaderGuard(reader);
 
     let report = PingReport::new(
@@ -163,6 +164,9 @@ pub(super) async fn run(args: PingArgs) -> anyhow::Result<u8> {
             interval_us: args.interval.as_micros() as u64,
         }));
     }
+    drops.read(local, &sock);
+    let total = drops.total();
+    engine.handle_input(StampInput::LocalDrops { total }, Instant::now());
     let summary = engine.summary();
     report.summary_stamp(&summary, Some(local), engine.stamp_summary());
     Ok(if summary.received + summary.late > 0 {

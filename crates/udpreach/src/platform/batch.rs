@@ -150,6 +150,7 @@ impl RecvBatch {
                 kernel_rx: None,
                 local: None,
                 tos: None,
+                drops: None,
             };
             read_cmsgs(&h.msg_hdr, &mut meta);
             self.got.push((i, meta));

@@ -41,6 +41,10 @@ pub(crate) struct UdpOptions {
     pub tx_timestamps: bool,
     /// Report each datagram's TOS / traffic class (`IP_RECVTOS`, `IPV6_RECVTCLASS`).
     pub recv_tos: bool,
+    /// Report how many datagrams the socket dropped for a full receive
+    /// buffer (`SO_RXQ_OVFL`, [`RecvMeta::drops`]): our own loss, which
+    /// must not be taken for the network's.
+    pub count_drops: bool,
 }
 
 /// What `recvmsg` told us beside the bytes.
@@ -59,6 +63,11 @@ pub(crate) struct RecvMeta {
     /// The TOS byte / traffic class it arrived with (DSCP and ECN), on
     /// sockets opened with `UdpOptions::recv_tos`.
     pub tos: Option<u8>,
+    /// Datagrams the socket had dropped so far because its receive buffer
+    /// was full, counted when this one was queued (`SO_RXQ_OVFL`, on
+    /// sockets opened with `UdpOptions::count_drops`; absent while the
+    /// count is 0).
+    pub drops: Option<u32>,
 }
 
 impl RecvMeta {
@@ -165,6 +174,9 @@ pub(crate) fn udp_socket(bind: SocketAddr, opts: &UdpOptions) -> io::Result<UdpS
             nsock::setsockopt(&sock, sockopt::IpRecvTos, &true)?;
         }
     }
+    if opts.count_drops {
+        nsock::setsockopt(&sock, sockopt::RxqOvfl, &1)?;
+    }
     if opts.tx_timestamps {
         if let Err(e) = errqueue::enable_tx_timestamps(&sock) {
             tracing::debug!("no transmit timestamps: {e}");
@@ -232,18 +244,20 @@ fn recvmsg_meta(sock: &UdpSocket, buf: &mut [u8], flags: libc::c_int) -> io::Res
         kernel_rx: None,
         local: None,
         tos: None,
+        drops: None,
     };
     read_cmsgs(&m, &mut meta);
     Ok(meta)
 }
 
 /// Control-message space per datagram (8-byte aligned): received TTL, TOS,
-/// timestamps and packet information (184 bytes with all of them), or sent
+/// timestamps, drop count and packet information (200 bytes with all of
+/// them), or sent
 /// packet information and TOS.
 type CmsgBuf = [u64; 32];
 
-/// Reads TTL / hop limit, TOS / traffic class, the kernel's receive time
-/// and the packet information from the control messages of `m`, a header
+/// Reads TTL / hop limit, TOS / traffic class, the kernel's receive time,
+/// the socket's drop count and the packet information from the control messages of `m`, a header
 /// of one received datagram ([`recv_meta`], [`batch::RecvBatch`]).
 ///
 /// By hand rather than with nix's `ControlMessageOwned`, because the
@@ -267,6 +281,9 @@ fn read_cmsgs(m: &libc::msghdr, meta: &mut RecvMeta) {
                     meta.ttl = int().and_then(|t| u8::try_from(t).ok());
                 }
                 (libc::IPPROTO_IP, libc::IP_TOS) if len >= 1 => meta.tos = Some(*data),
+                (libc::SOL_SOCKET, libc::SO_RXQ_OVFL) if len >= size_of::<u32>() => {
+                    meta.drops = Some(ptr::read_unaligned(data.cast::<u32>()));
+                }
                 (libc::IPPROTO_IPV6, libc::IPV6_TCLASS) => {
                     meta.tos = int().and_then(|t| u8::try_from(t).ok());
                 }
@@ -376,6 +393,39 @@ fn recv_any_now(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
     Err(io::ErrorKind::WouldBlock.into())
 }
 
+/// Datagrams the kernel has dropped at `sock` so far (its receive buffer
+/// was full, mostly), read now from the `drops` column of `/proc/net/udp`
+/// or `udp6` for the socket's inode. `SO_RXQ_OVFL` tells the same only
+/// with the next datagram that arrives, so drops after the last one would
+/// go unseen. (One line of procfs: no crate for that.)
+pub(crate) fn socket_drops(sock: &UdpSocket) -> io::Result<u64> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", sock.as_raw_fd()))?;
+    let inode = link
+        .to_str()
+        .and_then(|l| l.strip_prefix("socket:["))
+        .and_then(|l| l.strip_suffix(']'))
+        .ok_or_else(|| io::Error::other(format!("not a socket: {}", link.display())))?;
+    let table = if sock.local_addr()?.is_ipv6() {
+        "/proc/net/udp6"
+    } else {
+        "/proc/net/udp"
+    };
+    let text = std::fs::read_to_string(table)?;
+    udp_table_drops(&text, inode)
+        .ok_or_else(|| io::Error::other(format!("socket {inode} not in {table}")))
+}
+
+/// The `drops` of the socket with `inode` in a `/proc/net/udp` table:
+/// `sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops`.
+fn udp_table_drops(table: &str, inode: &str) -> Option<u64> {
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.get(9) == Some(&inode))
+            .then(|| fields.get(12)?.parse().ok())
+            .flatten()
+    })
+}
+
 /// A UDP socket driven by tokio, with metadata-aware receive.
 pub(crate) struct AsyncUdp {
     inner: AsyncFd<UdpSocket>,
@@ -398,6 +448,11 @@ impl AsyncUdp {
 
     pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
         self.inner.get_ref().local_addr()
+    }
+
+    /// Datagrams the kernel has dropped at this socket ([`socket_drops`]).
+    pub(crate) fn drops(&self) -> io::Result<u64> {
+        socket_drops(self.inner.get_ref())
     }
 
     /// Waits for the next datagram and hands it to `f` in `buf`, a buffer
@@ -691,5 +746,48 @@ mod tests {
             let e = recv_meta(&receiver, &mut buf).unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
         }
+    }
+
+    /// A receive buffer that overflowed: the next datagram queued after
+    /// the overflow carries the number dropped (our own loss, which ping
+    /// keeps out of the network's); the ones queued before carry none.
+    #[test]
+    fn recv_meta_counts_what_a_full_buffer_dropped() {
+        let opts = UdpOptions {
+            count_drops: true,
+            recv_buffer: Some(8192),
+            ..UdpOptions::default()
+        };
+        let receiver = udp_socket("127.0.0.1:0".parse().unwrap(), &opts).unwrap();
+        let to = receiver.local_addr().unwrap();
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        // Far more than 8 KiB of buffer holds; loopback delivers during send_to.
+        for _ in 0..100 {
+            sender.send_to(&[0u8; 1000], to).unwrap();
+        }
+        let mut buf = [0u8; 2048];
+        let mut queued = 0u32;
+        while let Ok(m) = recv_meta(&receiver, &mut buf) {
+            assert_eq!(m.drops, None, "queued before the overflow: {m:?}");
+            queued += 1;
+            assert!(queued < 100, "nothing was dropped");
+        }
+        // The table says so at once; the next datagram says so too.
+        assert_eq!(socket_drops(&receiver).unwrap(), u64::from(100 - queued));
+        sender.send_to(b"after", to).unwrap();
+        let m = recv_meta(&receiver, &mut buf).unwrap();
+        assert_eq!(m.drops, Some(100 - queued), "{m:?}");
+    }
+
+    #[test]
+    fn drops_are_read_from_the_socket_table_line_of_the_inode() {
+        let table = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  109: 00000000:1F90 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4242 2 0000000000000000 0
+  110: 0100007F:A1B2 00000000:0000 07 00000000:00001200 00:00000000 00000000     0        0 31337 2 0000000000000000 17
+";
+        assert_eq!(udp_table_drops(table, "31337"), Some(17));
+        assert_eq!(udp_table_drops(table, "4242"), Some(0));
+        assert_eq!(udp_table_drops(table, "3133"), None);
+        assert_eq!(udp_table_drops("", "1"), None);
     }
 }

@@ -380,6 +380,12 @@ fn summary_text(report: &PingSummaryReport) -> String {
             s.withheld
         ));
     }
+    if s.local_drops > 0 {
+        lines.push(format!(
+            "{} replies dropped by this host (its receive buffer was full; not counted as loss): a larger --recv-buffer or a slower rate (-i) avoids it",
+            s.local_drops
+        ));
+    }
     if let Some(r) = &s.rtt {
         lines.push(format!(
             "rtt min/avg/max/mdev = {}/{}/{}/{} ms",
