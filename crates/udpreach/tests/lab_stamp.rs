@@ -181,7 +181,8 @@ fn udpreach_sender_against_stamp_suite_stateful_and_stateless() {
     let lost = s["lost"].as_u64().unwrap();
     assert!((30..=100).contains(&lost), "{s}");
     let unknown = s["direction_unknown"].as_u64().unwrap();
-    assert!(unknown <= 3, "{s}");
+    // Only losses after the last reply: 20 % loss, 9 in a row is 5e-7.
+    assert!(unknown <= 8, "{s}");
     assert_eq!(s["upstream_lost"], 0, "{s}");
     assert_eq!(
         s["downstream_lost"].as_u64().unwrap() + unknown,
@@ -239,7 +240,8 @@ fn udpreach_sender_against_udpreach_reflector_splits_loss() {
     assert!((30..=100).contains(&lost), "{s}");
     // Losses after the last reply have no counter behind them: unknown.
     let unknown = s["direction_unknown"].as_u64().unwrap();
-    assert!(unknown <= 3, "{s}");
+    // Only losses after the last reply: 20 % loss, 9 in a row is 5e-7.
+    assert!(unknown <= 8, "{s}");
     assert_eq!(s["upstream_lost"].as_u64().unwrap() + unknown, lost, "{s}");
     assert_eq!(s["downstream_lost"], 0, "{s}");
     let cos = &st["class_of_service"];

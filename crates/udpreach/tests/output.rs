@@ -326,8 +326,11 @@ fn assert_same_shape(command: &str, shown: &[String], printed: &str) {
     );
     for (s, p) in shown.iter().zip(printed.lines()) {
         if let (Some(s), Some(p)) = (run_time_ms(s), run_time_ms(p)) {
+            // The schedule cannot finish early; a loaded machine can make
+            // it finish late (a stall while the last reply is handled).
+            let slack = (s * 0.1).max(50.0);
             assert!(
-                (s - p).abs() <= (s * 0.1).max(50.0),
+                p >= s - slack && p <= s + slack.max(500.0),
                 "the README's `{command}` example shows time {s}ms, the command took {p}ms"
             );
         }

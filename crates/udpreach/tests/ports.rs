@@ -186,8 +186,8 @@ fn test_ports_answer_only_their_own_session() {
     let token = s.token;
     let answers = lab.client().enter(move || {
         let sock = std::net::UdpSocket::bind("198.18.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(300)))
-            .unwrap();
+        // Long enough that a slow reply is not read by the next round.
+        sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
         let mut results = vec![];
         for t in [token, token ^ 1] {
             let mut probe = vec![0u8; 64];
@@ -335,7 +335,9 @@ fn ctrl_c_prints_results_so_far() {
         "--timeout",
         "5s",
     ]);
-    std::thread::sleep(Duration::from_millis(1500));
+    // The reachable ports answer within milliseconds; the blocked ones
+    // wait out their 5 s timeout: Ctrl+C falls between.
+    std::thread::sleep(Duration::from_millis(3000));
     assert!(p.signal(SIGINT));
     let o = p
         .wait_output_timeout(Duration::from_secs(5))
@@ -378,7 +380,9 @@ fn session_cap_and_idle_timeout() {
     let lab = Lab::pair();
     let _server = start_server(
         lab.server(),
-        &["--max-sessions", "1", "--idle-timeout", "1s"],
+        // Long enough that the second client below surely comes while the
+        // first session is still alive on a loaded machine.
+        &["--max-sessions", "1", "--idle-timeout", "3s"],
     );
     let server: std::net::SocketAddr = "198.18.0.2:4000".parse().unwrap();
     let mut idle = RawSession::connect(lab.client(), server);
@@ -388,7 +392,7 @@ fn session_cap_and_idle_timeout() {
     o.assert_code(2);
     assert!(stderr(&o).contains("busy"), "{}", stderr(&o));
     // The silent session times out; its port and slot are freed.
-    assert!(lab::wait_until(Duration::from_secs(5), || {
+    assert!(lab::wait_until(Duration::from_secs(10), || {
         code(&udpreach(lab.client(), &["ports", "198.18.0.2", "23000"])) == 0
     }));
 }

@@ -368,12 +368,13 @@ pub(crate) async fn run(args: PingArgs) -> anyhow::Result<u8> {
         timeout: args.timeout,
         deadline: args.deadline,
     };
-    report.start(size, builder.has_header(), fixed.as_ref().map(|f| f.local));
-
+    // Before the header: once it is printed, Ctrl+C gives the summary.
     let mut sigint =
         signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
     let mut sigterm =
         signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    report.start(size, builder.has_header(), fixed.as_ref().map(|f| f.local));
+
     // Sub-millisecond intervals need a timer finer than tokio's.
     let timer = PreciseTimer::new().context("cannot create the send timer")?;
     let mut session = PingSession::new(cfg, Instant::now());

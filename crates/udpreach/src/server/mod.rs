@@ -87,6 +87,12 @@ fn default_listens() -> Vec<SocketAddr> {
 }
 
 pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<u8> {
+    // First of all: a signal during start-up then stops the server as
+    // cleanly as one later (not the default action, which kills it).
+    let mut sigint =
+        signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let nofile = platform::raise_nofile_limit();
     args.validate(nofile).map_err(anyhow::Error::msg)?;
     let mut limits = ServerLimits::for_nofile(nofile);
@@ -301,10 +307,6 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<u8> {
     for (_, l) in control_listeners {
         tasks.push(tokio::spawn(control::accept_loop(l, state.clone())));
     }
-    let mut sigint =
-        signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
-    let mut sigterm =
-        signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     tokio::select! {
         _ = sigint.recv() => {}
         _ = sigterm.recv() => {}

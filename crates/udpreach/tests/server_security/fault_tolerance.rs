@@ -172,6 +172,7 @@ fn server_killed_mid_sweep_client_exits_2_and_prints_what_it_had() {
 
 #[test]
 fn datagram_flood_server_stays_responsive_with_bounded_memory() {
+    let _heavy = crate::one_heavy_at_a_time();
     let srv = server(24104, &["--allow-ports", "23000-23999"]);
     let pid = srv.pid();
     std::thread::sleep(Duration::from_millis(200));

@@ -358,6 +358,7 @@ fn spoofed_floods_at_every_port_stay_within_the_budget_v4_v6() {
     if !lab::require_root() {
         return;
     }
+    let _heavy = crate::one_heavy_at_a_time();
     let lab = Lab::pair();
     add_addresses(lab.client(), &VICTIMS4[..1]);
     add_addresses(lab.client(), &VICTIMS6[..1]);
@@ -420,6 +421,7 @@ fn spoofed_floods_at_every_port_stay_within_the_budget_v4_v6() {
             ])
         };
         let (before, before_bytes) = read_counter(lab.client(), "victims");
+        let counting = Instant::now();
         let flood_secs = lab.client().enter(move || {
             let started = Instant::now();
             let s = UdpSocket::bind(sa(&victim_ip, 40_000)).unwrap();
@@ -449,23 +451,27 @@ fn spoofed_floods_at_every_port_stay_within_the_budget_v4_v6() {
         assert_eq!(s["lost"], 0, "{s}");
         std::thread::sleep(Duration::from_millis(300));
         let (after, after_bytes) = read_counter(lab.client(), "victims");
+        let counted_secs = counting.elapsed().as_secs_f64();
         let (packets, bytes) = (after - before, after_bytes - before_bytes);
         println!(
             "{server}: {flood_len} spoofed datagrams in {flood_secs:.2} s; {victim} got {packets} packets, {bytes} bytes"
         );
         // At most the budget per second plus one second's burst, whatever
-        // was sent to whichever port (0.1 s of slack: the server may still
-        // be working through its socket buffer when the flood ends).
+        // was sent to whichever port, over the time the counter counted
+        // (the flood, then the server working through its socket buffers
+        // while ping finishes: measured 693 of 714 when the bound was the
+        // flood's time plus 0.1 s, too tight on a loaded machine). Without
+        // a budget the server would send thousands.
         assert!(
             packets > 0,
             "the echo port answered some (the counter works)"
         );
-        let allowed = (BUDGET as f64 * (flood_secs + 1.1)).ceil() as u64;
+        let allowed = (BUDGET as f64 * (counted_secs + 1.0)).ceil() as u64;
         assert!(
             packets <= allowed,
-            "{packets} packets > {allowed} to {victim}"
+            "{packets} packets > {allowed} to {victim} ({flood_secs:.2} s of flood, {counted_secs:.2} s counted)"
         );
-        let allowed_bytes = ((2u64 << 20) as f64 * (flood_secs + 1.1)) as u64;
+        let allowed_bytes = ((2u64 << 20) as f64 * (counted_secs + 1.0)) as u64;
         assert!(bytes <= allowed_bytes, "{bytes} bytes to {victim}");
     }
 }
@@ -475,6 +481,7 @@ fn withheld_replies_are_reported_not_loss_and_short_probes_are_probes() {
     if !lab::require_root() {
         return;
     }
+    let _heavy = crate::one_heavy_at_a_time();
     let lab = Lab::pair();
     let _srv = start_server(lab.server(), 4000, &["--reply-budget", "100"]);
     // 500 probes/s against a budget of 100/s: most withheld.
@@ -501,8 +508,11 @@ fn withheld_replies_are_reported_not_loss_and_short_probes_are_probes() {
     assert_eq!(tx, 300, "{s}");
     assert!(withheld >= 50, "{s}");
     // Only probes withheld after the last reply cannot be told apart: they
-    // are "unknown", never network loss in either direction.
-    assert!(lost <= 5, "{s}");
+    // are "unknown", never network loss in either direction. Up to 4 trail
+    // on a perfect schedule (100 tokens/s, a probe every 2 ms), more when
+    // ping catches up a late send in a burst near the end; counted as loss
+    // the withheld would be about 140.
+    assert!(lost <= 15, "{s}");
     assert_eq!(rx + withheld + lost, tx, "{s}");
     assert_eq!(s["upstream_lost"], 0, "{s}");
     assert_eq!(s["downstream_lost"], 0, "{s}");
@@ -700,6 +710,7 @@ fn per_port_memory_is_bounded_and_returns_after_sessions_close() {
     if !lab::require_root() {
         return;
     }
+    let _heavy = crate::one_heavy_at_a_time();
     let lab = Lab::pair();
     let srv = start_server(
         lab.server(),
@@ -767,7 +778,13 @@ fn per_port_memory_is_bounded_and_returns_after_sessions_close() {
     println!(
         "legacy ports: baseline {baseline} KiB, {n} open {open} KiB: {per_port} bytes per port"
     );
-    assert!(per_port <= 2048, "{per_port} bytes of RSS per legacy port");
+    // 2 KiB a port, plus 512 KiB for what else the process may touch
+    // meanwhile (a thread's stack, an allocator arena): measured 434 B a
+    // port on a quiet machine, 1,496 B under load.
+    assert!(
+        open.saturating_sub(baseline) <= n * 2 + 512,
+        "{per_port} bytes of RSS per legacy port"
+    );
     drop(conns);
     assert!(
         wait_until(Duration::from_secs(8), || rss_kib(pid) <= baseline + 1024),

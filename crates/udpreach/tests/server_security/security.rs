@@ -192,7 +192,19 @@ fn now_ns() -> u64 {
         .as_nanos() as u64
 }
 
-/// Sends `datagram` and returns the reply, if one comes within 300 ms.
+/// [`exchange`] for a datagram that must be answered: waits up to 2 s, so
+/// a reply slowed by a loaded machine is neither missed nor read by the
+/// next exchange.
+fn answered(sock: &UdpSocket, datagram: &[u8]) -> Option<Vec<u8>> {
+    let short = sock.read_timeout().unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let reply = exchange(sock, datagram);
+    sock.set_read_timeout(short).unwrap();
+    reply
+}
+
+/// Sends `datagram` and returns the reply, if one comes within the
+/// socket's read timeout (300 ms: what must stay silent).
 fn exchange(sock: &UdpSocket, datagram: &[u8]) -> Option<Vec<u8>> {
     sock.send(datagram).unwrap();
     let mut buf = vec![0u8; 2048];
@@ -234,7 +246,7 @@ fn keyed_echo_drops_plain_untagged_forged_and_replayed_datagrams() {
     assert_eq!(exchange(&sock, &probe(2, Some(&forged))), None, "wrong key");
 
     let good = probe(3, Some(&key));
-    let reply = exchange(&sock, &good).expect("an authenticated probe is answered");
+    let reply = answered(&sock, &good).expect("an authenticated probe is answered");
     assert_eq!(reply.len(), good.len(), "same size");
     key.verify(&reply).expect("the reply carries a valid tag");
     assert_eq!(
@@ -251,7 +263,7 @@ fn keyed_echo_drops_plain_untagged_forged_and_replayed_datagrams() {
     tampered[70] ^= 1;
     assert_eq!(exchange(&sock, &tampered), None, "tampered payload");
     assert!(
-        exchange(&sock, &probe(5, Some(&key))).is_some(),
+        answered(&sock, &probe(5, Some(&key))).is_some(),
         "still serving"
     );
 }
@@ -276,7 +288,8 @@ fn plain_echo_is_rate_limited_per_source_and_can_be_switched_off() {
         replies += 1;
     }
     println!("plain echo: 200 sent in a burst, {replies} answered at --plain-echo-rate 20");
-    assert!((20..=25).contains(&replies), "{replies} replies");
+    // 20 at once, then 20/s: a stall of the burst's sender refills a few.
+    assert!((20..=30).contains(&replies), "{replies} replies");
 
     let _quiet = server(24207, &["--no-plain-echo", "--allow-ports", "24810-24819"]);
     let s2 = UdpSocket::bind("127.0.0.1:0").unwrap();

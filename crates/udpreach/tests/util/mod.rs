@@ -27,8 +27,10 @@ pub(crate) fn start_server(host: &Host, extra: &[&str]) -> Proc {
     ];
     argv.extend(extra.iter().map(|s| s.to_string()));
     let p = host.spawn(&argv);
+    // The echo port is bound before the control listeners: wait for both.
     assert!(
-        host.wait_udp_bound(4000, Duration::from_secs(10)),
+        host.wait_udp_bound(4000, Duration::from_secs(10))
+            && host.wait_tcp_listening(4000, Duration::from_secs(10)),
         "server did not start: {}",
         p.stderr_so_far()
     );
