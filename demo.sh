@@ -24,7 +24,12 @@ fi
 "$BIN" server "${listens[@]}" &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
-sleep 0.5
+# Bounded wait for the server: its control port listens once it is ready.
+for _ in $(seq 50); do
+  kill -0 "$server" 2>/dev/null || break
+  (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
+  sleep 0.1
+done
 kill -0 "$server" 2>/dev/null || { echo "demo: the server did not start (port $PORT taken? set UDPREACH_DEMO_PORT)" >&2; exit 2; }
 
 # What an exit code means, per command (as in `udpreach COMMAND --help`).
