@@ -31,9 +31,9 @@ for run in "${runs[@]}"; do
   inc "$BIN" ping -i 100us -c 20000 $PING_ARGS -q --json 198.18.0.2 > /tmp/us.$$.json &
   P=$!
   sleep 1
-  kill -STOP "$(ip netns pids "$NSC" | head -1)"
+  kill -STOP "$P"
   sleep "$(python3 -c "print($STALL_MS / 1000)")"
-  kill -CONT "$(ip netns pids "$NSC" | head -1)"
+  kill -CONT "$P"
   wait "$P" || true
   errs=$(inc nstat -az UdpRcvbufErrors | awk "/UdpRcvbufErrors/ {print \$2}")
   stop_emulator
@@ -42,7 +42,8 @@ import json, sys, types
 ns = lambda f: json.load(open(f), object_hook=lambda d: types.SimpleNamespace(**d))
 s = ns(sys.argv[1]).summary; e = ns(sys.argv[2])
 drops = sum(x.dropped_random + x.dropped_burst + x.dropped_queue + x.dropped_held for x in (e.a_to_b, e.b_to_a))
-print(f"    sent {s.transmitted}, received {s.received}, late {s.late}, lost {s.lost}, local_drops {getattr(s, 'local_drops', '-')} "
+ld = getattr(s, "local_drops", "-")
+print(f"    sent {s.transmitted}, received {s.received}, late {s.late}, lost {s.lost}, local_drops {ld} "
       f"(up {s.upstream_lost}, down {s.downstream_lost}, unknown {s.direction_unknown}); "
       f"emulator dropped {drops}; client UdpRcvbufErrors {sys.argv[3]}")
 PY
