@@ -511,7 +511,7 @@ pub(crate) async fn run(args: PingArgs) -> anyhow::Result<u8> {
             res = async { key_needed.as_mut().expect("checked").await }, if key_needed.is_some() => {
                 key_needed = None;
                 if let Ok(Some(why)) = res {
-                    session.on_local_drops(drops.total());
+                    session.handle_input(PingInput::LocalDrops { total: drops.total() }, Instant::now());
                     let so_far = session.summary();
                     if so_far.received + so_far.late == 0 {
                         bail!("{why}");
@@ -525,7 +525,12 @@ pub(crate) async fn run(args: PingArgs) -> anyhow::Result<u8> {
     if let Some(f) = &fixed {
         drops.read(f.local, &f.sock);
     }
-    session.on_local_drops(drops.total());
+    session.handle_input(
+        PingInput::LocalDrops {
+            total: drops.total(),
+        },
+        Instant::now(),
+    );
     let summary = session.summary();
     if let Some(rate) = session.fell_behind() {
         report.event(ReportedEvent::BehindSchedule(BehindSchedule {
