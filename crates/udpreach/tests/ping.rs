@@ -588,7 +588,7 @@ fn a_stalled_server_loses_no_probe() {
 /// one burst, far more than the smallest receive buffer holds. The kernel
 /// counts what it dropped (with later datagrams, `SO_RXQ_OVFL`, and in its
 /// socket table); ping reports those as `local_drops`, and nothing is lost
-/// on a veth that loses nothing (before: about 150 of 2,000 "lost").
+/// on a veth that loses nothing (before, each of them was counted lost).
 #[test]
 fn replies_our_full_buffer_dropped_are_not_loss() {
     if !require_root() {
