@@ -538,17 +538,10 @@ fn dscp_against_a_plain_echo_server_says_upstream_is_unknown() {
     assert!(out.contains("upstream dscp/ecn: could not tell"), "{out}");
 }
 
-/// The server's own receive buffer is not network loss: with the server
-/// stopped for 150 ms (as a busy machine's scheduler may keep its echo
-/// worker off the CPU), 5,000 probes/s queue up, about 750 of them, and
-/// all are answered when it runs again. With the kernel's default buffer
-/// (about 270 such datagrams) the rest were dropped at the server and
-/// reported as upstream loss.
-#[test]
-fn a_stalled_server_loses_no_probe() {
-    if !require_root() {
-        return;
-    }
+/// Runs `udpreach ping ARGS -q --json-lines 198.18.0.2` against a server
+/// that is stopped for 150 ms, 400 ms into the run (as a busy machine's
+/// scheduler may keep its echo worker off the CPU); returns the summary.
+fn ping_through_a_stalled_server(args: &[&str]) -> serde_json::Value {
     let lab = Lab::pair();
     let server = start_server(lab.server(), &["--reply-budget", "100000"]);
     let pid = server.pid().to_string();
@@ -563,22 +556,26 @@ fn a_stalled_server_loses_no_probe() {
         std::thread::sleep(Duration::from_millis(150));
         signal("-CONT");
     });
-    let o = udpreach(
-        lab.client(),
-        &[
-            "ping",
-            "-c",
-            "5000",
-            "-i",
-            "200us",
-            "-q",
-            "--json-lines",
-            "198.18.0.2",
-        ],
-    );
+    let mut argv = vec!["ping"];
+    argv.extend_from_slice(args);
+    argv.extend_from_slice(&["-q", "--json-lines", "198.18.0.2"]);
+    let o = udpreach(lab.client(), &argv);
     stall.join().unwrap();
     o.assert_code(0);
-    let s = summary(&o);
+    summary(&o)
+}
+
+/// The server's own receive buffer is not network loss: with the server
+/// stopped for 150 ms, 5,000 probes/s queue up, about 750 of them, and
+/// all are answered when it runs again. With the kernel's default buffer
+/// (about 270 such datagrams) the rest were dropped at the server and
+/// reported as upstream loss.
+#[test]
+fn a_stalled_server_loses_no_probe() {
+    if !require_root() {
+        return;
+    }
+    let s = ping_through_a_stalled_server(&["-c", "5000", "-i", "200us"]);
     assert_eq!(s["lost"], 0, "{s}");
     assert_eq!(s["received"], 5000, "{s}");
 }
@@ -594,38 +591,7 @@ fn replies_our_full_buffer_dropped_are_not_loss() {
     if !require_root() {
         return;
     }
-    let lab = Lab::pair();
-    let server = start_server(lab.server(), &["--reply-budget", "100000"]);
-    let pid = server.pid().to_string();
-    let stall = std::thread::spawn(move || {
-        let signal = |s: &str| {
-            let _ = std::process::Command::new("kill")
-                .args([s, pid.as_str()])
-                .status();
-        };
-        std::thread::sleep(Duration::from_millis(400));
-        signal("-STOP");
-        std::thread::sleep(Duration::from_millis(150));
-        signal("-CONT");
-    });
-    let o = udpreach(
-        lab.client(),
-        &[
-            "ping",
-            "-c",
-            "2000",
-            "-i",
-            "500us",
-            "--recv-buffer",
-            "4096",
-            "-q",
-            "--json-lines",
-            "198.18.0.2",
-        ],
-    );
-    stall.join().unwrap();
-    o.assert_code(0);
-    let s = summary(&o);
+    let s = ping_through_a_stalled_server(&["-c", "2000", "-i", "500us", "--recv-buffer", "4096"]);
     let n = |k: &str| s[k].as_u64().unwrap();
     assert!(n("local_drops") > 0, "the burst did not overflow: {s}");
     assert_eq!(n("lost"), 0, "{s}");
