@@ -16,6 +16,9 @@
 #   $WINDOW_TOTAL/N ports per session (default 18000/N: the sessions' windows
 #   must fit the server's total, or opens fail as `server_error`).
 #   SERVER_ARGS adds options to the server's command line.
+#   PERF=FILE records the server under `perf record -g` into FILE (read it
+#   with `perf report -i FILE --children --sort sym`). Every run ends with
+#   the CPU seconds each server thread used.
 source "$(dirname "$0")/lib.sh"
 need nft python3
 RTT=${1:?RTT_MS}; PORTS=${2:?PORTS}; LOSS=${3:-0}; BLOCKED=${4:-0}; JITTER=${5:-0}; SEED=${6:-1}
@@ -36,6 +39,12 @@ if [ "$CLIENTS" -gt 1 ]; then
 fi
 # shellcheck disable=SC2086
 bg_ins "$BIN" server --listen 198.18.0.2:4000 --allow-ports 1024-65535 ${SERVER_ARGS:-}
+SPID=${PIDS[-1]}
+if [ -n "${PERF:-}" ]; then
+  need perf
+  perf record -F 2999 -g -p "$SPID" -o "$PERF" 2>/dev/null &
+  PERFPID=$!
+fi
 sleep 0.5
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 
@@ -97,6 +106,10 @@ print(f"udpreach ports, {who}{total} ports, {link}, {loss}% loss each way, {bloc
       f"({len(inbound)} inbound, {len(ret)} return): sweep {sweep:.2f} s (wall {t1 - t0:.2f} s, "
       f"{total / (t1 - t0):.0f} ports/s), probes {probes}, wrong verdicts {len(wrong)} {wrong[:5]}")
 PY
+if [ -n "${PERF:-}" ]; then kill -INT "$PERFPID"; wait "$PERFPID" || true; fi
+for t in /proc/"$SPID"/task/*; do
+  echo "server thread $(cat "$t/comm"): $(awk '{print ($14 + $15) / 100}' "$t/stat") CPU s"
+done
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 if [ "${SEED_PORTS:-20}" != 0 ]; then
