@@ -200,10 +200,6 @@ fn to_socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
 
 /// One non-blocking `recvmsg`, returning the bytes' metadata.
 pub(crate) fn recv_meta(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<RecvMeta> {
-    recvmsg_meta(sock, buf, libc::MSG_DONTWAIT)
-}
-
-fn recvmsg_meta(sock: &UdpSocket, buf: &mut [u8], flags: libc::c_int) -> io::Result<RecvMeta> {
     // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
     let mut name: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut control = CmsgBuf::default();
@@ -221,7 +217,7 @@ fn recvmsg_meta(sock: &UdpSocket, buf: &mut [u8], flags: libc::c_int) -> io::Res
     m.msg_controllen = std::mem::size_of::<CmsgBuf>() as _;
     // SAFETY: every pointer in `m` is to a local (or `buf`) that outlives
     // the call, with its length beside it.
-    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut m, flags) };
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut m, libc::MSG_DONTWAIT) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }

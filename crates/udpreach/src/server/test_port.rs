@@ -215,39 +215,31 @@ const EVENTS_PER_WAIT: usize = 256;
 impl PortReactor {
     /// Starts the thread; it runs until the process exits.
     pub(crate) fn start() -> io::Result<Arc<PortReactor>> {
+        let (reactor, commands) = Self::without_thread()?;
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(io::Error::from)?;
-        let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
-            .map_err(io::Error::from)?;
         epoll
-            .add(&wake, EpollEvent::new(EpollFlags::EPOLLIN, WAKE))
+            .add(&reactor.wake, EpollEvent::new(EpollFlags::EPOLLIN, WAKE))
             .map_err(io::Error::from)?;
-        let (tx, rx) = mpsc::channel();
-        let reactor = Arc::new(PortReactor {
-            commands: tx,
-            wake,
-            next_id: AtomicU64::new(WAKE + 1),
-        });
         let handle = reactor.clone();
         std::thread::Builder::new()
             .name("test-ports".into())
-            .spawn(move || serve(&epoll, &handle, &rx))?;
+            .spawn(move || serve(&epoll, &handle, &commands))?;
         Ok(reactor)
     }
 
-    /// A reactor whose thread never runs: its commands wait in the
-    /// returned receiver, so a test sees exactly what the control thread
-    /// reads of a port.
-    #[cfg(test)]
-    fn without_thread() -> (Arc<PortReactor>, mpsc::Receiver<Command>) {
-        let (tx, rx) = mpsc::channel();
+    /// The reactor without its thread: the commands wait in the returned
+    /// receiver (for [`Self::start`], and for a test that must see exactly
+    /// what the control thread reads of a port).
+    fn without_thread() -> io::Result<(Arc<PortReactor>, mpsc::Receiver<Command>)> {
         let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
-            .expect("an eventfd");
+            .map_err(io::Error::from)?;
+        let (commands, rx) = mpsc::channel();
         let reactor = PortReactor {
-            commands: tx,
+            commands,
             wake,
             next_id: AtomicU64::new(WAKE + 1),
         };
-        (Arc::new(reactor), rx)
+        Ok((Arc::new(reactor), rx))
     }
 
     fn send(&self, c: Command) -> bool {
@@ -393,7 +385,7 @@ mod tests {
     /// control thread read without end by flooding its own ports.
     #[test]
     fn an_arrivals_query_reads_at_most_its_share_of_a_flooded_port() {
-        let (reactor, _commands) = PortReactor::without_thread();
+        let (reactor, _commands) = PortReactor::without_thread().unwrap();
         let now = Instant::now();
         let budget = Arc::new(Mutex::new(ReplyBudget::new(BudgetRates::default())));
         let session = SessionPorts::new(
