@@ -5,9 +5,7 @@
 # machine's scheduler may stop it. Replies that arrive meanwhile wait in the
 # socket's receive buffer, which also holds the kernel's transmit
 # timestamps; what overflows it the kernel drops (UdpRcvbufErrors).
-# Usage: bench/ping_stall.sh [STALL_MS]   (BEFORE_BIN=PATH: that binary too, first;
-# SMALL_BUFFER=BYTES: our binary again with --recv-buffer BYTES, to see the
-# drops it then counts apart as local_drops)
+# Usage: bench/ping_stall.sh [STALL_MS]   (BEFORE_BIN=PATH: that binary too, first)
 source "$(dirname "$0")/lib.sh"
 need python3 nstat
 STALL_MS=${1:-150}
@@ -16,19 +14,14 @@ build_link
 machine
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 here=$(cd "$(dirname "$0")" && pwd)
-runs=()
-[ -n "${BEFORE_BIN:-}" ] && runs+=("$BEFORE_BIN|")
-runs+=("$BIN|")
-[ -n "${SMALL_BUFFER:-}" ] && runs+=("$BIN|--recv-buffer $SMALL_BUFFER")
-for run in "${runs[@]}"; do
-  bin=${run%%|*} ping_args=${run#*|}
-  echo "udpreach: $bin $ping_args"
-  (export BIN=$bin STALL_MS PING_ARGS=$ping_args; bash -c 'source "$1/lib.sh"
+for bin in ${BEFORE_BIN:-} "$BIN"; do
+  echo "udpreach: $bin"
+  (export BIN=$bin STALL_MS; bash -c 'source "$1/lib.sh"
   setup_emulated delay=5ms delay=5ms
   bg_ins "$BIN" server --listen 198.18.0.2:4000 --reply-budget 100000 >/dev/null
   sleep 0.5
   inc nstat -n
-  inc "$BIN" ping -i 100us -c 20000 $PING_ARGS -q --json 198.18.0.2 > /tmp/us.$$.json &
+  inc "$BIN" ping -i 100us -c 20000 -q --json 198.18.0.2 > /tmp/us.$$.json &
   P=$!
   sleep 1
   kill -STOP "$P"
